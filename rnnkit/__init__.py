@@ -1,0 +1,7 @@
+"""rnnkit: the recurrent network family (Elman, Jordan, LSTM, GRU) on PyTorch, with hand-derived BPTT."""
+from .convert import from_torch, to_torch
+from .layers import GRU, LSTM, RNN, Elman, Jordan, Trace
+
+__version__ = "0.1.0"
+
+__all__ = ["Elman", "RNN", "Jordan", "LSTM", "GRU", "Trace", "from_torch", "to_torch"]

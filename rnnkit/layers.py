@@ -1,0 +1,462 @@
+"""The public layers: Elman (RNN), Jordan, LSTM, GRU as torch.nn-compatible modules.
+
+The sequence machinery lives here once for every cell: stacking layers,
+running the reverse direction (each sequence reversed within its own length),
+variable lengths and PackedSequence, initial/final states, inter-layer
+dropout, the trace of per-step quantities and the one-step streaming API.
+
+Symbols (as in torch.nn): T steps, B batch, I input_size, H hidden_size,
+O output_size (Jordan), D = 2 if bidirectional else 1, L = num_layers,
+S = the size of the emitted state (H, or O for Jordan).
+
+Equivalent reference loop, for one layer and direction::
+
+    for t in range(T):                      # only t < length[b] for sequence b
+        state = cell.step(x[t] @ W_ih.T + b_ih, state)
+        out[t] = state[0]
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import backends, ops, validation
+from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, ElmanCell, GRUCell, JordanCell, LSTMCell
+
+
+class Trace:
+    """Per-step quantities of every layer and direction: ``trace[layer][direction][name]``.
+
+    Each tensor is (T, B, H) ((B, T, H) when batch_first, (T, H) unbatched), zero on
+    padded steps, detached from the graph, in the input's time order for both directions.
+    """
+
+    def __init__(self, layers: List[List[Dict[str, Tensor]]]):
+        self.layers = layers
+
+    def __getitem__(self, layer: int) -> List[Dict[str, Tensor]]:
+        return self.layers[layer]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return tuple(self.layers[0][0])
+
+    def get(self, name: str, layer: int = -1, direction: int = 0) -> Tensor:
+        """One quantity, e.g. ``trace.get('forget_gate', layer=0)``."""
+        if name not in self.layers[0][0]:
+            raise KeyError(f"name: expected one of {self.names}, got {name!r}")
+        return self.layers[layer][direction][name]
+
+    def __repr__(self) -> str:
+        return f"Trace(layers={len(self.layers)}, directions={len(self.layers[0])}, names={self.names})"
+
+
+class _Recurrent(nn.Module):
+    """Shared machinery; subclasses choose the cell and the form of the state argument."""
+
+    def __init__(self, cell: Cell, input_size: int, num_layers: int, bias: bool, batch_first: bool,
+                 dropout: float, bidirectional: bool, backend: Optional[str], device, dtype):
+        super().__init__()
+        self.input_size = validation.positive_int("input_size", input_size)
+        self.hidden_size = validation.positive_int("hidden_size", cell.hidden_size)
+        self.num_layers = validation.positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = validation.dropout(dropout)
+        self.bidirectional = bool(bidirectional)
+        if backend is not None:
+            backends.resolve(backend)
+        self.backend = backend
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout acts between stacked layers; with num_layers=1 it has no effect "
+                          f"(dropout={self.dropout})", stacklevel=3)
+        self.cell = cell
+        D = 2 if self.bidirectional else 1
+        factory = {"device": device, "dtype": dtype}
+        self._param_names: List[List[str]] = []
+        for layer in range(self.num_layers):
+            in_k = self.input_size if layer == 0 else D * cell.out_size
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                names = []
+                for name, shape in cell.param_shapes(in_k, self.bias):
+                    self.register_parameter(name + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(name + sfx)
+                self._param_names.append(names)
+        self.reset_parameters()
+
+    # -- parameters ------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as torch.nn."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -stdv, stdv)
+
+    def parameter_count(self) -> int:
+        """Number of trainable scalars."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        return [[getattr(self, n) for n in names] for names in self._param_names]
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept so code written for torch.nn (cuDNN) runs unchanged."""
+
+    def _direction_params(self, layer: int, d: int):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        w_ih, b_ih = getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx, None)
+        rec = tuple(getattr(self, n + sfx, None) for n in self.cell.rec_params)
+        return w_ih, b_ih, rec
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return getattr(self, self._param_names[0][0]).dtype
+
+    @property
+    def _D(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    # -- states ----------------------------------------------------------
+    _hx_name = "hx"
+
+    def _hx_tensors(self, hx) -> Tuple[Tensor, ...]:
+        """The user's state argument as a tuple, one tensor per carried state."""
+        return (hx,)
+
+    def _hx_pack(self, finals: Tuple[Tensor, ...]):
+        """Inverse of _hx_tensors, for the returned final state."""
+        return finals[0]
+
+    def _initial_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> List[Tuple[Tensor, ...]]:
+        """Per layer-direction tuple of (B, S_k) initial states."""
+        LD = self.num_layers * self._D
+        sizes = self.cell.state_sizes()
+        who = type(self).__name__
+        if hx is None:
+            full = [ref.new_zeros(LD, B, s) for s in sizes]
+        else:
+            hs = self._hx_tensors(hx)
+            full = []
+            for k, (h, s) in enumerate(zip(hs, sizes)):
+                name = self._hx_name if len(hs) == 1 else f"{self._hx_name}[{k}]"
+                shape = (LD, s) if unbatched else (LD, B, s)
+                validation.state_tensor(who, name, h, shape, ref.dtype, ref.device)
+                full.append(h.unsqueeze(1) if unbatched else h)
+        return [tuple(h[i] for h in full) for i in range(LD)]
+
+    # -- sequence --------------------------------------------------------
+    def forward(self, input, hx=None, lengths=None, return_trace: bool = False):
+        """Run the network over a sequence.
+
+        input    (T, B, I), (B, T, I) if batch_first, (T, I) unbatched, or a PackedSequence
+        hx       initial state(s) (D*L, B, H) (see the subclass); zeros when None
+        lengths  optional 1-D integers (B,): valid steps of each sequence
+        returns  (output (T, B, D*S), final state) [+ Trace if return_trace]
+        """
+        return self._forward(input, hx, lengths, return_trace)
+
+    def _forward(self, input, hx, lengths, return_trace):
+        who = type(self).__name__
+        dtype = self._dtype
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            validation.no_conflict(who, lengths)
+            x, lengths = pad_packed_sequence(input)                     # (T, B, I), batch order kept
+            validation.input_tensor(who, x, self.input_size, dtype)
+            unbatched = False
+        else:
+            validation.input_tensor(who, input, self.input_size, dtype)
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else input
+            if self.batch_first and not unbatched:
+                x = x.transpose(0, 1)
+        T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            raise ValueError(f"{who}: input: expected at least one time step, got shape {tuple(x.shape)}")
+        if lengths is not None:
+            lengths = validation.lengths_tensor(who, lengths, T, B)
+        state0 = self._initial_state(hx, B, unbatched, x)
+        mask, rev = self._mask(lengths, T, x.device)
+        out, finals, trace = self._run(x, mask, rev, state0, return_trace)
+        h_n = tuple(torch.stack(f) for f in finals)                     # (D*L, B, S_k)
+        if packed:
+            out = self._repack(out, lengths, input)
+        else:
+            out = self._layout(out, unbatched)
+        if unbatched:
+            h_n = tuple(h.squeeze(1) for h in h_n)
+        result = (out, self._hx_pack(h_n))
+        if return_trace:
+            result += (Trace([[{k: self._layout(v, unbatched) for k, v in tr.items()} for tr in lay]
+                              for lay in trace]),)
+        return result
+
+    def _layout(self, t: Tensor, unbatched: bool) -> Tensor:
+        """Time-major (T, B, .) to the user's layout."""
+        if unbatched:
+            return t.squeeze(1)
+        return t.transpose(0, 1) if self.batch_first else t
+
+    @staticmethod
+    def _mask(lengths: Optional[Tensor], T: int, device):
+        """mask (T, B, 1) bool and reversal index (T, B, 1), or (None, None) when all are full."""
+        if lengths is None or int(lengths.min()) == T:
+            return None, None
+        t = torch.arange(T).unsqueeze(1)                                # (T, 1)
+        n = lengths.unsqueeze(0)                                        # (1, B)
+        mask = (t < n).unsqueeze(-1).to(device)
+        rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1).to(device)
+        return mask, rev
+
+    @staticmethod
+    def _reverse(t: Tensor, rev: Optional[Tensor]) -> Tensor:
+        """Reverse every sequence within its own length (an involution)."""
+        if rev is None:
+            return t.flip(0)
+        return t.gather(0, rev.expand(-1, -1, t.shape[-1]))
+
+    def _run(self, x, mask, rev, state0, want_trace):
+        backend = backends.resolve(self.backend)
+        layer_in = x if mask is None else x.masked_fill(~mask, 0.0)     # padding never enters the math
+        finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
+        traces = []
+        for layer in range(self.num_layers):
+            outs, layer_trace = [], []
+            for d in range(self._D):
+                w_ih, b_ih, rec = self._direction_params(layer, d)
+                xin = layer_in if d == 0 else self._reverse(layer_in, rev)
+                out, fin, tr = ops.run_direction(self.cell, backend, xin, mask,
+                                                 state0[layer * self._D + d], w_ih, b_ih, rec, want_trace)
+                if d == 1:
+                    out = self._reverse(out, rev)
+                    tr = {k: self._reverse(v, rev) for k, v in tr.items()}
+                outs.append(out)
+                layer_trace.append(tr)
+                for k, f in enumerate(fin):
+                    finals[k].append(f)
+            layer_in = torch.cat(outs, dim=-1) if self._D == 2 else outs[0]   # (T, B, D*S)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+            traces.append(layer_trace)
+        return layer_in, finals, traces
+
+    @staticmethod
+    def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+        """Padded (T, B, .) output in original batch order to a PackedSequence shaped like the input."""
+        if like.sorted_indices is not None:
+            out = out.index_select(1, like.sorted_indices)
+            lengths = lengths[like.sorted_indices.cpu()]
+        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+        return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+    # -- streaming -------------------------------------------------------
+    def step(self, input: Tensor, hx=None):
+        """Advance by one time step (online inference): the same math as ``forward`` with T=1.
+
+        input    (B, I) or (I,) unbatched
+        hx       state as returned by ``forward``/``step`` (zeros when None)
+        returns  (output (B, S), new state); differentiable
+        """
+        who = type(self).__name__
+        if self.bidirectional:
+            raise ValueError(f"{who}.step: bidirectional networks need the whole sequence; "
+                             f"got bidirectional=True")
+        if not isinstance(input, Tensor) or input.dim() not in (1, 2):
+            got = f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"{who}.step: input: expected (B, I) or (I,), got {got}")
+        validation.input_tensor(who + ".step", input.unsqueeze(0) if input.dim() == 1 else input,
+                                self.input_size, self._dtype)
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input                  # (B, I)
+        state0 = self._initial_state(hx, x.shape[0], unbatched, x)
+        new_states = []
+        for layer in range(self.num_layers):
+            w_ih, b_ih, rec = self._direction_params(layer, 0)
+            new, _ = self.cell.step(F.linear(x, w_ih, b_ih), state0[layer], rec)
+            new_states.append(new)
+            x = new[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        h_n = tuple(torch.stack([s[k] for s in new_states]) for k in range(len(new_states[0])))
+        if unbatched:
+            x, h_n = x.squeeze(0), tuple(h.squeeze(1) for h in h_n)
+        return x, self._hx_pack(h_n)
+
+    def extra_repr(self) -> str:
+        s = self._size_repr()
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        cell_repr = self.cell.extra_repr()
+        return s + (", " + cell_repr if cell_repr else "")
+
+    def _size_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent torch.nn module with the same weights."""
+        from .convert import to_torch
+        return to_torch(self)
+
+
+class Elman(_Recurrent):
+    r"""Elman network (simple RNN), drop-in for ``torch.nn.RNN``: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+
+    Arguments as torch.nn.RNN, plus ``backend`` ('auto', 'reference', 'autograd', ...).
+    forward(input, hx=None, lengths=None, return_trace=False) -> (output, h_n[, trace]);
+    hx and h_n are (D*L, B, H).  Trace names: hidden.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, backend: Optional[str] = None):
+        validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        self.nonlinearity = nonlinearity
+        super().__init__(ElmanCell(hidden_size, nonlinearity), input_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, backend, device, dtype)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+
+RNN = Elman
+
+
+class LSTM(_Recurrent):
+    r"""Long short-term memory, drop-in for ``torch.nn.LSTM`` (gate order i, f, g, o).
+
+    Arguments as torch.nn.LSTM, plus ``forget_bias`` (e.g. 1.0, Jozefowicz et al. 2015: the
+    forget block of bias_ih is set to it and that of bias_hh to 0 at every reset) and ``backend``.
+    forward(input, hx=None, lengths=None, return_trace=False) -> (output, (h_n, c_n)[, trace]);
+    hx = (h_0, c_0), each (D*L, B, H).  Trace names: input_gate, forget_gate, candidate,
+    output_gate, cell, hidden.
+    """
+
+    _hx_name = "hx"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, forget_bias: Optional[float] = None,
+                 backend: Optional[str] = None):
+        if proj_size != 0:
+            raise ValueError(f"proj_size: expected 0 (projections are not supported), got {proj_size!r}")
+        if forget_bias is not None and not bias:
+            raise ValueError(f"forget_bias: expected None when bias=False, got {forget_bias!r}")
+        if forget_bias is not None and (isinstance(forget_bias, bool)
+                                        or not isinstance(forget_bias, (int, float))):
+            raise TypeError(f"forget_bias: expected a number or None, got {forget_bias!r}")
+        self.proj_size = 0
+        self.forget_bias = forget_bias
+        super().__init__(LSTMCell(hidden_size), input_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, backend, device, dtype)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.forget_bias is None:
+            return
+        H = self.hidden_size
+        with torch.no_grad():
+            for names in self._param_names:
+                for n in names:
+                    if n.startswith("bias_ih"):
+                        getattr(self, n)[H:2 * H].fill_(self.forget_bias)
+                    elif n.startswith("bias_hh"):
+                        getattr(self, n)[H:2 * H].zero_()
+
+    def _hx_tensors(self, hx):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"LSTM: hx: expected a tuple (h_0, c_0), got {type(hx).__name__}"
+                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+        return tuple(hx)
+
+    def _hx_pack(self, finals):
+        return finals[0], finals[1]
+
+
+class GRU(_Recurrent):
+    r"""Gated recurrent unit, drop-in for ``torch.nn.GRU`` (gate order r, z, n).
+
+    ``reset_after=True`` (default) is torch's form, n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
+    ``reset_after=False`` is the original form of Cho et al. 2014,
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn) (ONNX linear_before_reset=0).
+    forward(input, hx=None, lengths=None, return_trace=False) -> (output, h_n[, trace]).
+    Trace names: reset_gate, update_gate, candidate, hidden.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, reset_after: bool = True, backend: Optional[str] = None):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
+        self.reset_after = reset_after
+        super().__init__(GRUCell(hidden_size, reset_after), input_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, backend, device, dtype)
+
+
+class Jordan(_Recurrent):
+    r"""Jordan network: the previous *output* is fed back.
+
+        h_t = act(W_ih x_t + b_ih + W_yh y_{t-1}),   y_t = act_out(W_hy h_t + b_hy)
+
+    Parameters per layer k and direction: weight_ih_l{k} (H, in_k), weight_yh_l{k} (H, O),
+    bias_ih_l{k} (H), weight_hy_l{k} (O, H), bias_hy_l{k} (O).  Layer k+1 reads the outputs y
+    of layer k (both directions concatenated, D*O features).
+    forward(input, y0=None, lengths=None, return_trace=False) -> (y for every step (T, B, D*O),
+    y_n (D*L, B, O)[, trace]).  Trace names: hidden, output.
+    """
+
+    _hx_name = "y0"
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, nonlinearity: str = "tanh",
+                 output_activation: str = "identity", device=None, dtype=None,
+                 backend: Optional[str] = None):
+        validation.positive_int("output_size", output_size)
+        validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        validation.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        self.output_size = output_size
+        self.nonlinearity = nonlinearity
+        self.output_activation = output_activation
+        super().__init__(JordanCell(hidden_size, output_size, nonlinearity, output_activation),
+                         input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
+                         device, dtype)
+
+    def forward(self, input, y0=None, lengths=None, return_trace: bool = False):
+        """As the other layers; the state is the previous output y, (D*L, B, O)."""
+        return self._forward(input, y0, lengths, return_trace)
+
+    def step(self, input: Tensor, y0=None):
+        return super().step(input, y0)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        if self.output_activation != "identity":
+            s += f", output_activation={self.output_activation!r}"
+        return s
+
+    def _size_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, {self.output_size}"
+
+    def to_torch(self):
+        raise TypeError("Jordan: torch.nn has no Jordan network to convert to")

@@ -1,0 +1,91 @@
+"""One op for every cell: the whole sequence of one layer and one direction.
+
+``run_direction`` is what the layers call.  With a hand-written backend it goes
+through ``RecurrentFunction``, whose forward hoists the input projection into one
+GEMM and hands the time loop to the backend, and whose backward asks the
+backend for backpropagation through time, then forms the input-weight and input
+gradients with single GEMMs over all T*B rows.  With ``backend='autograd'`` the
+same Python loop runs under autograd: the readable reference the tests compare to.
+
+Shapes: x (T, B, I), mask (T, B, 1) bool or None, state0 tuple of (B, S_k),
+w_ih (G*H, I), b_ih (G*H) or None, rec params as the cell lists them.
+Returns out (T, B, S_0) zero on padded steps, final state tuple of (B, S_k),
+and a dict of per-step trace tensors (T, B, .) (empty unless asked; detached).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import backends
+from .backends import reference
+from .cells.base import Cell
+
+
+def _zero_padded(mask: Optional[Tensor], t: Tensor) -> Tensor:
+    return t if mask is None else torch.where(mask, t, 0.0)
+
+
+def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
+    full = cell.trace(saved, states)
+    return {k: _zero_padded(mask, full[k].detach()).clone() for k in cell.trace_names}
+
+
+class RecurrentFunction(torch.autograd.Function):
+    """Forward over the whole sequence, backward through time, for one layer and direction."""
+
+    @staticmethod
+    def forward(ctx, cell: Cell, backend, want_trace: bool, x, mask, w_ih, b_ih, *rest):
+        n = len(cell.state_names)
+        state0, rec = rest[:n], rest[n:]
+        T, B, I = x.shape
+        xp = F.linear(x, w_ih, b_ih)                                   # (T, B, G*H)
+        need_saved = want_trace or any(ctx.needs_input_grad)
+        states, saved = backend.forward(cell, xp, mask, state0, rec, save=need_saved)
+        out = _zero_padded(mask, states[0])                            # (T, B, S_0)
+        finals = tuple(s[-1].clone() for s in states)                  # (B, S_k)
+        trace = _trace(cell, mask, saved, states) if want_trace else {}
+        ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec = cell, backend, n, len(rec)
+        ctx.has_b_ih = b_ih is not None
+        ctx.trace_keys = tuple(trace)
+        ctx.save_for_backward(x, mask, w_ih, *state0, *rec, *states, *saved)
+        ctx.mark_non_differentiable(*trace.values())
+        return (out, *finals, *trace.values())
+
+    @staticmethod
+    def backward(ctx, d_out, *d_rest):
+        n, n_rec = ctx.n_state, ctx.n_rec
+        x, mask, w_ih, *rest = ctx.saved_tensors
+        state0, rec = tuple(rest[:n]), tuple(rest[n:n + n_rec])
+        states, saved = tuple(rest[n + n_rec:2 * n + n_rec]), tuple(rest[2 * n + n_rec:])
+        d_final = d_rest[:n]
+        if d_out is not None:
+            d_out = _zero_padded(mask, d_out)      # padded outputs are constant zeros
+        d_xp, d_state0, d_rec = ctx.backend.backward(
+            ctx.cell, d_out, d_final, mask, state0, states, saved, rec)
+        T, B, I = x.shape
+        d_xp2 = d_xp.reshape(T * B, -1)                                # (T*B, G*H)
+        need = ctx.needs_input_grad
+        dx = d_xp.matmul(w_ih) if need[3] else None                   # (T, B, I)
+        dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[5] else None
+        db_ih = d_xp2.sum(0) if ctx.has_b_ih and need[6] else None
+        return (None, None, None, dx, None, dw_ih, db_ih, *d_state0, *d_rec)
+
+
+def run_direction(cell: Cell, backend_name: str, x: Tensor, mask: Optional[Tensor],
+                  state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
+                  rec: Tuple[Optional[Tensor], ...], want_trace: bool = False):
+    """Run one layer and direction over the sequence: (out, finals, trace)."""
+    if backend_name == "autograd":
+        xp = F.linear(x, w_ih, b_ih)
+        states, saved = reference.forward(cell, xp, mask, state0, rec, save=want_trace)
+        trace = _trace(cell, mask, saved, states) if want_trace else {}
+        return _zero_padded(mask, states[0]), tuple(s[-1] for s in states), trace
+    res = RecurrentFunction.apply(cell, backends.get(backend_name), want_trace,
+                                  x, mask, w_ih, b_ih, *state0, *rec)
+    n = len(cell.state_names)
+    trace = dict(zip(cell.trace_names, res[1 + n:])) if want_trace else {}
+    return res[0], tuple(res[1:1 + n]), trace
