@@ -5,3 +5,7 @@ from .layers import GRU, LSTM, RNN, Elman, Jordan, Trace
 __version__ = "0.1.0"
 
 __all__ = ["Elman", "RNN", "Jordan", "LSTM", "GRU", "Trace", "from_torch", "to_torch"]
+
+from .diagnostics import GradientFlow, gradient_flow, spectral_radius  # noqa: E402
+
+__all__ += ["GradientFlow", "gradient_flow", "spectral_radius"]
