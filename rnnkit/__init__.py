@@ -1,11 +1,9 @@
 """rnnkit: the recurrent network family (Elman, Jordan, LSTM, GRU) on PyTorch, with hand-derived BPTT."""
 from .convert import from_torch, to_torch
+from .diagnostics import GradientFlow, gradient_flow, spectral_radius
 from .layers import GRU, LSTM, RNN, Elman, Jordan, Trace
 
 __version__ = "0.1.0"
 
-__all__ = ["Elman", "RNN", "Jordan", "LSTM", "GRU", "Trace", "from_torch", "to_torch"]
-
-from .diagnostics import GradientFlow, gradient_flow, spectral_radius  # noqa: E402
-
-__all__ += ["GradientFlow", "gradient_flow", "spectral_radius"]
+__all__ = ["Elman", "RNN", "Jordan", "LSTM", "GRU", "Trace", "from_torch", "to_torch",
+           "GradientFlow", "gradient_flow", "spectral_radius"]
