@@ -34,6 +34,20 @@ def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
     return {k: _zero_padded(mask, full[k].detach()).clone() for k in cell.trace_names}
 
 
+def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec):
+    """The forward pass of one layer and direction: (out, finals, trace, states, saved)."""
+    xp = F.linear(x, w_ih, b_ih)                                       # (T, B, G*H)
+    states, saved = backend.forward(cell, xp, mask, state0, rec, save=need_saved or want_trace)
+    out = _zero_padded(mask, states[0])                                # (T, B, S_0)
+    finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
+    trace = _trace(cell, mask, saved, states) if want_trace else {}
+    return out, finals, trace, states, saved
+
+
+def _needs_graph(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class RecurrentFunction(torch.autograd.Function):
     """Forward over the whole sequence, backward through time, for one layer and direction."""
 
@@ -41,16 +55,10 @@ class RecurrentFunction(torch.autograd.Function):
     def forward(ctx, cell: Cell, backend, want_trace: bool, x, mask, w_ih, b_ih, *rest):
         n = len(cell.state_names)
         state0, rec = rest[:n], rest[n:]
-        T, B, I = x.shape
-        xp = F.linear(x, w_ih, b_ih)                                   # (T, B, G*H)
-        need_saved = want_trace or any(ctx.needs_input_grad)
-        states, saved = backend.forward(cell, xp, mask, state0, rec, save=need_saved)
-        out = _zero_padded(mask, states[0])                            # (T, B, S_0)
-        finals = tuple(s[-1].clone() for s in states)                  # (B, S_k)
-        trace = _trace(cell, mask, saved, states) if want_trace else {}
+        out, finals, trace, states, saved = _run(cell, backend, want_trace, True,
+                                                 x, mask, w_ih, b_ih, state0, rec)
         ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec = cell, backend, n, len(rec)
         ctx.has_b_ih = b_ih is not None
-        ctx.trace_keys = tuple(trace)
         ctx.save_for_backward(x, mask, w_ih, *state0, *rec, *states, *saved)
         ctx.mark_non_differentiable(*trace.values())
         return (out, *finals, *trace.values())
@@ -84,7 +92,11 @@ def run_direction(cell: Cell, backend_name: str, x: Tensor, mask: Optional[Tenso
         states, saved = reference.forward(cell, xp, mask, state0, rec, save=want_trace)
         trace = _trace(cell, mask, saved, states) if want_trace else {}
         return _zero_padded(mask, states[0]), tuple(s[-1] for s in states), trace
-    res = RecurrentFunction.apply(cell, backends.get(backend_name), want_trace,
+    backend = backends.get(backend_name)
+    if not _needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
+        out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec)
+        return out, finals, trace
+    res = RecurrentFunction.apply(cell, backend, want_trace,
                                   x, mask, w_ih, b_ih, *state0, *rec)
     n = len(cell.state_names)
     trace = dict(zip(cell.trace_names, res[1 + n:])) if want_trace else {}

@@ -1,0 +1,86 @@
+// Python entry points of the fused CPU backend: one forward and one backward for every cell.
+//
+// spec = (kind, act, out, reset_after) as built by rnnkit/backends/cpu.py; the tensors follow
+// the backend contract of rnnkit/backends/reference.py (shapes in rnn.h).  Inputs are made
+// contiguous here, once, so the kernels can walk raw pointers.
+#include <torch/extension.h>
+
+#include "rnn.h"
+
+namespace rnnkit {
+namespace {
+
+Spec make_spec(const std::vector<int64_t>& s) {
+  TORCH_CHECK(s.size() == 4, "rnnkit: spec must have 4 entries, got ", s.size());
+  return {s[0], s[1], s[2], s[3] != 0};
+}
+
+Tensor dense(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+Tensors dense(const Tensors& ts) {
+  Tensors out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
+}
+
+OptTensors dense(const OptTensors& ts) {
+  OptTensors out;
+  out.reserve(ts.size());
+  for (const auto& t : ts)
+    out.push_back(t.has_value() && t->defined() ? c10::optional<Tensor>(t->contiguous()) : c10::nullopt);
+  return out;
+}
+
+// (T, B, 1) bool mask to a dense (T, B) one; undefined when there is none.
+Tensor flat_mask(const c10::optional<Tensor>& mask) {
+  if (!mask.has_value() || !mask->defined()) return Tensor();
+  TORCH_CHECK(mask->scalar_type() == at::kBool, "rnnkit: mask must be bool");
+  return mask->reshape({mask->size(0), mask->size(1)}).contiguous();
+}
+
+std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Tensor& xp,
+                                     const c10::optional<Tensor>& mask, const Tensors& state0,
+                                     const OptTensors& rec, bool save) {
+  const Spec sp = make_spec(spec);
+  TORCH_CHECK(xp.dim() == 3 && xp.device().is_cpu(), "rnnkit: xp must be a (T, B, G*H) CPU tensor");
+  const FwdArgs a{xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save};
+  FwdResult r;
+  switch (sp.kind) {
+    case kElman: r = elman_forward(sp, a); break;
+    case kJordan: r = jordan_forward(sp, a); break;
+    case kLSTM: r = lstm_forward(sp, a); break;
+    case kGRU: r = gru_forward(sp, a); break;
+    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", sp.kind);
+  }
+  return {r.states, r.saved};
+}
+
+std::tuple<Tensor, Tensors, OptTensors> backward(
+    const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_final,
+    const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
+    const Tensors& saved, const OptTensors& rec) {
+  const Spec sp = make_spec(spec);
+  const BwdArgs a{d_out.has_value() ? dense(*d_out) : Tensor(), dense(d_final), flat_mask(mask),
+                  dense(state0), dense(states), dense(saved), dense(rec)};
+  BwdResult r;
+  switch (sp.kind) {
+    case kElman: r = elman_backward(sp, a); break;
+    case kJordan: r = jordan_backward(sp, a); break;
+    case kLSTM: r = lstm_backward(sp, a); break;
+    case kGRU: r = gru_backward(sp, a); break;
+    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", sp.kind);
+  }
+  return {r.d_xp, r.d_state0, r.d_rec};
+}
+
+}  // namespace
+}  // namespace rnnkit
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnkit fused CPU kernels: whole-sequence forward and backward per layer and direction";
+  m.def("forward", &rnnkit::forward, "states, saved = forward(spec, xp, mask, state0, rec, save)");
+  m.def("backward", &rnnkit::backward,
+        "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec)");
+  m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
+}

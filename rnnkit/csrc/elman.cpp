@@ -1,0 +1,113 @@
+// Elman (simple RNN) over a whole sequence, forward and backward through time.
+//
+// Tensors (T steps, B batch, H hidden):
+//   xp      (T, B, H)    x W_ih^T + b_ih                      input, read only
+//   h0      (B, H)       initial state                        input, read only
+//   w_hh    (H, H)       recurrent weights                     input, read only
+//   b_hh    (H) | None
+//   hs      (T, B, H)    h_t, the only thing saved for backward (plus h0)
+//   da      (T, B, H)    backward: d pre-activation = d_xp, returned; also the rows of the
+//                        single post-loop GEMM dW_hh = da^T [h0; hs[:-1]]
+//   dh, dn  (B, H)       backward workspaces: carried dh and the next one (swapped per step)
+// Aliasing: each step's GEMM writes h_{t-1} W_hh^T straight into hs[t], which the gate pass
+// then overwrites in place with h_t; nothing else aliases.
+#include "rnn.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+namespace rnnkit {
+namespace {
+
+template <typename T>
+void forward_impl(const Spec& sp, const FwdArgs& a, Tensor& hs) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2);
+  const bool is_relu = sp.act == kRelu;
+  const Mask mask(a.mask, B);
+  const T* xp = a.xp.data_ptr<T>();
+  const T* h0 = a.state0[0].data_ptr<T>();
+  const T* w = a.rec[0]->data_ptr<T>();
+  const Tensor zero_bias = a.rec[1].has_value() ? *a.rec[1] : at::zeros({H}, a.xp.options());
+  const T* bias = zero_bias.data_ptr<T>();
+  T* out = hs.data_ptr<T>();
+  for (int64_t t = 0; t < Tn; ++t) {
+    const T* prev = t ? out + (t - 1) * B * H : h0;
+    T* ht = out + t * B * H;                                  // (B, H)
+    gemm(Op::N, Op::T, B, H, H, prev, H, w, H, T(0), ht, H);
+    for_rows(B, H, [&](int64_t b) {
+      T* __restrict y = ht + b * H;
+      if (!mask.valid(t, b)) {
+        std::memcpy(y, prev + b * H, H * sizeof(T));
+        return;
+      }
+      const T* __restrict x = xp + (t * B + b) * H;
+      for (int64_t j = 0; j < H; ++j)
+        y[j] = hidden_act(is_relu, y[j] + x[j] + bias[j]);
+    });
+  }
+}
+
+template <typename T>
+void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Tensor& dn) {
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2);
+  const bool is_relu = sp.act == kRelu;
+  const Mask mask(a.mask, B);
+  const T* hs = a.states[0].data_ptr<T>();
+  const T* w = a.rec[0]->data_ptr<T>();
+  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  T* dA = da.data_ptr<T>();
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    T* dat = dA + t * B * H;                                  // (B, H)
+    T* g_in = dh.data_ptr<T>();
+    T* g_out = dn.data_ptr<T>();
+    for_rows(B, H, [&](int64_t b) {
+      const int64_t r = (t * B + b) * H;
+      T* __restrict d = dat + b * H;
+      T* __restrict next = g_out + b * H;
+      T* __restrict g = g_in + b * H;
+      const T* __restrict y = hs + r;
+      if (dout)                                              // the output's own gradient
+        for (int64_t j = 0; j < H; ++j) g[j] += dout[r + j];
+      if (!mask.valid(t, b)) {                               // the step did not happen
+        std::memcpy(next, g, H * sizeof(T));
+        std::fill(d, d + H, T(0));
+        return;
+      }
+      for (int64_t j = 0; j < H; ++j) {
+        d[j] = hidden_grad(is_relu, y[j], g[j]);
+        next[j] = T(0);
+      }
+    });
+    gemm(Op::N, Op::N, B, H, H, dat, H, w, H, T(1), g_out, H);   // dh_{t-1} += da_t W_hh
+    std::swap(dh, dn);
+  }
+}
+
+}  // namespace
+
+FwdResult elman_forward(const Spec& sp, const FwdArgs& a) {
+  Tensor hs = at::empty(a.xp.sizes(), a.xp.options());
+  AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "elman_forward", [&] { forward_impl<scalar_t>(sp, a, hs); });
+  return {{hs}, {}};
+}
+
+BwdResult elman_backward(const Spec& sp, const BwdArgs& a) {
+  const Tensor& hs = a.states[0];
+  const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2);
+  Tensor da = at::empty(hs.sizes(), hs.options());
+  Tensor dh = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, H}, hs.options());
+  Tensor dn = at::empty({B, H}, hs.options());
+  Tensor dw = at::empty({H, H}, hs.options());
+  c10::optional<Tensor> db;
+  if (a.rec[1].has_value()) db = at::empty({H}, hs.options());
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "elman_backward", [&] {
+    backward_impl<scalar_t>(sp, a, da, dh, dn);
+    weight_grad<scalar_t>(Tn, B, H, H, da.data_ptr<scalar_t>(), H, a.state0[0].data_ptr<scalar_t>(),
+                          hs.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>());
+    if (db) col_sum<scalar_t>(Tn * B, H, da.data_ptr<scalar_t>(), H, db->data_ptr<scalar_t>());
+  });
+  return {da, {dh}, {dw, db}};
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,83 @@
+// Row-major GEMM on raw pointers for the time loops.
+//
+// The x86 torch wheels carry MKL inside libtorch_cpu and export its Fortran BLAS symbols;
+// calling them directly costs well under a microsecond, against several for an ATen op
+// (dispatcher, tensor creation), which is most of a step at B=1, H=64.  The symbols are weak
+// so that a torch built without them still loads: the fallback wraps the pointers in tensors
+// and calls addmm_, slower but the same math.
+#include "rnn.h"
+
+#include <ATen/ops/from_blob.h>
+
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace rnnkit {
+namespace {
+
+// A row-major (rows, cols) block with leading dimension ld, as a tensor view (op T: transposed).
+template <typename T>
+Tensor view(const T* p, Op op, int64_t rows, int64_t cols, int64_t ld) {
+  auto t = at::from_blob(const_cast<T*>(p), {op == Op::N ? rows : cols, op == Op::N ? cols : rows},
+                         {ld, 1}, c10::CppTypeToScalarType<T>::value);
+  return op == Op::N ? t : t.t();
+}
+
+template <typename T>
+void gemm_aten(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  Tensor c = view(C, Op::N, M, N, ldc);
+  c.addmm_(view(A, opa, M, K, lda), view(B, opb, K, N, ldb), beta, 1);
+}
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+template <typename T, typename Fn>
+void gemm_blas(Fn fn, Op opa, Op opb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const char ta = opa == Op::N ? 'N' : 'T', tb = opb == Op::N ? 'N' : 'T';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(std::max<int64_t>(ldb, 1));
+  const int lb = static_cast<int>(std::max<int64_t>(lda, 1));
+  const int lc = static_cast<int>(std::max<int64_t>(ldc, 1));
+  const T one = 1;
+  fn(&tb, &ta, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+}
+
+template <typename T>
+bool trivial(int64_t M, int64_t N, int64_t K, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return true;
+  if (K > 0) return false;
+  for (int64_t i = 0; i < M; ++i)                  // empty sum: C = beta * C
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+  return true;
+}
+
+}  // namespace
+
+bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (trivial(M, N, K, beta, C, ldc)) return;
+  if (sgemm_ != nullptr)
+    gemm_blas(sgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_aten(opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (trivial(M, N, K, beta, C, ldc)) return;
+  if (dgemm_ != nullptr)
+    gemm_blas(dgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_aten(opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace rnnkit

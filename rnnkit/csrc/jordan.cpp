@@ -1,0 +1,161 @@
+// Jordan network over a whole sequence, forward and backward through time.  The carried state
+// is the previous output y: h_t = act(xp_t + y_{t-1} W_yh^T), y_t = out(h_t W_hy^T + b_hy).
+//
+// Tensors (T steps, B batch, H hidden, O outputs):
+//   xp       (T, B, H)    x W_ih^T + b_ih                             input, read only
+//   y0       (B, O)       initial output                              input, read only
+//   w_yh     (H, O), w_hy (O, H), b_hy (O) | None                     inputs, read only
+//   hs       (T, B, H)    h_t: saved ("hidden") and traced; without save a (B, H) workspace
+//   ys       (T, B, O)    y_t: the state, saved for backward
+//   dz       (T, B, O)    backward: d(h W_hy^T + b_hy); post-loop dW_hy = dz^T hs, db_hy = sum dz
+//   da       (T, B, H)    backward: d pre-activation of h = d_xp, returned; post-loop
+//                         dW_yh = da^T [y0; ys[:-1]]
+//   dy, dn   (B, O)       backward: carried dy and the next one (swapped per step)
+// Aliasing: the step GEMMs write y_{t-1} W_yh^T into hs[t] and h_t W_hy^T into ys[t], which
+// the activation passes overwrite in place; in backward dz_t W_hy is written into da[t] and
+// scaled there by act'(h_t).
+#include "rnn.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+namespace rnnkit {
+namespace {
+
+template <typename T>
+void out_forward(int64_t kind, int64_t O, T* __restrict y, const T* __restrict bias) {
+  for (int64_t k = 0; k < O; ++k) y[k] += bias[k];
+  if (kind == kTanh) {
+    for (int64_t k = 0; k < O; ++k) y[k] = tanh_(y[k]);
+  } else if (kind == kSigmoid) {
+    for (int64_t k = 0; k < O; ++k) y[k] = sigmoid(y[k]);
+  } else if (kind == kSoftmax) {
+    const T mx = *std::max_element(y, y + O);              // shift: every exponent is <= 0
+    T sum = 0;
+    for (int64_t k = 0; k < O; ++k) sum += (y[k] = exp_neg(y[k] - mx));
+    const T inv = T(1) / sum;
+    for (int64_t k = 0; k < O; ++k) y[k] *= inv;
+  }
+}
+
+// dz from dy, written with the output y.
+template <typename T>
+void out_backward(int64_t kind, int64_t O, const T* __restrict y, const T* __restrict g, T* __restrict dz) {
+  if (kind == kTanh) {
+    for (int64_t k = 0; k < O; ++k) dz[k] = g[k] * (T(1) - y[k] * y[k]);
+  } else if (kind == kSigmoid) {
+    for (int64_t k = 0; k < O; ++k) dz[k] = g[k] * y[k] * (T(1) - y[k]);
+  } else if (kind == kSoftmax) {
+    T s = 0;
+    for (int64_t k = 0; k < O; ++k) s += g[k] * y[k];
+    for (int64_t k = 0; k < O; ++k) dz[k] = y[k] * (g[k] - s);
+  } else {
+    std::memcpy(dz, g, O * sizeof(T));
+  }
+}
+
+template <typename T>
+void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, Tensor& hs, Tensor& ys) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = ys.size(2);
+  const bool is_relu = sp.act == kRelu;
+  const Mask mask(a.mask, B);
+  const T *xp = a.xp.data_ptr<T>(), *y0 = a.state0[0].data_ptr<T>();
+  const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
+  T *H_ = hs.data_ptr<T>(), *Y = ys.data_ptr<T>();
+  for (int64_t t = 0; t < Tn; ++t) {
+    const T* yp = t ? Y + (t - 1) * B * O : y0;
+    T* ht = a.save ? H_ + t * B * H : H_;                     // (B, H)
+    T* yt = Y + t * B * O;                                    // (B, O)
+    gemm(Op::N, Op::T, B, H, O, yp, O, w_yh, O, T(0), ht, H);
+    for_rows(B, H, [&](int64_t b) {
+      T* __restrict h = ht + b * H;
+      const T* __restrict x = xp + (t * B + b) * H;
+      for (int64_t j = 0; j < H; ++j) h[j] = hidden_act(is_relu, h[j] + x[j]);
+    });
+    gemm(Op::N, Op::T, B, O, H, ht, H, w_hy, H, T(0), yt, O);
+    for_rows(B, O, [&](int64_t b) {
+      if (mask.valid(t, b))
+        out_forward(sp.out, O, yt + b * O, bias);
+      else
+        std::memcpy(yt + b * O, yp + b * O, O * sizeof(T));
+    });
+  }
+}
+
+template <typename T>
+void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Tensor& dy, Tensor& dn) {
+  const Tensor& ys = a.states[0];
+  const int64_t Tn = ys.size(0), B = ys.size(1), O = ys.size(2), H = a.saved[0].size(2);
+  const bool is_relu = sp.act == kRelu;
+  const Mask mask(a.mask, B);
+  const T *Y = ys.data_ptr<T>(), *H_ = a.saved[0].data_ptr<T>();
+  const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
+  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  T *dZ = dz.data_ptr<T>(), *dA = da.data_ptr<T>();
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    T* dzt = dZ + t * B * O;
+    T* dat = dA + t * B * H;
+    T* g_in = dy.data_ptr<T>();
+    T* g_out = dn.data_ptr<T>();
+    for_rows(B, O, [&](int64_t b) {
+      const int64_t r = (t * B + b) * O;
+      T* __restrict g = g_in + b * O;
+      T* __restrict next = g_out + b * O;
+      if (dout)
+        for (int64_t k = 0; k < O; ++k) g[k] += dout[r + k];
+      if (!mask.valid(t, b)) {                               // the step did not happen
+        std::memcpy(next, g, O * sizeof(T));
+        std::fill(dzt + b * O, dzt + (b + 1) * O, T(0));
+        return;
+      }
+      out_backward(sp.out, O, Y + r, g, dzt + b * O);
+      std::fill(next, next + O, T(0));
+    });
+    gemm(Op::N, Op::N, B, H, O, dzt, O, w_hy, H, T(0), dat, H);        // dh = dz W_hy
+    for_rows(B, H, [&](int64_t b) {
+      T* __restrict d = dat + b * H;
+      const T* __restrict h = H_ + (t * B + b) * H;
+      for (int64_t j = 0; j < H; ++j) d[j] = hidden_grad(is_relu, h[j], d[j]);
+    });
+    gemm(Op::N, Op::N, B, O, H, dat, H, w_yh, O, T(1), g_out, O);      // dy_{t-1} += da W_yh
+    std::swap(dy, dn);
+  }
+}
+
+}  // namespace
+
+FwdResult jordan_forward(const Spec& sp, const FwdArgs& a) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = a.rec[1]->size(0);
+  const auto opt = a.xp.options();
+  Tensor hs = a.save ? at::empty({Tn, B, H}, opt) : at::empty({B, H}, opt);
+  Tensor ys = at::empty({Tn, B, O}, opt);
+  const Tensor bias_t = a.rec[2].has_value() ? *a.rec[2] : at::zeros({O}, opt);
+  AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "jordan_forward",
+                             [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), hs, ys); });
+  if (!a.save) return {{ys}, {}};
+  return {{ys}, {hs}};
+}
+
+BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
+  const Tensor &ys = a.states[0], &hs = a.saved[0];
+  const int64_t Tn = ys.size(0), B = ys.size(1), O = ys.size(2), H = hs.size(2);
+  const auto opt = ys.options();
+  Tensor dz = at::empty({Tn, B, O}, opt), da = at::empty({Tn, B, H}, opt);
+  Tensor dy = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, O}, opt);
+  Tensor dn = at::empty({B, O}, opt);
+  Tensor dw_yh = at::empty({H, O}, opt), dw_hy = at::empty({O, H}, opt);
+  c10::optional<Tensor> db;
+  if (a.rec[2].has_value()) db = at::empty({O}, opt);
+  AT_DISPATCH_FLOATING_TYPES(ys.scalar_type(), "jordan_backward", [&] {
+    using T = scalar_t;
+    backward_impl<T>(sp, a, dz, da, dy, dn);
+    const T *Z = dz.data_ptr<T>(), *A = da.data_ptr<T>();
+    gemm(Op::T, Op::N, O, H, Tn * B, Z, O, hs.data_ptr<T>(), H, T(0), dw_hy.data_ptr<T>(), H);
+    weight_grad<T>(Tn, B, H, O, A, H, a.state0[0].data_ptr<T>(), ys.data_ptr<T>(), dw_yh.data_ptr<T>());
+    if (db) col_sum<T>(Tn * B, O, Z, O, db->data_ptr<T>());
+  });
+  return {da, {dy}, {dw_yh, dw_hy, db}};
+}
+
+}  // namespace rnnkit
