@@ -1,0 +1,144 @@
+"""Readers for every data source; each turns bad input into one UserError line.
+
+Nothing here downloads: sunspots ship inside rnnkit (``rnnkit/data``), digits inside
+scikit-learn, the UEA/UCR sets inside sktime (the ``rnnkit[uea]`` extra), and CSV and text
+files come from the user.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+
+from ..data import SUNSPOTS_CSV
+from .errors import UserError
+
+
+def _open_text(path: str, what: str) -> str:
+    """The whole file as text, or a UserError saying why not."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} {path}: no such file")
+    if p.is_dir():
+        raise UserError(f"{what} {path}: is a folder, expected a file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path}: not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise UserError(f"{what} {path}: is empty")
+    return text
+
+
+def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str]]:
+    """One numeric column of a CSV with a header row: (values (N,) float64, first-column labels).
+
+    ``column`` may be None when the file has exactly one column.
+    """
+    text = _open_text(path, "--csv")
+    try:
+        rows = [r for r in csv.reader(text.splitlines()) if any(cell.strip() for cell in r)]
+    except csv.Error as e:
+        raise UserError(f"--csv {path}: malformed CSV ({e})") from None
+    header = [h.strip() for h in rows[0]]
+    if column is None:
+        if len(header) != 1:
+            raise UserError(f"--csv {path}: has {len(header)} columns; choose one with --target "
+                            f"({', '.join(header)})")
+        column = header[0]
+    if column not in header:
+        raise UserError(f"--target {column}: no such column in {path} (columns: {', '.join(header)})")
+    j = header.index(column)
+    if len(rows) < 2:
+        raise UserError(f"--csv {path}: has a header but no data rows")
+    values, labels = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise UserError(f"--csv {path}: row {line} has {len(row)} fields, the header has {len(header)}")
+        values.append(_number(row[j], f"--csv {path}: row {line}, column {column!r}"))
+        labels.append(row[0].strip())
+    return np.asarray(values, dtype=np.float64), labels
+
+
+def _number(cell: str, where: str) -> float:
+    try:
+        v = float(cell)
+    except ValueError:
+        raise UserError(f"{where}: {cell.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise UserError(f"{where}: {cell.strip()!r} is not a finite number (NaN or infinity)")
+    return v
+
+
+def sunspots() -> Tuple[np.ndarray, np.ndarray]:
+    """Yearly sunspot numbers shipped with rnnkit: (years (309,) int, values (309,) float64)."""
+    table = np.loadtxt(SUNSPOTS_CSV, delimiter=",", skiprows=1)
+    return table[:, 0].astype(int), table[:, 1]
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 text file for the character model."""
+    return _open_text(path, "--text")
+
+
+def digits() -> Tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (read from its package, no download): (1797, 8, 8) in [0, 1], labels."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError("task digits: needs scikit-learn (pip install scikit-learn)") from None
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def _sktime_data_dir() -> Path:
+    """sktime's bundled data folder, found without importing sktime (which is slow)."""
+    spec = importlib.util.find_spec("sktime")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("this task reads data bundled with sktime: pip install 'rnnkit[uea]'")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def uea(name: str, split: str) -> Tuple[List[np.ndarray], List[str], List[str]]:
+    """A UEA/UCR set in sktime's .ts format: (cases, each (T_i, C) float32; labels; class names)."""
+    path = _sktime_data_dir() / name / f"{name}_{split}.ts"
+    if not path.exists():
+        raise UserError(f"task data {name}: {path} is missing from the installed sktime")
+    return parse_ts(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_ts(text: str, where: str) -> Tuple[List[np.ndarray], List[str], List[str]]:
+    """Parse the .ts format: ``@`` header lines, then one case per line, ``dim:dim:...:label``."""
+    classes: List[str] = []
+    cases, labels = [], []
+    in_data = False
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            words = line.split()
+            if words[0].lower() == "@classlabel" and len(words) > 2:
+                classes = words[2:]
+            in_data = words[0].lower() == "@data"
+            continue
+        *dims, label = line.split(":")
+        try:
+            chans = [np.array(d.split(","), dtype=np.float32) for d in dims]
+        except ValueError:
+            raise UserError(f"{where}: line {n}: not a number") from None
+        if len({len(c) for c in chans}) != 1:
+            raise UserError(f"{where}: line {n}: channels differ in length")
+        cases.append(np.stack(chans, axis=1))                       # (T_i, C)
+        labels.append(label.strip())
+    if not cases:
+        raise UserError(f"{where}: no cases")
+    return cases, labels, classes or sorted(set(labels))

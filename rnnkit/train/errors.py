@@ -1,0 +1,15 @@
+"""Errors a user can cause (bad input, bad options): reported as one line, exit code 2."""
+
+
+class UserError(Exception):
+    """Expected, user-caused failure; ``rnnkit.cli.main`` prints its message alone on one line."""
+
+    exit_code = 2
+
+
+class Interrupted(UserError):
+    """Training stopped on Ctrl-C / SIGTERM (or a test's request) after writing a checkpoint."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

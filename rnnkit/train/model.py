@@ -1,0 +1,80 @@
+"""The trained network: an rnnkit recurrent layer and a linear read-out.
+
+Symbols: B batch, T steps, I input features (or V symbols, one-hot encoded), D directions,
+S emitted state size (H, or the Jordan output size), K outputs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import GRU, LSTM, Elman, Jordan
+from .config import Config
+
+
+def build_rnn(cfg: Config, n_in: int) -> nn.Module:
+    """The core layer the config asks for, batch-first."""
+    common = dict(num_layers=cfg.layers, bias=cfg.bias, batch_first=True, dropout=cfg.dropout,
+                  bidirectional=cfg.bidirectional, backend=cfg.backend)
+    if cfg.cell == "elman":
+        return Elman(n_in, cfg.hidden, nonlinearity=cfg.nonlinearity, **common)
+    if cfg.cell == "lstm":
+        return LSTM(n_in, cfg.hidden, forget_bias=cfg.forget_bias, **common)
+    if cfg.cell == "gru":
+        return GRU(n_in, cfg.hidden, reset_after=cfg.reset_after, **common)
+    return Jordan(n_in, cfg.hidden, cfg.jordan_output or cfg.hidden, nonlinearity=cfg.nonlinearity,
+                  output_activation=cfg.output_activation, **common)
+
+
+def detach_state(state):
+    """Cut the graph behind a carried state (a tensor or an LSTM (h, c) tuple)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+class Net(nn.Module):
+    """x (B, T, I) floats or (B, T) symbol ids -> outputs (B, K) (readout 'last') or (B, T, K) ('all')."""
+
+    def __init__(self, cfg: Config, n_in: int, n_out: int, readout: str, tokens: int = 0):
+        super().__init__()
+        self.readout, self.tokens = readout, tokens
+        self.rnn = build_rnn(cfg, tokens or n_in)
+        S = (cfg.jordan_output or cfg.hidden) if cfg.cell == "jordan" else cfg.hidden
+        self.state_size, self.directions = S, 2 if cfg.bidirectional else 1
+        self.head = nn.Linear(self.directions * S, n_out)
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor] = None, state=None, split_at: int = 0):
+        """Returns (outputs, final state); with ``split_at`` = k > 0 also the state after step k.
+
+        The split lets truncated BPTT take the next chunk's start state from inside this chunk
+        in a single forward call (one call, so DistributedDataParallel sees one forward).
+        """
+        if self.tokens:
+            x = F.one_hot(x, self.tokens).to(self.head.weight.dtype)          # (B, T, V)
+        if split_at:
+            first, mid = self.rnn(x[:, :split_at], state)
+            rest, state = self.rnn(x[:, split_at:], mid)
+            out = torch.cat([first, rest], dim=1)
+        else:
+            out, state = self.rnn(x, state, lengths=lengths)                  # (B, T, D*S)
+        if self.readout == "last":
+            out = self._last(out, lengths)
+        y = self.head(out)
+        return (y, state, mid) if split_at else (y, state)
+
+    def _last(self, out: Tensor, lengths: Optional[Tensor]) -> Tensor:
+        """(B, T, D*S) -> (B, D*S): forward features at each sequence's last valid step,
+        reverse features at step 0 (where the reverse direction has read the whole sequence)."""
+        B, T, _ = out.shape
+        last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1)
+        S = self.state_size
+        fwd = out[torch.arange(B), last.to(out.device), :S]
+        if self.directions == 1:
+            return fwd
+        return torch.cat([fwd, out[:, 0, S:]], dim=-1)
