@@ -92,6 +92,9 @@ class _Recurrent(nn.Module):
                     self.register_parameter(name + sfx, nn.Parameter(torch.empty(shape, **factory)))
                     names.append(name + sfx)
                 self._param_names.append(names)
+        # Per layer, forward direction: [weight_ih, bias_ih, *rec_params], as step's C++ call takes them.
+        self._step_names = [[n + f"_l{k}" for n in ("weight_ih", "bias_ih") + cell.rec_params]
+                            for k in range(self.num_layers)]
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------
@@ -137,22 +140,26 @@ class _Recurrent(nn.Module):
         """Inverse of _hx_tensors, for the returned final state."""
         return finals[0]
 
-    def _initial_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> List[Tuple[Tensor, ...]]:
-        """Per layer-direction tuple of (B, S_k) initial states."""
+    def _full_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> Tuple[Tensor, ...]:
+        """The checked initial states as (D*L, B, S_k) tensors, one per carried state."""
         LD = self.num_layers * self._D
         sizes = self.cell.state_sizes()
         who = type(self).__name__
         if hx is None:
-            full = [ref.new_zeros(LD, B, s) for s in sizes]
-        else:
-            hs = self._hx_tensors(hx)
-            full = []
-            for k, (h, s) in enumerate(zip(hs, sizes)):
-                name = self._hx_name if len(hs) == 1 else f"{self._hx_name}[{k}]"
-                shape = (LD, s) if unbatched else (LD, B, s)
-                validation.state_tensor(who, name, h, shape, ref.dtype, ref.device)
-                full.append(h.unsqueeze(1) if unbatched else h)
-        return [tuple(h[i] for h in full) for i in range(LD)]
+            return tuple(ref.new_zeros(LD, B, s) for s in sizes)
+        hs = self._hx_tensors(hx)
+        full = []
+        for k, (h, s) in enumerate(zip(hs, sizes)):
+            name = self._hx_name if len(hs) == 1 else f"{self._hx_name}[{k}]"
+            shape = (LD, s) if unbatched else (LD, B, s)
+            validation.state_tensor(who, name, h, shape, ref.dtype, ref.device)
+            full.append(h.unsqueeze(1) if unbatched else h)
+        return tuple(full)
+
+    def _initial_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> List[Tuple[Tensor, ...]]:
+        """Per layer-direction tuple of (B, S_k) initial states."""
+        full = self._full_state(hx, B, unbatched, ref)
+        return [tuple(h[i] for h in full) for i in range(self.num_layers * self._D)]
 
     # -- sequence --------------------------------------------------------
     def forward(self, input, hx=None, lengths=None, return_trace: bool = False):
@@ -226,7 +233,7 @@ class _Recurrent(nn.Module):
         return t.gather(0, rev.expand(-1, -1, t.shape[-1]))
 
     def _run(self, x, mask, rev, state0, want_trace):
-        backend = backends.resolve(self.backend)
+        backend = backends.resolve(self.backend, x.device, x.dtype)
         layer_in = x if mask is None else x.masked_fill(~mask, 0.0)     # padding never enters the math
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
         traces = []
@@ -278,6 +285,8 @@ class _Recurrent(nn.Module):
                                 self.input_size, self._dtype)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input                  # (B, I)
+        if self._fused_step(x):
+            return self._step_cpu(x, hx, unbatched)
         state0 = self._initial_state(hx, x.shape[0], unbatched, x)
         new_states = []
         for layer in range(self.num_layers):
@@ -291,6 +300,23 @@ class _Recurrent(nn.Module):
         if unbatched:
             x, h_n = x.squeeze(0), tuple(h.squeeze(1) for h in h_n)
         return x, self._hx_pack(h_n)
+
+    def _fused_step(self, x: Tensor) -> bool:
+        """Whether ``step`` can run as one call into the C++ kernels: inference, no dropout."""
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        if self.training and self.dropout and self.num_layers > 1:
+            return False
+        return backends.resolve(self.backend, x.device, x.dtype) == "cpu"
+
+    def _step_cpu(self, x: Tensor, hx, unbatched: bool):
+        full = self._full_state(hx, x.shape[0], unbatched, x)          # (L, B, S_k)
+        p = self._parameters
+        layers = [[p.get(n) for n in names] for names in self._step_names]
+        out, h_n = backends.get("cpu").step(self.cell, x, full, layers)
+        if unbatched:
+            out, h_n = out.squeeze(0), tuple(h.squeeze(1) for h in h_n)
+        return out, self._hx_pack(h_n)
 
     def extra_repr(self) -> str:
         s = self._size_repr()

@@ -51,7 +51,9 @@ def _cpu_signature() -> str:
 
 
 def _flags(native: bool) -> List[str]:
-    return ["-O3", "-std=c++17"] + (["-march=native"] if native else [])
+    # torch's own build uses -fno-math-errno -fno-trapping-math too; without them gcc does not
+    # if-convert the branch-free activations and the gate loops stay scalar.
+    return ["-O3", "-fno-math-errno", "-fno-trapping-math"] + (["-march=native"] if native else [])
 
 
 def _tag(native: bool) -> str:

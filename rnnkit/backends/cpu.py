@@ -47,3 +47,13 @@ def backward(cell: Cell, d_out: Optional[Tensor], d_final: Tuple[Optional[Tensor
     d_xp, d_state0, d_params = _build.load().backward(
         _spec(cell), d_out, list(d_final), mask, list(state0), list(states), list(saved), list(params))
     return d_xp, tuple(d_state0), tuple(d_params)
+
+
+def step(cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One streaming step of a stack of layers, without autograd.
+
+    x (B, I); state0 tuple of (L, B, S_k); layers: per layer [w_ih, b_ih, *rec_params].
+    Returns the last layer's output (B, S_0) and the new states, tuple of (L, B, S_k).
+    """
+    out, h_n = _build.load().step(_spec(cell), x, list(state0), layers)
+    return out, tuple(h_n)

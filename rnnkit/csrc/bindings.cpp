@@ -39,21 +39,46 @@ Tensor flat_mask(const c10::optional<Tensor>& mask) {
   return mask->reshape({mask->size(0), mask->size(1)}).contiguous();
 }
 
+FwdResult run_forward(const Spec& sp, const FwdArgs& a) {
+  switch (sp.kind) {
+    case kElman: return elman_forward(sp, a);
+    case kJordan: return jordan_forward(sp, a);
+    case kLSTM: return lstm_forward(sp, a);
+    case kGRU: return gru_forward(sp, a);
+    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", sp.kind);
+  }
+}
+
 std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Tensor& xp,
                                      const c10::optional<Tensor>& mask, const Tensors& state0,
                                      const OptTensors& rec, bool save) {
-  const Spec sp = make_spec(spec);
   TORCH_CHECK(xp.dim() == 3 && xp.device().is_cpu(), "rnnkit: xp must be a (T, B, G*H) CPU tensor");
-  const FwdArgs a{xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save};
-  FwdResult r;
-  switch (sp.kind) {
-    case kElman: r = elman_forward(sp, a); break;
-    case kJordan: r = jordan_forward(sp, a); break;
-    case kLSTM: r = lstm_forward(sp, a); break;
-    case kGRU: r = gru_forward(sp, a); break;
-    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", sp.kind);
-  }
+  FwdResult r = run_forward(make_spec(spec), {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save});
   return {r.states, r.saved};
+}
+
+// Streaming inference: one step of a stack of L layers (one direction) in one call.
+//   x (B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
+//   returns the last layer's output (B, S_0) and the new states (L, B, S_k).
+std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
+                                 const std::vector<OptTensors>& layers) {
+  const Spec sp = make_spec(spec);
+  const int64_t L = static_cast<int64_t>(layers.size());
+  std::vector<Tensors> finals(state0.size());
+  Tensor inp = x;
+  for (int64_t l = 0; l < L; ++l) {
+    const OptTensors& p = layers[l];
+    const Tensor& w_ih = *p[0];
+    Tensor xp = p[1].has_value() ? at::addmm(*p[1], inp, w_ih.t()) : at::mm(inp, w_ih.t());   // (B, G*H)
+    Tensors s0;
+    for (const auto& s : state0) s0.push_back(L == 1 ? s[0].contiguous() : s.select(0, l).contiguous());
+    FwdResult r = run_forward(sp, {xp.unsqueeze(0), Tensor(), s0, dense(OptTensors(p.begin() + 2, p.end())), false});
+    for (size_t k = 0; k < r.states.size(); ++k) finals[k].push_back(r.states[k]);   // (1, B, S_k)
+    inp = r.states[0][0];
+  }
+  Tensors h_n;
+  for (auto& f : finals) h_n.push_back(L == 1 ? f[0] : at::cat(f));
+  return {inp, h_n};
 }
 
 std::tuple<Tensor, Tensors, OptTensors> backward(
@@ -82,5 +107,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rnnkit::forward, "states, saved = forward(spec, xp, mask, state0, rec, save)");
   m.def("backward", &rnnkit::backward,
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec)");
+  m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
 }

@@ -20,6 +20,23 @@
 namespace rnnkit {
 namespace {
 
+// The gate passes are plain functions of restrict pointers: inside the row lambdas gcc does
+// not vectorise them.
+template <typename T>
+void forward_row(int64_t H, bool is_relu, T* __restrict y, const T* __restrict x, const T* __restrict bias) {
+  for (int64_t j = 0; j < H; ++j) y[j] = hidden_act(is_relu, y[j] + x[j] + bias[j]);
+}
+
+// d = act'(y) * g and next = 0 (the GEMM adds d W_hh to it).
+template <typename T>
+void backward_row(int64_t H, bool is_relu, const T* __restrict y, const T* __restrict g, T* __restrict d,
+                  T* __restrict next) {
+  for (int64_t j = 0; j < H; ++j) {
+    d[j] = hidden_grad(is_relu, y[j], g[j]);
+    next[j] = T(0);
+  }
+}
+
 template <typename T>
 void forward_impl(const Spec& sp, const FwdArgs& a, Tensor& hs) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2);
@@ -36,14 +53,10 @@ void forward_impl(const Spec& sp, const FwdArgs& a, Tensor& hs) {
     T* ht = out + t * B * H;                                  // (B, H)
     gemm(Op::N, Op::T, B, H, H, prev, H, w, H, T(0), ht, H);
     for_rows(B, H, [&](int64_t b) {
-      T* __restrict y = ht + b * H;
-      if (!mask.valid(t, b)) {
-        std::memcpy(y, prev + b * H, H * sizeof(T));
-        return;
-      }
-      const T* __restrict x = xp + (t * B + b) * H;
-      for (int64_t j = 0; j < H; ++j)
-        y[j] = hidden_act(is_relu, y[j] + x[j] + bias[j]);
+      if (mask.valid(t, b))
+        forward_row(H, is_relu, ht + b * H, xp + (t * B + b) * H, bias);
+      else
+        std::memcpy(ht + b * H, prev + b * H, H * sizeof(T));
     });
   }
 }
@@ -63,20 +76,13 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
     T* g_out = dn.data_ptr<T>();
     for_rows(B, H, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
-      T* __restrict d = dat + b * H;
-      T* __restrict next = g_out + b * H;
-      T* __restrict g = g_in + b * H;
-      const T* __restrict y = hs + r;
-      if (dout)                                              // the output's own gradient
-        for (int64_t j = 0; j < H; ++j) g[j] += dout[r + j];
-      if (!mask.valid(t, b)) {                               // the step did not happen
+      T *d = dat + b * H, *next = g_out + b * H, *g = g_in + b * H;
+      if (dout) add_to(H, g, dout + r);                       // the output's own gradient
+      if (mask.valid(t, b)) {
+        backward_row(H, is_relu, hs + r, g, d, next);
+      } else {                                               // the step did not happen
         std::memcpy(next, g, H * sizeof(T));
         std::fill(d, d + H, T(0));
-        return;
-      }
-      for (int64_t j = 0; j < H; ++j) {
-        d[j] = hidden_grad(is_relu, y[j], g[j]);
-        next[j] = T(0);
       }
     });
     gemm(Op::N, Op::N, B, H, H, dat, H, w, H, T(1), g_out, H);   // dh_{t-1} += da_t W_hh

@@ -32,6 +32,83 @@ struct Dims {
   int64_t T, B, H;
 };
 
+// Gate passes of one row, plain functions of restrict pointers so that gcc vectorises them.
+// Torch form: u = h_{t-1} W_hh^T (3H).
+template <typename T>
+void after_row(int64_t H, const T* __restrict x, const T* __restrict u, const T* __restrict bias,
+               const T* __restrict h_prev, T* __restrict g, T* __restrict hn, T* __restrict h) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = sigmoid(x[j] + u[j] + bias[j]);
+    const T z = sigmoid(x[H + j] + u[H + j] + bias[H + j]);
+    const T m = u[2 * H + j] + bias[2 * H + j];
+    const T n = tanh_(x[2 * H + j] + r * m);
+    g[j] = r, g[H + j] = z, g[2 * H + j] = n, hn[j] = m;
+    h[j] = (T(1) - z) * n + z * h_prev[j];
+  }
+}
+
+// Original form, first pass: r and z from u = h_{t-1} W_hrz^T (2H), and r * h_{t-1}.
+template <typename T>
+void before_row_rz(int64_t H, const T* __restrict x, const T* __restrict u, const T* __restrict bias,
+                   const T* __restrict h_prev, T* __restrict g, T* __restrict rh) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = sigmoid(x[j] + u[j] + bias[j]);
+    g[j] = r, g[H + j] = sigmoid(x[H + j] + u[H + j] + bias[H + j]);
+    rh[j] = r * h_prev[j];
+  }
+}
+
+// Original form, second pass: n from m = (r * h_{t-1}) W_hn^T, and h_t.
+template <typename T>
+void before_row_n(int64_t H, const T* __restrict x, const T* __restrict m, const T* __restrict bias,
+                  const T* __restrict h_prev, T* __restrict g, T* __restrict h) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T n = tanh_(x[2 * H + j] + m[j] + bias[2 * H + j]);
+    const T z = g[H + j];
+    g[2 * H + j] = n;
+    h[j] = (T(1) - z) * n + z * h_prev[j];
+  }
+}
+
+// Shared by both forms: d_xp of z and n, and the direct path dh_{t-1} = dh z.
+template <typename T>
+void zn_grads(int64_t H, const T* __restrict g, const T* __restrict h_prev, const T* __restrict gh,
+              T* __restrict dxr, T* __restrict next) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T z = g[H + j], n = g[2 * H + j];
+    dxr[2 * H + j] = gh[j] * (T(1) - z) * (T(1) - n * n);
+    dxr[H + j] = gh[j] * (h_prev[j] - n) * z * (T(1) - z);
+    next[j] = gh[j] * z;
+  }
+}
+
+// Torch form: dr through hn, and the n rows of the recurrent gradient dan * r.
+template <typename T>
+void after_r_grads(int64_t H, const T* __restrict g, const T* __restrict hn, T* __restrict dxr,
+                   T* __restrict drn) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = g[j], dan = dxr[2 * H + j];
+    dxr[j] = dan * hn[j] * r * (T(1) - r);
+    drn[j] = dan * r;
+  }
+}
+
+// Original form: dr and dh_{t-1} through du = d(r * h_{t-1}).
+template <typename T>
+void before_r_grads(int64_t H, const T* __restrict g, const T* __restrict h_prev, const T* __restrict du,
+                    T* __restrict dxr, T* __restrict next) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = g[j];
+    dxr[j] = du[j] * h_prev[j] * r * (T(1) - r);
+    next[j] += du[j] * r;
+  }
+}
+
+template <typename T>
+void mul(int64_t n, const T* __restrict a, const T* __restrict b, T* __restrict out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = a[j] * b[j];
+}
+
 template <typename T>
 void forward_after(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, Tensor& gates, Tensor& hn) {
   const int64_t B = d.B, H = d.H, G = 3 * H;
@@ -45,24 +122,11 @@ void forward_after(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, T
     T* hnt = a.save ? HN + t * B * H : HN;
     gemm(Op::N, Op::T, B, G, H, hp, H, w, H, T(0), hw, G);   // (B, 3H)
     for_rows(B, G, [&](int64_t b) {
-      T* __restrict h = H_ + (t * B + b) * H;
-      const T* __restrict h_prev = hp + b * H;
-      if (!mask.valid(t, b)) {
-        std::memcpy(h, h_prev, H * sizeof(T));
-        return;
-      }
-      T* __restrict g = gt + b * G;
-      T* __restrict hnr = hnt + b * H;
-      const T* __restrict x = xp + (t * B + b) * G;
-      const T* __restrict u = hw + b * G;
-      for (int64_t j = 0; j < H; ++j) {
-        const T r = sigmoid(x[j] + u[j] + bias[j]);
-        const T z = sigmoid(x[H + j] + u[H + j] + bias[H + j]);
-        const T m = u[2 * H + j] + bias[2 * H + j];
-        const T n = tanh_(x[2 * H + j] + r * m);
-        g[j] = r, g[H + j] = z, g[2 * H + j] = n, hnr[j] = m;
-        h[j] = (T(1) - z) * n + z * h_prev[j];
-      }
+      T* h = H_ + (t * B + b) * H;
+      if (mask.valid(t, b))
+        after_row(H, xp + (t * B + b) * G, hw + b * G, bias, hp + b * H, gt + b * G, hnt + b * H, h);
+      else
+        std::memcpy(h, hp + b * H, H * sizeof(T));
     });
   }
 }
@@ -81,47 +145,16 @@ void forward_before(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, 
     T* gt = a.save ? G_ + t * B * G : G_;
     gemm(Op::N, Op::T, B, 2 * H, H, hp, H, w, H, T(0), hw, 2 * H);     // r, z rows (B, 2H)
     for_rows(B, G, [&](int64_t b) {
-      T* __restrict g = gt + b * G;
-      T* __restrict rhr = rh + b * H;
-      const T* __restrict x = xp + (t * B + b) * G;
-      const T* __restrict u = hw + b * 2 * H;
-      const T* __restrict h_prev = hp + b * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const T r = sigmoid(x[j] + u[j] + bias[j]);
-        g[j] = r, g[H + j] = sigmoid(x[H + j] + u[H + j] + bias[H + j]);
-        rhr[j] = r * h_prev[j];
-      }
+      before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, bias, hp + b * H, gt + b * G, rh + b * H);
     });
     gemm(Op::N, Op::T, B, H, H, rh, H, w + 2 * H * H, H, T(0), hwn, H);   // (r * h) W_hn^T
     for_rows(B, G, [&](int64_t b) {
-      T* __restrict h = H_ + (t * B + b) * H;
-      const T* __restrict h_prev = hp + b * H;
-      if (!mask.valid(t, b)) {
-        std::memcpy(h, h_prev, H * sizeof(T));
-        return;
-      }
-      T* __restrict g = gt + b * G;
-      const T* __restrict x = xp + (t * B + b) * G;
-      const T* __restrict m = hwn + b * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const T n = tanh_(x[2 * H + j] + m[j] + bias[2 * H + j]);
-        const T z = g[H + j];
-        g[2 * H + j] = n;
-        h[j] = (T(1) - z) * n + z * h_prev[j];
-      }
+      T* h = H_ + (t * B + b) * H;
+      if (mask.valid(t, b))
+        before_row_n(H, xp + (t * B + b) * G, hwn + b * H, bias, hp + b * H, gt + b * G, h);
+      else
+        std::memcpy(h, hp + b * H, H * sizeof(T));
     });
-  }
-}
-
-// Shared by both forms: d_xp of z and n, and the direct path dh_{t-1} = dh z.
-template <typename T>
-inline void gate_grads(int64_t H, const T* __restrict g, const T* __restrict h_prev, const T* __restrict gh,
-                       T* __restrict dxr, T* __restrict next) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T z = g[H + j], n = g[2 * H + j];
-    dxr[2 * H + j] = gh[j] * (T(1) - z) * (T(1) - n * n);
-    dxr[H + j] = gh[j] * (h_prev[j] - n) * z * (T(1) - z);
-    next[j] = gh[j] * z;
   }
 }
 
@@ -139,26 +172,17 @@ void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Te
     T* g_out = dn.data_ptr<T>();
     for_rows(B, G, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
-      T* __restrict dxr = dX + (t * B + b) * G;
-      T* __restrict drr = dR + r;
-      T* __restrict gh = g_in + b * H;
-      T* __restrict next = g_out + b * H;
-      if (dout)
-        for (int64_t j = 0; j < H; ++j) gh[j] += dout[r + j];
-      if (!mask.valid(t, b)) {
+      T *dxr = dX + (t * B + b) * G, *drr = dR + r, *gh = g_in + b * H, *next = g_out + b * H;
+      if (dout) add_to(H, gh, dout + r);
+      if (!mask.valid(t, b)) {                               // the step did not happen
         std::memcpy(next, gh, H * sizeof(T));
         std::fill(dxr, dxr + G, T(0));
         std::fill(drr, drr + H, T(0));
         return;
       }
-      const T* __restrict g = G_ + (t * B + b) * G;
-      const T* __restrict m = HN + r;
-      gate_grads(H, g, hp + b * H, gh, dxr, next);
-      for (int64_t j = 0; j < H; ++j) {
-        const T rr = g[j], dan = dxr[2 * H + j];
-        dxr[j] = dan * m[j] * rr * (T(1) - rr);
-        drr[j] = dan * rr;
-      }
+      const T* g = G_ + (t * B + b) * G;
+      zn_grads(H, g, hp + b * H, gh, dxr, next);
+      after_r_grads(H, g, HN + r, dxr, drr);
     });
     T* dxt = dX + t * B * G;
     gemm(Op::N, Op::N, B, H, 2 * H, dxt, G, w, H, T(1), g_out, H);                   // r, z rows
@@ -183,36 +207,22 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
     T* dxt = dX + t * B * G;
     for_rows(B, G, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
-      T* __restrict dxr = dxt + b * G;
-      T* __restrict rh = RH + r;
-      T* __restrict gh = g_in + b * H;
-      T* __restrict next = g_out + b * H;
-      if (dout)
-        for (int64_t j = 0; j < H; ++j) gh[j] += dout[r + j];
-      if (!mask.valid(t, b)) {
+      T *dxr = dxt + b * G, *rh = RH + r, *gh = g_in + b * H, *next = g_out + b * H;
+      if (dout) add_to(H, gh, dout + r);
+      if (!mask.valid(t, b)) {                               // the step did not happen
         std::memcpy(next, gh, H * sizeof(T));
         std::fill(dxr, dxr + G, T(0));
         std::fill(rh, rh + H, T(0));
         return;
       }
-      const T* __restrict g = G_ + (t * B + b) * G;
-      const T* __restrict h_prev = hp + b * H;
-      gate_grads(H, g, h_prev, gh, dxr, next);
-      for (int64_t j = 0; j < H; ++j) rh[j] = g[j] * h_prev[j];
+      const T* g = G_ + (t * B + b) * G;
+      zn_grads(H, g, hp + b * H, gh, dxr, next);
+      mul(H, g, hp + b * H, rh);
     });
     gemm(Op::N, Op::N, B, H, H, dxt + 2 * H, G, w + 2 * H * H, H, T(0), du, H);   // d(r * h)
     for_rows(B, G, [&](int64_t b) {
-      T* __restrict dxr = dxt + b * G;
-      T* __restrict next = g_out + b * H;
-      const T* __restrict g = G_ + (t * B + b) * G;
-      const T* __restrict h_prev = hp + b * H;
-      const T* __restrict dur = du + b * H;
-      if (!mask.valid(t, b)) return;
-      for (int64_t j = 0; j < H; ++j) {
-        const T rr = g[j];
-        dxr[j] = dur[j] * h_prev[j] * rr * (T(1) - rr);
-        next[j] += dur[j] * rr;
-      }
+      if (mask.valid(t, b))
+        before_r_grads(H, G_ + (t * B + b) * G, hp + b * H, du + b * H, dxt + b * G, g_out + b * H);
     });
     gemm(Op::N, Op::N, B, H, 2 * H, dxt, G, w, H, T(1), g_out, H);   // r, z rows
     std::swap(dh, dn);

@@ -56,6 +56,16 @@ void out_backward(int64_t kind, int64_t O, const T* __restrict y, const T* __res
 }
 
 template <typename T>
+void hidden_row(int64_t H, bool is_relu, T* __restrict h, const T* __restrict x) {
+  for (int64_t j = 0; j < H; ++j) h[j] = hidden_act(is_relu, h[j] + x[j]);
+}
+
+template <typename T>
+void hidden_grad_row(int64_t H, bool is_relu, const T* __restrict h, T* __restrict d) {
+  for (int64_t j = 0; j < H; ++j) d[j] = hidden_grad(is_relu, h[j], d[j]);
+}
+
+template <typename T>
 void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, Tensor& hs, Tensor& ys) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = ys.size(2);
   const bool is_relu = sp.act == kRelu;
@@ -68,11 +78,7 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, Tensor& hs, T
     T* ht = a.save ? H_ + t * B * H : H_;                     // (B, H)
     T* yt = Y + t * B * O;                                    // (B, O)
     gemm(Op::N, Op::T, B, H, O, yp, O, w_yh, O, T(0), ht, H);
-    for_rows(B, H, [&](int64_t b) {
-      T* __restrict h = ht + b * H;
-      const T* __restrict x = xp + (t * B + b) * H;
-      for (int64_t j = 0; j < H; ++j) h[j] = hidden_act(is_relu, h[j] + x[j]);
-    });
+    for_rows(B, H, [&](int64_t b) { hidden_row(H, is_relu, ht + b * H, xp + (t * B + b) * H); });
     gemm(Op::N, Op::T, B, O, H, ht, H, w_hy, H, T(0), yt, O);
     for_rows(B, O, [&](int64_t b) {
       if (mask.valid(t, b))
@@ -100,10 +106,8 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
     T* g_out = dn.data_ptr<T>();
     for_rows(B, O, [&](int64_t b) {
       const int64_t r = (t * B + b) * O;
-      T* __restrict g = g_in + b * O;
-      T* __restrict next = g_out + b * O;
-      if (dout)
-        for (int64_t k = 0; k < O; ++k) g[k] += dout[r + k];
+      T *g = g_in + b * O, *next = g_out + b * O;
+      if (dout) add_to(O, g, dout + r);
       if (!mask.valid(t, b)) {                               // the step did not happen
         std::memcpy(next, g, O * sizeof(T));
         std::fill(dzt + b * O, dzt + (b + 1) * O, T(0));
@@ -113,11 +117,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
       std::fill(next, next + O, T(0));
     });
     gemm(Op::N, Op::N, B, H, O, dzt, O, w_hy, H, T(0), dat, H);        // dh = dz W_hy
-    for_rows(B, H, [&](int64_t b) {
-      T* __restrict d = dat + b * H;
-      const T* __restrict h = H_ + (t * B + b) * H;
-      for (int64_t j = 0; j < H; ++j) d[j] = hidden_grad(is_relu, h[j], d[j]);
-    });
+    for_rows(B, H, [&](int64_t b) { hidden_grad_row(H, is_relu, H_ + (t * B + b) * H, dat + b * H); });
     gemm(Op::N, Op::N, B, O, H, dat, H, w_yh, O, T(1), g_out, O);      // dy_{t-1} += da W_yh
     std::swap(dy, dn);
   }

@@ -23,6 +23,39 @@
 namespace rnnkit {
 namespace {
 
+// Gate pass of one row (plain function of restrict pointers, so that gcc vectorises it):
+// g holds h_{t-1} W_hh^T on entry and the activated gates on exit.
+template <typename T>
+void forward_row(int64_t H, T* __restrict g, const T* __restrict x, const T* __restrict bias,
+                 const T* __restrict c_prev, T* __restrict c, T* __restrict tc, T* __restrict h) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = sigmoid(g[j] + x[j] + bias[j]);
+    const T f = sigmoid(g[H + j] + x[H + j] + bias[H + j]);
+    const T n = tanh_(g[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
+    const T o = sigmoid(g[3 * H + j] + x[3 * H + j] + bias[3 * H + j]);
+    const T cn = f * c_prev[j] + i * n;
+    const T tcn = tanh_(cn);
+    g[j] = i, g[H + j] = f, g[2 * H + j] = n, g[3 * H + j] = o;
+    c[j] = cn, tc[j] = tcn, h[j] = o * tcn;
+  }
+}
+
+// Gradient of one row: d (4H) from dh = gh and the carried dc (updated in place to dc_{t-1}).
+template <typename T>
+void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, const T* __restrict c_prev,
+                  const T* __restrict gh, T* __restrict gc, T* __restrict d, T* __restrict next) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = g[j], f = g[H + j], n = g[2 * H + j], o = g[3 * H + j];
+    const T dct = gc[j] + gh[j] * o * (T(1) - tc[j] * tc[j]);
+    d[j] = dct * n * i * (T(1) - i);
+    d[H + j] = dct * c_prev[j] * f * (T(1) - f);
+    d[2 * H + j] = dct * i * (T(1) - n * n);
+    d[3 * H + j] = gh[j] * tc[j] * o * (T(1) - o);
+    gc[j] = dct * f;                                         // the constant error carousel
+    next[j] = T(0);
+  }
+}
+
 template <typename T>
 void forward_impl(const FwdArgs& a, Tensor& hs, Tensor& cs, Tensor& gates, Tensor& tanh_c) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
@@ -38,26 +71,13 @@ void forward_impl(const FwdArgs& a, Tensor& hs, Tensor& cs, Tensor& gates, Tenso
     T* tct = a.save ? TC + t * B * H : TC;                    // (B, H)
     gemm(Op::N, Op::T, B, G, H, hp, H, w, H, T(0), gt, G);
     for_rows(B, G, [&](int64_t b) {
-      T* __restrict h = H_ + (t * B + b) * H;
-      T* __restrict c = C_ + (t * B + b) * H;
-      if (!mask.valid(t, b)) {
+      T* h = H_ + (t * B + b) * H;
+      T* c = C_ + (t * B + b) * H;
+      if (mask.valid(t, b)) {
+        forward_row(H, gt + b * G, xp + (t * B + b) * G, bias, cp + b * H, c, tct + b * H, h);
+      } else {
         std::memcpy(h, hp + b * H, H * sizeof(T));
         std::memcpy(c, cp + b * H, H * sizeof(T));
-        return;
-      }
-      T* __restrict g = gt + b * G;
-      T* __restrict tc = tct + b * H;
-      const T* __restrict x = xp + (t * B + b) * G;
-      const T* __restrict c_prev = cp + b * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const T i = sigmoid(g[j] + x[j] + bias[j]);
-        const T f = sigmoid(g[H + j] + x[H + j] + bias[H + j]);
-        const T n = tanh_(g[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
-        const T o = sigmoid(g[3 * H + j] + x[3 * H + j] + bias[3 * H + j]);
-        const T cn = f * c_prev[j] + i * n;
-        const T tcn = tanh_(cn);
-        g[j] = i, g[H + j] = f, g[2 * H + j] = n, g[3 * H + j] = o;
-        c[j] = cn, tc[j] = tcn, h[j] = o * tcn;
       }
     });
   }
@@ -79,29 +99,13 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
     const T* cp = t ? C_ + (t - 1) * B * H : c0;
     for_rows(B, G, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
-      T* __restrict d = dgt + b * G;
-      T* __restrict next = g_out + b * H;
-      T* __restrict gh = g_in + b * H;
-      T* __restrict gc = dC + b * H;
-      if (dout)
-        for (int64_t j = 0; j < H; ++j) gh[j] += dout[r + j];
-      if (!mask.valid(t, b)) {                               // the step did not happen
+      T *d = dgt + b * G, *next = g_out + b * H, *gh = g_in + b * H;
+      if (dout) add_to(H, gh, dout + r);
+      if (mask.valid(t, b)) {
+        backward_row(H, G_ + (t * B + b) * G, TC + r, cp + b * H, gh, dC + b * H, d, next);
+      } else {                                               // the step did not happen
         std::memcpy(next, gh, H * sizeof(T));
         std::fill(d, d + G, T(0));
-        return;
-      }
-      const T* __restrict g = G_ + (t * B + b) * G;
-      const T* __restrict tc = TC + r;
-      const T* __restrict c_prev = cp + b * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const T i = g[j], f = g[H + j], n = g[2 * H + j], o = g[3 * H + j];
-        const T dct = gc[j] + gh[j] * o * (T(1) - tc[j] * tc[j]);
-        d[j] = dct * n * i * (T(1) - i);
-        d[H + j] = dct * c_prev[j] * f * (T(1) - f);
-        d[2 * H + j] = dct * i * (T(1) - n * n);
-        d[3 * H + j] = gh[j] * tc[j] * o * (T(1) - o);
-        gc[j] = dct * f;                                     // the constant error carousel
-        next[j] = T(0);
       }
     });
     gemm(Op::N, Op::N, B, H, G, dgt, G, w, H, T(1), g_out, H);   // dh_{t-1} += dg_t W_hh

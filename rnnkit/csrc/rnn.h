@@ -172,11 +172,6 @@ struct Mask {
   bool any() const { return m != nullptr; }
 };
 
-template <typename T>
-inline const T* ptr_or_null(const c10::optional<Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
-
 // dW (M, N) = sum_t dG_t^T prev_t with prev_0 = state0 and prev_t = states[t-1]: two GEMMs over
 // all rows.  dG rows have leading dimension ldg, prev rows have width N.
 template <typename T>
@@ -185,6 +180,12 @@ void weight_grad(int64_t Tn, int64_t B, int64_t M, int64_t N, const T* dG, int64
   gemm(Op::T, Op::N, M, N, B, dG, ldg, state0, N, T(0), dW, N);
   if (Tn > 1)
     gemm(Op::T, Op::N, M, N, (Tn - 1) * B, dG + B * ldg, ldg, states, N, T(1), dW, N);
+}
+
+// y += x over n elements.
+template <typename T>
+inline void add_to(int64_t n, T* __restrict y, const T* __restrict x) {
+  for (int64_t j = 0; j < n; ++j) y[j] += x[j];
 }
 
 // Column sums of a (R, N) block with leading dimension ld, accumulated into out (N).

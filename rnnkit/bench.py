@@ -1,0 +1,337 @@
+"""``rnnkit bench``: rnnkit's fused CPU backend against torch.nn, side by side in one process.
+
+Every row times a baseline and rnnkit on the same weights and inputs, interleaved repeat by
+repeat (so that load from other processes hits both alike), and reports medians after
+warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
+
+    fwd        forward under torch.no_grad()
+    fwd+bwd    forward, sum of the output, backward
+    step       one streaming step (B=1) under no_grad: torch.nn.*Cell against ``model.step``
+    memory     peak resident memory of one training step, each in a fresh subprocess
+
+Baselines: torch.nn.RNN / GRU / LSTM (LSTM twice: with oneDNN, torch's default, and with
+``torch.backends.mkldnn.flags(enabled=False)``); for Jordan, a plain PyTorch loop of the same
+math differentiated by autograd.  FLOPs count the GEMMs only: 2*B*G*H*(I+H) per step and layer
+direction forward (Jordan 2*B*H*(I+2*O)), three times that for fwd+bwd.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from . import backends
+from .convert import from_torch
+from .layers import Jordan
+
+_TORCH = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+CELLS = ("rnn", "gru", "lstm", "jordan")
+FULL_SIZES = ((128, 1, 64), (128, 8, 128), (128, 32, 256), (100, 64, 512))   # (T, B, H = I)
+QUICK_SIZES = ((8, 2, 8),)
+
+
+@dataclass
+class Case:
+    cell: str
+    T: int
+    B: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    varlen: bool = False
+
+    @property
+    def label(self) -> str:
+        extra = (f" L{self.layers}" if self.layers > 1 else "") + (" bidir" if self.bidirectional else "") \
+            + (" varlen" if self.varlen else "")
+        return f"{self.cell} T{self.T} B{self.B} H{self.H}{extra}"
+
+
+@dataclass
+class Row:
+    case: str
+    cell: str
+    mode: str
+    baseline: str
+    baseline_ms: float
+    rnnkit_ms: float
+    ratio: float
+    baseline_gflops: Optional[float] = None
+    rnnkit_gflops: Optional[float] = None
+
+
+# -- timing ------------------------------------------------------------------------------------
+def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
+                        inner: int = 1) -> Dict[str, float]:
+    """Median milliseconds per call of every function, timed in turn within each repeat."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            times[k].append((time.perf_counter() - t0) * 1e3 / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def flops(case: Case, jordan_out: int = 0) -> float:
+    """Forward GEMM FLOPs of the whole run."""
+    D = 2 if case.bidirectional else 1
+    if case.cell == "jordan":
+        return 2.0 * case.T * case.B * case.H * (case.H + 2 * jordan_out)
+    total, inp = 0.0, case.H
+    for _ in range(case.layers):
+        total += D * 2.0 * case.T * case.B * _GATES[case.cell] * case.H * (inp + case.H)
+        inp = D * case.H
+    return total
+
+
+def _gflops(f: float, ms: float) -> float:
+    return f / (ms * 1e6)
+
+
+# -- workloads ---------------------------------------------------------------------------------
+def _fwd(model, args) -> Callable[[], None]:
+    def run():
+        with torch.no_grad():
+            model(*args)
+    return run
+
+
+def _fwd_bwd(model, args, out_of=lambda r: r[0]) -> Callable[[], None]:
+    def run():
+        for p in model.parameters():
+            p.grad = None
+        out = out_of(model(*args))
+        out = out.data if hasattr(out, "batch_sizes") else out
+        out.sum().backward()
+    return run
+
+
+def _no_onednn(f: Callable[[], None]) -> Callable[[], None]:
+    def run():
+        with torch.backends.mkldnn.flags(enabled=False):
+            f()
+    return run
+
+
+def _torch_and_rnnkit(case: Case):
+    torch.manual_seed(0)
+    tm = _TORCH[case.cell](case.H, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+    rk = from_torch(tm, backend="cpu")
+    x = torch.randn(case.T, case.B, case.H)
+    if not case.varlen:
+        return tm, rk, (x,), (x,)
+    lengths = torch.randint(case.T // 2, case.T + 1, (case.B,))
+    lengths[0] = case.T
+    return tm, rk, (pack_padded_sequence(x, lengths, enforce_sorted=False),), (x, None, lengths)
+
+
+def bench_case(case: Case, repeats: int) -> List[Row]:
+    """fwd and fwd+bwd rows of one torch.nn case (LSTM against oneDNN on and off)."""
+    tm, rk, t_args, r_args = _torch_and_rnnkit(case)
+    f = flops(case)
+    rows = []
+    for mode, make, fl in (("fwd", _fwd, f), ("fwd+bwd", _fwd_bwd, 3 * f)):
+        xg = [a.clone().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
+              for a in r_args] if mode == "fwd+bwd" else r_args
+        fns = {"torch.nn": make(tm, t_args), "rnnkit": make(rk, xg)}
+        if case.cell == "lstm":
+            fns["torch.nn (no oneDNN)"] = _no_onednn(make(tm, t_args))
+        ms = interleaved_medians(fns, repeats)
+        for base in (k for k in fns if k != "rnnkit"):
+            rows.append(Row(case.label, case.cell, mode, base, ms[base], ms["rnnkit"], ms[base] / ms["rnnkit"],
+                            _gflops(fl, ms[base]), _gflops(fl, ms["rnnkit"])))
+    return rows
+
+
+class JordanLoop(nn.Module):
+    """A plain PyTorch loop of the Jordan network's math (tanh hidden, tanh output), autograd for BPTT."""
+
+    def __init__(self, j: Jordan):
+        super().__init__()
+        self.j = j
+
+    def forward(self, x):
+        j = self.j
+        y = x.new_zeros(x.shape[1], j.output_size)
+        outs = []
+        for t in range(x.shape[0]):
+            h = torch.tanh(F.linear(x[t], j.weight_ih_l0, j.bias_ih_l0) + F.linear(y, j.weight_yh_l0))
+            y = torch.tanh(F.linear(h, j.weight_hy_l0, j.bias_hy_l0))
+            outs.append(y)
+        return torch.stack(outs), y
+
+
+def bench_jordan(case: Case, repeats: int) -> List[Row]:
+    torch.manual_seed(0)
+    O = case.H
+    rk = Jordan(case.H, case.H, O, output_activation="tanh", backend="cpu")
+    loop = JordanLoop(rk)
+    x = torch.randn(case.T, case.B, case.H)
+    f = flops(case, O)
+    rows = []
+    for mode, make, fl in (("fwd", _fwd, f), ("fwd+bwd", _fwd_bwd, 3 * f)):
+        xin = x.clone().requires_grad_() if mode == "fwd+bwd" else x
+        ms = interleaved_medians({"plain loop": make(loop, (xin,)), "rnnkit": make(rk, (xin,))}, repeats)
+        rows.append(Row(case.label, "jordan", mode, "plain loop", ms["plain loop"], ms["rnnkit"],
+                        ms["plain loop"] / ms["rnnkit"], _gflops(fl, ms["plain loop"]), _gflops(fl, ms["rnnkit"])))
+    return rows
+
+
+def bench_step(cell: str, H: int, repeats: int) -> Row:
+    """One streaming step at B=1 under no_grad: torch.nn.{RNN,GRU,LSTM}Cell against ``step``."""
+    torch.manual_seed(0)
+    tm = _TORCH[cell](H, H)
+    rk = from_torch(tm, backend="cpu")
+    tc = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell](H, H)
+    x, h = torch.randn(1, H), torch.zeros(1, H)
+    t_state = (h, h) if cell == "lstm" else h
+    r_state = (h[None], h[None]) if cell == "lstm" else h[None]
+    name = type(tc).__name__
+
+    def t_step():
+        tc(x, t_state)
+
+    def r_step():
+        rk.step(x, r_state)
+    with torch.no_grad():
+        ms = interleaved_medians({name: t_step, "rnnkit": r_step}, repeats, warmup=20, inner=200)
+    return Row(f"{cell} step B1 H{H}", cell, "step", f"torch.nn.{name}", ms[name], ms["rnnkit"],
+               ms[name] / ms["rnnkit"])
+
+
+_MEMORY_SCRIPT = """
+import gc, os, sys, torch, rnnkit
+impl, cell, T, B, H = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+torch.manual_seed(0)
+m = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](H, H)
+if impl == "rnnkit":
+    m = rnnkit.from_torch(m, backend="cpu")
+x = torch.randn(T, B, H, requires_grad=True)
+def step():
+    m(x)[0].sum().backward()
+step()
+gc.collect()
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = rss()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+step()
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print((int(hwm.split()[1]) * 1024 - before) / 2**20)
+"""
+
+
+def peak_training_mb(impl: str, cell: str, T: int, B: int, H: int) -> float:
+    """Peak extra resident memory (MiB) of one fwd+bwd, measured in a fresh process.
+
+    A fixed mmap threshold makes every large tensor its own mapping, so resident memory
+    follows live tensors instead of what the C allocator keeps.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, impl, cell, str(T), str(B), str(H)],
+                         capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(cell: str, T: int, B: int, H: int) -> Row:
+    base, mine = peak_training_mb("torch", cell, T, B, H), peak_training_mb("rnnkit", cell, T, B, H)
+    return Row(f"{cell} T{T} B{B} H{H}", cell, "memory MiB", "torch.nn", base, mine, base / max(mine, 1e-9))
+
+
+# -- the whole run -----------------------------------------------------------------------------
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "onednn": torch.backends.mkldnn.is_available()}
+
+
+def cases(quick: bool, cells) -> List[Case]:
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    big_T, big_B, big_H = (8, 2, 8) if quick else (128, 32, 256)
+    out = [Case(c, T, B, H) for c in cells for T, B, H in sizes]
+    out += [Case(c, big_T, big_B, big_H, layers=2, bidirectional=True) for c in cells if c != "jordan"]
+    out += [Case(c, big_T, big_B, big_H, varlen=True) for c in cells if c != "jordan"]
+    return out
+
+
+def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = True,
+            log: Callable[[str], None] = lambda s: None) -> dict:
+    """Every row of the benchmark; returns {"machine": ..., "rows": [...]}."""
+    if "cpu" not in backends.available():
+        raise RuntimeError("rnnkit bench: the 'cpu' backend is not available: " + str(backends.cpu._build.error()))
+    rows: List[Row] = []
+    for case in cases(quick, cells):
+        new = bench_jordan(case, repeats) if case.cell == "jordan" else bench_case(case, repeats)
+        rows += new
+        for r in new:
+            log(format_row(r))
+    step_H = 8 if quick else 64
+    for cell in (c for c in ("rnn", "gru", "lstm") if c in cells):
+        rows.append(bench_step(cell, step_H, repeats))
+        log(format_row(rows[-1]))
+    if memory:
+        for cell in (c for c in ("rnn", "gru", "lstm") if c in cells):
+            for T, B, H in (QUICK_SIZES if quick else FULL_SIZES[2:]):
+                rows.append(bench_memory(cell, T, B, H))
+                log(format_row(rows[-1]))
+    return {"machine": machine(), "repeats": repeats, "rows": [asdict(r) for r in rows]}
+
+
+HEADER = (f"{'case':28s} {'mode':10s} {'baseline':22s} {'base ms':>9s} {'rnnkit ms':>9s} "
+          f"{'base GF/s':>9s} {'rk GF/s':>8s} {'ratio':>6s}")
+
+
+def format_row(r: Row) -> str:
+    gf = (f"{r.baseline_gflops:9.2f} {r.rnnkit_gflops:8.2f}" if r.baseline_gflops is not None
+          else f"{'':9s} {'':8s}")
+    return (f"{r.case:28s} {r.mode:10s} {r.baseline:22s} {r.baseline_ms:9.3f} {r.rnnkit_ms:9.3f} "
+            f"{gf} {r.ratio:6.2f}")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run for CI")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats per row, median taken (default 7)")
+    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated subset of {','.join(CELLS)}")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows (subprocesses)")
+
+
+def run(args) -> int:
+    cells = tuple(c for c in args.cells.split(",") if c)
+    bad = [c for c in cells if c not in CELLS]
+    if bad or not cells:
+        raise SystemExit(f"rnnkit bench: --cells: expected a subset of {CELLS}, got {args.cells!r}")
+    if args.repeats < 1:
+        raise SystemExit(f"rnnkit bench: --repeats: expected a positive integer, got {args.repeats}")
+    print(json.dumps(machine()))
+    print(HEADER)
+    result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
