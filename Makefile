@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/rnnkit demo
+	$(VENV)/bin/rnnkit train
 
 test: $(STAMP)
 	$(PY) -m pytest
