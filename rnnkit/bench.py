@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -125,8 +126,10 @@ def _fwd_bwd(model, args, out_of=lambda r: r[0]) -> Callable[[], None]:
 
 def _no_onednn(f: Callable[[], None]) -> Callable[[], None]:
     def run():
-        with torch.backends.mkldnn.flags(enabled=False):
-            f()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # flags() warns about TF32 on Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=False):
+                f()
     return run
 
 

@@ -1,0 +1,230 @@
+"""The fused C++ backend ('cpu'): parity with torch.nn and with the reference backend on outputs,
+final states, every gradient and the trace; gradcheck in float64; the streaming step; selection.
+
+The kernels are compiled on first use (about a minute, once per machine; cached afterwards).
+"""
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, grads, make, make_torch_pair,
+                      randn, random_state, state_tensors)
+from rnnkit import backends
+from rnnkit.backends import _build, cpu
+
+BUILT = cpu.extension() is not None
+needs_cpu = pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build (see test_extension_builds)")
+T, B = 5, 3
+LENGTHS = [5, 2, 4]
+
+
+def test_extension_builds():
+    assert BUILT, f"the C++ kernels did not build: {_build.error()}"
+    assert "cpu" in backends.available()
+
+
+# -- against torch.nn: the core parity matrix -------------------------------------------------
+def check_torch(cell, dtype, *, num_layers=1, bidirectional=False, batch_first=False, bias=True,
+                with_hx=False, lengths=None):
+    ref, ours = make_torch_pair(cell, backend="cpu", dtype=dtype, num_layers=num_layers,
+                                bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    x = randn(*((B, T, INPUT_SIZE) if batch_first else (T, B, INPUT_SIZE)), dtype=dtype, requires_grad=True)
+    hx = random_state(ours, B) if with_hx else None
+    if lengths is None:
+        res_ref, res = ref(x, hx), ours(x, hx)
+    else:
+        def pack():     # one graph per model: each is differentiated separately
+            return pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)
+        res_ref, res = ref(pack(), hx), ours(pack(), hx)
+    outs_ref, outs = flat(res_ref, T), flat(res, T)
+    assert_all_close(outs, outs_ref, dtype)
+    leaves = [x, *state_tensors(hx)]
+    assert_all_close(grads(outs, leaves + list(ours.parameters())),
+                     grads(outs_ref, leaves + list(ref.parameters())), dtype)
+
+
+@needs_cpu
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zero_hx", "hx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
+def test_matches_torch_float64(cell, num_layers, bidirectional, batch_first, bias, with_hx):
+    check_torch(cell, torch.float64, num_layers=num_layers, bidirectional=bidirectional,
+                batch_first=batch_first, bias=bias, with_hx=with_hx)
+
+
+@needs_cpu
+@pytest.mark.parametrize("num_layers, bidirectional, batch_first, bias, with_hx", [
+    (1, False, False, True, False),
+    (2, True, True, True, True),
+    (3, True, False, False, True),
+])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
+def test_matches_torch_float32(cell, num_layers, bidirectional, batch_first, bias, with_hx):
+    check_torch(cell, torch.float32, num_layers=num_layers, bidirectional=bidirectional,
+                batch_first=batch_first, bias=bias, with_hx=with_hx)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
+def test_packed_sequence_matches_torch(cell, bidirectional, dtype):
+    check_torch(cell, dtype, num_layers=2, bidirectional=bidirectional, with_hx=True, lengths=LENGTHS)
+
+
+# -- against the reference backend: every cell, lengths, trace ---------------------------------
+def run_with_trace(model, x, hx, lengths):
+    out, state, trace = model(x, hx, lengths=lengths, return_trace=True)
+    outs = [out, *state_tensors(state)]
+    traced = [t for layer in trace.layers for d in layer for t in d.values()]
+    return outs, traced
+
+
+@needs_cpu
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, dtype, bidirectional, lengths):
+    results = {}
+    for backend in ("reference", "cpu"):
+        model = make(cell, dtype=dtype, num_layers=2, bidirectional=bidirectional, backend=backend)
+        x = randn(T, B, INPUT_SIZE, dtype=dtype, requires_grad=True)
+        hx = random_state(model, B)
+        outs, traced = run_with_trace(model, x, hx, lengths)
+        leaves = [x, *state_tensors(hx), *model.parameters()]
+        results[backend] = outs + traced + grads(outs, leaves)
+    assert_all_close(results["cpu"], results["reference"], dtype)
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_path_matches_training_path(cell):
+    model = make(cell, num_layers=2, bidirectional=True, backend="cpu")
+    x = randn(T, B, INPUT_SIZE)
+    trained = flat(model(x, lengths=LENGTHS))
+    with torch.no_grad():
+        inferred = flat(model(x, lengths=LENGTHS))
+    assert_all_close(inferred, [t.detach() for t in trained])
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_float64(cell):
+    model = make(cell, hidden_size=3, num_layers=2, bidirectional=True, backend="cpu")
+    names = [n for n, _ in model.named_parameters()]
+    x = randn(4, 2, INPUT_SIZE, requires_grad=True)
+    hx = random_state(model, 2)
+
+    def f(x, *rest):
+        n = len(state_tensors(hx))
+        state = tuple(rest[:n]) if n > 1 else rest[0]
+        params = dict(zip(names, rest[n:]))
+        out, h_n = torch.func.functional_call(model, params, (x, state), {"lengths": [4, 2]})
+        return (out, *state_tensors(h_n))
+
+    inputs = (x, *state_tensors(hx), *[p.detach().requires_grad_() for p in model.parameters()])
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8)
+
+
+# -- streaming step ------------------------------------------------------------------------------
+@needs_cpu
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_matches_reference(cell, unbatched):
+    model = make(cell, num_layers=2, backend="reference")
+    x = randn(INPUT_SIZE) if unbatched else randn(B, INPUT_SIZE)
+    hx = random_state(model, B, unbatched=unbatched)
+    hx = tuple(h.detach() for h in hx) if isinstance(hx, tuple) else hx.detach()
+    with torch.no_grad():
+        expected = flat(model.step(x, hx))
+        model.backend = "cpu"
+        fused = flat(model.step(x, hx))
+    assert_all_close(fused, expected)
+
+
+@needs_cpu
+def test_step_with_grad_stays_differentiable():
+    model = make("lstm", backend="cpu")
+    out, (h, c) = model.step(randn(B, INPUT_SIZE))
+    assert out.requires_grad
+    out.sum().backward()
+    assert model.weight_hh_l0.grad is not None
+
+
+# -- selection --------------------------------------------------------------------------------------
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts calls of the fused backend's forward."""
+    calls = []
+    original = cpu.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(cpu, "forward", counting)
+    return calls
+
+
+@needs_cpu
+@pytest.mark.parametrize("env, argument, fused", [
+    ("cpu", None, True), ("auto", None, True), ("reference", None, False),
+    ("reference", "cpu", True), ("cpu", "reference", False), ("cpu", "auto", True),
+])
+def test_env_and_argument_choose(monkeypatch, kernel_calls, env, argument, fused):
+    monkeypatch.setenv("RNNKIT_BACKEND", env)
+    make("gru", backend=argument)(randn(T, B, INPUT_SIZE))
+    assert bool(kernel_calls) == fused
+
+
+@needs_cpu
+def test_auto_skips_cpu_for_other_dtypes(monkeypatch, kernel_calls):
+    monkeypatch.setenv("RNNKIT_BACKEND", "auto")
+    assert backends.resolve(None, torch.device("cpu"), torch.bfloat16) == "reference"
+    assert backends.resolve(None, torch.device("cpu"), torch.float32) == "cpu"
+
+
+@pytest.fixture
+def unbuildable(monkeypatch):
+    """The extension as on a machine where it failed to build."""
+    monkeypatch.setattr(_build, "_state", {"error": "CalledProcessError: no compiler"})
+    monkeypatch.setattr(backends, "_warned", False)
+
+
+def test_auto_falls_back_with_one_warning(monkeypatch, unbuildable):
+    monkeypatch.setenv("RNNKIT_BACKEND", "auto")
+    with pytest.warns(RuntimeWarning, match="not available.*no compiler.*reference"):
+        assert backends.resolve() == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve() == "reference"
+    assert "cpu" not in backends.available()
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_forcing_unavailable_cpu_is_an_error(monkeypatch, unbuildable, how):
+    if how == "env":
+        monkeypatch.setenv("RNNKIT_BACKEND", "cpu")
+    with pytest.raises(RuntimeError, match="'cpu' is not available.*no compiler"):
+        if how == "env":
+            make("lstm")(randn(T, B, INPUT_SIZE))
+        else:
+            make("lstm", backend="cpu")
+
+
+@needs_cpu
+def test_cached_build_is_reused():
+    """A second load in a fresh process finds the cached library and does not compile."""
+    import subprocess
+    import sys
+    code = ("import sys, rnnkit.backends._build as b; m = b.load(); "
+            "sys.exit(0 if m is not None else 1)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "compiling" not in res.stderr
