@@ -402,7 +402,7 @@ class Trainer:
         result = self.describe()
         result.update(epochs=self.state.epoch, steps=self.state.step, seconds=seconds,
                       best_epoch=self.state.best_epoch, stopped_early=self.state.stopped_early,
-                      out=str(self.out))
+                      out=str(self.out), main=self.d.main)
         test_outputs = self.test(result)
         if self.d.main:
             self.log.write({"kind": "test", "step": self.state.step, **_flat(result["test"])})

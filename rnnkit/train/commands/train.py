@@ -12,5 +12,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     result = train(config_for(overrides(args), args.config))
-    print(summary_table(result))
+    if result["main"]:                       # under torchrun, one process reports
+        print(summary_table(result))
     return 0

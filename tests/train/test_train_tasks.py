@@ -1,0 +1,115 @@
+"""Every task trains at tiny size through the library function the CLI calls."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit.train import train
+from rnnkit.train.config import TASKS
+from rnnkit.train.model import Net
+from rnnkit.train.tasks import masked_step_ce
+
+from conftest import files_under
+
+METRIC = {"sunspots": "rmse", "csv": "rmse", "digits": "accuracy", "japanese_vowels": "accuracy",
+          "italy_power": "accuracy", "gunpoint": "accuracy", "text": "bpc", "adding": "mse",
+          "copy": "accuracy"}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_trains_and_reports_its_metric(task, tiny, tmp_path):
+    result = train(tiny(task))
+    assert result["metric"] == METRIC[task]
+    for metrics in result["test"].values():
+        assert math.isfinite(metrics[METRIC[task]])
+    out = tmp_path / "run"
+    assert {"checkpoint.safetensors", "config.toml", "metrics.jsonl", "summary.json"} <= set(files_under(out))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(1, result["epochs"] + 1))
+    assert records[-1]["kind"] == "test"
+
+
+def test_sunspots_baselines_reproduce_the_published_anchors(tiny):
+    base = train(tiny("sunspots", epochs=1))["baselines"]
+    got = {(b, t): round(v["rmse"], 2) for b, per in base.items() for t, v in per.items()}
+    assert got == {("persistence", "1921-1955"): 25.26, ("persistence", "1921-1987"): 30.34,
+                   ("AR(9)", "1921-1955"): 13.75, ("AR(9)", "1921-1987"): 17.47}
+
+
+def test_sunspots_lstm_beats_persistence_with_a_short_budget(tiny):
+    result = train(tiny("sunspots", hidden=16, epochs=40, patience=0))
+    for period, metrics in result["test"].items():
+        assert metrics["rmse"] < result["baselines"]["persistence"][period]["rmse"]
+
+
+def test_digits_learns_well_above_chance(tiny):
+    result = train(tiny("digits", epochs=3, batch_size=64, hidden=32, lr=1e-2))
+    assert result["test"]["test"]["accuracy"] > 0.5
+
+
+def test_figures_are_written_where_they_fit(tiny, tmp_path):
+    train(tiny("sunspots", plots=True, out="f1"))
+    train(tiny("italy_power", plots=True, out="f2"))
+    assert {"loss.png", "forecast.png"} <= set(files_under(tmp_path / "f1"))
+    assert {"loss.png", "confusion.png"} <= set(files_under(tmp_path / "f2"))
+    assert (tmp_path / "f1" / "forecast.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_padded_steps_never_reach_the_loss():
+    torch.manual_seed(0)
+    out = torch.randn(3, 5, 4, requires_grad=True)
+    y = torch.randint(0, 4, (3, 5))
+    lengths = torch.tensor([5, 2, 3])
+    total, count = masked_step_ce(out, y, lengths)
+    total.backward()
+    pad = torch.arange(5)[None, :] >= lengths[:, None]                     # (B, T) padded steps
+    assert count.item() == 10
+    assert torch.all(out.grad[pad] == 0) and torch.all(out.grad[~pad].abs().sum(-1) > 0)
+    y2 = y.masked_fill(pad, 3)
+    assert torch.equal(masked_step_ce(out.detach(), y2, lengths)[0], total.detach())
+
+
+@pytest.mark.parametrize("cell", ["elman", "jordan", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_readout_of_a_padded_batch_matches_each_sequence_alone(cell, bidirectional, tiny):
+    cfg = tiny("japanese_vowels", cell=cell, bidirectional=bidirectional, layers=2)
+    torch.manual_seed(0)
+    net = Net(cfg, 3, 2, "last").eval()
+    lengths = torch.tensor([6, 2, 4])
+    x = torch.randn(3, 6, 3)
+    x = x * (torch.arange(6)[None, :, None] < lengths[:, None, None])      # zero padding
+    batched = net(x, lengths)[0]
+    alone = torch.cat([net(x[i:i + 1, :n])[0] for i, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_run_and_another_seed_differs(tiny):
+    a = train(tiny("sunspots", out="a"))["test"]
+    b = train(tiny("sunspots", out="b"))["test"]
+    c = train(tiny("sunspots", out="c", seed=1))["test"]
+    assert a == b and a != c
+
+
+def test_every_network_option_reaches_the_layer(tiny):
+    cfg = tiny("sunspots", cell="gru", layers=2, bidirectional=True, dropout=0.25, reset_after=False,
+               bias=False)
+    rnn = Net(cfg, 1, 1, "last").rnn
+    assert (rnn.num_layers, rnn.bidirectional, rnn.dropout, rnn.reset_after, rnn.bias) == \
+        (2, True, 0.25, False, False)
+    jordan = Net(tiny("sunspots", cell="jordan", jordan_output=3, output_activation="tanh",
+                      nonlinearity="relu"), 1, 1, "last").rnn
+    assert (jordan.output_size, jordan.output_activation, jordan.nonlinearity) == (3, "tanh", "relu")
+    lstm = Net(tiny("sunspots", forget_bias=1.0), 1, 1, "last").rnn
+    assert torch.all(lstm.bias_ih_l0[8:16] == 1.0)
+
+
+@pytest.mark.parametrize("optimizer,scheduler,clip", [
+    ("sgd", "step", "norm"), ("adam", "cosine", "value"), ("adamw", "exponential", "none"),
+    ("rmsprop", "plateau", "norm"), ("adagrad", "none", "value")])
+def test_optimizers_schedules_and_clipping_train(optimizer, scheduler, clip, tiny):
+    result = train(tiny("sunspots", optimizer=optimizer, scheduler=scheduler, clip=clip, step_size=1))
+    assert np.isfinite(result["test"]["1921-1955"]["rmse"])
