@@ -209,7 +209,7 @@ def csv_task(cfg: Config) -> Forecast:
     n = len(values)
     if n <= cfg.window + 1:
         raise UserError(f"--csv {cfg.csv}: the series has {n} values, too short for window "
-                        f"{cfg.window} (need more than {cfg.window + 1}); lower --window")
+                        f"{cfg.window} (need at least {cfg.window + 2}); lower --window")
     train_end = max(cfg.window + 1, n - int(round(cfg.test_fraction * n)))
     if train_end >= n:
         raise UserError(f"--csv {cfg.csv}: test_fraction {cfg.test_fraction} of {n} values leaves "
