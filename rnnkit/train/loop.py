@@ -356,8 +356,8 @@ class Trainer:
                 self.log.write({"kind": "step", "step": st.step, "epoch": epoch + 1, "loss": loss,
                                 "lr": self.opt.param_groups[0]["lr"], "grad_norm": norm,
                                 "items_per_s": rate})
-            if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
+            if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < len(batches):
+                self.save_checkpoint()          # (the epoch's end writes one anyway)
             asked = bool(signals.received) or bool(interrupt and interrupt(st.step))
             if self.d.any(asked):
                 self._stop(signals.received)
@@ -490,6 +490,7 @@ def config_for(overrides: Dict[str, object], toml_path: Optional[str] = None) ->
     if not resume:
         return cfgmod.resolve(overrides, toml_path)
     saved = cfgmod.from_dict(checkpoint.load(str(resume)).meta["config"], f"--resume {resume}")
-    cfg = cfgmod.resolve(overrides, toml_path, base=saved)
+    folder = checkpoint.resolve_path(str(resume)).parent      # by default, keep writing there
+    cfg = cfgmod.resolve({"out": str(folder), **overrides}, toml_path, base=saved)
     cfgmod.check_resumable(saved, cfg)
     return cfg
