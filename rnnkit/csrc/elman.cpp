@@ -48,10 +48,11 @@ void forward_impl(const Spec& sp, const FwdArgs& a, Tensor& hs) {
   const Tensor zero_bias = a.rec[1].has_value() ? *a.rec[1] : at::zeros({H}, a.xp.options());
   const T* bias = zero_bias.data_ptr<T>();
   T* out = hs.data_ptr<T>();
+  const StepWeight<T> w_t(Op::T, B, H, H, w, H);              // h W_hh^T
   for (int64_t t = 0; t < Tn; ++t) {
     const T* prev = t ? out + (t - 1) * B * H : h0;
     T* ht = out + t * B * H;                                  // (B, H)
-    gemm(Op::N, Op::T, B, H, H, prev, H, w, H, T(0), ht, H);
+    w_t.mul(prev, H, T(0), ht, H);
     for_rows(B, H, [&](int64_t b) {
       if (mask.valid(t, b))
         forward_row(H, is_relu, ht + b * H, xp + (t * B + b) * H, bias);
@@ -70,6 +71,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
   const T* w = a.rec[0]->data_ptr<T>();
   const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
   T* dA = da.data_ptr<T>();
+  const StepWeight<T> w_n(Op::N, B, H, H, w, H);              // da W_hh
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* dat = dA + t * B * H;                                  // (B, H)
     T* g_in = dh.data_ptr<T>();
@@ -85,7 +87,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
         std::fill(d, d + H, T(0));
       }
     });
-    gemm(Op::N, Op::N, B, H, H, dat, H, w, H, T(1), g_out, H);   // dh_{t-1} += da_t W_hh
+    w_n.mul(dat, H, T(1), g_out, H);                          // dh_{t-1} += da_t W_hh
     std::swap(dh, dn);
   }
 }

@@ -7,6 +7,7 @@
 // and calls addmm_, slower but the same math.
 #include "rnn.h"
 
+#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
 extern "C" {
@@ -16,6 +17,12 @@ void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
             const double* beta, double* c, const int* ldc) __attribute__((weak));
+size_t sgemm_pack_get_size_(const char* id, const int* m, const int* n, const int* k) __attribute__((weak));
+void sgemm_pack_(const char* id, const char* trans, const int* m, const int* n, const int* k,
+                 const float* alpha, const float* src, const int* ld, float* dest) __attribute__((weak));
+void sgemm_compute_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                    const float* a, const int* lda, const float* b, const int* ldb, const float* beta,
+                    float* c, const int* ldc) __attribute__((weak));
 }
 
 namespace rnnkit {
@@ -79,5 +86,52 @@ void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int6
   else
     gemm_aten(opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
+
+namespace {
+
+bool can_pack() { return sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_; }
+
+// Packing pays once W no longer fits the fast caches and a step has more than one row.
+bool worth_packing(int64_t M, int64_t N, int64_t K) { return M >= 2 && N * K >= 64 * 1024; }
+
+}  // namespace
+
+template <typename T>
+StepWeight<T>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw)
+    : op_(op), M_(M), N_(N), K_(K), ldw_(ldw), w_(w) {}
+
+template <typename T>
+void StepWeight<T>::mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+  gemm(Op::N, op_, M_, N_, K_, A, lda, w_, ldw_, beta, C, ldc);
+}
+
+// float: pack W as the first operand of the column-major call (see gemm_blas).
+template <>
+StepWeight<float>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const float* w, int64_t ldw)
+    : op_(op), M_(M), N_(N), K_(K), ldw_(ldw), w_(w) {
+  if (!can_pack() || !worth_packing(M, N, K)) return;
+  const char id = 'A', trans = op == Op::N ? 'N' : 'T';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int ld = static_cast<int>(ldw);
+  const float one = 1;
+  const size_t bytes = sgemm_pack_get_size_(&id, &m, &n, &k);
+  packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, at::kFloat);
+  sgemm_pack_(&id, &trans, &m, &n, &k, &one, w, &ld, packed_.data_ptr<float>());
+}
+
+template <>
+void StepWeight<float>::mul(const float* A, int64_t lda, float beta, float* C, int64_t ldc) const {
+  if (!packed_.defined()) {
+    gemm(Op::N, op_, M_, N_, K_, A, lda, w_, ldw_, beta, C, ldc);
+    return;
+  }
+  const char ta = 'P', tb = 'N';
+  const int m = static_cast<int>(N_), n = static_cast<int>(M_), k = static_cast<int>(K_);
+  const int la = static_cast<int>(ldw_), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  sgemm_compute_(&ta, &tb, &m, &n, &k, packed_.data_ptr<float>(), &la, A, &lb, &beta, C, &lc);
+}
+
+template class StepWeight<float>;
+template class StepWeight<double>;
 
 }  // namespace rnnkit

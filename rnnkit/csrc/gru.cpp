@@ -116,11 +116,12 @@ void forward_after(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, T
   Tensor hw_t = at::empty({B, G}, a.xp.options());
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *G_ = gates.data_ptr<T>(), *HN = hn.data_ptr<T>(), *hw = hw_t.data_ptr<T>();
+  const StepWeight<T> w_t(Op::T, B, G, H, w, H);              // h W_hh^T
   for (int64_t t = 0; t < d.T; ++t) {
     const T* hp = t ? H_ + (t - 1) * B * H : h0;
     T* gt = a.save ? G_ + t * B * G : G_;
     T* hnt = a.save ? HN + t * B * H : HN;
-    gemm(Op::N, Op::T, B, G, H, hp, H, w, H, T(0), hw, G);   // (B, 3H)
+    w_t.mul(hp, H, T(0), hw, G);                              // (B, 3H)
     for_rows(B, G, [&](int64_t b) {
       T* h = H_ + (t * B + b) * H;
       if (mask.valid(t, b))
@@ -140,14 +141,15 @@ void forward_before(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, 
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *G_ = gates.data_ptr<T>();
   T *hw = hw_t.data_ptr<T>(), *rh = rh_t.data_ptr<T>(), *hwn = hwn_t.data_ptr<T>();
+  const StepWeight<T> w_rz(Op::T, B, 2 * H, H, w, H), w_n(Op::T, B, H, H, w + 2 * H * H, H);
   for (int64_t t = 0; t < d.T; ++t) {
     const T* hp = t ? H_ + (t - 1) * B * H : h0;
     T* gt = a.save ? G_ + t * B * G : G_;
-    gemm(Op::N, Op::T, B, 2 * H, H, hp, H, w, H, T(0), hw, 2 * H);     // r, z rows (B, 2H)
+    w_rz.mul(hp, H, T(0), hw, 2 * H);                          // r, z rows (B, 2H)
     for_rows(B, G, [&](int64_t b) {
       before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, bias, hp + b * H, gt + b * G, rh + b * H);
     });
-    gemm(Op::N, Op::T, B, H, H, rh, H, w + 2 * H * H, H, T(0), hwn, H);   // (r * h) W_hn^T
+    w_n.mul(rh, H, T(0), hwn, H);                               // (r * h) W_hn^T
     for_rows(B, G, [&](int64_t b) {
       T* h = H_ + (t * B + b) * H;
       if (mask.valid(t, b))
@@ -166,6 +168,7 @@ void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Te
   const T *G_ = a.saved[0].data_ptr<T>(), *HN = a.saved[1].data_ptr<T>(), *w = a.rec[0]->data_ptr<T>();
   const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
   T *dX = dx.data_ptr<T>(), *dR = drn.data_ptr<T>();
+  const StepWeight<T> w_rz(Op::N, B, H, 2 * H, w, H), w_n(Op::N, B, H, H, w + 2 * H * H, H);
   for (int64_t t = d.T - 1; t >= 0; --t) {
     const T* hp = t ? H_ + (t - 1) * B * H : h0;
     T* g_in = dh.data_ptr<T>();
@@ -185,8 +188,8 @@ void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Te
       after_r_grads(H, g, HN + r, dxr, drr);
     });
     T* dxt = dX + t * B * G;
-    gemm(Op::N, Op::N, B, H, 2 * H, dxt, G, w, H, T(1), g_out, H);                   // r, z rows
-    gemm(Op::N, Op::N, B, H, H, dR + t * B * H, H, w + 2 * H * H, H, T(1), g_out, H);  // n rows
+    w_rz.mul(dxt, G, T(1), g_out, H);                         // r, z rows
+    w_n.mul(dR + t * B * H, H, T(1), g_out, H);                // n rows
     std::swap(dh, dn);
   }
 }
@@ -200,6 +203,7 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
   const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
   Tensor du_t = at::empty({B, H}, dx.options());
   T *dX = dx.data_ptr<T>(), *RH = rhs.data_ptr<T>(), *du = du_t.data_ptr<T>();
+  const StepWeight<T> w_rz(Op::N, B, H, 2 * H, w, H), w_n(Op::N, B, H, H, w + 2 * H * H, H);
   for (int64_t t = d.T - 1; t >= 0; --t) {
     const T* hp = t ? H_ + (t - 1) * B * H : h0;
     T* g_in = dh.data_ptr<T>();
@@ -219,12 +223,12 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
       zn_grads(H, g, hp + b * H, gh, dxr, next);
       mul(H, g, hp + b * H, rh);
     });
-    gemm(Op::N, Op::N, B, H, H, dxt + 2 * H, G, w + 2 * H * H, H, T(0), du, H);   // d(r * h)
+    w_n.mul(dxt + 2 * H, G, T(0), du, H);                      // d(r * h)
     for_rows(B, G, [&](int64_t b) {
       if (mask.valid(t, b))
         before_r_grads(H, G_ + (t * B + b) * G, hp + b * H, du + b * H, dxt + b * G, g_out + b * H);
     });
-    gemm(Op::N, Op::N, B, H, 2 * H, dxt, G, w, H, T(1), g_out, H);   // r, z rows
+    w_rz.mul(dxt, G, T(1), g_out, H);                          // r, z rows
     std::swap(dh, dn);
   }
 }

@@ -73,13 +73,14 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, Tensor& hs, T
   const T *xp = a.xp.data_ptr<T>(), *y0 = a.state0[0].data_ptr<T>();
   const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *Y = ys.data_ptr<T>();
+  const StepWeight<T> yh(Op::T, B, H, O, w_yh, O), hy(Op::T, B, O, H, w_hy, H);
   for (int64_t t = 0; t < Tn; ++t) {
     const T* yp = t ? Y + (t - 1) * B * O : y0;
     T* ht = a.save ? H_ + t * B * H : H_;                     // (B, H)
     T* yt = Y + t * B * O;                                    // (B, O)
-    gemm(Op::N, Op::T, B, H, O, yp, O, w_yh, O, T(0), ht, H);
+    yh.mul(yp, O, T(0), ht, H);
     for_rows(B, H, [&](int64_t b) { hidden_row(H, is_relu, ht + b * H, xp + (t * B + b) * H); });
-    gemm(Op::N, Op::T, B, O, H, ht, H, w_hy, H, T(0), yt, O);
+    hy.mul(ht, H, T(0), yt, O);
     for_rows(B, O, [&](int64_t b) {
       if (mask.valid(t, b))
         out_forward(sp.out, O, yt + b * O, bias);
@@ -99,6 +100,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
   const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
   const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
   T *dZ = dz.data_ptr<T>(), *dA = da.data_ptr<T>();
+  const StepWeight<T> hy(Op::N, B, H, O, w_hy, H), yh(Op::N, B, O, H, w_yh, O);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* dzt = dZ + t * B * O;
     T* dat = dA + t * B * H;
@@ -116,9 +118,9 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
       out_backward(sp.out, O, Y + r, g, dzt + b * O);
       std::fill(next, next + O, T(0));
     });
-    gemm(Op::N, Op::N, B, H, O, dzt, O, w_hy, H, T(0), dat, H);        // dh = dz W_hy
+    hy.mul(dzt, O, T(0), dat, H);                             // dh = dz W_hy
     for_rows(B, H, [&](int64_t b) { hidden_grad_row(H, is_relu, H_ + (t * B + b) * H, dat + b * H); });
-    gemm(Op::N, Op::N, B, O, H, dat, H, w_yh, O, T(1), g_out, O);      // dy_{t-1} += da W_yh
+    yh.mul(dat, H, T(1), g_out, O);                           // dy_{t-1} += da W_yh
     std::swap(dy, dn);
   }
 }

@@ -64,12 +64,13 @@ void forward_impl(const FwdArgs& a, Tensor& hs, Tensor& cs, Tensor& gates, Tenso
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *bias = bias_t.data_ptr<T>();
   const T *h0 = a.state0[0].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *C_ = cs.data_ptr<T>(), *G_ = gates.data_ptr<T>(), *TC = tanh_c.data_ptr<T>();
+  const StepWeight<T> w_t(Op::T, B, G, H, w, H);              // h W_hh^T
   for (int64_t t = 0; t < Tn; ++t) {
     const T* hp = t ? H_ + (t - 1) * B * H : h0;
     const T* cp = t ? C_ + (t - 1) * B * H : c0;
     T* gt = a.save ? G_ + t * B * G : G_;                     // (B, 4H)
     T* tct = a.save ? TC + t * B * H : TC;                    // (B, H)
-    gemm(Op::N, Op::T, B, G, H, hp, H, w, H, T(0), gt, G);
+    w_t.mul(hp, H, T(0), gt, G);
     for_rows(B, G, [&](int64_t b) {
       T* h = H_ + (t * B + b) * H;
       T* c = C_ + (t * B + b) * H;
@@ -92,6 +93,7 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
   const T* w = a.rec[0]->data_ptr<T>();
   const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
   T *dG = dg.data_ptr<T>(), *dC = dc.data_ptr<T>();
+  const StepWeight<T> w_n(Op::N, B, H, G, w, H);              // dg W_hh
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* dgt = dG + t * B * G;                                  // (B, 4H)
     T* g_in = dh.data_ptr<T>();
@@ -108,7 +110,7 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
         std::fill(d, d + G, T(0));
       }
     });
-    gemm(Op::N, Op::N, B, H, G, dgt, G, w, H, T(1), g_out, H);   // dh_{t-1} += dg_t W_hh
+    w_n.mul(dgt, G, T(1), g_out, H);                          // dh_{t-1} += dg_t W_hh
     std::swap(dh, dn);
   }
 }

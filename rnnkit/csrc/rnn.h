@@ -92,6 +92,23 @@ void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int6
 // True when the BLAS that ships inside libtorch_cpu is reachable (else ATen's addmm is used).
 bool has_blas();
 
+// A weight used by every step of a sequence: C (M, N) = A (M, K) op(W) + beta * C, where op(W)
+// is (K, N) and M (the batch) is fixed.  BLAS repacks W on every plain GEMM call; with MKL's
+// packed API (float) W is packed once per sequence instead, which is most of the step cost
+// when M is small and W is large.  Otherwise it is a plain gemm.
+template <typename T>
+class StepWeight {
+ public:
+  StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw);
+  void mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc) const;
+
+ private:
+  Op op_;
+  int64_t M_, N_, K_, ldw_;
+  const T* w_;
+  Tensor packed_;       // MKL's packed copy of W; undefined when not packed
+};
+
 // ---- activations ------------------------------------------------------------------------
 // Branch-free so that the gate loops vectorise.  float: Cephes-style range reduction and
 // polynomials (about 1 ulp); double: the C library, since float64 is for checking, not speed.
