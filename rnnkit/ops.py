@@ -6,6 +6,8 @@ GEMM and hands the time loop to the backend, and whose backward asks the
 backend for backpropagation through time, then forms the input-weight and input
 gradients with single GEMMs over all T*B rows.  With ``backend='autograd'`` the
 same Python loop runs under autograd: the readable reference the tests compare to.
+When nothing needs a gradient (inference), the backend's forward runs without the
+autograd.Function and keeps no saved tensors.
 
 Shapes: x (T, B, I), mask (T, B, 1) bool or None, state0 tuple of (B, S_k),
 w_ih (G*H, I), b_ih (G*H) or None, rec params as the cell lists them.

@@ -134,7 +134,3 @@ def run(args) -> int:
           f"({module.__file__}; direct BLAS: {module.has_blas()})")
     return 0
 
-
-def describe() -> Tuple[str, str]:
-    """(cache folder, compiler flags) for reports."""
-    return str(cache_root()), " ".join(_flags(True))
