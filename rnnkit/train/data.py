@@ -18,7 +18,7 @@ from ..data import SUNSPOTS_CSV
 from .errors import UserError
 
 
-def _open_text(path: str, what: str) -> str:
+def open_text(path: str, what: str) -> str:
     """The whole file as text, or a UserError saying why not."""
     p = Path(path)
     if not p.exists():
@@ -43,7 +43,7 @@ def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str
 
     ``column`` may be None when the file has exactly one column.
     """
-    text = _open_text(path, "--csv")
+    text = open_text(path, "--csv")
     try:
         rows = [r for r in csv.reader(text.splitlines()) if any(cell.strip() for cell in r)]
     except csv.Error as e:
@@ -63,12 +63,12 @@ def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise UserError(f"--csv {path}: row {line} has {len(row)} fields, the header has {len(header)}")
-        values.append(_number(row[j], f"--csv {path}: row {line}, column {column!r}"))
+        values.append(number(row[j], f"--csv {path}: row {line}, column {column!r}"))
         labels.append(row[0].strip())
     return np.asarray(values, dtype=np.float64), labels
 
 
-def _number(cell: str, where: str) -> float:
+def number(cell: str, where: str) -> float:
     try:
         v = float(cell)
     except ValueError:
@@ -86,7 +86,7 @@ def sunspots() -> Tuple[np.ndarray, np.ndarray]:
 
 def read_text(path: str) -> str:
     """A UTF-8 text file for the character model."""
-    return _open_text(path, "--text")
+    return open_text(path, "--text")
 
 
 def digits() -> Tuple[np.ndarray, np.ndarray]:

@@ -106,7 +106,7 @@ def _forecast_csv(net: Net, stats: dict, csv_path: str, target: Optional[str]) -
 
 def _read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
     """Numeric CSV rows as (T_i, channels) arrays; a non-numeric first row is skipped as a header."""
-    text = data._open_text(csv_path, "--csv")
+    text = data.open_text(csv_path, "--csv")
     rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
     try:
         [float(c) for c in rows[0] if c.strip()]
@@ -116,7 +116,7 @@ def _read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
         raise UserError(f"--csv {csv_path}: no data rows")
     cases = []
     for n, row in enumerate(rows, start=1):
-        vals = [data._number(c, f"--csv {csv_path}: row {n}") for c in row if c.strip()]
+        vals = [data.number(c, f"--csv {csv_path}: row {n}") for c in row if c.strip()]
         if not vals or len(vals) % channels:
             raise UserError(f"--csv {csv_path}: row {n} has {len(vals)} values; the model reads "
                             f"{channels} channel(s) per step, so a row needs a positive multiple of {channels}")

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .checkpoint import atomic_write
 
@@ -102,8 +102,10 @@ class Progress:
             self.bar.close()
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else (f"{v:.2f}" if isinstance(v, float) else str(v))
+def _cells(row: List[Optional[float]]) -> List[str]:
+    """A row's numbers with one precision: 2 decimals when any is 10 or more, else 4."""
+    digits = 2 if any(v is not None and abs(v) >= 10 for v in row) else 4
+    return ["-" if v is None else f"{v:.{digits}f}" for v in row]
 
 
 def summary_table(result: Dict[str, Any]) -> str:
@@ -124,7 +126,7 @@ def summary_table(result: Dict[str, Any]) -> str:
     cols = [max(len(n), 8) for n in names]
     lines.append(" " * width + "  " + "  ".join(n.rjust(c) for n, c in zip(names, cols)))
     for label, row in rows:
-        cells = ["-" if v is None else _fmt(v) for v in row]
+        cells = _cells(row)
         lines.append(label.ljust(width) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, cols)))
     if result.get("out"):
         lines.append(f"run folder: {result['out']}")

@@ -20,6 +20,7 @@ ends with exactly the weights of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import threading
 import time
@@ -463,7 +464,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _json(d: dict) -> str:
-    import json
     return json.dumps(d, indent=2) + "\n"
 
 
