@@ -228,3 +228,15 @@ def test_cached_build_is_reused():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "compiling" not in res.stderr
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", CELLS)
+def test_expanded_output_gradient(cell):
+    """out.sum() hands backward an expanded (stride 0) gradient, read in place by the kernels."""
+    got = {}
+    for backend in ("reference", "cpu"):
+        model = make(cell, backend=backend)
+        model(randn(T, B, INPUT_SIZE))[0].sum().backward()
+        got[backend] = [p.grad for p in model.parameters()]
+    assert_all_close(got["cpu"], got["reference"])

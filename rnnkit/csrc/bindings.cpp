@@ -57,6 +57,21 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
   return {r.states, r.saved};
 }
 
+// x W_ih^T + b_ih for one step, straight to BLAS: an ATen addmm costs more than the GEMM here.
+Tensor project(const Tensor& x, const Tensor& w_ih, const c10::optional<Tensor>& b_ih) {
+  const int64_t B = x.size(0), I = x.size(1), GH = w_ih.size(0);
+  Tensor xp = at::empty({B, GH}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_project", [&] {
+    using T = scalar_t;
+    T* out = xp.data_ptr<T>();
+    const bool bias = b_ih.has_value() && b_ih->defined();
+    const Tensor b_t = bias ? b_ih->contiguous() : Tensor();
+    for (int64_t b = 0; bias && b < B; ++b) std::memcpy(out + b * GH, b_t.data_ptr<T>(), GH * sizeof(T));
+    gemm(Op::N, Op::T, B, GH, I, x.data_ptr<T>(), I, w_ih.data_ptr<T>(), I, T(bias ? 1 : 0), out, GH);
+  });
+  return xp;
+}
+
 // Streaming inference: one step of a stack of L layers (one direction) in one call.
 //   x (B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
 //   returns the last layer's output (B, S_0) and the new states (L, B, S_k).
@@ -68,8 +83,7 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   Tensor inp = x;
   for (int64_t l = 0; l < L; ++l) {
     const OptTensors& p = layers[l];
-    const Tensor& w_ih = *p[0];
-    Tensor xp = p[1].has_value() ? at::addmm(*p[1], inp, w_ih.t()) : at::mm(inp, w_ih.t());   // (B, G*H)
+    Tensor xp = project(inp.contiguous(), p[0]->contiguous(), p[1]);                     // (B, G*H)
     Tensors s0;
     for (const auto& s : state0) s0.push_back(L == 1 ? s[0].contiguous() : s.select(0, l).contiguous());
     FwdResult r = run_forward(sp, {xp.unsqueeze(0), Tensor(), s0, dense(OptTensors(p.begin() + 2, p.end())), false});
@@ -86,7 +100,7 @@ std::tuple<Tensor, Tensors, OptTensors> backward(
     const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
     const Tensors& saved, const OptTensors& rec) {
   const Spec sp = make_spec(spec);
-  const BwdArgs a{d_out.has_value() ? dense(*d_out) : Tensor(), dense(d_final), flat_mask(mask),
+  const BwdArgs a{d_out.has_value() ? *d_out : Tensor(), dense(d_final), flat_mask(mask),
                   dense(state0), dense(states), dense(saved), dense(rec)};
   BwdResult r;
   switch (sp.kind) {

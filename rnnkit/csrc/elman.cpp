@@ -69,7 +69,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
   const Mask mask(a.mask, B);
   const T* hs = a.states[0].data_ptr<T>();
   const T* w = a.rec[0]->data_ptr<T>();
-  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  const GradOut<T> dout(a.d_out);
   T* dA = da.data_ptr<T>();
   const StepWeight<T> w_n(Op::N, B, H, H, w, H);              // da W_hh
   for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -79,7 +79,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
     for_rows(B, H, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
       T *d = dat + b * H, *next = g_out + b * H, *g = g_in + b * H;
-      if (dout) add_to(H, g, dout + r);                       // the output's own gradient
+      dout.add(t, b, H, g);
       if (mask.valid(t, b)) {
         backward_row(H, is_relu, hs + r, g, d, next);
       } else {                                               // the step did not happen

@@ -166,7 +166,7 @@ void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Te
   const Mask mask(a.mask, B);
   const T *H_ = a.states[0].data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
   const T *G_ = a.saved[0].data_ptr<T>(), *HN = a.saved[1].data_ptr<T>(), *w = a.rec[0]->data_ptr<T>();
-  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  const GradOut<T> dout(a.d_out);
   T *dX = dx.data_ptr<T>(), *dR = drn.data_ptr<T>();
   const StepWeight<T> w_rz(Op::N, B, H, 2 * H, w, H), w_n(Op::N, B, H, H, w + 2 * H * H, H);
   for (int64_t t = d.T - 1; t >= 0; --t) {
@@ -176,7 +176,7 @@ void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Te
     for_rows(B, G, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
       T *dxr = dX + (t * B + b) * G, *drr = dR + r, *gh = g_in + b * H, *next = g_out + b * H;
-      if (dout) add_to(H, gh, dout + r);
+      dout.add(t, b, H, gh);
       if (!mask.valid(t, b)) {                               // the step did not happen
         std::memcpy(next, gh, H * sizeof(T));
         std::fill(dxr, dxr + G, T(0));
@@ -200,7 +200,7 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
   const Mask mask(a.mask, B);
   const T *H_ = a.states[0].data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
   const T *G_ = a.saved[0].data_ptr<T>(), *w = a.rec[0]->data_ptr<T>();
-  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  const GradOut<T> dout(a.d_out);
   Tensor du_t = at::empty({B, H}, dx.options());
   T *dX = dx.data_ptr<T>(), *RH = rhs.data_ptr<T>(), *du = du_t.data_ptr<T>();
   const StepWeight<T> w_rz(Op::N, B, H, 2 * H, w, H), w_n(Op::N, B, H, H, w + 2 * H * H, H);
@@ -212,7 +212,7 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
     for_rows(B, G, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
       T *dxr = dxt + b * G, *rh = RH + r, *gh = g_in + b * H, *next = g_out + b * H;
-      if (dout) add_to(H, gh, dout + r);
+      dout.add(t, b, H, gh);
       if (!mask.valid(t, b)) {                               // the step did not happen
         std::memcpy(next, gh, H * sizeof(T));
         std::fill(dxr, dxr + G, T(0));

@@ -98,7 +98,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
   const Mask mask(a.mask, B);
   const T *Y = ys.data_ptr<T>(), *H_ = a.saved[0].data_ptr<T>();
   const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
-  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  const GradOut<T> dout(a.d_out);
   T *dZ = dz.data_ptr<T>(), *dA = da.data_ptr<T>();
   const StepWeight<T> hy(Op::N, B, H, O, w_hy, H), yh(Op::N, B, O, H, w_yh, O);
   for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -109,7 +109,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
     for_rows(B, O, [&](int64_t b) {
       const int64_t r = (t * B + b) * O;
       T *g = g_in + b * O, *next = g_out + b * O;
-      if (dout) add_to(O, g, dout + r);
+      dout.add(t, b, O, g);
       if (!mask.valid(t, b)) {                               // the step did not happen
         std::memcpy(next, g, O * sizeof(T));
         std::fill(dzt + b * O, dzt + (b + 1) * O, T(0));

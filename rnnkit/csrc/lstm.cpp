@@ -91,7 +91,7 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
   const T *C_ = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   const T *G_ = a.saved[0].data_ptr<T>(), *TC = a.saved[1].data_ptr<T>();
   const T* w = a.rec[0]->data_ptr<T>();
-  const T* dout = a.d_out.defined() ? a.d_out.data_ptr<T>() : nullptr;
+  const GradOut<T> dout(a.d_out);
   T *dG = dg.data_ptr<T>(), *dC = dc.data_ptr<T>();
   const StepWeight<T> w_n(Op::N, B, H, G, w, H);              // dg W_hh
   for (int64_t t = Tn - 1; t >= 0; --t) {
@@ -102,7 +102,7 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
     for_rows(B, G, [&](int64_t b) {
       const int64_t r = (t * B + b) * H;
       T *d = dgt + b * G, *next = g_out + b * H, *gh = g_in + b * H;
-      if (dout) add_to(H, gh, dout + r);
+      dout.add(t, b, H, gh);
       if (mask.valid(t, b)) {
         backward_row(H, G_ + (t * B + b) * G, TC + r, cp + b * H, gh, dC + b * H, d, next);
       } else {                                               // the step did not happen

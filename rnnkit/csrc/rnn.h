@@ -57,7 +57,7 @@ struct FwdResult {
 };
 
 struct BwdArgs {
-  Tensor d_out;         // (T, B, S_0) or undefined
+  Tensor d_out;         // (T, B, S_0) or undefined; any strides (see GradOut)
   OptTensors d_final;   // (B, S_k), None = zero
   Tensor mask;
   Tensors state0, states, saved;
@@ -204,6 +204,29 @@ template <typename T>
 inline void add_to(int64_t n, T* __restrict y, const T* __restrict x) {
   for (int64_t j = 0; j < n; ++j) y[j] += x[j];
 }
+
+// The output's gradient d_out (T, B, S), read in place whatever its strides: out.sum() hands
+// backward an expanded scalar, and a dense copy would be one more (T, B, S) buffer at the peak.
+template <typename T>
+struct GradOut {
+  const T* p = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0;
+  explicit GradOut(const Tensor& d) {
+    if (!d.defined()) return;
+    p = d.data_ptr<T>();
+    s0 = d.stride(0), s1 = d.stride(1), s2 = d.stride(2);
+  }
+  // g (n) += d_out[t, b, :]
+  void add(int64_t t, int64_t b, int64_t n, T* g) const {
+    if (p == nullptr) return;
+    const T* row = p + t * s0 + b * s1;
+    if (s2 == 1) {
+      add_to(n, g, row);
+      return;
+    }
+    for (int64_t j = 0; j < n; ++j) g[j] += row[j * s2];
+  }
+};
 
 // Column sums of a (R, N) block with leading dimension ld, accumulated into out (N).
 template <typename T>
