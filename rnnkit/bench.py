@@ -7,7 +7,8 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
     fwd        forward under torch.no_grad()
     fwd+bwd    forward, sum of the output, backward
     step       one streaming step (B=1) under no_grad: torch.nn.*Cell against ``model.step``
-    memory     peak resident memory of one training step, each in a fresh subprocess
+    memory     peak resident memory (MiB, in the ms columns) of one training step, each in a
+               fresh subprocess; ratio above 1: rnnkit needs less
 
 Baselines: torch.nn.RNN / GRU / LSTM (LSTM twice: with oneDNN, torch's default, and with
 ``torch.backends.mkldnn.flags(enabled=False)``); for Jordan, a plain PyTorch loop of the same
@@ -316,11 +317,27 @@ def format_row(r: Row) -> str:
             f"{gf} {r.ratio:6.2f}")
 
 
+def markdown(result: dict) -> str:
+    """The rows as a Markdown table (what BENCHMARKS.md keeps)."""
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+             f"torch {m['torch']}, Python {m['python']}; median of {result['repeats']} interleaved repeats.",
+             "", "| case | mode | baseline | baseline ms | rnnkit ms | baseline GFLOP/s | rnnkit GFLOP/s "
+             "| ratio baseline/rnnkit |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        gf = (f"{r['baseline_gflops']:.1f} | {r['rnnkit_gflops']:.1f}" if r["baseline_gflops"] is not None
+              else " | ")
+        lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {r['baseline_ms']:.3f} | "
+                     f"{r['rnnkit_ms']:.3f} | {gf} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run for CI")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per row, median taken (default 7)")
     p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated subset of {','.join(CELLS)}")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    p.add_argument("--markdown", metavar="PATH", help="also write the rows as a Markdown table to PATH")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows (subprocesses)")
 
 
@@ -337,4 +354,7 @@ def run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(result))
     return 0
