@@ -32,7 +32,7 @@ def _f(default, help_: str):
 class Config:
     # -- task and data --------------------------------------------------------------------
     task: str = _f("sunspots", "sunspots | csv | japanese_vowels | digits | italy_power | gunpoint "
-                               "| text | adding | copy")
+                               "| text | adding | copy | echo")
     csv: Optional[str] = _f(None, "csv task: a CSV file with a header row")
     target: Optional[str] = _f(None, "csv task: the column to forecast")
     text: Optional[str] = _f(None, "text task: a UTF-8 text file")
@@ -40,8 +40,9 @@ class Config:
     test_fraction: float = _f(0.2, "csv task: trailing part of the series held out for test")
     val_fraction: float = _f(0.1, "part of the training data held out for validation (0: none)")
     ar_order: int = _f(9, "forecasting: order of the least-squares AR baseline")
-    seq_len: int = _f(50, "adding: sequence length; copy: blank steps between symbols and recall")
-    n_samples: int = _f(2000, "adding/copy: training sequences (validation and test get a quarter)")
+    seq_len: int = _f(50, "adding/echo: sequence length; copy: blank steps between symbols and recall")
+    n_samples: int = _f(2000, "adding/copy/echo: training sequences (validation and test get a quarter)")
+    delay: int = _f(3, "echo: the target at step t is the input at t - delay (negative: ahead)")
     # -- network (every option of rnnkit's layers) -----------------------------------------
     cell: str = _f("lstm", "elman | jordan | lstm | gru")
     hidden: int = _f(32, "hidden units per layer and direction")
@@ -96,6 +97,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
              "clip_at": 5.0},
     "adding": {"hidden": 64, "epochs": 30, "lr": 2e-3, "patience": 10},
     "copy": {"hidden": 64, "seq_len": 20, "epochs": 30, "lr": 5e-3, "patience": 10},
+    "echo": {"hidden": 32, "seq_len": 40, "epochs": 15, "lr": 5e-3, "patience": 5},
 }
 TASKS = tuple(PRESETS)
 CELLS = ("elman", "jordan", "lstm", "gru")

@@ -389,6 +389,47 @@ class Copy(Task):
         return f"copy task: delay {T - 2 * self.n_symbols}, {len(self.train)} training sequences"
 
 
+class Echo(Task):
+    """Delayed echo: the input is white noise x_t ~ N(0, 1); the target at step t is x_(t-delay).
+
+    delay > 0 asks for memory of the past; delay < 0 for an input that has not arrived yet,
+    which only a bidirectional network can know.  Loss and metric: MSE over the steps where the
+    target exists (predicting 0 scores 1).
+    """
+
+    name, readout, n_in, metric = "echo", "all", 1, "mse"
+
+    def __init__(self, cfg: Config):
+        T, d = cfg.seq_len, cfg.delay
+        if abs(d) >= T:
+            raise UserError(f"delay {d}: needs |delay| < seq_len ({T})")
+        self.delay = d
+        self.first, self.stop = max(0, d), T + min(0, d)        # steps that have a target
+        n_eval = max(cfg.n_samples // 4, 1)
+        self.train = self._make(cfg.n_samples, T, d, cfg.seed)
+        self.val = self._make(n_eval, T, d, cfg.seed + 1) if cfg.val_fraction > 0 else None
+        self.tests = {"test": self._make(n_eval, T, d, cfg.seed + 2)}
+
+    @staticmethod
+    def _make(n: int, T: int, d: int, seed: int) -> Split:
+        x = torch.randn(n, T, generator=torch.Generator().manual_seed(seed))
+        y = torch.roll(x, shifts=d, dims=1)                    # y[t] = x[t - d] where it exists
+        return Split(x.unsqueeze(-1), y, torch.full((n,), T, dtype=torch.long))
+
+    def loss(self, out, batch):
+        a, b = self.first, self.stop
+        err = out.squeeze(-1)[:, a:b] - batch.y[:, a:b]
+        return (err * err).sum(), out.new_tensor(float(err.numel()))
+
+    def metrics(self, out, split):
+        total, n = self.loss(out, split)
+        return {"mse": (total / n).item()}
+
+    def describe(self):
+        shift = f"t-{self.delay}" if self.delay >= 0 else f"t+{-self.delay}"
+        return f"echo: target x_({shift}) over {self.train.x.shape[1]} steps, {len(self.train)} training sequences"
+
+
 # -- character language model ----------------------------------------------------------------
 class Text(Task):
     """Character-level language model on a text file: predict each next character.
@@ -450,6 +491,7 @@ def build(cfg: Config) -> Task:
         "digits": digits_task,
         "adding": Adding,
         "copy": Copy,
+        "echo": Echo,
         "text": Text,
     }
     return makers[cfg.task](cfg)

@@ -1,0 +1,154 @@
+"""What every experiment shares: training through the trainer's library API, and the report.
+
+An experiment is a function ``(ctx) -> Section``.  It trains with ``ctx.fit(overrides)``, which
+runs the same Trainer as ``rnnkit train`` in a scratch folder, and returns a Section: prose,
+tables and figures for docs/experiments.md.  ``ctx.quick`` asks for the small version.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..train import distributed
+from ..train.config import resolve
+from ..train.logs import JSONL
+from ..train.loop import Trainer
+
+
+@dataclass
+class Run:
+    """One finished training run."""
+    config: dict
+    result: dict
+    trainer: Trainer
+
+    @property
+    def net(self) -> nn.Module:
+        return self.trainer.net
+
+    def test_metric(self, name: str, split: str = "test") -> float:
+        return float(self.result["test"][split][name])
+
+    def records(self, kind: str) -> List[dict]:
+        """JSONL records of one kind ('step', 'epoch', 'test') from the run folder."""
+        lines = (Path(self.result["out"]) / JSONL).read_text(encoding="utf-8").splitlines()
+        return [r for r in map(json.loads, lines) if r.get("kind") == kind]
+
+
+@dataclass
+class Section:
+    """One experiment's part of the report."""
+    title: str
+    claim: str
+    setup: str
+    tables: List[str] = field(default_factory=list)
+    figures: List[str] = field(default_factory=list)
+    findings: List[str] = field(default_factory=list)
+    numbers: List[float] = field(default_factory=list)     # every reported figure, checked finite
+
+    def markdown(self) -> str:
+        parts = [f"## {self.title}", f"**The lecture says:** {self.claim}", f"**Setup:** {self.setup}"]
+        parts += self.tables
+        parts += [f"![{Path(f).stem}]({f})" for f in self.figures]
+        parts += ["**What happened:**\n" + "\n".join(f"- {s}" for s in self.findings)]
+        return "\n\n".join(parts) + "\n"
+
+
+@dataclass
+class Context:
+    """Where an experiment writes, how big it runs, and its seed."""
+    quick: bool
+    seed: int
+    work: Path                 # scratch run folders
+    figures: Path              # PNGs referenced by the report
+    figure_prefix: str         # how the report refers to that folder
+    runs: int = 0
+
+    def fit(self, overrides: Dict[str, object], prepare: Optional[Callable[[nn.Module], None]] = None) -> Run:
+        """Train as ``rnnkit train`` would with these options; ``prepare(net)`` may alter the
+        freshly initialised network first (e.g. rescale a recurrent matrix)."""
+        self.runs += 1
+        opts = {"seed": self.seed, **overrides, "out": str(self.work / f"run{self.runs:03d}"),
+                "plots": False, "progress": False, "tensorboard": False, "device": "cpu"}
+        cfg = resolve(opts)
+        trainer = Trainer(cfg, distributed.Dist())
+        if prepare is not None:
+            prepare(trainer.net)
+        trainer.open_outputs()
+        result = trainer.run()
+        return Run(opts, result, trainer)
+
+    def figure(self, name: str) -> tuple:
+        """(path to save to, reference for the markdown)."""
+        return self.figures / name, f"{self.figure_prefix}/{name}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table; floats with 4 significant digits."""
+    def cell(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    a = np.asarray(values, dtype=np.float64)
+    return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def hidden_for_params(cell: str, n_in: int, target: int, extra: Optional[dict] = None) -> int:
+    """The hidden size whose recurrent layer has the parameter count closest to ``target``."""
+    from ..train.config import Config
+    from ..train.model import build_rnn
+    import dataclasses
+
+    best, best_gap = 1, None
+    for h in range(1, 513):
+        cfg = dataclasses.replace(Config(), cell=cell, hidden=h, **(extra or {}))
+        n = sum(p.numel() for p in build_rnn(cfg, n_in).parameters())
+        gap = abs(n - target)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = h, gap
+        if n > target:
+            break
+    return best
+
+
+def param_count(cell: str, n_in: int, hidden: int, extra: Optional[dict] = None) -> int:
+    from ..train.config import Config
+    from ..train.model import build_rnn
+    import dataclasses
+
+    cfg = dataclasses.replace(Config(), cell=cell, hidden=hidden, **(extra or {}))
+    return sum(p.numel() for p in build_rnn(cfg, n_in).parameters())
+
+
+def finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(float(v)) for v in values)
+
+
+def torch_seed(seed: int) -> None:
+    torch.manual_seed(seed)
