@@ -39,7 +39,7 @@ def run(ctx: Context) -> Section:
         for cell in CELLS:
             for T in s["lengths"]:
                 r = ctx.fit({"task": "adding", "cell": cell, "hidden": sizes[cell], "seq_len": T,
-                             "n_samples": s["n_samples"], "epochs": s["epochs"], "lr": 3e-3,
+                             "n_samples": s["n_samples"], "epochs": s["epochs"], "lr": 1e-2,
                              "patience": 0})
                 rate, mse = success_rate(r), r.test_metric("mse")
                 rates[(sizing, cell, T)] = rate
@@ -49,7 +49,7 @@ def run(ctx: Context) -> Section:
         claim="plain recurrent networks (Elman, Jordan) forget over long spans; LSTM and GRU, "
               "whose gates let the error flow unchanged, bridge them.",
         setup=(f"adding problem (values in [0,1), one marker in each half, target = sum of the two "
-               f"marked values); {s['n_samples']} training sequences, Adam lr 3e-3, batch 32, "
+               f"marked values); {s['n_samples']} training sequences, Adam lr 1e-2, batch 32, "
                f"{s['epochs']} epochs, clipping at norm 1, seed {ctx.seed}. Equal hidden: H={H}; "
                f"equal parameters: hidden sizes chosen so each network has about as many "
                f"parameters as the LSTM with H={H} ({budget} in the recurrent layer). "
