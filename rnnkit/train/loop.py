@@ -390,7 +390,8 @@ class Trainer:
         st.history.append({k: record[k] for k in ("epoch", "train_loss", "val_loss") if k in record})
         st.epoch, st.batch, st.loss_sum, st.loss_count = epoch + 1, 0, 0.0, 0.0
         self.carry = None                         # each epoch reads the stream from its start
-        st.stopped_early = bool(self.cfg.patience and st.bad_epochs >= self.cfg.patience)
+        st.stopped_early = bool(self.cfg.patience and st.bad_epochs >= self.cfg.patience
+                                and st.epoch < self.cfg.epochs)
         self.log.write(record)
         bar.epoch(epoch + 1, self.cfg.epochs, self.task.metric, val.get(self.task.metric) if val else None)
         self.save_checkpoint()

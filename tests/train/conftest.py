@@ -1,55 +1,15 @@
-"""Helpers for the trainer tests: tiny configs, data files and an in-process CLI runner.
+"""Fixtures for the trainer tests (helpers in train_helpers.py).
 
-    tiny(tmp_path, **options)   a resolved Config that trains in well under a second
-    run_cli(args, capsys)       (exit code, stdout, stderr) of ``rnnkit ARGS`` run in-process
-    weights(path)               the tensors of a checkpoint file, by name
+    tiny(task, out="run", **options)   a resolved Config that trains in well under a second
+    in_tmp                             run the test inside an empty folder
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Dict, List, Tuple
-
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from rnnkit import cli
 from rnnkit.train import resolve
-from rnnkit.train.checkpoint import NAME
 
-TINY = {"hidden": 8, "epochs": 2, "plots": False, "progress": False, "tensorboard": False}
-# Per task: options that keep it to a few steps.
-TASK_TINY = {
-    "sunspots": {},
-    "csv": {"window": 5},
-    "digits": {"epochs": 1, "batch_size": 256},
-    "japanese_vowels": {"epochs": 1, "batch_size": 128},
-    "italy_power": {"epochs": 1},
-    "gunpoint": {"epochs": 1, "batch_size": 20},
-    "text": {"k1": 8, "batch_size": 4},
-    "adding": {"seq_len": 6, "n_samples": 64},
-    "copy": {"seq_len": 3, "n_samples": 64},
-}
-
-
-def sine_csv(path: Path, n: int = 60) -> Path:
-    rows = ["date,level,other"] + [f"d{i},{math.sin(i / 3.0):.5f},{i}" for i in range(n)]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-def small_text(path: Path) -> Path:
-    path.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
-    return path
-
-
-def data_options(task: str, tmp_path: Path) -> dict:
-    if task == "csv":
-        return {"csv": str(sine_csv(tmp_path / "series.csv")), "target": "level"}
-    if task == "text":
-        return {"text": str(small_text(tmp_path / "corpus.txt"))}
-    return {}
+from train_helpers import TASK_TINY, TINY, data_options
 
 
 @pytest.fixture
@@ -61,28 +21,8 @@ def tiny(tmp_path):
     return make
 
 
-def run_cli(args: List[str], capsys) -> Tuple[int, str, str]:
-    """Run ``rnnkit ARGS`` in this process; argparse's SystemExit becomes an exit code."""
-    capsys.readouterr()
-    try:
-        code = cli.main(args)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def weights(path: Path) -> Dict[str, torch.Tensor]:
-    return load_file(str(path / NAME if path.is_dir() else path))
-
-
-def files_under(path: Path) -> List[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
-
-
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in an empty folder so default run folders (runs/...) land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
-

@@ -18,7 +18,7 @@ from rnnkit.train import Interrupted, UserError, config_for, train
 from rnnkit.train import checkpoint as ck
 from rnnkit.train.loop import make_optimizer, make_scheduler
 
-from conftest import weights
+from train_helpers import weights
 
 # A child that saves checkpoint v1, then starts saving v2 and blocks half-way through the bytes
 # ("mid-write") or after writing and fsync'ing them but before the rename ("before-rename").

@@ -14,7 +14,7 @@ import torch
 
 from rnnkit.train import train
 
-from conftest import files_under, run_cli, sine_csv, small_text
+from train_helpers import files_under, run_cli, sine_csv, small_text
 
 
 def _csv(tmp: Path, name: str, text: str) -> str:

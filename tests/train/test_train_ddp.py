@@ -10,7 +10,7 @@ import torch
 
 from rnnkit.train import train
 
-from conftest import files_under, small_text, weights
+from train_helpers import files_under, small_text, weights
 
 CASES = {
     # 188 windows in batches of 31: shards of 16/15 and a last batch of 2 split 1/1

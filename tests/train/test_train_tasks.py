@@ -13,11 +13,11 @@ from rnnkit.train.config import TASKS
 from rnnkit.train.model import Net
 from rnnkit.train.tasks import masked_step_ce
 
-from conftest import files_under
+from train_helpers import files_under
 
 METRIC = {"sunspots": "rmse", "csv": "rmse", "digits": "accuracy", "japanese_vowels": "accuracy",
           "italy_power": "accuracy", "gunpoint": "accuracy", "text": "bpc", "adding": "mse",
-          "copy": "accuracy"}
+          "copy": "accuracy", "echo": "mse"}
 
 
 @pytest.mark.parametrize("task", TASKS)
