@@ -95,8 +95,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                  "val_fraction": 0.2},
     "text": {"hidden": 128, "epochs": 10, "lr": 3e-3, "k1": 64, "batch_size": 32, "patience": 3,
              "clip_at": 5.0},
-    "adding": {"hidden": 64, "epochs": 30, "lr": 2e-3, "patience": 10},
-    "copy": {"hidden": 64, "seq_len": 20, "epochs": 30, "lr": 5e-3, "patience": 10},
+    "adding": {"hidden": 64, "n_samples": 10000, "epochs": 20, "lr": 2e-3, "patience": 10},
+    "copy": {"hidden": 64, "seq_len": 10, "n_samples": 10000, "epochs": 30, "lr": 5e-3, "patience": 10},
     "echo": {"hidden": 32, "seq_len": 40, "epochs": 15, "lr": 5e-3, "patience": 5},
 }
 TASKS = tuple(PRESETS)
