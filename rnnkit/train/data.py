@@ -39,7 +39,9 @@ def open_text(path: str, what: str) -> str:
 
 
 def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str]]:
-    """One numeric column of a CSV with a header row: (values (N,) float64, first-column labels).
+    """One numeric column of a CSV with a header row: (values (N,) float64, labels (N,)).
+
+    Labels are the first column (e.g. dates) unless that is the column read; then row numbers.
 
     ``column`` may be None when the file has exactly one column.
     """
@@ -64,7 +66,7 @@ def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str
         if len(row) != len(header):
             raise UserError(f"--csv {path}: row {line} has {len(row)} fields, the header has {len(header)}")
         values.append(number(row[j], f"--csv {path}: row {line}, column {column!r}"))
-        labels.append(row[0].strip())
+        labels.append(row[0].strip() if j != 0 else str(line - 1))     # else the data row number
     return np.asarray(values, dtype=np.float64), labels
 
 
