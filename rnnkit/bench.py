@@ -6,7 +6,8 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
 
     fwd        forward under torch.no_grad()
     fwd+bwd    forward, sum of the output, backward
-    step       one streaming step (B=1) under no_grad: torch.nn.*Cell against ``model.step``
+    step       one streaming step (B=1, one thread) under no_grad: torch.nn.*Cell against ``model.step``
+    stream     the same, against ``model.stream()`` (state kept inside, no allocation per step)
     memory     peak resident memory (MiB, in the ms columns) of one training step, each in a
                fresh subprocess; ratio above 1: rnnkit needs less
 
@@ -198,8 +199,13 @@ def bench_jordan(case: Case, repeats: int) -> List[Row]:
     return rows
 
 
-def bench_step(cell: str, H: int, repeats: int) -> Row:
-    """One streaming step at B=1 under no_grad: torch.nn.{RNN,GRU,LSTM}Cell against ``step``."""
+def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
+    """Streaming at B=1 on one thread: torch.nn.{RNN,GRU,LSTM}Cell against ``model.step`` and ``Stream``.
+
+    Two rows (modes step and stream), timed interleaved in one run: per-step time over ``steps``
+    calls, median of at least 5 repeats.  One intra-op thread for all three, since at these
+    sizes a second thread only adds wake-ups (and the machine's other load hits it).
+    """
     torch.manual_seed(0)
     tm = _TORCH[cell](H, H)
     rk = from_torch(tm, backend="cpu")
@@ -207,17 +213,18 @@ def bench_step(cell: str, H: int, repeats: int) -> Row:
     x, h = torch.randn(1, H), torch.zeros(1, H)
     t_state = (h, h) if cell == "lstm" else h
     r_state = (h[None], h[None]) if cell == "lstm" else h[None]
+    stream = rk.stream(1)
     name = type(tc).__name__
-
-    def t_step():
-        tc(x, t_state)
-
-    def r_step():
-        rk.step(x, r_state)
-    with torch.no_grad():
-        ms = interleaved_medians({name: t_step, "rnnkit": r_step}, repeats, warmup=20, inner=200)
-    return Row(f"{cell} step B1 H{H}", cell, "step", f"torch.nn.{name}", ms[name], ms["rnnkit"],
-               ms[name] / ms["rnnkit"])
+    fns = {name: lambda: tc(x, t_state), "step": lambda: rk.step(x, r_state), "stream": lambda: stream(x)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            ms = interleaved_medians(fns, max(repeats, 5), warmup=20, inner=steps)
+    finally:
+        torch.set_num_threads(threads)
+    return [Row(f"{cell} step B1 H{H} 1 thread", cell, mode, f"torch.nn.{name}", ms[name], ms[mode],
+                ms[name] / ms[mode]) for mode in ("step", "stream")]
 
 
 _MEMORY_SCRIPT = """
@@ -296,8 +303,10 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
             log(format_row(r))
     step_H = 8 if quick else 64
     for cell in (c for c in ("rnn", "gru", "lstm") if c in cells):
-        rows.append(bench_step(cell, step_H, repeats))
-        log(format_row(rows[-1]))
+        new = bench_step(cell, step_H, repeats, steps=50 if quick else 1000)
+        rows += new
+        for r in new:
+            log(format_row(r))
     if memory:
         for cell in (c for c in ("rnn", "gru", "lstm") if c in cells):
             for T, B, H in (QUICK_SIZES if quick else FULL_SIZES[2:]):
@@ -313,8 +322,13 @@ HEADER = (f"{'case':28s} {'mode':10s} {'baseline':22s} {'base ms':>9s} {'rnnkit 
 def format_row(r: Row) -> str:
     gf = (f"{r.baseline_gflops:9.2f} {r.rnnkit_gflops:8.2f}" if r.baseline_gflops is not None
           else f"{'':9s} {'':8s}")
-    return (f"{r.case:28s} {r.mode:10s} {r.baseline:22s} {r.baseline_ms:9.3f} {r.rnnkit_ms:9.3f} "
+    return (f"{r.case:28s} {r.mode:10s} {r.baseline:22s} {_ms(r.baseline_ms):>9s} {_ms(r.rnnkit_ms):>9s} "
             f"{gf} {r.ratio:6.2f}")
+
+
+def _ms(v: float) -> str:
+    """Milliseconds, with the digits a streaming step (a few microseconds) needs."""
+    return f"{v:.4f}" if v < 0.1 else f"{v:.3f}"
 
 
 def markdown(result: dict) -> str:
@@ -327,8 +341,8 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         gf = (f"{r['baseline_gflops']:.1f} | {r['rnnkit_gflops']:.1f}" if r["baseline_gflops"] is not None
               else " | ")
-        lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {r['baseline_ms']:.3f} | "
-                     f"{r['rnnkit_ms']:.3f} | {gf} | {r['ratio']:.2f} |")
+        lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {_ms(r['baseline_ms'])} | "
+                     f"{_ms(r['rnnkit_ms'])} | {gf} | {r['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, ops, validation
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, ElmanCell, GRUCell, JordanCell, LSTMCell
+from .stream import Stream
 
 
 class Trace:
@@ -121,9 +122,31 @@ class _Recurrent(nn.Module):
         rec = tuple(getattr(self, n + sfx, None) for n in self.cell.rec_params)
         return w_ih, b_ih, rec
 
+    def _step_layers(self) -> List[List[Optional[Tensor]]]:
+        """Per layer [weight_ih, bias_ih, *rec_params] as step's C++ call takes them, cached.
+
+        The cache holds Parameter objects, so in-place changes (optimiser steps, load_state_dict,
+        ``.to()`` rebinding ``.data``) need nothing; it is dropped whenever a parameter is
+        (re)registered or the module is converted (``_apply``), the two ways the objects change.
+        """
+        layers = self.__dict__.get("_step_cache")
+        if layers is None:
+            p = self._parameters
+            layers = self.__dict__["_step_cache"] = [[p.get(n) for n in names] for names in self._step_names]
+        return layers
+
+    def register_parameter(self, name: str, param) -> None:
+        self.__dict__.pop("_step_cache", None)
+        super().register_parameter(name, param)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.__dict__.pop("_step_cache", None)
+        return result
+
     @property
     def _dtype(self) -> torch.dtype:
-        return getattr(self, self._param_names[0][0]).dtype
+        return self._parameters[self._param_names[0][0]].dtype         # not getattr: step reads it per call
 
     @property
     def _D(self) -> int:
@@ -303,20 +326,26 @@ class _Recurrent(nn.Module):
 
     def _fused_step(self, x: Tensor) -> bool:
         """Whether ``step`` can run as one call into the C++ kernels: inference, no dropout."""
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._parameters.values())):
             return False
         if self.training and self.dropout and self.num_layers > 1:
             return False
-        return backends.resolve(self.backend, x.device, x.dtype) == "cpu"
+        return backends.resolve_cached(self.backend, x.device, x.dtype) == "cpu"
 
     def _step_cpu(self, x: Tensor, hx, unbatched: bool):
         full = self._full_state(hx, x.shape[0], unbatched, x)          # (L, B, S_k)
-        p = self._parameters
-        layers = [[p.get(n) for n in names] for names in self._step_names]
-        out, h_n = backends.get("cpu").step(self.cell, x, full, layers)
+        out, h_n = backends.get("cpu").step(self.cell, x, full, self._step_layers())
         if unbatched:
             out, h_n = out.squeeze(0), tuple(h.squeeze(1) for h in h_n)
         return out, self._hx_pack(h_n)
+
+    def stream(self, batch_size: int = 1, hx=None) -> Stream:
+        """A stateful stream for online inference: ``y_t = stream(x_t)``, state updated in place.
+
+        batch_size  B, fixed for the stream's life;  hx  initial state as for ``forward`` (zeros
+        when None).  Inference only, eval-mode math; see :class:`rnnkit.Stream`.
+        """
+        return Stream(self, batch_size, hx)
 
     def extra_repr(self) -> str:
         s = self._size_repr()

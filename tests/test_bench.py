@@ -26,7 +26,7 @@ def test_quick_run_rows(tmp_path):
     for cell in ("rnn", "gru", "lstm", "jordan"):
         assert {(cell, "fwd"), (cell, "fwd+bwd")} <= modes
     for cell in ("rnn", "gru", "lstm"):
-        assert (cell, "step") in modes
+        assert {(cell, "step"), (cell, "stream")} <= modes
     assert {r["baseline"] for r in rows if r["cell"] == "lstm"} >= {"torch.nn", "torch.nn (no oneDNN)"}
     assert any("bidir" in r["case"] for r in rows) and any("varlen" in r["case"] for r in rows)
     for r in rows:

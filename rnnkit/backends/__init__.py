@@ -71,6 +71,22 @@ def resolve(name: Optional[str] = None, device=None, dtype=None) -> str:
     return name
 
 
+_resolved: Dict[tuple, str] = {}
+
+
+def resolve_cached(name: Optional[str], device, dtype) -> str:
+    """``resolve`` memoised for per-step callers (``model.step``).
+
+    The key holds everything the answer depends on: the argument, RNNKIT_BACKEND (read on every
+    call, so a changed variable is seen), device, dtype and whether the kernels are available.
+    """
+    key = (name, os.environ.get("RNNKIT_BACKEND") if name is None else None, device, dtype, _cpu_available())
+    hit = _resolved.get(key)
+    if hit is None:
+        hit = _resolved[key] = resolve(name, device, dtype)
+    return hit
+
+
 def get(name: str) -> Optional[ModuleType]:
     """The module implementing ``forward``/``backward`` for a resolved name (None for autograd)."""
     return _MODULES[name]

@@ -9,6 +9,7 @@ float32 and float64 only.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Tuple
 
 from torch import Tensor
@@ -28,8 +29,21 @@ def extension():
     return _build.load()
 
 
+_specs: "weakref.WeakKeyDictionary[Cell, list]" = weakref.WeakKeyDictionary()
+
+
 def _spec(cell: Cell) -> list:
-    """(kind, hidden activation, output activation, reset_after) of a cell, as the kernels read it."""
+    """(kind, hidden activation, output activation, reset_after) of a cell, as the kernels read it.
+
+    Memoised per cell (a cell's settings never change after construction): ``step`` runs it per step.
+    """
+    spec = _specs.get(cell)
+    if spec is None:
+        spec = _specs[cell] = _make_spec(cell)
+    return spec
+
+
+def _make_spec(cell: Cell) -> list:
     return [_KIND[cell.name], _ACT[getattr(cell, "nonlinearity", "tanh")],
             _ACT[getattr(cell, "output_activation", "identity")], int(getattr(cell, "reset_after", True))]
 
@@ -55,5 +69,5 @@ def step(cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Ten
     x (B, I); state0 tuple of (L, B, S_k); layers: per layer [w_ih, b_ih, *rec_params].
     Returns the last layer's output (B, S_0) and the new states, tuple of (L, B, S_k).
     """
-    out, h_n = _build.load().step(_spec(cell), x, list(state0), layers)
+    out, h_n = _build.load().step(_spec(cell), x, list(state0), layers)   # out: a view of h_n[0][-1]
     return out, tuple(h_n)

@@ -1,4 +1,5 @@
-// Python entry points of the fused CPU backend: one forward and one backward for every cell.
+// Python entry points of the fused CPU backend: one forward and one backward for every cell,
+// the functional streaming step and the Stepper of stream.h (rnnkit.Stream).
 //
 // spec = (kind, act, out, reset_after) as built by rnnkit/backends/cpu.py; the tensors follow
 // the backend contract of rnnkit/backends/reference.py (shapes in rnn.h).  Inputs are made
@@ -6,6 +7,7 @@
 #include <torch/extension.h>
 
 #include "rnn.h"
+#include "stream.h"
 
 namespace rnnkit {
 namespace {
@@ -57,42 +59,42 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
   return {r.states, r.saved};
 }
 
-// x W_ih^T + b_ih for one step, straight to BLAS: an ATen addmm costs more than the GEMM here.
-Tensor project(const Tensor& x, const Tensor& w_ih, const c10::optional<Tensor>& b_ih) {
-  const int64_t B = x.size(0), I = x.size(1), GH = w_ih.size(0);
-  Tensor xp = at::empty({B, GH}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_project", [&] {
-    using T = scalar_t;
-    T* out = xp.data_ptr<T>();
-    const bool bias = b_ih.has_value() && b_ih->defined();
-    const Tensor b_t = bias ? b_ih->contiguous() : Tensor();
-    for (int64_t b = 0; bias && b < B; ++b) std::memcpy(out + b * GH, b_t.data_ptr<T>(), GH * sizeof(T));
-    gemm(Op::N, Op::T, B, GH, I, x.data_ptr<T>(), I, w_ih.data_ptr<T>(), I, T(bias ? 1 : 0), out, GH);
-  });
-  return xp;
-}
-
-// Streaming inference: one step of a stack of L layers (one direction) in one call.
+// Streaming inference, functional: one step of a stack of L layers (one direction) in one call,
+// into new state tensors (the inputs are left as they are).
 //   x (B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
-//   returns the last layer's output (B, S_0) and the new states (L, B, S_k).
+//   returns the last layer's output (B, S_0), a view of h_n[0][L-1], and h_n (L, B, S_k).
+// h_n are the state slots of <cell>_buffers(T = L, save = false), whose workspaces (B, .) serve
+// every layer; layer l writes slice l of h_n and reads slice l-1 as its input; xp (1, B, GH) is
+// the projection workspace shared by the layers.
 std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
                                  const std::vector<OptTensors>& layers) {
   const Spec sp = make_spec(spec);
-  const int64_t L = static_cast<int64_t>(layers.size());
-  std::vector<Tensors> finals(state0.size());
-  Tensor inp = x;
-  for (int64_t l = 0; l < L; ++l) {
-    const OptTensors& p = layers[l];
-    Tensor xp = project(inp.contiguous(), p[0]->contiguous(), p[1]);                     // (B, G*H)
-    Tensors s0;
-    for (const auto& s : state0) s0.push_back(L == 1 ? s[0].contiguous() : s.select(0, l).contiguous());
-    FwdResult r = run_forward(sp, {xp.unsqueeze(0), Tensor(), s0, dense(OptTensors(p.begin() + 2, p.end())), false});
-    for (size_t k = 0; k < r.states.size(); ++k) finals[k].push_back(r.states[k]);   // (1, B, S_k)
-    inp = r.states[0][0];
-  }
-  Tensors h_n;
-  for (auto& f : finals) h_n.push_back(L == 1 ? f[0] : at::cat(f));
-  return {inp, h_n};
+  const CellFns f = cell_fns(sp.kind);
+  const int64_t L = static_cast<int64_t>(layers.size()), B = x.size(0), GH = layers[0][0]->size(0);
+  const int64_t H = GH / f.gates, O = sp.kind == kJordan ? layers[0][3]->size(0) : H;
+  const Tensor xc = x.contiguous();
+  const Tensors s0 = dense(state0);
+  const Tensors bufs = f.buffers(sp, L, B, H, O, false, x.options());
+  const Tensor xp = at::empty({1, B, GH}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_step", [&] {
+    using T = scalar_t;
+    for (int64_t l = 0; l < L; ++l) {
+      const OptTensors& p = layers[l];
+      const Tensor w = p[0]->contiguous();
+      const bool bias = p[1].has_value() && p[1]->defined();
+      const Tensor b = bias ? p[1]->contiguous() : Tensor();
+      const T* inp = l == 0 ? xc.data_ptr<T>() : bufs[0].data_ptr<T>() + (l - 1) * B * bufs[0].size(2);
+      project_into<T>(inp, B, w.size(1), w.data_ptr<T>(), bias ? b.data_ptr<T>() : nullptr, GH, xp.data_ptr<T>());
+      Tensors in, out = bufs;
+      for (size_t k = 0; k < s0.size(); ++k) {
+        in.push_back(L == 1 ? s0[k] : s0[k].select(0, l));
+        if (L > 1) out[k] = bufs[k].narrow(0, l, 1);
+      }
+      f.run(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false}, out);
+    }
+  });
+  Tensors h_n(bufs.begin(), bufs.begin() + static_cast<int64_t>(s0.size()));
+  return {h_n[0].select(0, L - 1), h_n};
 }
 
 std::tuple<Tensor, Tensors, OptTensors> backward(
@@ -122,5 +124,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &rnnkit::backward,
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec)");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
+  pybind11::class_<rnnkit::Stepper>(m, "Stepper",
+                                    "Streaming inference into preallocated buffers (see stream.h)")
+      .def(pybind11::init<std::string, const std::vector<int64_t>&, const std::vector<rnnkit::OptTensors>&,
+                          int64_t>(),
+           "Stepper(who, spec, params, batch): params per layer [w_ih, b_ih, *rec_params]")
+      .def("step", &rnnkit::Stepper::step, "out = step(x): one step, states updated in place")
+      .def("state", &rnnkit::Stepper::state, "the current states (L, B, S_k), live buffers")
+      .def("set_state", &rnnkit::Stepper::set_state, "copy (L, B, S_k) tensors into the current states");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
 }

@@ -38,7 +38,7 @@ void backward_row(int64_t H, bool is_relu, const T* __restrict y, const T* __res
 }
 
 template <typename T>
-void forward_impl(const Spec& sp, const FwdArgs& a, Tensor& hs) {
+void forward_impl(const Spec& sp, const FwdArgs& a, const Tensor& hs) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2);
   const bool is_relu = sp.act == kRelu;
   const Mask mask(a.mask, B);
@@ -94,10 +94,18 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
 
 }  // namespace
 
+Tensors elman_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t, bool, const at::TensorOptions& opt) {
+  return {at::empty({T, B, H}, opt)};
+}
+
+void elman_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "elman_forward", [&] { forward_impl<scalar_t>(sp, a, bufs[0]); });
+}
+
 FwdResult elman_forward(const Spec& sp, const FwdArgs& a) {
-  Tensor hs = at::empty(a.xp.sizes(), a.xp.options());
-  AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "elman_forward", [&] { forward_impl<scalar_t>(sp, a, hs); });
-  return {{hs}, {}};
+  const Tensors bufs = elman_buffers(sp, a.xp.size(0), a.xp.size(1), a.xp.size(2), 0, a.save, a.xp.options());
+  elman_run(sp, a, bufs);
+  return {bufs, {}};
 }
 
 BwdResult elman_backward(const Spec& sp, const BwdArgs& a) {

@@ -110,10 +110,10 @@ void mul(int64_t n, const T* __restrict a, const T* __restrict b, T* __restrict 
 }
 
 template <typename T>
-void forward_after(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, Tensor& gates, Tensor& hn) {
+void forward_after(const FwdArgs& a, const Dims& d, const T* bias, const Tensors& bufs) {
   const int64_t B = d.B, H = d.H, G = 3 * H;
   const Mask mask(a.mask, B);
-  Tensor hw_t = at::empty({B, G}, a.xp.options());
+  const Tensor &hs = bufs[0], &gates = bufs[1], &hn = bufs[2], &hw_t = bufs[3];
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *G_ = gates.data_ptr<T>(), *HN = hn.data_ptr<T>(), *hw = hw_t.data_ptr<T>();
   const StepWeight<T> w_t(Op::T, B, G, H, w, H);              // h W_hh^T
@@ -133,11 +133,10 @@ void forward_after(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, T
 }
 
 template <typename T>
-void forward_before(const FwdArgs& a, const Dims& d, const T* bias, Tensor& hs, Tensor& gates) {
+void forward_before(const FwdArgs& a, const Dims& d, const T* bias, const Tensors& bufs) {
   const int64_t B = d.B, H = d.H, G = 3 * H;
   const Mask mask(a.mask, B);
-  const auto opt = a.xp.options();
-  Tensor hw_t = at::empty({B, 2 * H}, opt), rh_t = at::empty({B, H}, opt), hwn_t = at::empty({B, H}, opt);
+  const Tensor &hs = bufs[0], &gates = bufs[1], &hw_t = bufs[3], &rh_t = bufs[4], &hwn_t = bufs[5];
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *G_ = gates.data_ptr<T>();
   T *hw = hw_t.data_ptr<T>(), *rh = rh_t.data_ptr<T>(), *hwn = hwn_t.data_ptr<T>();
@@ -235,24 +234,34 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
 
 }  // namespace
 
-FwdResult gru_forward(const Spec& sp, const FwdArgs& a) {
+// [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined] (see the header comment).
+Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, int64_t, bool save,
+                    const at::TensorOptions& opt) {
+  const int64_t rows = save ? T * B : B;
+  Tensors bufs{at::empty({T, B, H}, opt), at::empty({rows, 3 * H}, opt)};
+  if (sp.reset_after) return {bufs[0], bufs[1], at::empty({rows, H}, opt), at::empty({B, 3 * H}, opt)};
+  return {bufs[0], bufs[1], Tensor(), at::empty({B, 2 * H}, opt), at::empty({B, H}, opt), at::empty({B, H}, opt)};
+}
+
+void gru_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Dims d{a.xp.size(0), a.xp.size(1), a.xp.size(2) / 3};
-  const auto opt = a.xp.options();
-  const int64_t rows = a.save ? d.T * d.B : d.B;
-  Tensor hs = at::empty({d.T, d.B, d.H}, opt);
-  Tensor gates = at::empty({rows, 3 * d.H}, opt);
-  Tensor hn = sp.reset_after ? at::empty({rows, d.H}, opt) : Tensor();
-  const Tensor bias_t = a.rec[1].has_value() ? *a.rec[1] : at::zeros({3 * d.H}, opt);
+  const Tensor bias_t = a.rec[1].has_value() ? *a.rec[1] : at::zeros({3 * d.H}, a.xp.options());
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "gru_forward", [&] {
     if (sp.reset_after)
-      forward_after<scalar_t>(a, d, bias_t.data_ptr<scalar_t>(), hs, gates, hn);
+      forward_after<scalar_t>(a, d, bias_t.data_ptr<scalar_t>(), bufs);
     else
-      forward_before<scalar_t>(a, d, bias_t.data_ptr<scalar_t>(), hs, gates);
+      forward_before<scalar_t>(a, d, bias_t.data_ptr<scalar_t>(), bufs);
   });
-  if (!a.save) return {{hs}, {}};
-  gates = gates.view({d.T, d.B, 3 * d.H});
-  if (!sp.reset_after) return {{hs}, {gates}};
-  return {{hs}, {gates, hn.view({d.T, d.B, d.H})}};
+}
+
+FwdResult gru_forward(const Spec& sp, const FwdArgs& a) {
+  const Dims d{a.xp.size(0), a.xp.size(1), a.xp.size(2) / 3};
+  const Tensors bufs = gru_buffers(sp, d.T, d.B, d.H, 0, a.save, a.xp.options());
+  gru_run(sp, a, bufs);
+  if (!a.save) return {{bufs[0]}, {}};
+  const Tensor gates = bufs[1].view({d.T, d.B, 3 * d.H});
+  if (!sp.reset_after) return {{bufs[0]}, {gates}};
+  return {{bufs[0]}, {gates, bufs[2].view({d.T, d.B, d.H})}};
 }
 
 BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {

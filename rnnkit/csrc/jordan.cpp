@@ -66,7 +66,7 @@ void hidden_grad_row(int64_t H, bool is_relu, const T* __restrict h, T* __restri
 }
 
 template <typename T>
-void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, Tensor& hs, Tensor& ys) {
+void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor& hs, const Tensor& ys) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = ys.size(2);
   const bool is_relu = sp.act == kRelu;
   const Mask mask(a.mask, B);
@@ -127,16 +127,23 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
 
 }  // namespace
 
-FwdResult jordan_forward(const Spec& sp, const FwdArgs& a) {
-  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = a.rec[1]->size(0);
-  const auto opt = a.xp.options();
-  Tensor hs = a.save ? at::empty({Tn, B, H}, opt) : at::empty({B, H}, opt);
-  Tensor ys = at::empty({Tn, B, O}, opt);
-  const Tensor bias_t = a.rec[2].has_value() ? *a.rec[2] : at::zeros({O}, opt);
+Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t O, bool save,
+                       const at::TensorOptions& opt) {
+  return {at::empty({T, B, O}, opt), save ? at::empty({T, B, H}, opt) : at::empty({B, H}, opt)};
+}
+
+void jordan_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  const Tensor bias_t = a.rec[2].has_value() ? *a.rec[2] : at::zeros({a.rec[1]->size(0)}, a.xp.options());
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "jordan_forward",
-                             [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), hs, ys); });
-  if (!a.save) return {{ys}, {}};
-  return {{ys}, {hs}};
+                             [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), bufs[1], bufs[0]); });
+}
+
+FwdResult jordan_forward(const Spec& sp, const FwdArgs& a) {
+  const Tensors bufs = jordan_buffers(sp, a.xp.size(0), a.xp.size(1), a.xp.size(2), a.rec[1]->size(0), a.save,
+                                      a.xp.options());
+  jordan_run(sp, a, bufs);
+  if (!a.save) return {{bufs[0]}, {}};
+  return {{bufs[0]}, {bufs[1]}};
 }
 
 BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {

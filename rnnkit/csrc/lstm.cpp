@@ -57,7 +57,8 @@ void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, cons
 }
 
 template <typename T>
-void forward_impl(const FwdArgs& a, Tensor& hs, Tensor& cs, Tensor& gates, Tensor& tanh_c) {
+void forward_impl(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+                  const Tensor& tanh_c) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
   const Mask mask(a.mask, B);
   const Tensor bias_t = a.rec[1].has_value() ? *a.rec[1] : at::zeros({G}, a.xp.options());
@@ -117,16 +118,24 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
 
 }  // namespace
 
-FwdResult lstm_forward(const Spec&, const FwdArgs& a) {
-  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
-  const auto opt = a.xp.options();
-  Tensor hs = at::empty({Tn, B, H}, opt), cs = at::empty({Tn, B, H}, opt);
-  Tensor gates = a.save ? at::empty({Tn, B, 4 * H}, opt) : at::empty({B, 4 * H}, opt);
-  Tensor tanh_c = a.save ? at::empty({Tn, B, H}, opt) : at::empty({B, H}, opt);
+Tensors lstm_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t, bool save,
+                     const at::TensorOptions& opt) {
+  const int64_t rows = save ? T * B : B;
+  return {at::empty({T, B, H}, opt), at::empty({T, B, H}, opt), at::empty({rows, 4 * H}, opt),
+          at::empty({rows, H}, opt)};
+}
+
+void lstm_run(const Spec&, const FwdArgs& a, const Tensors& bufs) {
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward",
-                             [&] { forward_impl<scalar_t>(a, hs, cs, gates, tanh_c); });
-  if (!a.save) return {{hs, cs}, {}};
-  return {{hs, cs}, {gates, tanh_c}};
+                             [&] { forward_impl<scalar_t>(a, bufs[0], bufs[1], bufs[2], bufs[3]); });
+}
+
+FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
+  const Tensors bufs = lstm_buffers(sp, Tn, B, H, 0, a.save, a.xp.options());
+  lstm_run(sp, a, bufs);
+  if (!a.save) return {{bufs[0], bufs[1]}, {}};
+  return {{bufs[0], bufs[1]}, {bufs[2].view({Tn, B, 4 * H}), bufs[3].view({Tn, B, H})}};
 }
 
 BwdResult lstm_backward(const Spec&, const BwdArgs& a) {

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Optional.h>
 
@@ -70,6 +71,24 @@ struct BwdResult {
   OptTensors d_rec;     // one per rec param, None where the parameter is None
 };
 
+// Buffers of a forward run of T steps of one cell: the carried states (T, B, S_k) first, then
+// the cell's saved tensors and workspaces (with save = false, (B, .) workspaces reused by every
+// step), as each cell's header comment lists them.  <cell>_forward allocates them and calls
+// <cell>_run; the streaming Stepper (stream.cpp) allocates them once and calls <cell>_run on
+// every step with its own state views in the first slots.  O is the Jordan output size.
+using BuffersFn = Tensors (*)(const Spec&, int64_t T, int64_t B, int64_t H, int64_t O, bool save,
+                              const at::TensorOptions&);
+using RunFn = void (*)(const Spec&, const FwdArgs&, const Tensors& bufs);
+
+Tensors elman_buffers(const Spec&, int64_t, int64_t, int64_t, int64_t, bool, const at::TensorOptions&);
+Tensors jordan_buffers(const Spec&, int64_t, int64_t, int64_t, int64_t, bool, const at::TensorOptions&);
+Tensors lstm_buffers(const Spec&, int64_t, int64_t, int64_t, int64_t, bool, const at::TensorOptions&);
+Tensors gru_buffers(const Spec&, int64_t, int64_t, int64_t, int64_t, bool, const at::TensorOptions&);
+void elman_run(const Spec&, const FwdArgs&, const Tensors&);
+void jordan_run(const Spec&, const FwdArgs&, const Tensors&);
+void lstm_run(const Spec&, const FwdArgs&, const Tensors&);
+void gru_run(const Spec&, const FwdArgs&, const Tensors&);
+
 FwdResult elman_forward(const Spec&, const FwdArgs&);
 BwdResult elman_backward(const Spec&, const BwdArgs&);
 FwdResult jordan_forward(const Spec&, const FwdArgs&);
@@ -88,6 +107,14 @@ void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
           const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+
+// xp (B, GH) = x (B, I) W^T + bias, bias (GH) or nullptr: the input projection of one step,
+// straight to BLAS (an ATen addmm costs more than the GEMM at streaming sizes).
+template <typename T>
+void project_into(const T* x, int64_t B, int64_t I, const T* w, const T* bias, int64_t GH, T* xp) {
+  for (int64_t b = 0; bias != nullptr && b < B; ++b) std::memcpy(xp + b * GH, bias, GH * sizeof(T));
+  gemm(Op::N, Op::T, B, GH, I, x, I, w, I, T(bias != nullptr ? 1 : 0), xp, GH);
+}
 
 // True when the BLAS that ships inside libtorch_cpu is reachable (else ATen's addmm is used).
 bool has_blas();
