@@ -119,6 +119,24 @@ def save(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
+def bars(ctx: "Context", name: str, title: str, ylabel: str, groups: Dict[str, Sequence[float]]) -> str:
+    """A bar per group (mean, with the spread over seeds as an error bar); returns the reference."""
+    plt = pyplot()
+    labels = list(groups)
+    means = [float(np.mean(groups[k])) for k in labels]
+    errs = [float(np.std(groups[k], ddof=1)) if len(groups[k]) > 1 else 0.0 for k in labels]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels)), 3.4))
+    ax.bar(range(len(labels)), means, yerr=errs, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    path, ref = ctx.figure(name)
+    save(fig, path)
+    return ref
+
+
 def hidden_for_params(cell: str, n_in: int, target: int, extra: Optional[dict] = None) -> int:
     """The hidden size whose recurrent layer has the parameter count closest to ``target``."""
     from ..train.config import Config

@@ -6,7 +6,7 @@ Depth: 1, 2 and 3 stacked LSTM layers on the digits read row by row.
 """
 from __future__ import annotations
 
-from .common import Context, Section, mean_std, table
+from .common import Context, Section, bars, mean_std, table
 
 LOOKAHEAD = 3
 
@@ -38,6 +38,8 @@ def run(ctx: Context) -> Section:
     sec.tables.append(table(["echo x_(t+3)", "parameters", "test MSE"], rows_dir))
     sec.tables.append(table(["LSTM layers", "digits test accuracy"], rows_depth))
     sec.numbers += [r[2] for r in rows_dir] + [v for a in depth_acc.values() for v in a]
+    sec.figures.append(bars(ctx, "depth.png", "digits: accuracy against depth", "test accuracy",
+                            {f"{k} layer{'s' if k > 1 else ''}": v for k, v in depth_acc.items()}))
     uni, bi = rows_dir[0][2], rows_dir[1][2]
     sec.findings.append(f"Looking {LOOKAHEAD} steps ahead: unidirectional test MSE {uni:.4f} "
                         f"(it cannot see x_(t+{LOOKAHEAD})), bidirectional {bi:.4f}.")

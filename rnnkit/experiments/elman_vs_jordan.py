@@ -8,7 +8,7 @@ prediction is itself a good summary of the past.
 """
 from __future__ import annotations
 
-from .common import Context, Section, table
+from .common import Context, Section, bars, table
 
 DELAY = 3
 
@@ -38,6 +38,8 @@ def run(ctx: Context) -> Section:
     sec.tables.append(table(["network", "parameters (echo)", "echo test MSE", "sunspots RMSE 1921-55",
                              "sunspots RMSE 1921-87"], rows))
     sec.numbers += [v for r in rows for v in r[1:]]
+    sec.figures.append(bars(ctx, "elman_vs_jordan.png", f"delayed echo (x_(t-{DELAY}))", "test MSE",
+                            {r[0]: [r[2]] for r in rows}))
     elman, narrow, wide = rows
     sec.findings.append(f"Echo: Elman MSE {elman[2]:.4f}, Jordan O=1 {narrow[2]:.4f}, Jordan O={H} "
                         f"{wide[2]:.4f}: feeding back only a narrow output "
