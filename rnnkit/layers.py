@@ -75,7 +75,10 @@ class _Recurrent(nn.Module):
         self.dropout = validation.dropout(dropout)
         self.bidirectional = bool(bidirectional)
         if backend is not None:
-            backends.resolve(backend)
+            # Check the name now; 'auto' is decided per call (device, dtype), so it builds nothing here.
+            validation.choice("backend", backend, backends.BACKENDS)
+            if backend != "auto":
+                backends.resolve(backend)
         self.backend = backend
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout acts between stacked layers; with num_layers=1 it has no effect "
