@@ -24,6 +24,7 @@ def run(ctx: Context) -> Section:
                         "epochs": epochs, "hidden": H, "patience": 0, **extra})
         sun = ctx.fit({"task": "sunspots", "cell": cell, "hidden": H, "epochs": 10 if ctx.quick else 150,
                        **extra})
+        window = sun.trainer.cfg.window
         rows.append([name, echo.result["parameters"], echo.test_metric("mse"),
                      sun.test_metric("rmse", "1921-1955"), sun.test_metric("rmse", "1921-1987")])
     sec = Section(
@@ -32,7 +33,7 @@ def run(ctx: Context) -> Section:
               "units hold the previous output).",
         setup=(f"hidden {H}; delayed echo (target x_(t-{DELAY}), T={T}, {n} sequences, {epochs} epochs; "
                f"predicting 0 scores MSE 1) and yearly sunspots one step ahead (trainer defaults, "
-               f"window 20); a Jordan output O=1 feeds back a single number, O={H} as wide as the "
+               f"window {window}); a Jordan output O=1 feeds back a single number, O={H} as wide as the "
                f"Elman state; seed {ctx.seed}."),
     )
     sec.tables.append(table(["network", "parameters (echo)", "echo test MSE", "sunspots RMSE 1921-55",
@@ -44,6 +45,11 @@ def run(ctx: Context) -> Section:
     sec.findings.append(f"Echo: Elman MSE {elman[2]:.4f}, Jordan O=1 {narrow[2]:.4f}, Jordan O={H} "
                         f"{wide[2]:.4f}: feeding back only a narrow output "
                         + ("hurts memory." if narrow[2] > 2 * elman[2] else "did not hurt here."))
+    sec.findings.append(f"With a wide output (O={H}) the Jordan network "
+                        + ("did better than Elman on the echo" if wide[2] < elman[2] else
+                           "did worse than Elman on the echo")
+                        + f" ({wide[2]:.4f} vs {elman[2]:.4f}), at {wide[1]} against {elman[1]} parameters.")
     sec.findings.append(f"Sunspots 1921-55 RMSE: Elman {elman[3]:.2f}, Jordan O=1 {narrow[3]:.2f}, "
-                        f"Jordan O={H} {wide[3]:.2f}.")
+                        f"Jordan O={H} {wide[3]:.2f}: feeding back the forecast itself (O=1) "
+                        + ("hurt" if narrow[3] > elman[3] else "helped") + " here.")
     return sec
