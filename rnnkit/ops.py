@@ -27,6 +27,19 @@ from .backends import reference
 from .cells.base import Cell
 
 
+# oneDNN's GEMM (behind torch.nn.LSTM) beats MKL's (behind F.linear) on the large float32
+# projections over all T*B rows; below about this many multiply-adds its call costs more.
+_DNNL_MIN_MACS = 1 << 29
+
+
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """x w^T + b, never differentiated (the caller's autograd.Function or no graph at all)."""
+    if (x.numel() * w.shape[0] >= _DNNL_MIN_MACS and x.dtype == torch.float32 and x.device.type == "cpu"
+            and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()):
+        return torch.ops.mkldnn._linear_pointwise(x, w.contiguous(), b, "none", [], "")
+    return F.linear(x, w, b)
+
+
 def _zero_padded(mask: Optional[Tensor], t: Tensor) -> Tensor:
     return t if mask is None else torch.where(mask, t, 0.0)
 
@@ -38,7 +51,7 @@ def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
 
 def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec):
     """The forward pass of one layer and direction: (out, finals, trace, states, saved)."""
-    xp = F.linear(x, w_ih, b_ih)                                       # (T, B, G*H)
+    xp = _linear(x, w_ih, b_ih)                                        # (T, B, G*H)
     states, saved = backend.forward(cell, xp, mask, state0, rec, save=need_saved or want_trace)
     out = _zero_padded(mask, states[0])                                # (T, B, S_0)
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
@@ -79,7 +92,7 @@ class RecurrentFunction(torch.autograd.Function):
         T, B, I = x.shape
         d_xp2 = d_xp.reshape(T * B, -1)                                # (T*B, G*H)
         need = ctx.needs_input_grad
-        dx = d_xp.matmul(w_ih) if need[3] else None                   # (T, B, I)
+        dx = _linear(d_xp, w_ih.t(), None) if need[3] else None       # (T, B, I)
         dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[5] else None
         db_ih = d_xp2.sum(0) if ctx.has_b_ih and need[6] else None
         return (None, None, None, dx, None, dw_ih, db_ih, *d_state0, *d_rec)

@@ -71,6 +71,28 @@ def test_matches_torch_float32(cell, num_layers, bidirectional, batch_first, bia
 
 
 @needs_cpu
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
+@pytest.mark.parametrize("cell", ["elman_tanh", "lstm", "gru"])
+def test_onednn_gemms_match_torch(cell, monkeypatch):
+    """Large float32 steps (B >= 16, every recurrent weight >= 256K entries) run the step GEMMs on
+    oneDNN, and the input projections too past ops._DNNL_MIN_MACS (lowered here); with oneDNN
+    disabled the same model runs on MKL.  Both match torch.nn."""
+    from rnnkit import ops
+    monkeypatch.setattr(ops, "_DNNL_MIN_MACS", 0)
+    ref, ours = make_torch_pair(cell, backend="cpu", dtype=torch.float32, input_size=8, hidden_size=512)
+    x = randn(3, 16, 8, dtype=torch.float32, requires_grad=True)
+    expected = flat(ref(x), 3)
+    expected = expected + grads(expected, [x, *ref.parameters()])
+    tol = dict(atol=1e-4, rtol=1e-4)
+    for onednn in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # flags() warns about TF32 on Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                outs = flat(ours(x), 3)
+                assert_all_close(outs + grads(outs, [x, *ours.parameters()]), expected, torch.float32, **tol)
+
+
+@needs_cpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", TORCH_CELLS)

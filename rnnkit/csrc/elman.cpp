@@ -95,7 +95,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
 }  // namespace
 
 Tensors elman_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t, bool, const at::TensorOptions& opt) {
-  return {at::empty({T, B, H}, opt)};
+  return {empty_seq({T, B, H}, opt)};
 }
 
 void elman_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -111,7 +111,7 @@ FwdResult elman_forward(const Spec& sp, const FwdArgs& a) {
 BwdResult elman_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
   const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2);
-  Tensor da = at::empty(hs.sizes(), hs.options());
+  Tensor da = empty_seq(hs.sizes(), hs.options());
   Tensor dh = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, H}, hs.options());
   Tensor dn = at::empty({B, H}, hs.options());
   Tensor dw = at::empty({H, H}, hs.options());

@@ -238,8 +238,8 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
 Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, int64_t, bool save,
                     const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B;
-  Tensors bufs{at::empty({T, B, H}, opt), at::empty({rows, 3 * H}, opt)};
-  if (sp.reset_after) return {bufs[0], bufs[1], at::empty({rows, H}, opt), at::empty({B, 3 * H}, opt)};
+  Tensors bufs{empty_seq({T, B, H}, opt), empty_seq({rows, 3 * H}, opt)};
+  if (sp.reset_after) return {bufs[0], bufs[1], empty_seq({rows, H}, opt), at::empty({B, 3 * H}, opt)};
   return {bufs[0], bufs[1], Tensor(), at::empty({B, 2 * H}, opt), at::empty({B, H}, opt), at::empty({B, H}, opt)};
 }
 
@@ -269,8 +269,8 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   const Dims d{hs.size(0), hs.size(1), hs.size(2)};
   const int64_t H = d.H, G = 3 * H;
   const auto opt = hs.options();
-  Tensor dx = at::empty({d.T, d.B, G}, opt);
-  Tensor aux = at::empty({d.T, d.B, H}, opt);                 // drn (torch form) or rhs (original)
+  Tensor dx = empty_seq({d.T, d.B, G}, opt);
+  Tensor aux = empty_seq({d.T, d.B, H}, opt);                 // drn (torch form) or rhs (original)
   Tensor dh = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({d.B, H}, opt);
   Tensor dn = at::empty({d.B, H}, opt);
   Tensor dw = at::empty({G, H}, opt);

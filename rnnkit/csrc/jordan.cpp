@@ -129,7 +129,7 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
 
 Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t O, bool save,
                        const at::TensorOptions& opt) {
-  return {at::empty({T, B, O}, opt), save ? at::empty({T, B, H}, opt) : at::empty({B, H}, opt)};
+  return {empty_seq({T, B, O}, opt), save ? empty_seq({T, B, H}, opt) : at::empty({B, H}, opt)};
 }
 
 void jordan_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -150,7 +150,7 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor &ys = a.states[0], &hs = a.saved[0];
   const int64_t Tn = ys.size(0), B = ys.size(1), O = ys.size(2), H = hs.size(2);
   const auto opt = ys.options();
-  Tensor dz = at::empty({Tn, B, O}, opt), da = at::empty({Tn, B, H}, opt);
+  Tensor dz = empty_seq({Tn, B, O}, opt), da = empty_seq({Tn, B, H}, opt);
   Tensor dy = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, O}, opt);
   Tensor dn = at::empty({B, O}, opt);
   Tensor dw_yh = at::empty({H, O}, opt), dw_hy = at::empty({O, H}, opt);

@@ -121,8 +121,8 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
 Tensors lstm_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t, bool save,
                      const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B;
-  return {at::empty({T, B, H}, opt), at::empty({T, B, H}, opt), at::empty({rows, 4 * H}, opt),
-          at::empty({rows, H}, opt)};
+  return {empty_seq({T, B, H}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
+          empty_seq({rows, H}, opt)};
 }
 
 void lstm_run(const Spec&, const FwdArgs& a, const Tensors& bufs) {
@@ -142,7 +142,7 @@ BwdResult lstm_backward(const Spec&, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
   const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2);
   const auto opt = hs.options();
-  Tensor dg = at::empty({Tn, B, 4 * H}, opt);
+  Tensor dg = empty_seq({Tn, B, 4 * H}, opt);
   Tensor dh = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, H}, opt);
   Tensor dc = a.d_final[1].has_value() ? a.d_final[1]->clone() : at::zeros({B, H}, opt);
   Tensor dn = at::empty({B, H}, opt);

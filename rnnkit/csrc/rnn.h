@@ -13,12 +13,14 @@
 // the step's output rows, then one fused, vectorisable pass over the gates.  Backward: the time
 // loop produces only the gate gradients d_xp (T, B, G*H) and the carried state gradients;
 // recurrent weight gradients are single GEMMs over all T*B rows after the loop.  Workspaces
-// are allocated once per call, never inside the loop.
+// are allocated once per call, never inside the loop (except the per-step output of oneDNN's
+// GEMM on large steps, copied into the step's rows: see StepWeight).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/TensorOptions.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Optional.h>
 
 #include <algorithm>
@@ -26,6 +28,10 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace rnnkit {
 
@@ -98,6 +104,20 @@ BwdResult lstm_backward(const Spec&, const BwdArgs&);
 FwdResult gru_forward(const Spec&, const FwdArgs&);
 BwdResult gru_backward(const Spec&, const BwdArgs&);
 
+// at::empty for the (T, B, .) buffers.  A large fresh allocation is new pages, and faulting
+// them in 4 KiB at a time costs several times the kernel's writes to them; where the kernel
+// allows it, transparent huge pages are asked for on its 2 MiB-aligned interior.
+inline Tensor empty_seq(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+  Tensor t = at::empty(sizes, opt);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t huge = uintptr_t(1) << 21;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + huge - 1) & ~(huge - 1), end = (p + t.nbytes()) & ~(huge - 1);
+  if (end > begin + huge) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
 // ---- GEMM ------------------------------------------------------------------------------
 // Row-major C (M, N) = op(A) op(B) + beta * C with leading dimensions, on raw pointers, so a
 // step costs one BLAS call and no tensor is created.  op(A) is (M, K), op(B) is (K, N).
@@ -122,7 +142,8 @@ bool has_blas();
 // A weight used by every step of a sequence: C (M, N) = A (M, K) op(W) + beta * C, where op(W)
 // is (K, N) and M (the batch) is fixed.  BLAS repacks W on every plain GEMM call; with MKL's
 // packed API (float) W is packed once per sequence instead, which is most of the step cost
-// when M is small and W is large.  Otherwise it is a plain gemm.
+// when M is small and W is large.  On large steps (float) W is instead reordered once for
+// oneDNN's GEMM, which is faster there (see gemm.cpp).  Otherwise it is a plain gemm.
 template <typename T>
 class StepWeight {
  public:
@@ -134,6 +155,7 @@ class StepWeight {
   int64_t M_, N_, K_, ldw_;
   const T* w_;
   Tensor packed_;       // MKL's packed copy of W; undefined when not packed
+  Tensor dnnl_;         // oneDNN's reordered copy of op(W)^T (N, K); undefined when not used
 };
 
 // ---- activations ------------------------------------------------------------------------
