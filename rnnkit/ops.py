@@ -32,10 +32,21 @@ from .cells.base import Cell
 _DNNL_MIN_MACS = 1 << 29
 
 
+def _has_dnnl_linear() -> bool:
+    """Whether this torch build has oneDNN's linear op (a private op: absent from some builds)."""
+    try:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._linear_pointwise is not None
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_DNNL_LINEAR = _has_dnnl_linear()
+
+
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     """x w^T + b, never differentiated (the caller's autograd.Function or no graph at all)."""
     if (x.numel() * w.shape[0] >= _DNNL_MIN_MACS and x.dtype == torch.float32 and x.device.type == "cpu"
-            and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()):
+            and _DNNL_LINEAR and torch.backends.mkldnn.enabled):
         return torch.ops.mkldnn._linear_pointwise(x, w.contiguous(), b, "none", [], "")
     return F.linear(x, w, b)
 
