@@ -22,6 +22,15 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 import rnnkit
 
 BACKENDS = ("reference", "autograd")
+
+
+def _cpu_built() -> bool:
+    from rnnkit.backends import cpu
+    return cpu.extension() is not None
+
+
+# Building the C++ kernels (about a minute, once per machine) happens when this is first evaluated.
+needs_cpu = pytest.mark.skipif(not _cpu_built(), reason="the C++ kernels did not build (see test_extension_builds)")
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 INPUT_SIZE, HIDDEN_SIZE, OUTPUT_SIZE = 3, 4, 2

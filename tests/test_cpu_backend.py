@@ -11,12 +11,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, grads, make, make_torch_pair,
-                      randn, random_state, state_tensors)
+                      needs_cpu, randn, random_state, state_tensors)
 from rnnkit import backends
 from rnnkit.backends import _build, cpu
 
 BUILT = cpu.extension() is not None
-needs_cpu = pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build (see test_extension_builds)")
 T, B = 5, 3
 LENGTHS = [5, 2, 4]
 
@@ -26,7 +25,7 @@ def test_extension_builds():
     assert "cpu" in backends.available()
 
 
-# -- against torch.nn: the core parity matrix -------------------------------------------------
+# -- against torch.nn (the full dense matrix is in test_layers_parity.py) --------------------
 def check_torch(cell, dtype, *, num_layers=1, bidirectional=False, batch_first=False, bias=True,
                 with_hx=False, lengths=None):
     ref, ours = make_torch_pair(cell, backend="cpu", dtype=dtype, num_layers=num_layers,
@@ -44,30 +43,6 @@ def check_torch(cell, dtype, *, num_layers=1, bidirectional=False, batch_first=F
     leaves = [x, *state_tensors(hx)]
     assert_all_close(grads(outs, leaves + list(ours.parameters())),
                      grads(outs_ref, leaves + list(ref.parameters())), dtype)
-
-
-@needs_cpu
-@pytest.mark.parametrize("with_hx", [False, True], ids=["zero_hx", "hx"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-def test_matches_torch_float64(cell, num_layers, bidirectional, batch_first, bias, with_hx):
-    check_torch(cell, torch.float64, num_layers=num_layers, bidirectional=bidirectional,
-                batch_first=batch_first, bias=bias, with_hx=with_hx)
-
-
-@needs_cpu
-@pytest.mark.parametrize("num_layers, bidirectional, batch_first, bias, with_hx", [
-    (1, False, False, True, False),
-    (2, True, True, True, True),
-    (3, True, False, False, True),
-])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-def test_matches_torch_float32(cell, num_layers, bidirectional, batch_first, bias, with_hx):
-    check_torch(cell, torch.float32, num_layers=num_layers, bidirectional=bidirectional,
-                batch_first=batch_first, bias=bias, with_hx=with_hx)
 
 
 @needs_cpu

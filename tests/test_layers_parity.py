@@ -1,17 +1,18 @@
 """rnnkit.Elman/LSTM/GRU against torch.nn.RNN/LSTM/GRU: surface, values and every gradient.
 
-Full configuration matrix in float64 (tolerance 1e-10), a slimmer float32 subset (1e-5),
-both backends throughout.
+Full configuration matrix in float64 (tolerance 1e-10), a slimmer float32 subset (1e-5), for the
+Python backends and the fused C++ one ('cpu', skipped when its kernels did not build).
 """
 import pytest
 import torch
 from torch import nn
 
 import rnnkit
-from conftest import (BACKENDS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, grads,
+from conftest import (BACKENDS, INPUT_SIZE, needs_cpu, TORCH_CELLS, assert_all_close, flat, grads,
                       make_torch_pair, randn, random_state, state_tensors)
 
 T, B = 4, 2
+ALL_BACKENDS = BACKENDS + (pytest.param("cpu", marks=needs_cpu),)
 
 
 def check_parity(cell, backend, dtype, *, num_layers=1, bidirectional=False, batch_first=False,
@@ -37,7 +38,7 @@ def check_parity(cell, backend, dtype, *, num_layers=1, bidirectional=False, bat
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("cell", TORCH_CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_matches_torch_float64(backend, cell, num_layers, bidirectional, batch_first, bias, with_hx):
     check_parity(cell, backend, torch.float64, num_layers=num_layers, bidirectional=bidirectional,
                  batch_first=batch_first, bias=bias, with_hx=with_hx)
@@ -49,7 +50,7 @@ def test_matches_torch_float64(backend, cell, num_layers, bidirectional, batch_f
     (3, True, False, False, True),
 ])
 @pytest.mark.parametrize("cell", TORCH_CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_matches_torch_float32(backend, cell, num_layers, bidirectional, batch_first, bias, with_hx):
     check_parity(cell, backend, torch.float32, num_layers=num_layers, bidirectional=bidirectional,
                  batch_first=batch_first, bias=bias, with_hx=with_hx)
