@@ -56,8 +56,11 @@ def run(ctx: Context) -> Section:
     sec.numbers += [rows[1][1], rows[1][2]]
     sec.figures.append(_plot(ctx, curves))
     a, b = rows
+    first_bad = next((i + 1 for i, v in enumerate(curves["no clipping"][0]) if not math.isfinite(v)), None)
     sec.findings.append(f"Without clipping the largest gradient norm was {a[1]:.3g} and "
-                        f"{a[2]} training losses were not finite; test MSE {a[4]:.4g}.")
+                        f"{a[2]} training losses were not finite"
+                        + (f" (from update {first_bad} on: one unclipped step threw the weights to "
+                           f"infinity)" if first_bad else "") + f"; test MSE {a[4]:.4g}.")
     sec.findings.append(f"With clipping the largest (pre-clipping) norm was {b[1]:.3g}, "
                         f"{b[2]} non-finite losses, test MSE {b[4]:.4g}.")
     better = math.isfinite(b[4]) and (not math.isfinite(a[4]) or b[4] < a[4])
@@ -73,9 +76,15 @@ def run(ctx: Context) -> Section:
 def _plot(ctx: Context, curves: dict) -> str:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, (loss, norm) in curves.items():
-        axes[0].semilogy(range(1, len(loss) + 1), loss, label=name)
-        axes[1].semilogy(range(1, len(norm) + 1), norm, label=name)
+    for k, (name, (loss, norm)) in enumerate(curves.items()):
+        color = f"C{k}"
+        axes[0].semilogy(range(1, len(loss) + 1), loss, color=color, label=name)
+        axes[1].semilogy(range(1, len(norm) + 1), norm, color=color, label=name)
+        broken = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
+        if broken is not None:       # a NaN/inf curve simply stops: mark where
+            for ax in axes:
+                ax.axvline(broken + 1, color=color, ls="--",
+                           label=f"{name}: not finite from update {broken + 1}")
     axes[0].set_ylabel("training loss (MSE)")
     axes[1].set_ylabel("gradient norm before clipping")
     for ax in axes:
