@@ -12,7 +12,6 @@ from typing import List, Optional
 from .train.errors import UserError
 
 COMMANDS = {
-    "demo": ("rnnkit.demo", "build every network type and train it briefly on a toy task"),
     "bench": ("rnnkit.bench", "time rnnkit's fused CPU backend against torch.nn side by side"),
     "build": ("rnnkit.backends._build", "compile the C++ CPU kernels now (else done on first use)"),
     "train": ("rnnkit.train.commands.train", "train a network on a task (default: LSTM on yearly sunspots)"),

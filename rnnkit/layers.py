@@ -315,9 +315,8 @@ class _Recurrent(nn.Module):
             return self._step_cpu(x, hx, unbatched)
         state0 = self._initial_state(hx, x.shape[0], unbatched, x)
         new_states = []
-        for layer in range(self.num_layers):
-            w_ih, b_ih, rec = self._direction_params(layer, 0)
-            new, _ = self.cell.step(F.linear(x, w_ih, b_ih), state0[layer], rec)
+        for layer, (w_ih, b_ih, *rec) in enumerate(self._step_layers()):
+            new, _ = self.cell.step(F.linear(x, w_ih, b_ih), state0[layer], tuple(rec))
             new_states.append(new)
             x = new[0]
             if self.dropout and self.training and layer < self.num_layers - 1:

@@ -60,9 +60,14 @@ def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
     return {k: _zero_padded(mask, full[k].detach()).clone() for k in cell.trace_names}
 
 
-def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec):
-    """The forward pass of one layer and direction: (out, finals, trace, states, saved)."""
-    xp = _linear(x, w_ih, b_ih)                                        # (T, B, G*H)
+def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec,
+         project=_linear):
+    """The forward pass of one layer and direction: (out, finals, trace, states, saved).
+
+    ``project`` computes x W_ih^T + b_ih; the autograd path passes F.linear, which autograd can
+    differentiate (``_linear`` may call oneDNN's op, which it cannot).
+    """
+    xp = project(x, w_ih, b_ih)                                        # (T, B, G*H)
     states, saved = backend.forward(cell, xp, mask, state0, rec, save=need_saved or want_trace)
     out = _zero_padded(mask, states[0])                                # (T, B, S_0)
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
@@ -84,7 +89,6 @@ class RecurrentFunction(torch.autograd.Function):
         out, finals, trace, states, saved = _run(cell, backend, want_trace, True,
                                                  x, mask, w_ih, b_ih, state0, rec)
         ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec = cell, backend, n, len(rec)
-        ctx.has_b_ih = b_ih is not None
         ctx.save_for_backward(x, mask, w_ih, *state0, *rec, *states, *saved)
         ctx.mark_non_differentiable(*trace.values())
         return (out, *finals, *trace.values())
@@ -105,7 +109,7 @@ class RecurrentFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         dx = _linear(d_xp, w_ih.t(), None) if need[3] else None       # (T, B, I)
         dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[5] else None
-        db_ih = d_xp2.sum(0) if ctx.has_b_ih and need[6] else None
+        db_ih = d_xp2.sum(0) if need[6] else None                     # False when b_ih is None
         return (None, None, None, dx, None, dw_ih, db_ih, *d_state0, *d_rec)
 
 
@@ -113,11 +117,10 @@ def run_direction(cell: Cell, backend_name: str, x: Tensor, mask: Optional[Tenso
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False):
     """Run one layer and direction over the sequence: (out, finals, trace)."""
-    if backend_name == "autograd":
-        xp = F.linear(x, w_ih, b_ih)
-        states, saved = reference.forward(cell, xp, mask, state0, rec, save=want_trace)
-        trace = _trace(cell, mask, saved, states) if want_trace else {}
-        return _zero_padded(mask, states[0]), tuple(s[-1] for s in states), trace
+    if backend_name == "autograd":                           # the plain loop, under autograd
+        out, finals, trace, _, _ = _run(cell, reference, want_trace, False, x, mask, w_ih, b_ih, state0,
+                                        rec, project=F.linear)
+        return out, finals, trace
     backend = backends.get(backend_name)
     if not _needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec)

@@ -6,6 +6,7 @@ tables and figures for docs/experiments.md.  ``ctx.quick`` asks for the small ve
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -13,13 +14,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..train import distributed
-from ..train.config import resolve
+from ..train.config import Config, resolve
 from ..train.logs import JSONL
 from ..train.loop import Trainer
+from ..train.model import build_rnn
 
 
 @dataclass
@@ -137,36 +138,23 @@ def bars(ctx: "Context", name: str, title: str, ylabel: str, groups: Dict[str, S
     return ref
 
 
-def hidden_for_params(cell: str, n_in: int, target: int, extra: Optional[dict] = None) -> int:
-    """The hidden size whose recurrent layer has the parameter count closest to ``target``."""
-    from ..train.config import Config
-    from ..train.model import build_rnn
-    import dataclasses
+def param_count(cell: str, n_in: int, hidden: int) -> int:
+    """Parameters of the recurrent layer the trainer builds for this cell and hidden size."""
+    cfg = dataclasses.replace(Config(), cell=cell, hidden=hidden)
+    return sum(p.numel() for p in build_rnn(cfg, n_in).parameters())
 
+
+def hidden_for_params(cell: str, n_in: int, target: int) -> int:
+    """The hidden size whose recurrent layer has the parameter count closest to ``target``."""
     best, best_gap = 1, None
     for h in range(1, 513):
-        cfg = dataclasses.replace(Config(), cell=cell, hidden=h, **(extra or {}))
-        n = sum(p.numel() for p in build_rnn(cfg, n_in).parameters())
-        gap = abs(n - target)
-        if best_gap is None or gap < best_gap:
-            best, best_gap = h, gap
+        n = param_count(cell, n_in, h)
+        if best_gap is None or abs(n - target) < best_gap:
+            best, best_gap = h, abs(n - target)
         if n > target:
             break
     return best
 
 
-def param_count(cell: str, n_in: int, hidden: int, extra: Optional[dict] = None) -> int:
-    from ..train.config import Config
-    from ..train.model import build_rnn
-    import dataclasses
-
-    cfg = dataclasses.replace(Config(), cell=cell, hidden=hidden, **(extra or {}))
-    return sum(p.numel() for p in build_rnn(cfg, n_in).parameters())
-
-
 def finite(values: Sequence[float]) -> bool:
     return all(math.isfinite(float(v)) for v in values)
-
-
-def torch_seed(seed: int) -> None:
-    torch.manual_seed(seed)
