@@ -81,6 +81,9 @@ def predict(path: str, csv_path: str, target: Optional[str] = None) -> str:
     stats = ck.meta["stats"] or {}
     if cfg.task == "text":
         raise UserError(f"checkpoint {path}: a text model; use rnnkit generate")
+    if "classes" not in stats and "window" not in stats:
+        raise UserError(f"checkpoint {path}: a {cfg.task} model; predict reads forecasting and "
+                        f"classification checkpoints (try rnnkit eval)")
     if "classes" in stats:
         return _classify_csv(_net(ck, cfg, path), stats, csv_path)
     return _forecast_csv(_net(ck, cfg, path), stats, csv_path, target or cfg.target)

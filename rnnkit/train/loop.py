@@ -149,6 +149,7 @@ class Trainer:
         self.carry = None
         if self.task.stream:
             self.rows_x, self.rows_y = self.task.streams(self.task.train_ids, cfg.batch_size)
+            self.rows = d.shard(torch.arange(cfg.batch_size))           # this process's rows
         if cfg.resume:
             self._restore(checkpoint.load(cfg.resume))
         self.out: Optional[Path] = None
@@ -189,9 +190,8 @@ class Trainer:
         L = self.rows_x.shape[1]
         s0 = max(0, e - k2)                                      # where this window starts
         nxt = max(0, min(e + self.cfg.k1, L) - k2) if e < L else None   # next window's start
-        rows = self.d.shard(torch.arange(self.rows_x.shape[0]))
-        x = self.rows_x[rows, s0:e].to(self.d.device)
-        y = self.rows_y[rows, s:e].to(self.d.device)
+        x = self.rows_x[self.rows, s0:e].to(self.d.device)
+        y = self.rows_y[self.rows, s:e].to(self.d.device)
         if nxt is not None and s0 < nxt < e:
             out, _, mid = self.model(x, state=self.carry, split_at=nxt - s0)
             self.carry = detach_state(mid)
@@ -199,30 +199,33 @@ class Trainer:
             out, final = self.model(x, state=self.carry)
             if nxt == e:
                 self.carry = detach_state(final)
-        lengths = torch.full((len(rows),), e - s, dtype=torch.long, device=self.d.device)
+        lengths = torch.full((len(self.rows),), e - s, dtype=torch.long, device=self.d.device)
         total, count = tasks.masked_step_ce(out[:, s - s0:], y, lengths)
         return total, count, self.rows_x.shape[0] * (e - s)
 
     # -- one update --------------------------------------------------------------------------
-    def _update(self, batch) -> Tuple[float, Optional[float], int]:
-        """One optimiser step: (mean loss of the global batch, gradient norm or None, items)."""
+    def _update(self, batch) -> Tuple[float, Optional[Tensor], int]:
+        """One optimiser step: (mean loss of the global batch, gradient norm or None, items).
+
+        One collective and one host sync per step: the global count and loss sum travel
+        together; the gradient norm stays a tensor until a step record needs it."""
         total, count, items = self._loss_terms(batch)
-        n = self.d.all_sum(count.detach())
+        sums = self.d.all_sum(torch.stack([count.detach(), total.detach()]))
         # DDP averages gradients over processes; scaling by world/n makes that the global mean.
-        loss = total * self.d.world / n
+        loss = total * self.d.world / sums[0]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = None
         if self.cfg.clip == "norm":
-            norm = float(nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_at))
+            norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_at)
         elif self.cfg.clip == "value":
             nn.utils.clip_grad_value_(self.net.parameters(), self.cfg.clip_at)
         self.opt.step()
-        total_all = float(self.d.all_sum(total.detach()))
+        n, total_all = sums.tolist()
         self.state.loss_sum += total_all
-        self.state.loss_count += float(n)
+        self.state.loss_count += n
         self.state.step += 1
-        return total_all / float(n), norm, items
+        return total_all / n, norm, items
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -253,9 +256,9 @@ class Trainer:
             out, state = self.net(x[:, s:s + k1].to(self.d.device), state=state)
             t, c = tasks.masked_step_ce(out, y[:, s:s + k1].to(self.d.device),
                                         torch.full((n_rows,), out.shape[1], device=self.d.device))
-            total, count = total + float(t), count + float(c)
+            total, count = total + t.double(), count + c.double()
         self.net.train()
-        loss = total / count
+        loss = float(total / count)
         return {"bpc": loss / tasks.LN2, "loss": loss}
 
     def _validate(self) -> Optional[Dict[str, float]]:
@@ -355,7 +358,8 @@ class Trainer:
             rate = bar.step(loss, items)
             if st.step % cfg.log_every == 0:
                 self.log.write({"kind": "step", "step": st.step, "epoch": epoch + 1, "loss": loss,
-                                "lr": self.opt.param_groups[0]["lr"], "grad_norm": norm,
+                                "lr": self.opt.param_groups[0]["lr"],
+                                "grad_norm": None if norm is None else float(norm),
                                 "items_per_s": rate})
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < len(batches):
                 self.save_checkpoint()          # (the epoch's end writes one anyway)

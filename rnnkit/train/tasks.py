@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,7 +58,8 @@ def _split_indices(n: int, frac: float, seed: int) -> Tuple[Tensor, Tensor]:
 
 
 class Task:
-    """Base: subclasses set the attributes and implement loss and metrics."""
+    """Base: subclasses set the attributes and implement loss and metrics (a stream task's
+    loss is computed by the training loop's truncated BPTT instead)."""
 
     name = ""
     readout = "last"        # 'last': one output per sequence; 'all': one per step
@@ -66,7 +67,6 @@ class Task:
     n_in = 1
     n_out = 1
     metric = "loss"         # headline metric, reported for validation and test
-    higher_better = False
     stream = False          # True: one long stream trained with truncated BPTT (Text)
     train: Split
     val: Optional[Split]
@@ -97,6 +97,13 @@ class Task:
                             f"of {len(split)} sequences")
         self.train = split.take(keep)
         self.val = split.take(held) if frac > 0 else None
+
+    def _generate_splits(self, cfg: Config, make: Callable[[int, int], Split]) -> None:
+        """Synthetic tasks: ``make(n, seed)`` draws n sequences; validation and test get a quarter."""
+        n_eval = max(cfg.n_samples // 4, 1)
+        self.train = make(cfg.n_samples, cfg.seed)
+        self.val = make(n_eval, cfg.seed + 1) if cfg.val_fraction > 0 else None
+        self.tests = {"test": make(n_eval, cfg.seed + 2)}
 
 
 # -- forecasting -------------------------------------------------------------------------------
@@ -227,7 +234,6 @@ class Classify(Task):
     """
 
     metric = "accuracy"
-    higher_better = True
 
     def __init__(self, cfg: Config, name: str, train: Tuple[List[np.ndarray], List[int]],
                  test: Tuple[List[np.ndarray], List[int]], classes: Sequence[str]):
@@ -317,10 +323,7 @@ class Adding(Task):
         T = cfg.seq_len
         if T < 2:
             raise UserError("seq_len: the adding problem needs at least 2 steps")
-        n_eval = max(cfg.n_samples // 4, 1)
-        self.train = self._make(cfg.n_samples, T, cfg.seed)
-        self.val = self._make(n_eval, T, cfg.seed + 1) if cfg.val_fraction > 0 else None
-        self.tests = {"test": self._make(n_eval, T, cfg.seed + 2)}
+        self._generate_splits(cfg, lambda n, seed: self._make(n, T, seed))
 
     @staticmethod
     def _make(n: int, T: int, seed: int) -> Split:
@@ -354,14 +357,11 @@ class Copy(Task):
     (chance 1/8; the memoryless loss is 10 ln 8 / (seq_len + 20)).
     """
 
-    name, readout, tokens, n_out, metric, higher_better = "copy", "all", 10, 9, "accuracy", True
+    name, readout, tokens, n_out, metric = "copy", "all", 10, 9, "accuracy"
     n_symbols = 10
 
     def __init__(self, cfg: Config):
-        n_eval = max(cfg.n_samples // 4, 1)
-        self.train = self._make(cfg.n_samples, cfg.seq_len, cfg.seed)
-        self.val = self._make(n_eval, cfg.seq_len, cfg.seed + 1) if cfg.val_fraction > 0 else None
-        self.tests = {"test": self._make(n_eval, cfg.seq_len, cfg.seed + 2)}
+        self._generate_splits(cfg, lambda n, seed: self._make(n, cfg.seq_len, seed))
 
     def _make(self, n: int, delay: int, seed: int) -> Split:
         g = torch.Generator().manual_seed(seed)
@@ -397,7 +397,7 @@ class Echo(Task):
     target exists (predicting 0 scores 1).
     """
 
-    name, readout, n_in, metric = "echo", "all", 1, "mse"
+    name, readout, metric = "echo", "all", "mse"
 
     def __init__(self, cfg: Config):
         T, d = cfg.seq_len, cfg.delay
@@ -405,10 +405,7 @@ class Echo(Task):
             raise UserError(f"delay {d}: needs |delay| < seq_len ({T})")
         self.delay = d
         self.first, self.stop = max(0, d), T + min(0, d)        # steps that have a target
-        n_eval = max(cfg.n_samples // 4, 1)
-        self.train = self._make(cfg.n_samples, T, d, cfg.seed)
-        self.val = self._make(n_eval, T, d, cfg.seed + 1) if cfg.val_fraction > 0 else None
-        self.tests = {"test": self._make(n_eval, T, d, cfg.seed + 2)}
+        self._generate_splits(cfg, lambda n, seed: self._make(n, T, d, seed))
 
     @staticmethod
     def _make(n: int, T: int, d: int, seed: int) -> Split:
@@ -464,13 +461,6 @@ class Text(Task):
         x = ids[:n_streams * L].view(n_streams, L)
         y = ids[1:n_streams * L + 1].view(n_streams, L)
         return x, y
-
-    def loss(self, out, batch):
-        return masked_step_ce(out, batch.y, batch.lengths)
-
-    def metrics(self, out, split):
-        total, n = masked_step_ce(out, split.y, split.lengths)
-        return {"bpc": (total / n).item() / LN2}
 
     def stats(self):
         return {"vocab": "".join(self.vocab)}

@@ -65,7 +65,7 @@ def test_bad_training_input_is_one_line_and_writes_nothing(case, in_tmp, capsys)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A forecasting, a classification and a text checkpoint (tiny)."""
+    """A forecasting, a classification, a text and a synthetic-task checkpoint (tiny)."""
     root = tmp_path_factory.mktemp("trained")
     common = {"hidden": 8, "epochs": 2, "plots": False, "progress": False, "tensorboard": False}
     from rnnkit.train import resolve
@@ -73,6 +73,7 @@ def trained(tmp_path_factory):
         "csv": {"csv": str(sine_csv(root / "series.csv")), "target": "level", "window": 5},
         "italy_power": {"task": "italy_power", "epochs": 1},
         "text": {"text": str(small_text(root / "corpus.txt")), "k1": 8, "batch_size": 4},
+        "echo": {"task": "echo", "seq_len": 6, "n_samples": 64},
     }
     results = {}
     for name, options in runs.items():
@@ -86,6 +87,7 @@ BAD_USE = {
     "eval pickle": ["eval", "{root}/evil.pt"],
     "eval truncated": ["eval", "{root}/truncated.safetensors"],
     "predict text model": ["predict", "{root}/text", "--csv", "{root}/series.csv"],
+    "predict synthetic model": ["predict", "{root}/echo", "--csv", "{root}/series.csv"],
     "predict bad column": ["predict", "{root}/csv", "--csv", "{root}/series.csv", "--target", "zzz"],
     "predict ragged rows": ["predict", "{root}/italy_power", "--csv", "{root}/series.csv"],
     "generate forecaster": ["generate", "{root}/csv", "--prime", "a"],

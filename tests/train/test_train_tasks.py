@@ -11,7 +11,7 @@ import torch
 from rnnkit.train import train
 from rnnkit.train.config import TASKS
 from rnnkit.train.model import Net
-from rnnkit.train.tasks import masked_step_ce
+from rnnkit.train.tasks import Echo, masked_step_ce
 
 from train_helpers import files_under
 
@@ -113,3 +113,18 @@ def test_every_network_option_reaches_the_layer(tiny):
 def test_optimizers_schedules_and_clipping_train(optimizer, scheduler, clip, tiny):
     result = train(tiny("sunspots", optimizer=optimizer, scheduler=scheduler, clip=clip, step_size=1))
     assert np.isfinite(result["test"]["1921-1955"]["rmse"])
+
+
+@pytest.mark.parametrize("delay", [3, 0, -2])
+def test_echo_targets_the_shifted_input_and_scores_only_steps_that_have_one(delay, tiny):
+    task = Echo(tiny("echo", seq_len=8, n_samples=16, delay=delay))
+    split = task.train
+    x, T = split.x.squeeze(-1), split.x.shape[1]
+    valid = range(max(0, delay), T + min(0, delay))
+    for t in valid:
+        assert torch.equal(split.y[:, t], x[:, t - delay])
+    out = split.y.clone()
+    out[:, [t for t in range(T) if t not in valid]] = 100.0      # wrong only where no target exists
+    total, count = task.loss(out.unsqueeze(-1), split)
+    assert total.item() == 0 and count.item() == len(split) * len(valid)
+    assert task.metrics(torch.zeros_like(split.x), split)["mse"] > 0
