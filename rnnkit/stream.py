@@ -17,8 +17,6 @@ from torch import Tensor
 from . import backends, validation
 from .backends import cpu
 
-_FUSED_DTYPES = (torch.float32, torch.float64)
-
 
 class Stream:
     """One step at a time through a unidirectional rnnkit network, state kept inside.
@@ -53,7 +51,7 @@ class Stream:
         self._dtype, self._device = first.dtype, first.device
         self._layers = [[model._parameters.get(n) for n in names] for names in model._step_names]
         self.backend = backends.resolve(model.backend, self._device, self._dtype)
-        if self.backend == "cpu" and self._dtype in _FUSED_DTYPES:
+        if self.backend == "cpu" and self._dtype in backends._FUSED_DTYPES:
             self._stepper = cpu.extension().Stepper(who, cpu._spec(model.cell), self._layers, batch_size)
             self._step = self._stepper.step
         else:

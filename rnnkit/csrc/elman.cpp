@@ -80,12 +80,10 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& da, Tensor& dh, Ten
       const int64_t r = (t * B + b) * H;
       T *d = dat + b * H, *next = g_out + b * H, *g = g_in + b * H;
       dout.add(t, b, H, g);
-      if (mask.valid(t, b)) {
+      if (mask.valid(t, b))
         backward_row(H, is_relu, hs + r, g, d, next);
-      } else {                                               // the step did not happen
-        std::memcpy(next, g, H * sizeof(T));
-        std::fill(d, d + H, T(0));
-      }
+      else
+        skip_row(H, g, next, H, d);
     });
     w_n.mul(dat, H, T(1), g_out, H);                          // dh_{t-1} += da_t W_hh
     std::swap(dh, dn);

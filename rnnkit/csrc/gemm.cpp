@@ -71,22 +71,29 @@ bool trivial(int64_t M, int64_t N, int64_t K, T beta, T* C, int64_t ldc) {
 
 bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
-void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
+
+// The BLAS routine fn (sgemm_ or dgemm_; nullptr where this torch lacks it), else ATen.
+template <typename T, typename Fn>
+void gemm_with(Fn fn, Op opa, Op opb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (trivial(M, N, K, beta, C, ldc)) return;
-  if (sgemm_ != nullptr)
-    gemm_blas(sgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  if (fn != nullptr)
+    gemm_blas(fn, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   else
     gemm_aten(opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
+}  // namespace
+
+void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_with(sgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
 void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
           const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  if (trivial(M, N, K, beta, C, ldc)) return;
-  if (dgemm_ != nullptr)
-    gemm_blas(dgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
-  else
-    gemm_aten(opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  gemm_with(dgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
 namespace {

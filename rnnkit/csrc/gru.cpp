@@ -176,9 +176,8 @@ void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Te
       const int64_t r = (t * B + b) * H;
       T *dxr = dX + (t * B + b) * G, *drr = dR + r, *gh = g_in + b * H, *next = g_out + b * H;
       dout.add(t, b, H, gh);
-      if (!mask.valid(t, b)) {                               // the step did not happen
-        std::memcpy(next, gh, H * sizeof(T));
-        std::fill(dxr, dxr + G, T(0));
+      if (!mask.valid(t, b)) {
+        skip_row(H, gh, next, G, dxr);
         std::fill(drr, drr + H, T(0));
         return;
       }
@@ -212,9 +211,8 @@ void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, T
       const int64_t r = (t * B + b) * H;
       T *dxr = dxt + b * G, *rh = RH + r, *gh = g_in + b * H, *next = g_out + b * H;
       dout.add(t, b, H, gh);
-      if (!mask.valid(t, b)) {                               // the step did not happen
-        std::memcpy(next, gh, H * sizeof(T));
-        std::fill(dxr, dxr + G, T(0));
+      if (!mask.valid(t, b)) {
+        skip_row(H, gh, next, G, dxr);
         std::fill(rh, rh + H, T(0));
         return;
       }

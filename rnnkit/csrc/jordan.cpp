@@ -110,9 +110,8 @@ void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Ten
       const int64_t r = (t * B + b) * O;
       T *g = g_in + b * O, *next = g_out + b * O;
       dout.add(t, b, O, g);
-      if (!mask.valid(t, b)) {                               // the step did not happen
-        std::memcpy(next, g, O * sizeof(T));
-        std::fill(dzt + b * O, dzt + (b + 1) * O, T(0));
+      if (!mask.valid(t, b)) {
+        skip_row(O, g, next, O, dzt + b * O);
         return;
       }
       out_backward(sp.out, O, Y + r, g, dzt + b * O);

@@ -104,12 +104,10 @@ void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor&
       const int64_t r = (t * B + b) * H;
       T *d = dgt + b * G, *next = g_out + b * H, *gh = g_in + b * H;
       dout.add(t, b, H, gh);
-      if (mask.valid(t, b)) {
+      if (mask.valid(t, b))
         backward_row(H, G_ + (t * B + b) * G, TC + r, cp + b * H, gh, dC + b * H, d, next);
-      } else {                                               // the step did not happen
-        std::memcpy(next, gh, H * sizeof(T));
-        std::fill(d, d + G, T(0));
-      }
+      else
+        skip_row(H, gh, next, G, d);
     });
     w_n.mul(dgt, G, T(1), g_out, H);                          // dh_{t-1} += dg_t W_hh
     std::swap(dh, dn);

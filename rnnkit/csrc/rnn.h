@@ -277,6 +277,14 @@ struct GradOut {
   }
 };
 
+// A padded row in backward (the step did not happen): the carried state's gradient g (n)
+// passes through to the previous step unchanged and the step's gate gradients d (nd) are zero.
+template <typename T>
+inline void skip_row(int64_t n, const T* g, T* next, int64_t nd, T* d) {
+  std::memcpy(next, g, n * sizeof(T));
+  std::fill(d, d + nd, T(0));
+}
+
 // Column sums of a (R, N) block with leading dimension ld, accumulated into out (N).
 template <typename T>
 void col_sum(int64_t R, int64_t N, const T* x, int64_t ld, T* out) {
