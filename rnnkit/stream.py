@@ -8,7 +8,7 @@ input (shape, dtype, device, grad).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import rnnkit
 from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, grads, make, make_torch_pair,
                       needs_cpu, randn, random_state, state_tensors)
 from rnnkit import backends

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 

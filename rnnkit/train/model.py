@@ -5,7 +5,7 @@ S emitted state size (H, or the Jordan output size), K outputs.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

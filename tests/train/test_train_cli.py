@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import pickle
 import subprocess
 import sys
 from pathlib import Path
