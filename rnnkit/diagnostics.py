@@ -18,6 +18,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import Tensor, nn
 
+from . import backends
 from .cells.base import Cell
 from .layers import _Recurrent
 
@@ -34,6 +35,9 @@ class _ProbeCell(Cell):
 
     def state_sizes(self):
         return self.inner.state_sizes()
+
+    def options(self):
+        return self.inner.options()
 
     def param_shapes(self, input_size, bias):
         return self.inner.param_shapes(input_size, bias)
@@ -99,7 +103,7 @@ def gradient_flow(model: nn.Module, inputs, loss_fn: Callable) -> GradientFlow:
     saved = {name: (m.cell, m.backend) for name, m in layers.items()}
     try:
         for m in layers.values():
-            m.cell, m.backend = _ProbeCell(m.cell), "autograd"
+            m.cell, m.backend = _ProbeCell(m.cell), backends.ORACLE
         args = inputs if isinstance(inputs, tuple) else (inputs,)
         loss = loss_fn(model(*args))
         if not isinstance(loss, Tensor) or loss.numel() != 1:
@@ -126,18 +130,17 @@ def spectral_radius(layer: _Recurrent) -> Tensor:
 
     Elman: weight_hh (H, H).  Jordan: weight_hy @ weight_yh (O, O), the linear part of the
     map y_{t-1} -> y_t.  Above 1 the linearised recurrence can explode, below 1 it fades.
+    Gated cells (LSTM, GRU) have no such matrix: TypeError.
     """
-    if layer.cell.name not in ("elman", "jordan"):
-        raise TypeError(f"layer: expected an Elman or Jordan layer, got {type(layer).__name__}")
     L, D = layer.num_layers, 2 if layer.bidirectional else 1
     rho = torch.zeros(L, D, dtype=torch.float64)
     with torch.no_grad():
         for k in range(L):
             for d in range(D):
                 sfx = f"_l{k}" + ("_reverse" if d else "")
-                if layer.cell.name == "elman":
-                    w = getattr(layer, "weight_hh" + sfx)
-                else:
-                    w = getattr(layer, "weight_hy" + sfx) @ getattr(layer, "weight_yh" + sfx)
+                params = {n: getattr(layer, n + sfx) for n, _ in layer.cell.param_shapes(1, layer.bias)}
+                w = layer.cell.recurrent_matrix(params)
+                if w is None:
+                    raise TypeError(f"layer: expected an Elman or Jordan layer, got {type(layer).__name__}")
                 rho[k, d] = torch.linalg.eigvals(w.double()).abs().max()
     return rho

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, ops, validation
+from . import backends, ops, sequence, validation
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, ElmanCell, GRUCell, JordanCell, LSTMCell
 from .stream import Stream
 
@@ -62,7 +62,12 @@ class Trace:
 
 
 class _Recurrent(nn.Module):
-    """Shared machinery; subclasses choose the cell and the form of the state argument."""
+    """Shared machinery; subclasses choose the cell and the form of the state argument.
+
+    ``torch_twin``: the torch.nn class with the same parameters and semantics (None if none).
+    """
+
+    torch_twin: Optional[type] = None
 
     def __init__(self, cell: Cell, input_size: int, num_layers: int, bias: bool, batch_first: bool,
                  dropout: float, bidirectional: bool, backend: Optional[str], device, dtype):
@@ -77,8 +82,7 @@ class _Recurrent(nn.Module):
         if backend is not None:
             # Check the name now; 'auto' is decided per call (device, dtype), so it builds nothing here.
             validation.choice("backend", backend, backends.BACKENDS)
-            if backend != "auto":
-                backends.resolve(backend)
+            backends.check_name(backend)
         self.backend = backend
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout acts between stacked layers; with num_layers=1 it has no effect "
@@ -125,8 +129,9 @@ class _Recurrent(nn.Module):
         rec = tuple(getattr(self, n + sfx, None) for n in self.cell.rec_params)
         return w_ih, b_ih, rec
 
-    def _step_layers(self) -> List[List[Optional[Tensor]]]:
-        """Per layer [weight_ih, bias_ih, *rec_params] as step's C++ call takes them, cached.
+    def step_parameters(self) -> List[List[Optional[Tensor]]]:
+        """Per layer of the forward direction [weight_ih, bias_ih, *rec_params] (None where absent),
+        as a backend's ``step`` and ``stepper`` take them; cached.
 
         The cache holds Parameter objects, so in-place changes (optimiser steps, load_state_dict,
         ``.to()`` rebinding ``.data``) need nothing; it is dropped whenever a parameter is
@@ -151,6 +156,10 @@ class _Recurrent(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self._parameters[self._param_names[0][0]].dtype         # not getattr: step reads it per call
 
+    def backend_for(self, x: Tensor) -> backends.Backend:
+        """The backend that runs this layer on tensors like ``x`` (see rnnkit.backends)."""
+        return backends.resolve(self.backend, self.cell, x.device, x.dtype)
+
     @property
     def _D(self) -> int:
         return 2 if self.bidirectional else 1
@@ -158,22 +167,23 @@ class _Recurrent(nn.Module):
     # -- states ----------------------------------------------------------
     _hx_name = "hx"
 
-    def _hx_tensors(self, hx) -> Tuple[Tensor, ...]:
+    def unpack_state(self, hx) -> Tuple[Tensor, ...]:
         """The user's state argument as a tuple, one tensor per carried state."""
         return (hx,)
 
-    def _hx_pack(self, finals: Tuple[Tensor, ...]):
-        """Inverse of _hx_tensors, for the returned final state."""
+    def pack_state(self, finals: Tuple[Tensor, ...]):
+        """Inverse of ``unpack_state``: the state in the form ``forward`` returns it."""
         return finals[0]
 
-    def _full_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> Tuple[Tensor, ...]:
-        """The checked initial states as (D*L, B, S_k) tensors, one per carried state."""
+    def initial_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> Tuple[Tensor, ...]:
+        """The checked initial states as (D*L, B, S_k) tensors, one per carried state (zeros when
+        ``hx`` is None, made like ``ref``); ``unbatched``: hx is (D*L, S_k)."""
         LD = self.num_layers * self._D
         sizes = self.cell.state_sizes()
         who = type(self).__name__
         if hx is None:
             return tuple(ref.new_zeros(LD, B, s) for s in sizes)
-        hs = self._hx_tensors(hx)
+        hs = self.unpack_state(hx)
         full = []
         for k, (h, s) in enumerate(zip(hs, sizes)):
             name = self._hx_name if len(hs) == 1 else f"{self._hx_name}[{k}]"
@@ -182,9 +192,9 @@ class _Recurrent(nn.Module):
             full.append(h.unsqueeze(1) if unbatched else h)
         return tuple(full)
 
-    def _initial_state(self, hx, B: int, unbatched: bool, ref: Tensor) -> List[Tuple[Tensor, ...]]:
+    def _initial_states(self, hx, B: int, unbatched: bool, ref: Tensor) -> List[Tuple[Tensor, ...]]:
         """Per layer-direction tuple of (B, S_k) initial states."""
-        full = self._full_state(hx, B, unbatched, ref)
+        full = self.initial_state(hx, B, unbatched, ref)
         return [tuple(h[i] for h in full) for i in range(self.num_layers * self._D)]
 
     # -- sequence --------------------------------------------------------
@@ -218,8 +228,8 @@ class _Recurrent(nn.Module):
             raise ValueError(f"{who}: input: expected at least one time step, got shape {tuple(x.shape)}")
         if lengths is not None:
             lengths = validation.lengths_tensor(who, lengths, T, B)
-        state0 = self._initial_state(hx, B, unbatched, x)
-        mask, rev = self._mask(lengths, T, x.device)
+        state0 = self._initial_states(hx, B, unbatched, x)
+        mask, rev = sequence.length_mask(lengths, T, x.device)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace)
         h_n = tuple(torch.stack(f) for f in finals)                     # (D*L, B, S_k)
         if packed:
@@ -228,7 +238,7 @@ class _Recurrent(nn.Module):
             out = self._layout(out, unbatched)
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n)
-        result = (out, self._hx_pack(h_n))
+        result = (out, self.pack_state(h_n))
         if return_trace:
             result += (Trace([[{k: self._layout(v, unbatched) for k, v in tr.items()} for tr in lay]
                               for lay in trace]),)
@@ -240,26 +250,8 @@ class _Recurrent(nn.Module):
             return t.squeeze(1)
         return t.transpose(0, 1) if self.batch_first else t
 
-    @staticmethod
-    def _mask(lengths: Optional[Tensor], T: int, device):
-        """mask (T, B, 1) bool and reversal index (T, B, 1), or (None, None) when all are full."""
-        if lengths is None or int(lengths.min()) == T:
-            return None, None
-        t = torch.arange(T).unsqueeze(1)                                # (T, 1)
-        n = lengths.unsqueeze(0)                                        # (1, B)
-        mask = (t < n).unsqueeze(-1).to(device)
-        rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1).to(device)
-        return mask, rev
-
-    @staticmethod
-    def _reverse(t: Tensor, rev: Optional[Tensor]) -> Tensor:
-        """Reverse every sequence within its own length (an involution)."""
-        if rev is None:
-            return t.flip(0)
-        return t.gather(0, rev.expand(-1, -1, t.shape[-1]))
-
     def _run(self, x, mask, rev, state0, want_trace):
-        backend = backends.resolve(self.backend, x.device, x.dtype)
+        backend = self.backend_for(x)
         layer_in = x if mask is None else x.masked_fill(~mask, 0.0)     # padding never enters the math
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
         traces = []
@@ -267,12 +259,12 @@ class _Recurrent(nn.Module):
             outs, layer_trace = [], []
             for d in range(self._D):
                 w_ih, b_ih, rec = self._direction_params(layer, d)
-                xin = layer_in if d == 0 else self._reverse(layer_in, rev)
+                xin = layer_in if d == 0 else sequence.reverse(layer_in, rev)
                 out, fin, tr = ops.run_direction(self.cell, backend, xin, mask,
                                                  state0[layer * self._D + d], w_ih, b_ih, rec, want_trace)
                 if d == 1:
-                    out = self._reverse(out, rev)
-                    tr = {k: self._reverse(v, rev) for k, v in tr.items()}
+                    out = sequence.reverse(out, rev)
+                    tr = {k: sequence.reverse(v, rev) for k, v in tr.items()}
                 outs.append(out)
                 layer_trace.append(tr)
                 for k, f in enumerate(fin):
@@ -311,35 +303,20 @@ class _Recurrent(nn.Module):
                                 self.input_size, self._dtype)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input                  # (B, I)
-        if self._fused_step(x):
-            return self._step_cpu(x, hx, unbatched)
-        state0 = self._initial_state(hx, x.shape[0], unbatched, x)
-        new_states = []
-        for layer, (w_ih, b_ih, *rec) in enumerate(self._step_layers()):
-            new, _ = self.cell.step(F.linear(x, w_ih, b_ih), state0[layer], tuple(rec))
-            new_states.append(new)
-            x = new[0]
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        h_n = tuple(torch.stack([s[k] for s in new_states]) for k in range(len(new_states[0])))
-        if unbatched:
-            x, h_n = x.squeeze(0), tuple(h.squeeze(1) for h in h_n)
-        return x, self._hx_pack(h_n)
-
-    def _fused_step(self, x: Tensor) -> bool:
-        """Whether ``step`` can run as one call into the C++ kernels: inference, no dropout."""
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._parameters.values())):
-            return False
-        if self.training and self.dropout and self.num_layers > 1:
-            return False
-        return backends.resolve_cached(self.backend, x.device, x.dtype) == "cpu"
-
-    def _step_cpu(self, x: Tensor, hx, unbatched: bool):
-        full = self._full_state(hx, x.shape[0], unbatched, x)          # (L, B, S_k)
-        out, h_n = backends.get("cpu").step(self.cell, x, full, self._step_layers())
+        full = self.initial_state(hx, x.shape[0], unbatched, x)         # (L, B, S_k)
+        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
+        if self._needs_graph(x) or dropout:
+            out, h_n = sequence.step_stack(self.cell, x, full, self.step_parameters(), dropout)
+        else:
+            backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
+            out, h_n = backend.step(self.cell, x, full, self.step_parameters())
         if unbatched:
             out, h_n = out.squeeze(0), tuple(h.squeeze(1) for h in h_n)
-        return out, self._hx_pack(h_n)
+        return out, self.pack_state(h_n)
+
+    def _needs_graph(self, x: Tensor) -> bool:
+        """Whether a step must record an autograd graph (then it runs the differentiable Python step)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._parameters.values()))
 
     def stream(self, batch_size: int = 1, hx=None) -> Stream:
         """A stateful stream for online inference: ``y_t = stream(x_t)``, state updated in place.
@@ -367,10 +344,31 @@ class _Recurrent(nn.Module):
     def _size_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
 
+    _TORCH_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
+    @staticmethod
+    def _common_args(module: nn.Module) -> dict:
+        p = next(module.parameters())
+        args = {k: getattr(module, k) for k in _Recurrent._TORCH_ARGS}
+        return dict(args, dropout=float(args["dropout"]), device=p.device, dtype=p.dtype)
+
+    def torch_kwargs(self) -> dict:
+        """Constructor arguments of the ``torch_twin`` module equivalent to this one."""
+        return self._common_args(self)
+
+    @classmethod
+    def kwargs_from_torch(cls, module: nn.Module) -> dict:
+        """Inverse of ``torch_kwargs``: our constructor arguments for a ``torch_twin`` module."""
+        return cls._common_args(module)
+
     def to_torch(self) -> nn.Module:
-        """The equivalent torch.nn module with the same weights."""
-        from .convert import to_torch
-        return to_torch(self)
+        """The equivalent torch.nn module (``torch_twin``) with a copy of the weights."""
+        if self.torch_twin is None:
+            raise TypeError(f"{type(self).__name__}: torch.nn has no equivalent module to convert to")
+        new = self.torch_twin(**self.torch_kwargs())
+        new.load_state_dict(self.state_dict())
+        new.train(self.training)
+        return new
 
 
 class Elman(_Recurrent):
@@ -380,6 +378,8 @@ class Elman(_Recurrent):
     forward(input, hx=None, lengths=None, return_trace=False) -> (output, h_n[, trace]);
     hx and h_n are (D*L, B, H).  Trace names: hidden.
     """
+
+    torch_twin = nn.RNN
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -392,6 +392,13 @@ class Elman(_Recurrent):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+    def torch_kwargs(self) -> dict:
+        return {**super().torch_kwargs(), "nonlinearity": self.nonlinearity}
+
+    @classmethod
+    def kwargs_from_torch(cls, module: nn.Module) -> dict:
+        return {**super().kwargs_from_torch(module), "nonlinearity": module.nonlinearity}
 
 
 RNN = Elman
@@ -407,7 +414,7 @@ class LSTM(_Recurrent):
     output_gate, cell, hidden.
     """
 
-    _hx_name = "hx"
+    torch_twin = nn.LSTM
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -438,13 +445,13 @@ class LSTM(_Recurrent):
                     elif n.startswith("bias_hh"):
                         getattr(self, n)[H:2 * H].zero_()
 
-    def _hx_tensors(self, hx):
+    def unpack_state(self, hx):
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"LSTM: hx: expected a tuple (h_0, c_0), got {type(hx).__name__}"
                             + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
         return tuple(hx)
 
-    def _hx_pack(self, finals):
+    def pack_state(self, finals):
         return finals[0], finals[1]
 
 
@@ -458,6 +465,8 @@ class GRU(_Recurrent):
     Trace names: reset_gate, update_gate, candidate, hidden.
     """
 
+    torch_twin = nn.GRU
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, reset_after: bool = True, backend: Optional[str] = None):
@@ -466,6 +475,11 @@ class GRU(_Recurrent):
         self.reset_after = reset_after
         super().__init__(GRUCell(hidden_size, reset_after), input_size, num_layers, bias, batch_first,
                          dropout, bidirectional, backend, device, dtype)
+
+    def to_torch(self) -> nn.Module:
+        if not self.reset_after:
+            raise ValueError("module: torch.nn.GRU has only the reset_after=True form, got reset_after=False")
+        return super().to_torch()
 
 
 class Jordan(_Recurrent):
@@ -515,5 +529,3 @@ class Jordan(_Recurrent):
     def _size_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, {self.output_size}"
 
-    def to_torch(self):
-        raise TypeError("Jordan: torch.nn has no Jordan network to convert to")

@@ -5,7 +5,8 @@ through ``RecurrentFunction``, whose forward hoists the input projection into on
 GEMM and hands the time loop to the backend, and whose backward asks the
 backend for backpropagation through time, then forms the input-weight and input
 gradients with single GEMMs over all T*B rows.  With ``backend='autograd'`` the
-same Python loop runs under autograd: the readable reference the tests compare to.
+same Python loop runs under autograd (a ``differentiable`` backend, the readable
+reference the tests compare to).
 When nothing needs a gradient (inference), the backend's forward runs without the
 autograd.Function and keeps no saved tensors.
 
@@ -22,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import backends
-from .backends import reference
+from .backends.base import Backend
 from .cells.base import Cell
+from .sequence import zero_padded as _zero_padded
 
 
 # oneDNN's GEMM (behind torch.nn.LSTM) beats MKL's (behind F.linear) on the large float32
@@ -49,10 +50,6 @@ def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
             and _DNNL_LINEAR and torch.backends.mkldnn.enabled):
         return torch.ops.mkldnn._linear_pointwise(x, w.contiguous(), b, "none", [], "")
     return F.linear(x, w, b)
-
-
-def _zero_padded(mask: Optional[Tensor], t: Tensor) -> Tensor:
-    return t if mask is None else torch.where(mask, t, 0.0)
 
 
 def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
@@ -113,15 +110,14 @@ class RecurrentFunction(torch.autograd.Function):
         return (None, None, None, dx, None, dw_ih, db_ih, *d_state0, *d_rec)
 
 
-def run_direction(cell: Cell, backend_name: str, x: Tensor, mask: Optional[Tensor],
+def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False):
     """Run one layer and direction over the sequence: (out, finals, trace)."""
-    if backend_name == "autograd":                           # the plain loop, under autograd
-        out, finals, trace, _, _ = _run(cell, reference, want_trace, False, x, mask, w_ih, b_ih, state0,
+    if backend.differentiable:                               # the plain loop, under autograd
+        out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,
                                         rec, project=F.linear)
         return out, finals, trace
-    backend = backends.get(backend_name)
     if not _needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec)
         return out, finals, trace

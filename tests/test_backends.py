@@ -60,6 +60,6 @@ def test_environment_is_read_at_call_time(monkeypatch, bptt_calls):
 @pytest.mark.parametrize("name", ["Reference", "cuda", ""])
 def test_unknown_backend_is_an_error(name):
     with pytest.raises(ValueError, match="backend"):
-        backends.resolve(name)
+        backends.check_name(name)
     with pytest.raises(ValueError, match="backend"):
         rnnkit.GRU(2, 3, backend=name)

@@ -159,12 +159,12 @@ def test_step_with_grad_stays_differentiable():
 def kernel_calls(monkeypatch):
     """Counts calls of the fused backend's forward."""
     calls = []
-    original = cpu.forward
+    original = cpu.BACKEND.forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
-    monkeypatch.setattr(cpu, "forward", counting)
+    monkeypatch.setattr(cpu.BACKEND, "forward", counting)
     return calls
 
 
@@ -182,24 +182,26 @@ def test_env_and_argument_choose(monkeypatch, kernel_calls, env, argument, fused
 @needs_cpu
 def test_auto_skips_cpu_for_other_dtypes(monkeypatch, kernel_calls):
     monkeypatch.setenv("RNNKIT_BACKEND", "auto")
-    assert backends.resolve(None, torch.device("cpu"), torch.bfloat16) == "reference"
-    assert backends.resolve(None, torch.device("cpu"), torch.float32) == "cpu"
+    cell = make("lstm").cell
+    assert backends.resolve(None, cell, torch.device("cpu"), torch.bfloat16).name == "reference"
+    assert backends.resolve(None, cell, torch.device("cpu"), torch.float32).name == "cpu"
 
 
 @pytest.fixture
 def unbuildable(monkeypatch):
     """The extension as on a machine where it failed to build."""
     monkeypatch.setattr(_build, "_state", {"error": "CalledProcessError: no compiler"})
-    monkeypatch.setattr(backends, "_warned", False)
+    monkeypatch.setattr(backends, "_warned", set())
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch, unbuildable):
     monkeypatch.setenv("RNNKIT_BACKEND", "auto")
+    cell = make("lstm").cell
     with pytest.warns(RuntimeWarning, match="not available.*no compiler.*reference"):
-        assert backends.resolve() == "reference"
+        assert backends.resolve(None, cell, "cpu", torch.float32).name == "reference"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert backends.resolve() == "reference"
+        assert backends.resolve(None, cell, "cpu", torch.float32).name == "reference"
     assert "cpu" not in backends.available()
 
 

@@ -169,8 +169,8 @@ def test_step_sees_replaced_and_converted_parameters():
 @needs_cpu
 def test_step_follows_the_environment(monkeypatch):
     calls = []
-    original = cpu.step
-    monkeypatch.setattr(cpu, "step", lambda *a: calls.append(1) or original(*a))
+    original = cpu.BACKEND.step
+    monkeypatch.setattr(cpu.BACKEND, "step", lambda *a: calls.append(1) or original(*a))
     model = make("gru")                                          # backend from RNNKIT_BACKEND
     x = randn(B, INPUT_SIZE)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def test_step_follows_the_environment(monkeypatch):
     assert calls == [1]
     monkeypatch.setenv("RNNKIT_BACKEND", "bogus")
     with pytest.raises(ValueError, match="RNNKIT_BACKEND: expected one of"):
-        backends.resolve_cached(None, x.device, x.dtype)
+        backends.resolve_cached(None, model.cell, x.device, x.dtype)
 
 
 def test_stream_is_exported():

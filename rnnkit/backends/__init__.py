@@ -1,92 +1,118 @@
-"""Backend selection: the one place that decides which time loop runs.
+"""Backend selection: the one place that decides which time loop runs (the contract: base.py).
 
+    cpu        the fused C++ kernels of rnnkit/csrc, built on first use (needs a C++ compiler)
     reference  Python loop over the cell's step math, hand-derived BPTT (always available)
     autograd   the same Python loop differentiated by autograd (the readable oracle)
-    cpu        the fused C++ kernels of rnnkit/csrc, built on first use (needs a C++ compiler)
 
-``auto`` (the default) picks ``cpu`` for CPU float32/float64 tensors when the kernels are
-built, else ``reference``, warning once when ``cpu`` could not be built.  The choice comes
-from the ``backend=`` argument of a layer, else the ``RNNKIT_BACKEND`` environment
-variable, else ``auto``.  Asking for one that is not available is an error, never a silent
-fallback.
+``auto`` (the default) walks ``PRIORITY`` and takes the first backend that ``supports`` the
+(cell, device, dtype) at hand, warning once when a backend it would have preferred cannot run
+on this machine at all.  The choice comes from the ``backend=`` argument of a layer, else the
+``RNNKIT_BACKEND`` environment variable, else ``auto``.  Naming a backend that cannot run the
+case is an error, never a silent fallback.  A new backend registers in ``_REGISTERED`` (and
+``PRIORITY`` when ``auto`` should pick it).
 """
 from __future__ import annotations
 
 import os
 import warnings
-from types import ModuleType
 from typing import Dict, Optional
 
 import torch
 
-from . import cpu, reference
+from . import autograd, cpu, reference
+from .base import Backend, Support
 
-_MODULES: Dict[str, Optional[ModuleType]] = {"reference": reference, "autograd": None, "cpu": cpu}
-BACKENDS = ("auto",) + tuple(_MODULES)
-_FUSED_DTYPES = (torch.float32, torch.float64)
-_warned = False
+_REGISTERED: Dict[str, Backend] = {b.name: b for b in (reference.BACKEND, autograd.BACKEND, cpu.BACKEND)}
+PRIORITY = ("cpu", "reference")                 # what ``auto`` tries, first match wins
+ORACLE = "autograd"                             # the backend whose forward autograd differentiates
+BACKENDS = ("auto",) + tuple(_REGISTERED)
+_warned = set()
 
 
-def _cpu_available() -> bool:
-    return cpu.extension() is not None
+def get(name: str) -> Backend:
+    """The registered backend of that name (whether or not it can run here)."""
+    return _REGISTERED[name]
 
 
 def available() -> tuple:
     """Names of the backends that can run here (building the C++ kernels if needed)."""
-    return tuple(n for n in _MODULES if n != "cpu" or _cpu_available())
+    return tuple(n for n, b in _REGISTERED.items() if b.available())
 
 
-def _auto(device, dtype) -> str:
-    global _warned
-    if device is not None and torch.device(device).type != "cpu":
-        return "reference"
-    if dtype is not None and dtype not in _FUSED_DTYPES:
-        return "reference"
-    if _cpu_available():
-        return "cpu"
-    if not _warned:
-        _warned = True
-        warnings.warn(f"rnnkit: the C++ CPU backend is not available ({cpu._build.error()}); "
-                      "using the slower 'reference' backend", RuntimeWarning, stacklevel=4)
-    return "reference"
-
-
-def resolve(name: Optional[str] = None, device=None, dtype=None) -> str:
-    """Turn an argument / env var / 'auto' into the name of an available backend.
-
-    ``device`` and ``dtype`` (of the data about to run) let ``auto`` skip the fused kernels
-    where they do not apply.
-    """
+def _requested(name: Optional[str]):
+    """(name, where it came from): the argument, else RNNKIT_BACKEND, else 'auto'; checked."""
     source = "backend"
     if name is None:
         name = os.environ.get("RNNKIT_BACKEND", "auto")
         source = "RNNKIT_BACKEND"
     if name not in BACKENDS:
         raise ValueError(f"{source}: expected one of {BACKENDS}, got {name!r}")
+    return name, source
+
+
+def _runnable(name: str, source: str) -> Backend:
+    backend = _REGISTERED[name]
+    ok = backend.available()
+    if not ok:
+        raise RuntimeError(f"{source}: {name!r} is not available here: {ok.reason}")
+    return backend
+
+
+def check_name(name: Optional[str]) -> None:
+    """Check a backend name before any data is seen: known, and (unless 'auto') runnable here."""
+    name, source = _requested(name)
+    if name != "auto":
+        _runnable(name, source)
+
+
+def _auto(cell, device, dtype) -> Backend:
+    missing = []                                # preferred backends that cannot run here at all
+    for name in PRIORITY:
+        backend = _REGISTERED[name]
+        if backend.supports(cell, device, dtype):
+            for skipped, reason in missing:
+                if skipped not in _warned:
+                    _warned.add(skipped)
+                    warnings.warn(f"rnnkit: the {skipped!r} backend is not available ({reason}); "
+                                  f"using {name!r}", RuntimeWarning, stacklevel=5)
+            return backend
+        ok = backend.available()
+        if not ok:
+            missing.append((name, ok.reason))
+    raise RuntimeError(f"backend: no backend supports the {cell.name!r} cell on {device} {dtype}")
+
+
+def resolve(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
+    """The backend that runs ``cell`` on tensors of this device and dtype.
+
+    ``name``: the layer's ``backend`` argument (None: RNNKIT_BACKEND, else 'auto').
+    """
+    name, source = _requested(name)
     if name == "auto":
-        return _auto(device, dtype)
-    if name == "cpu" and not _cpu_available():
-        raise RuntimeError(f"{source}: 'cpu' is not available here: the C++ kernels could not be "
-                           f"built ({cpu._build.error()}); run `rnnkit build --verbose` to see why")
-    return name
+        return _auto(cell, torch.device(device), dtype)
+    backend = _runnable(name, source)
+    ok = backend.supports(cell, torch.device(device), dtype)
+    if not ok:
+        raise RuntimeError(f"{source}: {name!r} cannot run the {cell.name!r} cell here: {ok.reason}")
+    return backend
 
 
-_resolved: Dict[tuple, str] = {}
+_resolved: Dict[tuple, Backend] = {}
 
 
-def resolve_cached(name: Optional[str], device, dtype) -> str:
+def resolve_cached(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
     """``resolve`` memoised for per-step callers (``model.step``).
 
     The key holds everything the answer depends on: the argument, RNNKIT_BACKEND (read on every
-    call, so a changed variable is seen), device, dtype and whether the kernels are available.
+    call, so a changed variable is seen), the cell's kind, device and dtype.  Failures are not
+    memoised, so a backend that becomes available is seen.
     """
-    key = (name, os.environ.get("RNNKIT_BACKEND") if name is None else None, device, dtype, _cpu_available())
+    key = (name, os.environ.get("RNNKIT_BACKEND") if name is None else None, cell.key, device, dtype)
     hit = _resolved.get(key)
     if hit is None:
-        hit = _resolved[key] = resolve(name, device, dtype)
+        hit = _resolved[key] = resolve(name, cell, device, dtype)
     return hit
 
 
-def get(name: str) -> Optional[ModuleType]:
-    """The module implementing ``forward``/``backward`` for a resolved name (None for autograd)."""
-    return _MODULES[name]
+__all__ = ["Backend", "Support", "BACKENDS", "PRIORITY", "ORACLE", "available", "check_name", "get",
+           "resolve", "resolve_cached"]

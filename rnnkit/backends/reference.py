@@ -1,12 +1,4 @@
-"""Reference backend: the time loop in Python around the cell's step math.
-
-Shapes (one layer, one direction): T steps, B batch, G*H gate width, S_k size of state k.
-
-    xp      (T, B, G*H)   input projection x W_ih^T + b_ih for all steps
-    mask    (T, B, 1)     bool, True where step t is inside sequence b; None = all valid
-    state0  tuple of (B, S_k)
-    states  tuple of (T, B, S_k): the carried state *after* every step (padded steps keep it)
-    saved   tuple of (T, B, .): the cell's ``saved_names`` for backward / trace
+"""Reference backend: the time loop in Python around the cell's step math (shapes: base.py).
 
 Variable lengths: at a padded step the carried state is left unchanged, so the
 last entry of ``states`` is each sequence's own final state.  Run with autograd
@@ -16,19 +8,14 @@ hand-derived ``step_backward``.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..cells.base import Cell
-
-name = "reference"
-
-
-def _keep(mask_t: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
-    """State after a step: the new one inside the sequence, the old one on padding."""
-    return new if mask_t is None else torch.where(mask_t, new, old)
+from ..sequence import keep, step_stack
+from .base import Backend
 
 
 def forward(cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor, ...],
@@ -41,7 +28,7 @@ def forward(cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor
     for t in range(T):
         new, sv = cell.step(xp[t], state, params)
         m = None if mask is None else mask[t]
-        state = tuple(_keep(m, n, s) for n, s in zip(new, state))
+        state = tuple(keep(m, n, s) for n, s in zip(new, state))
         for k, s in enumerate(state):
             states[k].append(s)
         if save:
@@ -82,3 +69,68 @@ def backward(cell: Cell, d_out: Optional[Tensor], d_final: Tuple[Optional[Tensor
         d_xp.append(dxp_t)
     d_xp.reverse()
     return torch.stack(d_xp), tuple(d_state), tuple(d_params)
+
+
+class PythonStepper:
+    """The Stepper of ``model.stream()`` by the cell's Python step (base.Stepper's contract)."""
+
+    def __init__(self, cell: Cell, layers, batch_size: int, who: str):
+        w_ih = layers[0][0]
+        self._cell, self._layers, self._who = cell, layers, who
+        self._B, self._I, self._dtype, self._device = batch_size, w_ih.shape[1], w_ih.dtype, w_ih.device
+        self._states = [w_ih.new_zeros(len(layers), batch_size, s) for s in cell.state_sizes()]
+        self._out = w_ih.new_zeros(batch_size, cell.out_size)
+
+    def _check(self, x: Tensor) -> None:
+        """The checks the C++ Stepper makes, with the same messages."""
+        B, I = self._B, self._I
+        ok = isinstance(x, Tensor) and (tuple(x.shape) == (B, I) or (B == 1 and tuple(x.shape) == (I,)))
+        if not ok:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            alt = f" or ({I},)" if B == 1 else ""
+            raise ValueError(f"{self._who}: input: expected shape ({B}, {I}) (batch_size, input_size){alt}, got {got}")
+        if x.dtype != self._dtype:
+            raise TypeError(f"{self._who}: input: expected dtype {self._dtype} (the parameters' dtype), got {x.dtype}")
+        if x.device != self._device:
+            raise ValueError(f"{self._who}: input: expected device {self._device}, got {x.device}")
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{self._who}: input requires grad, but a stream records no autograd graph "
+                             "(inference only); use model.step for a differentiable step, or call it "
+                             "under torch.no_grad()")
+
+    def step(self, x: Tensor) -> Tensor:
+        self._check(x)
+        with torch.no_grad():
+            out, new = step_stack(self._cell, x.view(1, -1) if x.dim() == 1 else x, self._states, self._layers)
+            for s, n in zip(self._states, new):
+                s.copy_(n)
+            self._out.copy_(out)
+        return self._out.view(-1) if x.dim() == 1 else self._out
+
+    def state(self) -> List[Tensor]:
+        return self._states
+
+    def set_state(self, full: Sequence[Tensor]) -> None:
+        for b, h in zip(self._states, full):
+            b.copy_(h)
+
+
+class Reference(Backend):
+    """The readable Python loop with hand-derived BPTT; runs every cell on every device and dtype."""
+
+    name = "reference"
+
+    def forward(self, cell, xp, mask, state0, params, save=True):
+        return forward(cell, xp, mask, state0, params, save)
+
+    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+        return backward(cell, d_out, d_final, mask, state0, states, saved, params)
+
+    def step(self, cell, x, state0, layers):
+        return step_stack(cell, x, state0, layers)
+
+    def stepper(self, cell, layers, batch_size, who):
+        return PythonStepper(cell, layers, batch_size, who)
+
+
+BACKEND = Reference()

@@ -47,6 +47,23 @@ class Cell:
     def __init__(self, hidden_size: int):
         self.hidden_size = hidden_size
 
+    # -- identity --------------------------------------------------------
+    def options(self) -> Dict[str, str]:
+        """The settings that change the cell's math, as strings (e.g. {'nonlinearity': 'relu'}).
+
+        Kernels are chosen and specialised by (name, options); a cell is immutable after
+        construction, so ``key`` is computed once.
+        """
+        return {}
+
+    @property
+    def key(self) -> Tuple[str, Tuple[Tuple[str, str], ...]]:
+        """(name, sorted options): hashable, equal for cells that run the same kernel."""
+        key = self.__dict__.get("_key")
+        if key is None:
+            key = self.__dict__["_key"] = (self.name, tuple(sorted(self.options().items())))
+        return key
+
     # -- sizes -----------------------------------------------------------
     def state_sizes(self) -> Tuple[int, ...]:
         """Feature size of every carried tensor."""
@@ -85,6 +102,12 @@ class Cell:
     def trace(self, saved: Sequence[Tensor], states: State) -> Dict[str, Tensor]:
         """Per-step quantities from stacked saved tensors (T, B, .) and new states (T, B, .)."""
         raise NotImplementedError
+
+    def recurrent_matrix(self, params: Dict[str, Tensor]) -> Optional[Tensor]:
+        """The matrix of the linear part of the map state_{t-1} -> state_t, or None when the
+        recurrence is gated (its spectral radius then says little).  ``params`` maps the
+        parameter names of ``param_shapes`` (no layer suffix) to one direction's tensors."""
+        return None
 
     def extra_repr(self) -> str:
         return ""

@@ -37,6 +37,12 @@ class ElmanCell(Cell):
         super().__init__(hidden_size)
         self.nonlinearity = nonlinearity
 
+    def options(self):
+        return {"nonlinearity": self.nonlinearity}
+
+    def recurrent_matrix(self, params):
+        return params["weight_hh"]                                          # (H, H)
+
     def step(self, xp, state, p):
         w_hh, b_hh = p
         h = act_forward(self.nonlinearity, xp + F.linear(state[0], w_hh, b_hh))  # (B, H)

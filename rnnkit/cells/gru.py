@@ -47,6 +47,9 @@ class GRUCell(Cell):
         # torch form keeps hn = h W_hn^T + b_hn for dr; the original form recomputes r*h.
         self.saved_names = ("gates", "hn") if reset_after else ("gates",)
 
+    def options(self):
+        return {"reset_after": "1" if self.reset_after else "0"}
+
     def step(self, xp, state, p):
         w_hh, b_hh = p
         h = state[0]

@@ -67,6 +67,12 @@ class JordanCell(Cell):
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
 
+    def options(self):
+        return {"nonlinearity": self.nonlinearity, "output_activation": self.output_activation}
+
+    def recurrent_matrix(self, params):
+        return params["weight_hy"] @ params["weight_yh"]                    # (O, O)
+
     def param_shapes(self, input_size, bias):
         H, O = self.hidden_size, self.output_size
         shapes = [("weight_ih", (H, input_size)), ("weight_yh", (H, O))]

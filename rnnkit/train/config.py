@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .. import registry
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -100,7 +101,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "echo": {"hidden": 32, "seq_len": 40, "epochs": 15, "lr": 5e-3, "patience": 5},
 }
 TASKS = tuple(PRESETS)
-CELLS = ("elman", "jordan", "lstm", "gru")
+CELLS = registry.names()
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "plateau")
 CLIPS = ("norm", "value", "none")
@@ -220,6 +221,15 @@ def validate(c: Config) -> None:
     _conflicts(c)
 
 
+def _cell_options(c: Config) -> None:
+    """A cell's own options (the registry's ``options``) keep their defaults under other cells."""
+    mine = registry.get(c.cell).options
+    for name in sorted({o for e in registry.CELLS.values() for o in e.options} - set(mine)):
+        owners = "/".join(e.name for e in registry.CELLS.values() if name in e.options)
+        _need(getattr(c, name) == FIELDS[name].default,
+              f"{name}: an option of the {owners} cell only (cell is {c.cell!r})")
+
+
 def _conflicts(c: Config) -> None:
     """Options that make no sense together."""
     _need((c.csv is not None) == (c.task == "csv"),
@@ -231,12 +241,7 @@ def _conflicts(c: Config) -> None:
     _need(c.target is None or c.task == "csv", f"--target: goes with --csv (task is {c.task!r})")
     _need(c.dropout == 0 or c.layers > 1,
           f"dropout: acts between stacked layers, so it needs layers >= 2 (layers is {c.layers})")
-    _need(c.forget_bias is None or c.cell == "lstm", f"forget_bias: an lstm option (cell is {c.cell!r})")
-    _need(c.reset_after or c.cell == "gru", f"--no-reset-after: a gru option (cell is {c.cell!r})")
-    _need(c.nonlinearity == "tanh" or c.cell in ("elman", "jordan"),
-          f"nonlinearity: an elman/jordan option (cell is {c.cell!r})")
-    _need((c.jordan_output == 0 and c.output_activation == "identity") or c.cell == "jordan",
-          f"jordan_output/output_activation: jordan options (cell is {c.cell!r})")
+    _cell_options(c)
     _need(c.forget_bias is None or c.bias, "forget_bias: needs bias terms (--no-bias given)")
     _need(c.momentum == 0 or c.optimizer in ("sgd", "rmsprop"),
           f"momentum: an sgd/rmsprop option (optimizer is {c.optimizer!r})")

@@ -271,7 +271,7 @@ class Trainer:
         """The carried TBPTT state of all processes, batch on dim 1 (a collective under DDP)."""
         if self.carry is None:
             return []
-        parts = self.carry if isinstance(self.carry, tuple) else (self.carry,)
+        parts = self.net.rnn.unpack_state(self.carry)
         return [self.d.gather_rows(p.transpose(0, 1)).transpose(0, 1) for p in parts]
 
     def save_checkpoint(self) -> Optional[Path]:
@@ -316,7 +316,7 @@ class Trainer:
         if carry:
             rows = self.d.shard(torch.arange(carry[0].shape[1]))
             parts = tuple(c[:, rows].to(self.d.device) for c in carry)
-            self.carry = parts if self.cfg.cell == "lstm" else parts[0]
+            self.carry = self.net.rnn.pack_state(parts)
 
     # -- the run -----------------------------------------------------------------------------
     def open_outputs(self) -> None:

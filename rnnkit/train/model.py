@@ -11,22 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import GRU, LSTM, Elman, Jordan
+from .. import registry
 from .config import Config
 
 
 def build_rnn(cfg: Config, n_in: int) -> nn.Module:
-    """The core layer the config asks for, batch-first."""
-    common = dict(num_layers=cfg.layers, bias=cfg.bias, batch_first=True, dropout=cfg.dropout,
-                  bidirectional=cfg.bidirectional, backend=cfg.backend)
-    if cfg.cell == "elman":
-        return Elman(n_in, cfg.hidden, nonlinearity=cfg.nonlinearity, **common)
-    if cfg.cell == "lstm":
-        return LSTM(n_in, cfg.hidden, forget_bias=cfg.forget_bias, **common)
-    if cfg.cell == "gru":
-        return GRU(n_in, cfg.hidden, reset_after=cfg.reset_after, **common)
-    return Jordan(n_in, cfg.hidden, cfg.jordan_output or cfg.hidden, nonlinearity=cfg.nonlinearity,
-                  output_activation=cfg.output_activation, **common)
+    """The core layer the config asks for, batch-first (the cell's options from the registry)."""
+    entry = registry.get(cfg.cell)
+    return entry.layer(n_in, cfg.hidden, num_layers=cfg.layers, bias=cfg.bias, batch_first=True,
+                       dropout=cfg.dropout, bidirectional=cfg.bidirectional, backend=cfg.backend,
+                       **entry.build(cfg))
 
 
 def detach_state(state):
@@ -45,7 +39,7 @@ class Net(nn.Module):
         super().__init__()
         self.readout, self.tokens = readout, tokens
         self.rnn = build_rnn(cfg, tokens or n_in)
-        S = (cfg.jordan_output or cfg.hidden) if cfg.cell == "jordan" else cfg.hidden
+        S = self.rnn.cell.out_size                                             # H, or Jordan's O
         self.state_size, self.directions = S, 2 if cfg.bidirectional else 1
         self.head = nn.Linear(self.directions * S, n_out)
 

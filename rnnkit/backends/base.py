@@ -1,0 +1,99 @@
+"""The backend contract: what every time loop (Python, C++, Triton ...) provides, defined once.
+
+A backend runs one cell over time for one layer and one direction; everything around it
+(stacking, directions, lengths, the autograd.Function, the projections) is shared and lives
+in ``rnnkit.ops``, ``rnnkit.sequence`` and ``rnnkit.layers``.
+
+Shapes (one layer, one direction): T steps, B batch, G*H gate width, S_k size of state k,
+L layers of a stack.
+
+    xp      (T, B, G*H)   input projection x W_ih^T + b_ih for all steps
+    mask    (T, B, 1)     bool, True where step t is inside sequence b; None = all valid
+    state0  tuple of (B, S_k)
+    states  tuple of (T, B, S_k): the carried state *after* every step (padded steps keep it)
+    saved   tuple of (T, B, .): the cell's ``saved_names``, for backward and the trace
+    params  the cell's recurrent parameters in ``cell.rec_params`` order (None where absent)
+    layers  per layer of a stack, [w_ih, b_ih | None, *params]
+
+Methods:
+    supports(cell, device, dtype) -> Support   can this backend run this case here (and if not, why)
+    forward(cell, xp, mask, state0, params, save) -> (states, saved)
+    backward(cell, d_out, d_final, mask, state0, states, saved, params) -> (d_xp, d_state0, d_params)
+    step(cell, x, state0, layers) -> (out (B, S_0), new states (L, B, S_k))   inference, one step
+    stepper(cell, layers, batch_size, who) -> Stepper                       behind ``model.stream()``
+
+``differentiable`` backends record an autograd graph in ``forward`` themselves (the oracle);
+the others get their gradients from ``backward`` through ``rnnkit.ops.RecurrentFunction``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Protocol, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..cells.base import Cell
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether a backend can run a case; ``reason`` says why not (empty when it can)."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+YES = Support(True)
+
+
+class Stepper(Protocol):
+    """The stateful one-step runner behind ``model.stream()``: states (L, B, S_k) kept inside.
+
+    step(x)          x (B, I) or (I,) when B == 1 -> the last layer's output (B, S_0) or (S_0,),
+                     a buffer overwritten by the next call; checks the input's shape, dtype,
+                     device and grad with messages naming ``who``
+    state()          the live state buffers, one (L, B, S_k) tensor per carried state
+    set_state(full)  copy one (L, B, S_k) tensor per carried state into the buffers
+    """
+
+    def step(self, x: Tensor) -> Tensor: ...
+
+    def state(self) -> List[Tensor]: ...
+
+    def set_state(self, full: Sequence[Tensor]) -> None: ...
+
+
+class Backend:
+    """Base class of the backends; subclasses override what they run natively."""
+
+    name: str = ""
+    differentiable: bool = False
+
+    def available(self) -> Support:
+        """Whether the backend can run at all on this machine (e.g. its kernels are built)."""
+        return YES
+
+    def supports(self, cell: Cell, device: torch.device, dtype: torch.dtype) -> Support:
+        """Whether this backend runs ``cell`` on tensors of this device and dtype."""
+        return self.available()
+
+    def forward(self, cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor, ...],
+                params: Tuple[Optional[Tensor], ...], save: bool = True):
+        raise NotImplementedError
+
+    def backward(self, cell: Cell, d_out: Optional[Tensor], d_final: Tuple[Optional[Tensor], ...],
+                 mask: Optional[Tensor], state0, states, saved, params):
+        raise NotImplementedError
+
+    def step(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    def stepper(self, cell: Cell, layers, batch_size: int, who: str) -> Stepper:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<rnnkit backend {self.name!r}>"

@@ -1,0 +1,72 @@
+"""The sequence machinery, written once for every cell and backend: small functions that compose.
+
+Symbols: T steps, B batch, L layers, S_k the size of carried state k.
+
+    length_mask(lengths, T, device)   -> mask (T, B, 1) bool, rev (T, B, 1) index, or (None, None)
+    reverse(t, rev)                   each sequence reversed within its own length (an involution)
+    zero_padded(mask, t)              zeros on padded steps
+    keep(mask_t, new, old)            the state after a step: new inside the sequence, old on padding
+    step_stack(cell, x, state0, ...)  one time step through a stack of layers (Python, differentiable)
+
+A reverse direction is the forward machinery run on ``reverse(x, rev)`` with its outputs reversed
+back (as flax's ``flip_sequences``): padding stays at the end, so the same masks serve both.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .cells.base import Cell
+
+
+def length_mask(lengths: Optional[Tensor], T: int, device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """mask (T, B, 1) bool (True inside sequence b) and the reversal index (T, B, 1) for ``reverse``.
+
+    (None, None) when there are no lengths or every sequence is full: the dense fast path.
+    """
+    if lengths is None or lengths.numel() == 0 or int(lengths.min()) == T:
+        return None, None
+    t = torch.arange(T).unsqueeze(1)                                    # (T, 1)
+    n = lengths.unsqueeze(0)                                            # (1, B)
+    mask = (t < n).unsqueeze(-1).to(device)
+    rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1).to(device)
+    return mask, rev
+
+
+def reverse(t: Tensor, rev: Optional[Tensor]) -> Tensor:
+    """(T, B, F) with every sequence reversed within its own length; padding stays in place."""
+    if rev is None:
+        return t.flip(0)
+    return t.gather(0, rev.expand(-1, -1, t.shape[-1]))
+
+
+def zero_padded(mask: Optional[Tensor], t: Tensor) -> Tensor:
+    """t with zeros on padded steps (mask (T, B, 1) or (B, 1); None = nothing padded)."""
+    return t if mask is None else torch.where(mask, t, 0.0)
+
+
+def keep(mask_t: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
+    """State after a step: the new one inside the sequence, the old one on padding."""
+    return new if mask_t is None else torch.where(mask_t, new, old)
+
+
+def step_stack(cell: Cell, x: Tensor, state0: Sequence[Tensor], layers: Sequence[Sequence[Optional[Tensor]]],
+               dropout: float = 0.0) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of a stack of L layers (one direction) by the cell's Python step.
+
+    x (B, I); state0 per carried state k a (L, B, S_k) tensor; layers[l] = [w_ih, b_ih, *rec_params];
+    ``dropout`` > 0 drops the inputs of layers 1..L-1 (training).  Returns the last layer's output
+    (B, S_0) and the new states, each (L, B, S_k).  Differentiable when run under autograd.
+    """
+    new_states: List[Tuple[Tensor, ...]] = []
+    for layer, (w_ih, b_ih, *rec) in enumerate(layers):
+        if layer and dropout:
+            x = F.dropout(x, dropout, training=True)
+        new, _ = cell.step(F.linear(x, w_ih, b_ih), tuple(s[layer] for s in state0), tuple(rec))
+        new_states.append(new)
+        x = new[0]
+    h_n = tuple(torch.stack([s[k] for s in new_states]) for k in range(len(state0)))
+    return x, h_n
