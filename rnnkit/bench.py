@@ -1,4 +1,4 @@
-"""``rnnkit bench``: rnnkit's fused CPU backend against torch.nn, side by side in one process.
+"""``rnnkit bench``: rnnkit (its ``auto`` backend) against torch.nn, side by side in one process.
 
 Every row times a baseline and rnnkit on the same weights and inputs, interleaved repeat by
 repeat (so that load from other processes hits both alike), and reports medians after
@@ -34,13 +34,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from . import backends
+from . import backends, registry
+from .cells import LSTMCell
 from .convert import from_torch
 from .layers import Jordan
 
-_TORCH = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-CELLS = ("rnn", "gru", "lstm", "jordan")
+
+def _label(e: registry.Entry) -> str:
+    """A cell's name in the table: its torch.nn twin's ('rnn', 'gru', 'lstm'), else its own."""
+    return e.torch_twin.__name__.lower() if e.torch_twin is not None else e.name
+
+
+_ENTRIES = {_label(e): e for e in registry.CELLS.values()}
+_TORCH = {k: e.torch_twin for k, e in _ENTRIES.items() if e.torch_twin is not None}
+CELLS = tuple(_ENTRIES)
 FULL_SIZES = ((128, 1, 64), (128, 8, 128), (128, 32, 256), (100, 64, 512))   # (T, B, H = I)
 QUICK_SIZES = ((8, 2, 8),)
 
@@ -99,7 +106,7 @@ def flops(case: Case, jordan_out: int = 0) -> float:
         return 2.0 * case.T * case.B * case.H * (case.H + 2 * jordan_out)
     total, inp = 0.0, case.H
     for _ in range(case.layers):
-        total += D * 2.0 * case.T * case.B * _GATES[case.cell] * case.H * (inp + case.H)
+        total += D * 2.0 * case.T * case.B * _ENTRIES[case.cell].cell.n_gates * case.H * (inp + case.H)
         inp = D * case.H
     return total
 
@@ -138,7 +145,7 @@ def _no_onednn(f: Callable[[], None]) -> Callable[[], None]:
 def _torch_and_rnnkit(case: Case):
     torch.manual_seed(0)
     tm = _TORCH[case.cell](case.H, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
-    rk = from_torch(tm, backend="cpu")
+    rk = from_torch(tm)
     x = torch.randn(case.T, case.B, case.H)
     if not case.varlen:
         return tm, rk, (x,), (x,)
@@ -186,7 +193,7 @@ class JordanLoop(nn.Module):
 def bench_jordan(case: Case, repeats: int) -> List[Row]:
     torch.manual_seed(0)
     O = case.H
-    rk = Jordan(case.H, case.H, O, output_activation="tanh", backend="cpu")
+    rk = Jordan(case.H, case.H, O, output_activation="tanh")
     loop = JordanLoop(rk)
     x = torch.randn(case.T, case.B, case.H)
     f = flops(case, O)
@@ -208,11 +215,12 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     """
     torch.manual_seed(0)
     tm = _TORCH[cell](H, H)
-    rk = from_torch(tm, backend="cpu")
-    tc = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell](H, H)
+    rk = from_torch(tm)
+    tc = getattr(nn, _TORCH[cell].__name__ + "Cell")(H, H)
     x, h = torch.randn(1, H), torch.zeros(1, H)
-    t_state = (h, h) if cell == "lstm" else h
-    r_state = (h[None], h[None]) if cell == "lstm" else h[None]
+    n_states = len(_ENTRIES[cell].state_names)
+    t_state = (h,) * n_states if n_states > 1 else h
+    r_state = rk.pack_state((h[None],) * n_states)
     stream = rk.stream(1)
     name = type(tc).__name__
     fns = {name: lambda: tc(x, t_state), "step": lambda: rk.step(x, r_state), "stream": lambda: stream(x)}
@@ -231,9 +239,9 @@ _MEMORY_SCRIPT = """
 import gc, os, sys, torch, rnnkit
 impl, cell, T, B, H = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 torch.manual_seed(0)
-m = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](H, H)
+m = getattr(torch.nn, cell.upper())(H, H)
 if impl == "rnnkit":
-    m = rnnkit.from_torch(m, backend="cpu")
+    m = rnnkit.from_torch(m)
 x = torch.randn(T, B, H, requires_grad=True)
 def step():
     m(x)[0].sum().backward()
@@ -278,37 +286,36 @@ def machine() -> dict:
         pass
     return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "onednn": torch.backends.mkldnn.is_available()}
+            "onednn": torch.backends.mkldnn.is_available(),
+            "backend": backends.resolve(None, LSTMCell(1), "cpu", torch.float32).name}
 
 
 def cases(quick: bool, cells) -> List[Case]:
     sizes = QUICK_SIZES if quick else FULL_SIZES
     big_T, big_B, big_H = (8, 2, 8) if quick else (128, 32, 256)
     out = [Case(c, T, B, H) for c in cells for T, B, H in sizes]
-    out += [Case(c, big_T, big_B, big_H, layers=2, bidirectional=True) for c in cells if c != "jordan"]
-    out += [Case(c, big_T, big_B, big_H, varlen=True) for c in cells if c != "jordan"]
+    out += [Case(c, big_T, big_B, big_H, layers=2, bidirectional=True) for c in cells if c in _TORCH]
+    out += [Case(c, big_T, big_B, big_H, varlen=True) for c in cells if c in _TORCH]
     return out
 
 
 def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = True,
             log: Callable[[str], None] = lambda s: None) -> dict:
     """Every row of the benchmark; returns {"machine": ..., "rows": [...]}."""
-    if "cpu" not in backends.available():
-        raise RuntimeError("rnnkit bench: the 'cpu' backend is not available: " + str(backends.cpu._build.error()))
     rows: List[Row] = []
     for case in cases(quick, cells):
-        new = bench_jordan(case, repeats) if case.cell == "jordan" else bench_case(case, repeats)
+        new = bench_case(case, repeats) if case.cell in _TORCH else bench_jordan(case, repeats)
         rows += new
         for r in new:
             log(format_row(r))
     step_H = 8 if quick else 64
-    for cell in (c for c in ("rnn", "gru", "lstm") if c in cells):
+    for cell in (c for c in _TORCH if c in cells):
         new = bench_step(cell, step_H, repeats, steps=50 if quick else 1000)
         rows += new
         for r in new:
             log(format_row(r))
     if memory:
-        for cell in (c for c in ("rnn", "gru", "lstm") if c in cells):
+        for cell in (c for c in _TORCH if c in cells):
             for T, B, H in (QUICK_SIZES if quick else FULL_SIZES[2:]):
                 rows.append(bench_memory(cell, T, B, H))
                 log(format_row(rows[-1]))
@@ -335,7 +342,7 @@ def markdown(result: dict) -> str:
     """The rows as a Markdown table (what BENCHMARKS.md keeps)."""
     m = result["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
-             f"torch {m['torch']}, Python {m['python']}; median of {result['repeats']} interleaved repeats.",
+             f"torch {m['torch']}, Python {m['python']}, rnnkit backend {m.get('backend', 'cpu')}; median of {result['repeats']} interleaved repeats.",
              "", "| case | mode | baseline | baseline ms | rnnkit ms | baseline GFLOP/s | rnnkit GFLOP/s "
              "| ratio baseline/rnnkit |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:

@@ -9,10 +9,11 @@ import copy
 
 import torch.nn.functional as F
 
+from .. import registry
 from ..diagnostics import gradient_flow, spectral_radius
 from .common import Context, Section, pyplot, save, table
 
-CELLS = ("elman", "jordan", "lstm", "gru")
+CELLS = registry.names()
 
 
 def _flow(net, split):

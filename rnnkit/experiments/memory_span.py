@@ -7,9 +7,10 @@ within 0.04 of the target (the criterion of the 1997 paper); predicting the mean
 """
 from __future__ import annotations
 
+from .. import registry
 from .common import Context, Section, hidden_for_params, param_count, pyplot, save, table
 
-CELLS = ("elman", "jordan", "lstm", "gru")
+CELLS = registry.names()
 TOLERANCE = 0.04
 
 
