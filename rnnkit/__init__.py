@@ -1,10 +1,10 @@
 """rnnkit: the recurrent network family (Elman, Jordan, LSTM, GRU) on PyTorch, with hand-derived BPTT."""
+from ._version import __version__
 from .convert import from_torch, to_torch
 from .diagnostics import GradientFlow, gradient_flow, spectral_radius
 from .layers import GRU, LSTM, RNN, Elman, Jordan, Trace
 from .stream import Stream
 
-__version__ = "0.1.0"
 
 __all__ = ["Elman", "RNN", "Jordan", "LSTM", "GRU", "Trace", "Stream", "from_torch", "to_torch",
            "GradientFlow", "gradient_flow", "spectral_radius"]

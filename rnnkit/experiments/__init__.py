@@ -14,7 +14,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from . import clipping, directions_depth, elman_vs_jordan, gradient_flow, gru_vs_lstm, memory_span
 from .common import Context, Section, finite
 
