@@ -91,6 +91,7 @@ class _Recurrent(nn.Module):
         D = 2 if self.bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         self._param_names: List[List[str]] = []
+        self._shapes: Dict[str, Tuple[int, ...]] = {}                   # every parameter's shape, by name
         for layer in range(self.num_layers):
             in_k = self.input_size if layer == 0 else D * cell.out_size
             for d in range(D):
@@ -98,6 +99,7 @@ class _Recurrent(nn.Module):
                 names = []
                 for name, shape in cell.param_shapes(in_k, self.bias):
                     self.register_parameter(name + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                    self._shapes[name + sfx] = tuple(shape)
                     names.append(name + sfx)
                 self._param_names.append(names)
         # Per layer, forward direction: [weight_ih, bias_ih, *rec_params], as step's C++ call takes them.
@@ -123,38 +125,44 @@ class _Recurrent(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, kept so code written for torch.nn (cuDNN) runs unchanged."""
 
-    def _direction_params(self, layer: int, d: int):
+    def _param(self, name: str, like: Tensor) -> Optional[Tensor]:
+        """A parameter as the module holds it now (parametrizations computed), checked against its
+        registered shape and the data's dtype and device before any kernel reads it; None for an
+        absent bias."""
+        t = getattr(self, name, None)
+        if t is None:
+            if name in self._shapes:
+                raise RuntimeError(f"{type(self).__name__}: {name}: expected a tensor of shape "
+                                   f"{self._shapes[name]}, got None")
+            return None
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{type(self).__name__}: {name}: expected a Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != self._shapes[name] or t.dtype != like.dtype or t.device != like.device:
+            raise RuntimeError(f"{type(self).__name__}: {name}: expected shape {self._shapes[name]}, "
+                               f"dtype {like.dtype}, device {like.device}; got shape {tuple(t.shape)}, "
+                               f"dtype {t.dtype}, device {t.device}")
+        return t
+
+    def _direction_params(self, layer: int, d: int, like: Tensor):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
-        w_ih, b_ih = getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx, None)
-        rec = tuple(getattr(self, n + sfx, None) for n in self.cell.rec_params)
+        w_ih, b_ih = self._param("weight_ih" + sfx, like), self._param("bias_ih" + sfx, like)
+        rec = tuple(self._param(n + sfx, like) for n in self.cell.rec_params)
         return w_ih, b_ih, rec
 
     def step_parameters(self) -> List[List[Optional[Tensor]]]:
         """Per layer of the forward direction [weight_ih, bias_ih, *rec_params] (None where absent),
-        as a backend's ``step`` and ``stepper`` take them; cached.
+        as a backend's ``step`` and ``stepper`` take them.
 
-        The cache holds Parameter objects, so in-place changes (optimiser steps, load_state_dict,
-        ``.to()`` rebinding ``.data``) need nothing; it is dropped whenever a parameter is
-        (re)registered or the module is converted (``_apply``), the two ways the objects change.
+        Read from the module at every call, as ``forward`` reads them, so that parametrizations
+        (``torch.nn.utils.parametrize``, pruning's re-computed weights) and rebound parameters
+        are seen.
         """
-        layers = self.__dict__.get("_step_cache")
-        if layers is None:
-            p = self._parameters
-            layers = self.__dict__["_step_cache"] = [[p.get(n) for n in names] for names in self._step_names]
-        return layers
-
-    def register_parameter(self, name: str, param) -> None:
-        self.__dict__.pop("_step_cache", None)
-        super().register_parameter(name, param)
-
-    def _apply(self, fn, recurse=True):
-        result = super()._apply(fn, recurse)
-        self.__dict__.pop("_step_cache", None)
-        return result
+        like = getattr(self, self._param_names[0][0])
+        return [[self._param(n, like) for n in names] for names in self._step_names]
 
     @property
     def _dtype(self) -> torch.dtype:
-        return self._parameters[self._param_names[0][0]].dtype         # not getattr: step reads it per call
+        return getattr(self, self._param_names[0][0]).dtype
 
     def backend_for(self, x: Tensor) -> backends.Backend:
         """The backend that runs this layer on tensors like ``x`` (see rnnkit.backends)."""
@@ -209,6 +217,9 @@ class _Recurrent(nn.Module):
         return self._forward(input, hx, lengths, return_trace)
 
     def _forward(self, input, hx, lengths, return_trace):
+        amp = self._autocast_dtype(input.data if isinstance(input, PackedSequence) else input)
+        if amp is not None:
+            return self._under_autocast(amp, self._forward, input, hx, lengths, return_trace)
         who = type(self).__name__
         dtype = self._dtype
         packed = isinstance(input, PackedSequence)
@@ -244,6 +255,28 @@ class _Recurrent(nn.Module):
                               for lay in trace]),)
         return result
 
+    # -- autocast --------------------------------------------------------
+    def _autocast_dtype(self, x) -> Optional[torch.dtype]:
+        """The autocast dtype in force for x's device when it differs from the parameters', else None."""
+        if not isinstance(x, Tensor) or not torch.is_autocast_enabled(x.device.type):
+            return None
+        amp = torch.get_autocast_dtype(x.device.type)
+        return amp if amp != self._dtype else None
+
+    def _under_autocast(self, amp: torch.dtype, run, input, hx, *rest):
+        """Autocast: the recurrence runs in the parameters' precision (float32 state and memory
+        cell, the fused kernels stay usable), inputs are cast to it, and the output and final
+        state come back in the autocast dtype, as torch.nn's RNN and LSTM return them."""
+        dtype = self._dtype
+        input = input.to(dtype)
+        if hx is not None:
+            hx = self.pack_state(tuple(h.to(dtype) if isinstance(h, Tensor) else h for h in self.unpack_state(hx)))
+        with torch.autocast(input.data.device.type if isinstance(input, PackedSequence) else input.device.type,
+                            enabled=False):
+            result = run(input, hx, *rest)
+        out, state = result[0].to(amp), self.pack_state(tuple(h.to(amp) for h in self.unpack_state(result[1])))
+        return (out, state) + tuple(result[2:])
+
     def _layout(self, t: Tensor, unbatched: bool) -> Tensor:
         """Time-major (T, B, .) to the user's layout."""
         if unbatched:
@@ -258,7 +291,7 @@ class _Recurrent(nn.Module):
         for layer in range(self.num_layers):
             outs, layer_trace = [], []
             for d in range(self._D):
-                w_ih, b_ih, rec = self._direction_params(layer, d)
+                w_ih, b_ih, rec = self._direction_params(layer, d, x)
                 xin = layer_in if d == 0 else sequence.reverse(layer_in, rev)
                 out, fin, tr = ops.run_direction(self.cell, backend, xin, mask,
                                                  state0[layer * self._D + d], w_ih, b_ih, rec, want_trace)
@@ -292,6 +325,9 @@ class _Recurrent(nn.Module):
         hx       state as returned by ``forward``/``step`` (zeros when None)
         returns  (output (B, S), new state); differentiable
         """
+        amp = self._autocast_dtype(input)
+        if amp is not None:
+            return self._under_autocast(amp, self.step, input, hx)
         who = type(self).__name__
         if self.bidirectional:
             raise ValueError(f"{who}.step: bidirectional networks need the whole sequence; "
@@ -316,7 +352,7 @@ class _Recurrent(nn.Module):
 
     def _needs_graph(self, x: Tensor) -> bool:
         """Whether a step must record an autograd graph (then it runs the differentiable Python step)."""
-        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._parameters.values()))
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def stream(self, batch_size: int = 1, hx=None) -> Stream:
         """A stateful stream for online inference: ``y_t = stream(x_t)``, state updated in place.

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import backends
 from .backends.base import Backend
 from .cells.base import Cell
 from .sequence import zero_padded as _zero_padded
@@ -86,28 +87,58 @@ class RecurrentFunction(torch.autograd.Function):
         out, finals, trace, states, saved = _run(cell, backend, want_trace, True,
                                                  x, mask, w_ih, b_ih, state0, rec)
         ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec = cell, backend, n, len(rec)
-        ctx.save_for_backward(x, mask, w_ih, *state0, *rec, *states, *saved)
+        ctx.save_for_backward(x, mask, w_ih, b_ih, *state0, *rec, *states, *saved)
         ctx.mark_non_differentiable(*trace.values())
         return (out, *finals, *trace.values())
 
     @staticmethod
     def backward(ctx, d_out, *d_rest):
         n, n_rec = ctx.n_state, ctx.n_rec
-        x, mask, w_ih, *rest = ctx.saved_tensors
+        x, mask, w_ih, b_ih, *rest = ctx.saved_tensors
         state0, rec = tuple(rest[:n]), tuple(rest[n:n + n_rec])
         states, saved = tuple(rest[n + n_rec:2 * n + n_rec]), tuple(rest[2 * n + n_rec:])
         d_final = d_rest[:n]
+        if torch.is_grad_enabled():                # create_graph=True: higher-order gradients follow
+            return (None, None, None) + _graph_backward(ctx, (x, mask, w_ih, b_ih, *state0, *rec),
+                                                        (d_out, *d_final))
         if d_out is not None:
             d_out = _zero_padded(mask, d_out)      # padded outputs are constant zeros
         d_xp, d_state0, d_rec = ctx.backend.backward(
             ctx.cell, d_out, d_final, mask, state0, states, saved, rec)
         T, B, I = x.shape
-        d_xp2 = d_xp.reshape(T * B, -1)                                # (T*B, G*H)
+        d_xp2 = d_xp.reshape(T * B, d_xp.shape[-1])                    # (T*B, G*H); B may be 0
         need = ctx.needs_input_grad
         dx = _linear(d_xp, w_ih.t(), None) if need[3] else None       # (T, B, I)
         dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[5] else None
         db_ih = d_xp2.sum(0) if need[6] else None                     # False when b_ih is None
         return (None, None, None, dx, None, dw_ih, db_ih, *d_state0, *d_rec)
+
+
+def _graph_backward(ctx, inputs, d_outputs) -> tuple:
+    """Backward that autograd can differentiate again (``create_graph=True``: gradient penalties,
+    Hessian-vector products): the forward is recomputed by the cell's Python step under autograd
+    from the saved inputs, which are still connected to the outer graph, and differentiated with
+    ``create_graph``.  Slower than the hand-derived BPTT, and only taken when asked for.
+
+    inputs (x, mask, w_ih, b_ih, *state0, *rec) as forward got them; d_outputs (d_out, *d_final).
+    Returns their gradients in that order (None where not needed).
+    """
+    x, mask, w_ih, b_ih, *rest = inputs
+    n = ctx.n_state
+    oracle = backends.get(backends.ORACLE)
+    with torch.enable_grad():
+        out, finals, _, _, _ = _run(ctx.cell, oracle, False, False, x, mask, w_ih, b_ih,
+                                    tuple(rest[:n]), tuple(rest[n:]), project=F.linear)
+    need = ctx.needs_input_grad[3:]
+    wanted = [k for k, t in enumerate(inputs) if t is not None and need[k] and t.requires_grad]
+    pairs = [(o, d) for o, d in zip((out, *finals), d_outputs) if d is not None and o.requires_grad]
+    grads = [None] * len(inputs)
+    if wanted and pairs:
+        found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted], [d for _, d in pairs],
+                                    create_graph=True, allow_unused=True)
+        for k, g in zip(wanted, found):
+            grads[k] = g
+    return tuple(grads)
 
 
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],

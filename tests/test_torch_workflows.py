@@ -1,0 +1,142 @@
+"""rnnkit where torch.nn users go every day: second-order gradients, autocast, empty batches,
+parametrized and pruned weights, rebound parameters of the wrong shape.
+
+Every case runs on every registered backend that can run it here, against torch.nn where it
+has the cell and against the autograd oracle otherwise.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.utils.parametrizations
+import torch.nn.utils.prune
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+from rnnkit import backends, registry
+
+F64 = torch.float64
+BACKENDS = [n for n in backends.BACKENDS if n != "auto" and backends.get(n).available()]
+
+
+def _layer(form: str, backend: str, dtype=F64, **kw):
+    entry, kwargs = registry.forms()[form]
+    torch.manual_seed(0)
+    return entry.layer(3, 4, dtype=dtype, backend=backend, **kwargs, **kw)
+
+
+def _runnable(form: str, backend: str, dtype=F64) -> bool:
+    return bool(backends.get(backend).supports(_layer(form, "reference", dtype).cell, torch.device("cpu"), dtype))
+
+
+CASES = [(f, b) for f in registry.forms() for b in BACKENDS if _runnable(f, b)]
+
+
+def _x(T=5, B=2, seed=1, dtype=F64):
+    return torch.randn(T, B, 3, dtype=dtype, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+
+
+def _penalty_grads(model, x, params):
+    """Gradients of a gradient penalty ||d sum(out^2) / dx||^2 with respect to params."""
+    out = model(x)[0]
+    g, = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    return torch.autograd.grad(g.pow(2).sum(), params, allow_unused=True)
+
+
+def _hvp(model, x, params, v):
+    """Hessian-vector product of sum(out^2) with respect to params, along v."""
+    out = model(pack_padded_sequence(x, [5, 3]))[0].data       # variable lengths too
+    gs = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
+    dot = sum((g * w).sum() for g, w in zip(gs, v))
+    return torch.autograd.grad(dot, params, allow_unused=True)
+
+
+def _oracle_pair(form: str, backend: str, **kw):
+    """(reference module, module under test) with the same weights: torch.nn where it has the
+    cell, else rnnkit's autograd backend."""
+    ours = _layer(form, backend, **kw)
+    entry, kwargs = registry.forms()[form]
+    if form in registry.twin_forms():
+        ref = entry.torch_twin(**ours.torch_kwargs())
+    else:
+        ref = _layer(form, backends.ORACLE, **kw)
+    ref.load_state_dict(ours.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("form, backend", CASES)
+def test_second_order_gradients_match(form, backend):
+    """Gradient penalty and Hessian-vector product: the double backward is exact, never silently wrong."""
+    ref, ours = _oracle_pair(form, backend, num_layers=2, bidirectional=True)
+    for fn in (_penalty_grads, _hvp):
+        results = []
+        for m in (ref, ours):
+            params = list(m.parameters())
+            v = [torch.randn(p.shape, dtype=F64, generator=torch.Generator().manual_seed(k)) for k, p in enumerate(params)]
+            args = (m, _x(), params) + ((v,) if fn is _hvp else ())
+            results.append([torch.zeros_like(p) if g is None else g for g, p in zip(fn(*args), params)])
+        for a, b in zip(*results):
+            torch.testing.assert_close(b, a, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("form", list(registry.forms()))
+def test_autocast_runs_in_float32_and_returns_the_autocast_dtype(form):
+    model = _layer(form, None, dtype=torch.float32)
+    x = _x(dtype=torch.float32)
+    expected_out, expected_state = model(x)[:2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = model(x)
+        out16, _ = model(x.detach().bfloat16())                 # a bf16 input, as autocast layers emit
+        step_out, _ = model.step(x[0]) if not model.bidirectional else (out[0], None)
+    assert out.dtype == out16.dtype == step_out.dtype == torch.bfloat16
+    assert all(s.dtype == torch.bfloat16 for s in model.unpack_state(state))
+    torch.testing.assert_close(out.float(), expected_out, atol=1e-2, rtol=1e-2)
+    out.float().sum().backward()
+    assert x.grad is not None and all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("form", list(registry.forms()))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_modules_run(form, dtype):
+    """``.half()`` / ``.bfloat16()`` modules run (``auto`` picks a backend that supports the dtype)."""
+    model = _layer(form, None, dtype=torch.float32).to(dtype)
+    out, _ = model(_x(dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("form, backend", CASES)
+def test_empty_batch_forward_and_backward(form, backend):
+    model = _layer(form, backend, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 0, 3, dtype=F64, requires_grad=True)
+    out, state = model(x, lengths=torch.tensor([], dtype=torch.long))
+    assert out.shape == (5, 0, 2 * model.cell.out_size)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_pruned_and_weight_normed_weights_are_used_by_step_and_stream():
+    """Parametrized weights are read from the module (torch.nn.utils.prune, weight_norm)."""
+    for apply in (lambda m: torch.nn.utils.prune.l1_unstructured(m, "weight_hh_l0", amount=0.5),
+                  lambda m: torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l0")):
+        model = _layer("lstm", None, dtype=torch.float32).eval()
+        apply(model)
+        twin = nn.LSTM(3, 4)
+        twin.load_state_dict({k: getattr(model, k) for k in twin.state_dict()})
+        x = torch.randn(2, 3)
+        expected = twin(x[None])[0][0]
+        torch.testing.assert_close(model(x[None])[0][0], expected)
+        torch.testing.assert_close(model.step(x)[0], expected)
+        with torch.no_grad():
+            torch.testing.assert_close(model.step(x)[0], expected)
+            torch.testing.assert_close(model.stream(2)(x), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rebound_parameter_of_the_wrong_shape_is_an_error_naming_it(backend):
+    model = _layer("lstm", backend, dtype=torch.float32)
+    model.weight_hh_l0.data = torch.randn(8, 4)
+    with pytest.raises(RuntimeError, match="weight_hh_l0: expected shape \\(16, 4\\)"):
+        model(torch.randn(5, 2, 3))
+    with pytest.raises(RuntimeError, match="weight_hh_l0"), torch.no_grad():
+        model.step(torch.randn(2, 3))
