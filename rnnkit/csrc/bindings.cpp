@@ -1,21 +1,18 @@
-// Python entry points of the fused CPU backend: one forward and one backward for every cell,
-// the functional streaming step and the Stepper of stream.h (rnnkit.Stream).
+// Python entry points of the fused CPU backend: the cell table (cells, make_spec), one forward
+// and one backward that run any cell, the functional streaming step and the Stepper of
+// stream.h (rnnkit.Stream).
 //
-// spec = (kind, act, out, reset_after) as built by rnnkit/backends/cpu.py; the tensors follow
-// the backend contract of rnnkit/backends/reference.py (shapes in rnn.h).  Inputs are made
-// contiguous here, once, so the kernels can walk raw pointers.
+// spec: the int vector make_spec returns (registry.cpp); the tensors follow the backend contract
+// of rnnkit/backends/reference.py (shapes in rnn.h).  Inputs are made contiguous here, once, so
+// the kernels can walk raw pointers.
 #include <torch/extension.h>
 
+#include "gemm.h"
 #include "rnn.h"
 #include "stream.h"
 
 namespace rnnkit {
 namespace {
-
-Spec make_spec(const std::vector<int64_t>& s) {
-  TORCH_CHECK(s.size() == 4, "rnnkit: spec must have 4 entries, got ", s.size());
-  return {s[0], s[1], s[2], s[3] != 0};
-}
 
 Tensor dense(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
@@ -41,21 +38,12 @@ Tensor flat_mask(const c10::optional<Tensor>& mask) {
   return mask->reshape({mask->size(0), mask->size(1)}).contiguous();
 }
 
-FwdResult run_forward(const Spec& sp, const FwdArgs& a) {
-  switch (sp.kind) {
-    case kElman: return elman_forward(sp, a);
-    case kJordan: return jordan_forward(sp, a);
-    case kLSTM: return lstm_forward(sp, a);
-    case kGRU: return gru_forward(sp, a);
-    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", sp.kind);
-  }
-}
-
 std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Tensor& xp,
                                      const c10::optional<Tensor>& mask, const Tensors& state0,
                                      const OptTensors& rec, bool save) {
   TORCH_CHECK(xp.dim() == 3 && xp.device().is_cpu(), "rnnkit: xp must be a (T, B, G*H) CPU tensor");
-  FwdResult r = run_forward(make_spec(spec), {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save});
+  const Spec sp = decode_spec(spec);
+  const FwdResult r = sp.cell->forward(sp, {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save});
   return {r.states, r.saved};
 }
 
@@ -68,13 +56,13 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
 // the projection workspace shared by the layers.
 std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
                                  const std::vector<OptTensors>& layers) {
-  const Spec sp = make_spec(spec);
-  const CellFns f = cell_fns(sp.kind);
+  const Spec sp = decode_spec(spec);
+  const Cell& cell = *sp.cell;
   const int64_t L = static_cast<int64_t>(layers.size()), B = x.size(0), GH = layers[0][0]->size(0);
-  const int64_t H = GH / f.gates, O = sp.kind == kJordan ? layers[0][3]->size(0) : H;
   const Tensor xc = x.contiguous();
   const Tensors s0 = dense(state0);
-  const Tensors bufs = f.buffers(sp, L, B, H, O, false, x.options());
+  const Tensors bufs = cell.buffers(sp, L, B, GH / cell.gates, OptTensors(layers[0].begin() + 2, layers[0].end()),
+                                    false, x.options());
   const Tensor xp = at::empty({1, B, GH}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_step", [&] {
     using T = scalar_t;
@@ -90,7 +78,7 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
         in.push_back(L == 1 ? s0[k] : s0[k].select(0, l));
         if (L > 1) out[k] = bufs[k].narrow(0, l, 1);
       }
-      f.run(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false}, out);
+      cell.run(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false}, out);
     }
   });
   Tensors h_n(bufs.begin(), bufs.begin() + static_cast<int64_t>(s0.size()));
@@ -101,17 +89,9 @@ std::tuple<Tensor, Tensors, OptTensors> backward(
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_final,
     const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
     const Tensors& saved, const OptTensors& rec) {
-  const Spec sp = make_spec(spec);
-  const BwdArgs a{d_out.has_value() ? *d_out : Tensor(), dense(d_final), flat_mask(mask),
-                  dense(state0), dense(states), dense(saved), dense(rec)};
-  BwdResult r;
-  switch (sp.kind) {
-    case kElman: r = elman_backward(sp, a); break;
-    case kJordan: r = jordan_backward(sp, a); break;
-    case kLSTM: r = lstm_backward(sp, a); break;
-    case kGRU: r = gru_backward(sp, a); break;
-    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", sp.kind);
-  }
+  const Spec sp = decode_spec(spec);
+  const BwdResult r = sp.cell->backward(sp, {d_out.has_value() ? *d_out : Tensor(), dense(d_final), flat_mask(mask),
+                                             dense(state0), dense(states), dense(saved), dense(rec)});
   return {r.d_xp, r.d_state0, r.d_rec};
 }
 
@@ -119,7 +99,15 @@ std::tuple<Tensor, Tensors, OptTensors> backward(
 }  // namespace rnnkit
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  rnnkit::check_cells();                                      // a bad table fails the import
   m.doc() = "rnnkit fused CPU kernels: whole-sequence forward and backward per layer and direction";
+  m.def("cells", &rnnkit::cell_names, "the registered cells' names, in id order");
+  m.def("make_spec", &rnnkit::make_spec, pybind11::arg("name"),
+        pybind11::arg("options") = std::map<std::string, std::string>{},
+        "spec = make_spec(name, options): the spec that forward, backward, step and Stepper take for the cell "
+        "named name; options (str -> str): nonlinearity (tanh | relu), output_activation (identity | tanh | "
+        "sigmoid | softmax), reset_after (1 | 0), absent ones the first value; ValueError on an unknown name, "
+        "option or value");
   m.def("forward", &rnnkit::forward, "states, saved = forward(spec, xp, mask, state0, rec, save)");
   m.def("backward", &rnnkit::backward,
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec)");

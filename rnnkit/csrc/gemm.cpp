@@ -5,7 +5,7 @@
 // (dispatcher, tensor creation), which is most of a step at B=1, H=64.  The symbols are weak
 // so that a torch built without them still loads: the fallback wraps the pointers in tensors
 // and calls addmm_, slower but the same math.
-#include "rnn.h"
+#include "gemm.h"
 
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>

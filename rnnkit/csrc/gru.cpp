@@ -11,229 +11,213 @@
 //            Without save, gates and hn are (B, .) workspaces reused by every step.
 //   hw       (B, 3H)      forward workspace: h_{t-1} W_hh^T (original form: (B, 2H) for r, z)
 //   rh, hwn  (B, H)       original form, forward workspaces: r * h_{t-1} and rh W_hn^T
-//   dx       (T, B, 3H)   backward: d pre-activation of xp = d_xp, returned
+//   dx       (T, B, 3H)   backward: d pre-activation of xp = d_xp, returned; its n block
+//                         dx[:, 2H:] is called dan
 //   drn      (T, B, H)    torch form, backward: d(h W_hn^T) = dan * r, the n rows of the
 //                         recurrent gradient (the r, z rows are those of dx)
 //   rhs      (T, B, H)    original form, backward: r * h_{t-1}, the input of W_hn
 //   du       (B, H)       original form, backward workspace: d(r * h) = dan W_hn
-//   dh, dn   (B, H)       backward: carried dh and the next one (swapped per step)
+//   dh, dh_prev (B, H)    backward: carried dh and the next one (backward_steps, loop.h)
 // Post-loop GEMMs: dW_hh[:2H] = dx[:, :2H]^T [h0; hs[:-1]] and dW_hh[2H:] = drn^T [h0; hs[:-1]]
-// (torch form) or dx[:, 2H:]^T rhs (original form).  Nothing aliases.
+// (torch form) or dan^T rhs (original form).  Nothing aliases.
+#include "activations.h"
+#include "gemm.h"
+#include "loop.h"
 #include "rnn.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 namespace rnnkit {
 namespace {
 
-struct Dims {
-  int64_t T, B, H;
-};
-
 // Gate passes of one row, plain functions of restrict pointers so that gcc vectorises them.
-// Torch form: u = h_{t-1} W_hh^T (3H).
+// Each pointer is the row of the header's tensor of the same name.
+
+// Torch form: hw = h_{t-1} W_hh^T (3H).
 template <typename T>
-void after_row(int64_t H, const T* __restrict x, const T* __restrict u, const T* __restrict bias,
-               const T* __restrict h_prev, T* __restrict g, T* __restrict hn, T* __restrict h) {
+void after_row(int64_t H, const T* __restrict xp, const T* __restrict hw, const T* __restrict b_hh,
+               const T* __restrict h_prev, T* __restrict gates, T* __restrict hn, T* __restrict h) {
   for (int64_t j = 0; j < H; ++j) {
-    const T r = sigmoid(x[j] + u[j] + bias[j]);
-    const T z = sigmoid(x[H + j] + u[H + j] + bias[H + j]);
-    const T m = u[2 * H + j] + bias[2 * H + j];
-    const T n = tanh_(x[2 * H + j] + r * m);
-    g[j] = r, g[H + j] = z, g[2 * H + j] = n, hn[j] = m;
+    const T r = sigmoid(xp[j] + hw[j] + b_hh[j]);
+    const T z = sigmoid(xp[H + j] + hw[H + j] + b_hh[H + j]);
+    const T hn_j = hw[2 * H + j] + b_hh[2 * H + j];
+    const T n = tanh_(xp[2 * H + j] + r * hn_j);
+    gates[j] = r, gates[H + j] = z, gates[2 * H + j] = n, hn[j] = hn_j;
     h[j] = (T(1) - z) * n + z * h_prev[j];
   }
 }
 
-// Original form, first pass: r and z from u = h_{t-1} W_hrz^T (2H), and r * h_{t-1}.
+// Original form, first pass: r and z from hw = h_{t-1} W_hrz^T (2H), and rh = r * h_{t-1}.
 template <typename T>
-void before_row_rz(int64_t H, const T* __restrict x, const T* __restrict u, const T* __restrict bias,
-                   const T* __restrict h_prev, T* __restrict g, T* __restrict rh) {
+void before_row_rz(int64_t H, const T* __restrict xp, const T* __restrict hw, const T* __restrict b_hh,
+                   const T* __restrict h_prev, T* __restrict gates, T* __restrict rh) {
   for (int64_t j = 0; j < H; ++j) {
-    const T r = sigmoid(x[j] + u[j] + bias[j]);
-    g[j] = r, g[H + j] = sigmoid(x[H + j] + u[H + j] + bias[H + j]);
+    const T r = sigmoid(xp[j] + hw[j] + b_hh[j]);
+    gates[j] = r, gates[H + j] = sigmoid(xp[H + j] + hw[H + j] + b_hh[H + j]);
     rh[j] = r * h_prev[j];
   }
 }
 
-// Original form, second pass: n from m = (r * h_{t-1}) W_hn^T, and h_t.
+// Original form, second pass: n from hwn = rh W_hn^T, and h_t.
 template <typename T>
-void before_row_n(int64_t H, const T* __restrict x, const T* __restrict m, const T* __restrict bias,
-                  const T* __restrict h_prev, T* __restrict g, T* __restrict h) {
+void before_row_n(int64_t H, const T* __restrict xp, const T* __restrict hwn, const T* __restrict b_hh,
+                  const T* __restrict h_prev, T* __restrict gates, T* __restrict h) {
   for (int64_t j = 0; j < H; ++j) {
-    const T n = tanh_(x[2 * H + j] + m[j] + bias[2 * H + j]);
-    const T z = g[H + j];
-    g[2 * H + j] = n;
+    const T n = tanh_(xp[2 * H + j] + hwn[j] + b_hh[2 * H + j]);
+    const T z = gates[H + j];
+    gates[2 * H + j] = n;
     h[j] = (T(1) - z) * n + z * h_prev[j];
   }
 }
 
-// Shared by both forms: d_xp of z and n, and the direct path dh_{t-1} = dh z.
+// Shared by both forms: dx of z and n (dan), and the direct path dh_prev = dh z.
 template <typename T>
-void zn_grads(int64_t H, const T* __restrict g, const T* __restrict h_prev, const T* __restrict gh,
-              T* __restrict dxr, T* __restrict next) {
+void zn_grads(int64_t H, const T* __restrict gates, const T* __restrict h_prev, const T* __restrict dh,
+              T* __restrict dx, T* __restrict dh_prev) {
   for (int64_t j = 0; j < H; ++j) {
-    const T z = g[H + j], n = g[2 * H + j];
-    dxr[2 * H + j] = gh[j] * (T(1) - z) * (T(1) - n * n);
-    dxr[H + j] = gh[j] * (h_prev[j] - n) * z * (T(1) - z);
-    next[j] = gh[j] * z;
+    const T z = gates[H + j], n = gates[2 * H + j];
+    dx[2 * H + j] = dh[j] * (T(1) - z) * (T(1) - n * n);
+    dx[H + j] = dh[j] * (h_prev[j] - n) * z * (T(1) - z);
+    dh_prev[j] = dh[j] * z;
   }
 }
 
-// Torch form: dr through hn, and the n rows of the recurrent gradient dan * r.
+// Torch form: dx of r through hn, and drn = dan * r.
 template <typename T>
-void after_r_grads(int64_t H, const T* __restrict g, const T* __restrict hn, T* __restrict dxr,
+void after_r_grads(int64_t H, const T* __restrict gates, const T* __restrict hn, T* __restrict dx,
                    T* __restrict drn) {
   for (int64_t j = 0; j < H; ++j) {
-    const T r = g[j], dan = dxr[2 * H + j];
-    dxr[j] = dan * hn[j] * r * (T(1) - r);
+    const T r = gates[j], dan = dx[2 * H + j];
+    dx[j] = dan * hn[j] * r * (T(1) - r);
     drn[j] = dan * r;
   }
 }
 
-// Original form: dr and dh_{t-1} through du = d(r * h_{t-1}).
+// Original form: dx of r and dh_prev through du = d(r * h_{t-1}).
 template <typename T>
-void before_r_grads(int64_t H, const T* __restrict g, const T* __restrict h_prev, const T* __restrict du,
-                    T* __restrict dxr, T* __restrict next) {
+void before_r_grads(int64_t H, const T* __restrict gates, const T* __restrict h_prev, const T* __restrict du,
+                    T* __restrict dx, T* __restrict dh_prev) {
   for (int64_t j = 0; j < H; ++j) {
-    const T r = g[j];
-    dxr[j] = du[j] * h_prev[j] * r * (T(1) - r);
-    next[j] += du[j] * r;
+    const T r = gates[j];
+    dx[j] = du[j] * h_prev[j] * r * (T(1) - r);
+    dh_prev[j] += du[j] * r;
   }
 }
 
+// Original form: rhs = r * h_{t-1}.
 template <typename T>
-void mul(int64_t n, const T* __restrict a, const T* __restrict b, T* __restrict out) {
-  for (int64_t j = 0; j < n; ++j) out[j] = a[j] * b[j];
+void r_times_h(int64_t H, const T* __restrict gates, const T* __restrict h_prev, T* __restrict rhs) {
+  for (int64_t j = 0; j < H; ++j) rhs[j] = gates[j] * h_prev[j];
+}
+
+// The sizes and the (B, H) rows of h_{t-1} of a run over the states hs, from h0.
+template <typename T>
+struct Steps {
+  int64_t Tn, B, H, G;
+  const T *hs, *h0;
+  const T* h_prev(int64_t t) const { return t ? hs + (t - 1) * B * H : h0; }
+};
+
+template <typename T>
+Steps<T> steps(const Tensor& hs, const Tensor& h0) {
+  return {hs.size(0), hs.size(1), hs.size(2), 3 * hs.size(2), hs.data_ptr<T>(), h0.data_ptr<T>()};
 }
 
 template <typename T>
-void forward_after(const FwdArgs& a, const Dims& d, const T* bias, const Tensors& bufs) {
-  const int64_t B = d.B, H = d.H, G = 3 * H;
+void forward_after(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
+  const Steps<T> s = steps<T>(bufs[0], a.state0[0]);
+  const int64_t B = s.B, H = s.H, G = s.G;
   const Mask mask(a.mask, B);
-  const Tensor &hs = bufs[0], &gates = bufs[1], &hn = bufs[2], &hw_t = bufs[3];
-  const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
-  T *H_ = hs.data_ptr<T>(), *G_ = gates.data_ptr<T>(), *HN = hn.data_ptr<T>(), *hw = hw_t.data_ptr<T>();
-  const StepWeight<T> w_t(Op::T, B, G, H, w, H);              // h W_hh^T
-  for (int64_t t = 0; t < d.T; ++t) {
-    const T* hp = t ? H_ + (t - 1) * B * H : h0;
-    T* gt = a.save ? G_ + t * B * G : G_;
-    T* hnt = a.save ? HN + t * B * H : HN;
-    w_t.mul(hp, H, T(0), hw, G);                              // (B, 3H)
+  const T* xp = a.xp.data_ptr<T>();
+  T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>(), *hn = bufs[2].data_ptr<T>();
+  T* hw = bufs[3].data_ptr<T>();
+  const StepWeight<T> w_hh(Op::T, B, G, H, a.rec[0]->data_ptr<T>(), H);   // h W_hh^T
+  for (int64_t t = 0; t < s.Tn; ++t) {
+    const T* h_prev = s.h_prev(t);
+    T* gates_t = a.save ? gates + t * B * G : gates;
+    T* hn_t = a.save ? hn + t * B * H : hn;
+    w_hh.mul(h_prev, H, T(0), hw, G);                         // (B, 3H)
     for_rows(B, G, [&](int64_t b) {
-      T* h = H_ + (t * B + b) * H;
+      T* h = hs + (t * B + b) * H;
       if (mask.valid(t, b))
-        after_row(H, xp + (t * B + b) * G, hw + b * G, bias, hp + b * H, gt + b * G, hnt + b * H, h);
+        after_row(H, xp + (t * B + b) * G, hw + b * G, b_hh, h_prev + b * H, gates_t + b * G, hn_t + b * H, h);
       else
-        std::memcpy(h, hp + b * H, H * sizeof(T));
+        std::memcpy(h, h_prev + b * H, H * sizeof(T));
     });
   }
 }
 
 template <typename T>
-void forward_before(const FwdArgs& a, const Dims& d, const T* bias, const Tensors& bufs) {
-  const int64_t B = d.B, H = d.H, G = 3 * H;
+void forward_before(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
+  const Steps<T> s = steps<T>(bufs[0], a.state0[0]);
+  const int64_t B = s.B, H = s.H, G = s.G;
   const Mask mask(a.mask, B);
-  const Tensor &hs = bufs[0], &gates = bufs[1], &hw_t = bufs[3], &rh_t = bufs[4], &hwn_t = bufs[5];
-  const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
-  T *H_ = hs.data_ptr<T>(), *G_ = gates.data_ptr<T>();
-  T *hw = hw_t.data_ptr<T>(), *rh = rh_t.data_ptr<T>(), *hwn = hwn_t.data_ptr<T>();
-  const StepWeight<T> w_rz(Op::T, B, 2 * H, H, w, H), w_n(Op::T, B, H, H, w + 2 * H * H, H);
-  for (int64_t t = 0; t < d.T; ++t) {
-    const T* hp = t ? H_ + (t - 1) * B * H : h0;
-    T* gt = a.save ? G_ + t * B * G : G_;
-    w_rz.mul(hp, H, T(0), hw, 2 * H);                          // r, z rows (B, 2H)
+  const T *xp = a.xp.data_ptr<T>(), *w_hh = a.rec[0]->data_ptr<T>();
+  T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>();
+  T *hw = bufs[3].data_ptr<T>(), *rh = bufs[4].data_ptr<T>(), *hwn = bufs[5].data_ptr<T>();
+  const StepWeight<T> w_hrz(Op::T, B, 2 * H, H, w_hh, H), w_hn(Op::T, B, H, H, w_hh + 2 * H * H, H);
+  for (int64_t t = 0; t < s.Tn; ++t) {
+    const T* h_prev = s.h_prev(t);
+    T* gates_t = a.save ? gates + t * B * G : gates;
+    w_hrz.mul(h_prev, H, T(0), hw, 2 * H);                    // r, z rows (B, 2H)
     for_rows(B, G, [&](int64_t b) {
-      before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, bias, hp + b * H, gt + b * G, rh + b * H);
+      before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, b_hh, h_prev + b * H, gates_t + b * G, rh + b * H);
     });
-    w_n.mul(rh, H, T(0), hwn, H);                               // (r * h) W_hn^T
+    w_hn.mul(rh, H, T(0), hwn, H);                            // (r * h) W_hn^T
     for_rows(B, G, [&](int64_t b) {
-      T* h = H_ + (t * B + b) * H;
+      T* h = hs + (t * B + b) * H;
       if (mask.valid(t, b))
-        before_row_n(H, xp + (t * B + b) * G, hwn + b * H, bias, hp + b * H, gt + b * G, h);
+        before_row_n(H, xp + (t * B + b) * G, hwn + b * H, b_hh, h_prev + b * H, gates_t + b * G, h);
       else
-        std::memcpy(h, hp + b * H, H * sizeof(T));
+        std::memcpy(h, h_prev + b * H, H * sizeof(T));
     });
   }
 }
 
+// Returns dh_0.  Torch form: drn is defined, rhs is not; original form: the other way round.
 template <typename T>
-void backward_after(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& drn, Tensor& dh, Tensor& dn) {
-  const int64_t B = d.B, H = d.H, G = 3 * H;
+Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const Tensor& drn_t, const Tensor& rhs_t) {
+  const Steps<T> s = steps<T>(a.states[0], a.state0[0]);
+  const int64_t B = s.B, H = s.H, G = s.G;
+  const bool after = sp.reset_after;
   const Mask mask(a.mask, B);
-  const T *H_ = a.states[0].data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
-  const T *G_ = a.saved[0].data_ptr<T>(), *HN = a.saved[1].data_ptr<T>(), *w = a.rec[0]->data_ptr<T>();
-  const GradOut<T> dout(a.d_out);
-  T *dX = dx.data_ptr<T>(), *dR = drn.data_ptr<T>();
-  const StepWeight<T> w_rz(Op::N, B, H, 2 * H, w, H), w_n(Op::N, B, H, H, w + 2 * H * H, H);
-  for (int64_t t = d.T - 1; t >= 0; --t) {
-    const T* hp = t ? H_ + (t - 1) * B * H : h0;
-    T* g_in = dh.data_ptr<T>();
-    T* g_out = dn.data_ptr<T>();
-    for_rows(B, G, [&](int64_t b) {
-      const int64_t r = (t * B + b) * H;
-      T *dxr = dX + (t * B + b) * G, *drr = dR + r, *gh = g_in + b * H, *next = g_out + b * H;
-      dout.add(t, b, H, gh);
-      if (!mask.valid(t, b)) {
-        skip_row(H, gh, next, G, dxr);
-        std::fill(drr, drr + H, T(0));
-        return;
-      }
-      const T* g = G_ + (t * B + b) * G;
-      zn_grads(H, g, hp + b * H, gh, dxr, next);
-      after_r_grads(H, g, HN + r, dxr, drr);
-    });
-    T* dxt = dX + t * B * G;
-    w_rz.mul(dxt, G, T(1), g_out, H);                         // r, z rows
-    w_n.mul(dR + t * B * H, H, T(1), g_out, H);                // n rows
-    std::swap(dh, dn);
-  }
+  const T *gates = a.saved[0].data_ptr<T>(), *w_hh = a.rec[0]->data_ptr<T>();
+  const T* hn = after ? a.saved[1].data_ptr<T>() : nullptr;
+  const Tensor du_t = after ? Tensor() : at::empty({B, H}, dx_t.options());
+  T* dx = dx_t.data_ptr<T>();
+  T *drn = after ? drn_t.data_ptr<T>() : nullptr, *rhs = after ? nullptr : rhs_t.data_ptr<T>();
+  T* du = after ? nullptr : du_t.data_ptr<T>();
+  const StepWeight<T> w_hrz(Op::N, B, H, 2 * H, w_hh, H), w_hn(Op::N, B, H, H, w_hh + 2 * H * H, H);
+  return backward_steps<T>(
+      a, G, {{dx, G}, {after ? drn : rhs, H}},
+      [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
+        const int64_t row = t * B + b;
+        const T *g = gates + row * G, *h_prev = s.h_prev(t) + b * H;
+        zn_grads(H, g, h_prev, dh, dx + row * G, dh_prev);
+        if (after)
+          after_r_grads(H, g, hn + row * H, dx + row * G, drn + row * H);
+        else
+          r_times_h(H, g, h_prev, rhs + row * H);
+      },
+      [&](int64_t t, T* dh_prev) {
+        T* dx_s = dx + t * B * G;
+        if (after) {
+          w_hrz.mul(dx_s, G, T(1), dh_prev, H);               // r, z rows
+          w_hn.mul(drn + t * B * H, H, T(1), dh_prev, H);     // n rows
+          return;
+        }
+        w_hn.mul(dx_s + 2 * H, G, T(0), du, H);               // du = dan W_hn
+        for_rows(B, G, [&](int64_t b) {
+          if (mask.valid(t, b))
+            before_r_grads(H, gates + (t * B + b) * G, s.h_prev(t) + b * H, du + b * H, dx_s + b * G,
+                           dh_prev + b * H);
+        });
+        w_hrz.mul(dx_s, G, T(1), dh_prev, H);                 // r, z rows
+      });
 }
-
-template <typename T>
-void backward_before(const BwdArgs& a, const Dims& d, Tensor& dx, Tensor& rhs, Tensor& dh, Tensor& dn) {
-  const int64_t B = d.B, H = d.H, G = 3 * H;
-  const Mask mask(a.mask, B);
-  const T *H_ = a.states[0].data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>();
-  const T *G_ = a.saved[0].data_ptr<T>(), *w = a.rec[0]->data_ptr<T>();
-  const GradOut<T> dout(a.d_out);
-  Tensor du_t = at::empty({B, H}, dx.options());
-  T *dX = dx.data_ptr<T>(), *RH = rhs.data_ptr<T>(), *du = du_t.data_ptr<T>();
-  const StepWeight<T> w_rz(Op::N, B, H, 2 * H, w, H), w_n(Op::N, B, H, H, w + 2 * H * H, H);
-  for (int64_t t = d.T - 1; t >= 0; --t) {
-    const T* hp = t ? H_ + (t - 1) * B * H : h0;
-    T* g_in = dh.data_ptr<T>();
-    T* g_out = dn.data_ptr<T>();
-    T* dxt = dX + t * B * G;
-    for_rows(B, G, [&](int64_t b) {
-      const int64_t r = (t * B + b) * H;
-      T *dxr = dxt + b * G, *rh = RH + r, *gh = g_in + b * H, *next = g_out + b * H;
-      dout.add(t, b, H, gh);
-      if (!mask.valid(t, b)) {
-        skip_row(H, gh, next, G, dxr);
-        std::fill(rh, rh + H, T(0));
-        return;
-      }
-      const T* g = G_ + (t * B + b) * G;
-      zn_grads(H, g, hp + b * H, gh, dxr, next);
-      mul(H, g, hp + b * H, rh);
-    });
-    w_n.mul(dxt + 2 * H, G, T(0), du, H);                      // d(r * h)
-    for_rows(B, G, [&](int64_t b) {
-      if (mask.valid(t, b))
-        before_r_grads(H, G_ + (t * B + b) * G, hp + b * H, du + b * H, dxt + b * G, g_out + b * H);
-    });
-    w_rz.mul(dxt, G, T(1), g_out, H);                          // r, z rows
-    std::swap(dh, dn);
-  }
-}
-
-}  // namespace
 
 // [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined] (see the header comment).
-Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, int64_t, bool save,
+Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                     const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B;
   Tensors bufs{empty_seq({T, B, H}, opt), empty_seq({rows, 3 * H}, opt)};
@@ -242,62 +226,60 @@ Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, int64_t, bo
 }
 
 void gru_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
-  const Dims d{a.xp.size(0), a.xp.size(1), a.xp.size(2) / 3};
-  const Tensor bias_t = a.rec[1].has_value() ? *a.rec[1] : at::zeros({3 * d.H}, a.xp.options());
+  const Tensor b_hh = or_zeros(a.rec[1], a.xp.size(2), a.xp.options());
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "gru_forward", [&] {
     if (sp.reset_after)
-      forward_after<scalar_t>(a, d, bias_t.data_ptr<scalar_t>(), bufs);
+      forward_after<scalar_t>(a, b_hh.data_ptr<scalar_t>(), bufs);
     else
-      forward_before<scalar_t>(a, d, bias_t.data_ptr<scalar_t>(), bufs);
+      forward_before<scalar_t>(a, b_hh.data_ptr<scalar_t>(), bufs);
   });
 }
 
 FwdResult gru_forward(const Spec& sp, const FwdArgs& a) {
-  const Dims d{a.xp.size(0), a.xp.size(1), a.xp.size(2) / 3};
-  const Tensors bufs = gru_buffers(sp, d.T, d.B, d.H, 0, a.save, a.xp.options());
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 3;
+  const Tensors bufs = gru_buffers(sp, Tn, B, H, a.rec, a.save, a.xp.options());
   gru_run(sp, a, bufs);
   if (!a.save) return {{bufs[0]}, {}};
-  const Tensor gates = bufs[1].view({d.T, d.B, 3 * d.H});
+  const Tensor gates = bufs[1].view({Tn, B, 3 * H});
   if (!sp.reset_after) return {{bufs[0]}, {gates}};
-  return {{bufs[0]}, {gates, bufs[2].view({d.T, d.B, d.H})}};
+  return {{bufs[0]}, {gates, bufs[2].view({Tn, B, H})}};
 }
 
 BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  const Dims d{hs.size(0), hs.size(1), hs.size(2)};
-  const int64_t H = d.H, G = 3 * H;
+  const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2), G = 3 * H, R = Tn * B;
   const auto opt = hs.options();
-  Tensor dx = empty_seq({d.T, d.B, G}, opt);
-  Tensor aux = empty_seq({d.T, d.B, H}, opt);                 // drn (torch form) or rhs (original)
-  Tensor dh = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({d.B, H}, opt);
-  Tensor dn = at::empty({d.B, H}, opt);
-  Tensor dw = at::empty({G, H}, opt);
+  const Tensor dx = empty_seq({Tn, B, G}, opt);
+  const Tensor drn = sp.reset_after ? empty_seq({Tn, B, H}, opt) : Tensor();
+  const Tensor rhs = sp.reset_after ? Tensor() : empty_seq({Tn, B, H}, opt);
+  Tensor dh, dw = at::empty({G, H}, opt);
   c10::optional<Tensor> db;
   if (a.rec[1].has_value()) db = at::empty({G}, opt);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "gru_backward", [&] {
     using T = scalar_t;
-    const T *X = dx.data_ptr<T>(), *A = aux.data_ptr<T>();
-    const T *h0 = a.state0[0].data_ptr<T>(), *H_ = hs.data_ptr<T>();
-    T* W = dw.data_ptr<T>();
-    const int64_t R = d.T * d.B;
-    if (sp.reset_after) {
-      backward_after<T>(a, d, dx, aux, dh, dn);
-      weight_grad<T>(d.T, d.B, H, H, A, H, h0, H_, W + 2 * H * H);
-    } else {
-      backward_before<T>(a, d, dx, aux, dh, dn);
-      gemm(Op::T, Op::N, H, H, R, X + 2 * H, G, A, H, T(0), W + 2 * H * H, H);
-    }
-    weight_grad<T>(d.T, d.B, 2 * H, H, X, G, h0, H_, W);
+    const T *dx_p = dx.data_ptr<T>(), *h0_p = a.state0[0].data_ptr<T>(), *hs_p = hs.data_ptr<T>();
+    T* dw_hn = dw.data_ptr<T>() + 2 * H * H;
+    dh = backward_impl<T>(sp, a, dx, drn, rhs);
+    if (sp.reset_after)
+      weight_grad<T>(Tn, B, H, H, drn.data_ptr<T>(), H, h0_p, hs_p, dw_hn);
+    else
+      gemm(Op::T, Op::N, H, H, R, dx_p + 2 * H, G, rhs.data_ptr<T>(), H, T(0), dw_hn, H);
+    weight_grad<T>(Tn, B, 2 * H, H, dx_p, G, h0_p, hs_p, dw.data_ptr<T>());   // r, z rows
     if (db) {
-      T* dbp = db->data_ptr<T>();
-      col_sum<T>(R, 2 * H, X, G, dbp);
+      T* db_p = db->data_ptr<T>();
+      col_sum<T>(R, 2 * H, dx_p, G, db_p);
       if (sp.reset_after)
-        col_sum<T>(R, H, A, H, dbp + 2 * H);
+        col_sum<T>(R, H, drn.data_ptr<T>(), H, db_p + 2 * H);
       else
-        col_sum<T>(R, H, X + 2 * H, G, dbp + 2 * H);
+        col_sum<T>(R, H, dx_p + 2 * H, G, db_p + 2 * H);
     }
   });
   return {dx, {dh}, {dw, db}};
 }
+
+}  // namespace
+
+RNNKIT_REGISTER_CELL(Cell{"gru", /*id=*/3, /*gates=*/3, /*n_states=*/1, gru_forward, gru_backward, gru_buffers,
+                          gru_run});
 
 }  // namespace rnnkit

@@ -10,15 +10,16 @@
 //   dz       (T, B, O)    backward: d(h W_hy^T + b_hy); post-loop dW_hy = dz^T hs, db_hy = sum dz
 //   da       (T, B, H)    backward: d pre-activation of h = d_xp, returned; post-loop
 //                         dW_yh = da^T [y0; ys[:-1]]
-//   dy, dn   (B, O)       backward: carried dy and the next one (swapped per step)
+//   dy, dy_prev (B, O)    backward: carried dy and the next one (backward_steps, loop.h)
 // Aliasing: the step GEMMs write y_{t-1} W_yh^T into hs[t] and h_t W_hy^T into ys[t], which
 // the activation passes overwrite in place; in backward dz_t W_hy is written into da[t] and
 // scaled there by act'(h_t).
+#include "activations.h"
+#include "gemm.h"
+#include "loop.h"
 #include "rnn.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 namespace rnnkit {
 namespace {
@@ -90,56 +91,44 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor&
   }
 }
 
+// Returns dy_0.
 template <typename T>
-void backward_impl(const Spec& sp, const BwdArgs& a, Tensor& dz, Tensor& da, Tensor& dy, Tensor& dn) {
-  const Tensor& ys = a.states[0];
-  const int64_t Tn = ys.size(0), B = ys.size(1), O = ys.size(2), H = a.saved[0].size(2);
+Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, const Tensor& da_t) {
+  const Tensor& ys_t = a.states[0];
+  const int64_t B = ys_t.size(1), O = ys_t.size(2), H = a.saved[0].size(2);
   const bool is_relu = sp.act == kRelu;
-  const Mask mask(a.mask, B);
-  const T *Y = ys.data_ptr<T>(), *H_ = a.saved[0].data_ptr<T>();
-  const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
-  const GradOut<T> dout(a.d_out);
-  T *dZ = dz.data_ptr<T>(), *dA = da.data_ptr<T>();
-  const StepWeight<T> hy(Op::N, B, H, O, w_hy, H), yh(Op::N, B, O, H, w_yh, O);
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    T* dzt = dZ + t * B * O;
-    T* dat = dA + t * B * H;
-    T* g_in = dy.data_ptr<T>();
-    T* g_out = dn.data_ptr<T>();
-    for_rows(B, O, [&](int64_t b) {
-      const int64_t r = (t * B + b) * O;
-      T *g = g_in + b * O, *next = g_out + b * O;
-      dout.add(t, b, O, g);
-      if (!mask.valid(t, b)) {
-        skip_row(O, g, next, O, dzt + b * O);
-        return;
-      }
-      out_backward(sp.out, O, Y + r, g, dzt + b * O);
-      std::fill(next, next + O, T(0));
-    });
-    hy.mul(dzt, O, T(0), dat, H);                             // dh = dz W_hy
-    for_rows(B, H, [&](int64_t b) { hidden_grad_row(H, is_relu, H_ + (t * B + b) * H, dat + b * H); });
-    yh.mul(dat, H, T(1), g_out, O);                           // dy_{t-1} += da W_yh
-    std::swap(dy, dn);
-  }
+  const T *ys = ys_t.data_ptr<T>(), *hs = a.saved[0].data_ptr<T>();
+  T *dz = dz_t.data_ptr<T>(), *da = da_t.data_ptr<T>();
+  const StepWeight<T> hy(Op::N, B, H, O, a.rec[1]->data_ptr<T>(), H), yh(Op::N, B, O, H, a.rec[0]->data_ptr<T>(), O);
+  return backward_steps<T>(
+      a, O, {{dz, O}},
+      [&](int64_t t, int64_t b, const T* dy, T* dy_prev) {
+        const int64_t r = (t * B + b) * O;
+        out_backward(sp.out, O, ys + r, dy, dz + r);
+        std::fill(dy_prev, dy_prev + O, T(0));
+      },
+      [&](int64_t t, T* dy_prev) {
+        T* da_s = da + t * B * H;
+        hy.mul(dz + t * B * O, O, T(0), da_s, H);                   // dh = dz W_hy
+        for_rows(B, H, [&](int64_t b) { hidden_grad_row(H, is_relu, hs + (t * B + b) * H, da_s + b * H); });
+        yh.mul(da_s, H, T(1), dy_prev, O);                          // dy_{t-1} += da W_yh
+      });
 }
 
-}  // namespace
-
-Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t O, bool save,
+Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTensors& rec, bool save,
                        const at::TensorOptions& opt) {
+  const int64_t O = rec[1]->size(0);                          // w_hy (O, H)
   return {empty_seq({T, B, O}, opt), save ? empty_seq({T, B, H}, opt) : at::empty({B, H}, opt)};
 }
 
 void jordan_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
-  const Tensor bias_t = a.rec[2].has_value() ? *a.rec[2] : at::zeros({a.rec[1]->size(0)}, a.xp.options());
+  const Tensor bias_t = or_zeros(a.rec[2], a.rec[1]->size(0), a.xp.options());
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "jordan_forward",
                              [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), bufs[1], bufs[0]); });
 }
 
 FwdResult jordan_forward(const Spec& sp, const FwdArgs& a) {
-  const Tensors bufs = jordan_buffers(sp, a.xp.size(0), a.xp.size(1), a.xp.size(2), a.rec[1]->size(0), a.save,
-                                      a.xp.options());
+  const Tensors bufs = jordan_buffers(sp, a.xp.size(0), a.xp.size(1), a.xp.size(2), a.rec, a.save, a.xp.options());
   jordan_run(sp, a, bufs);
   if (!a.save) return {{bufs[0]}, {}};
   return {{bufs[0]}, {bufs[1]}};
@@ -149,15 +138,14 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor &ys = a.states[0], &hs = a.saved[0];
   const int64_t Tn = ys.size(0), B = ys.size(1), O = ys.size(2), H = hs.size(2);
   const auto opt = ys.options();
-  Tensor dz = empty_seq({Tn, B, O}, opt), da = empty_seq({Tn, B, H}, opt);
-  Tensor dy = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, O}, opt);
-  Tensor dn = at::empty({B, O}, opt);
+  const Tensor dz = empty_seq({Tn, B, O}, opt), da = empty_seq({Tn, B, H}, opt);
+  Tensor dy;
   Tensor dw_yh = at::empty({H, O}, opt), dw_hy = at::empty({O, H}, opt);
   c10::optional<Tensor> db;
   if (a.rec[2].has_value()) db = at::empty({O}, opt);
   AT_DISPATCH_FLOATING_TYPES(ys.scalar_type(), "jordan_backward", [&] {
     using T = scalar_t;
-    backward_impl<T>(sp, a, dz, da, dy, dn);
+    dy = backward_impl<T>(sp, a, dz, da);
     const T *Z = dz.data_ptr<T>(), *A = da.data_ptr<T>();
     gemm(Op::T, Op::N, O, H, Tn * B, Z, O, hs.data_ptr<T>(), H, T(0), dw_hy.data_ptr<T>(), H);
     weight_grad<T>(Tn, B, H, O, A, H, a.state0[0].data_ptr<T>(), ys.data_ptr<T>(), dw_yh.data_ptr<T>());
@@ -165,5 +153,10 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
   });
   return {da, {dy}, {dw_yh, dw_hy, db}};
 }
+
+}  // namespace
+
+RNNKIT_REGISTER_CELL(Cell{"jordan", /*id=*/1, /*gates=*/1, /*n_states=*/1, jordan_forward, jordan_backward,
+                          jordan_buffers, jordan_run});
 
 }  // namespace rnnkit

@@ -10,15 +10,16 @@
 //            Without save, gates and tanh_c are (B, .) workspaces reused by every step.
 //   dg       (T, B, 4H)   backward: d pre-activation = d_xp, returned; also the rows of the
 //                         post-loop GEMM dW_hh = dg^T [h0; hs[:-1]]
-//   dh, dn   (B, H)       backward: carried dh and the next one (swapped per step)
+//   dh, dh_prev (B, H)    backward: carried dh and the next one (backward_steps, loop.h)
 //   dc       (B, H)       backward: carried dc, updated in place
 // Aliasing: the step GEMM writes h_{t-1} W_hh^T into gates[t], which the gate pass overwrites
 // in place with the activations.
+#include "activations.h"
+#include "gemm.h"
+#include "loop.h"
 #include "rnn.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 namespace rnnkit {
 namespace {
@@ -61,7 +62,7 @@ void forward_impl(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Te
                   const Tensor& tanh_c) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
   const Mask mask(a.mask, B);
-  const Tensor bias_t = a.rec[1].has_value() ? *a.rec[1] : at::zeros({G}, a.xp.options());
+  const Tensor bias_t = or_zeros(a.rec[1], G, a.xp.options());
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *bias = bias_t.data_ptr<T>();
   const T *h0 = a.state0[0].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *C_ = cs.data_ptr<T>(), *G_ = gates.data_ptr<T>(), *TC = tanh_c.data_ptr<T>();
@@ -85,38 +86,25 @@ void forward_impl(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Te
   }
 }
 
+// Returns dh_0; dc_t carries dc back in place to dc_0.
 template <typename T>
-void backward_impl(const BwdArgs& a, Tensor& dg, Tensor& dh, Tensor& dn, Tensor& dc) {
-  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
-  const Mask mask(a.mask, B);
-  const T *C_ = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
-  const T *G_ = a.saved[0].data_ptr<T>(), *TC = a.saved[1].data_ptr<T>();
-  const T* w = a.rec[0]->data_ptr<T>();
-  const GradOut<T> dout(a.d_out);
-  T *dG = dg.data_ptr<T>(), *dC = dc.data_ptr<T>();
-  const StepWeight<T> w_n(Op::N, B, H, G, w, H);              // dg W_hh
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    T* dgt = dG + t * B * G;                                  // (B, 4H)
-    T* g_in = dh.data_ptr<T>();
-    T* g_out = dn.data_ptr<T>();
-    const T* cp = t ? C_ + (t - 1) * B * H : c0;
-    for_rows(B, G, [&](int64_t b) {
-      const int64_t r = (t * B + b) * H;
-      T *d = dgt + b * G, *next = g_out + b * H, *gh = g_in + b * H;
-      dout.add(t, b, H, gh);
-      if (mask.valid(t, b))
-        backward_row(H, G_ + (t * B + b) * G, TC + r, cp + b * H, gh, dC + b * H, d, next);
-      else
-        skip_row(H, gh, next, G, d);
-    });
-    w_n.mul(dgt, G, T(1), g_out, H);                          // dh_{t-1} += dg_t W_hh
-    std::swap(dh, dn);
-  }
+Tensor backward_impl(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
+  const int64_t B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
+  const T *cs = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
+  const T *gates = a.saved[0].data_ptr<T>(), *tanh_c = a.saved[1].data_ptr<T>();
+  T *dg = dg_t.data_ptr<T>(), *dc = dc_t.data_ptr<T>();
+  const StepWeight<T> w_n(Op::N, B, H, G, a.rec[0]->data_ptr<T>(), H);   // dg W_hh
+  return backward_steps<T>(
+      a, G, {{dg, G}},
+      [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
+        const int64_t r = (t * B + b) * H;
+        const T* c_prev = t ? cs + r - B * H : c0 + b * H;
+        backward_row(H, gates + (t * B + b) * G, tanh_c + r, c_prev, dh, dc + b * H, dg + (t * B + b) * G, dh_prev);
+      },
+      [&](int64_t t, T* dh_prev) { w_n.mul(dg + t * B * G, G, T(1), dh_prev, H); });   // += dg_t W_hh
 }
 
-}  // namespace
-
-Tensors lstm_buffers(const Spec&, int64_t T, int64_t B, int64_t H, int64_t, bool save,
+Tensors lstm_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                      const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B;
   return {empty_seq({T, B, H}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
@@ -130,7 +118,7 @@ void lstm_run(const Spec&, const FwdArgs& a, const Tensors& bufs) {
 
 FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
-  const Tensors bufs = lstm_buffers(sp, Tn, B, H, 0, a.save, a.xp.options());
+  const Tensors bufs = lstm_buffers(sp, Tn, B, H, a.rec, a.save, a.xp.options());
   lstm_run(sp, a, bufs);
   if (!a.save) return {{bufs[0], bufs[1]}, {}};
   return {{bufs[0], bufs[1]}, {bufs[2].view({Tn, B, 4 * H}), bufs[3].view({Tn, B, H})}};
@@ -140,20 +128,23 @@ BwdResult lstm_backward(const Spec&, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
   const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2);
   const auto opt = hs.options();
-  Tensor dg = empty_seq({Tn, B, 4 * H}, opt);
-  Tensor dh = a.d_final[0].has_value() ? a.d_final[0]->clone() : at::zeros({B, H}, opt);
-  Tensor dc = a.d_final[1].has_value() ? a.d_final[1]->clone() : at::zeros({B, H}, opt);
-  Tensor dn = at::empty({B, H}, opt);
+  const Tensor dg = empty_seq({Tn, B, 4 * H}, opt), dc = final_grad(a, 1);
+  Tensor dh;
   Tensor dw = at::empty({4 * H, H}, opt);
   c10::optional<Tensor> db;
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
-    backward_impl<scalar_t>(a, dg, dh, dn, dc);
+    dh = backward_impl<scalar_t>(a, dg, dc);
     weight_grad<scalar_t>(Tn, B, 4 * H, H, dg.data_ptr<scalar_t>(), 4 * H,
                           a.state0[0].data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>());
     if (db) col_sum<scalar_t>(Tn * B, 4 * H, dg.data_ptr<scalar_t>(), 4 * H, db->data_ptr<scalar_t>());
   });
   return {dg, {dh, dc}, {dw, db}};
 }
+
+}  // namespace
+
+RNNKIT_REGISTER_CELL(Cell{"lstm", /*id=*/2, /*gates=*/4, /*n_states=*/2, lstm_forward, lstm_backward, lstm_buffers,
+                          lstm_run});
 
 }  // namespace rnnkit

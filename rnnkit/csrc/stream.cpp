@@ -1,7 +1,10 @@
 // The Stepper of stream.h: buffers and views are made once in the constructor; a step only
-// checks its input, projects it, runs each layer's kernel (<cell>_run, T = 1) and flips the
+// checks its input, projects it, runs each layer's kernel (the cell's run, T = 1) and flips the
 // state sets.  Tensors, shapes and aliasing: see stream.h.
 #include "stream.h"
+
+#include "gemm.h"
+#include "loop.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/grad_mode.h>
@@ -35,49 +38,34 @@ std::string py_dtype(at::ScalarType t) {
 // The rec params of one layer with every None bias replaced by zeros sized like the weight before it.
 OptTensors rec_with_zero_bias(const OptTensors& p) {
   OptTensors rec(p.begin() + 2, p.end());
-  for (size_t i = 1; i < rec.size(); ++i)
-    if (!rec[i].has_value() || !rec[i]->defined()) rec[i] = at::zeros({rec[i - 1]->size(0)}, rec[i - 1]->options());
+  for (size_t i = 1; i < rec.size(); ++i) rec[i] = or_zeros(rec[i], rec[i - 1]->size(0), rec[i - 1]->options());
   return rec;
 }
 
 }  // namespace
 
-CellFns cell_fns(int64_t kind) {
-  switch (kind) {
-    case kElman: return {elman_buffers, elman_run, 1, 1};
-    case kJordan: return {jordan_buffers, jordan_run, 1, 1};
-    case kLSTM: return {lstm_buffers, lstm_run, 4, 2};
-    case kGRU: return {gru_buffers, gru_run, 3, 1};
-    default: TORCH_CHECK(false, "rnnkit: unknown cell kind ", kind);
-  }
-}
-
 Stepper::Stepper(std::string who, const std::vector<int64_t>& spec, const std::vector<OptTensors>& params,
                  int64_t batch)
-    : who_(std::move(who)), params_(params) {
-  TORCH_CHECK(spec.size() == 4, "rnnkit: spec must have 4 entries, got ", spec.size());
+    : who_(std::move(who)), sp_(decode_spec(spec)), params_(params) {
   TORCH_CHECK(!params.empty() && batch > 0, "rnnkit: Stepper needs layers and a positive batch");
-  sp_ = {spec[0], spec[1], spec[2], spec[3] != 0};
-  const CellFns fns = cell_fns(sp_.kind);
-  run_ = fns.run;
+  const Cell& cell = *sp_.cell;
   L_ = static_cast<int64_t>(params.size());
   B_ = batch;
   const Tensor& w0 = *params[0][0];
   I_ = w0.size(1);
   dtype_ = w0.scalar_type();
   const auto opt = w0.options();
-  const int64_t H = w0.size(0) / fns.gates;
-  const int64_t O = sp_.kind == kJordan ? params[0][3]->size(0) : H;
-  const std::vector<int64_t> sizes = fns.n_states == 2 ? std::vector<int64_t>{H, H} : std::vector<int64_t>{O};
-  for (int p = 0; p < 2; ++p)
-    for (int64_t s : sizes) states_[p].push_back(at::zeros({L_, B_, s}, opt));
+  const int64_t H = w0.size(0) / cell.gates;
   for (int64_t l = 0; l < L_; ++l) {
     rec_.push_back(rec_with_zero_bias(params[l]));
-    xp_.push_back(at::empty({1, B_, fns.gates * H}, opt));
-    Tensors work = fns.buffers(sp_, 1, B_, H, O, false, opt);
+    xp_.push_back(at::empty({1, B_, cell.gates * H}, opt));
+    Tensors work = cell.buffers(sp_, 1, B_, H, rec_[l], false, opt);
+    if (l == 0)                                               // the state sizes S_k: (1, B, S_k) slots
+      for (int p = 0; p < 2; ++p)
+        for (int64_t k = 0; k < cell.n_states; ++k) states_[p].push_back(at::zeros({L_, B_, work[k].size(2)}, opt));
     for (int p = 0; p < 2; ++p) {
       Tensors in, out = work;
-      for (size_t k = 0; k < sizes.size(); ++k) {
+      for (size_t k = 0; k < states_[p].size(); ++k) {
         in.push_back(states_[p][k].select(0, l));                 // (B, S_k)
         out[k] = states_[p][k].narrow(0, l, 1);                   // (1, B, S_k)
       }
@@ -85,7 +73,7 @@ Stepper::Stepper(std::string who, const std::vector<int64_t>& spec, const std::v
       bufs_[p].push_back(out);
     }
   }
-  out_ = at::zeros({B_, sizes[0]}, opt);
+  out_ = at::zeros({B_, states_[0][0].size(2)}, opt);
   out1_ = out_.view({-1});
 }
 
@@ -123,7 +111,7 @@ void Stepper::run(const T* x, int nxt) {
     const T* inp = l == 0 ? x : states_[nxt][0].data_ptr<T>() + (l - 1) * B_ * S0;
     const bool bias = p[1].has_value() && p[1]->defined();
     project_into<T>(inp, B_, in, w.data_ptr<T>(), bias ? p[1]->data_ptr<T>() : nullptr, GH, xp_[l].data_ptr<T>());
-    run_(sp_, args_[1 - nxt][l], bufs_[nxt][l]);
+    sp_.cell->run(sp_, args_[1 - nxt][l], bufs_[nxt][l]);
   }
   const int64_t n = out_.numel();
   std::memcpy(out_.data_ptr<T>(), states_[nxt][0].data_ptr<T>() + (L_ - 1) * n, n * sizeof(T));

@@ -9,7 +9,7 @@
 //   states[p][k]  (L, B, S_k)  two sets, p = 0, 1: a step reads set cur and writes set 1 - cur,
 //                 then flips cur.  Double-buffered because the Elman and Jordan kernels write the
 //                 recurrent GEMM into the new state while reading the old one: they must not alias
-//   work[l]       the cell's workspaces (<cell>_buffers with T = 1, save = false, states excluded),
+//   work[l]       the cell's workspaces (its buffers with T = 1, save = false, states excluded),
 //                 shared by both sets
 //   out           (B, S_0)     the last layer's new state, copied; returned by step and
 //                 overwritten by the next step (out1 is its (S_0,) view for unbatched input)
@@ -22,16 +22,6 @@
 #include "rnn.h"
 
 namespace rnnkit {
-
-// What a step needs to know about a cell kind: its buffers and run functions (rnn.h), the gate
-// blocks per hidden unit (GH = gates * H) and the number of carried states.
-struct CellFns {
-  BuffersFn buffers;
-  RunFn run;
-  int64_t gates;
-  int64_t n_states;
-};
-CellFns cell_fns(int64_t kind);
 
 class Stepper {
  public:
@@ -52,7 +42,6 @@ class Stepper {
 
   std::string who_;
   Spec sp_;
-  RunFn run_;
   int64_t L_, B_, I_;
   at::ScalarType dtype_;
   std::vector<OptTensors> params_;

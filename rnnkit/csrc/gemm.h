@@ -1,0 +1,60 @@
+// GEMM for rnnkit's kernels: row-major C (M, N) = op(A) op(B) + beta * C with leading
+// dimensions, on raw pointers, so a step costs one BLAS call and no tensor is created.  op(A) is
+// (M, K), op(B) is (K, N).  Implemented in gemm.cpp.
+#pragma once
+
+#include "rnn.h"
+
+#include <cstdint>
+#include <cstring>
+
+namespace rnnkit {
+
+enum class Op { N, T };
+
+void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+
+// xp (B, GH) = x (B, I) W^T + bias, bias (GH) or nullptr: the input projection of one step,
+// straight to BLAS (an ATen addmm costs more than the GEMM at streaming sizes).
+template <typename T>
+void project_into(const T* x, int64_t B, int64_t I, const T* w, const T* bias, int64_t GH, T* xp) {
+  for (int64_t b = 0; bias != nullptr && b < B; ++b) std::memcpy(xp + b * GH, bias, GH * sizeof(T));
+  gemm(Op::N, Op::T, B, GH, I, x, I, w, I, T(bias != nullptr ? 1 : 0), xp, GH);
+}
+
+// True when the BLAS that ships inside libtorch_cpu is reachable (else ATen's addmm is used).
+bool has_blas();
+
+// A weight used by every step of a sequence: C (M, N) = A (M, K) op(W) + beta * C, where op(W)
+// is (K, N) and M (the batch) is fixed.  BLAS repacks W on every plain GEMM call; with MKL's
+// packed API (float) W is packed once per sequence instead, which is most of the step cost
+// when M is small and W is large.  On large steps (float) W is instead reordered once for
+// oneDNN's GEMM, which is faster there (see gemm.cpp).  Otherwise it is a plain gemm.
+template <typename T>
+class StepWeight {
+ public:
+  StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw);
+  void mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc) const;
+
+ private:
+  Op op_;
+  int64_t M_, N_, K_, ldw_;
+  const T* w_;
+  Tensor packed_;       // MKL's packed copy of W; undefined when not packed
+  Tensor dnnl_;         // oneDNN's reordered copy of op(W)^T (N, K); undefined when not used
+};
+
+// dW (M, N) = sum_t dG_t^T prev_t with prev_0 = state0 and prev_t = states[t-1]: two GEMMs over
+// all rows.  dG rows have leading dimension ldg, prev rows have width N.
+template <typename T>
+void weight_grad(int64_t Tn, int64_t B, int64_t M, int64_t N, const T* dG, int64_t ldg,
+                 const T* state0, const T* states, T* dW) {
+  gemm(Op::T, Op::N, M, N, B, dG, ldg, state0, N, T(0), dW, N);
+  if (Tn > 1)
+    gemm(Op::T, Op::N, M, N, (Tn - 1) * B, dG + B * ldg, ldg, states, N, T(1), dW, N);
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,160 @@
+// Loop helpers of rnnkit's kernels: the (T, B, .) buffers, batch rows, masks, the output's
+// gradient, and backward_steps, the backward time loop every cell shares (a cell gives only its
+// per-row gate math and its per-step GEMMs).
+#pragma once
+
+#include "rnn.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+namespace rnnkit {
+
+// at::empty for the (T, B, .) buffers.  A large fresh allocation is new pages, and faulting
+// them in 4 KiB at a time costs several times the kernel's writes to them; where the kernel
+// allows it, transparent huge pages are asked for on its 2 MiB-aligned interior.
+inline Tensor empty_seq(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+  Tensor t = at::empty(sizes, opt);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t huge = uintptr_t(1) << 21;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + huge - 1) & ~(huge - 1), end = (p + t.nbytes()) & ~(huge - 1);
+  if (end > begin + huge) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
+// An optional bias, or n zeros where it is None.
+inline Tensor or_zeros(const c10::optional<Tensor>& bias, int64_t n, const at::TensorOptions& opt) {
+  return bias.has_value() && bias->defined() ? *bias : at::zeros({n}, opt);
+}
+
+// Runs f(b) for every batch row; rows are split over threads only when a step has enough work
+// to pay for waking them (small sizes stay on the calling thread).
+template <typename F>
+inline void for_rows(int64_t B, int64_t work_per_row, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1));
+  if (B <= grain) {
+    for (int64_t b = 0; b < B; ++b) f(b);
+    return;
+  }
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
+}
+
+// Row validity of step t: true everywhere when there is no mask.
+struct Mask {
+  const bool* m = nullptr;
+  int64_t B = 0;
+  explicit Mask(const Tensor& mask, int64_t batch)
+      : m(mask.defined() ? mask.data_ptr<bool>() : nullptr), B(batch) {}
+  bool valid(int64_t t, int64_t b) const { return m == nullptr || m[t * B + b]; }
+  bool any() const { return m != nullptr; }
+};
+
+// y += x over n elements.
+template <typename T>
+inline void add_to(int64_t n, T* __restrict y, const T* __restrict x) {
+  for (int64_t j = 0; j < n; ++j) y[j] += x[j];
+}
+
+// The output's gradient d_out (T, B, S), read in place whatever its strides: out.sum() hands
+// backward an expanded scalar, and a dense copy would be one more (T, B, S) buffer at the peak.
+template <typename T>
+struct GradOut {
+  const T* p = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0;
+  explicit GradOut(const Tensor& d) {
+    if (!d.defined()) return;
+    p = d.data_ptr<T>();
+    s0 = d.stride(0), s1 = d.stride(1), s2 = d.stride(2);
+  }
+  // g (n) += d_out[t, b, :]
+  void add(int64_t t, int64_t b, int64_t n, T* g) const {
+    if (p == nullptr) return;
+    const T* row = p + t * s0 + b * s1;
+    if (s2 == 1) {
+      add_to(n, g, row);
+      return;
+    }
+    for (int64_t j = 0; j < n; ++j) g[j] += row[j * s2];
+  }
+};
+
+// Column sums of a (R, N) block with leading dimension ld, accumulated into out (N).
+template <typename T>
+void col_sum(int64_t R, int64_t N, const T* x, int64_t ld, T* out) {
+  std::fill(out, out + N, T(0));
+  for (int64_t r = 0; r < R; ++r) {
+    const T* __restrict row = x + r * ld;
+    for (int64_t j = 0; j < N; ++j) out[j] += row[j];
+  }
+}
+
+// ---- backward through time -----------------------------------------------------------------
+// The gradient of carried state k after the last step: d_final[k], or zeros (a new tensor,
+// updated in place by the time loop).
+inline Tensor final_grad(const BwdArgs& a, size_t k) {
+  return a.d_final[k].has_value() ? a.d_final[k]->clone() : at::zeros_like(a.state0[k]);
+}
+
+// A (T, B, n) buffer of per-step gradient rows (d_xp, ...) that a padded row leaves at zero.
+template <typename T>
+struct StepRows {
+  T* p;
+  int64_t n;
+};
+
+// The time loop of every cell's backward, t = T-1 .. 0, over the cell's first carried state
+// (S = S_0).  Buffers (B, S): g, the gradient of the state after step t, and g_prev, that of the
+// state before it; they swap after every step (the cells' headers call them dh, dh_prev).  Per
+// step, for every batch row b: g[b] += d_out[t, b]; then
+//   valid row:  row(t, b, g[b], g_prev[b]), the cell's gate math: writes the step's gradient
+//               rows and sets g_prev[b] (to zero or to its direct path, h_t's dependence on
+//               h_{t-1} outside the recurrent weights);
+//   padded row: the step did not happen: g[b] passes to g_prev[b] unchanged and row (t, b) of
+//               every buffer in zeroed is set to zero;
+// then step(t, g_prev) adds the recurrent terms (GEMMs with the recurrent weights, and any pass
+// between them) into g_prev.  Rows run on threads when B is large: row must only write row b.
+// Returns g after step 0: the gradient of state0[0].
+template <typename T, typename Row, typename Step>
+Tensor backward_steps(const BwdArgs& a, int64_t row_work, const std::vector<StepRows<T>>& zeroed, const Row& row,
+                      const Step& step) {
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), S = a.states[0].size(2);
+  const Mask mask(a.mask, B);
+  const GradOut<T> d_out(a.d_out);
+  Tensor g = final_grad(a, 0), g_prev = at::empty_like(g);
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    T* g_t = g.data_ptr<T>();
+    T* g_p = g_prev.data_ptr<T>();
+    for_rows(B, row_work, [&](int64_t b) {
+      T *gb = g_t + b * S, *pb = g_p + b * S;
+      d_out.add(t, b, S, gb);
+      if (mask.valid(t, b)) {
+        row(t, b, gb, pb);
+        return;
+      }
+      std::memcpy(pb, gb, S * sizeof(T));
+      for (const StepRows<T>& z : zeroed) std::fill_n(z.p + (t * B + b) * z.n, z.n, T(0));
+    });
+    step(t, g_p);
+    std::swap(g, g_prev);
+  }
+  return g;
+}
+
+}  // namespace rnnkit
