@@ -5,7 +5,13 @@
 // spec: the int vector make_spec returns (registry.cpp); the tensors follow the backend contract
 // of rnnkit/backends/reference.py (shapes in rnn.h).  Inputs are made contiguous here, once, so
 // the kernels can walk raw pointers.
-#include <torch/extension.h>
+//
+// Only torch's pybind11 glue is included (Tensor and STL casters), not <torch/extension.h>, whose
+// C++ frontend costs this file about 20 s of compile time and is not used.
+#include <torch/csrc/utils/pybind.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "gemm.h"
 #include "rnn.h"
