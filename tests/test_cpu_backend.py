@@ -3,6 +3,7 @@ final states, every gradient and the trace; gradcheck in float64; the streaming 
 
 The kernels are compiled on first use (about a minute, once per machine; cached afterwards).
 """
+import itertools
 import warnings
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, gr
                       needs_cpu, randn, random_state, state_tensors)
 from rnnkit import backends
 from rnnkit.backends import _build, cpu
+from rnnkit.cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
 
 BUILT = cpu.extension() is not None
 T, B = 5, 3
@@ -238,3 +240,58 @@ def test_expanded_output_gradient(cell):
         model(randn(T, B, INPUT_SIZE))[0].sum().backward()
         got[backend] = [p.grad for p in model.parameters()]
     assert_all_close(got["cpu"], got["reference"])
+
+
+# -- the cell table and the spec (make_spec, cells) -------------------------------------------
+# The spec as rnnkit/backends/cpu.py numbered it before make_spec: [kind, nonlinearity,
+# output_activation, reset_after].  make_spec must give the same numbers.
+KIND = {"elman": 0, "jordan": 1, "lstm": 2, "gru": 3}
+ACT = {"tanh": 0, "relu": 1, "identity": 2, "sigmoid": 3, "softmax": 4}
+CELL_OPTIONS = {"elman": {"nonlinearity": NONLINEARITIES},
+                "jordan": {"nonlinearity": NONLINEARITIES, "output_activation": OUTPUT_ACTIVATIONS},
+                "lstm": {},
+                "gru": {"reset_after": (True, False)}}
+
+
+def spec_cases():
+    for name, options in CELL_OPTIONS.items():
+        for values in itertools.product(*options.values()):
+            yield name, dict(zip(options, values))
+
+
+@needs_cpu
+def test_cells_are_the_four_in_id_order():
+    assert cpu.extension().cells() == ["elman", "jordan", "lstm", "gru"]
+
+
+@needs_cpu
+@pytest.mark.parametrize("name, options", list(spec_cases()), ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}={v}" for k, v in v.items()) or "defaults")
+def test_make_spec_matches_the_python_encoding(name, options):
+    expected = [KIND[name], ACT[options.get("nonlinearity", "tanh")],
+                ACT[options.get("output_activation", "identity")], int(options.get("reset_after", True))]
+    as_strings = {k: str(int(v)) if isinstance(v, bool) else v for k, v in options.items()}
+    assert cpu.extension().make_spec(name, as_strings) == expected
+
+
+@needs_cpu
+def test_make_spec_defaults():
+    ext = cpu.extension()
+    assert ext.make_spec("gru") == ext.make_spec("gru", {}) == [3, 0, 2, 1]
+    assert ext.make_spec("jordan", {"nonlinearity": "relu"}) == [1, 1, 2, 1]
+
+
+@needs_cpu
+@pytest.mark.parametrize("name, options, words", [
+    ("fortran", {}, ["cell", "'elman', 'jordan', 'lstm', 'gru'", "'fortran'"]),
+    ("elman", {"nonlinearity": "sigmoid"}, ["nonlinearity", "'tanh', 'relu'", "'sigmoid'"]),
+    ("jordan", {"output_activation": "relu"},
+     ["output_activation", "'identity', 'tanh', 'sigmoid', 'softmax'", "'relu'"]),
+    ("gru", {"reset_after": "True"}, ["reset_after", "'1', '0'", "'True'"]),
+    ("gru", {"reset_before": "1"}, ["option", "'nonlinearity', 'output_activation', 'reset_after'", "'reset_before'"]),
+], ids=["cell", "nonlinearity", "output_activation", "reset_after", "option"])
+def test_make_spec_rejects_unknown_names_and_values(name, options, words):
+    with pytest.raises(ValueError) as err:
+        cpu.extension().make_spec(name, options)
+    for word in words:
+        assert word in str(err.value)
