@@ -88,6 +88,7 @@ class _Recurrent(nn.Module):
             warnings.warn("dropout acts between stacked layers; with num_layers=1 it has no effect "
                           f"(dropout={self.dropout})", stacklevel=3)
         self.cell = cell
+        cell.spec, cell.key                     # memoised now: compiled code must not compute them
         D = 2 if self.bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         self._param_names: List[List[str]] = []
@@ -124,6 +125,20 @@ class _Recurrent(nn.Module):
 
     def flatten_parameters(self) -> None:
         """No-op, kept so code written for torch.nn (cuDNN) runs unchanged."""
+
+    @property
+    def _flat_weights_names(self) -> List[str]:
+        """Every parameter name in torch.nn's order (as weight-drop / AWD-LSTM code reads it)."""
+        return [n for names in self._param_names for n in names]
+
+    @property
+    def _flat_weights(self) -> List[Optional[Tensor]]:
+        """The parameters as the module holds them now, in ``_flat_weights_names`` order."""
+        return [getattr(self, n, None) for n in self._flat_weights_names]
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"{type(self).__name__}: torch.jit.script cannot compile rnnkit layers (and TorchScript "
+                           "is deprecated); use torch.compile(model) or torch.export.export(model, args)")
 
     def _param(self, name: str, like: Tensor) -> Optional[Tensor]:
         """A parameter as the module holds it now (parametrizations computed), checked against its
@@ -565,3 +580,8 @@ class Jordan(_Recurrent):
     def _size_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, {self.output_size}"
 
+
+
+# Whole-model torch.save / torch.load under torch's default weights-only loading: the layers and
+# their cells hold nothing but these classes, tensors and plain Python values.
+torch.serialization.add_safe_globals([Elman, LSTM, GRU, Jordan, ElmanCell, LSTMCell, GRUCell, JordanCell])

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backends
+from .backends import library
 from .backends.base import Backend
 from .cells.base import Cell
 from .sequence import zero_padded as _zero_padded
@@ -66,7 +67,11 @@ def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih,
     differentiate (``_linear`` may call oneDNN's op, which it cannot).
     """
     xp = project(x, w_ih, b_ih)                                        # (T, B, G*H)
-    states, saved = backend.forward(cell, xp, mask, state0, rec, save=need_saved or want_trace)
+    save = need_saved or want_trace
+    if backend.differentiable:                                         # traced step by step by autograd
+        states, saved = backend.forward(cell, xp, mask, state0, rec, save)
+    else:
+        states, saved = library.forward(backend, cell, xp, mask, state0, rec, save)
     out = _zero_padded(mask, states[0])                                # (T, B, S_0)
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
     trace = _trace(cell, mask, saved, states) if want_trace else {}
@@ -103,8 +108,8 @@ class RecurrentFunction(torch.autograd.Function):
                                                         (d_out, *d_final))
         if d_out is not None:
             d_out = _zero_padded(mask, d_out)      # padded outputs are constant zeros
-        d_xp, d_state0, d_rec = ctx.backend.backward(
-            ctx.cell, d_out, d_final, mask, state0, states, saved, rec)
+        d_xp, d_state0, d_rec = library.backward(
+            ctx.backend, ctx.cell, d_out, d_final, mask, state0, states, saved, rec)
         T, B, I = x.shape
         d_xp2 = d_xp.reshape(T * B, d_xp.shape[-1])                    # (T*B, G*H); B may be 0
         need = ctx.needs_input_grad

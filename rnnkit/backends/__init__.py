@@ -19,7 +19,8 @@ from typing import Dict, Optional
 
 import torch
 
-from . import autograd, cpu, reference
+from ..cells.base import Cell
+from . import autograd, cpu, library, reference
 from .base import Backend, Support
 
 _REGISTERED: Dict[str, Backend] = {b.name: b for b in (reference.BACKEND, autograd.BACKEND, cpu.BACKEND)}
@@ -86,7 +87,19 @@ def resolve(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
     """The backend that runs ``cell`` on tensors of this device and dtype.
 
     ``name``: the layer's ``backend`` argument (None: RNNKIT_BACKEND, else 'auto').
+    Under torch.compile the choice is made once, while tracing, and is a constant of the graph.
     """
+    if torch.compiler.is_compiling():
+        return get(_resolve_while_tracing(name, cell.spec, str(device), dtype))
+    return _resolve(name, cell, device, dtype)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_while_tracing(name: Optional[str], spec: str, device: str, dtype: torch.dtype) -> str:
+    return _resolve(name, Cell.from_spec(spec), device, dtype).name
+
+
+def _resolve(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
     name, source = _requested(name)
     if name == "auto":
         return _auto(cell, torch.device(device), dtype)
@@ -107,6 +120,8 @@ def resolve_cached(name: Optional[str], cell, device, dtype: torch.dtype) -> Bac
     call, so a changed variable is seen), the cell's kind, device and dtype.  Failures are not
     memoised, so a backend that becomes available is seen.
     """
+    if torch.compiler.is_compiling():
+        return resolve(name, cell, device, dtype)
     key = (name, os.environ.get("RNNKIT_BACKEND") if name is None else None, cell.key, device, dtype)
     hit = _resolved.get(key)
     if hit is None:

@@ -15,7 +15,9 @@ emits at every step (h for Elman/LSTM/GRU, y for Jordan).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import json
+from functools import lru_cache
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -44,8 +46,38 @@ class Cell:
     saved_names: Tuple[str, ...] = ()
     trace_names: Tuple[str, ...] = ()
 
+    _classes: Dict[str, type] = {}               # every cell class by name, for ``from_spec``
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Cell._classes[cls.name] = cls
+
     def __init__(self, hidden_size: int):
         self.hidden_size = hidden_size
+
+    def init_kwargs(self) -> Dict[str, Any]:
+        """The constructor's arguments: ``type(cell)(**cell.init_kwargs())`` is an equal cell."""
+        return {"hidden_size": self.hidden_size}
+
+    @property
+    def spec(self) -> str:
+        """The cell as a string (name and constructor arguments), for torch custom operators,
+        which take strings, not objects; ``Cell.from_spec`` rebuilds it."""
+        spec = self.__dict__.get("_spec")
+        if spec is None:
+            spec = self.__dict__["_spec"] = json.dumps({"cell": self.name, **self.init_kwargs()}, sort_keys=True)
+        return spec
+
+    @staticmethod
+    @lru_cache(maxsize=None)
+    def from_spec(spec: str) -> "Cell":
+        kwargs = json.loads(spec)
+        return Cell._classes[kwargs.pop("cell")](**kwargs)
+
+    def saved_sizes(self) -> Tuple[int, ...]:
+        """Feature size of every per-step saved tensor, in ``saved_names`` order."""
+        return ()
 
     # -- identity --------------------------------------------------------
     def options(self) -> Dict[str, str]:

@@ -40,6 +40,9 @@ class ElmanCell(Cell):
     def options(self):
         return {"nonlinearity": self.nonlinearity}
 
+    def init_kwargs(self):
+        return {**super().init_kwargs(), "nonlinearity": self.nonlinearity}
+
     def recurrent_matrix(self, params):
         return params["weight_hh"]                                          # (H, H)
 

@@ -50,6 +50,13 @@ class GRUCell(Cell):
     def options(self):
         return {"reset_after": "1" if self.reset_after else "0"}
 
+    def init_kwargs(self):
+        return {**super().init_kwargs(), "reset_after": self.reset_after}
+
+    def saved_sizes(self):
+        H = self.hidden_size
+        return (3 * H, H) if self.reset_after else (3 * H,)
+
     def step(self, xp, state, p):
         w_hh, b_hh = p
         h = state[0]

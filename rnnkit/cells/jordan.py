@@ -70,6 +70,12 @@ class JordanCell(Cell):
     def options(self):
         return {"nonlinearity": self.nonlinearity, "output_activation": self.output_activation}
 
+    def init_kwargs(self):
+        return {**super().init_kwargs(), "output_size": self.output_size, **self.options()}
+
+    def saved_sizes(self):
+        return (self.hidden_size,)
+
     def recurrent_matrix(self, params):
         return params["weight_hy"] @ params["weight_yh"]                    # (O, O)
 

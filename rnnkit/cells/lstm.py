@@ -39,6 +39,9 @@ class LSTMCell(Cell):
     saved_names = ("gates", "tanh_c")
     trace_names = ("input_gate", "forget_gate", "candidate", "output_gate", "cell", "hidden")
 
+    def saved_sizes(self):
+        return (4 * self.hidden_size, self.hidden_size)
+
     def step(self, xp, state, p):
         w_hh, b_hh = p
         h, c = state

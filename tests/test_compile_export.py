@@ -1,0 +1,114 @@
+"""torch.compile(fullgraph=True), torch.export, whole-model save/load and TorchScript's refusal.
+
+The backends' time loops are torch custom operators (rnnkit/backends/library.py): their fake
+implementations must give the real outputs' shapes and dtypes for every cell form and backend
+(torch.library.opcheck), and compiled or exported models must give eager's numbers.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit import backends, registry
+from rnnkit.cells.base import Cell
+
+T, B, I, H = 4, 2, 3, 4
+FORMS = registry.forms()
+HAND = [n for n in backends.BACKENDS if n != "auto" and not backends.get(n).differentiable and backends.get(n).available()]
+
+
+def _layer(form: str, **kw):
+    entry, kwargs = FORMS[form]
+    torch.manual_seed(0)
+    return entry.layer(I, H, **kwargs, **kw)
+
+
+def _op_args(cell: Cell, backend: str, lengths: bool):
+    g = torch.Generator().manual_seed(0)
+    GH = cell.n_gates * cell.hidden_size
+    xp = torch.randn(T, B, GH, generator=g)
+    mask = (torch.arange(T)[:, None] < torch.tensor([T, 2])[None]).unsqueeze(-1) if lengths else None
+    state0 = [torch.randn(B, s, generator=g) for s in cell.state_sizes()]
+    params = [torch.randn(shape, generator=g) for name, shape in cell.param_shapes(I, True)
+              if name in cell.rec_params]
+    return xp, mask, state0, params
+
+
+@pytest.mark.parametrize("backend", HAND)
+@pytest.mark.parametrize("form", list(FORMS))
+def test_operators_fake_implementations_match(form, backend):
+    cell = _layer(form).cell
+    if not backends.get(backend).supports(cell, torch.device("cpu"), torch.float32):
+        pytest.skip(f"{backend} does not run {form}")
+    # Without a mask: the saved tensors of padded steps are left unwritten (never read), which
+    # opcheck's eager-against-traced comparison would take for a difference.
+    xp, mask, state0, params = _op_args(cell, backend, lengths=False)
+    torch.library.opcheck(torch.ops.rnnkit.sequence_forward.default,
+                          (backend, cell.spec, xp, mask, state0, params, True))
+    states, saved = torch.ops.rnnkit.sequence_forward(backend, cell.spec, xp, mask, state0, params, True)
+    assert [s.shape[-1] for s in saved] == list(cell.saved_sizes())
+    d_out = torch.randn_like(states[0])
+    torch.library.opcheck(torch.ops.rnnkit.sequence_backward.default,
+                          (backend, cell.spec, d_out, [None] * len(state0), mask, state0, states, saved, params))
+
+
+def test_cell_spec_round_trips():
+    for form in FORMS:
+        cell = _layer(form).cell
+        again = Cell.from_spec(cell.spec)
+        assert type(again) is type(cell) and again.key == cell.key and again.state_sizes() == cell.state_sizes()
+
+
+# One form per cell: compiling is slow (seconds per graph).
+ONE_PER_CELL = [next(f for f, (e, _) in FORMS.items() if e is entry) for entry in registry.CELLS.values()]
+
+
+@pytest.mark.parametrize("form", ONE_PER_CELL)
+def test_compile_fullgraph_gives_eager_numbers_and_gradients(form):
+    torch._dynamo.reset()
+    model = _layer(form, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I, requires_grad=True)
+    out, state = model(x)
+    expected = [out, *model.unpack_state(state), *torch.autograd.grad(out.sum(), [x, *model.parameters()])]
+    compiled = torch.compile(model, fullgraph=True)
+    out, state = compiled(x)
+    got = [out, *model.unpack_state(state), *torch.autograd.grad(out.sum(), [x, *model.parameters()])]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("form", ONE_PER_CELL)
+def test_export_produces_a_program_that_runs(form):
+    model = _layer(form, num_layers=2, batch_first=True)
+    x = torch.randn(B, T, I)
+    program = torch.export.export(model, (x,))
+    x2 = torch.randn(B, T, I)
+    for a, b in zip(program.module()(x2), model(x2)):
+        for u, v in zip(model.unpack_state(a) if not isinstance(a, torch.Tensor) else [a],
+                        model.unpack_state(b) if not isinstance(b, torch.Tensor) else [b]):
+            torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_whole_model_save_and_weights_only_load(form):
+    model = _layer(form, num_layers=2)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf)                                  # torch's default: weights_only=True
+    x = torch.randn(T, B, I)
+    torch.testing.assert_close(loaded(x)[0], model(x)[0])
+
+
+def test_torchscript_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="torch.compile"):
+        torch.jit.script(rnnkit.LSTM(I, H))
+
+
+def test_flat_weights_follow_torch():
+    ours, ref = rnnkit.LSTM(I, H, num_layers=2, bidirectional=True), torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
+    assert ours._flat_weights_names == ref._flat_weights_names
+    assert all(a is getattr(ours, n) for a, n in zip(ours._flat_weights, ours._flat_weights_names))
