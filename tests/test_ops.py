@@ -3,11 +3,10 @@ what the differentiable path gives, trace included."""
 import pytest
 import torch
 
-from conftest import BACKENDS, CELLS, INPUT_SIZE, flat, make, randn
+from helpers import INPUT_SIZE, cell_backends, flat, make, randn
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends())
 def test_no_grad_path_equals_graph_path(backend, cell):
     model = make(cell, num_layers=2, bidirectional=True, backend=backend)
     x = randn(4, 3, INPUT_SIZE)

@@ -1,4 +1,5 @@
-"""rnnkit.Jordan against an independent per-sequence loop written here (torch.nn has no Jordan network).
+"""rnnkit.Jordan against an independent per-sequence loop written here (torch.nn has no Jordan network),
+on every registered backend that runs the cell.
 
 Per layer k and direction:  h_t = act(W_ih x_t + b_ih + W_yh y_{t-1}),  y_t = act_out(W_hy h_t + b_hy);
 layer k+1 reads layer k's y, both directions concatenated.
@@ -9,13 +10,18 @@ import pytest
 import torch
 
 import rnnkit
-from conftest import (BACKENDS, INPUT_SIZE, OUTPUT_SIZE, assert_all_close, flat, grads, randn,
-                      random_state)
+from rnnkit.cells import JordanCell
+from helpers import INPUT_SIZE, OUTPUT_SIZE, assert_all_close, backends_for, flat, grads, randn, random_state
 
 T, B, H = 5, 3, 4
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 OUT = {"identity": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
        "softmax": lambda z: torch.exp(z) / torch.exp(z).sum()}
+
+
+def backends_of(nonlinearity="tanh", output_activation="identity", **kw):
+    """The registered backends that run this Jordan cell (helpers.backends_for)."""
+    return backends_for(JordanCell(H, OUTPUT_SIZE, nonlinearity, output_activation), **kw)
 
 
 def jordan_oracle(model, x, y0, lengths):
@@ -76,10 +82,11 @@ def test_parameter_names_and_shapes(num_layers, bidirectional, bias):
 @pytest.mark.parametrize("with_y0", [False, True], ids=["zero_y0", "y0"])
 @pytest.mark.parametrize("num_layers, bidirectional, bias", [
     (1, False, True), (1, True, False), (2, False, False), (2, True, True)])
-@pytest.mark.parametrize("nonlinearity, output_activation", [
-    ("tanh", "identity"), ("tanh", "tanh"), ("tanh", "sigmoid"), ("tanh", "softmax"),
-    ("relu", "identity"), ("relu", "softmax")])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("nonlinearity, output_activation, backend", [
+    pytest.param(act, out, *b.values, id=f"{b.id}-{act}-{out}", marks=b.marks)
+    for act, out in [("tanh", "identity"), ("tanh", "tanh"), ("tanh", "sigmoid"), ("tanh", "softmax"),
+                     ("relu", "identity"), ("relu", "softmax")]
+    for b in backends_of(act, out)])
 def test_matches_oracle(backend, nonlinearity, output_activation, num_layers, bidirectional, bias,
                         with_y0, lengths):
     torch.manual_seed(0)
@@ -93,12 +100,15 @@ def test_matches_oracle(backend, nonlinearity, output_activation, num_layers, bi
     assert_all_close([y, y_n], list(jordan_oracle(model, x, y0, lengths or [T] * B)))
 
 
-@pytest.mark.parametrize("output_activation", ["identity", "tanh", "sigmoid", "softmax"])
-def test_gradients_match_oracle(output_activation):
+@pytest.mark.parametrize("output_activation, backend", [
+    pytest.param(out, *b.values, id=f"{b.id}-{out}", marks=b.marks)
+    for out in ["identity", "tanh", "sigmoid", "softmax"]
+    for b in backends_of(output_activation=out, own_backward=True)])
+def test_gradients_match_oracle(output_activation, backend):
     """Gradients of the hand-derived BPTT equal autograd through the oracle."""
     torch.manual_seed(0)
     model = rnnkit.Jordan(INPUT_SIZE, H, OUTPUT_SIZE, num_layers=2, bidirectional=True,
-                          output_activation=output_activation, dtype=torch.float64, backend="reference")
+                          output_activation=output_activation, dtype=torch.float64, backend=backend)
     x = randn(T, B, INPUT_SIZE, requires_grad=True)
     y0 = random_state(model, B)
     lengths = [5, 2, 4]
@@ -107,9 +117,10 @@ def test_gradients_match_oracle(output_activation):
                      grads(list(jordan_oracle(model, x, y0, lengths)), leaves))
 
 
-def test_batch_first_and_unbatched():
+@pytest.mark.parametrize("backend", backends_of())
+def test_batch_first_and_unbatched(backend):
     torch.manual_seed(0)
-    model = rnnkit.Jordan(INPUT_SIZE, H, OUTPUT_SIZE, batch_first=True, dtype=torch.float64)
+    model = rnnkit.Jordan(INPUT_SIZE, H, OUTPUT_SIZE, batch_first=True, dtype=torch.float64, backend=backend)
     x = randn(T, B, INPUT_SIZE)
     y, y_n = model(x.transpose(0, 1))
     y_ref, y_n_ref = jordan_oracle(model, x, None, [T] * B)
@@ -118,9 +129,10 @@ def test_batch_first_and_unbatched():
     assert_all_close([y1, y1_n], [y_ref[:, 0], y_n_ref[:, 0]])
 
 
-def test_known_values_scalar_network():
+@pytest.mark.parametrize("backend", backends_of(output_activation="sigmoid"))
+def test_known_values_scalar_network(backend):
     """H = O = I = 1 with hand-set weights: every number checked against math on floats."""
-    model = rnnkit.Jordan(1, 1, 1, output_activation="sigmoid", dtype=torch.float64)
+    model = rnnkit.Jordan(1, 1, 1, output_activation="sigmoid", dtype=torch.float64, backend=backend)
     with torch.no_grad():
         for name, v in [("weight_ih_l0", 0.5), ("weight_yh_l0", -2.0), ("bias_ih_l0", 0.1),
                         ("weight_hy_l0", 3.0), ("bias_hy_l0", -1.0)]:

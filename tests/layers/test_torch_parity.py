@@ -1,18 +1,16 @@
 """rnnkit.Elman/LSTM/GRU against torch.nn.RNN/LSTM/GRU: surface, values and every gradient.
 
-Full configuration matrix in float64 (tolerance 1e-10), a slimmer float32 subset (1e-5), for the
-Python backends and the fused C++ one ('cpu', skipped when its kernels did not build).
+Full configuration matrix in float64 (tolerance 1e-10), a slimmer float32 subset (1e-5), for every
+registered backend that supports the case (helpers.cell_backends).  Conversion: test_convert.py.
 """
 import pytest
 import torch
-from torch import nn
 
 import rnnkit
-from conftest import (BACKENDS, INPUT_SIZE, needs_cpu, TORCH_CELLS, assert_all_close, flat, grads,
-                      make_torch_pair, randn, random_state, state_tensors)
+from helpers import (INPUT_SIZE, TORCH_CELLS, assert_all_close, cell_backends, flat, grads, make_torch_pair,
+                     randn, random_state, state_tensors)
 
 T, B = 4, 2
-ALL_BACKENDS = BACKENDS + (pytest.param("cpu", marks=needs_cpu),)
 
 
 def check_parity(cell, backend, dtype, *, num_layers=1, bidirectional=False, batch_first=False,
@@ -37,8 +35,7 @@ def check_parity(cell, backend, dtype, *, num_layers=1, bidirectional=False, bat
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends(TORCH_CELLS, torch.float64))
 def test_matches_torch_float64(backend, cell, num_layers, bidirectional, batch_first, bias, with_hx):
     check_parity(cell, backend, torch.float64, num_layers=num_layers, bidirectional=bidirectional,
                  batch_first=batch_first, bias=bias, with_hx=with_hx)
@@ -49,8 +46,7 @@ def test_matches_torch_float64(backend, cell, num_layers, bidirectional, batch_f
     (2, True, True, True, True),
     (3, True, False, False, True),
 ])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends(TORCH_CELLS, torch.float32))
 def test_matches_torch_float32(backend, cell, num_layers, bidirectional, batch_first, bias, with_hx):
     check_parity(cell, backend, torch.float32, num_layers=num_layers, bidirectional=bidirectional,
                  batch_first=batch_first, bias=bias, with_hx=with_hx)
@@ -58,8 +54,7 @@ def test_matches_torch_float32(backend, cell, num_layers, bidirectional, batch_f
 
 @pytest.mark.parametrize("bidirectional, batch_first, with_hx", [
     (False, False, False), (True, False, True), (True, True, False), (False, True, True)])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends(TORCH_CELLS))
 def test_unbatched_matches_torch(backend, cell, bidirectional, batch_first, with_hx):
     check_parity(cell, backend, torch.float64, num_layers=2, bidirectional=bidirectional,
                  batch_first=batch_first, with_hx=with_hx, unbatched=True)
@@ -83,36 +78,6 @@ def test_load_state_dict_from_rnnkit_into_torch(cell):
     ref.load_state_dict(ours.state_dict())
     x = randn(T, B, INPUT_SIZE)
     assert_all_close(flat(ref(x)), flat(ours(x)))
-
-
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-def test_from_torch_and_to_torch(cell):
-    ref, _ = make_torch_pair(cell, backend="reference", num_layers=2, bidirectional=True,
-                             batch_first=True, dropout=0.25)
-    ref.eval()
-    ours = rnnkit.from_torch(ref, backend="autograd")
-    assert type(ours) is TORCH_CELLS[cell][0] and ours.backend == "autograd"
-    assert not ours.training and ours.dropout == 0.25 and ours.batch_first
-    assert getattr(ours, "nonlinearity", None) == getattr(ref, "nonlinearity", None)
-    back = ours.to_torch()
-    assert type(back) is type(ref) and not back.training
-    assert str(back) == str(ref)
-    x = randn(B, T, INPUT_SIZE)
-    assert_all_close(flat(ours(x)), flat(ref(x)))
-    assert_all_close(flat(back(x)), flat(ref(x)))
-    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(ours.parameters(), ref.parameters()))
-    assert_all_close(flat(rnnkit.to_torch(ours)(x)), flat(ref(x)))
-
-
-def test_conversion_refusals():
-    with pytest.raises(ValueError, match="reset_after"):
-        rnnkit.GRU(2, 3, reset_after=False).to_torch()
-    with pytest.raises(TypeError, match="Jordan"):
-        rnnkit.Jordan(2, 3, 2).to_torch()
-    with pytest.raises(ValueError, match="proj_size"):
-        rnnkit.from_torch(nn.LSTM(2, 3, proj_size=2))
-    with pytest.raises(TypeError, match="module"):
-        rnnkit.from_torch(nn.Linear(2, 3))
 
 
 @pytest.mark.parametrize("cell", TORCH_CELLS)

@@ -1,11 +1,12 @@
-"""Parameters: torch.nn's initialisation, LSTM forget-gate bias, counts, device/dtype factory kwargs."""
+"""Parameters: torch.nn's initialisation, LSTM forget-gate bias, counts (closed form by hand),
+device/dtype factory kwargs."""
 import math
 
 import pytest
 import torch
 
 import rnnkit
-from conftest import CELLS, TORCH_CELLS, make, make_torch_pair
+from helpers import CELLS, FORMS, TORCH_CELLS, make, make_torch_pair
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -52,10 +53,56 @@ def test_lstm_without_forget_bias_is_plain_uniform():
     assert not torch.all(model.bias_hh_l0[3:6] == 0)
 
 
+def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bias: bool) -> int:
+    """Scalars of a stack, from the equations in the cells' docstrings (not from rnnkit).
+
+    Per layer and direction with K inputs, G gate blocks (Elman 1, GRU 3, LSTM 4):
+        W_ih (G*H, K) + W_hh (G*H, H) [+ b_ih, b_hh (G*H) each]      = G*H*(K+H) [+ 2*G*H]
+    Jordan: W_ih (H, K) + W_yh (H, O) + W_hy (O, H) [+ b_ih (H) + b_hy (O)].
+    Layer 0 reads the I input features, deeper layers both directions of the layer below: D*S,
+    S the emitted width (H; Jordan O).
+    """
+    if cell == "jordan":
+        def one(K):
+            return H * K + H * O + O * H + (H + O if bias else 0)
+        S = O
+    elif cell in ("elman", "gru", "lstm"):
+        G = {"elman": 1, "gru": 3, "lstm": 4}[cell]
+
+        def one(K):
+            return G * H * (K + H) + (2 * G * H if bias else 0)
+        S = H
+    else:
+        pytest.fail(f"no closed-form parameter count for the {cell!r} cell: add its equations to count_by_hand")
+    return sum(D * one(I if k == 0 else D * S) for k in range(num_layers))
+
+
+@pytest.mark.parametrize("cell, kw, expected", [
+    ("elman", {}, 4 * 3 + 4 * 4 + 2 * 4),
+    ("lstm", {"num_layers": 2, "bidirectional": True}, 2 * (16 * 3 + 16 * 4 + 32) + 2 * (16 * 8 + 16 * 4 + 32)),
+    ("gru", {"bias": False}, 12 * 3 + 12 * 4),
+    ("jordan", {"num_layers": 2}, (4 * 3 + 4 * 2 + 2 * 4 + 4 + 2) + (4 * 2 + 4 * 2 + 2 * 4 + 4 + 2)),
+])
+def test_count_by_hand_on_worked_examples(cell, kw, expected):
+    """The closed form itself, against numbers worked out on paper (I=3, H=4, O=2)."""
+    kw = {"num_layers": 1, "bidirectional": False, "bias": True, **kw}
+    D = 2 if kw["bidirectional"] else 1
+    assert count_by_hand(cell, 3, 4, 2, kw["num_layers"], D, kw["bias"]) == expected
+
+
+@pytest.mark.parametrize("num_layers, bidirectional, bias", [
+    (1, False, True), (1, True, False), (3, False, False), (3, True, True)],
+    ids=["l1_uni", "l1_bi_nobias", "l3_uni_nobias", "l3_bi"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_parameter_count(cell):
-    model = make(cell, num_layers=2, bidirectional=True)
-    assert model.parameter_count() == sum(p.numel() for p in model.parameters())
+def test_parameter_count(cell, num_layers, bidirectional, bias):
+    """I, H and O all differ, so a layer reading the wrong width is counted wrong."""
+    entry, form = FORMS[cell]
+    I, H, O = 5, 4, form.get("output_size", 0)
+    model = make(cell, input_size=I, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional,
+                 bias=bias)
+    expected = count_by_hand(entry.name, I, H, O, num_layers, 2 if bidirectional else 1, bias)
+    assert model.parameter_count() == expected
+    assert sum(p.numel() for p in model.parameters()) == expected
 
 
 @pytest.mark.parametrize("kw", [{}, {"num_layers": 3, "bidirectional": True}, {"bias": False}])

@@ -1,4 +1,4 @@
-"""Variable lengths: ``lengths=`` and PackedSequence input.
+"""Variable lengths: ``lengths=`` and PackedSequence input, on every registered backend that supports the case.
 
 Oracles: torch.nn on a PackedSequence (Elman, LSTM, GRU), and for every cell each sequence run
 alone, unpadded.  Padding is filled with NaN (or huge values): valid outputs, final states and
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import (BACKENDS, CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, cotangents, flat,
-                      grads, make, make_torch_pair, randn, random_state, state_size, state_tensors)
+from helpers import (INPUT_SIZE, TORCH_CELLS, assert_all_close, cell_backends, cotangents, flat, grads, make,
+                     make_torch_pair, randn, random_state, state_size, state_tensors)
 
 T = 5
 LENGTHS = [3, 5, 1]           # unsorted on purpose
@@ -44,8 +44,7 @@ def assert_padding_zero_and_finite(out, lengths, batch_first=False):
 @pytest.mark.parametrize("as_packed", ["lengths", "packed_sorted", "packed_unsorted"])
 @pytest.mark.parametrize("num_layers, bidirectional, batch_first", [
     (1, False, False), (1, True, True), (2, True, False), (3, True, True)])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends(TORCH_CELLS))
 def test_matches_torch_packed(backend, cell, num_layers, bidirectional, batch_first, as_packed, with_hx):
     ref, ours = make_torch_pair(cell, backend=backend, num_layers=num_layers,
                                 bidirectional=bidirectional, batch_first=batch_first)
@@ -79,8 +78,7 @@ def test_matches_torch_packed(backend, cell, num_layers, bidirectional, batch_fi
 @pytest.mark.parametrize("lengths", [LENGTHS, [2, 4, 1]], ids=["longest_is_T", "all_shorter"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
 @pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (1, True), (2, True)])
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends())
 def test_matches_each_sequence_alone(backend, cell, num_layers, bidirectional, batch_first, lengths):
     """Batched with lengths == every sequence run alone on its valid steps: values and gradients."""
     model = make(cell, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
@@ -107,9 +105,9 @@ def test_matches_each_sequence_alone(backend, cell, num_layers, bidirectional, b
 
 
 @pytest.mark.parametrize("pad", [float("nan"), float("inf"), 1e30], ids=["nan", "inf", "huge"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_padding_values_do_not_matter(cell, pad):
-    model = make(cell, num_layers=2, bidirectional=True, backend="reference")
+@pytest.mark.parametrize("cell, backend", cell_backends())
+def test_padding_values_do_not_matter(cell, backend, pad):
+    model = make(cell, num_layers=2, bidirectional=True, backend=backend)
     leaves = list(model.parameters())
     results = []
     for value in [0.0, pad]:
@@ -121,10 +119,10 @@ def test_padding_values_do_not_matter(cell, pad):
     assert_all_close(results[1], results[0])
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_packed_output_and_full_lengths(cell):
+@pytest.mark.parametrize("cell, backend", cell_backends())
+def test_packed_output_and_full_lengths(cell, backend):
     """Packed in, packed out (for cells torch.nn lacks); lengths all == T is the plain call."""
-    model = make(cell, num_layers=2, bidirectional=True, backend="reference")
+    model = make(cell, num_layers=2, bidirectional=True, backend=backend)
     x = padded_input(LENGTHS)
     packed = pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False)
     assert_all_close(flat(model(packed), total_length=T), flat(model(x, lengths=LENGTHS)))
@@ -132,10 +130,10 @@ def test_packed_output_and_full_lengths(cell):
     assert_all_close(flat(model(x_full, lengths=[T] * B)), flat(model(x_full)))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "jordan_tanh"])
-def test_reverse_direction_starts_at_own_last_step(cell):
+@pytest.mark.parametrize("cell, backend", cell_backends(["lstm", "jordan_tanh"]))
+def test_reverse_direction_starts_at_own_last_step(cell, backend):
     """Reverse-direction output at the last valid step depends only on that step (and the state)."""
-    model = make(cell, bidirectional=True, backend="reference")
+    model = make(cell, bidirectional=True, backend=backend)
     S = state_size(model)
     x = padded_input(LENGTHS)
     out = model(x, lengths=LENGTHS)[0]

@@ -1,13 +1,15 @@
-"""The hand-derived BPTT of the 'reference' backend: torch.autograd.gradcheck in float64, and
-equality with autograd through the plain loop ('autograd' backend), for every cell, direction,
-layer count and length pattern.  Gradients flow to the input, the initial state and every parameter.
+"""The hand-written backward of every registered backend that has one (the reference backend's
+hand-derived BPTT, the fused kernels ...): torch.autograd.gradcheck in float64, and equality with
+autograd through the plain loop (the oracle backend, ``rnnkit.backends.ORACLE``), for every cell,
+direction, layer count and length pattern.  Gradients flow to the input, the initial state and
+every parameter.
 """
 import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import (CELLS, assert_all_close, flat, grads, make, randn, random_state,
-                      state_tensors)
+from rnnkit import backends
+from helpers import assert_all_close, cell_backends, flat, grads, make, randn, random_state, state_tensors
 
 T, B, I, H = 4, 3, 2, 3
 LENGTH_PATTERNS = {"full": None, "mixed": [4, 1, 3]}
@@ -28,9 +30,9 @@ def setup(cell, num_layers, bidirectional, bias, backend):
 
 
 @configs
-@pytest.mark.parametrize("cell", CELLS)
-def test_gradcheck_reference_backend(cell, num_layers, bidirectional, bias, lengths):
-    model, x, hx = setup(cell, num_layers, bidirectional, bias, "reference")
+@pytest.mark.parametrize("cell, backend", cell_backends(own_backward=True))
+def test_gradcheck(cell, backend, num_layers, bidirectional, bias, lengths):
+    model, x, hx = setup(cell, num_layers, bidirectional, bias, backend)
     names = [n for n, _ in model.named_parameters()]
     n_state = len(state_tensors(hx))
 
@@ -45,22 +47,23 @@ def test_gradcheck_reference_backend(cell, num_layers, bidirectional, bias, leng
 
 
 @configs
-@pytest.mark.parametrize("cell", CELLS)
-def test_reference_backend_equals_autograd(cell, num_layers, bidirectional, bias, lengths):
+@pytest.mark.parametrize("cell, backend", cell_backends(own_backward=True))
+def test_backward_equals_autograd(cell, backend, num_layers, bidirectional, bias, lengths):
     results = []
-    for backend in ["reference", "autograd"]:
-        model, x, hx = setup(cell, num_layers, bidirectional, bias, backend)
+    for name in [backend, backends.ORACLE]:
+        model, x, hx = setup(cell, num_layers, bidirectional, bias, name)
         outs = flat(model(x, hx, lengths=LENGTH_PATTERNS[lengths]))
         results.append(outs + grads(outs, [x, *state_tensors(hx), *model.parameters()]))
     assert_all_close(results[0], results[1])
 
 
-@pytest.mark.parametrize("cell", ["elman_relu", "lstm", "gru_cho", "jordan_softmax"])
-def test_each_output_alone(cell, lengths):
+@pytest.mark.parametrize("cell, backend",
+                         cell_backends(["elman_relu", "lstm", "gru_cho", "jordan_softmax"], own_backward=True))
+def test_each_output_alone(cell, backend, lengths):
     """Backward with gradient flowing into only one output (the others get none)."""
     results = []
-    for backend in ["reference", "autograd"]:
-        model, x, hx = setup(cell, 2, True, True, backend)
+    for name in [backend, backends.ORACLE]:
+        model, x, hx = setup(cell, 2, True, True, name)
         leaves = [x, *state_tensors(hx), *model.parameters()]
         results.append([])
         for k in range(1 + len(state_tensors(hx))):

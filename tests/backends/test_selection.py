@@ -1,14 +1,17 @@
-"""Backend selection between the Python backends: ``backend=`` argument, else RNNKIT_BACKEND;
-an unknown name is an error.  ('auto' and the C++ 'cpu' backend are tested with that backend.)
+"""Backend selection: ``backend=`` argument, else RNNKIT_BACKEND (read at call time, by
+``model.step`` too); an unknown name is an error.  ('auto' and the C++ 'cpu' backend's own
+selection cases are tested with that backend, tests/test_cpu_backend.py.)
 
 Which backend ran is observed through the hand-derived BPTT: only 'reference' calls
 ``rnnkit.backends.reference.backward``.
 """
 import pytest
+import torch
 
 import rnnkit
 from rnnkit import backends
-from conftest import INPUT_SIZE, flat, grads, make, randn
+from rnnkit.backends import cpu
+from helpers import INPUT_SIZE, flat, grads, make, needs_cpu, randn
 
 
 @pytest.fixture
@@ -63,3 +66,22 @@ def test_unknown_backend_is_an_error(name):
         backends.check_name(name)
     with pytest.raises(ValueError, match="backend"):
         rnnkit.GRU(2, 3, backend=name)
+
+
+@needs_cpu
+def test_step_follows_the_environment(monkeypatch):
+    calls = []
+    original = cpu.BACKEND.step
+    monkeypatch.setattr(cpu.BACKEND, "step", lambda *a: calls.append(1) or original(*a))
+    model = make("gru")                                          # backend from RNNKIT_BACKEND
+    x = randn(2, INPUT_SIZE)
+    with torch.no_grad():
+        model.step(x)
+        monkeypatch.setenv("RNNKIT_BACKEND", "cpu")
+        model.step(x)
+        monkeypatch.setenv("RNNKIT_BACKEND", "reference")
+        model.step(x)
+    assert calls == [1]
+    monkeypatch.setenv("RNNKIT_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="RNNKIT_BACKEND: expected one of"):
+        backends.resolve_cached(None, model.cell, x.device, x.dtype)

@@ -1,30 +1,41 @@
 """``return_trace=True`` (every gate and state at every step) and ``step`` (streaming).
 
 The trace is checked step by step against the cell equations recomputed here from the parameters,
-taking the previous state from the trace itself, and tied to the outputs and final states.
+taking the previous state from the trace itself, and tied to the outputs and final states.  The
+names come from the cell registry (an entry's ``trace_names``; the trace entry that holds each
+carried state is found by running the cell's step once), for every registered backend that
+supports the case.
 """
+import functools
+
 import pytest
 import torch
 
 import rnnkit
-from conftest import (BACKENDS, CELLS, INPUT_SIZE, assert_all_close, directions, flat, grads, make,
-                      randn, random_state, state_size, state_tensors)
+from rnnkit import registry
+from helpers import (CELLS, INPUT_SIZE, assert_all_close, cell_backends, detached, directions, flat, grads,
+                     make, randn, random_state, state_size, state_tensors)
 
 T, B = 4, 3
 LENGTHS = [4, 2, 3]
 
-TRACE_NAMES = {
-    rnnkit.Elman: ("hidden",),
-    rnnkit.LSTM: ("input_gate", "forget_gate", "candidate", "output_gate", "cell", "hidden"),
-    rnnkit.GRU: ("reset_gate", "update_gate", "candidate", "hidden"),
-    rnnkit.Jordan: ("hidden", "output"),
-}
-# trace names of the carried state, in the order of the returned final state
-CARRIED = {rnnkit.Elman: ("hidden",), rnnkit.LSTM: ("hidden", "cell"), rnnkit.GRU: ("hidden",),
-           rnnkit.Jordan: ("output",)}
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 OUT = {"identity": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
        "softmax": lambda z: torch.softmax(z, -1)}
+
+
+@functools.lru_cache(maxsize=None)
+def carried(form: str):
+    """The trace name of each carried state, in the order of the returned final state: the trace
+    entry that equals that state after one step of the cell (random input and state)."""
+    model = make(form)
+    cell = model.cell
+    w_ih, b_ih, *rec = model.step_parameters()[0]
+    prev = tuple(randn(1, s, seed=k + 1) for k, s in enumerate(cell.state_sizes()))
+    with torch.no_grad():
+        new, saved = cell.step(randn(1, w_ih.shape[0]), prev, tuple(rec))
+        trace = cell.trace(tuple(s[None] for s in saved), tuple(s[None] for s in new))
+    return tuple(next(n for n in cell.trace_names if torch.equal(trace[n][0], s)) for s in new)
 
 
 def recompute_step(model, p, x, prev):
@@ -36,18 +47,20 @@ def recompute_step(model, p, x, prev):
     def lin(w, v, b):
         return p[w] @ v + (p[b] if b in p else 0)
 
-    if isinstance(model, rnnkit.Jordan):
+    cell = registry.of_layer(model).name
+    if cell == "jordan":
         h = ACT[model.nonlinearity](lin("weight_ih", x, "bias_ih") + p["weight_yh"] @ prev["output"])
         return {"hidden": h, "output": OUT[model.output_activation](lin("weight_hy", h, "bias_hy"))}
     gx = lin("weight_ih", x, "bias_ih")
-    if isinstance(model, rnnkit.Elman):
+    if cell == "elman":
         return {"hidden": ACT[model.nonlinearity](gx + lin("weight_hh", prev["hidden"], "bias_hh"))}
-    if isinstance(model, rnnkit.LSTM):
+    if cell == "lstm":
         i, f, g, o = (gx + lin("weight_hh", prev["hidden"], "bias_hh")).chunk(4)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         c = f * prev["cell"] + i * g
         return {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell": c,
                 "hidden": o * torch.tanh(c)}
+    assert cell == "gru", f"recompute_step has no equations for the {cell!r} cell"
     h = prev["hidden"]
     (xr, xz, xn), (hr, hz, hn) = gx.chunk(3), lin("weight_hh", h, "bias_hh").chunk(3)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
@@ -60,10 +73,10 @@ def recompute_step(model, p, x, prev):
     return {"reset_gate": r, "update_gate": z, "candidate": n, "hidden": (1 - z) * n + z * h}
 
 
-def check_trace(model, x, hx, lengths, out, finals, trace):
+def check_trace(form, model, x, hx, lengths, out, finals, trace):
     """x, out and trace tensors time-major (T, B, .); finals: list of (D*L, B, S_k)."""
     D, L = directions(model), model.num_layers
-    carried = CARRIED[type(model)]
+    names = carried(form)
     h0 = state_tensors(hx) or [torch.zeros(D * L, B, f.shape[-1], dtype=x.dtype) for f in finals]
     layer_in = x
     for layer in range(L):
@@ -72,14 +85,14 @@ def check_trace(model, x, hx, lengths, out, finals, trace):
             p = {n[:-len(sfx)]: v for n, v in model.named_parameters() if n.endswith(sfx)}
             tr = trace[layer][d]
             for b, n in enumerate(lengths):
-                prev = {name: h0[k][layer * D + d, b] for k, name in enumerate(carried)}
+                prev = {name: h0[k][layer * D + d, b] for k, name in enumerate(names)}
                 for t in (range(n) if d == 0 else reversed(range(n))):
                     expected = recompute_step(model, p, layer_in[t, b], prev)
                     assert_all_close([tr[k][t, b] for k in expected], list(expected.values()))
-                    prev = {name: tr[name][t, b] for name in carried}
-                assert_all_close([f[layer * D + d, b] for f in finals], [prev[k] for k in carried])
+                    prev = {name: tr[name][t, b] for name in names}
+                assert_all_close([f[layer * D + d, b] for f in finals], [prev[k] for k in names])
                 assert all(torch.all(v[n:, b] == 0) for v in tr.values())
-        layer_in = torch.cat([trace[layer][d][carried[0]] for d in range(D)], dim=-1)
+        layer_in = torch.cat([trace[layer][d][names[0]] for d in range(D)], dim=-1)
     assert_all_close([out], [layer_in])
 
 
@@ -88,8 +101,7 @@ def check_trace(model, x, hx, lengths, out, finals, trace):
     (2, True, True, LENGTHS, True),
     (2, False, False, LENGTHS, True),
 ], ids=["plain", "deep_bi_bfirst_lengths", "deep_lengths"])
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends())
 def test_trace_values(backend, cell, num_layers, bidirectional, batch_first, lengths, with_hx):
     model = make(cell, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
                  backend=backend)
@@ -99,20 +111,18 @@ def test_trace_values(backend, cell, num_layers, bidirectional, batch_first, len
     out, state, trace = model(tm(x), hx, lengths=lengths, return_trace=True)
     assert isinstance(trace, rnnkit.Trace)
     assert len(trace) == num_layers and all(len(trace[k]) == directions(model) for k in range(num_layers))
-    names = TRACE_NAMES[type(model)]
+    sizes = dict(zip(carried(cell), model.cell.state_sizes()))      # the others are H wide
     for layer in range(num_layers):
         for d in range(directions(model)):
-            assert tuple(trace[layer][d]) == names
+            assert tuple(trace[layer][d]) == registry.of_layer(model).trace_names
             for name, v in trace[layer][d].items():
-                size = state_size(model) if name == "output" else model.hidden_size
-                assert v.shape == tm(torch.empty(T, B, size)).shape
+                assert v.shape == tm(torch.empty(T, B, sizes.get(name, model.hidden_size))).shape
                 assert not v.requires_grad
     tm_trace = [[{k: tm(v) for k, v in tr.items()} for tr in lay] for lay in trace.layers]
-    check_trace(model, x, hx, lengths or [T] * B, tm(out), state_tensors(state), tm_trace)
+    check_trace(cell, model, x, hx, lengths or [T] * B, tm(out), state_tensors(state), tm_trace)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell, backend", cell_backends())
 def test_trace_does_not_change_results(backend, cell):
     model = make(cell, num_layers=2, bidirectional=True, backend=backend)
     x = randn(T, B, INPUT_SIZE, requires_grad=True)
@@ -123,9 +133,9 @@ def test_trace_does_not_change_results(backend, cell):
     assert all(torch.equal(a, b) for a, b in zip(grads(plain, leaves), grads(traced, leaves)))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "jordan_softmax"])
-def test_trace_unbatched_and_packed(cell):
-    model = make(cell, bidirectional=True, backend="reference")
+@pytest.mark.parametrize("cell, backend", cell_backends(["lstm", "jordan_softmax"]))
+def test_trace_unbatched_and_packed(cell, backend):
+    model = make(cell, bidirectional=True, backend=backend)
     x = randn(T, INPUT_SIZE)
     _, _, trace = model(x, return_trace=True)
     _, _, batched = model(x.unsqueeze(1), return_trace=True)
@@ -145,34 +155,43 @@ def test_trace_unbatched_and_packed(cell):
 def test_trace_get_and_names():
     model = make("lstm", num_layers=2, bidirectional=True)
     _, _, trace = model(randn(T, B, INPUT_SIZE), return_trace=True)
-    assert trace.names == TRACE_NAMES[rnnkit.LSTM]
+    assert trace.names == ("input_gate", "forget_gate", "candidate", "output_gate", "cell", "hidden")
     assert trace.get("cell") is trace[1][0]["cell"]
     assert trace.get("forget_gate", layer=0, direction=1) is trace[0][1]["forget_gate"]
     with pytest.raises(KeyError, match="name"):
         trace.get("forgot_gate")
 
 
+# -- step ------------------------------------------------------------------------------------------
+def run_steps(model, x, hx):
+    """[outputs (T, B, S), *final states] of model.step over the steps of x (T, B, I)."""
+    outs, s = [], hx
+    for x_t in x:
+        y_t, s = model.step(x_t, s)
+        assert type(s) is type(hx)
+        outs.append(y_t)
+    return [torch.stack(outs)] + state_tensors(s)
+
+
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("cell", CELLS)
-def test_step_matches_sequence(cell, num_layers):
-    model = make(cell, num_layers=num_layers)
+@pytest.mark.parametrize("cell, backend", cell_backends())
+def test_step_matches_sequence(cell, backend, num_layers):
+    """With a graph (the differentiable Python step) and without one (the backend's ``step``)."""
+    model = make(cell, num_layers=num_layers, backend=backend)
     x = randn(T, B, INPUT_SIZE, requires_grad=True)
     hx = random_state(model, B)
-    out, state = model(x, hx)
-    outs, s = [], hx
-    for t in range(T):
-        y_t, s = model.step(x[t], s)
-        assert type(s) is type(state)
-        outs.append(y_t)
-    stepped = [torch.stack(outs)] + state_tensors(s)
-    assert_all_close(stepped, flat((out, state)))
+    expected = flat(model(x, hx))
+    stepped = run_steps(model, x, hx)
+    assert_all_close(stepped, expected)
     leaves = [x, *state_tensors(hx), *model.parameters()]
-    assert_all_close(grads(stepped, leaves), grads(flat((out, state)), leaves))
+    assert_all_close(grads(stepped, leaves), grads(expected, leaves))
+    with torch.no_grad():
+        assert_all_close(run_steps(model, x, detached(hx)), expected)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_step_from_zero_state_and_unbatched(cell):
-    model = make(cell, num_layers=2, batch_first=True)
+@pytest.mark.parametrize("cell, backend", cell_backends())
+def test_step_from_zero_state_and_unbatched(cell, backend):
+    model = make(cell, num_layers=2, batch_first=True, backend=backend)
     x = randn(B, T, INPUT_SIZE)
     y_t, s = model.step(x[:, 0])
     out, state = model(x[:, :1])
@@ -188,3 +207,21 @@ def test_step_refuses_bidirectional(cell):
     model = make(cell, bidirectional=True)
     with pytest.raises(ValueError, match="bidirectional"):
         model.step(randn(B, INPUT_SIZE))
+
+
+@pytest.mark.parametrize("cell, backend", cell_backends(["elman_tanh"], torch.float32))
+def test_step_sees_replaced_and_converted_parameters(cell, backend):
+    """The parameter cache behind model.step follows replaced Parameters and dtype conversion."""
+    model = make(cell, dtype=torch.float32, backend=backend)
+    x = randn(B, INPUT_SIZE, dtype=torch.float32)
+    with torch.no_grad():
+        model.step(x)                                            # fills the parameter cache
+        model.weight_hh_l0 = torch.nn.Parameter(torch.zeros_like(model.weight_hh_l0))
+        model.bias_hh_l0 = torch.nn.Parameter(torch.zeros_like(model.bias_hh_l0))
+        h = torch.ones(1, B, model.hidden_size)
+        expected = torch.tanh(x @ model.weight_ih_l0.T + model.bias_ih_l0)
+        torch.testing.assert_close(model.step(x, h)[0], expected)
+        model.double()
+        y, _ = model.step(x.double(), h.double())
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, expected.double(), atol=1e-6, rtol=1e-6)

@@ -1,18 +1,17 @@
 """``model.stream()`` (rnnkit.Stream): equal to ``model.step`` and to ``forward`` for every cell, depth
-and dtype, on the fused kernels and on the Python fallback; in-place state, reset, input errors,
-parameters changed after creation; and the caches behind ``model.step``.
+and dtype, on every registered backend that supports the case; in-place state, reset, input errors,
+parameters changed after creation.  (The caches behind ``model.step``: layers/test_trace_step.py.)
 """
 import pytest
 import torch
 
 import rnnkit
-from conftest import CELLS, INPUT_SIZE, make, randn, random_state, state_tensors
-from rnnkit import backends
-from rnnkit.backends import cpu
+from helpers import (CELLS, INPUT_SIZE, backends_for, cell_backends, detached, make, needs_cpu, randn,
+                     random_state, state_tensors)
 
-needs_cpu = pytest.mark.skipif(cpu.extension() is None, reason="the C++ kernels did not build")
 T, B = 4, 2
 EXACT = {torch.float32: dict(atol=1e-6, rtol=0), torch.float64: dict(atol=1e-12, rtol=0)}
+DTYPES = {"f32": torch.float32, "f64": torch.float64}
 
 
 def close(actual, expected, dtype=torch.float64):
@@ -25,14 +24,13 @@ def run_stream(stream, x):
     return torch.stack([stream(x_t).clone() for x_t in x])
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), "reference"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("cell", CELLS)
-def test_stream_matches_step_and_forward(cell, num_layers, dtype, backend):
+@pytest.mark.parametrize("cell, backend, dtype", [
+    pytest.param(*p.values, dtype, id=f"{p.id}-{name}", marks=p.marks)
+    for name, dtype in DTYPES.items() for p in cell_backends(CELLS, dtype)])
+def test_stream_matches_step_and_forward(cell, backend, dtype, num_layers):
     model = make(cell, num_layers=num_layers, dtype=dtype, backend=backend)
-    x, hx = randn(T, B, INPUT_SIZE, dtype=dtype), random_state(model, B)
-    hx = tuple(h.detach() for h in hx) if isinstance(hx, tuple) else hx.detach()
+    x, hx = randn(T, B, INPUT_SIZE, dtype=dtype), detached(random_state(model, B))
     stream = model.stream(B, hx)
     assert stream.backend == backend
     with torch.no_grad():
@@ -47,9 +45,9 @@ def test_stream_matches_step_and_forward(cell, num_layers, dtype, backend):
     close(stream.state, h_n, dtype)
 
 
-@needs_cpu
-def test_output_buffer_and_state_semantics():
-    model = make("lstm", num_layers=2, backend="cpu")
+@pytest.mark.parametrize("backend", backends_for("lstm"))
+def test_output_buffer_and_state_semantics(backend):
+    model = make("lstm", num_layers=2, backend=backend)
     stream = model.stream(B)
     x = randn(T, B, INPUT_SIZE)
     y0 = stream(x[0])
@@ -61,7 +59,7 @@ def test_output_buffer_and_state_semantics():
     close(stream.state[0], model(x[:2])[1][0].detach())
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), "reference"])
+@pytest.mark.parametrize("backend", backends_for("gru"))
 def test_reset_and_unbatched(backend):
     model = make("gru", num_layers=2, backend=backend)
     x = randn(T, 1, INPUT_SIZE)
@@ -78,7 +76,7 @@ def test_reset_and_unbatched(backend):
     close(stream.state, h_n.unsqueeze(1))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), "reference"])
+@pytest.mark.parametrize("backend", backends_for("lstm"))
 def test_bad_input_errors(backend):
     model = make("lstm", backend=backend)
     stream = model.stream(B)
@@ -107,7 +105,7 @@ def test_creation_errors():
         make("lstm").stream(B, randn(1, B, 4))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), "reference"])
+@pytest.mark.parametrize("backend", backends_for("gru"))
 def test_parameters_changed_after_creation(backend):
     """Documented: in-place changes are seen, a replaced Parameter object is not."""
     model = make("gru", num_layers=2, backend=backend)
@@ -138,7 +136,7 @@ def test_converted_module_is_an_error():
         stream(randn(B, INPUT_SIZE, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu), "reference"])
+@pytest.mark.parametrize("backend", backends_for("lstm"))
 def test_no_dropout_even_in_training_mode(backend):
     model = make("lstm", num_layers=3, dropout=0.5, backend=backend)
     assert model.training
@@ -146,43 +144,6 @@ def test_no_dropout_even_in_training_mode(backend):
     ys = run_stream(model.stream(B), x)
     with torch.no_grad():
         close(ys, model.eval()(x)[0])
-
-
-# -- the caches behind model.step ---------------------------------------------------------------------
-@needs_cpu
-def test_step_sees_replaced_and_converted_parameters():
-    model = make("elman_tanh", dtype=torch.float32, backend="cpu")
-    x = randn(B, INPUT_SIZE, dtype=torch.float32)
-    with torch.no_grad():
-        model.step(x)                                            # fills the parameter cache
-        model.weight_hh_l0 = torch.nn.Parameter(torch.zeros_like(model.weight_hh_l0))
-        model.bias_hh_l0 = torch.nn.Parameter(torch.zeros_like(model.bias_hh_l0))
-        h = torch.ones(1, B, model.hidden_size)
-        expected = torch.tanh(x @ model.weight_ih_l0.T + model.bias_ih_l0)
-        close(model.step(x, h)[0], expected, torch.float32)
-        model.double()
-        y, _ = model.step(x.double(), h.double())
-    assert y.dtype == torch.float64
-    close(y, expected.double(), torch.float32)
-
-
-@needs_cpu
-def test_step_follows_the_environment(monkeypatch):
-    calls = []
-    original = cpu.BACKEND.step
-    monkeypatch.setattr(cpu.BACKEND, "step", lambda *a: calls.append(1) or original(*a))
-    model = make("gru")                                          # backend from RNNKIT_BACKEND
-    x = randn(B, INPUT_SIZE)
-    with torch.no_grad():
-        model.step(x)
-        monkeypatch.setenv("RNNKIT_BACKEND", "cpu")
-        model.step(x)
-        monkeypatch.setenv("RNNKIT_BACKEND", "reference")
-        model.step(x)
-    assert calls == [1]
-    monkeypatch.setenv("RNNKIT_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="RNNKIT_BACKEND: expected one of"):
-        backends.resolve_cached(None, model.cell, x.device, x.dtype)
 
 
 def test_stream_is_exported():

@@ -7,7 +7,10 @@ GRU linear_before_reset=1 is torch's form (reset_after=True), 0 the original for
 
 onnx.reference's RNN only knows Tanh and Affine; RNNWithRelu adds the spec's Relu (max(0, x)).
 The reference operators ignore sequence_lens, so lengths are checked elsewhere (test_lengths.py).
+Every registered backend that supports the case runs; the ONNX side is computed once per case.
 """
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +18,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops.op_rnn import RNN_14
 
-from conftest import INPUT_SIZE, assert_all_close, flat, make, randn, random_state
+from helpers import INPUT_SIZE, assert_all_close, cell_backends, flat, make, randn, random_state
 
 T, B = 4, 3
 OPSET = 14
@@ -91,15 +94,24 @@ def run_onnx(cell, model, x, hx):
         [torch.from_numpy(np.concatenate([f[k] for f in finals])) for k in range(len(states))]
 
 
+def case(cell, bidirectional, num_layers, backend):
+    model = make(cell, num_layers=num_layers, bidirectional=bidirectional, backend=backend)
+    return model, randn(T, B, INPUT_SIZE), random_state(model, B)
+
+
+@functools.lru_cache(maxsize=None)
+def onnx_result(cell, bidirectional, num_layers):
+    """The ONNX side of a case (the same seeded weights and data whatever the backend)."""
+    return run_onnx(cell, *case(cell, bidirectional, num_layers, None))
+
+
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
-@pytest.mark.parametrize("cell", ONNX_FORM)
-def test_matches_onnx_reference(cell, bidirectional, num_layers):
-    model = make(cell, num_layers=num_layers, bidirectional=bidirectional, backend="reference")
-    x = randn(T, B, INPUT_SIZE)
-    hx = random_state(model, B)
+@pytest.mark.parametrize("cell, backend", cell_backends(ONNX_FORM))
+def test_matches_onnx_reference(cell, backend, bidirectional, num_layers):
+    model, x, hx = case(cell, bidirectional, num_layers, backend)
     with torch.no_grad():
-        assert_all_close(flat(model(x, hx)), run_onnx(cell, model, x, hx))
+        assert_all_close(flat(model(x, hx)), onnx_result(cell, bidirectional, num_layers))
 
 
 def test_original_gru_is_not_torch_form():

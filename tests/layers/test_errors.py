@@ -7,9 +7,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
-from rnnkit.cells import ElmanCell, GRUCell, JordanCell, LSTMCell
-from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, flat, make, make_torch_pair, randn,
-                      random_state)
+from rnnkit import registry
+from helpers import (CELLS, FORMS, INPUT_SIZE, TORCH_CELLS, cell_backends, flat, make, make_torch_pair,
+                     randn, random_state)
 
 T, B, H = 4, 2, 4
 
@@ -54,8 +54,8 @@ def no_compute(monkeypatch):
     def computed(*args, **kwargs):
         raise AssertionError("computation started before the argument error")
     monkeypatch.setattr(rnnkit.ops, "run_direction", computed)
-    for cls in (ElmanCell, GRUCell, JordanCell, LSTMCell):
-        monkeypatch.setattr(cls, "step", computed)
+    for entry in registry.CELLS.values():
+        monkeypatch.setattr(entry.cell, "step", computed)
 
 
 @pytest.mark.parametrize("call", [lambda m: m(x3), lambda m: m.step(x3[0])], ids=["forward", "step"])
@@ -155,10 +155,23 @@ def test_state_on_another_device(no_compute, cell, device):
         model(x3, hx)
 
 
+# Known bug, left to the kernels' owner: the fused kernels' relu is `x > 0 ? x : 0`, which turns NaN
+# into 0 (rnnkit/csrc/activations.h), so on 'cpu' a NaN stops at the first relu it meets.
+RELU_NAN = pytest.mark.xfail(strict=True, reason="cpu kernels: relu(NaN) = 0 (rnnkit/csrc/activations.h)")
+
+
+def nonfinite_cases(forms=CELLS):
+    """cell_backends(forms), the cases of the known relu(NaN) bug marked."""
+    def known(cell, backend):
+        return backend == "cpu" and FORMS[cell][1].get("nonlinearity") == "relu"
+    return [pytest.param(*p.values, id=p.id, marks=[*p.marks, RELU_NAN] if known(*p.values) else p.marks)
+            for p in cell_backends(forms)]
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_nan_in_valid_input_propagates(cell, bidirectional):
-    model = make(cell, num_layers=2, bidirectional=bidirectional, backend="reference")
+@pytest.mark.parametrize("cell, backend", nonfinite_cases())
+def test_nan_in_valid_input_propagates(cell, backend, bidirectional):
+    model = make(cell, num_layers=2, bidirectional=bidirectional, backend=backend)
     x = randn(T, B, INPUT_SIZE)
     x[1, 0, 0] = float("nan")
     out, *finals = flat(model(x, lengths=[T, 3]))
@@ -172,9 +185,9 @@ def test_nan_in_valid_input_propagates(cell, bidirectional):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("cell", TORCH_CELLS)
-def test_nonfinite_input_as_torch(cell, value):
-    ref, ours = make_torch_pair(cell, backend="reference", num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("cell, backend", nonfinite_cases(TORCH_CELLS))
+def test_nonfinite_input_as_torch(cell, backend, value):
+    ref, ours = make_torch_pair(cell, backend=backend, num_layers=2, bidirectional=True)
     x = randn(T, B, INPUT_SIZE)
     x[2, 1, 1] = value
     got, expected = flat(ours(x)), flat(ref(x))
