@@ -3,10 +3,14 @@
 Layout of ``checkpoint.safetensors``:
     tensors   ``model.<name>``   current weights          ``best.<name>`` best-validation weights
               ``optim.<param>.<key>`` optimiser tensors (Adam moments, step counts, ...)
-              ``rng.torch`` (``rng.cuda.<i>``) generator states   ``carry.<i>`` carried TBPTT state
+              ``rng.torch.<rank>`` (``rng.cuda.<i>``) generator states
+              ``carry.<i>`` carried TBPTT state, (D*L, B, S) with the global batch
     metadata  ``format``/``version``; JSON strings ``config``, ``optimizer`` (param groups and
               non-tensor state), ``scheduler``, ``progress`` (step, epoch, early stopping,
               history), ``stats`` (what predict/generate need to rebuild inputs)
+
+This module alone knows that layout: ``capture`` makes a checkpoint of a run, and the
+``Checkpoint`` methods read each part back (the trainer to resume, ``infer`` to use it).
 
 Loading uses safetensors and json only, so a checkpoint never executes code (no pickle).
 Writing is atomic: a temporary file in the same folder is written, fsync'd and renamed over
@@ -15,17 +19,19 @@ leaves either the old or the new checkpoint, both complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from . import config as cfgmod
 from .errors import UserError
 
 FORMAT = "rnnkit-checkpoint"
@@ -43,6 +49,67 @@ class Checkpoint:
         """Tensors under ``prefix.`` with the prefix removed."""
         p = prefix + "."
         return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    # -- the parts of a run, read back ---------------------------------------------------------
+    def config(self, where: str) -> cfgmod.Config:
+        """The run's config; ``where`` names the checkpoint in errors."""
+        return cfgmod.from_dict(self.meta["config"], where)
+
+    def last_weights(self) -> Dict[str, Tensor]:
+        return self.group("model")
+
+    def best_weights(self) -> Optional[Dict[str, Tensor]]:
+        """The best-validation weights; None when the run had no validation yet."""
+        return self.group("best") or None
+
+    def weights(self) -> Dict[str, Tensor]:
+        """What eval/predict/generate use: the best-validation weights, else the last."""
+        return self.best_weights() or self.last_weights()
+
+    def optimizer_state(self) -> Dict[str, Any]:
+        """A torch.optim state_dict."""
+        return unflatten_optimizer(self.group("optim"), self.meta["optimizer"])
+
+    def scheduler_state(self) -> Optional[dict]:
+        return self.meta["scheduler"]
+
+    def progress(self) -> dict:
+        return self.meta["progress"]
+
+    def stats(self) -> dict:
+        return self.meta["stats"] or {}
+
+    def carry(self) -> List[Tensor]:
+        """The carried state tensors, in the order the layer's ``pack_state`` takes them."""
+        return [self.tensors[f"carry.{i}"] for i in range(len(self.group("carry")))]
+
+    def restore_rng(self, rank: int) -> None:
+        """Set the generators as they were: process ``rank``'s torch state (rank 0's when the
+        run had fewer processes) and the CUDA states when there is a GPU."""
+        rng = self.group("rng.torch")
+        torch.set_rng_state(rng.get(str(rank), rng["0"]))
+        cuda = self.group("rng.cuda")
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+
+
+def capture(*, config: cfgmod.Config, weights: Dict[str, Tensor], best: Optional[Dict[str, Tensor]],
+            optimizer: Dict[str, Any], scheduler: Optional[dict], progress: dict, stats: dict,
+            carry: List[Tensor], rng: Tensor) -> Checkpoint:
+    """A run as a Checkpoint.  ``optimizer``/``scheduler``: torch state_dicts; ``carry``: the
+    layer's ``unpack_state`` of the carried state, global batch on dim 1; ``rng``: (P, n) the
+    torch generator state of every process, in rank order."""
+    opt_tensors, opt_rest = flatten_optimizer(optimizer)
+    tensors = {f"model.{k}": v for k, v in weights.items()}
+    tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
+    tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+    tensors.update({f"carry.{i}": t for i, t in enumerate(carry)})
+    tensors.update({f"rng.torch.{r}": t for r, t in enumerate(rng)})
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+    meta = {"config": cfgmod.to_dict(dataclasses.replace(config, resume=None)), "optimizer": opt_rest,
+            "scheduler": scheduler, "progress": progress, "stats": stats}
+    return Checkpoint(tensors, meta)
 
 
 def flatten_optimizer(sd: Dict[str, Any]):
