@@ -43,6 +43,11 @@ class Net(nn.Module):
         self.state_size, self.directions = S, 2 if cfg.bidirectional else 1
         self.head = nn.Linear(self.directions * S, n_out)
 
+    @classmethod
+    def for_task(cls, cfg: Config, task) -> "Net":
+        """The network a task's inputs and outputs call for (a ``tasks.Task``, data or not)."""
+        return cls(cfg, task.n_in, task.n_out, task.readout, task.tokens)
+
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None, state=None, split_at: int = 0):
         """Returns (outputs, final state); with ``split_at`` = k > 0 also the state after step k.
 
