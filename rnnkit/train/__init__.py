@@ -7,7 +7,8 @@
 from .config import Config, resolve
 from .errors import Interrupted, UserError
 from .infer import evaluate, generate, predict
-from .loop import config_for, train
+from .loop import train
+from .runfolder import config_for
 
 __all__ = ["Config", "resolve", "config_for", "train", "evaluate", "predict", "generate",
            "UserError", "Interrupted"]

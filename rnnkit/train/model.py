@@ -23,15 +23,6 @@ def build_rnn(cfg: Config, n_in: int) -> nn.Module:
                        **entry.build(cfg))
 
 
-def detach_state(state):
-    """Cut the graph behind a carried state (a tensor or an LSTM (h, c) tuple)."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
-
-
 class Net(nn.Module):
     """x (B, T, I) floats or (B, T) symbol ids -> outputs (B, K) (readout 'last') or (B, T, K) ('all')."""
 

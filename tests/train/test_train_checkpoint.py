@@ -15,7 +15,7 @@ import torch
 
 from rnnkit.train import Interrupted, UserError, config_for, train
 from rnnkit.train import checkpoint as ck
-from rnnkit.train.loop import make_optimizer, make_scheduler
+from rnnkit.train.optim import Schedule, make_optimizer
 
 from train_helpers import weights
 
@@ -177,12 +177,12 @@ def test_optimizer_and_scheduler_state_round_trip_without_pickle(optimizer, sche
     cfg = tiny("sunspots", optimizer=optimizer, scheduler=scheduler,
                momentum=0.5 if optimizer in ("sgd", "rmsprop") else 0.0)
     p = torch.nn.Parameter(torch.randn(3))
-    opt, sched = make_optimizer(cfg, [p]), None
-    sched = make_scheduler(cfg, opt)
+    opt = make_optimizer(cfg, [p])
+    sched = Schedule(cfg, opt)
     for _ in range(2):
         p.grad = torch.randn(3)
         opt.step()
-        sched.step(1.0) if scheduler == "plateau" else sched.step()
+        sched.step(1.0)
     tensors, rest = ck.flatten_optimizer(opt.state_dict())
     path = tmp_path / ck.NAME
     ck.save(path, ck.Checkpoint({f"optim.{k}": v for k, v in tensors.items()},

@@ -26,11 +26,11 @@ def _reference(net, x, y, s, e, k2):
 
 @pytest.mark.parametrize("cell,k1,k2", [("lstm", 3, 3), ("lstm", 3, 5), ("gru", 2, 7), ("jordan", 4, 6)])
 def test_each_update_sees_exactly_k2_steps_from_the_carried_state(cell, k1, k2, tiny):
-    trainer = Trainer(tiny("text", cell=cell, k1=k1, k2=k2), Dist())
-    net, x, y = trainer.net, trainer.rows_x, trainer.rows_y
-    for s, e in trainer._batches(0)[:6]:
+    steps = Trainer(tiny("text", cell=cell, k1=k1, k2=k2), Dist()).steps
+    net, x, y = steps.net, steps.rows_x, steps.rows_y
+    for s, e in steps.batches(0)[:6]:
         net.zero_grad()
-        total, count, _ = trainer._chunk_loss(s, e)
+        total, count, _ = steps.chunk_loss(s, e)
         total.backward()
         got = [p.grad.clone() for p in net.parameters()]
         want_total, want = _reference(net, x, y, s, e, k2)
@@ -43,10 +43,10 @@ def test_each_update_sees_exactly_k2_steps_from_the_carried_state(cell, k1, k2, 
 def test_longer_k2_changes_the_gradient(tiny):
     grads = []
     for k2 in (3, 9):
-        trainer = Trainer(tiny("text", k1=3, k2=k2), Dist())
-        for s, e in trainer._batches(0)[:4]:
-            trainer.net.zero_grad()
-            total, _, _ = trainer._chunk_loss(s, e)
+        steps = Trainer(tiny("text", k1=3, k2=k2), Dist()).steps
+        for s, e in steps.batches(0)[:4]:
+            steps.net.zero_grad()
+            total, _, _ = steps.chunk_loss(s, e)
             total.backward()
-        grads.append(trainer.net.rnn.weight_hh_l0.grad.clone())
+        grads.append(steps.net.rnn.weight_hh_l0.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
