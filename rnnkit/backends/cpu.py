@@ -8,7 +8,7 @@ weight gradients are single GEMMs after the loop.  CPU float32 and float64 only.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -19,29 +19,17 @@ from .base import YES, Backend, Support
 
 DTYPES = (torch.float32, torch.float64)
 
-# Must match the enums in rnnkit/csrc/rnn.h.
-_KIND = {"elman": 0, "jordan": 1, "lstm": 2, "gru": 3}
-_ACT = {"tanh": 0, "relu": 1, "identity": 2, "sigmoid": 3, "softmax": 4}
-
 
 def extension():
     """The compiled kernels (built on first use), or None when they cannot be built here."""
     return _build.load()
 
 
-def _make_spec(key) -> List[int]:
-    """The kernels' encoding of a cell (its ``key``: name and options)."""
-    name, options = key
-    opts = dict(options)
-    return [_KIND[name], _ACT[opts.get("nonlinearity", "tanh")], _ACT[opts.get("output_activation", "identity")],
-            int(opts.get("reset_after", "1") == "1")]
-
-
 class CPU(Backend):
     name = "cpu"
 
     def __init__(self):
-        self._specs: Dict[tuple, List[int]] = {}
+        self._specs: Dict[tuple, Union[List[int], str]] = {}          # cell.key -> spec, or why none
 
     def available(self) -> Support:
         if extension() is None:
@@ -54,15 +42,32 @@ class CPU(Backend):
             return Support(False, f"runs on CPU tensors only, got device {device}")
         if dtype not in DTYPES:
             return Support(False, f"runs float32 and float64 only, got {dtype}")
-        if cell.name not in _KIND:
-            return Support(False, f"has no kernel for the {cell.name!r} cell")
-        return self.available()
+        ok = self.available()
+        if not ok:
+            return ok
+        spec = self._lookup(cell)
+        return Support(False, spec) if isinstance(spec, str) else YES
 
-    def _spec(self, cell: Cell) -> List[int]:
-        """The kernels' encoding of a cell, memoised (``step`` needs it per call)."""
+    def _lookup(self, cell: Cell) -> Union[List[int], str]:
+        """The kernels' encoding of a cell (their table's make_spec), or why they have none; memoised
+        per kind of cell (``step`` needs it per call)."""
         spec = self._specs.get(cell.key)
         if spec is None:
-            spec = self._specs[cell.key] = _make_spec(cell.key)
+            ext = extension()
+            if cell.name not in ext.cells():
+                spec = f"has no kernel for the {cell.name!r} cell"
+            else:
+                try:
+                    spec = ext.make_spec(cell.name, cell.options())
+                except ValueError as e:
+                    spec = f"its {cell.name!r} kernel does not take {e}"
+            self._specs[cell.key] = spec
+        return spec
+
+    def _spec(self, cell: Cell) -> List[int]:
+        spec = self._lookup(cell)
+        if isinstance(spec, str):
+            raise RuntimeError(f"backend 'cpu' {spec}")
         return spec
 
     def forward(self, cell, xp, mask, state0, params, save=True):
