@@ -49,7 +49,7 @@ needs_cpu = pytest.mark.skipif(not _cpu_built(), reason="the C++ kernels did not
 
 # -- which backends a parity test runs -----------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _cell_of(form: str):
+def cell_of(form: str):
     return CELLS[form](INPUT_SIZE, HIDDEN_SIZE, device="meta").cell
 
 
@@ -72,7 +72,7 @@ def backends_for(form, dtype=torch.float64, *, own_backward: bool = False) -> li
         here = backend.available()
         if not here:
             params.append(pytest.param(name, id=name, marks=pytest.mark.skip(reason=f"{name!r}: {here.reason}")))
-        elif backend.supports(_cell_of(form) if isinstance(form, str) else form, CPU, dtype):
+        elif backend.supports(cell_of(form) if isinstance(form, str) else form, CPU, dtype):
             params.append(pytest.param(name, id=name))
     return params
 
