@@ -84,6 +84,17 @@ def cell_backends(forms=CELLS, dtype=torch.float64, *, own_backward: bool = Fals
             for form in forms for b in backends_for(form, dtype, own_backward=own_backward)]
 
 
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap ``owner.name`` (a function or method) so that every call appends to the returned list."""
+    calls, original = [], getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 # -- models and data -----------------------------------------------------------------------------
 def make(cell: str, *, input_size: int = INPUT_SIZE, hidden_size: int = HIDDEN_SIZE,
          dtype=torch.float64, seed: int = 0, **kw) -> nn.Module:

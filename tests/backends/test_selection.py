@@ -11,20 +11,13 @@ import torch
 import rnnkit
 from rnnkit import backends
 from rnnkit.backends import cpu
-from helpers import INPUT_SIZE, flat, grads, make, needs_cpu, randn
+from helpers import INPUT_SIZE, count_calls, flat, grads, make, needs_cpu, randn
 
 
 @pytest.fixture
 def bptt_calls(monkeypatch):
     """Counts calls of the reference backend's hand-derived backward."""
-    calls = []
-    original = backends.reference.backward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-    monkeypatch.setattr(backends.reference, "backward", counting)
-    return calls
+    return count_calls(monkeypatch, backends.reference, "backward")
 
 
 def backward_once(model):
@@ -70,9 +63,7 @@ def test_unknown_backend_is_an_error(name):
 
 @needs_cpu
 def test_step_follows_the_environment(monkeypatch):
-    calls = []
-    original = cpu.BACKEND.step
-    monkeypatch.setattr(cpu.BACKEND, "step", lambda *a: calls.append(1) or original(*a))
+    calls = count_calls(monkeypatch, cpu.BACKEND, "step")
     model = make("gru")                                          # backend from RNNKIT_BACKEND
     x = randn(2, INPUT_SIZE)
     with torch.no_grad():
