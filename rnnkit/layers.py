@@ -251,7 +251,8 @@ class _Recurrent(nn.Module):
                 x = x.transpose(0, 1)
         T, B = x.shape[0], x.shape[1]
         if T == 0:
-            raise ValueError(f"{who}: input: expected at least one time step, got shape {tuple(x.shape)}")
+            raise validation.MismatchError(f"{who}: input: expected at least one time step, "
+                                           f"got shape {tuple(x.shape)}")
         if lengths is not None:
             lengths = validation.lengths_tensor(who, lengths, T, B)
         state0 = self._initial_states(hx, B, unbatched, x)
@@ -434,7 +435,9 @@ class Elman(_Recurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, device=None, dtype=None, backend: Optional[str] = None):
+                 bidirectional: bool = False, device=None, dtype=None, backend: Optional[str] = None,
+                 proj_size: int = 0):
+        validation.no_projection("Elman", proj_size)
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.nonlinearity = nonlinearity
         super().__init__(ElmanCell(hidden_size, nonlinearity), input_size, num_layers, bias, batch_first,
@@ -520,7 +523,9 @@ class GRU(_Recurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, reset_after: bool = True, backend: Optional[str] = None):
+                 device=None, dtype=None, reset_after: bool = True, backend: Optional[str] = None,
+                 proj_size: int = 0):
+        validation.no_projection("GRU", proj_size)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
         self.reset_after = reset_after

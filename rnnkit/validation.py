@@ -10,8 +10,23 @@ import torch
 from torch import Tensor
 
 
+class MismatchError(ValueError, RuntimeError):
+    """A value of the wrong shape, size or device: a ValueError, and a RuntimeError as torch.nn
+    raises for the same input (so a caller's ``except RuntimeError`` keeps working)."""
+
+
+class DTypeError(TypeError, ValueError):
+    """A tensor of the wrong dtype: a TypeError, and a ValueError as torch.nn raises it."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (e.g. a float size): torch.nn raises TypeError."""
+
+
 def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name}: expected a positive integer, got {value!r}")
+    if value <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return value
 
@@ -22,9 +37,17 @@ def choice(name: str, value, options: Sequence) -> None:
 
 
 def dropout(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"dropout: expected a number in [0, 1), got {value!r}")
+    """Inter-layer dropout probability in [0, 1], as torch.nn accepts it (1 zeroes every input of
+    layers 1..L-1 in training)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"dropout: expected a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def no_projection(who: str, proj_size) -> None:
+    """Projections are an LSTM option (torch.nn's ValueError for RNN and GRU)."""
+    if proj_size != 0:
+        raise ValueError(f"{who}: proj_size: only LSTM supports projections, got proj_size={proj_size!r}")
 
 
 def input_tensor(who: str, x, input_size: int, dtype: torch.dtype) -> None:
@@ -34,21 +57,21 @@ def input_tensor(who: str, x, input_size: int, dtype: torch.dtype) -> None:
         raise ValueError(f"{who}: input: expected 2-D (unbatched) or 3-D (batched) input, "
                          f"got {x.dim()}-D with shape {tuple(x.shape)}")
     if x.shape[-1] != input_size:
-        raise ValueError(f"{who}: input: expected last dimension input_size={input_size}, "
-                         f"got shape {tuple(x.shape)}")
+        raise MismatchError(f"{who}: input: expected last dimension input_size={input_size}, "
+                            f"got shape {tuple(x.shape)}")
     if x.dtype != dtype:
-        raise TypeError(f"{who}: input: expected dtype {dtype} (the parameters' dtype), got {x.dtype}")
+        raise DTypeError(f"{who}: input: expected dtype {dtype} (the parameters' dtype), got {x.dtype}")
 
 
 def state_tensor(who: str, name: str, h, shape, dtype, device) -> None:
     if not isinstance(h, Tensor):
         raise TypeError(f"{who}: {name}: expected a Tensor, got {type(h).__name__}")
     if tuple(h.shape) != tuple(shape):
-        raise ValueError(f"{who}: {name}: expected shape {tuple(shape)}, got {tuple(h.shape)}")
+        raise MismatchError(f"{who}: {name}: expected shape {tuple(shape)}, got {tuple(h.shape)}")
     if h.dtype != dtype:
-        raise TypeError(f"{who}: {name}: expected dtype {dtype}, got {h.dtype}")
+        raise DTypeError(f"{who}: {name}: expected dtype {dtype}, got {h.dtype}")
     if h.device != device:
-        raise ValueError(f"{who}: {name}: expected device {device}, got {h.device}")
+        raise MismatchError(f"{who}: {name}: expected device {device}, got {h.device}")
 
 
 def lengths_tensor(who: str, lengths, T: int, B: int) -> Tensor:
@@ -64,6 +87,9 @@ def lengths_tensor(who: str, lengths, T: int, B: int) -> Tensor:
             or lengths.dtype == torch.bool:
         raise TypeError(f"{who}: lengths: expected a 1-D integer tensor, got {lengths.dim()}-D "
                         f"{lengths.dtype}")
+    if lengths.device.type == "meta":
+        raise MismatchError(f"{who}: lengths: expected a tensor with values (CPU or accelerator), "
+                            "got a meta tensor")
     if lengths.numel() != B:
         raise ValueError(f"{who}: lengths: expected {B} entries (the batch size), got {lengths.numel()}")
     lengths = lengths.to("cpu", torch.long)

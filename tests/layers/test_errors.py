@@ -27,7 +27,7 @@ def raises_naming(exc, name):
                  "output_activation", id="output_activation"),
     pytest.param(lambda: rnnkit.LSTM(3, 4, backend="fortran"), ValueError, "backend", id="backend"),
     pytest.param(lambda: rnnkit.GRU(3, 4, dropout=-0.1), ValueError, "dropout", id="dropout_negative"),
-    pytest.param(lambda: rnnkit.GRU(3, 4, dropout=1.0), ValueError, "dropout", id="dropout_one"),
+    pytest.param(lambda: rnnkit.GRU(3, 4, dropout=1.01), ValueError, "dropout", id="dropout_above_one"),
     pytest.param(lambda: rnnkit.GRU(3, 4, dropout="0.5"), ValueError, "dropout", id="dropout_str"),
     pytest.param(lambda: rnnkit.Elman(0, 4), ValueError, "input_size", id="input_size_zero"),
     pytest.param(lambda: rnnkit.Elman(3.0, 4), ValueError, "input_size", id="input_size_float"),
