@@ -190,18 +190,27 @@ def _flow(model, inputs, loss_fn, label: str, cap: Capture) -> Optional[Dict]:
 
 
 def story(g: np.ndarray, direction: int) -> str:
-    """One line on how ||dL/dh_t|| (T,) changes going back in the direction's own time."""
+    """One line on ||dL/dh_t|| (T,) of one layer and direction.
+
+    Forward: how the norm changes going back in time, from the latest step it reaches to the
+    earliest (a loss late in the sequence makes this the vanishing/exploding story).  Reverse:
+    where it is largest and smallest (its gradient also arrives through the outputs at every
+    step, so it has no single direction of travel).
+    """
     nz = np.flatnonzero(np.isfinite(g) & (g > 0))
     if len(nz) == 0:
         return "no gradient reaches this direction"
     if len(nz) == 1:
         return f"the gradient reaches step {nz[0]} only"
-    a, b = int(nz[0]), int(nz[-1])
-    near, far = (b, a) if direction == 0 else (a, b)      # back in time: forward runs b -> a
+    if direction == 1:
+        hi, lo = int(nz[np.argmax(g[nz])]), int(nz[np.argmin(g[nz])])
+        return (f"largest at step {hi} ({g[hi]:.3g}), smallest at step {lo} ({g[lo]:.3g}): "
+                f"x{g[lo] / g[hi]:.3g} over {abs(hi - lo)} steps")
+    near, far = int(nz[-1]), int(nz[0])
     factor = g[far] / g[near]
-    per_step = factor ** (1.0 / (b - a))
+    per_step = factor ** (1.0 / (near - far))
     verdict = ("vanishing" if factor < 1e-2 else "exploding" if factor > 1e2 else "kept within a factor of 100")
-    return (f"from step {near} back to step {far} ({b - a} steps) the norm changes x{factor:.3g} "
+    return (f"from step {near} back to step {far} ({near - far} steps) the norm changes x{factor:.3g} "
             f"(x{per_step:.4g} per step): {verdict}")
 
 

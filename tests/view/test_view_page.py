@@ -177,7 +177,7 @@ def test_save_is_atomic_and_repr_html_is_an_iframe(tmp_path):
     (np.array([1e-6, 1e-4, 1e-2, 1.0]), 0, "x1e-06 (x0.01 per step): vanishing"),
     (np.array([1e3, 1e2, 10, 1.0]), 0, "exploding"),
     (np.array([0.5, 0.7, 1.0, 0.0]), 0, "from step 2 back to step 0"),
-    (np.array([1.0, 1e-3, 1e-6, 0.0]), 1, "from step 0 back to step 2 (2 steps) the norm changes x1e-06"),
+    (np.array([1e-6, 1e-3, 1.0, 0.0]), 1, "largest at step 2 (1), smallest at step 0 (1e-06): x1e-06 over 2 steps"),
     (np.zeros(4), 1, "no gradient reaches"),
     (np.array([0.0, 2.0, 0.0]), 0, "reaches step 1 only"),
 ])
