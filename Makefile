@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test clean
+.PHONY: run test clean browser
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml requirements-dev.txt
 run: $(STAMP)
 	$(VENV)/bin/rnnkit train
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Headless Chromium (Debian's package) for the page tests in tests/view: installed when it is
+# missing and we are root; never fails the build (without it those tests skip, saying why).
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the page tests (tests/view)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "chromium could not be installed: the page's browser tests will be skipped"; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info
