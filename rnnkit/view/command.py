@@ -102,8 +102,9 @@ def text_page(run: Run, args) -> Page:
     if args.input:
         text, what = data.open_text(args.input, "--input"), f"--input {args.input}"
     else:
-        held_out = tasks.build(run.cfg).test_ids
-        text, what = "".join(run.task.vocab[i] for i in held_out[:TEXT_STEPS].tolist()), "the run's text"
+        built = tasks.build(run.cfg)                 # its vocabulary is the file's, as when trained
+        text = "".join(built.vocab[i] for i in built.test_ids[:TEXT_STEPS].tolist())
+        what = "the run's text"
     ids = _ids(text, run.task.vocab, what)
     with torch.no_grad():
         logp = F.log_softmax(run.net(ids)[0][0], -1)                     # (T, V)
