@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import backends, registry
 from .cells import LSTMCell
@@ -143,26 +143,35 @@ def _no_onednn(f: Callable[[], None]) -> Callable[[], None]:
 
 
 def _torch_and_rnnkit(case: Case):
+    """(torch.nn module, rnnkit module with its weights, lengths or None)."""
     torch.manual_seed(0)
     tm = _TORCH[case.cell](case.H, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
     rk = from_torch(tm)
-    x = torch.randn(case.T, case.B, case.H)
     if not case.varlen:
-        return tm, rk, (x,), (x,)
+        return tm, rk, None
     lengths = torch.randint(case.T // 2, case.T + 1, (case.B,))
-    lengths[0] = case.T
-    return tm, rk, (pack_padded_sequence(x, lengths, enforce_sorted=False),), (x, None, lengths)
+    lengths[0], lengths[-1] = case.T, case.T // 2             # variable whatever the draw
+    return tm, rk, lengths
+
+
+def _args(x, lengths):
+    """The same input for both sides: (torch.nn's args, rnnkit's args)."""
+    if lengths is None:
+        return (x,), (x,)
+    packed = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)   # its data a leaf, like x
+    data = packed.data.requires_grad_(x.requires_grad)
+    return (PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),), (x, None, lengths)
 
 
 def bench_case(case: Case, repeats: int) -> List[Row]:
     """fwd and fwd+bwd rows of one torch.nn case (LSTM against oneDNN on and off)."""
-    tm, rk, t_args, r_args = _torch_and_rnnkit(case)
+    tm, rk, lengths = _torch_and_rnnkit(case)
+    x = torch.randn(case.T, case.B, case.H)
     f = flops(case)
     rows = []
     for mode, make, fl in (("fwd", _fwd, f), ("fwd+bwd", _fwd_bwd, 3 * f)):
-        xg = [a.clone().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
-              for a in r_args] if mode == "fwd+bwd" else r_args
-        fns = {"torch.nn": make(tm, t_args), "rnnkit": make(rk, xg)}
+        t_args, r_args = _args(x.clone().requires_grad_(mode == "fwd+bwd"), lengths)   # both differentiate x
+        fns = {"torch.nn": make(tm, t_args), "rnnkit": make(rk, r_args)}
         if case.cell == "lstm":
             fns["torch.nn (no oneDNN)"] = _no_onednn(make(tm, t_args))
         ms = interleaved_medians(fns, repeats)
@@ -217,6 +226,7 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     tm = _TORCH[cell](H, H)
     rk = from_torch(tm)
     tc = getattr(nn, _TORCH[cell].__name__ + "Cell")(H, H)
+    tc.load_state_dict({k: v for k, v in zip(tc.state_dict(), tm.state_dict().values())})   # the same weights
     x, h = torch.randn(1, H), torch.zeros(1, H)
     n_states = len(_ENTRIES[cell].state_names)
     t_state = (h,) * n_states if n_states > 1 else h

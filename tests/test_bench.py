@@ -236,8 +236,6 @@ def test_both_sides_compute_the_same_numbers(recorded):
             assert_same_numbers(sides["stream"], sides["step"])
 
 
-@pytest.mark.xfail(strict=True, reason="bench.bench_step builds the torch.nn cell with its own random "
-                   "weights, not the model's (rnnkit/bench.py, bench_step: tc = ...Cell(H, H))")
 def test_step_rows_torch_cell_has_the_models_weights(recorded):
     for row, sides in rows_with_sides(recorded):
         if row["mode"] == "step":
@@ -245,9 +243,6 @@ def test_step_rows_torch_cell_has_the_models_weights(recorded):
             assert_same_numbers(torch_side, sides["step"])
 
 
-@pytest.mark.xfail(strict=True, reason="bench.bench_case differentiates rnnkit's input but not torch.nn's "
-                   "(rnnkit/bench.py, bench_case: xg requires grad, t_args do not), so fwd+bwd rows ask "
-                   "rnnkit for one more gradient")
 def test_fwd_bwd_rows_differentiate_the_same_leaves(recorded):
     for row, sides in rows_with_sides(recorded):
         if row["mode"] == "fwd+bwd":

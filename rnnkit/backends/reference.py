@@ -5,6 +5,11 @@ last entry of ``states`` is each sequence's own final state.  Run with autograd
 enabled, ``forward`` is also the plain step loop that tests differentiate
 through; ``backward`` is backpropagation through time by the cell's
 hand-derived ``step_backward``.
+
+``noise`` (the cell's per-step random tensors, (T, B, N_k); None in eval) is sliced per step and
+handed to the cell.  ``cell.clip_recurrent`` = x clamps the gradient of every carried state after
+step t -- its total, from the output at t and from step t+1 -- to [-x, x] at every step of
+``backward``; under autograd, ``forward`` registers the same clamp as a hook on every state.
 """
 from __future__ import annotations
 
@@ -18,17 +23,26 @@ from ..sequence import keep, step_stack
 from .base import Backend
 
 
+def _noise_at(noise: Optional[Sequence[Tensor]], t: int) -> Optional[Tuple[Tensor, ...]]:
+    return None if noise is None else tuple(n[t] for n in noise)
+
+
 def forward(cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor, ...],
-            params: Tuple[Optional[Tensor], ...], save: bool = True):
+            params: Tuple[Optional[Tensor], ...], save: bool = True, noise=None):
     """Run the cell over T steps; returns (states, saved) stacked over time."""
     T = xp.shape[0]
     state = tuple(state0)
     states = [[] for _ in state]
     saved = [[] for _ in cell.saved_names]
+    clip = cell.clip_recurrent
     for t in range(T):
-        new, sv = cell.step(xp[t], state, params)
+        new, sv = cell.step(xp[t], state, params, _noise_at(noise, t))
         m = None if mask is None else mask[t]
         state = tuple(keep(m, n, s) for n, s in zip(new, state))
+        if clip is not None:
+            for s in state:
+                if s.requires_grad:
+                    s.register_hook(lambda g: g.clamp(-clip, clip))
         for k, s in enumerate(state):
             states[k].append(s)
         if save:
@@ -39,7 +53,7 @@ def forward(cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor
 
 
 def backward(cell: Cell, d_out: Optional[Tensor], d_final: Tuple[Optional[Tensor], ...],
-             mask: Optional[Tensor], state0, states, saved, params):
+             mask: Optional[Tensor], state0, states, saved, params, noise=None):
     """Backpropagation through time.
 
     d_out    (T, B, S_0) gradient of the emitted output (zero on padded steps), or None
@@ -50,15 +64,19 @@ def backward(cell: Cell, d_out: Optional[Tensor], d_final: Tuple[Optional[Tensor
     d_state = [torch.zeros_like(s[0]) if d is None else d.clone() for d, s in zip(d_final, states)]
     d_params = [None if p is None else torch.zeros_like(p) for p in params]
     d_xp = []
+    clip = cell.clip_recurrent
     for t in reversed(range(T)):
         prev = state0 if t == 0 else tuple(s[t - 1] for s in states)
         new = tuple(s[t] for s in states)
         m = None if mask is None else mask[t]
         if d_out is not None:
             d_state[0] = d_state[0] + d_out[t]
+        if clip is not None:
+            d_state = [d.clamp(-clip, clip) for d in d_state]
         # On padded rows the step did not happen: its gradient passes straight through.
         d_new = [d if m is None else torch.where(m, d, 0.0) for d in d_state]
-        dxp_t, d_prev, dp = cell.step_backward(d_new, [s[t] for s in saved], prev, new, params)
+        dxp_t, d_prev, dp = cell.step_backward(d_new, [s[t] for s in saved], prev, new, params,
+                                               _noise_at(noise, t))
         if m is not None:
             dxp_t = torch.where(m, dxp_t, 0.0)
             d_prev = [torch.where(m, dp_, d) for dp_, d in zip(d_prev, d_state)]
@@ -98,8 +116,17 @@ class PythonStepper:
                              "(inference only); use model.step for a differentiable step, or call it "
                              "under torch.no_grad()")
 
+    def _check_params(self) -> None:
+        """The held parameters still have the dtype and device the buffers were made for."""
+        for layer in self._layers:
+            for p in layer:
+                if p is not None and (p.dtype != self._dtype or p.device != self._device):
+                    raise RuntimeError(f"{self._who}: the parameters changed to {p.dtype} on {p.device} after the "
+                                       f"stream was created for {self._dtype} on {self._device}; create a new stream")
+
     def step(self, x: Tensor) -> Tensor:
         self._check(x)
+        self._check_params()
         with torch.no_grad():
             out, new = step_stack(self._cell, x.view(1, -1) if x.dim() == 1 else x, self._states, self._layers)
             for s, n in zip(self._states, new):
@@ -120,11 +147,11 @@ class Reference(Backend):
 
     name = "reference"
 
-    def forward(self, cell, xp, mask, state0, params, save=True):
-        return forward(cell, xp, mask, state0, params, save)
+    def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
+        return forward(cell, xp, mask, state0, params, save, noise)
 
-    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
-        return backward(cell, d_out, d_final, mask, state0, states, saved, params)
+    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
+        return backward(cell, d_out, d_final, mask, state0, states, saved, params, noise)
 
     def step(self, cell, x, state0, layers):
         return step_stack(cell, x, state0, layers)
