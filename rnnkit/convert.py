@@ -19,8 +19,6 @@ def from_torch(module: nn.Module, **kwargs) -> nn.Module:
     if entry is None:
         twins = ", ".join(e.torch_twin.__name__ for e in registry.CELLS.values() if e.torch_twin is not None)
         raise TypeError(f"module: expected torch.nn {twins}, got {type(module).__name__}")
-    if getattr(module, "proj_size", 0):
-        raise ValueError(f"module: expected proj_size=0, got {module.proj_size}")
     new = entry.layer(**entry.layer.kwargs_from_torch(module), **kwargs)
     new.load_state_dict(module.state_dict())
     new.train(module.training)

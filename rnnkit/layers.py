@@ -11,9 +11,19 @@ S = the size of the emitted state (H, or O for Jordan).
 
 Equivalent reference loop, for one layer and direction::
 
+    noise = cell.draw_noise(T, B, x) if training else None     # recurrent dropout / zoneout
     for t in range(T):                      # only t < length[b] for sequence b
-        state = cell.step(x[t] @ W_ih.T + b_ih, state)
+        state = cell.step(x[t] @ W_ih.T + b_ih, state, noise[t])
         out[t] = state[0]
+
+Options of every layer (the cell's, see rnnkit/cells/base.py): ``recurrent_dropout`` q in [0, 1)
+(Gal & Ghahramani 2016: one mask per sequence on the emitted state where it enters the recurrence),
+``zoneout`` p in [0, 1) (Krueger et al. 2017: each unit of each carried state keeps its previous
+value with probability p in training; in eval the expected value (1-p)*new + p*old), and
+``clip_recurrent`` x > 0 (backward only: the gradient of every carried state is clamped to [-x, x]
+at every step of BPTT -- a biased gradient that keeps long BPTT stable, not a replacement for
+clipping the global gradient norm).  The masks are drawn from torch's RNG once per forward, so
+``torch.manual_seed`` reproduces them.
 """
 from __future__ import annotations
 
@@ -61,6 +71,23 @@ class Trace:
         return f"Trace(layers={len(self.layers)}, directions={len(self.layers[0])}, names={self.names})"
 
 
+def _probability(name: str, value) -> float:
+    """A probability in [0, 1) (1 would drop or freeze every unit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _variants(recurrent_dropout, zoneout, clip_recurrent) -> dict:
+    """The options every cell has, checked: the cell's keyword arguments."""
+    if clip_recurrent is not None and (isinstance(clip_recurrent, bool) or not isinstance(clip_recurrent, (int, float))
+                                       or not 0.0 < clip_recurrent < math.inf):
+        raise ValueError(f"clip_recurrent: expected None or a positive finite number, got {clip_recurrent!r}")
+    return {"recurrent_dropout": _probability("recurrent_dropout", recurrent_dropout),
+            "zoneout": _probability("zoneout", zoneout),
+            "clip_recurrent": None if clip_recurrent is None else float(clip_recurrent)}
+
+
 class _Recurrent(nn.Module):
     """Shared machinery; subclasses choose the cell and the form of the state argument.
 
@@ -88,6 +115,8 @@ class _Recurrent(nn.Module):
             warnings.warn("dropout acts between stacked layers; with num_layers=1 it has no effect "
                           f"(dropout={self.dropout})", stacklevel=3)
         self.cell = cell
+        self.recurrent_dropout, self.zoneout = cell.recurrent_dropout, cell.zoneout
+        self.clip_recurrent = cell.clip_recurrent
         cell.spec, cell.key                     # memoised now: compiled code must not compute them
         D = 2 if self.bidirectional else 1
         factory = {"device": device, "dtype": dtype}
@@ -309,8 +338,9 @@ class _Recurrent(nn.Module):
             for d in range(self._D):
                 w_ih, b_ih, rec = self._direction_params(layer, d, x)
                 xin = layer_in if d == 0 else sequence.reverse(layer_in, rev)
-                out, fin, tr = ops.run_direction(self.cell, backend, xin, mask,
-                                                 state0[layer * self._D + d], w_ih, b_ih, rec, want_trace)
+                noise = self.cell.draw_noise(x.shape[0], x.shape[1], x) if self.training else None
+                out, fin, tr = ops.run_direction(self.cell, backend, xin, mask, state0[layer * self._D + d],
+                                                 w_ih, b_ih, rec, want_trace, noise)
                 if d == 1:
                     out = sequence.reverse(out, rev)
                     tr = {k: sequence.reverse(v, rev) for k, v in tr.items()}
@@ -335,7 +365,8 @@ class _Recurrent(nn.Module):
 
     # -- streaming -------------------------------------------------------
     def step(self, input: Tensor, hx=None):
-        """Advance by one time step (online inference): the same math as ``forward`` with T=1.
+        """Advance by one time step (online inference): the same math as ``forward`` with T=1
+        (in training, the same random draws: recurrent dropout's mask is then new at every call).
 
         input    (B, I) or (I,) unbatched
         hx       state as returned by ``forward``/``step`` (zeros when None)
@@ -357,8 +388,9 @@ class _Recurrent(nn.Module):
         x = input.unsqueeze(0) if unbatched else input                  # (B, I)
         full = self.initial_state(hx, x.shape[0], unbatched, x)         # (L, B, S_k)
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
-        if self._needs_graph(x) or dropout:
-            out, h_n = sequence.step_stack(self.cell, x, full, self.step_parameters(), dropout)
+        noisy = self.training and bool(self.cell.noise_names)
+        if self._needs_graph(x) or dropout or noisy:
+            out, h_n = sequence.step_stack(self.cell, x, full, self.step_parameters(), dropout, noisy)
         else:
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
             out, h_n = backend.step(self.cell, x, full, self.step_parameters())
@@ -408,6 +440,10 @@ class _Recurrent(nn.Module):
         """Constructor arguments of the ``torch_twin`` module equivalent to this one."""
         return self._common_args(self)
 
+    def _not_in_torch(self) -> dict:
+        """The options this module has that its torch twin does not (name -> value), at non-defaults."""
+        return self.cell._variants()
+
     @classmethod
     def kwargs_from_torch(cls, module: nn.Module) -> dict:
         """Inverse of ``torch_kwargs``: our constructor arguments for a ``torch_twin`` module."""
@@ -417,6 +453,8 @@ class _Recurrent(nn.Module):
         """The equivalent torch.nn module (``torch_twin``) with a copy of the weights."""
         if self.torch_twin is None:
             raise TypeError(f"{type(self).__name__}: torch.nn has no equivalent module to convert to")
+        for name, value in self._not_in_torch().items():
+            raise ValueError(f"module: torch.nn.{self.torch_twin.__name__} has no {name}, got {name}={value!r}")
         new = self.torch_twin(**self.torch_kwargs())
         new.load_state_dict(self.state_dict())
         new.train(self.training)
@@ -436,12 +474,14 @@ class Elman(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, backend: Optional[str] = None,
-                 proj_size: int = 0):
+                 proj_size: int = 0, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 clip_recurrent: Optional[float] = None):
         validation.no_projection("Elman", proj_size)
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.nonlinearity = nonlinearity
-        super().__init__(ElmanCell(hidden_size, nonlinearity), input_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, backend, device, dtype)
+        cell = ElmanCell(hidden_size, nonlinearity, **_variants(recurrent_dropout, zoneout, clip_recurrent))
+        super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
+                         device, dtype)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -461,11 +501,16 @@ RNN = Elman
 class LSTM(_Recurrent):
     r"""Long short-term memory, drop-in for ``torch.nn.LSTM`` (gate order i, f, g, o).
 
-    Arguments as torch.nn.LSTM, plus ``forget_bias`` (e.g. 1.0, Jozefowicz et al. 2015: the
-    forget block of bias_ih is set to it and that of bias_hh to 0 at every reset) and ``backend``.
+    Arguments as torch.nn.LSTM (``proj_size`` P > 0: h_t = W_hr (o_t * tanh(c_t)), parameters
+    weight_hr_l{k}[_reverse] (P, H), layer k+1 reads D*P features), plus ``forget_bias`` (e.g. 1.0,
+    Jozefowicz et al. 2015: the forget block of bias_ih is set to it and that of bias_hh to 0 at
+    every reset), ``peephole`` (Gers & Schmidhuber 2000: c_{t-1} enters the input and forget
+    gates, c_t the output gate, through diagonal weights weight_ch_l{k}[_reverse] (3H,) ordered
+    input, forget, output), the options of every layer (module docstring) and ``backend``.
     forward(input, hx=None, lengths=None, return_trace=False) -> (output, (h_n, c_n)[, trace]);
-    hx = (h_0, c_0), each (D*L, B, H).  Trace names: input_gate, forget_gate, candidate,
-    output_gate, cell, hidden.
+    hx = (h_0, c_0), h_0 (D*L, B, P or H), c_0 (D*L, B, H).  Trace names: input_gate,
+    forget_gate, candidate, output_gate, cell, hidden (+ unprojected: o_t * tanh(c_t), with a
+    projection).
     """
 
     torch_twin = nn.LSTM
@@ -473,18 +518,26 @@ class LSTM(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, forget_bias: Optional[float] = None,
-                 backend: Optional[str] = None):
-        if proj_size != 0:
-            raise ValueError(f"proj_size: expected 0 (projections are not supported), got {proj_size!r}")
+                 backend: Optional[str] = None, peephole: bool = False, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, clip_recurrent: Optional[float] = None):
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+            raise validation.ArgumentTypeError(f"proj_size: expected a non-negative integer, got {proj_size!r}")
+        if proj_size < 0 or (proj_size and isinstance(hidden_size, int) and proj_size >= hidden_size):
+            raise ValueError(f"proj_size: expected 0 (no projection) or an integer in [1, hidden_size), "
+                             f"got proj_size={proj_size!r} with hidden_size={hidden_size!r}")
         if forget_bias is not None and not bias:
             raise ValueError(f"forget_bias: expected None when bias=False, got {forget_bias!r}")
         if forget_bias is not None and (isinstance(forget_bias, bool)
                                         or not isinstance(forget_bias, (int, float))):
             raise TypeError(f"forget_bias: expected a number or None, got {forget_bias!r}")
-        self.proj_size = 0
+        if not isinstance(peephole, bool):
+            raise TypeError(f"peephole: expected True or False, got {peephole!r}")
+        self.proj_size = proj_size
+        self.peephole = peephole
         self.forget_bias = forget_bias
-        super().__init__(LSTMCell(hidden_size), input_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, backend, device, dtype)
+        cell = LSTMCell(hidden_size, proj_size, peephole, **_variants(recurrent_dropout, zoneout, clip_recurrent))
+        super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
+                         device, dtype)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -508,6 +561,19 @@ class LSTM(_Recurrent):
     def pack_state(self, finals):
         return finals[0], finals[1]
 
+    def _size_repr(self) -> str:
+        return super()._size_repr() + (f", proj_size={self.proj_size}" if self.proj_size else "")
+
+    def torch_kwargs(self) -> dict:
+        return {**super().torch_kwargs(), "proj_size": self.proj_size}
+
+    @classmethod
+    def kwargs_from_torch(cls, module: nn.Module) -> dict:
+        return {**super().kwargs_from_torch(module), "proj_size": module.proj_size}
+
+    def _not_in_torch(self) -> dict:
+        return {**({"peephole": True} if self.peephole else {}), **super()._not_in_torch()}
+
 
 class GRU(_Recurrent):
     r"""Gated recurrent unit, drop-in for ``torch.nn.GRU`` (gate order r, z, n).
@@ -524,13 +590,15 @@ class GRU(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, reset_after: bool = True, backend: Optional[str] = None,
-                 proj_size: int = 0):
+                 proj_size: int = 0, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 clip_recurrent: Optional[float] = None):
         validation.no_projection("GRU", proj_size)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
         self.reset_after = reset_after
-        super().__init__(GRUCell(hidden_size, reset_after), input_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, backend, device, dtype)
+        cell = GRUCell(hidden_size, reset_after, **_variants(recurrent_dropout, zoneout, clip_recurrent))
+        super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
+                         device, dtype)
 
     def to_torch(self) -> nn.Module:
         if not self.reset_after:
@@ -556,15 +624,20 @@ class Jordan(_Recurrent):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, nonlinearity: str = "tanh",
                  output_activation: str = "identity", device=None, dtype=None,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 clip_recurrent: Optional[float] = None):
         validation.positive_int("output_size", output_size)
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         validation.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        if zoneout:
+            raise ValueError(f"zoneout: a Jordan network carries its output y, which zoneout would freeze "
+                             f"unit by unit; expected 0, got {zoneout!r} (recurrent_dropout acts on y instead)")
         self.output_size = output_size
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
-        super().__init__(JordanCell(hidden_size, output_size, nonlinearity, output_activation),
-                         input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
+        cell = JordanCell(hidden_size, output_size, nonlinearity, output_activation,
+                          **_variants(recurrent_dropout, 0.0, clip_recurrent))
+        super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
                          device, dtype)
 
     def forward(self, input, y0=None, lengths=None, return_trace: bool = False):

@@ -11,7 +11,8 @@ When nothing needs a gradient (inference), the backend's forward runs without th
 autograd.Function and keeps no saved tensors.
 
 Shapes: x (T, B, I), mask (T, B, 1) bool or None, state0 tuple of (B, S_k),
-w_ih (G*H, I), b_ih (G*H) or None, rec params as the cell lists them.
+w_ih (G*H, I), b_ih (G*H) or None, rec params as the cell lists them, noise None or a tuple of
+(T, B, N_k) per ``cell.noise_names`` (drawn by the layer in training; never differentiated).
 Returns out (T, B, S_0) zero on padded steps, final state tuple of (B, S_k),
 and a dict of per-step trace tensors (T, B, .) (empty unless asked; detached).
 """
@@ -59,7 +60,7 @@ def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
     return {k: _zero_padded(mask, full[k].detach()).clone() for k in cell.trace_names}
 
 
-def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec,
+def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec, noise,
          project=_linear):
     """The forward pass of one layer and direction: (out, finals, trace, states, saved).
 
@@ -69,9 +70,9 @@ def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih,
     xp = project(x, w_ih, b_ih)                                        # (T, B, G*H)
     save = need_saved or want_trace
     if backend.differentiable:                                         # traced step by step by autograd
-        states, saved = backend.forward(cell, xp, mask, state0, rec, save)
+        states, saved = backend.forward(cell, xp, mask, state0, rec, save, noise)
     else:
-        states, saved = library.forward(backend, cell, xp, mask, state0, rec, save)
+        states, saved = library.forward(backend, cell, xp, mask, state0, rec, save, noise)
     out = _zero_padded(mask, states[0])                                # (T, B, S_0)
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
     trace = _trace(cell, mask, saved, states) if want_trace else {}
@@ -86,55 +87,56 @@ class RecurrentFunction(torch.autograd.Function):
     """Forward over the whole sequence, backward through time, for one layer and direction."""
 
     @staticmethod
-    def forward(ctx, cell: Cell, backend, want_trace: bool, x, mask, w_ih, b_ih, *rest):
+    def forward(ctx, cell: Cell, backend, want_trace: bool, x, mask, w_ih, b_ih, n_noise: int, *rest):
         n = len(cell.state_names)
-        state0, rec = rest[:n], rest[n:]
+        state0, noise, rec = rest[:n], rest[n:n + n_noise], rest[n + n_noise:]
         out, finals, trace, states, saved = _run(cell, backend, want_trace, True,
-                                                 x, mask, w_ih, b_ih, state0, rec)
-        ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec = cell, backend, n, len(rec)
-        ctx.save_for_backward(x, mask, w_ih, b_ih, *state0, *rec, *states, *saved)
+                                                 x, mask, w_ih, b_ih, state0, rec, noise or None)
+        ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec, ctx.n_noise = cell, backend, n, len(rec), n_noise
+        ctx.save_for_backward(x, mask, w_ih, b_ih, *state0, *noise, *rec, *states, *saved)
         ctx.mark_non_differentiable(*trace.values())
         return (out, *finals, *trace.values())
 
     @staticmethod
     def backward(ctx, d_out, *d_rest):
-        n, n_rec = ctx.n_state, ctx.n_rec
+        n, n_rec, k = ctx.n_state, ctx.n_rec, ctx.n_state + ctx.n_noise
         x, mask, w_ih, b_ih, *rest = ctx.saved_tensors
-        state0, rec = tuple(rest[:n]), tuple(rest[n:n + n_rec])
-        states, saved = tuple(rest[n + n_rec:2 * n + n_rec]), tuple(rest[2 * n + n_rec:])
+        state0, noise, rec = tuple(rest[:n]), tuple(rest[n:k]), tuple(rest[k:k + n_rec])
+        states, saved = tuple(rest[k + n_rec:k + n + n_rec]), tuple(rest[k + n + n_rec:])
         d_final = d_rest[:n]
+        nones = (None,) * ctx.n_noise
         if torch.is_grad_enabled():                # create_graph=True: higher-order gradients follow
-            return (None, None, None) + _graph_backward(ctx, (x, mask, w_ih, b_ih, *state0, *rec),
-                                                        (d_out, *d_final))
+            grads = _graph_backward(ctx, (x, mask, w_ih, b_ih, *state0, *rec), (d_out, *d_final), noise or None)
+            return (None, None, None) + grads[:4] + (None,) + grads[4:4 + n] + nones + grads[4 + n:]
         if d_out is not None:
             d_out = _zero_padded(mask, d_out)      # padded outputs are constant zeros
         d_xp, d_state0, d_rec = library.backward(
-            ctx.backend, ctx.cell, d_out, d_final, mask, state0, states, saved, rec)
+            ctx.backend, ctx.cell, d_out, d_final, mask, state0, states, saved, rec, noise or None)
         T, B, I = x.shape
         d_xp2 = d_xp.reshape(T * B, d_xp.shape[-1])                    # (T*B, G*H); B may be 0
         need = ctx.needs_input_grad
         dx = _linear(d_xp, w_ih.t(), None) if need[3] else None       # (T, B, I)
         dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[5] else None
         db_ih = d_xp2.sum(0) if need[6] else None                     # False when b_ih is None
-        return (None, None, None, dx, None, dw_ih, db_ih, *d_state0, *d_rec)
+        return (None, None, None, dx, None, dw_ih, db_ih, None, *d_state0, *nones, *d_rec)
 
 
-def _graph_backward(ctx, inputs, d_outputs) -> tuple:
+def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
     """Backward that autograd can differentiate again (``create_graph=True``: gradient penalties,
     Hessian-vector products): the forward is recomputed by the cell's Python step under autograd
     from the saved inputs, which are still connected to the outer graph, and differentiated with
     ``create_graph``.  Slower than the hand-derived BPTT, and only taken when asked for.
 
-    inputs (x, mask, w_ih, b_ih, *state0, *rec) as forward got them; d_outputs (d_out, *d_final).
-    Returns their gradients in that order (None where not needed).
+    inputs (x, mask, w_ih, b_ih, *state0, *rec) as forward got them; d_outputs (d_out, *d_final);
+    noise as forward got it.  Returns the inputs' gradients in that order (None where not needed).
     """
     x, mask, w_ih, b_ih, *rest = inputs
     n = ctx.n_state
     oracle = backends.get(backends.ORACLE)
     with torch.enable_grad():
         out, finals, _, _, _ = _run(ctx.cell, oracle, False, False, x, mask, w_ih, b_ih,
-                                    tuple(rest[:n]), tuple(rest[n:]), project=F.linear)
-    need = ctx.needs_input_grad[3:]
+                                    tuple(rest[:n]), tuple(rest[n:]), noise, project=F.linear)
+    need = ctx.needs_input_grad[3:7] + ctx.needs_input_grad[8:8 + n] + ctx.needs_input_grad[8 + n + ctx.n_noise:]
     wanted = [k for k, t in enumerate(inputs) if t is not None and need[k] and t.requires_grad]
     pairs = [(o, d) for o, d in zip((out, *finals), d_outputs) if d is not None and o.requires_grad]
     grads = [None] * len(inputs)
@@ -148,17 +150,19 @@ def _graph_backward(ctx, inputs, d_outputs) -> tuple:
 
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
-                  rec: Tuple[Optional[Tensor], ...], want_trace: bool = False):
+                  rec: Tuple[Optional[Tensor], ...], want_trace: bool = False,
+                  noise: Optional[Tuple[Tensor, ...]] = None):
     """Run one layer and direction over the sequence: (out, finals, trace)."""
     if backend.differentiable:                               # the plain loop, under autograd
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,
-                                        rec, project=F.linear)
+                                        rec, noise, project=F.linear)
         return out, finals, trace
     if not _needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
-        out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec)
+        out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec, noise)
         return out, finals, trace
+    noise = tuple(noise or ())
     res = RecurrentFunction.apply(cell, backend, want_trace,
-                                  x, mask, w_ih, b_ih, *state0, *rec)
+                                  x, mask, w_ih, b_ih, len(noise), *state0, *noise, *rec)
     n = len(cell.state_names)
     trace = dict(zip(cell.trace_names, res[1 + n:])) if want_trace else {}
     return res[0], tuple(res[1:1 + n]), trace

@@ -54,18 +54,22 @@ def keep(mask_t: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
 
 
 def step_stack(cell: Cell, x: Tensor, state0: Sequence[Tensor], layers: Sequence[Sequence[Optional[Tensor]]],
-               dropout: float = 0.0) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+               dropout: float = 0.0, noisy: bool = False) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     """One step of a stack of L layers (one direction) by the cell's Python step.
 
     x (B, I); state0 per carried state k a (L, B, S_k) tensor; layers[l] = [w_ih, b_ih, *rec_params];
-    ``dropout`` > 0 drops the inputs of layers 1..L-1 (training).  Returns the last layer's output
-    (B, S_0) and the new states, each (L, B, S_k).  Differentiable when run under autograd.
+    ``dropout`` > 0 drops the inputs of layers 1..L-1 (training); ``noisy`` draws the cell's noise
+    (recurrent dropout, zoneout) for each layer, in the order a forward over one step draws it
+    (else the eval math: its expected values).  Returns the last layer's output (B, S_0) and the new
+    states, each (L, B, S_k).  Differentiable when run under autograd.
     """
     new_states: List[Tuple[Tensor, ...]] = []
     for layer, (w_ih, b_ih, *rec) in enumerate(layers):
         if layer and dropout:
             x = F.dropout(x, dropout, training=True)
-        new, _ = cell.step(F.linear(x, w_ih, b_ih), tuple(s[layer] for s in state0), tuple(rec))
+        noise = cell.draw_noise(1, x.shape[0], x) if noisy else None
+        new, _ = cell.step(F.linear(x, w_ih, b_ih), tuple(s[layer] for s in state0), tuple(rec),
+                           None if noise is None else tuple(n[0] for n in noise))
         new_states.append(new)
         x = new[0]
     h_n = tuple(torch.stack([s[k] for s in new_states]) for k in range(len(state0)))

@@ -8,6 +8,7 @@ The tables read the cell registry and the backend registry, so a new cell form o
 joins every matrix without a test edit.
 
     FORMS            every form of every cell (rnnkit.registry.forms()): id -> (entry, layer kwargs)
+                     (options included: projection, peepholes, clip_recurrent, recurrent dropout, zoneout)
     CELLS            form id -> constructor(input_size, hidden_size, **kw)
     TORCH_CELLS      the forms torch.nn can build too -> (rnnkit class, torch.nn class, shared kwargs)
     backends_for / cell_backends   the registered backends that run a form here, as pytest params
@@ -98,9 +99,15 @@ def count_calls(monkeypatch, owner, name: str) -> list:
 # -- models and data -----------------------------------------------------------------------------
 def make(cell: str, *, input_size: int = INPUT_SIZE, hidden_size: int = HIDDEN_SIZE,
          dtype=torch.float64, seed: int = 0, **kw) -> nn.Module:
-    """A seeded rnnkit layer of the named cell form."""
+    """A seeded rnnkit layer of the named cell form.
+
+    Forms with noise (recurrent dropout, zoneout) come in eval mode: in training they are random
+    (a new mask at every forward), so the shared matrices check their deterministic eval math
+    (zoneout's expected value); their training has its own tests (tests/layers/test_noise.py).
+    """
     torch.manual_seed(seed)
-    return CELLS[cell](input_size, hidden_size, dtype=dtype, **kw)
+    model = CELLS[cell](input_size, hidden_size, dtype=dtype, **kw)
+    return model.eval() if model.cell.noise_names else model
 
 
 def make_torch_pair(cell: str, *, backend: str, dtype=torch.float64, seed: int = 0,
@@ -118,9 +125,18 @@ def directions(model) -> int:
     return 2 if model.bidirectional else 1
 
 
+def state_sizes(model) -> tuple:
+    """Features of every carried state (torch.nn or rnnkit module): (H,), LSTM (P or H, H), Jordan (O,)."""
+    if hasattr(model, "cell"):
+        return model.cell.state_sizes()
+    if isinstance(model, nn.LSTM):
+        return (model.proj_size or model.hidden_size, model.hidden_size)
+    return (model.hidden_size,)
+
+
 def state_size(model) -> int:
-    """Features of the emitted state: H, or O for a Jordan network."""
-    return getattr(model, "output_size", model.hidden_size)
+    """Features of the emitted state: H (LSTM's P when projected), or O for a Jordan network."""
+    return state_sizes(model)[0]
 
 
 def n_states(model) -> int:
@@ -137,9 +153,9 @@ def randn(*shape, dtype=torch.float64, seed: int = 0, requires_grad: bool = Fals
 
 def random_state(model, batch: int, *, seed: int = 1, unbatched: bool = False):
     """Random initial state in the layer's format: (h_0, c_0) for an LSTM, else one tensor."""
-    shape = (directions(model) * model.num_layers,) + (() if unbatched else (batch,)) + (state_size(model),)
+    lead = (directions(model) * model.num_layers,) + (() if unbatched else (batch,))
     dtype = next(model.parameters()).dtype
-    hs = [randn(*shape, dtype=dtype, seed=seed + k, requires_grad=True) for k in range(n_states(model))]
+    hs = [randn(*lead, s, dtype=dtype, seed=seed + k, requires_grad=True) for k, s in enumerate(state_sizes(model))]
     return tuple(hs) if len(hs) > 1 else hs[0]
 
 

@@ -23,7 +23,8 @@ HAND = [n for n in backends.BACKENDS if n != "auto" and not backends.get(n).diff
 def _layer(form: str, **kw):
     entry, kwargs = FORMS[form]
     torch.manual_seed(0)
-    return entry.layer(I, H, **kwargs, **kw)
+    layer = entry.layer(I, H, **kwargs, **kw)
+    return layer.eval() if layer.cell.noise_names else layer       # noise: random in training (helpers.make)
 
 
 def _op_args(cell: Cell, backend: str, lengths: bool):
@@ -46,13 +47,14 @@ def test_operators_fake_implementations_match(form, backend):
     # Without a mask: the saved tensors of padded steps are left unwritten (never read), which
     # opcheck's eager-against-traced comparison would take for a difference.
     xp, mask, state0, params = _op_args(cell, backend, lengths=False)
+    noise = list(cell.draw_noise(T, B, xp) or ())               # training's noise (recurrent dropout, zoneout)
     torch.library.opcheck(torch.ops.rnnkit.sequence_forward.default,
-                          (backend, cell.spec, xp, mask, state0, params, True))
-    states, saved = torch.ops.rnnkit.sequence_forward(backend, cell.spec, xp, mask, state0, params, True)
+                          (backend, cell.spec, xp, mask, state0, params, True, noise))
+    states, saved = torch.ops.rnnkit.sequence_forward(backend, cell.spec, xp, mask, state0, params, True, noise)
     assert [s.shape[-1] for s in saved] == list(cell.saved_sizes())
     d_out = torch.randn_like(states[0])
     torch.library.opcheck(torch.ops.rnnkit.sequence_backward.default,
-                          (backend, cell.spec, d_out, [None] * len(state0), mask, state0, states, saved, params))
+                          (backend, cell.spec, d_out, [None] * len(state0), mask, state0, states, saved, params, noise))
 
 
 def test_cell_spec_round_trips():

@@ -33,8 +33,10 @@ def test_conversion_refusals():
         rnnkit.GRU(2, 3, reset_after=False).to_torch()
     with pytest.raises(TypeError, match="Jordan"):
         rnnkit.Jordan(2, 3, 2).to_torch()
-    with pytest.raises(ValueError, match="proj_size"):
-        rnnkit.from_torch(nn.LSTM(2, 3, proj_size=2))
+    with pytest.raises(ValueError, match="peephole"):
+        rnnkit.LSTM(2, 3, peephole=True).to_torch()
+    with pytest.raises(ValueError, match="zoneout"):
+        rnnkit.GRU(2, 3, zoneout=0.1).to_torch()
     with pytest.raises(TypeError, match="module"):
         rnnkit.from_torch(nn.Linear(2, 3))
 

@@ -23,7 +23,8 @@ BACKENDS = [n for n in backends.BACKENDS if n != "auto" and backends.get(n).avai
 def _layer(form: str, backend: str, dtype=F64, **kw):
     entry, kwargs = registry.forms()[form]
     torch.manual_seed(0)
-    return entry.layer(3, 4, dtype=dtype, backend=backend, **kwargs, **kw)
+    layer = entry.layer(3, 4, dtype=dtype, backend=backend, **kwargs, **kw)
+    return layer.eval() if layer.cell.noise_names else layer       # noise: random in training (helpers.make)
 
 
 def _runnable(form: str, backend: str, dtype=F64) -> bool:

@@ -12,7 +12,7 @@ class Autograd(Reference):
     name = "autograd"
     differentiable = True
 
-    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
         raise RuntimeError("the 'autograd' backend is differentiated by autograd; it has no backward")
 
 

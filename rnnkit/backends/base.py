@@ -13,12 +13,15 @@ L layers of a stack.
     states  tuple of (T, B, S_k): the carried state *after* every step (padded steps keep it)
     saved   tuple of (T, B, .): the cell's ``saved_names``, for backward and the trace
     params  the cell's recurrent parameters in ``cell.rec_params`` order (None where absent)
+    noise   tuple of (T, B, N_k) in ``cell.noise_names`` order: the random tensors of recurrent
+            dropout and zoneout that the layer drew for this forward (training), read by the cell's
+            step at every step and by backward again; None = eval (the cell uses their expected values)
     layers  per layer of a stack, [w_ih, b_ih | None, *params]
 
 Methods:
     supports(cell, device, dtype) -> Support   can this backend run this case here (and if not, why)
-    forward(cell, xp, mask, state0, params, save) -> (states, saved)
-    backward(cell, d_out, d_final, mask, state0, states, saved, params) -> (d_xp, d_state0, d_params)
+    forward(cell, xp, mask, state0, params, save, noise) -> (states, saved)
+    backward(cell, d_out, d_final, mask, state0, states, saved, params, noise) -> (d_xp, d_state0, d_params)
     step(cell, x, state0, layers) -> (out (B, S_0), new states (L, B, S_k))   inference, one step
     stepper(cell, layers, batch_size, who) -> Stepper                       behind ``model.stream()``
 
@@ -82,11 +85,13 @@ class Backend:
         return self.available()
 
     def forward(self, cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor, ...],
-                params: Tuple[Optional[Tensor], ...], save: bool = True):
+                params: Tuple[Optional[Tensor], ...], save: bool = True,
+                noise: Optional[Tuple[Tensor, ...]] = None):
         raise NotImplementedError
 
     def backward(self, cell: Cell, d_out: Optional[Tensor], d_final: Tuple[Optional[Tensor], ...],
-                 mask: Optional[Tensor], state0, states, saved, params):
+                 mask: Optional[Tensor], state0, states, saved, params,
+                 noise: Optional[Tuple[Tensor, ...]] = None):
         raise NotImplementedError
 
     def step(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:

@@ -70,11 +70,13 @@ class CPU(Backend):
             raise RuntimeError(f"backend 'cpu' {spec}")
         return spec
 
-    def forward(self, cell, xp, mask, state0, params, save=True):
+    # Cells with noise (recurrent dropout, zoneout) have options the kernels do not take, so
+    # ``supports`` declines them and ``noise`` is always None here.
+    def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
         states, saved = extension().forward(self._spec(cell), xp, mask, list(state0), list(params), save)
         return tuple(states), tuple(saved)
 
-    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
         d_xp, d_state0, d_params = extension().backward(
             self._spec(cell), d_out, list(d_final), mask, list(state0), list(states), list(saved), list(params))
         return d_xp, tuple(d_state0), tuple(d_params)

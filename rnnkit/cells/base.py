@@ -12,6 +12,31 @@ G number of gate blocks (weight_ih has G*H rows).
 
 State convention: ``state`` is a tuple; ``state[0]`` is what the layer
 emits at every step (h for Elman/LSTM/GRU, y for Jordan).
+
+Options every cell has (written once, here; the subclasses only say where h enters their
+recurrence):
+
+recurrent dropout (Gal & Ghahramani 2016), probability q: one mask m per sequence, shared by every
+step, on the emitted state where it enters the recurrence (the recurrent matrix products only)::
+
+    m ~ Bernoulli(1 - q)^(B, S_0) / (1 - q)      # drawn once per forward (training)
+    h_{t-1}  ->  h_{t-1} * m   in every  . W_hh^T  of the step        (eval: m = 1)
+    backward: the gradient that reaches h_{t-1} through those products is multiplied by m
+
+zoneout (Krueger et al. 2017), probability p: per unit and step, every carried state keeps its
+previous value with probability p::
+
+    z_t ~ Bernoulli(p)^(B, S_k)   (training),    z_t = p   (eval: the expected value)
+    s_t = z_t * s_{t-1} + (1 - z_t) * s~_t        s~_t: the state the cell computed
+    backward: ds~_t = ds_t (1 - z_t),   ds_{t-1} += ds_t z_t
+
+The random tensors ("noise": the mask m expanded over time, the z_t) are drawn by the layer from
+torch's RNG once per forward (``draw_noise``) and handed to the time loop as per-step inputs, so
+backward uses the same ones; ``noise=None`` means eval: their expected values.
+
+clip_recurrent x (backward only): the time loop bounds the gradient of every carried state to
+[-x, x] at every step of BPTT (``rnnkit.backends.reference.backward``); ``step_backward`` itself is
+the exact derivative.
 """
 from __future__ import annotations
 
@@ -36,7 +61,10 @@ class Cell:
       rec_params      names (without layer suffix) of the recurrent parameters
                       in the order ``step`` receives them
       saved_names     per-step tensors (B, .) that ``step`` returns for backward
+                      (set by ``_declare_saved``, zoneout's additions included)
       trace_names     per-step quantities exposed by ``return_trace=True``
+    and implement ``_step``, ``_step_backward`` and ``_trace`` (the cell's own math, with the
+    recurrent dropout mask); the public ``step``, ``step_backward`` and ``trace`` add zoneout.
     """
 
     name: str = ""
@@ -45,6 +73,7 @@ class Cell:
     rec_params: Tuple[str, ...] = ()
     saved_names: Tuple[str, ...] = ()
     trace_names: Tuple[str, ...] = ()
+    noise_names: Tuple[str, ...] = ()
 
     _classes: Dict[str, type] = {}               # every cell class by name, for ``from_spec``
 
@@ -53,12 +82,32 @@ class Cell:
         if "name" in cls.__dict__:
             Cell._classes[cls.name] = cls
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 clip_recurrent: Optional[float] = None):
         self.hidden_size = hidden_size
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = float(zoneout)
+        self.clip_recurrent = None if clip_recurrent is None else float(clip_recurrent)
+        self.noise_names = ((("recurrent_mask",) if self.recurrent_dropout else ())
+                            + (tuple(f"zoneout_{s}" for s in self.state_names) if self.zoneout else ()))
+
+    def _declare_saved(self, saved: Sequence[Tuple[str, int]]) -> None:
+        """Called last by a subclass's ``__init__``: (name, size) of every tensor its ``_step``
+        saves; zoneout appends the states the cell computed before zoneout (for backward)."""
+        if self.zoneout:
+            saved = tuple(saved) + tuple((f"{s}_update", n) for s, n in zip(self.state_names, self.state_sizes()))
+        self.saved_names = tuple(n for n, _ in saved)
+        self._saved_sizes = tuple(n for _, n in saved)
+
+    def _variants(self) -> Dict[str, float]:
+        """The options shared by every cell, those not at their default."""
+        found = {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout,
+                 "clip_recurrent": self.clip_recurrent}
+        return {k: v for k, v in found.items() if v}
 
     def init_kwargs(self) -> Dict[str, Any]:
         """The constructor's arguments: ``type(cell)(**cell.init_kwargs())`` is an equal cell."""
-        return {"hidden_size": self.hidden_size}
+        return {"hidden_size": self.hidden_size, **self._variants()}
 
     @property
     def spec(self) -> str:
@@ -77,16 +126,22 @@ class Cell:
 
     def saved_sizes(self) -> Tuple[int, ...]:
         """Feature size of every per-step saved tensor, in ``saved_names`` order."""
-        return ()
+        return self.__dict__.get("_saved_sizes", ())
+
+    def noise_sizes(self) -> Tuple[int, ...]:
+        """Feature size of every per-step noise tensor, in ``noise_names`` order."""
+        return ((self.state_sizes()[0],) if self.recurrent_dropout else ()) + \
+            (self.state_sizes() if self.zoneout else ())
 
     # -- identity --------------------------------------------------------
     def options(self) -> Dict[str, str]:
         """The settings that change the cell's math, as strings (e.g. {'nonlinearity': 'relu'}).
 
         Kernels are chosen and specialised by (name, options); a cell is immutable after
-        construction, so ``key`` is computed once.
+        construction, so ``key`` is computed once.  Options at their default are left out, so a
+        kernel that does not know an option still runs the cells without it.
         """
-        return {}
+        return {k: repr(v) for k, v in self._variants().items()}
 
     @property
     def key(self) -> Tuple[str, Tuple[Tuple[str, str], ...]]:
@@ -118,21 +173,74 @@ class Cell:
         return self.state_sizes()[0]
 
     # -- math ------------------------------------------------------------
-    def step(self, xp: Tensor, state: State, p: Params) -> Tuple[State, Tuple[Tensor, ...]]:
-        """One step forward: xp (B, G*H) = x W_ih^T + b_ih; returns (new state, saved)."""
-        raise NotImplementedError
+    def step(self, xp: Tensor, state: State, p: Params,
+             noise: Optional[Sequence[Tensor]] = None) -> Tuple[State, Tuple[Tensor, ...]]:
+        """One step forward: xp (B, G*H) = x W_ih^T + b_ih; returns (new state, saved).
+
+        noise: this step's noise tensors (B, N_k) in ``noise_names`` order; None = eval (their
+        expected values: no recurrent dropout, zoneout by its probability).
+        """
+        drop, zones = self._noise(noise)
+        new, saved = self._step(xp, state, p, drop)
+        if self.zoneout:
+            saved = tuple(saved) + tuple(new)
+            new = tuple(n + z * (s - n) for n, s, z in zip(new, state, zones))     # z s + (1-z) n
+        return new, saved
 
     def step_backward(
-        self, d_new: State, saved: Sequence[Tensor], prev: State, new: State, p: Params
+        self, d_new: State, saved: Sequence[Tensor], prev: State, new: State, p: Params,
+        noise: Optional[Sequence[Tensor]] = None,
     ) -> Tuple[Tensor, State, Tuple[Optional[Tensor], ...]]:
         """One step back: gradients w.r.t. the new state -> (d_xp, d_prev_state, d_params).
 
         ``d_params`` has one entry per ``rec_params`` (None where the parameter is None).
         """
-        raise NotImplementedError
+        drop, zones = self._noise(noise)
+        if not self.zoneout:
+            return self._step_backward(d_new, saved, prev, new, p, drop)
+        n = len(self.state_names)
+        computed = tuple(saved[-n:])
+        d_cell = [d * (1.0 - z) for d, z in zip(d_new, zones)]
+        d_xp, d_prev, d_params = self._step_backward(d_cell, saved[:-n], prev, computed, p, drop)
+        return d_xp, tuple(dp + d * z for dp, d, z in zip(d_prev, d_new, zones)), d_params
 
     def trace(self, saved: Sequence[Tensor], states: State) -> Dict[str, Tensor]:
-        """Per-step quantities from stacked saved tensors (T, B, .) and new states (T, B, .)."""
+        """Per-step quantities from stacked saved tensors (T, B, .) and new states (T, B, .): the
+        same names for every form of a cell (``trace_names``); the states are those carried
+        (after zoneout), the gates those computed (with peepholes, recurrent dropout)."""
+        return self._trace(saved[:len(saved) - (len(self.state_names) if self.zoneout else 0)], states)
+
+    def draw_noise(self, T: int, B: int, like: Tensor) -> Optional[Tuple[Tensor, ...]]:
+        """The noise of one forward (training) from torch's RNG: (T, B, N_k) per ``noise_names``
+        (the recurrent dropout mask drawn once and expanded over time); None when the cell has none."""
+        if not self.noise_names:
+            return None
+        found = []
+        if self.recurrent_dropout:
+            keep = 1.0 - self.recurrent_dropout
+            S = self.state_sizes()[0]
+            found.append(like.new_empty(B, S).bernoulli_(keep).div_(keep).expand(T, B, S))
+        if self.zoneout:
+            found += [like.new_empty(T, B, s).bernoulli_(self.zoneout) for s in self.state_sizes()]
+        return tuple(found)
+
+    def _noise(self, noise):
+        """(recurrent dropout mask (B, S_0) or None, zoneout's z per state: tensors, or p in eval)."""
+        if noise is None:
+            return None, (self.zoneout,) * len(self.state_names)
+        drop = noise[0] if self.recurrent_dropout else None
+        return drop, tuple(noise[1:] if self.recurrent_dropout else noise)
+
+    # -- the subclass's own math -------------------------------------------
+    def _step(self, xp: Tensor, state: State, p: Params, drop: Optional[Tensor]) -> Tuple[State, Tuple[Tensor, ...]]:
+        """The cell's step; ``drop`` (B, S_0) multiplies state[0] where it enters the recurrence."""
+        raise NotImplementedError
+
+    def _step_backward(self, d_new, saved, prev, new, p, drop):
+        """The hand-derived backward of ``_step`` (``new``: the states ``_step`` returned)."""
+        raise NotImplementedError
+
+    def _trace(self, saved: Sequence[Tensor], states: State) -> Dict[str, Tensor]:
         raise NotImplementedError
 
     def recurrent_matrix(self, params: Dict[str, Tensor]) -> Optional[Tensor]:
@@ -142,7 +250,16 @@ class Cell:
         return None
 
     def extra_repr(self) -> str:
-        return ""
+        return ", ".join(f"{k}={v}" for k, v in self._variants().items())
+
+
+def dropped(h: Tensor, drop: Optional[Tensor]) -> Tensor:
+    """h as it enters the recurrence: h * m under recurrent dropout, else h."""
+    return h if drop is None else h * drop
+
+
+def join_repr(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
 
 
 def act_forward(kind: str, a: Tensor) -> Tensor:

@@ -15,12 +15,15 @@ Backward, one step, given g_t = dL/dh_t (from the output at t and from step t+1)
 
 Backpropagation through time is this step applied for t = T-1 ... 0; the
 repeated product of W_hh^T diag(act') is what makes gradients vanish or explode.
+
+Recurrent dropout (mask m (B, H), see base.py): h_{t-1} W_hh^T becomes (h_{t-1} * m) W_hh^T, so
+dW_hh += da_t^T (h_{t-1} * m) and dh_{t-1} = (da_t W_hh) * m.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Cell, act_backward, act_forward, linear_grads
+from .base import Cell, act_backward, act_forward, dropped, linear_grads
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -30,15 +33,15 @@ class ElmanCell(Cell):
     n_gates = 1
     state_names = ("h",)
     rec_params = ("weight_hh", "bias_hh")
-    saved_names = ()
     trace_names = ("hidden",)
 
-    def __init__(self, hidden_size: int, nonlinearity: str = "tanh"):
-        super().__init__(hidden_size)
+    def __init__(self, hidden_size: int, nonlinearity: str = "tanh", **variants):
+        super().__init__(hidden_size, **variants)
         self.nonlinearity = nonlinearity
+        self._declare_saved(())
 
     def options(self):
-        return {"nonlinearity": self.nonlinearity}
+        return {**super().options(), "nonlinearity": self.nonlinearity}
 
     def init_kwargs(self):
         return {**super().init_kwargs(), "nonlinearity": self.nonlinearity}
@@ -46,16 +49,16 @@ class ElmanCell(Cell):
     def recurrent_matrix(self, params):
         return params["weight_hh"]                                          # (H, H)
 
-    def step(self, xp, state, p):
+    def _step(self, xp, state, p, drop):
         w_hh, b_hh = p
-        h = act_forward(self.nonlinearity, xp + F.linear(state[0], w_hh, b_hh))  # (B, H)
+        h = act_forward(self.nonlinearity, xp + F.linear(dropped(state[0], drop), w_hh, b_hh))  # (B, H)
         return (h,), ()
 
-    def step_backward(self, d_new, saved, prev, new, p):
+    def _step_backward(self, d_new, saved, prev, new, p, drop):
         w_hh, b_hh = p
         da = act_backward(self.nonlinearity, new[0], d_new[0])  # (B, H)
-        dw_hh, db_hh = linear_grads(da, prev[0], b_hh is not None)
-        return da, (da.mm(w_hh),), (dw_hh, db_hh)
+        dw_hh, db_hh = linear_grads(da, dropped(prev[0], drop), b_hh is not None)
+        return da, (dropped(da.mm(w_hh), drop),), (dw_hh, db_hh)
 
-    def trace(self, saved, states):
+    def _trace(self, saved, states):
         return {"hidden": states[0]}

@@ -24,6 +24,11 @@ Backward, one step, given dh_t::
     dxp_t = [dar, daz, dan]                       # (B, 3H)
     the remaining recurrent terms: dh_{t-1} += d_rec W_hh, dW_hh += d_rec^T h_{t-1}
 
+Recurrent dropout (mask m (B, H), see base.py): h_{t-1} enters the recurrent matrix products as
+hd = h_{t-1} * m (torch form: hd W_hh^T; original form: hd W_hr^T, hd W_hz^T and (r_t * hd) W_hn^T)
+while the carry z_t * h_{t-1} keeps h_{t-1} itself (as Keras's GRU); backward as above with hd in
+place of h_{t-1} in the products, and the gradient reaching hd multiplied by m on its way to h_{t-1}.
+
 A GRU has 3 gate blocks to the LSTM's 4: three quarters of its parameters.
 """
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Cell, linear_grads, sigmoid_backward, tanh_backward
+from .base import Cell, dropped, join_repr, linear_grads, sigmoid_backward, tanh_backward
 
 
 class GRUCell(Cell):
@@ -41,69 +46,68 @@ class GRUCell(Cell):
     rec_params = ("weight_hh", "bias_hh")
     trace_names = ("reset_gate", "update_gate", "candidate", "hidden")
 
-    def __init__(self, hidden_size: int, reset_after: bool = True):
-        super().__init__(hidden_size)
+    def __init__(self, hidden_size: int, reset_after: bool = True, **variants):
+        super().__init__(hidden_size, **variants)
         self.reset_after = reset_after
-        # torch form keeps hn = h W_hn^T + b_hn for dr; the original form recomputes r*h.
-        self.saved_names = ("gates", "hn") if reset_after else ("gates",)
+        # torch form keeps hn = hd W_hn^T + b_hn for dr; the original form recomputes r*hd.
+        H = hidden_size
+        self._declare_saved((("gates", 3 * H), ("hn", H)) if reset_after else (("gates", 3 * H),))
 
     def options(self):
-        return {"reset_after": "1" if self.reset_after else "0"}
+        return {**super().options(), "reset_after": "1" if self.reset_after else "0"}
 
     def init_kwargs(self):
         return {**super().init_kwargs(), "reset_after": self.reset_after}
 
-    def saved_sizes(self):
-        H = self.hidden_size
-        return (3 * H, H) if self.reset_after else (3 * H,)
-
-    def step(self, xp, state, p):
+    def _step(self, xp, state, p, drop):
         w_hh, b_hh = p
         h = state[0]
+        hd = dropped(h, drop)                                           # h where it enters W_hh
         H = self.hidden_size
         xr, xz, xn = xp.chunk(3, dim=1)
         if self.reset_after:
-            hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=1)      # (B, H) each
+            hr, hz, hn = F.linear(hd, w_hh, b_hh).chunk(3, dim=1)     # (B, H) each
             r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
             n = torch.tanh(xn + r * hn)
         else:
             b_rz = None if b_hh is None else b_hh[: 2 * H]
             b_n = None if b_hh is None else b_hh[2 * H:]
-            hr, hz = F.linear(h, w_hh[: 2 * H], b_rz).chunk(2, dim=1)
+            hr, hz = F.linear(hd, w_hh[: 2 * H], b_rz).chunk(2, dim=1)
             r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + F.linear(r * h, w_hh[2 * H:], b_n))
+            n = torch.tanh(xn + F.linear(r * hd, w_hh[2 * H:], b_n))
         h_new = (1.0 - z) * n + z * h
         gates = torch.cat([r, z, n], dim=1)                          # (B, 3H)
         return (h_new,), ((gates, hn) if self.reset_after else (gates,))
 
-    def step_backward(self, d_new, saved, prev, new, p):
+    def _step_backward(self, d_new, saved, prev, new, p, drop):
         w_hh, b_hh = p
         dh = d_new[0]
         h = prev[0]
+        hd = dropped(h, drop)
         H = self.hidden_size
         r, z, n = saved[0].chunk(3, dim=1)
         dan = tanh_backward(n, dh * (1.0 - z))
         daz = sigmoid_backward(z, dh * (h - n))
-        dh_prev = dh * z
         if self.reset_after:
             dar = sigmoid_backward(r, dan * saved[1])
             d_rec = torch.cat([dar, daz, dan * r], dim=1)             # (B, 3H)
-            dw_hh, db_hh = linear_grads(d_rec, h, b_hh is not None)
-            dh_prev = dh_prev + d_rec.mm(w_hh)
+            dw_hh, db_hh = linear_grads(d_rec, hd, b_hh is not None)
+            dhd = d_rec.mm(w_hh)
         else:
-            du = dan.mm(w_hh[2 * H:])                                 # d(r*h) (B, H)
-            dar = sigmoid_backward(r, du * h)
+            du = dan.mm(w_hh[2 * H:])                                 # d(r*hd) (B, H)
+            dar = sigmoid_backward(r, du * hd)
             d_rz = torch.cat([dar, daz], dim=1)                       # (B, 2H)
-            dw_rz, db_rz = linear_grads(d_rz, h, b_hh is not None)
-            dw_n, db_n = linear_grads(dan, r * h, b_hh is not None)
+            dw_rz, db_rz = linear_grads(d_rz, hd, b_hh is not None)
+            dw_n, db_n = linear_grads(dan, r * hd, b_hh is not None)
             dw_hh = torch.cat([dw_rz, dw_n], dim=0)
             db_hh = None if b_hh is None else torch.cat([db_rz, db_n])
-            dh_prev = dh_prev + du * r + d_rz.mm(w_hh[: 2 * H])
+            dhd = du * r + d_rz.mm(w_hh[: 2 * H])
+        dh_prev = dh * z + dropped(dhd, drop)
         return torch.cat([dar, daz, dan], dim=1), (dh_prev,), (dw_hh, db_hh)
 
-    def trace(self, saved, states):
+    def _trace(self, saved, states):
         r, z, n = saved[0].chunk(3, dim=-1)
         return {"reset_gate": r, "update_gate": z, "candidate": n, "hidden": states[0]}
 
     def extra_repr(self) -> str:
-        return "" if self.reset_after else "reset_after=False"
+        return join_repr("" if self.reset_after else "reset_after=False", super().extra_repr())

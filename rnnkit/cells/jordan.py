@@ -21,13 +21,18 @@ Backward, one step, given dy_t (from the output at t and from step t+1)::
     dxp_t     = da_t                                      # -> dW_ih, db_ih, dx after the loop
     dW_yh    += da_t^T y_{t-1}
     dy_{t-1}  = da_t W_yh
+
+Recurrent dropout (mask m (B, O), see base.py) acts on y_{t-1} where it enters:
+y_{t-1} W_yh^T becomes (y_{t-1} * m) W_yh^T, so dW_yh += da_t^T (y_{t-1} * m) and
+dy_{t-1} = (da_t W_yh) * m.  Zoneout is not defined for a Jordan network (its carried state is
+its output); the layer refuses it.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import Cell, act_backward, act_forward, linear_grads, sigmoid_backward, tanh_backward
+from .base import Cell, act_backward, act_forward, dropped, linear_grads, sigmoid_backward, tanh_backward
 
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 
@@ -57,24 +62,23 @@ class JordanCell(Cell):
     n_gates = 1
     state_names = ("y",)
     rec_params = ("weight_yh", "weight_hy", "bias_hy")
-    saved_names = ("hidden",)
     trace_names = ("hidden", "output")
 
     def __init__(self, hidden_size: int, output_size: int, nonlinearity: str = "tanh",
-                 output_activation: str = "identity"):
-        super().__init__(hidden_size)
+                 output_activation: str = "identity", **variants):
+        super().__init__(hidden_size, **variants)
         self.output_size = output_size
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
+        self._declare_saved((("hidden", hidden_size),))
 
     def options(self):
-        return {"nonlinearity": self.nonlinearity, "output_activation": self.output_activation}
+        return {**super().options(), "nonlinearity": self.nonlinearity,
+                "output_activation": self.output_activation}
 
     def init_kwargs(self):
-        return {**super().init_kwargs(), "output_size": self.output_size, **self.options()}
-
-    def saved_sizes(self):
-        return (self.hidden_size,)
+        return {**super().init_kwargs(), "output_size": self.output_size, "nonlinearity": self.nonlinearity,
+                "output_activation": self.output_activation}
 
     def recurrent_matrix(self, params):
         return params["weight_hy"] @ params["weight_yh"]                    # (O, O)
@@ -90,20 +94,20 @@ class JordanCell(Cell):
     def state_sizes(self):
         return (self.output_size,)
 
-    def step(self, xp, state, p):
+    def _step(self, xp, state, p, drop):
         w_yh, w_hy, b_hy = p
-        h = act_forward(self.nonlinearity, xp + F.linear(state[0], w_yh))    # (B, H)
-        y = out_forward(self.output_activation, F.linear(h, w_hy, b_hy))     # (B, O)
+        h = act_forward(self.nonlinearity, xp + F.linear(dropped(state[0], drop), w_yh))    # (B, H)
+        y = out_forward(self.output_activation, F.linear(h, w_hy, b_hy))                  # (B, O)
         return (y,), (h,)
 
-    def step_backward(self, d_new, saved, prev, new, p):
+    def _step_backward(self, d_new, saved, prev, new, p, drop):
         w_yh, w_hy, b_hy = p
         h = saved[0]
         dz = out_backward(self.output_activation, new[0], d_new[0])          # (B, O)
         dw_hy, db_hy = linear_grads(dz, h, b_hy is not None)
         da = act_backward(self.nonlinearity, h, dz.mm(w_hy))                 # (B, H)
-        dw_yh, _ = linear_grads(da, prev[0], False)
-        return da, (da.mm(w_yh),), (dw_yh, dw_hy, db_hy)
+        dw_yh, _ = linear_grads(da, dropped(prev[0], drop), False)
+        return da, (dropped(da.mm(w_yh), drop),), (dw_yh, dw_hy, db_hy)
 
-    def trace(self, saved, states):
+    def _trace(self, saved, states):
         return {"hidden": saved[0], "output": states[0]}

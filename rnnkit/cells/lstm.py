@@ -1,34 +1,47 @@
-r"""Long short-term memory (Hochreiter & Schmidhuber 1997, with forget gate), torch.nn.LSTM's cell.
+r"""Long short-term memory (Hochreiter & Schmidhuber 1997, with forget gate), torch.nn.LSTM's cell,
+with torch's projection (Sak et al. 2014, ``proj_size``) and peephole connections (Gers &
+Schmidhuber 2000, ``peephole``) as options.
 
 Gate order in weight_ih / weight_hh rows is torch's: input, forget, cell (candidate), output.
+Sizes: B batch, H hidden (c and the gates), P = proj_size if projected else H (h, the emitted
+state).  Parameters: weight_hh (4H, P); with projection weight_hr (P, H); with peepholes the
+diagonal weights weight_ch (3H,) = [w_ci, w_cf, w_co] (input, forget, output).
 
-Forward, one step (B batch, H hidden)::
+Forward, one step::
 
     p_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh      # (B, 4H)
-    i_t = sigmoid(p_i)    f_t = sigmoid(p_f)            # input and forget gates
-    g_t = tanh(p_g)       o_t = sigmoid(p_o)            # candidate and output gate
+    i_t = sigmoid(p_i + w_ci * c_{t-1})                 # input gate   (peephole term: optional)
+    f_t = sigmoid(p_f + w_cf * c_{t-1})                 # forget gate
+    g_t = tanh(p_g)                                     # candidate
     c_t = f_t * c_{t-1} + i_t * g_t                     # memory cell (B, H)
-    h_t = o_t * tanh(c_t)                               # hidden state (B, H)
+    o_t = sigmoid(p_o + w_co * c_t)                     # output gate sees the *new* cell
+    m_t = o_t * tanh(c_t)                               # (B, H)
+    h_t = m_t W_hr^T   with projection (B, P),   else h_t = m_t
 
 Backward, one step, given dh_t and dc_t (both from the future; dh_t also from the output)::
 
-    do_t      = dh_t * tanh(c_t)
-    dc        = dc_t + dh_t * o_t * (1 - tanh(c_t)^2)
-    di_t = dc * g_t     df_t = dc * c_{t-1}     dg_t = dc * i_t
-    dp_t      = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]   # (B, 4H)
-    dc_{t-1}  = dc * f_t           # the constant error carousel: no squashing
+    dm        = dh_t W_hr  (projection; dW_hr += dh_t^T m_t),   else dm = dh_t
+    dp_o      = dm * tanh(c_t) * o (1 - o)
+    dc        = dc_t + dm * o_t * (1 - tanh(c_t)^2) + dp_o * w_co
+    dp_i = dc * g_t * i (1 - i)    dp_f = dc * c_{t-1} * f (1 - f)    dp_g = dc * i_t * (1 - g^2)
+    dp_t      = [dp_i, dp_f, dp_g, dp_o]                # (B, 4H) = dxp_t
+    dc_{t-1}  = dc * f_t + dp_i * w_ci + dp_f * w_cf    # the constant error carousel (+ peepholes)
     dh_{t-1}  = dp_t W_hh
     dW_hh    += dp_t^T h_{t-1},   db_hh += sum_B dp_t
+    dw_ch    += [sum_B dp_i c_{t-1}, sum_B dp_f c_{t-1}, sum_B dp_o c_t]
 
-Gradients flow back through c along dc_{t-1} = dc * f_t: while the forget
-gate stays open, the error neither vanishes nor explodes.
+Without peepholes (w_c* = 0) gradients flow back through c along dc_{t-1} = dc * f_t: while the
+forget gate stays open, the error neither vanishes nor explodes.
+
+Recurrent dropout (mask m (B, P), see base.py): h_{t-1} W_hh^T becomes (h_{t-1} * m) W_hh^T, so
+dW_hh += dp_t^T (h_{t-1} * m) and dh_{t-1} = (dp_t W_hh) * m; c is not masked.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import Cell, linear_grads
+from .base import Cell, dropped, join_repr, linear_grads
 
 
 class LSTMCell(Cell):
@@ -36,45 +49,103 @@ class LSTMCell(Cell):
     n_gates = 4
     state_names = ("h", "c")
     rec_params = ("weight_hh", "bias_hh")
-    saved_names = ("gates", "tanh_c")
     trace_names = ("input_gate", "forget_gate", "candidate", "output_gate", "cell", "hidden")
 
-    def saved_sizes(self):
-        return (4 * self.hidden_size, self.hidden_size)
+    def __init__(self, hidden_size: int, proj_size: int = 0, peephole: bool = False, **variants):
+        super().__init__(hidden_size, **variants)
+        self.proj_size = proj_size
+        self.peephole = peephole
+        self.rec_params = ("weight_hh", "bias_hh") + (("weight_hr",) if proj_size else ()) \
+            + (("weight_ch",) if peephole else ())
+        self._declare_saved((("gates", 4 * hidden_size), ("tanh_c", hidden_size)))
 
-    def step(self, xp, state, p):
-        w_hh, b_hh = p
+    def options(self):
+        found = super().options()
+        if self.proj_size:
+            found["proj_size"] = str(self.proj_size)
+        if self.peephole:
+            found["peephole"] = "1"
+        return found
+
+    def init_kwargs(self):
+        found = super().init_kwargs()
+        if self.proj_size:
+            found["proj_size"] = self.proj_size
+        if self.peephole:
+            found["peephole"] = True
+        return found
+
+    def state_sizes(self):
+        return (self.proj_size or self.hidden_size, self.hidden_size)
+
+    def param_shapes(self, input_size, bias):
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        shapes = [("weight_ih", (4 * H, input_size)), ("weight_hh", (4 * H, P))]
+        if bias:
+            shapes += [("bias_ih", (4 * H,)), ("bias_hh", (4 * H,))]
+        if self.proj_size:
+            shapes += [("weight_hr", (P, H))]
+        if self.peephole:
+            shapes += [("weight_ch", (3 * H,))]
+        return shapes
+
+    def _split(self, p):
+        """(w_hh, b_hh, w_hr or None, (w_ci, w_cf, w_co) or None) from the rec_params tuple."""
+        w_hh, b_hh, *rest = p
+        w_hr = rest.pop(0) if self.proj_size else None
+        peep = rest.pop(0).chunk(3) if self.peephole else None
+        return w_hh, b_hh, w_hr, peep
+
+    def _step(self, xp, state, p, drop):
+        w_hh, b_hh, w_hr, peep = self._split(p)
         h, c = state
-        pre = xp + F.linear(h, w_hh, b_hh)                     # (B, 4H)
+        pre = xp + F.linear(dropped(h, drop), w_hh, b_hh)       # (B, 4H)
         i, f, g, o = pre.chunk(4, dim=1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        if peep is not None:
+            i, f = i + peep[0] * c, f + peep[1] * c
+        i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
         c_new = f * c + i * g                                  # (B, H)
+        if peep is not None:
+            o = o + peep[2] * c_new
+        o = torch.sigmoid(o)
         tanh_c = torch.tanh(c_new)
         h_new = o * tanh_c
+        if w_hr is not None:
+            h_new = F.linear(h_new, w_hr)                      # (B, P)
         return (h_new, c_new), (torch.cat([i, f, g, o], dim=1), tanh_c)
 
-    def step_backward(self, d_new, saved, prev, new, p):
-        w_hh, b_hh = p
+    def _step_backward(self, d_new, saved, prev, new, p, drop):
+        w_hh, b_hh, w_hr, peep = self._split(p)
         dh, dc_in = d_new
         gates, tanh_c = saved
         i, f, g, o = gates.chunk(4, dim=1)
         h_prev, c_prev = prev
+        if w_hr is not None:
+            dw_hr, _ = linear_grads(dh, o * tanh_c, False)     # (P, H)
+            dh = dh.mm(w_hr)                                   # d(o * tanh c) (B, H)
+        dpo = dh * tanh_c * o * (1.0 - o)
         dc = dc_in + dh * o * (1.0 - tanh_c * tanh_c)
-        dp = torch.cat(
-            [
-                dc * g * i * (1.0 - i),
-                dc * c_prev * f * (1.0 - f),
-                dc * i * (1.0 - g * g),
-                dh * tanh_c * o * (1.0 - o),
-            ],
-            dim=1,
-        )                                                      # (B, 4H)
-        dw_hh, db_hh = linear_grads(dp, h_prev, b_hh is not None)
-        return dp, (dp.mm(w_hh), dc * f), (dw_hh, db_hh)
+        if peep is not None:
+            dc = dc + dpo * peep[2]
+        dpi = dc * g * i * (1.0 - i)
+        dpf = dc * c_prev * f * (1.0 - f)
+        dp = torch.cat([dpi, dpf, dc * i * (1.0 - g * g), dpo], dim=1)   # (B, 4H)
+        dc_prev = dc * f
+        if peep is not None:
+            dc_prev = dc_prev + dpi * peep[0] + dpf * peep[1]
+        dw_hh, db_hh = linear_grads(dp, dropped(h_prev, drop), b_hh is not None)
+        d_params = [dw_hh, db_hh]
+        if w_hr is not None:
+            d_params.append(dw_hr)
+        if peep is not None:
+            d_params.append(torch.cat([(dpi * c_prev).sum(0), (dpf * c_prev).sum(0), (dpo * new[1]).sum(0)]))
+        return dp, (dropped(dp.mm(w_hh), drop), dc_prev), tuple(d_params)
 
-    def trace(self, saved, states):
+    def _trace(self, saved, states):
         i, f, g, o = saved[0].chunk(4, dim=-1)
-        return {
-            "input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o,
-            "cell": states[1], "hidden": states[0],
-        }
+        return {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o,
+                "cell": states[1], "hidden": states[0]}
+
+    def extra_repr(self) -> str:
+        # proj_size is the layer's (torch's) argument and in its repr already; peephole is ours.
+        return join_repr("peephole=True" if self.peephole else "", super().extra_repr())

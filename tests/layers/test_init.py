@@ -53,14 +53,16 @@ def test_lstm_without_forget_bias_is_plain_uniform():
     assert not torch.all(model.bias_hh_l0[3:6] == 0)
 
 
-def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bias: bool) -> int:
+def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bias: bool, P: int = 0,
+                  peephole: bool = False) -> int:
     """Scalars of a stack, from the equations in the cells' docstrings (not from rnnkit).
 
     Per layer and direction with K inputs, G gate blocks (Elman 1, GRU 3, LSTM 4):
         W_ih (G*H, K) + W_hh (G*H, H) [+ b_ih, b_hh (G*H) each]      = G*H*(K+H) [+ 2*G*H]
+    LSTM with a projection to P: W_hh is (4H, P) and W_hr (P, H) is added; with peepholes w_ch (3H).
     Jordan: W_ih (H, K) + W_yh (H, O) + W_hy (O, H) [+ b_ih (H) + b_hy (O)].
     Layer 0 reads the I input features, deeper layers both directions of the layer below: D*S,
-    S the emitted width (H; Jordan O).
+    S the emitted width (H; LSTM's P when projected; Jordan O).
     """
     if cell == "jordan":
         def one(K):
@@ -69,9 +71,10 @@ def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bi
     elif cell in ("elman", "gru", "lstm"):
         G = {"elman": 1, "gru": 3, "lstm": 4}[cell]
 
+        S = P or H
+
         def one(K):
-            return G * H * (K + H) + (2 * G * H if bias else 0)
-        S = H
+            return G * H * (K + S) + (2 * G * H if bias else 0) + P * H + (3 * H if peephole else 0)
     else:
         pytest.fail(f"no closed-form parameter count for the {cell!r} cell: add its equations to count_by_hand")
     return sum(D * one(I if k == 0 else D * S) for k in range(num_layers))
@@ -82,12 +85,16 @@ def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bi
     ("lstm", {"num_layers": 2, "bidirectional": True}, 2 * (16 * 3 + 16 * 4 + 32) + 2 * (16 * 8 + 16 * 4 + 32)),
     ("gru", {"bias": False}, 12 * 3 + 12 * 4),
     ("jordan", {"num_layers": 2}, (4 * 3 + 4 * 2 + 2 * 4 + 4 + 2) + (4 * 2 + 4 * 2 + 2 * 4 + 4 + 2)),
+    # P=2: layer 0 W_ih 16x3, W_hh 16x2, biases 32, W_hr 2x4; layer 1 reads D*P = 4 features
+    ("lstm", {"num_layers": 2, "bidirectional": True, "P": 2},
+     2 * (16 * 3 + 16 * 2 + 32 + 8) + 2 * (16 * 4 + 16 * 2 + 32 + 8)),
+    ("lstm", {"peephole": True, "bias": False}, 16 * 3 + 16 * 4 + 12),
 ])
 def test_count_by_hand_on_worked_examples(cell, kw, expected):
     """The closed form itself, against numbers worked out on paper (I=3, H=4, O=2)."""
-    kw = {"num_layers": 1, "bidirectional": False, "bias": True, **kw}
+    kw = {"num_layers": 1, "bidirectional": False, "bias": True, "P": 0, "peephole": False, **kw}
     D = 2 if kw["bidirectional"] else 1
-    assert count_by_hand(cell, 3, 4, 2, kw["num_layers"], D, kw["bias"]) == expected
+    assert count_by_hand(cell, 3, 4, 2, kw["num_layers"], D, kw["bias"], kw["P"], kw["peephole"]) == expected
 
 
 @pytest.mark.parametrize("num_layers, bidirectional, bias", [
@@ -100,7 +107,8 @@ def test_parameter_count(cell, num_layers, bidirectional, bias):
     I, H, O = 5, 4, form.get("output_size", 0)
     model = make(cell, input_size=I, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional,
                  bias=bias)
-    expected = count_by_hand(entry.name, I, H, O, num_layers, 2 if bidirectional else 1, bias)
+    expected = count_by_hand(entry.name, I, H, O, num_layers, 2 if bidirectional else 1, bias,
+                             form.get("proj_size", 0), form.get("peephole", False))
     assert model.parameter_count() == expected
     assert sum(p.numel() for p in model.parameters()) == expected
 

@@ -4,6 +4,8 @@ ONNX layout per direction: W (G*H, I), R (G*H, H), B = concat(Wb, Rb) (2*G*H), g
 ONNX order (LSTM i,o,f,c from torch's i,f,g,o; GRU z,r,h from torch's r,z,n).  An ONNX node is one
 layer: a stack is run node by node, layer k+1 reading layer k's Y with directions concatenated.
 GRU linear_before_reset=1 is torch's form (reset_after=True), 0 the original form of Cho et al.
+Peephole LSTM: ONNX's P input (3*H per direction) holds the diagonal weights in the order i, o, f;
+rnnkit's weight_ch is i, f, o (Gers & Schmidhuber 2000 in both: c_{t-1} into i and f, c_t into o).
 
 onnx.reference's RNN only knows Tanh and Affine; RNNWithRelu adds the spec's Relu (max(0, x)).
 The reference operators ignore sequence_lens, so lengths are checked elsewhere (test_lengths.py).
@@ -40,6 +42,7 @@ ONNX_FORM = {
     "elman_tanh": ("RNN", [0], {"activations": ["Tanh"]}),
     "elman_relu": ("RNN", [0], {"activations": ["Relu"]}),
     "lstm": ("LSTM", [0, 3, 1, 2], {}),
+    "lstm_peephole": ("LSTM", [0, 3, 1, 2], {}),
     "gru": ("GRU", [1, 0, 2], {"linear_before_reset": 1}),
     "gru_cho": ("GRU", [1, 0, 2], {"linear_before_reset": 0}),
 }
@@ -69,6 +72,9 @@ def run_onnx_layer(op, attrs, order, model, layer, x, states):
         feeds["initial_c"] = states[1]
         inputs.append("initial_c")
         outputs.append("Y_c")
+        if model.peephole:
+            feeds["P"] = np.stack([to_onnx_blocks(get("weight_ch", s), [0, 2, 1]) for s in sfx])
+            inputs.append("P")
     node = helper.make_node(op, inputs, outputs, hidden_size=model.hidden_size,
                             direction="bidirectional" if D == 2 else "forward", **attrs)
     graph = helper.make_graph(
@@ -112,6 +118,20 @@ def test_matches_onnx_reference(cell, backend, bidirectional, num_layers):
     model, x, hx = case(cell, bidirectional, num_layers, backend)
     with torch.no_grad():
         assert_all_close(flat(model(x, hx)), onnx_result(cell, bidirectional, num_layers))
+
+
+def test_peepholes_change_the_numbers():
+    """With the peephole weights zeroed the peephole LSTM is the plain one, and with them not
+    zeroed it is not, so the comparison above sees the peepholes."""
+    model = make("lstm_peephole", backend="reference")
+    plain = make("lstm", backend="reference")
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("weight_ch")})
+    x = randn(T, B, INPUT_SIZE)
+    with torch.no_grad():
+        assert (model(x)[0] - plain(x)[0]).abs().max() > 1e-3
+        for name in ("weight_ch_l0",):
+            getattr(model, name).zero_()
+        assert_all_close(flat(model(x)), flat(plain(x)))
 
 
 def test_original_gru_is_not_torch_form():

@@ -53,13 +53,16 @@ def recompute_step(model, p, x, prev):
         return {"hidden": h, "output": OUT[model.output_activation](lin("weight_hy", h, "bias_hy"))}
     gx = lin("weight_ih", x, "bias_ih")
     if cell == "elman":
-        return {"hidden": ACT[model.nonlinearity](gx + lin("weight_hh", prev["hidden"], "bias_hh"))}
+        return zoned(model, prev, {"hidden": ACT[model.nonlinearity](gx + lin("weight_hh", prev["hidden"], "bias_hh"))})
     if cell == "lstm":
         i, f, g, o = (gx + lin("weight_hh", prev["hidden"], "bias_hh")).chunk(4)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        w_ci, w_cf, w_co = p["weight_ch"].chunk(3) if model.peephole else (0, 0, 0)    # Gers & Schmidhuber
+        i, f, g = torch.sigmoid(i + w_ci * prev["cell"]), torch.sigmoid(f + w_cf * prev["cell"]), torch.tanh(g)
         c = f * prev["cell"] + i * g
-        return {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell": c,
-                "hidden": o * torch.tanh(c)}
+        o = torch.sigmoid(o + w_co * c)
+        h = o * torch.tanh(c)
+        return zoned(model, prev, {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell": c,
+                                   "hidden": p["weight_hr"] @ h if model.proj_size else h})
     assert cell == "gru", f"recompute_step has no equations for the {cell!r} cell"
     h = prev["hidden"]
     (xr, xz, xn), (hr, hz, hn) = gx.chunk(3), lin("weight_hh", h, "bias_hh").chunk(3)
@@ -70,7 +73,14 @@ def recompute_step(model, p, x, prev):
         H = model.hidden_size
         b_hn = p["bias_hh"][2 * H:] if "bias_hh" in p else 0
         n = torch.tanh(xn + p["weight_hh"][2 * H:] @ (r * h) + b_hn)
-    return {"reset_gate": r, "update_gate": z, "candidate": n, "hidden": (1 - z) * n + z * h}
+    return zoned(model, prev, {"reset_gate": r, "update_gate": z, "candidate": n, "hidden": (1 - z) * n + z * h})
+
+
+def zoned(model, prev, found):
+    """Zoneout in eval (the expected value): every carried state is (1-p) * computed + p * previous."""
+    for name in prev:
+        found[name] = (1 - model.zoneout) * found[name] + model.zoneout * prev[name]
+    return found
 
 
 def check_trace(form, model, x, hx, lengths, out, finals, trace):
