@@ -2,9 +2,10 @@
 from ._version import __version__
 from .convert import from_torch, to_torch
 from .diagnostics import GradientFlow, gradient_flow, spectral_radius
+from .export import export_onnx
 from .layers import GRU, LSTM, RNN, Elman, Jordan, Trace
 from .stream import Stream
 
 
 __all__ = ["Elman", "RNN", "Jordan", "LSTM", "GRU", "Trace", "Stream", "from_torch", "to_torch",
-           "GradientFlow", "gradient_flow", "spectral_radius"]
+           "GradientFlow", "gradient_flow", "spectral_radius", "export_onnx"]

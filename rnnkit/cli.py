@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": ("rnnkit.train.commands.eval", "test metrics of a trained checkpoint"),
     "predict": ("rnnkit.train.commands.predict", "forecasts or classes for a CSV from a checkpoint"),
     "generate": ("rnnkit.train.commands.generate", "sample text from a character-level checkpoint"),
+    "export": ("rnnkit.export_cli", "write a trained run's network as an ONNX model"),
     "view": ("rnnkit.view.command", "an HTML page of a run's gates, memory cells and gradient flow"),
     "experiments": ("rnnkit.experiments", "reproduce the lecture's claims; writes docs/experiments.md"),
 }
