@@ -3,7 +3,7 @@ cycle, and nothing outside rnnkit/backends/ knows a backend by name or by its pr
 
 Layers, lowest first (a module may import its own rank or lower):
     0 cells, validation, data, _version   1 sequence   2 backends   3 ops, stream   4 layers, cell_modules
-    5 registry, convert, diagnostics   6 train, bench   7 experiments, view   8 cli, __main__, the package
+    5 registry, convert, export, diagnostics   6 train, bench   7 experiments, view, export_cli   8 cli, __main__, the package
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from rnnkit import backends
 ROOT = Path(rnnkit.__file__).parent
 RANKS = [("rnnkit.cells", 0), ("rnnkit.validation", 0), ("rnnkit.data", 0), ("rnnkit._version", 0),
          ("rnnkit.sequence", 1), ("rnnkit.backends", 2), ("rnnkit.ops", 3), ("rnnkit.stream", 3),
-         ("rnnkit.layers", 4), ("rnnkit.cell_modules", 4), ("rnnkit.registry", 5), ("rnnkit.convert", 5),
+         ("rnnkit.layers", 4), ("rnnkit.cell_modules", 4), ("rnnkit.registry", 5), ("rnnkit.convert", 5), ("rnnkit.export", 5),
          ("rnnkit.diagnostics", 5),
-         ("rnnkit.train", 6), ("rnnkit.bench", 6), ("rnnkit.experiments", 7), ("rnnkit.view", 7), ("rnnkit.cli", 8),
+         ("rnnkit.train", 6), ("rnnkit.bench", 6), ("rnnkit.experiments", 7), ("rnnkit.view", 7), ("rnnkit.export_cli", 7), ("rnnkit.cli", 8),
          ("rnnkit.__main__", 8)]
 
 
