@@ -1,0 +1,84 @@
+"""The options of issue 11 as layer arguments: LSTM's projection (torch.nn.LSTM's state shapes),
+peepholes, and the options of every layer; the fused kernels do not have them yet, so the cpu
+backend declines them with its reason and ``auto`` runs them on the reference backend.
+
+(Numbers: the shared matrices run the registry's forms lstm_proj, lstm_peephole, elman_zoneout,
+lstm_dropout_zoneout and gru_clip; test_clip_recurrent.py, test_noise.py and test_onnx_parity.py
+the rest.)
+"""
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit import backends
+from rnnkit.backends import cpu
+from helpers import assert_all_close, flat, randn
+
+I, H, P, B, T = 3, 5, 2, 2, 4
+
+VARIANTS = {
+    "proj": lambda **kw: rnnkit.LSTM(I, H, proj_size=P, **kw),
+    "peephole": lambda **kw: rnnkit.LSTM(I, H, peephole=True, **kw),
+    "clip": lambda **kw: rnnkit.Elman(I, H, clip_recurrent=1.0, **kw),
+    "recurrent_dropout": lambda **kw: rnnkit.Jordan(I, H, 2, recurrent_dropout=0.2, **kw),
+    "zoneout": lambda **kw: rnnkit.GRU(I, H, zoneout=0.2, **kw),
+}
+BUILT = cpu.extension() is not None
+
+
+@pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cpu_backend_declines_and_auto_runs_the_reference(variant, monkeypatch):
+    monkeypatch.delenv("RNNKIT_BACKEND")
+    model = VARIANTS[variant]()
+    ok = backends.get("cpu").supports(model.cell, torch.device("cpu"), torch.float32)
+    assert not ok and "does not take" in ok.reason
+    assert model.backend_for(torch.empty(0)).name == "reference"
+    with pytest.raises(RuntimeError, match="cannot run"):
+        VARIANTS[variant](backend="cpu")(torch.randn(T, B, I))
+    assert backends.get("cpu").supports(rnnkit.LSTM(I, H).cell, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (2, True)])
+def test_projected_state_shapes_as_torch(num_layers, bidirectional):
+    D = 2 if bidirectional else 1
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=P, dtype=torch.float64)
+    ours = rnnkit.from_torch(ref, backend="reference")
+    assert ours.proj_size == P and repr(ours) == repr(ref)
+    assert ours.weight_hr_l0.shape == (P, H) and ours.weight_hh_l0.shape == (4 * H, P)
+    if num_layers > 1:
+        assert ours.weight_ih_l1.shape == (4 * H, D * P)
+    h0 = randn(D * num_layers, B, P, seed=1)
+    c0 = randn(D * num_layers, B, H, seed=2)
+    x = randn(T, B, I)
+    out, (h_n, c_n) = ours(x, (h0, c0))
+    assert out.shape == (T, B, D * P) and h_n.shape == (D * num_layers, B, P) and c_n.shape == (D * num_layers, B, H)
+    assert_all_close(flat(ours(x, (h0, c0))), flat(ref(x, (h0, c0))))
+    back = ours.to_torch()
+    assert back.proj_size == P
+    assert_all_close(flat(back(x, (h0, c0))), flat(ref(x, (h0, c0))))
+    with pytest.raises(ValueError, match=r"hx\[0\]: expected shape"):
+        ours(x, (c0, c0))                                # h_0 of size H where P is expected
+    y, (h1, c1) = ours.step(x[0], (h0, c0)) if not bidirectional else (None, (h0, c0))
+    if not bidirectional:
+        assert y.shape == (B, P) and h1.shape == h0.shape and c1.shape == c0.shape
+
+
+def test_peephole_parameters_and_repr():
+    model = rnnkit.LSTM(I, H, num_layers=2, bidirectional=True, peephole=True, proj_size=P)
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:6] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0", "weight_ch_l0"]
+    assert "weight_ch_l1_reverse" in names and model.weight_ch_l1_reverse.shape == (3 * H,)
+    assert repr(model) == "LSTM(3, 5, proj_size=2, num_layers=2, bidirectional=True, peephole=True)"
+    assert rnnkit.LSTM(I, H, peephole=True, bias=False).weight_ch_l0.shape == (3 * H,)
+
+
+def test_options_repr_and_attributes():
+    model = rnnkit.LSTM(I, H, recurrent_dropout=0.25, zoneout=0.1, clip_recurrent=2)
+    assert repr(model) == "LSTM(3, 5, recurrent_dropout=0.25, zoneout=0.1, clip_recurrent=2.0)"
+    assert (model.recurrent_dropout, model.zoneout, model.clip_recurrent) == (0.25, 0.1, 2.0)
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        model.to_torch()
+    assert repr(rnnkit.Jordan(I, H, 2, recurrent_dropout=0.5)) == "Jordan(3, 5, 2, recurrent_dropout=0.5)"
