@@ -18,6 +18,7 @@ from torch import nn
 
 from ..train import distributed
 from ..train.config import Config, resolve
+from ..train.errors import Diverged
 from ..train.logs import JSONL
 from ..train.loop import Trainer
 from ..train.model import build_rnn
@@ -34,8 +35,14 @@ class Run:
     def net(self) -> nn.Module:
         return self.trainer.net
 
+    @property
+    def diverged(self) -> Optional[str]:
+        """Why the trainer stopped the run as diverged (None: it finished)."""
+        return self.result.get("diverged")
+
     def test_metric(self, name: str, split: str = "test") -> float:
-        return float(self.result["test"][split][name])
+        """The test metric; NaN for a run the trainer stopped as diverged."""
+        return float(self.result["test"].get(split, {}).get(name, math.nan))
 
     def records(self, kind: str) -> List[dict]:
         """JSONL records of one kind ('step', 'epoch', 'test') from the run folder."""
@@ -83,7 +90,10 @@ class Context:
         if prepare is not None:
             prepare(trainer.net)
         trainer.open_outputs()
-        result = trainer.run()
+        try:
+            result = trainer.run()
+        except Diverged as e:                 # an experiment may mean to show a run blowing up
+            result = {"out": str(trainer.out), "diverged": str(e), "test": {}}
         return Run(opts, result, trainer)
 
     def figure(self, name: str) -> tuple:

@@ -5,10 +5,10 @@
     result["test"]["test"]["accuracy"]
 """
 from .config import Config, resolve
-from .errors import Interrupted, UserError
+from .errors import Diverged, Interrupted, UserError
 from .infer import evaluate, generate, predict
 from .loop import train
 from .runfolder import config_for
 
 __all__ = ["Config", "resolve", "config_for", "train", "evaluate", "predict", "generate",
-           "UserError", "Interrupted"]
+           "UserError", "Interrupted", "Diverged"]

@@ -12,7 +12,13 @@ Layout of ``checkpoint.safetensors``:
 This module alone knows that layout: ``capture`` makes a checkpoint of a run, and the
 ``Checkpoint`` methods read each part back (the trainer to resume, ``infer`` to use it).
 
-Loading uses safetensors and json only, so a checkpoint never executes code (no pickle).
+Loading uses safetensors and json only, so a checkpoint never executes code (no pickle), and
+checks before anything is built from it: the metadata's JSON types, every tensor's name and
+dtype (read from the header, before the tensor), the config's types and ranges (as a run's
+options are checked, model size included, before a network is built), the stats' types, ranges
+and sizes (``tasks.restore``), and, on resuming, the optimiser's and scheduler's state against
+the structure of a fresh one (``conforms``).  Version 2: forecasting stats name the
+representation and the digits task keeps raw-pixel statistics.
 Writing is atomic: a temporary file in the same folder is written, fsync'd and renamed over
 the old checkpoint, then the folder is fsync'd; a crash at any moment (kill -9 included)
 leaves either the old or the new checkpoint, both complete.
@@ -35,9 +41,16 @@ from . import config as cfgmod
 from .errors import UserError
 
 FORMAT = "rnnkit-checkpoint"
-VERSION = 1
+VERSION = 2
 NAME = "checkpoint.safetensors"
 JSON_KEYS = ("config", "optimizer", "scheduler", "progress", "stats")
+# JSON types of the metadata entries (None: may be null).
+_META_TYPES = {"config": (dict,), "optimizer": (dict,), "scheduler": (dict, type(None)),
+               "progress": (dict,), "stats": (dict,)}
+# Tensor name prefix -> the dtypes it may have in the file.
+_DTYPES = {"model.": ("F32",), "best.": ("F32",), "optim.": ("F32", "F64", "I64"), "carry.": ("F32",),
+           "rng.torch.": ("U8",), "rng.cuda.": ("U8",)}
+MAX_LIST = 1_000_000            # the longest list ``conforms`` accepts in saved optimiser/scheduler state
 
 
 @dataclass
@@ -52,8 +65,13 @@ class Checkpoint:
 
     # -- the parts of a run, read back ---------------------------------------------------------
     def config(self, where: str) -> cfgmod.Config:
-        """The run's config; ``where`` names the checkpoint in errors."""
-        return cfgmod.from_dict(self.meta["config"], where)
+        """The run's config, its types and ranges checked; ``where`` names the checkpoint in errors."""
+        cfg = cfgmod.from_dict(self.meta["config"], where)
+        try:
+            cfgmod.validate(cfg)
+        except UserError as e:
+            raise UserError(f"{where}: invalid config ({e})") from None
+        return cfg
 
     def last_weights(self) -> Dict[str, Tensor]:
         return self.group("model")
@@ -87,7 +105,10 @@ class Checkpoint:
         """Set the generators as they were: process ``rank``'s torch state (rank 0's when the
         run had fewer processes) and the CUDA states when there is a GPU."""
         rng = self.group("rng.torch")
-        torch.set_rng_state(rng.get(str(rank), rng["0"]))
+        state = rng.get(str(rank), rng.get("0"))
+        if state is None or state.shape != torch.get_rng_state().shape:
+            raise UserError("checkpoint: the random generator state is missing or of the wrong size")
+        torch.set_rng_state(state)
         cuda = self.group("rng.cuda")
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
@@ -167,24 +188,78 @@ def resolve_path(path: str) -> Path:
 
 
 def load(path: str) -> Checkpoint:
-    """Read a checkpoint; any problem becomes one UserError line."""
+    """Read a checkpoint; any problem becomes one UserError line.  The metadata and every
+    tensor's dtype are checked from the file's header before any tensor is read."""
     p = resolve_path(path)
     if not p.exists():
         raise UserError(f"checkpoint {p}: no such file")
+    if p.is_dir():
+        raise UserError(f"checkpoint {p}: is a folder without a {NAME}")
     try:
         with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
+            parsed = _metadata(f.metadata() or {}, p)
+            for k in f.keys():
+                _check_tensor(k, f.get_slice(k).get_dtype(), p)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"checkpoint {p}: unreadable, not a safetensors file or damaged "
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return Checkpoint(tensors, parsed)
+
+
+def _metadata(meta: Dict[str, str], p: Path) -> Dict[str, Any]:
+    """The format, version and JSON entries of a checkpoint's header, their types checked."""
     if meta.get("format") != FORMAT:
         raise UserError(f"checkpoint {p}: not an rnnkit checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != str(VERSION):
         raise UserError(f"checkpoint {p}: format version {meta.get('version')!r}, this rnnkit "
-                        f"reads version {VERSION}")
+                        f"reads version {VERSION} (train the model again)")
     try:
         parsed = {k: json.loads(meta[k]) for k in JSON_KEYS}
-    except (KeyError, json.JSONDecodeError) as e:
-        raise UserError(f"checkpoint {p}: damaged metadata ({e})") from None
-    return Checkpoint(tensors, parsed)
+    except (KeyError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"checkpoint {p}: damaged metadata ({str(e)[:200]})") from None
+    for k, types in _META_TYPES.items():
+        if not isinstance(parsed[k], types):
+            raise UserError(f"checkpoint {p}: damaged metadata ({k}: expected "
+                            f"{' or '.join('null' if t is type(None) else 'an object' for t in types)})")
+    return parsed
+
+
+def _check_tensor(name: str, dtype: str, p: Path) -> None:
+    for prefix, allowed in _DTYPES.items():
+        if name.startswith(prefix):
+            if dtype not in allowed:
+                raise UserError(f"checkpoint {p}: tensor {name[:100]!r} is {dtype}, expected "
+                                f"{' or '.join(allowed)}")
+            return
+    raise UserError(f"checkpoint {p}: unexpected tensor {name[:100]!r}")
+
+
+def conforms(saved: Any, fresh: Any, where: str) -> None:
+    """UserError unless ``saved`` (JSON read from a checkpoint) has the structure of ``fresh``
+    (the state_dict of a newly built optimiser or scheduler): the same keys, list lengths for
+    lists of dicts, and leaf types (numbers for numbers, bools for bools, strings for strings)."""
+    def bad(what: str):
+        raise UserError(f"{where}: damaged state ({what})")
+
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict) or set(map(str, saved)) != set(map(str, fresh)):
+            bad(f"keys {sorted(map(str, saved))[:10] if isinstance(saved, dict) else type(saved).__name__}")
+        by_name = {str(k): v for k, v in saved.items()}
+        for k, v in fresh.items():
+            conforms(by_name[str(k)], v, f"{where}.{k}")
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) > MAX_LIST:
+            bad("expected a list")
+        if fresh and isinstance(fresh[0], dict) and len(saved) != len(fresh):
+            bad(f"{len(saved)} entries, expected {len(fresh)}")
+        for i, v in enumerate(saved):
+            conforms(v, fresh[min(i, len(fresh) - 1)] if fresh else v, f"{where}[{i}]")
+    elif isinstance(fresh, bool):
+        if not isinstance(saved, bool):
+            bad(f"expected true or false, got {saved!r}"[:120])
+    elif isinstance(fresh, (int, float)) or fresh is None:
+        if not (saved is None or (isinstance(saved, (int, float)) and not isinstance(saved, bool))):
+            bad(f"expected a number, got {saved!r}"[:120])
+    elif isinstance(fresh, str) and not isinstance(saved, str):
+        bad(f"expected a string, got {saved!r}"[:120])

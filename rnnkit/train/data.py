@@ -70,13 +70,20 @@ def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str
     return np.asarray(values, dtype=np.float64), labels
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def number(cell: str, where: str) -> float:
+    """A CSV cell as a number the network's float32 arithmetic can hold (|v| <= 3.4e38)."""
     try:
         v = float(cell)
     except ValueError:
         raise UserError(f"{where}: {cell.strip()!r} is not a number") from None
     if not math.isfinite(v):
         raise UserError(f"{where}: {cell.strip()!r} is not a finite number (NaN or infinity)")
+    if abs(v) > FLOAT32_MAX:
+        raise UserError(f"{where}: {cell.strip()!r} is beyond float32's range (about 3.4e38), "
+                        f"which the network computes in")
     return v
 
 
@@ -92,13 +99,14 @@ def read_text(path: str) -> str:
 
 
 def digits() -> Tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits (read from its package, no download): (1797, 8, 8) in [0, 1], labels."""
+    """scikit-learn's bundled 8x8 digits (read from its package, no download): (1797, 8, 8) raw
+    pixel values 0-16 (the trainer standardises them and keeps the statistics), labels."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise UserError("task digits: needs scikit-learn (pip install scikit-learn)") from None
     d = load_digits()
-    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+    return d.images.astype(np.float32), d.target.astype(np.int64)
 
 
 def _sktime_data_dir() -> Path:

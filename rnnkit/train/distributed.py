@@ -52,7 +52,8 @@ class Dist:
         return torch.cat(parts, 0)
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def torch_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device a config's ``device`` names ('auto': CUDA when there is one)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -68,7 +69,7 @@ def init(device: str) -> Dist:
     """Join the process group when launched by torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _device(device, local_rank)
+    dev = torch_device(device, local_rank)
     if world == 1:
         return Dist(0, 1, dev)
     if dev.type == "cuda":

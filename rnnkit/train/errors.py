@@ -13,3 +13,8 @@ class Interrupted(UserError):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Diverged(UserError):
+    """A loss, metric or weight went non-finite; nothing after the last good checkpoint is kept
+    (the step record of a non-finite training loss is logged before it is raised)."""

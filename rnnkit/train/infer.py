@@ -13,13 +13,16 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import checkpoint, config as cfgmod, distributed, tasks
+from . import checkpoint, config as cfgmod, distributed, resources, tasks
 from .errors import UserError
 from .loop import Trainer
-from .model import Net
+from .model import Net, check_fits
+
+MAX_LENGTH = 1_000_000          # characters ``generate`` samples at most
 
 
 def _load(path: str, device: str = "cpu") -> Tuple[checkpoint.Checkpoint, cfgmod.Config]:
+    """The checkpoint and its config (checked), to run on ``device``."""
     ck = checkpoint.load(path)
     cfg = dataclasses.replace(ck.config(f"checkpoint {path}"), resume=None, device=device)
     try:
@@ -27,6 +30,16 @@ def _load(path: str, device: str = "cpu") -> Tuple[checkpoint.Checkpoint, cfgmod
     except UserError as e:
         raise UserError(f"checkpoint {path}: incompatible config ({e})") from None
     return ck, cfg
+
+
+def _task(ck: checkpoint.Checkpoint, cfg: cfgmod.Config, path: str) -> tasks.Task:
+    """The task as the checkpoint saved it (its stats checked), and the network checked to fit."""
+    try:
+        task = tasks.restore(cfg.task, ck.stats())
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
+    check_fits(cfg, task, torch.device("cpu"))
+    return task
 
 
 def _load_weights(net: torch.nn.Module, ck: checkpoint.Checkpoint, path: str) -> None:
@@ -39,11 +52,18 @@ def _load_weights(net: torch.nn.Module, ck: checkpoint.Checkpoint, path: str) ->
 
 def evaluate(path: str, device: str = "cpu") -> dict:
     """Test metrics (and baselines) of a checkpoint on its own task's test data."""
+    cfgmod.check_device(device, "--device")
     ck, cfg = _load(path, device)
-    trainer = Trainer(cfg, distributed.Dist(device=torch.device(device)))
+    _task(ck, cfg, path)                                  # stats and size checked before the data
+    dev = distributed.torch_device(cfg.device)
+    try:
+        trainer = Trainer(cfg, distributed.Dist(device=dev), stats=ck.stats())
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
     _load_weights(trainer.net, ck, path)
     result = trainer.describe()
-    trainer.test(result)
+    with resources.threads(trainer.threads):
+        trainer.test(result)
     result["out"] = None
     return result
 
@@ -65,7 +85,7 @@ def predict(path: str, csv_path: str, target: Optional[str] = None) -> str:
     a non-numeric first row is a header) — ``row,class,probability``.
     """
     ck, cfg = _load(path)
-    task = tasks.restore(cfg.task, ck.stats())
+    task = _task(ck, cfg, path)
     if task.predict_hint:
         raise UserError(f"checkpoint {path}: a {cfg.task} model; {task.predict_hint}")
     return task.predict_csv(_net(ck, cfg, task, path), csv_path, target or cfg.target)
@@ -75,13 +95,15 @@ def predict(path: str, csv_path: str, target: Optional[str] = None) -> str:
 def generate(path: str, prime: str, length: int = 200, temperature: float = 1.0, seed: int = 0) -> str:
     """Sample ``length`` characters from a text checkpoint after reading ``prime``."""
     ck, cfg = _load(path)
-    task = tasks.restore(cfg.task, ck.stats())
+    task = _task(ck, cfg, path)
     if task.vocab is None:
         raise UserError(f"checkpoint {path}: a {cfg.task} model, not a character model (task text)")
-    if length < 0:
-        raise UserError(f"--length: expected 0 or more, got {length}")
+    if not 0 <= length <= MAX_LENGTH:
+        raise UserError(f"--length: expected 0 to {MAX_LENGTH:,}, got {length}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise UserError(f"--temperature: expected a positive number, got {temperature}")
+    if not 0 <= seed <= cfgmod.MAX_SEED:
+        raise UserError(f"--seed: expected an integer from 0 to {cfgmod.MAX_SEED}, got {seed}")
     vocab = task.vocab
     index = {ch: i for i, ch in enumerate(vocab)}
     unknown = sorted({ch for ch in prime if ch not in index})
@@ -93,7 +115,8 @@ def generate(path: str, prime: str, length: int = 200, temperature: float = 1.0,
     out, state = net(torch.tensor([ids]))
     chars = []
     for _ in range(length):
-        probs = torch.softmax(out[0, -1] / temperature, -1)
+        logits = out[0, -1].double()
+        probs = torch.softmax((logits - logits.max()) / temperature, -1)     # finite at any temperature
         nxt = int(torch.multinomial(probs, 1, generator=g))
         chars.append(vocab[nxt])
         out, state = net(torch.tensor([[nxt]]), state=state)

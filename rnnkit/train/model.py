@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import registry
+from . import resources
 from .config import Config
+from .errors import UserError
 
 
 def build_rnn(cfg: Config, n_in: int) -> nn.Module:
@@ -68,3 +70,22 @@ class Net(nn.Module):
         if self.directions == 1:
             return fwd
         return torch.cat([fwd, out[:, 0, S:]], dim=-1)
+
+
+def check_fits(cfg: Config, task, device: torch.device, steps: int = 1) -> None:
+    """Refuse, before anything is allocated, a network whose weights, gradients, optimiser
+    moments, best-weights copy and the activations of one batch of ``steps`` steps will not fit
+    in the memory available on ``device``."""
+    try:
+        with torch.device("meta"):                    # shapes only: nothing is allocated
+            net = Net.for_task(cfg, task)
+    except (RuntimeError, ValueError, OverflowError) as e:
+        raise UserError(f"hidden {cfg.hidden}, layers {cfg.layers}: no such network can be built "
+                        f"({str(e).splitlines()[0]})") from None
+    params = sum(p.numel() for p in net.parameters())
+    width = net.rnn.weight_ih_l0.shape[0]                # gates x hidden (H for Elman/Jordan)
+    per_step = cfg.layers * net.directions * (width + 2 * net.state_size) + (task.tokens or task.n_in)
+    acts = cfg.batch_size * steps * per_step
+    nbytes = 4.0 * (6 * params + 2 * acts)
+    resources.require(nbytes, f"the network ({params:,} parameters) with batches of {cfg.batch_size}",
+                      "lower --hidden, --layers or --batch-size", device)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -46,22 +49,71 @@ def choose(cfg: Config) -> Path:
         out = r if r.is_dir() else r.parent
     else:
         out = default_out(cfg.task)
+    check_folder(out, "--out")
     if not cfg.resume and (out / checkpoint.NAME).exists():
         raise UserError(f"--out {out}: already holds a run; continue it with --resume {out} "
                         f"or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
     return out
 
 
-def open_run(out: Path, cfg: Config, step: int) -> logs.RunLog:
+def check(cfg: Config) -> None:
+    """Before any work: the run folder can be created and written (the default's ``runs/`` too)."""
+    if cfg.out:
+        choose(cfg)
+    elif not cfg.resume:
+        check_folder(Path("runs"), "--out")
+
+
+def check_folder(folder: Path, flag: str) -> None:
+    """UserError unless ``folder`` is (or can be created as) a folder this process can write
+    in; tried by creating and removing a scratch folder, which also catches read-only mounts."""
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        what = "exists and is not a folder" if parent == folder else f"{parent} is a file, not a folder"
+        raise UserError(f"{flag} {folder}: {what}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".rnnkit-check-", dir=parent))
+    except OSError as e:
+        raise UserError(f"{flag} {folder}: cannot write in {parent} ({e.strerror})") from None
+
+
+def snapshot(out: Path):
+    """What the folder holds before a run opens it: its entries, or (when it does not exist)
+    the outermost folder that opening it will create."""
+    if out.is_dir():
+        return set(os.listdir(out))
+    top = out
+    while not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    return top
+
+
+def undo(out: Path, before) -> None:
+    """After a run failed: unless it wrote a checkpoint, remove what it wrote (every folder it
+    created, ``runs/`` too), so that a failed run leaves nothing behind."""
+    if not out.is_dir() or (out / checkpoint.NAME).exists():
+        return
+    if isinstance(before, Path):
+        shutil.rmtree(before, ignore_errors=True)
+        return
+    for name in set(os.listdir(out)) - before:
+        path = out / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def open_run(out: Path, cfg: Config, step: int, note: str = "") -> logs.RunLog:
     """Create the folder, write config.toml and open the log; a resumed run (at ``step``) first
-    drops the records its checkpoint does not cover."""
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.resume:
-        logs.truncate_after(out, step)
-    cfgmod.write_toml(dataclasses.replace(cfg, resume=None), out / "config.toml")
-    return logs.RunLog(out, cfg.tensorboard)
+    drops the records its checkpoint does not cover.  ``note`` becomes a comment in config.toml."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            logs.truncate_after(out, step)
+        cfgmod.write_toml(dataclasses.replace(cfg, resume=None), out / "config.toml", note)
+        return logs.RunLog(out, cfg.tensorboard)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
 
 
 def write_result(out: Path, log: logs.RunLog, result: dict, step: int) -> None:
@@ -72,10 +124,12 @@ def write_result(out: Path, log: logs.RunLog, result: dict, step: int) -> None:
 
 
 def write_figures(out: Path, history: List[dict], task: Task, outputs: Dict[str, Tensor],
-                  label: str) -> None:
+                  label: str, best_epoch: int = 0) -> None:
     """loss.png from the epoch history, then the task's own figures from its test outputs."""
     if history:
-        plots.loss_curves(history, out / "loss.png")
+        ylabel, factor = task.loss_label()
+        plots.loss_curves(history, out / "loss.png", f"{task.name}: {label} loss per epoch",
+                          ylabel, factor, best_epoch)
     task.figures(out, outputs, label)
 
 

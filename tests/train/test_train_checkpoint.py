@@ -19,6 +19,8 @@ from rnnkit.train.optim import Schedule, make_optimizer
 
 from train_helpers import weights
 
+META = {"config": {}, "optimizer": {}, "scheduler": None, "progress": {}, "stats": {}}   # well-formed, empty
+
 # A child that saves checkpoint v1, then starts saving v2 and blocks half-way through the bytes
 # ("mid-write") or after writing and fsync'ing them but before the rename ("before-rename").
 CHILD = textwrap.dedent("""
@@ -27,7 +29,7 @@ CHILD = textwrap.dedent("""
     import torch
     from rnnkit.train import checkpoint as ck
     path, where = Path(sys.argv[1]), sys.argv[2]
-    meta = {"config": {}, "optimizer": None, "scheduler": None, "progress": {}, "stats": {}}
+    meta = {"config": {}, "optimizer": {}, "scheduler": None, "progress": {}, "stats": {}}
     version = lambda v: ck.Checkpoint({"model.w": torch.full((200_000,), float(v))}, meta)
     ck.save(path, version(1))
 
@@ -69,7 +71,7 @@ def test_kill_9_during_a_write_leaves_the_previous_checkpoint(where, tmp_path):
     _kill_when_stalled(["child.py", str(path), where], tmp_path)
     assert (tmp_path / f".{ck.NAME}.tmp").exists()              # the interrupted write
     assert torch.all(ck.load(str(path)).tensors["model.w"] == 1.0)
-    ck.save(path, ck.Checkpoint({"model.w": torch.zeros(3)}, {}))   # and the next write succeeds
+    ck.save(path, ck.Checkpoint({"model.w": torch.zeros(3)}, META))   # and the next write succeeds
     assert torch.equal(ck.load(str(path)).tensors["model.w"], torch.zeros(3))
 
 
@@ -133,7 +135,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(case, tiny, tmp
 
 
 def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tiny, tmp_path):
-    args = ["-m", "rnnkit", "train", "--out", "sig", "--epochs", "400", "--patience", "0",
+    args = ["-m", "rnnkit", "train", "--out", "sig", "--epochs", "400", "--patience", "0", "--forecast", "window",
             "--hidden", "8", "--no-plots", "--no-progress", "--no-tensorboard"]
     proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
@@ -186,7 +188,7 @@ def test_optimizer_and_scheduler_state_round_trip_without_pickle(optimizer, sche
     tensors, rest = ck.flatten_optimizer(opt.state_dict())
     path = tmp_path / ck.NAME
     ck.save(path, ck.Checkpoint({f"optim.{k}": v for k, v in tensors.items()},
-                                {"optimizer": rest, "scheduler": sched.state_dict()}))
+                                {**META, "optimizer": rest, "scheduler": sched.state_dict()}))
     back = ck.load(str(path))
     state = ck.unflatten_optimizer(back.group("optim"), back.meta["optimizer"])
     opt2 = make_optimizer(cfg, [p])

@@ -44,6 +44,29 @@ BAD_TRAIN = {
     "missing config": lambda t: ["--config", "nope.toml"],
     "bad config": lambda t: ["--config", _csv(t, "c.toml", "cell = 'rnn'\n")],
     "resume nothing": lambda t: ["--resume", "nowhere"],
+    # where the run writes: checked before any work, nothing half-written
+    "out under a file": lambda t: ["--out", _csv(t, "afile", "x") + "/run"],
+    "out is a file": lambda t: ["--out", _csv(t, "bfile", "x")],
+    "out not writable": lambda t: ["--out", "/proc/rnnkit-test/run"],
+    "out on a read-only tree": lambda t: ["--out", "/sys/rnnkit-test-run"],
+    # options out of range or unknown to this machine
+    "unknown backend": lambda t: ["--backend", "bogus"],
+    "seed beyond 64 bits": lambda t: ["--seed", "9223372036854775807"],
+    "negative seed": lambda t: ["--seed", "-1"],
+    "network too large for memory": lambda t: ["--hidden", "100000"],
+    "data too large for memory": lambda t: ["--task", "adding", "--n-samples", "2000000000", "--seq-len", "1000"],
+    "window beyond any integer option": lambda t: ["--window", str(2 ** 40)],
+    "unknown device": lambda t: ["--device", "gpu"],
+    "momentum of 1 or more": lambda t: ["--optimizer", "sgd", "--momentum", "1.5"],
+    "forget bias beyond float32's tanh": lambda t: ["--forget-bias", "1e300"],
+    "negative threads": lambda t: ["--threads", "-1"],
+    "unknown forecast": lambda t: ["--forecast", "levels"],
+    "season of 1": lambda t: ["--season", "1"],
+    # data the network's float32 arithmetic cannot hold
+    "values near 1e308": lambda t: ["--csv", _csv(t, "huge.csv", "x\n" + "1.7e308\n-1.7e308\n" * 20),
+                                    "--target", "x"],
+    # a run that diverges before its first checkpoint
+    "learning rate 1e30": lambda t: ["--lr", "1e30", "--forecast", "level"],
 }
 
 
@@ -58,8 +81,22 @@ def _assert_one_clean_line(code, out, err):
 def test_bad_training_input_is_one_line_and_writes_nothing(case, in_tmp, capsys):
     args = BAD_TRAIN[case](in_tmp)
     before = files_under(in_tmp)
-    _assert_one_clean_line(*run_cli(["train", "--no-plots", *args], capsys))
+    _assert_one_clean_line(*run_cli(["train", "--no-plots", "--no-progress", "--epochs", "3", *args], capsys))
     assert files_under(in_tmp) == before                     # no run folder, nothing half-written
+
+
+def test_backend_named_in_the_environment_is_checked_first(in_tmp, capsys, monkeypatch):
+    monkeypatch.setenv("RNNKIT_BACKEND", "bogus")
+    code, out, err = run_cli(["train", "--no-plots", "--epochs", "1"], capsys)
+    _assert_one_clean_line(code, out, err)
+    assert "RNNKIT_BACKEND" in err and files_under(in_tmp) == []
+
+
+def test_diverging_run_names_the_problem(in_tmp, capsys):
+    code, out, err = run_cli(["train", "--no-plots", "--no-progress", "--lr", "1e30", "--forecast",
+                              "level", "--epochs", "5"], capsys)
+    _assert_one_clean_line(code, out, err)
+    assert "diverged" in err and "--lr" in err and "nothing was kept" in err
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +131,15 @@ BAD_USE = {
     "resume incompatible": ["train", "--resume", "{root}/csv", "--hidden", "64"],
     "out holds a run": ["train", "--out", "{root}/csv"],
     "predict missing csv option": ["predict", "{root}/csv"],
+    "predict out under a file": ["predict", "{root}/csv", "--csv", "{root}/series.csv",
+                                 "--out", "{root}/series.csv/pred.csv"],
+    "predict out not writable": ["predict", "{root}/csv", "--csv", "{root}/series.csv",
+                                 "--out", "/proc/rnnkit-test/pred.csv"],
+    "predict out is a folder": ["predict", "{root}/csv", "--csv", "{root}/series.csv", "--out", "{root}"],
+    "eval unknown device": ["eval", "{root}/csv", "--device", "gpu"],
+    "generate seed beyond 64 bits": ["generate", "{root}/text", "--seed", "99999999999999999999"],
+    "generate too long": ["generate", "{root}/text", "--length", "10000000000"],
+    "eval a folder without checkpoint": ["eval", "{root}"],
 }
 
 
@@ -131,6 +177,9 @@ def test_predict_forecasts_every_step_and_the_next(trained, capsys, tmp_path):
     assert code == 0 and rows[0] == ["index", "actual", "forecast"]
     assert len(rows) == 1 + (60 - 5) + 1 and rows[1][0] == "d5" and rows[-1][0] == "next"
     target = tmp_path / "pred.csv"
+    run_cli(["predict", str(root / "csv"), "--csv", str(root / "series.csv"), "--out", str(target)], capsys)
+    assert target.read_text() == out
+    target.unlink()                     # the old name of --out still works
     run_cli(["predict", str(root / "csv"), "--csv", str(root / "series.csv"), "--output", str(target)], capsys)
     assert target.read_text() == out
 
@@ -143,6 +192,13 @@ def test_predict_classifies_one_sequence_per_row(trained, capsys, tmp_path):
     lines = list(csv.reader(io.StringIO(out)))
     assert code == 0 and lines[0] == ["row", "class", "probability"] and len(lines) == 4
     assert all(r[1] in ("1", "2") and 0.5 <= float(r[2]) <= 1 for r in lines[1:])
+
+
+def test_generate_at_a_tiny_temperature_takes_the_likeliest_character(trained, capsys):
+    root, _ = trained
+    code, out, err = run_cli(["generate", str(root / "text"), "--prime", "the ", "--length", "20",
+                              "--temperature", "1e-300"], capsys)
+    assert code == 0 and err == "" and len(out) == 4 + 20 + 1
 
 
 def test_generate_starts_from_the_prime_and_repeats_with_a_seed(trained, capsys):
@@ -167,3 +223,21 @@ def test_real_entry_point_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
     assert files_under(tmp_path) == []
+
+
+def test_version_and_bare_command_list(capsys):
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out.startswith("rnnkit 0.") and "torch" in out
+    code, out, _ = run_cli([], capsys)
+    assert code == 0 and all(name in out for name in ("train", "eval", "predict", "generate", "experiments"))
+
+
+def test_help_shows_each_default_and_the_task_presets(capsys):
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0
+    assert "--hidden HIDDEN hidden units per layer and direction (default: 32; task presets: japanese_vowels 64" in flat
+    assert "--lr LR learning rate (default: 0.003;" in flat and "--plots, --no-plots" in flat
+    assert "(default: on)" in flat and "--threads THREADS" in flat
+    code, out, _ = run_cli(["eval", "--help"], capsys)
+    assert "(default: auto" in " ".join(out.split())

@@ -32,12 +32,12 @@ def test_flags_override_toml_which_overrides_presets(tmp_path):
     assert cfg.epochs == PRESETS["digits"]["epochs"]
 
 
-def test_saved_toml_reads_back_to_the_same_config(tmp_path):
+def test_saved_toml_reads_back_to_the_same_config_but_a_new_folder(tmp_path):
     cfg = resolve({"task": "copy", "cell": "jordan", "jordan_output": 3, "forget_bias": None,
                    "out": "somewhere"})
     path = tmp_path / "config.toml"
     path.write_text(to_toml(cfg))
-    assert resolve({}, str(path)) == dataclasses.replace(cfg)
+    assert resolve({}, str(path)) == dataclasses.replace(cfg, out=None)
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -22,7 +22,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_match_one(case, tiny, tmp_path):
     task, flags = CASES[case]
-    extra = ["--text", str(small_text(tmp_path / "corpus.txt"))] if task == "text" else []
+    extra = (["--text", str(small_text(tmp_path / "corpus.txt"))] if task == "text"
+             else ["--forecast", "window"])                                # as tiny() has it
     args = ["--task", task, "--hidden", "8", "--epochs", "2", "--no-plots", "--no-progress",
             "--no-tensorboard", "--out", str(tmp_path / "ddp"), *flags, *extra]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -35,3 +35,23 @@ def test_tensorboard_gets_the_same_scalars_when_installed(tiny, monkeypatch):
     train(tiny("sunspots", tensorboard=True, log_every=2))
     assert ("step/loss", 2) in scalars and ("epoch/val_rmse", 12) in scalars
     assert scalars[-1] == ("closed", 0)
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(tiny, capsys):
+    """Without a terminal (a pipe, a log file) the task, the model and plain epoch lines are
+    printed as the run goes: the first epoch, the last, and one every few seconds between."""
+    train(tiny("sunspots", progress=None, epochs=3))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("sunspots: 309 values") and err[1].startswith("model: lstm")
+    assert "thread(s)" in err[1] and "backend" in err[1]
+    epochs = [line for line in err if line.startswith("epoch ")]
+    assert epochs[0].startswith("epoch 1/3: train loss") and epochs[-1].startswith("epoch 3/3")
+    assert all("val rmse" in line and "seq/s" in line for line in epochs)
+
+
+def test_summary_separates_build_data_and_training_time(tiny):
+    result = train(tiny("sunspots"))
+    assert set(result["timing"]) == {"build", "data", "training"}
+    assert all(v >= 0 for v in result["timing"].values()) and result["seconds"] == result["timing"]["training"]
+    table = logs.summary_table(result)
+    assert "time: training " in table and "C++ kernels ready in" in table and ", data " in table

@@ -12,7 +12,7 @@ from rnnkit.train.config import TASKS
 from rnnkit.train.model import Net
 from rnnkit.train.tasks import Echo, masked_step_ce
 
-from train_helpers import files_under
+from train_helpers import files_under, weights
 
 METRIC = {"sunspots": "rmse", "csv": "rmse", "digits": "accuracy", "japanese_vowels": "accuracy",
           "italy_power": "accuracy", "gunpoint": "accuracy", "text": "bpc", "adding": "mse",
@@ -34,9 +34,11 @@ def test_each_task_trains_and_reports_its_metric(task, tiny, tmp_path):
 
 def test_sunspots_baselines_reproduce_the_published_anchors(tiny):
     base = train(tiny("sunspots", epochs=1))["baselines"]
-    got = {(b, t): round(v["rmse"], 2) for b, per in base.items() for t, v in per.items()}
+    got = {(b, t): round(v["rmse"], 2) for b, per in base.items() for t, v in per.items()
+           if t != "validation"}
     assert got == {("persistence", "1921-1955"): 25.26, ("persistence", "1921-1987"): 30.34,
-                   ("AR(9)", "1921-1955"): 13.75, ("AR(9)", "1921-1987"): 17.47}
+                   ("AR(9)", "1921-1955"): 13.75, ("AR(9)", "1921-1987"): 17.47,
+                   ("seasonal(11)", "1921-1955"): 25.11, ("seasonal(11)", "1921-1987"): 34.18}
 
 
 def test_sunspots_lstm_beats_persistence_with_a_short_budget(tiny):
@@ -119,3 +121,51 @@ def test_echo_targets_the_shifted_input_and_scores_only_steps_that_have_one(dela
     total, count = task.loss(out.unsqueeze(-1), split)
     assert total.item() == 0 and count.item() == len(split) * len(valid)
     assert task.metrics(torch.zeros_like(split.x), split)["mse"] > 0
+
+
+def test_results_do_not_change_with_the_thread_count(tiny, tmp_path):
+    """One thread or two: the same weights, bit for bit (GEMMs split rows and columns among
+    threads, never the sum over the inner dimension)."""
+    train(tiny("sunspots", out="one", threads=1, hidden=64, batch_size=64))
+    train(tiny("sunspots", out="two", threads=2, hidden=64, batch_size=64))
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "best.", "optim.")))
+
+
+def test_threads_are_chosen_from_the_work_per_step(monkeypatch):
+    from rnnkit.train import resources
+    monkeypatch.setattr(resources, "busy", lambda cores: False)
+    assert resources.auto_threads(4_513 * 32, cores=2) == 1                  # the sunspots default
+    assert resources.auto_threads(resources.MIN_WORK_FOR_THREADS, cores=2) == 2
+    monkeypatch.setattr(resources, "busy", lambda cores: True)
+    assert resources.auto_threads(10 ** 9, cores=2) == 1
+
+
+def test_a_runs_config_toml_repeats_it_into_a_new_folder(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    first = train(tiny("sunspots"))
+    from train_helpers import run_cli
+    code, out, _ = run_cli(["train", "--config", str(tmp_path / "run" / "config.toml")], capsys)
+    (second,) = (tmp_path / "runs").iterdir()
+    assert code == 0 and json.loads((second / "summary.json").read_text())["test"] == first["test"]
+
+
+def test_figures_title_the_loss_mark_the_best_epoch_and_fit_many_classes(tmp_path):
+    import numpy as np
+    from rnnkit.train import plots
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e + (e == 3)} for e in range(1, 6)]
+    plots.loss_curves(history, tmp_path / "loss.png", "text: lstm loss per epoch", "bits per character",
+                      1 / math.log(2), best_epoch=5)
+    k = 120
+    m = np.random.default_rng(0).integers(0, 5, (k, k))
+    plots.confusion(m, [f"class {i}" for i in range(k)], "many", tmp_path / "confusion.png")
+    for name in ("loss.png", "confusion.png"):
+        head = (tmp_path / name).read_bytes()[:24]
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and width <= 13 * 110 and height <= 12 * 110
+
+
+def test_loss_figure_speaks_the_tasks_unit(tiny):
+    from rnnkit.train import tasks
+    assert tasks.build(tiny("text")).loss_label() == ("bits per character", 1 / math.log(2))
+    assert "cross-entropy" in tasks.build(tiny("italy_power")).loss_label()[0]

@@ -9,7 +9,7 @@ def add_arguments(p) -> None:
     p.add_argument("--prime", default="", help="text to start from (default: one random character)")
     p.add_argument("--length", type=int, default=200, help="characters to sample (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
 
 
 def run(args) -> int:

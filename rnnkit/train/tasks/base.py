@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import UserError
+
 LN2 = math.log(2.0)
 
 
@@ -27,12 +29,14 @@ class Split:
     x: Tensor
     y: Tensor
     lengths: Tensor
+    aux: Optional[Tensor] = None      # (N, ...) per-sequence facts a task keeps beside its data
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def take(self, idx) -> "Split":
-        return Split(self.x[idx], self.y[idx], self.lengths[idx])
+        return Split(self.x[idx], self.y[idx], self.lengths[idx],
+                     None if self.aux is None else self.aux[idx])
 
 
 def step_mask(lengths: Tensor, T: int) -> Tensor:
@@ -54,6 +58,35 @@ def split_indices(n: int, frac: float, seed: int) -> Tuple[Tensor, Tensor]:
     return perm[k:], perm[:k]
 
 
+MAX_STAT_ITEMS = 1_000_000        # longest list (classes, channels, vocabulary) a checkpoint may hold
+
+
+def stat(stats: dict, key: str, kind: type, lo: float = -math.inf, hi: float = math.inf):
+    """``stats[key]`` checked: a bool-free int or finite float (``kind``) in [lo, hi], or a str."""
+    if not isinstance(stats, dict) or key not in stats:
+        raise UserError(f"stats: missing {key!r}")
+    v = stats[key]
+    if kind is str:
+        if not isinstance(v, str) or len(v) > MAX_STAT_ITEMS:
+            raise UserError(f"stats: {key}: expected a string of at most {MAX_STAT_ITEMS:,} characters")
+        return v
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+    if not ok or not math.isfinite(v) or not lo <= v <= hi:
+        raise UserError(f"stats: {key}: expected {'an integer' if kind is int else 'a finite number'} "
+                        f"from {lo:g} to {hi:g}; got {v!r}"[:200])
+    return kind(v)
+
+
+def stat_list(stats: dict, key: str, kind: type, n: Optional[int] = None, lo: float = -math.inf,
+              hi: float = math.inf) -> list:
+    """``stats[key]``: a list of at most MAX_STAT_ITEMS items (exactly ``n`` when given), each as ``stat`` checks."""
+    v = stats.get(key) if isinstance(stats, dict) else None
+    if not isinstance(v, list) or not 0 < len(v) <= MAX_STAT_ITEMS or (n is not None and len(v) != n):
+        size = f"{n}" if n is not None else f"1 to {MAX_STAT_ITEMS:,}"
+        raise UserError(f"stats: {key}: expected a list of {size} items")
+    return [stat({key: item}, key, kind, lo, hi) for item in v]
+
+
 class Task:
     """Base: subclasses set the attributes and implement loss and metrics (a stream task's
     loss is computed by the truncated BPTT in ``step.py`` instead).
@@ -71,6 +104,9 @@ class Task:
     metric = "loss"         # headline metric, reported for validation and test
     stream = False          # True: one long stream trained with truncated BPTT (Text)
     vocab: Optional[List[str]] = None   # a character model's symbols (what ``generate`` samples)
+    # (config field, its options): variants the trainer trains one by one when the field is
+    # "auto", keeping the one with the lowest validation ``metric`` (None: the task has none).
+    variants: Optional[Tuple[str, Tuple[str, ...]]] = None
     # Why ``rnnkit predict`` cannot read a CSV for this task (None: it can, see predict_csv).
     predict_hint: Optional[str] = ("predict reads forecasting and classification checkpoints "
                                    "(try rnnkit eval)")
@@ -111,6 +147,14 @@ class Task:
     def figures(self, folder: Path, outputs: Dict[str, Tensor], label: str) -> None:
         """Write this task's PNGs into ``folder`` from the test outputs (by test name);
         ``label`` names the network's curve.  None by default."""
+
+    def steps(self) -> int:
+        """Steps of one training sequence (what one batch's activations scale with)."""
+        return int(self.train.x.shape[1])
+
+    def loss_label(self) -> Tuple[str, float]:
+        """(y-axis label of the loss figure, factor from the loss to that unit)."""
+        return "loss", 1.0
 
     def describe(self) -> str:
         return self.name

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor
 from .. import data, plots
 from ..config import Config
 from ..errors import UserError
-from .base import Split, Task, split_indices, step_mask
+from .base import Split, Task, split_indices, stat_list, step_mask
 
 
 class Classify(Task):
@@ -28,17 +28,24 @@ class Classify(Task):
     predict_hint = None
 
     def __init__(self, cfg: Config, name: str, train: Tuple[List[np.ndarray], List[int]],
-                 test: Tuple[List[np.ndarray], List[int]], classes: Sequence[str]):
+                 test: Tuple[List[np.ndarray], List[int]], classes: Sequence[str],
+                 stats: Optional[dict] = None):
         self.name = name
         self._set_classes(classes)
         self.n_in = train[0][0].shape[1]
         T = max(len(c) for c in train[0] + test[0])
         full = _pad(train[0], train[1], T)
-        mask = step_mask(full.lengths, T).unsqueeze(-1)                 # (N, T, 1)
-        n = mask.sum()
-        mean = (full.x * mask).sum((0, 1)) / n
-        std = (((full.x - mean) * mask) ** 2).sum((0, 1)).div(n).sqrt().clamp_min(1e-6)
-        self.mean, self.std = mean, std
+        if stats is not None:                       # the normalisation a checkpoint was trained with
+            self.load_stats(stats)
+            if self.n_in != len(self.mean) or self.classes != list(classes):
+                raise UserError(f"task {name}: the data has {self.n_in} channel(s) and classes "
+                                f"{list(classes)}; the checkpoint {len(self.mean)} and {self.classes}")
+        else:
+            mask = step_mask(full.lengths, T).unsqueeze(-1)                 # (N, T, 1)
+            n, x = mask.sum(), full.x.double()                              # float64: no overflow
+            mean = (x * mask).sum((0, 1)) / n
+            std = (((x - mean) * mask) ** 2).sum((0, 1)).div(n).sqrt().clamp_min(1e-6)
+            self.mean, self.std = mean.float(), std.float()
         self._hold_out_val(self._norm(full), cfg.val_fraction, cfg.seed)
         self.tests = {"test": self._norm(_pad(test[0], test[1], T))}
 
@@ -58,7 +65,8 @@ class Classify(Task):
 
     def _norm(self, s: Split) -> Split:
         mask = step_mask(s.lengths, s.x.shape[1]).unsqueeze(-1)
-        return Split(((s.x - self.mean) / self.std) * mask, s.y, s.lengths)
+        z = ((s.x.double() - self.mean.double()) / self.std.double()) * mask
+        return Split(z.float(), s.y, s.lengths)
 
     def loss(self, out, batch):
         if self.binary:
@@ -87,9 +95,17 @@ class Classify(Task):
                 "length": int(self.train.x.shape[1])}
 
     def load_stats(self, stats):
-        self._set_classes(stats["classes"])
-        self.mean, self.std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
-        self.n_in = len(self.mean)
+        classes = stat_list(stats, "classes", str)
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise UserError(f"stats: classes: expected 2 or more distinct names; got {len(classes)}")
+        self._set_classes(classes)
+        mean = stat_list(stats, "mean", float)
+        std = stat_list(stats, "std", float, n=len(mean), lo=1e-30)
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.n_in = len(mean)
+
+    def loss_label(self):
+        return ("binary cross-entropy" if self.binary else "cross-entropy") + " (nats)", 1.0
 
     def predict_csv(self, net, csv_path, target):
         """One sequence per CSV row (step-major, channels interleaved; a non-numeric first row
@@ -149,7 +165,7 @@ def _read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
     return cases
 
 
-def uea_task(cfg: Config, name: str, title: str) -> Classify:
+def uea_task(cfg: Config, name: str, title: str, stats: Optional[dict] = None) -> Classify:
     """A UEA/UCR set bundled with sktime, with its own train/test split."""
     tr_x, tr_y, classes = data.uea(name, "TRAIN")
     te_x, te_y, _ = data.uea(name, "TEST")
@@ -158,12 +174,13 @@ def uea_task(cfg: Config, name: str, title: str) -> Classify:
     if unknown:
         raise UserError(f"task {title}: labels {unknown} are not among the declared classes {classes}")
     return Classify(cfg, title, (tr_x, [index[c] for c in tr_y]), (te_x, [index[c] for c in te_y]),
-                    classes)
+                    classes, stats)
 
 
-def digits_task(cfg: Config) -> Classify:
-    """scikit-learn's 8x8 digits read row by row (8 steps of 8 pixels); seeded 75/25 split."""
+def digits_task(cfg: Config, stats: Optional[dict] = None) -> Classify:
+    """scikit-learn's 8x8 digits read row by row (8 steps of 8 raw pixel values 0-16, standardised
+    per channel like every classification task); seeded 75/25 split."""
     images, labels = data.digits()
     train_idx, test_idx = split_indices(len(images), 0.25, 12345)
     pick = lambda idx: ([images[i] for i in idx.tolist()], [int(labels[i]) for i in idx.tolist()])
-    return Classify(cfg, "digits", pick(train_idx), pick(test_idx), [str(d) for d in range(10)])
+    return Classify(cfg, "digits", pick(train_idx), pick(test_idx), [str(d) for d in range(10)], stats)

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import resources
 from ..config import Config
 from ..errors import UserError
 from .base import Split, Task, masked_step_ce
@@ -17,9 +18,12 @@ from .base import Split, Task, masked_step_ce
 class Synthetic(Task):
     """Base of the generated tasks; no baselines, no figures, and ``predict`` refuses them."""
 
-    def _generate_splits(self, cfg: Config, make: Callable[[int, int], Split]) -> None:
-        """``make(n, seed)`` draws n sequences; validation and test get a quarter."""
+    def _generate_splits(self, cfg: Config, T: int, make: Callable[[int, int], Split]) -> None:
+        """``make(n, seed)`` draws n sequences of T steps; validation and test get a quarter."""
         n_eval = max(cfg.n_samples // 4, 1)
+        resources.require(16.0 * (cfg.n_samples + 2 * n_eval) * T * (self.n_in + 1),
+                          f"{self.name}: {cfg.n_samples + 2 * n_eval:,} sequences of {T:,} steps",
+                          "lower --n-samples or --seq-len")
         self.train = make(cfg.n_samples, cfg.seed)
         self.val = make(n_eval, cfg.seed + 1) if cfg.val_fraction > 0 else None
         self.tests = {"test": make(n_eval, cfg.seed + 2)}
@@ -38,7 +42,7 @@ class Adding(Synthetic):
         T = cfg.seq_len
         if T < 2:
             raise UserError("seq_len: the adding problem needs at least 2 steps")
-        self._generate_splits(cfg, lambda n, seed: self._make(n, T, seed))
+        self._generate_splits(cfg, T, lambda n, seed: self._make(n, T, seed))
 
     @staticmethod
     def _make(n: int, T: int, seed: int) -> Split:
@@ -76,7 +80,8 @@ class Copy(Synthetic):
     n_symbols = 10
 
     def __init__(self, cfg: Config):
-        self._generate_splits(cfg, lambda n, seed: self._make(n, cfg.seq_len, seed))
+        self._generate_splits(cfg, cfg.seq_len + 2 * self.n_symbols,
+                              lambda n, seed: self._make(n, cfg.seq_len, seed))
 
     def _make(self, n: int, delay: int, seed: int) -> Split:
         g = torch.Generator().manual_seed(seed)
@@ -120,7 +125,7 @@ class Echo(Synthetic):
             raise UserError(f"delay {d}: needs |delay| < seq_len ({T})")
         self.delay = d
         self.first, self.stop = max(0, d), T + min(0, d)        # steps that have a target
-        self._generate_splits(cfg, lambda n, seed: self._make(n, T, d, seed))
+        self._generate_splits(cfg, T, lambda n, seed: self._make(n, T, d, seed))
 
     @staticmethod
     def _make(n: int, T: int, d: int, seed: int) -> Split:

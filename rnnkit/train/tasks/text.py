@@ -1,7 +1,7 @@
 """The character-level language model on a user's text file."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -9,7 +9,7 @@ from torch import Tensor
 from .. import data
 from ..config import Config
 from ..errors import UserError
-from .base import Task
+from .base import LN2, Task, stat
 
 
 class Text(Task):
@@ -24,9 +24,17 @@ class Text(Task):
     name, readout, metric, stream = "text", "all", "bpc", True
     predict_hint = "use rnnkit generate"
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stats: Optional[dict] = None):
         text = data.read_text(cfg.text)
-        self._set_vocab(sorted(set(text)))
+        if stats is not None:                       # the vocabulary a checkpoint was trained with
+            self.load_stats(stats)
+            unknown = sorted(set(text) - set(self.vocab))
+            if unknown:
+                raise UserError(f"--text {cfg.text}: characters {''.join(unknown[:20])!r} are not "
+                                f"in the model's vocabulary")
+        else:
+            self._set_vocab(sorted(set(text)))
+        self.chunk = max(cfg.k1, cfg.k2)
         lookup = {ch: i for i, ch in enumerate(self.vocab)}
         ids = torch.tensor([lookup[ch] for ch in text], dtype=torch.long)
         n = len(ids)
@@ -55,7 +63,16 @@ class Text(Task):
         return {"vocab": "".join(self.vocab)}
 
     def load_stats(self, stats):
-        self._set_vocab(stats["vocab"])
+        vocab = stat(stats, "vocab", str)
+        if not vocab or len(set(vocab)) != len(vocab):
+            raise UserError("stats: vocab: expected 1 or more distinct characters")
+        self._set_vocab(vocab)
+
+    def steps(self):
+        return self.chunk
+
+    def loss_label(self):
+        return "bits per character", 1 / LN2
 
     def describe(self):
         return (f"text: {len(self.train_ids) + len(self.val_ids) + len(self.test_ids)} characters, "
