@@ -246,7 +246,7 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
 
 
 _MEMORY_SCRIPT = """
-import gc, os, sys, torch, rnnkit
+import gc, sys, torch, rnnkit
 impl, cell, T, B, H = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 torch.manual_seed(0)
 m = getattr(torch.nn, cell.upper())(H, H)
@@ -255,20 +255,24 @@ if impl == "rnnkit":
 x = torch.randn(T, B, H, requires_grad=True)
 def step():
     m(x)[0].sum().backward()
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024
 step()
 gc.collect()
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-before = rss()
 with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+    f.write("5")                      # the peak is reset to what is resident now ...
+base = hwm()                          # ... and read back in the same units
 step()
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print((int(hwm.split()[1]) * 1024 - before) / 2**20)
+print((hwm() - base) / 2**20)
 """
+# The smallest size whose training step needs several MiB (the gates kept for backward alone are
+# T*B*G*H floats, 1 MiB for an LSTM here): below that, page-granular resident memory is noise.
+QUICK_MEMORY_SIZES = ((64, 16, 64),)
 
 
 def peak_training_mb(impl: str, cell: str, T: int, B: int, H: int) -> float:
-    """Peak extra resident memory (MiB) of one fwd+bwd, measured in a fresh process.
+    """Peak extra resident memory (MiB) of one fwd+bwd, measured in a fresh process: the rise
+    of the resident high-water mark (reset just before the step) over the resident size then.
 
     A fixed mmap threshold makes every large tensor its own mapping, so resident memory
     follows live tensors instead of what the C allocator keeps.
@@ -326,7 +330,7 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
             log(format_row(r))
     if memory:
         for cell in (c for c in _TORCH if c in cells):
-            for T, B, H in (QUICK_SIZES if quick else FULL_SIZES[2:]):
+            for T, B, H in (QUICK_MEMORY_SIZES if quick else FULL_SIZES[2:]):
                 rows.append(bench_memory(cell, T, B, H))
                 log(format_row(rows[-1]))
     return {"machine": machine(), "repeats": repeats, "rows": [asdict(r) for r in rows]}

@@ -45,9 +45,15 @@ def test_quick_run_rows(tmp_path):
         assert r["ratio"] == pytest.approx(r["baseline_ms"] / r["rnnkit_ms"])
 
 
-def test_memory_row_measures_something():
-    row = bench.bench_memory("gru", 64, 16, 64)
-    assert row.mode == "memory MiB" and row.baseline_ms > 0 and row.rnnkit_ms > 0
+@pytest.mark.parametrize("cell,gates", [("lstm", 4), ("gru", 3)])
+def test_memory_rows_of_the_quick_run_measure_the_step(cell, gates):
+    """What ``bench --quick`` reports is at least half of what one training step must hold:
+    the T*B*G*H gate activations kept for backward (never noise, never negative)."""
+    (T, B, H), = bench.QUICK_MEMORY_SIZES
+    floor = T * B * gates * H * 4 / 2**20
+    row = bench.bench_memory(cell, T, B, H)
+    assert row.mode == "memory MiB" and floor >= 0.75
+    assert row.baseline_ms >= 0.5 * floor and row.rnnkit_ms >= 0.5 * floor, (row, floor)
 
 
 def test_bad_cells_argument_is_an_error():
