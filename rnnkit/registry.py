@@ -53,6 +53,15 @@ class Entry:
         return self.cell.trace_names
 
 
+# The trainer's options that every cell reads (zoneout: not Jordan's, whose state is its output).
+SHARED_OPTIONS = ("recurrent_dropout", "zoneout", "clip_recurrent")
+
+
+def _shared(cfg, zoneout: bool = True) -> Dict[str, Any]:
+    found = {"recurrent_dropout": cfg.recurrent_dropout, "clip_recurrent": cfg.clip_recurrent}
+    return {**found, "zoneout": cfg.zoneout} if zoneout else found
+
+
 # Forms of the options every cell has: clip_recurrent is large enough not to bind here (gradcheck
 # compares the gradient with the exact derivative; the clipped one has its own tests), and the forms
 # with noise (recurrent dropout, zoneout) are random in training, so the shared matrices run them in
@@ -61,25 +70,27 @@ _ENTRIES = (
     Entry("elman", ElmanCell, Elman,
           forms={"tanh": {"nonlinearity": "tanh"}, "relu": {"nonlinearity": "relu"},
                  "zoneout": {"zoneout": 0.25}},
-          twin_forms=("tanh", "relu"), options=("nonlinearity",),
-          build=lambda cfg: {"nonlinearity": cfg.nonlinearity}),
+          twin_forms=("tanh", "relu"), options=("nonlinearity",) + SHARED_OPTIONS,
+          build=lambda cfg: {"nonlinearity": cfg.nonlinearity, **_shared(cfg)}),
     Entry("jordan", JordanCell, Jordan,
           forms={"identity": {"output_size": 2},
                  "tanh": {"output_size": 2, "output_activation": "tanh"},
                  "sigmoid": {"output_size": 2, "output_activation": "sigmoid"},
                  "softmax": {"output_size": 2, "output_activation": "softmax"},
                  "relu": {"output_size": 2, "nonlinearity": "relu"}},
-          options=("nonlinearity", "jordan_output", "output_activation"),
+          options=("nonlinearity", "jordan_output", "output_activation", "recurrent_dropout", "clip_recurrent"),
           build=lambda cfg: {"output_size": cfg.jordan_output or cfg.hidden, "nonlinearity": cfg.nonlinearity,
-                             "output_activation": cfg.output_activation}),
+                             "output_activation": cfg.output_activation, **_shared(cfg, zoneout=False)}),
     Entry("lstm", LSTMCell, LSTM,
           forms={"": {}, "proj": {"proj_size": 2}, "peephole": {"peephole": True},
                  "dropout_zoneout": {"recurrent_dropout": 0.25, "zoneout": 0.25}},
-          twin_forms=("", "proj"), options=("forget_bias",),
-          build=lambda cfg: {"forget_bias": cfg.forget_bias}),
+          twin_forms=("", "proj"), options=("forget_bias", "proj_size", "peephole") + SHARED_OPTIONS,
+          build=lambda cfg: {"forget_bias": cfg.forget_bias, "proj_size": cfg.proj_size, "peephole": cfg.peephole,
+                             **_shared(cfg)}),
     Entry("gru", GRUCell, GRU, forms={"": {}, "cho": {"reset_after": False}, "clip": {"clip_recurrent": 100.0}},
           twin_forms=("",),
-          options=("reset_after",), build=lambda cfg: {"reset_after": cfg.reset_after}),
+          options=("reset_after",) + SHARED_OPTIONS,
+          build=lambda cfg: {"reset_after": cfg.reset_after, **_shared(cfg)}),
 )
 CELLS: Dict[str, Entry] = {e.name: e for e in _ENTRIES}
 

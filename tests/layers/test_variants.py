@@ -82,3 +82,29 @@ def test_options_repr_and_attributes():
     with pytest.raises(ValueError, match="recurrent_dropout"):
         model.to_torch()
     assert repr(rnnkit.Jordan(I, H, 2, recurrent_dropout=0.5)) == "Jordan(3, 5, 2, recurrent_dropout=0.5)"
+
+
+def test_trainer_flags_reach_the_layer_through_the_registry():
+    """--proj-size, --peephole, --recurrent-dropout, --zoneout, --clip-recurrent: Config fields read
+    by the registry's ``build``; an option a cell does not read is refused by name."""
+    import argparse
+
+    from rnnkit.train import config
+    from rnnkit.train.commands import add_config_flags, overrides
+    from rnnkit.train.errors import UserError
+    from rnnkit.train.model import build_rnn
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    args = p.parse_args(["--cell", "lstm", "--hidden", "8", "--proj-size", "3", "--peephole",
+                         "--recurrent-dropout", "0.25", "--zoneout", "0.1", "--clip-recurrent", "2"])
+    cfg = config.Config(**overrides(args))
+    config.validate(cfg)
+    rnn = build_rnn(cfg, 4)
+    assert (rnn.proj_size, rnn.peephole, rnn.recurrent_dropout, rnn.zoneout, rnn.clip_recurrent) == \
+        (3, True, 0.25, 0.1, 2.0)
+    for bad, name in [({"cell": "jordan", "zoneout": 0.1}, "zoneout"), ({"cell": "gru", "peephole": True}, "peephole"),
+                      ({"proj_size": 32}, "proj_size"), ({"recurrent_dropout": 1.0}, "recurrent_dropout"),
+                      ({"clip_recurrent": -1.0}, "clip_recurrent")]:
+        with pytest.raises(UserError, match=name):
+            config.validate(config.Config(**bad))
