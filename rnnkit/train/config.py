@@ -70,14 +70,6 @@ class Config:
                              "probability (Krueger et al. 2017)")
     clip_recurrent: Optional[float] = _f(None, "clamp every state's gradient to [-x, x] at every BPTT step "
                                                "(a biased gradient; --clip still bounds the update)")
-    proj_size: int = _f(0, "lstm: project h to this many features, below hidden (torch's proj_size; 0: none)")
-    peephole: bool = _f(False, "lstm: peephole connections, c into the gates (Gers & Schmidhuber 2000)")
-    recurrent_dropout: float = _f(0.0, "dropout on h where it enters the recurrence, one mask per sequence "
-                                       "(Gal & Ghahramani 2016)")
-    zoneout: float = _f(0.0, "elman/lstm/gru: in training each unit keeps its previous state with this "
-                             "probability (Krueger et al. 2017)")
-    clip_recurrent: Optional[float] = _f(None, "clamp every state's gradient to [-x, x] at every BPTT step "
-                                               "(a biased gradient; --clip still bounds the update)")
     bias: bool = _f(True, "bias terms in the recurrent layers")
     backend: Optional[str] = _f(None, "time-loop backend (default: RNNKIT_BACKEND or auto)")
     # -- optimisation -----------------------------------------------------------------------
@@ -250,12 +242,6 @@ def validate(c: Config) -> None:
           f"weight_decay: expected 0 or more; got {c.weight_decay}")
     _need(0 <= c.momentum < 1, f"momentum: expected a number in [0, 1); got {c.momentum}")
     _need(0 <= c.dropout < 1, f"dropout: expected a number in [0, 1); got {c.dropout}")
-    for name in ("recurrent_dropout", "zoneout"):
-        _need(0 <= getattr(c, name) < 1, f"{name}: expected a number in [0, 1); got {getattr(c, name)}")
-    _need(c.clip_recurrent is None or (math.isfinite(c.clip_recurrent) and c.clip_recurrent > 0),
-          f"clip_recurrent: expected a positive number; got {c.clip_recurrent}")
-    _need(0 <= c.proj_size < c.hidden,
-          f"proj_size: expected 0 (none) or an integer below hidden ({c.hidden}); got {c.proj_size}")
     for name in ("recurrent_dropout", "zoneout"):
         _need(0 <= getattr(c, name) < 1, f"{name}: expected a number in [0, 1); got {getattr(c, name)}")
     _need(c.clip_recurrent is None or (math.isfinite(c.clip_recurrent) and c.clip_recurrent > 0),
