@@ -27,6 +27,7 @@ from .cells import ElmanCell as _ElmanMath
 from .cells import GRUCell as _GRUMath
 from .cells import JordanCell as _JordanMath
 from .cells import LSTMCell as _LSTMMath
+from .layers import state_pair
 
 
 class _CellModule(nn.Module):
@@ -124,10 +125,7 @@ class LSTMCell(_CellModule):
         super().__init__(_LSTMMath(hidden_size), input_size, bias, device, dtype)
 
     def unpack_state(self, hx):
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTMCell: hx: expected a tuple (h, c), got {type(hx).__name__}"
-                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-        return tuple(hx)
+        return state_pair("LSTMCell", hx, "(h, c)")
 
     def pack_state(self, new):
         return new[0], new[1]

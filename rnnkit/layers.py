@@ -71,6 +71,14 @@ class Trace:
         return f"Trace(layers={len(self.layers)}, directions={len(self.layers[0])}, names={self.names})"
 
 
+def state_pair(who: str, hx, names: str) -> Tuple[Tensor, Tensor]:
+    """An LSTM's state argument, ``names`` e.g. '(h_0, c_0)', as a tuple; TypeError otherwise."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{who}: hx: expected a tuple {names}, got {type(hx).__name__}"
+                        + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+    return tuple(hx)
+
+
 def _probability(name: str, value) -> float:
     """A probability in [0, 1) (1 would drop or freeze every unit)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -553,10 +561,7 @@ class LSTM(_Recurrent):
                         getattr(self, n)[H:2 * H].zero_()
 
     def unpack_state(self, hx):
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTM: hx: expected a tuple (h_0, c_0), got {type(hx).__name__}"
-                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-        return tuple(hx)
+        return state_pair("LSTM", hx, "(h_0, c_0)")
 
     def pack_state(self, finals):
         return finals[0], finals[1]
