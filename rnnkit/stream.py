@@ -3,17 +3,37 @@
 Symbols as in layers.py: B batch, I input_size, L num_layers, S the emitted state size (H, or O
 for Jordan).  A Stream is the online counterpart of ``model.step``: it keeps the state itself and
 updates it in place, so a step on the fused ``cpu`` backend is one call into C++ that allocates
-nothing (rnnkit/csrc/stream.h).  Everything is checked once at creation; a step checks only the
-input (shape, dtype, device, grad).
+nothing (rnnkit/csrc/stream.h).  Everything is checked at creation; a step checks the input
+(shape, dtype, device, grad) and that the held parameters still have the sizes, dtype, layout and
+device the stream was made for.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Tuple
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
+from torch.nn.utils.prune import BasePruningMethod
 
 from . import validation
+
+# Forward pre-hooks that compute a parameter from others (old-style pruning and weight_norm): a
+# stream runs them before every step, as the module's __call__ would.
+RECOMPUTING_HOOKS = (BasePruningMethod,
+                     importlib.import_module("torch.nn.utils.weight_norm").WeightNorm)   # the name is the function
+
+
+def reads_every_step(model, layers) -> bool:
+    """Whether a stream must read the parameters from the module at every step: the model is
+    parametrized or has forward pre-hooks (pruning, weight_norm, ...), or a parameter is not a
+    contiguous ``nn.Parameter`` registered on the module (a computed attribute is recomputed or
+    rebound; a non-contiguous one would be held as a copy)."""
+    if parametrize.is_parametrized(model) or model._forward_pre_hooks:
+        return True
+    registered = {id(p) for p in model._parameters.values() if p is not None}
+    return any(p is not None and (id(p) not in registered or not p.is_contiguous()) for layer in layers for p in layer)
 
 
 class Stream:
@@ -30,10 +50,23 @@ class Stream:
       * y_t is the stream's own output buffer, overwritten by the next call: ``.clone()`` it to
         keep it;
       * eval-mode math: inter-layer dropout is never applied, whatever ``model.training`` is;
-      * the parameters are the Parameter objects the model had at creation, held by reference:
-        in-place changes (optimiser steps, ``load_state_dict``) are seen by the next step;
-        replacing a Parameter object is not, and a changed dtype or device is an error: create a
-        new stream after either;
+      * which parameters a step reads is decided at creation (``stream.reads_every_step``):
+        - a plain model (every parameter a contiguous ``nn.Parameter`` registered on the module,
+          no parametrization, no forward pre-hook): the stream holds the Parameter objects the
+          model had at creation.  In-place changes (optimiser steps, ``load_state_dict``,
+          ``p.data.copy_``) are seen by the next step; replacing a Parameter object is not; a
+          ``p.data = t`` of another shape, dtype, layout or device, or a converted module
+          (``.double()``, ``.to()``), is an error at the next step, naming the parameter:
+          create a new stream after any of these;
+        - a parametrized model (``torch.nn.utils.parametrize``, e.g. ``parametrizations
+          .weight_norm``), one with forward pre-hooks (old-style ``prune``, ``weight_norm``) or
+          with a computed or non-contiguous parameter: every step first runs the module's
+          pruning and weight_norm pre-hooks (other pre-hooks are not run) and then reads every
+          parameter from the module again, as ``forward`` does -- so an optimiser step on the
+          original weights is seen -- checking each against the sizes, dtype and device of
+          creation (an error names it).  This costs the parametrizations' work every step;
+        parametrizing, pruning or rebinding after creation is not looked for: create a new
+        stream;
       * the backend is resolved once, at creation, and its ``stepper`` runs the steps (the fused
         ``cpu`` kernels for CPU float32/float64 when available, else the cell's Python step, with
         the same results);
@@ -51,12 +84,21 @@ class Stream:
         backend = model.backend_for(w_ih)
         self.backend = backend.name
         self._stepper = backend.stepper(model.cell, layers, batch_size, who)
-        self._step = self._stepper.step
+        self.reads_every_step = reads_every_step(model, layers)
+        self._step = self._read_and_step if self.reads_every_step else self._stepper.step
         self.reset(hx)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Advance by one step: x (B, I) or (I,) when B == 1; returns y (B, S) or (S,)."""
         return self._step(x)
+
+    def _read_and_step(self, x: Tensor) -> Tensor:
+        model = self._model
+        for hook in list(model._forward_pre_hooks.values()):
+            if isinstance(hook, RECOMPUTING_HOOKS):
+                hook(model, (x,))
+        self._stepper.set_params(model.step_parameters())
+        return self._stepper.step(x)
 
     @property
     def state(self):

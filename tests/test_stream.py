@@ -148,3 +148,65 @@ def test_no_dropout_even_in_training_mode(backend):
 
 def test_stream_is_exported():
     assert rnnkit.Stream is type(make("gru").stream())
+
+
+@needs_cpu
+@pytest.mark.parametrize("change, words", [
+    (lambda m: setattr(m.weight_ih_l0, "data", torch.randn(40, 7, dtype=torch.float64)),
+     r"weight_ih_l0 changed since the stream was created: it is now \(40, 7\).*made for \(16, 3\)"),
+    (lambda m: setattr(m.bias_hh_l1, "data", torch.zeros(0, dtype=torch.float64)), r"bias_hh_l1 changed.*\(0,\)"),
+    (lambda m: setattr(m.weight_hh_l1, "data", m.weight_hh_l1.data.float()), r"weight_hh_l1 changed.*torch\.float32"),
+    (lambda m: setattr(m.weight_hh_l0, "data", m.weight_hh_l0.data.t().contiguous().t()),
+     r"weight_hh_l0 changed.*non-contiguous"),
+], ids=["resized", "emptied", "dtype", "non-contiguous"])
+def test_held_parameter_changed_under_the_stream_is_an_error(change, words):
+    """The stream holds the module's tensors: ``p.data = t`` changes them in place, and the next
+    step checks them (sizes, dtype, layout) before reading a pointer; the stream's step stays
+    usable after an in-place update of the same shape."""
+    model = make("lstm", num_layers=2, backend="cpu")
+    stream = model.stream(B)
+    x = randn(B, INPUT_SIZE)
+    stream(x)
+    change(model)
+    with pytest.raises(RuntimeError, match=words + ".*create a new stream"):
+        stream(x)
+
+
+def prune_one(m):
+    torch.nn.utils.prune.random_unstructured(m, "weight_hh_l0", amount=0.5)
+
+
+def weight_norm_param(m):
+    torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l1")
+
+
+def weight_norm_hook(m):
+    torch.nn.utils.weight_norm(m, "weight_ih_l0")
+
+
+def non_contiguous(m):
+    m.weight_ih_l1.data = m.weight_ih_l1.data.t().contiguous().t()
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+@pytest.mark.parametrize("surgery", [prune_one, weight_norm_param, weight_norm_hook, non_contiguous],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("backend", backends_for("gru"))
+def test_parametrized_and_pruned_streams_read_every_step(surgery, backend):
+    """Parametrized, pruned (forward pre-hook) or non-contiguous parameters: the stream reads them
+    from the module (running the pruning / weight_norm hooks) at every step, so an optimiser step
+    on the original weights after the stream was made is seen."""
+    import torch.nn.utils.parametrizations  # noqa: F401 - registers the submodules used above
+    import torch.nn.utils.prune  # noqa: F401
+    model = make("gru", num_layers=2, backend=backend)
+    assert not model.stream(B).reads_every_step
+    surgery(model)
+    stream = model.stream(B)
+    assert stream.reads_every_step
+    x = randn(T, B, INPUT_SIZE)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x)[0].square().sum().backward()
+    opt.step()
+    ys = run_stream(stream, x)
+    with torch.no_grad():
+        close(ys, model(x)[0])

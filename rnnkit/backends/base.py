@@ -61,6 +61,8 @@ class Stepper(Protocol):
                      device and grad with messages naming ``who``
     state()          the live state buffers, one (L, B, S_k) tensor per carried state
     set_state(full)  copy one (L, B, S_k) tensor per carried state into the buffers
+    set_params(layers)  the parameters read again from the module (same shapes and dtype), for a
+                     stream that reads them every step (parametrized or pruned models)
     """
 
     def step(self, x: Tensor) -> Tensor: ...
@@ -68,6 +70,8 @@ class Stepper(Protocol):
     def state(self) -> List[Tensor]: ...
 
     def set_state(self, full: Sequence[Tensor]) -> None: ...
+
+    def set_params(self, layers) -> None: ...
 
 
 class Backend:

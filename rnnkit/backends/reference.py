@@ -124,6 +124,10 @@ class PythonStepper:
                     raise RuntimeError(f"{self._who}: the parameters changed to {p.dtype} on {p.device} after the "
                                        f"stream was created for {self._dtype} on {self._device}; create a new stream")
 
+    def set_params(self, layers) -> None:
+        """Read again from the module (checked at every step by ``_check_params`` and the step's math)."""
+        self._layers = layers
+
     def step(self, x: Tensor) -> Tensor:
         self._check(x)
         self._check_params()

@@ -3,8 +3,9 @@
 // stream.h (rnnkit.Stream).
 //
 // spec: the int vector make_spec returns (registry.cpp); the tensors follow the backend contract
-// of rnnkit/backends/reference.py (shapes in rnn.h).  Inputs are made contiguous here, once, so
-// the kernels can walk raw pointers.
+// of rnnkit/backends/base.py (shapes in rnn.h).  Every argument is checked first (check.h: count,
+// dims, sizes, dtype, device; an error names the argument), then made contiguous, once, so the
+// kernels can walk raw pointers.
 //
 // Only torch's pybind11 glue is included (Tensor and STL casters), not <torch/extension.h>, whose
 // C++ frontend costs this file about 20 s of compile time and is not used.
@@ -13,14 +14,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 
+#include "check.h"
 #include "gemm.h"
 #include "rnn.h"
 #include "stream.h"
 
 namespace rnnkit {
 namespace {
-
-Tensor dense(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
 Tensors dense(const Tensors& ts) {
   Tensors out;
@@ -37,19 +37,25 @@ OptTensors dense(const OptTensors& ts) {
   return out;
 }
 
-// (T, B, 1) bool mask to a dense (T, B) one; undefined when there is none.
+// (T, B, 1) bool mask (checked) to a dense (T, B) one; undefined when there is none.
 Tensor flat_mask(const c10::optional<Tensor>& mask) {
   if (!mask.has_value() || !mask->defined()) return Tensor();
-  TORCH_CHECK(mask->scalar_type() == at::kBool, "rnnkit: mask must be bool");
   return mask->reshape({mask->size(0), mask->size(1)}).contiguous();
 }
 
+using Names = c10::optional<std::vector<std::string>>;
+
 std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Tensor& xp,
                                      const c10::optional<Tensor>& mask, const Tensors& state0,
-                                     const OptTensors& rec, bool save) {
-  TORCH_CHECK(xp.dim() == 3 && xp.device().is_cpu(), "rnnkit: xp must be a (T, B, G*H) CPU tensor");
+                                     const OptTensors& rec, bool save, const Names& names) {
   const Spec sp = decode_spec(spec);
-  const FwdResult r = sp.cell->forward(sp, {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save});
+  const Cell& cell = *sp.cell;
+  Checker c("rnnkit.forward", cell);
+  c.tensor({"xp"}, xp, {kT, kB, kGH});
+  c.tensors("state0", state0, {kB}, cell.states);
+  c.rec(rec, -1, names.value_or(std::vector<std::string>{}));
+  c.mask(mask);
+  const FwdResult r = cell.forward(sp, {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save});
   return {r.states, r.saved};
 }
 
@@ -64,11 +70,17 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
                                  const std::vector<OptTensors>& layers) {
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
-  const int64_t L = static_cast<int64_t>(layers.size()), B = x.size(0), GH = layers[0][0]->size(0);
+  Checker c("rnnkit.step", cell);
+  c.tensor({"x"}, x, {kB, kI});
+  TORCH_CHECK(!layers.empty(), "rnnkit.step: layers: expected at least one layer, got none");
+  c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
+  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
+  c.tensors("state0", state0, {kL, kB}, cell.states);
+  const int64_t L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   const Tensor xc = x.contiguous();
   const Tensors s0 = dense(state0);
-  const Tensors bufs = cell.buffers(sp, L, B, GH / cell.gates, OptTensors(layers[0].begin() + 2, layers[0].end()),
-                                    false, x.options());
+  const OptTensors rec0 = dense(OptTensors(layers[0].begin() + 2, layers[0].end()));
+  const Tensors bufs = cell.buffers(sp, L, B, GH / cell.gates, rec0, false, x.options());
   const Tensor xp = at::empty({1, B, GH}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_step", [&] {
     using T = scalar_t;
@@ -81,7 +93,7 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
       project_into<T>(inp, B, w.size(1), w.data_ptr<T>(), bias ? b.data_ptr<T>() : nullptr, GH, xp.data_ptr<T>());
       Tensors in, out = bufs;
       for (size_t k = 0; k < s0.size(); ++k) {
-        in.push_back(L == 1 ? s0[k] : s0[k].select(0, l));
+        in.push_back(s0[k].select(0, l));
         if (L > 1) out[k] = bufs[k].narrow(0, l, 1);
       }
       cell.run(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false}, out);
@@ -94,10 +106,20 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 std::tuple<Tensor, Tensors, OptTensors> backward(
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_final,
     const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
-    const Tensors& saved, const OptTensors& rec) {
+    const Tensors& saved, const OptTensors& rec, const Names& names) {
   const Spec sp = decode_spec(spec);
-  const BwdResult r = sp.cell->backward(sp, {d_out.has_value() ? *d_out : Tensor(), dense(d_final), flat_mask(mask),
-                                             dense(state0), dense(states), dense(saved), dense(rec)});
+  const Cell& cell = *sp.cell;
+  Checker c("rnnkit.backward", cell);
+  c.tensors("states", states, {kT, kB}, cell.states);
+  c.tensors("state0", state0, {kB}, cell.states);
+  c.tensors("saved", saved, {kT, kB}, cell.saved(sp));
+  c.rec(rec, -1, names.value_or(std::vector<std::string>{}));
+  c.optional({"d_out"}, d_out, {kT, kB, cell.states[0]}, true);
+  c.optionals("d_final", d_final, {kB}, cell.states);
+  c.mask(mask);
+  const Tensor d = d_out.has_value() ? *d_out : Tensor();      // any strides: read in place (GradOut)
+  const BwdResult r = cell.backward(sp, {d, dense(d_final), flat_mask(mask), dense(state0), dense(states),
+                                         dense(saved), dense(rec)});
   return {r.d_xp, r.d_state0, r.d_rec};
 }
 
@@ -114,9 +136,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "named name; options (str -> str): nonlinearity (tanh | relu), output_activation (identity | tanh | "
         "sigmoid | softmax), reset_after (1 | 0), absent ones the first value; ValueError on an unknown name, "
         "option or value");
-  m.def("forward", &rnnkit::forward, "states, saved = forward(spec, xp, mask, state0, rec, save)");
-  m.def("backward", &rnnkit::backward,
-        "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec)");
+  using pybind11::arg;
+  m.def("forward", &rnnkit::forward, arg("spec"), arg("xp"), arg("mask"), arg("state0"), arg("rec"), arg("save"),
+        arg("names") = pybind11::none(),
+        "states, saved = forward(spec, xp, mask, state0, rec, save, names=None); names: the rec params' names "
+        "for messages (default the cell's)");
+  m.def("backward", &rnnkit::backward, arg("spec"), arg("d_out"), arg("d_final"), arg("mask"), arg("state0"),
+        arg("states"), arg("saved"), arg("rec"), arg("names") = pybind11::none(),
+        "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, names=None)");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   pybind11::class_<rnnkit::Stepper>(m, "Stepper",
                                     "Streaming inference into preallocated buffers (see stream.h)")
@@ -125,6 +152,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "Stepper(who, spec, params, batch): params per layer [w_ih, b_ih, *rec_params]")
       .def("step", &rnnkit::Stepper::step, "out = step(x): one step, states updated in place")
       .def("state", &rnnkit::Stepper::state, "the current states (L, B, S_k), live buffers")
-      .def("set_state", &rnnkit::Stepper::set_state, "copy (L, B, S_k) tensors into the current states");
+      .def("set_state", &rnnkit::Stepper::set_state, "copy (L, B, S_k) tensors into the current states")
+      .def("set_params", &rnnkit::Stepper::set_params,
+           "set_params(params): bind the parameters read again (the sizes and dtype of creation)");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
 }

@@ -108,9 +108,12 @@ BwdResult elman_backward(const Spec& sp, const BwdArgs& a) {
   return {da, {dh}, {dw, db}};
 }
 
+std::vector<Sym> elman_saved(const Spec&) { return {}; }
+
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"elman", /*id=*/0, /*gates=*/1, /*n_states=*/1, elman_forward, elman_backward,
-                          elman_buffers, elman_run});
+                          elman_buffers, elman_run, /*states=*/{kH},
+                          /*rec=*/{{"weight_hh", {kH, kH}, false}, {"bias_hh", {kH}, true}}, elman_saved});
 
 }  // namespace rnnkit

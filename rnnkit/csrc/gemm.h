@@ -52,6 +52,7 @@ class StepWeight {
 template <typename T>
 void weight_grad(int64_t Tn, int64_t B, int64_t M, int64_t N, const T* dG, int64_t ldg,
                  const T* state0, const T* states, T* dW) {
+  if (Tn == 0) B = 0;                               // no steps: dW = 0 (the empty sum)
   gemm(Op::T, Op::N, M, N, B, dG, ldg, state0, N, T(0), dW, N);
   if (Tn > 1)
     gemm(Op::T, Op::N, M, N, (Tn - 1) * B, dG + B * ldg, ldg, states, N, T(1), dW, N);

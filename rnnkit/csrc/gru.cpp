@@ -8,7 +8,8 @@
 //   hs       (T, B, H)    h_t: the state, saved for backward
 //   gates    (T, B, 3H)   post-activation [r, z, n]: saved ("gates") and traced
 //   hn       (T, B, H)    torch form only: h W_hn^T + b_hn, saved ("hn") for dr
-//            Without save, gates and hn are (B, .) workspaces reused by every step.
+//            Without save, gates and hn are (B, .) workspaces reused by every step.  With save,
+//            their rows of padded steps are zero (written, so that runs are reproducible).
 //   hw       (B, 3H)      forward workspace: h_{t-1} W_hh^T (original form: (B, 2H) for r, z)
 //   rh, hwn  (B, H)       original form, forward workspaces: r * h_{t-1} and rh W_hn^T
 //   dx       (T, B, 3H)   backward: d pre-activation of xp = d_xp, returned; its n block
@@ -139,10 +140,12 @@ void forward_after(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
     w_hh.mul(h_prev, H, T(0), hw, G);                         // (B, 3H)
     for_rows(B, G, [&](int64_t b) {
       T* h = hs + (t * B + b) * H;
-      if (mask.valid(t, b))
+      if (mask.valid(t, b)) {
         after_row(H, xp + (t * B + b) * G, hw + b * G, b_hh, h_prev + b * H, gates_t + b * G, hn_t + b * H, h);
-      else
-        std::memcpy(h, h_prev + b * H, H * sizeof(T));
+        return;
+      }
+      std::memcpy(h, h_prev + b * H, H * sizeof(T));
+      if (a.save) std::fill_n(gates_t + b * G, G, T(0)), std::fill_n(hn_t + b * H, H, T(0));
     });
   }
 }
@@ -166,10 +169,12 @@ void forward_before(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
     w_hn.mul(rh, H, T(0), hwn, H);                            // (r * h) W_hn^T
     for_rows(B, G, [&](int64_t b) {
       T* h = hs + (t * B + b) * H;
-      if (mask.valid(t, b))
+      if (mask.valid(t, b)) {
         before_row_n(H, xp + (t * B + b) * G, hwn + b * H, b_hh, h_prev + b * H, gates_t + b * G, h);
-      else
-        std::memcpy(h, h_prev + b * H, H * sizeof(T));
+        return;
+      }
+      std::memcpy(h, h_prev + b * H, H * sizeof(T));
+      if (a.save) std::fill_n(gates_t + b * G, G, T(0));
     });
   }
 }
@@ -277,9 +282,13 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   return {dx, {dh}, {dw, db}};
 }
 
+// gates, and hn in torch's form
+std::vector<Sym> gru_saved(const Spec& sp) { return sp.reset_after ? std::vector<Sym>{kGH, kH} : std::vector<Sym>{kGH}; }
+
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"gru", /*id=*/3, /*gates=*/3, /*n_states=*/1, gru_forward, gru_backward, gru_buffers,
-                          gru_run});
+                          gru_run, /*states=*/{kH},
+                          /*rec=*/{{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}}, gru_saved});
 
 }  // namespace rnnkit

@@ -5,7 +5,8 @@
 //   xp       (T, B, H)    x W_ih^T + b_ih                             input, read only
 //   y0       (B, O)       initial output                              input, read only
 //   w_yh     (H, O), w_hy (O, H), b_hy (O) | None                     inputs, read only
-//   hs       (T, B, H)    h_t: saved ("hidden") and traced; without save a (B, H) workspace
+//   hs       (T, B, H)    h_t: saved ("hidden") and traced, zero at padded steps; without save
+//                         a (B, H) workspace
 //   ys       (T, B, O)    y_t: the state, saved for backward
 //   dz       (T, B, O)    backward: d(h W_hy^T + b_hy); post-loop dW_hy = dz^T hs, db_hy = sum dz
 //   da       (T, B, H)    backward: d pre-activation of h = d_xp, returned; post-loop
@@ -83,10 +84,12 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor&
     for_rows(B, H, [&](int64_t b) { hidden_row(H, is_relu, ht + b * H, xp + (t * B + b) * H); });
     hy.mul(ht, H, T(0), yt, O);
     for_rows(B, O, [&](int64_t b) {
-      if (mask.valid(t, b))
+      if (mask.valid(t, b)) {
         out_forward(sp.out, O, yt + b * O, bias);
-      else
-        std::memcpy(yt + b * O, yp + b * O, O * sizeof(T));
+        return;
+      }
+      std::memcpy(yt + b * O, yp + b * O, O * sizeof(T));
+      if (a.save) std::fill_n(ht + b * H, H, T(0));
     });
   }
 }
@@ -154,9 +157,14 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
   return {da, {dy}, {dw_yh, dw_hy, db}};
 }
 
+std::vector<Sym> jordan_saved(const Spec&) { return {kH}; }          // hidden
+
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"jordan", /*id=*/1, /*gates=*/1, /*n_states=*/1, jordan_forward, jordan_backward,
-                          jordan_buffers, jordan_run});
+                          jordan_buffers, jordan_run, /*states=*/{kO},
+                          /*rec=*/{{"weight_yh", {kH, kO}, false}, {"weight_hy", {kO, kH}, false},
+                                   {"bias_hy", {kO}, true}},
+                          jordan_saved});
 
 }  // namespace rnnkit

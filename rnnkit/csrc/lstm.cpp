@@ -7,7 +7,8 @@
 //   hs, cs   (T, B, H)    h_t and c_t: the states, saved for backward
 //   gates    (T, B, 4H)   post-activation [i, f, g, o]: saved ("gates") and traced
 //   tanh_c   (T, B, H)    tanh(c_t): saved ("tanh_c")
-//            Without save, gates and tanh_c are (B, .) workspaces reused by every step.
+//            Without save, gates and tanh_c are (B, .) workspaces reused by every step.  With
+//            save, their rows of padded steps are zero (written, so that runs are reproducible).
 //   dg       (T, B, 4H)   backward: d pre-activation = d_xp, returned; also the rows of the
 //                         post-loop GEMM dW_hh = dg^T [h0; hs[:-1]]
 //   dh, dh_prev (B, H)    backward: carried dh and the next one (backward_steps, loop.h)
@@ -78,9 +79,10 @@ void forward_impl(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Te
       T* c = C_ + (t * B + b) * H;
       if (mask.valid(t, b)) {
         forward_row(H, gt + b * G, xp + (t * B + b) * G, bias, cp + b * H, c, tct + b * H, h);
-      } else {
+      } else {                                                // padded: the state stays
         std::memcpy(h, hp + b * H, H * sizeof(T));
         std::memcpy(c, cp + b * H, H * sizeof(T));
+        if (a.save) std::fill_n(gt + b * G, G, T(0)), std::fill_n(tct + b * H, H, T(0));
       }
     });
   }
@@ -142,9 +144,12 @@ BwdResult lstm_backward(const Spec&, const BwdArgs& a) {
   return {dg, {dh, dc}, {dw, db}};
 }
 
+std::vector<Sym> lstm_saved(const Spec&) { return {kGH, kH}; }      // gates, tanh_c
+
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"lstm", /*id=*/2, /*gates=*/4, /*n_states=*/2, lstm_forward, lstm_backward, lstm_buffers,
-                          lstm_run});
+                          lstm_run, /*states=*/{kH, kH},
+                          /*rec=*/{{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}}, lstm_saved});
 
 }  // namespace rnnkit

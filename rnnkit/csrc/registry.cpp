@@ -69,6 +69,8 @@ void check_cells() {
                 " each once; cell '", t[i].name, "' has id ", t[i].id, " (see RNNKIT_REGISTER_CELL in rnn.h)");
     for (size_t j = 0; j < i; ++j)
       TORCH_CHECK(std::string(t[i].name) != t[j].name, "rnnkit: two cells are named '", t[i].name, "'");
+    TORCH_CHECK(static_cast<int64_t>(t[i].states.size()) == t[i].n_states && t[i].saved != nullptr, "rnnkit: cell '",
+                t[i].name, "' must give the size of each of its ", t[i].n_states, " states and its saved tensors");
   }
 }
 

@@ -10,7 +10,8 @@
 //   mask     (T, B, 1)     bool, true where step t is inside sequence b; undefined = all valid
 //   state0   (B, S) each   initial carried states
 //   states   (T, B, S)     carried state after every step (padded steps repeat the previous one)
-//   saved    (T, B, .)     the cell's ``saved_names`` (post-activation gates, ...), also the trace
+//   saved    (T, B, .)     the cell's ``saved_names`` (post-activation gates, ...), also the trace;
+//                          rows of padded steps are zero
 //
 // Per step: one GEMM of the previous state with the recurrent weights, written straight into
 // the step's output rows, then one fused, vectorisable pass over the gates.  Backward: the time
@@ -93,6 +94,22 @@ using BuffersFn = Tensors (*)(const Spec&, int64_t T, int64_t B, int64_t H, cons
                               const at::TensorOptions&);
 using RunFn = void (*)(const Spec&, const FwdArgs&, const Tensors& bufs);
 
+// The sizes an entry point's tensors are checked against (check.h).  Each is fixed by the first
+// argument that has it and must agree in all the others: T steps, B batch, L layers of a stack,
+// I input size, H hidden size, GH = gates * H (fixes H), O a Jordan network's output size.
+enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kNumSyms };
+
+// A recurrent parameter: its name (the Python cell's rec_params entry, without the layer
+// suffix), its sizes, and whether it may be None (a bias).
+struct ParamDecl {
+  const char* name;
+  std::vector<Sym> dims;
+  bool optional;
+};
+
+// The feature size of each saved tensor (T, B, .), for a spec (GRU's forms save different ones).
+using SavedFn = std::vector<Sym> (*)(const Spec&);
+
 // One row of the cell table.
 struct Cell {
   const char* name;     // the Python cell's name (Cell.name)
@@ -103,15 +120,19 @@ struct Cell {
   BackwardFn backward;
   BuffersFn buffers;
   RunFn run;
+  std::vector<Sym> states;      // each carried state's size S_k (n_states entries)
+  std::vector<ParamDecl> rec;   // the rec params, in the Python cell's rec_params order
+  SavedFn saved;                // the saved tensors' feature sizes
 };
 
 // ---- the cell table ----------------------------------------------------------------------
 // Each cell's file adds its row when the library loads, with RNNKIT_REGISTER_CELL(Cell{...}).
 // How ids are assigned: each registration states its id; it is not the registration order (the
 // static initialisers of different files run in an unspecified order).  The ids must be 0..n-1,
-// each used once, and the names unique, which check_cells verifies when the Python module loads
-// (an ImportError otherwise).  The first four keep the numbers rnnkit/backends/cpu.py gave them
-// before make_spec (elman 0, jordan 1, lstm 2, gru 3), so that a spec built there stays valid.
+// each used once, the names unique and each row's state sizes given, which check_cells verifies
+// when the Python module loads (an ImportError otherwise).  The first four keep the numbers
+// rnnkit/backends/cpu.py gave them before make_spec (elman 0, jordan 1, lstm 2, gru 3), so that a
+// spec built there stays valid.
 // A new cell takes the next free id.
 struct CellRegistrar {
   explicit CellRegistrar(const Cell& cell);

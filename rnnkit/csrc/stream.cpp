@@ -1,6 +1,6 @@
 // The Stepper of stream.h: buffers and views are made once in the constructor; a step only
-// checks its input, projects it, runs each layer's kernel (the cell's run, T = 1) and flips the
-// state sets.  Tensors, shapes and aliasing: see stream.h.
+// checks its input and the held parameters, projects the input, runs each layer's kernel (the
+// cell's run, T = 1) and flips the state sets.  Tensors, shapes, aliasing and checks: see stream.h.
 #include "stream.h"
 
 #include "gemm.h"
@@ -11,29 +11,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
-#include <sstream>
-
 namespace rnnkit {
 namespace {
-
-std::string shape(const Tensor& t) {
-  std::ostringstream s;
-  s << "(";
-  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? ", " : "") << t.size(d);
-  s << (t.dim() == 1 ? ",)" : ")");
-  return s.str();
-}
-
-// A dtype as Python names it, so that messages read as those of the Python checks.
-std::string py_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
 
 // The rec params of one layer with every None bias replaced by zeros sized like the weight before it.
 OptTensors rec_with_zero_bias(const OptTensors& p) {
@@ -42,24 +21,27 @@ OptTensors rec_with_zero_bias(const OptTensors& p) {
   return rec;
 }
 
+c10::optional<Tensor> dense(const c10::optional<Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return c10::nullopt;
+  return t->is_contiguous() ? *t : t->contiguous();
+}
+
+const Name kCreated{"the stream's parameters at creation"};
+
 }  // namespace
 
 Stepper::Stepper(std::string who, const std::vector<int64_t>& spec, const std::vector<OptTensors>& params,
                  int64_t batch)
-    : who_(std::move(who)), sp_(decode_spec(spec)), params_(params) {
-  TORCH_CHECK(!params.empty() && batch > 0, "rnnkit: Stepper needs layers and a positive batch");
-  const Cell& cell = *sp_.cell;
-  L_ = static_cast<int64_t>(params.size());
+    : who_(std::move(who)), sp_(decode_spec(spec)) {
+  TORCH_CHECK_VALUE(batch > 0, who_, ": batch_size: expected a positive integer, got ", batch);
+  TORCH_CHECK(!params.empty(), who_, ": layers: expected at least one layer, got none");
   B_ = batch;
-  const Tensor& w0 = *params[0][0];
-  I_ = w0.size(1);
-  dtype_ = w0.scalar_type();
-  const auto opt = w0.options();
-  const int64_t H = w0.size(0) / cell.gates;
+  bind(params);
+  const Cell& cell = *sp_.cell;
+  const auto opt = params_[0][0]->options();
   for (int64_t l = 0; l < L_; ++l) {
-    rec_.push_back(rec_with_zero_bias(params[l]));
-    xp_.push_back(at::empty({1, B_, cell.gates * H}, opt));
-    Tensors work = cell.buffers(sp_, 1, B_, H, rec_[l], false, opt);
+    xp_.push_back(at::empty({1, B_, cell.gates * H_}, opt));
+    Tensors work = cell.buffers(sp_, 1, B_, H_, rec_[l], false, opt);
     if (l == 0)                                               // the state sizes S_k: (1, B, S_k) slots
       for (int p = 0; p < 2; ++p)
         for (int64_t k = 0; k < cell.n_states; ++k) states_[p].push_back(at::zeros({L_, B_, work[k].size(2)}, opt));
@@ -77,12 +59,48 @@ Stepper::Stepper(std::string who, const std::vector<int64_t>& spec, const std::v
   out1_ = out_.view({-1});
 }
 
+Checker Stepper::checker() const {
+  Checker c(who_, *sp_.cell);
+  c.fix(kB, B_, {"batch_size"});
+  if (held_.empty()) return c;
+  c.fix_dtype(dtype_, kCreated);
+  c.fix(kL, L_, kCreated);
+  c.fix(kI, I_, kCreated);
+  c.fix(kH, H_, kCreated);
+  if (O_ >= 0) c.fix(kO, O_, kCreated);
+  return c;
+}
+
+// Checks params (against the sizes of creation, after the constructor) and holds them.
+void Stepper::bind(const std::vector<OptTensors>& params) {
+  Checker c = checker();
+  c.fix(kL, static_cast<int64_t>(params.size()), {"layers"});
+  for (size_t l = 0; l < params.size(); ++l) c.layer(params[l], static_cast<int64_t>(l));
+  L_ = c.size(kL), I_ = c.size(kI), H_ = c.size(kH), O_ = c.size(kO), dtype_ = c.dtype();
+  const Cell& cell = *sp_.cell;
+  params_.clear(), rec_.clear(), held_.clear();
+  for (int64_t l = 0; l < L_; ++l) {
+    OptTensors p;
+    for (const auto& t : params[l]) p.push_back(dense(t));
+    const char* names[2] = {"weight_ih", "bias_ih"};
+    for (size_t i = 0; i < p.size(); ++i)
+      if (p[i].has_value())
+        held_.push_back({*p[i], Name{i < 2 ? names[i] : cell.rec[i - 2].name, -1, l}, p[i]->sizes().vec()});
+    rec_.push_back(rec_with_zero_bias(p));
+    params_.push_back(std::move(p));
+  }
+  for (int p = 0; p < 2; ++p)
+    for (size_t l = 0; l < args_[p].size(); ++l) args_[p][l].rec = rec_[l];
+}
+
+void Stepper::set_params(const std::vector<OptTensors>& params) { bind(params); }
+
 void Stepper::check_input(const Tensor& x) const {
   const bool batched = x.dim() == 2 && x.size(0) == B_ && x.size(1) == I_;
   const bool single = x.dim() == 1 && B_ == 1 && x.size(0) == I_;
   TORCH_CHECK_VALUE(batched || single, who_, ": input: expected shape (", B_, ", ", I_,
                     ") (batch_size, input_size)", B_ == 1 ? " or (" + std::to_string(I_) + ",)" : "",
-                    ", got ", shape(x));
+                    ", got ", shape_str(x.sizes()));
   TORCH_CHECK_TYPE(x.scalar_type() == dtype_, who_, ": input: expected dtype ", py_dtype(dtype_),
                    " (the parameters' dtype), got ", py_dtype(x.scalar_type()));
   TORCH_CHECK_VALUE(x.device().is_cpu(), who_, ": input: expected a CPU tensor, got device ", x.device());
@@ -91,15 +109,18 @@ void Stepper::check_input(const Tensor& x) const {
                     "use model.step for a differentiable step, or call it under torch.no_grad()");
 }
 
-// Parameters are held by reference: a module converted in place (.double(), .to()) changes them.
+// The held tensors are the module's: ``p.data = other``, .double(), .to() change them in place.
 void Stepper::check_params() const {
-  for (const auto& layer : params_)
-    for (const auto& p : layer)
-      if (p.has_value() && p->defined())
-        TORCH_CHECK(p->scalar_type() == dtype_ && p->is_contiguous() && p->device().is_cpu(), who_,
-                    ": the module's parameters changed dtype, device or layout since the stream was "
-                    "created (", py_dtype(dtype_), " expected, got ", py_dtype(p->scalar_type()),
-                    "); create a new stream");
+  for (const Held& h : held_) {
+    const Tensor& t = h.t;
+    if (t.sizes() == at::IntArrayRef(h.sizes) && t.scalar_type() == dtype_ && t.is_contiguous() &&
+        t.device().is_cpu())
+      continue;
+    TORCH_CHECK(false, who_, ": ", h.name.str(), " changed since the stream was created: it is now ",
+                shape_str(t.sizes()), ", ", py_dtype(t.scalar_type()), t.is_contiguous() ? ", contiguous" : ", non-contiguous",
+                ", on ", t.device(), "; the stream was made for ", shape_str(h.sizes), ", ", py_dtype(dtype_),
+                ", contiguous, on cpu; create a new stream");
+  }
 }
 
 template <typename T>
@@ -109,7 +130,7 @@ void Stepper::run(const T* x, int nxt) {
     const Tensor& w = *p[0];
     const int64_t in = w.size(1), GH = w.size(0), S0 = states_[nxt][0].size(2);
     const T* inp = l == 0 ? x : states_[nxt][0].data_ptr<T>() + (l - 1) * B_ * S0;
-    const bool bias = p[1].has_value() && p[1]->defined();
+    const bool bias = p[1].has_value();
     project_into<T>(inp, B_, in, w.data_ptr<T>(), bias ? p[1]->data_ptr<T>() : nullptr, GH, xp_[l].data_ptr<T>());
     sp_.cell->run(sp_, args_[1 - nxt][l], bufs_[nxt][l]);
   }
@@ -128,8 +149,8 @@ Tensor Stepper::step(const Tensor& x) {
 }
 
 void Stepper::set_state(const Tensors& s) {
-  TORCH_CHECK(s.size() == states_[cur_].size(), "rnnkit: set_state: expected ", states_[cur_].size(),
-              " tensors, got ", s.size());
+  Checker c = checker();
+  c.tensors("state", s, {kL, kB}, sp_.cell->states);
   for (size_t k = 0; k < s.size(); ++k) states_[cur_][k].copy_(s[k]);
 }
 
