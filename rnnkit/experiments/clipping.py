@@ -57,13 +57,15 @@ def run(ctx: Context) -> Section:
     sec.figures.append(_plot(ctx, curves))
     a, b = rows
     first_bad = next((i + 1 for i, v in enumerate(curves["no clipping"][0]) if not math.isfinite(v)), None)
-    stopped = runs["no clipping"].diverged
-    sec.findings.append(f"Without clipping the largest gradient norm was {a[1]:.3g} and "
-                        f"{a[2]} training losses were not finite"
-                        + (f" (from update {first_bad} on: one unclipped step threw the weights to "
-                           f"infinity)" if first_bad else "")
-                        + ("; the trainer stopped the run there as diverged, so it has no test MSE."
-                           if stopped else f"; test MSE {a[4]:.4g}."))
+    if runs["no clipping"].diverged:
+        sec.findings.append(f"Without clipping the largest gradient norm was {a[1]:.3g}, and the loss "
+                            f"was not finite at update {first_bad} (one unclipped step threw the weights "
+                            f"to infinity), where the trainer stops a run as diverged: it has no test MSE.")
+    else:
+        sec.findings.append(f"Without clipping the largest gradient norm was {a[1]:.3g} and "
+                            f"{a[2]} training losses were not finite"
+                            + (f" (from update {first_bad} on: one unclipped step threw the weights to "
+                               f"infinity)" if first_bad else "") + f"; test MSE {a[4]:.4g}.")
     sec.findings.append(f"With clipping the largest (pre-clipping) norm was {b[1]:.3g}, "
                         f"{b[2]} non-finite losses, test MSE {b[4]:.4g}.")
     better = math.isfinite(b[4]) and (not math.isfinite(a[4]) or b[4] < a[4])
