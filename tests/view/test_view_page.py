@@ -22,7 +22,8 @@ LENGTHS = torch.tensor([9, 6, 9])
 
 def _layer(entry, kw, bidirectional=True):
     torch.manual_seed(1)
-    return entry.layer(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional, **kw)
+    layer = entry.layer(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional, **kw)
+    return layer.eval() if layer.cell.noise_names else layer       # noise: random in training (helpers.make)
 
 
 class _Head(nn.Module):
