@@ -317,9 +317,22 @@ def to_dict(c: Config) -> Dict[str, Any]:
     return dataclasses.asdict(c)
 
 
+# The fields every checkpoint of format version 2 holds: one of them missing means a damaged
+# checkpoint; a field added to Config since takes its default (the behaviour from before it).
+SAVED_FIELDS_V2 = frozenset((
+    "task", "csv", "target", "text", "window", "test_fraction", "val_fraction", "ar_order", "forecast",
+    "season", "seq_len", "n_samples", "delay", "cell", "hidden", "layers", "bidirectional", "dropout",
+    "nonlinearity", "forget_bias", "reset_after", "jordan_output", "output_activation", "proj_size",
+    "peephole", "recurrent_dropout", "zoneout", "clip_recurrent", "bias", "backend", "optimizer", "lr",
+    "momentum", "weight_decay", "scheduler", "step_size", "gamma", "clip", "clip_at", "epochs",
+    "batch_size", "k1", "k2", "patience", "seed", "threads", "out", "resume", "checkpoint_every",
+    "log_every", "progress", "plots", "tensorboard", "device"))
+
+
 def from_dict(d: Dict[str, Any], where: str) -> Config:
-    """Rebuild a saved config (from a checkpoint); unknown, missing or mistyped keys are an error."""
-    missing = sorted(set(FIELDS) - set(d))
+    """Rebuild a saved config (from a checkpoint); unknown or mistyped keys, or a missing key
+    that every version-2 checkpoint holds, are an error."""
+    missing = sorted(SAVED_FIELDS_V2 - set(d))
     if missing:
         raise UserError(f"{where}: incomplete config (missing {', '.join(missing[:5])})")
     values = {k: coerce(k, v, where) for k, v in d.items()}

@@ -64,19 +64,21 @@ def check(cfg: Config) -> None:
         check_folder(Path("runs"), "--out")
 
 
-def check_folder(folder: Path, flag: str) -> None:
+def check_folder(folder: Path, flag: str, given: Optional[Path] = None) -> None:
     """UserError unless ``folder`` is (or can be created as) a folder this process can write
-    in; tried by creating and removing a scratch folder, which also catches read-only mounts."""
+    in; tried by creating and removing a scratch folder, which also catches read-only mounts.
+    ``given``: what the user named, when that is a file to go in ``folder``."""
     parent = folder
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    name = given or folder
     if not parent.is_dir():
-        what = "exists and is not a folder" if parent == folder else f"{parent} is a file, not a folder"
-        raise UserError(f"{flag} {folder}: {what}")
+        what = "exists and is not a folder" if parent == name else f"{parent} is a file, not a folder"
+        raise UserError(f"{flag} {name}: {what}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".rnnkit-check-", dir=parent))
     except OSError as e:
-        raise UserError(f"{flag} {folder}: cannot write in {parent} ({e.strerror})") from None
+        raise UserError(f"{flag} {name}: cannot write in {parent} ({e.strerror})") from None
 
 
 def snapshot(out: Path):

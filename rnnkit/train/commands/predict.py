@@ -25,7 +25,7 @@ def run(args) -> int:
     if target is not None:                      # before the work: where it goes can be written
         if target.is_dir():
             raise UserError(f"--out {target}: is a folder, expected a file name")
-        check_folder(target.parent if str(target.parent) else Path("."), "--out")
+        check_folder(target.parent, "--out", target)
     text = predict(args.checkpoint, args.csv, args.target)
     if target is None:
         sys.stdout.write(text)
