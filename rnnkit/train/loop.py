@@ -217,7 +217,7 @@ class Trainer:
             self.log = runfolder.open_run(self.out, self.cfg, self.state.step, self.note)
             for record in pending:
                 self.log.write(record)
-        if self.state.step:
+        if self.state.step and not self.cfg.resume:          # trained in memory: its checkpoint now
             self.save_checkpoint()
 
     def headline(self) -> str:
