@@ -52,8 +52,10 @@ def _cpu_signature() -> str:
 
 def _flags(native: bool) -> List[str]:
     # torch's own build uses -fno-math-errno -fno-trapping-math too; without them gcc does not
-    # if-convert the branch-free activations and the gate loops stay scalar.
-    return ["-O3", "-fno-math-errno", "-fno-trapping-math"] + (["-march=native"] if native else [])
+    # if-convert the branch-free activations and the gate loops stay scalar.  -fopenmp: ATen's
+    # at::parallel_for is an OpenMP pragma in a header, compiled into the extension (without the
+    # flag it runs serially); the library then needs libgomp.so.1, the one torch has loaded.
+    return ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"] + (["-march=native"] if native else [])
 
 
 def _tag(native: bool) -> str:
@@ -95,8 +97,8 @@ def _compile(native: bool, verbose: bool) -> ModuleType:
     if not verbose:
         sys.stderr.write("rnnkit: compiling the C++ CPU kernels (once; about a minute)\n")
     return cpp_extension.load(name=name, sources=[str(s) for s in _sources()],
-                              extra_cflags=_flags(native), build_directory=str(folder),
-                              verbose=verbose)
+                              extra_cflags=_flags(native), extra_ldflags=["-fopenmp"],
+                              build_directory=str(folder), verbose=verbose)
 
 
 def load(verbose: bool = False) -> Optional[ModuleType]:

@@ -83,10 +83,10 @@ struct GradOut {
     p = d.data_ptr<T>();
     s0 = d.stride(0), s1 = d.stride(1), s2 = d.stride(2);
   }
-  // g (n) += d_out[t, b, :]
-  void add(int64_t t, int64_t b, int64_t n, T* g) const {
+  // g (n) += d_out[t, b, j0 : j0 + n]
+  void add(int64_t t, int64_t b, int64_t n, T* g, int64_t j0 = 0) const {
     if (p == nullptr) return;
-    const T* row = p + t * s0 + b * s1;
+    const T* row = p + t * s0 + b * s1 + j0 * s2;
     if (s2 == 1) {
       add_to(n, g, row);
       return;

@@ -19,6 +19,7 @@
 #include "gemm.h"
 #include "loop.h"
 #include "rnn.h"
+#include "simd.h"
 
 #include <ATen/Dispatch.h>
 
@@ -88,6 +89,228 @@ void forward_impl(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Te
   }
 }
 
+#ifdef RNNKIT_AVX512
+// float32 forward with the step GEMM and the gate pass fused, per block of 16 hidden units: the
+// four gates' weights of a block are packed once per sequence next to each other,
+//   wp  (nb, H, 4, 16)   wp[jb, k, g, u] = W_hh[g*H + 16*jb + u, k] (zero past H),
+// and a block's 4 x 16 gate sums of up to 4 batch rows stay in registers from the first FMA
+// to the activations: the (B, 4H) product is never written, and a step's blocks run on
+// several threads (owned_blocks, simd.h).  Writes what forward_impl writes.
+constexpr int64_t kRows = 4;                                   // batch rows per register tile
+
+// f(std::integral_constant<int, R>, b0) for the tiles of R <= kRows rows that cover B rows.
+template <typename F>
+void by_row_tiles(int64_t B, const F& f) {
+  int64_t b0 = 0;
+  for (; b0 + kRows <= B; b0 += kRows) f(std::integral_constant<int, kRows>(), b0);
+  switch (B - b0) {
+    case 5: f(std::integral_constant<int, 5>(), b0); break;
+    case 4: f(std::integral_constant<int, 4>(), b0); break;
+    case 3: f(std::integral_constant<int, 3>(), b0); break;
+    case 2: f(std::integral_constant<int, 2>(), b0); break;
+    case 1: f(std::integral_constant<int, 1>(), b0); break;
+    default: break;
+  }
+}
+
+template <int R>
+void lstm_tile(const FwdArgs& a, const float* wp, const float* bias, int64_t t, int64_t jb, int64_t b0,
+               const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
+  using namespace simd;
+  const int64_t B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H, j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  const float* H_ = hs.data_ptr<float>();
+  const float* C_ = cs.data_ptr<float>();
+  const float* hp = (t ? H_ + (t - 1) * B * H : a.state0[0].data_ptr<float>()) + b0 * H;
+  const float* cp = (t ? C_ + (t - 1) * B * H : a.state0[1].data_ptr<float>()) + b0 * H;
+  V acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
+  const float* w = wp + jb * H * 4 * kLanes;
+  for (int64_t k = 0; k < H; ++k, w += 4 * kLanes) {
+    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+    keep_in_registers(w0, w1, w2, w3);
+    for (int r = 0; r < R; ++r) {
+      const V h = splat(hp[r * H + k]);
+      acc[r][0] = _mm512_fmadd_ps(h, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(h, w1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(h, w2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(h, w3, acc[r][3]);
+    }
+  }
+  const Mask mask(a.mask, B);
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r, row = t * B + b;
+    float* h = hs.data_ptr<float>() + row * H + j0;
+    float* c = cs.data_ptr<float>() + row * H + j0;
+    float* gt = a.save ? gates.data_ptr<float>() + row * G + j0 : nullptr;
+    float* tc = a.save ? tanh_c.data_ptr<float>() + row * H + j0 : nullptr;
+    const V c_prev = load(cp + r * H + j0, m);
+    if (!mask.valid(t, b)) {                                   // padded: the state stays
+      store(h, load(hp + r * H + j0, m), m), store(c, c_prev, m);
+      if (gt != nullptr) {
+        for (int g = 0; g < 4; ++g) store(gt + g * H, _mm512_setzero_ps(), m);
+        store(tc, _mm512_setzero_ps(), m);
+      }
+      continue;
+    }
+    const float* x = a.xp.data_ptr<float>() + row * G + j0;
+    V pre[4];
+    for (int g = 0; g < 4; ++g)
+      pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
+    const V i = sigmoid(pre[0]), f = sigmoid(pre[1]), n = tanh(pre[2]), o = sigmoid(pre[3]);
+    const V cn = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, n));
+    const V tcn = tanh(cn);
+    store(c, cn, m), store(h, _mm512_mul_ps(o, tcn), m);
+    if (gt != nullptr) {
+      store(gt, i, m), store(gt + H, f, m), store(gt + 2 * H, n, m), store(gt + 3 * H, o, m);
+      store(tc, tcn, m);
+    }
+  }
+}
+
+// The recurrent weights (4H, H) packed as wp above.
+Tensor pack_gate_blocks(const float* w, int64_t H) {
+  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
+  Tensor packed = at::zeros({nb * H * 4 * simd::kLanes}, at::kFloat);
+  float* p = packed.data_ptr<float>();
+  for (int64_t jb = 0; jb < nb; ++jb)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t g = 0; g < 4; ++g)
+        for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
+          p[((jb * H + k) * 4 + g) * simd::kLanes + u] = w[(g * H + jb * simd::kLanes + u) * H + k];
+  return packed;
+}
+
+// Fused steps pay for packing the weights once they run several steps; the steps of a stream
+// (T = 1) keep the GEMM path.  A step is split over threads when it has work for them.
+bool use_fused(const FwdArgs& a) { return a.xp.scalar_type() == at::kFloat && a.xp.size(0) >= 4; }
+
+void forward_fused(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Tensor& gates,
+                   const Tensor& tanh_c) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
+  const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
+  const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
+  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
+  const int64_t threads = B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1;
+  owned_blocks(
+      Tn, nb, threads,
+      [&](int64_t t, int64_t jb) {
+        by_row_tiles(B, [&](auto rows, int64_t b0) {
+          lstm_tile<decltype(rows)::value>(a, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
+        });
+      },
+      [](int64_t, int64_t) {});
+}
+
+// ---- backward: the time loop of backward_steps, fused and split over threads -------------------
+// Per step t, each thread's blocks of 16 hidden units (the same in both phases):
+//   first   the gate gradients dg[t] of its units from dh_t (carried + d_out[t]) and dc_t (updated
+//           in place to dc_{t-1}); dh_{t-1} of its units set to 0 (a padded row: to dh_t, and
+//           its dg rows to 0);
+//   second  (once all of dg[t] is written) dh_{t-1}[:, its units] += dg[t] W_hh[:, its units],
+//           from W_hh packed per block as wn (nb, 4H, 16): wn[jb, k, u] = W_hh[k, 16*jb + u].
+// dh_t and dh_{t-1} alternate between two (B, H) buffers.
+Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
+  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
+  Tensor packed = at::zeros({nb * G * simd::kLanes}, at::kFloat);
+  float* p = packed.data_ptr<float>();
+  for (int64_t jb = 0; jb < nb; ++jb)
+    for (int64_t k = 0; k < G; ++k)
+      for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
+        p[(jb * G + k) * simd::kLanes + u] = w[k * H + jb * simd::kLanes + u];
+  return packed;
+}
+
+// out (R rows, ld H) [block jb] += dg (R rows, ld G) wn[jb]
+template <int R>
+void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb, float* out) {
+  using namespace simd;
+  const int64_t j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  V acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = load(out + r * H + j0, m);
+  const float* w = wn + jb * G * kLanes;
+  int64_t k = 0;
+  for (; k + 4 <= G; k += 4, w += 4 * kLanes) {                // four k at a time: four weight loads per R rows
+    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+    keep_in_registers(w0, w1, w2, w3);
+    for (int r = 0; r < R; ++r) {
+      const float* d = dg + r * G + k;
+      acc[r] = _mm512_fmadd_ps(splat(d[0]), w0, acc[r]);
+      acc[r] = _mm512_fmadd_ps(splat(d[1]), w1, acc[r]);
+      acc[r] = _mm512_fmadd_ps(splat(d[2]), w2, acc[r]);
+      acc[r] = _mm512_fmadd_ps(splat(d[3]), w3, acc[r]);
+    }
+  }
+  for (; k < G; ++k, w += kLanes) {
+    const V w0 = _mm512_loadu_ps(w);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(splat(dg[r * G + k]), w0, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) store(out + r * H + j0, acc[r], m);
+}
+
+bool use_fused_backward(const BwdArgs& a) { return a.states[0].scalar_type() == at::kFloat && a.states[0].size(0) >= 4; }
+
+// Returns dh_0; dc_t carries dc back in place to dc_0.
+Tensor backward_fused(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
+  using namespace simd;
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
+  const float* wn = packed.data_ptr<float>();
+  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
+  const Mask mask(a.mask, B);
+  const GradOut<float> d_out(a.d_out);
+  const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
+  const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
+  float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
+  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const V one = splat(1.0f);
+  owned_blocks(
+      Tn, nb, threads,
+      [&](int64_t s, int64_t jb) {                             // step s of the loop is t = Tn-1-s
+        const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
+        const __mmask16 m = lanes(H - j0);
+        float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          float* gh_p = cur + b * H + j0;
+          d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
+          const V gh = load(gh_p, m);
+          float* d = dg + row * G + j0;
+          if (!mask.valid(t, b)) {
+            for (int g = 0; g < 4; ++g) store(d + g * H, _mm512_setzero_ps(), m);
+            store(next + b * H + j0, gh, m);
+            continue;
+          }
+          const float* gt = gates + row * G + j0;
+          const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), o = load(gt + 3 * H, m);
+          const V tc = load(tanh_c + row * H + j0, m);
+          const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
+          const V gc = load(dc + b * H + j0, m);
+          const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, o), _mm512_fnmadd_ps(tc, tc, one), gc);
+          store(d, _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i))), m);
+          store(d + H, _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f))), m);
+          store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
+          store(d + 3 * H, _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o))), m);
+          store(dc + b * H + j0, _mm512_mul_ps(dct, f), m);
+          store(next + b * H + j0, _mm512_setzero_ps(), m);
+        }
+      },
+      [&](int64_t s, int64_t jb) {
+        const int64_t t = Tn - 1 - s;
+        float* next = dh[(s + 1) % 2].data_ptr<float>();
+        const float* dg_t = dg + t * B * G;
+        by_row_tiles(B, [&](auto rows, int64_t b0) {
+          dh_tile<decltype(rows)::value>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H);
+        });
+      });
+  return dh[Tn % 2];
+}
+#endif
+
 // Returns dh_0; dc_t carries dc back in place to dc_0.
 template <typename T>
 Tensor backward_impl(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
@@ -114,6 +337,9 @@ Tensors lstm_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTens
 }
 
 void lstm_run(const Spec&, const FwdArgs& a, const Tensors& bufs) {
+#ifdef RNNKIT_AVX512
+  if (use_fused(a)) return forward_fused(a, bufs[0], bufs[1], bufs[2], bufs[3]);
+#endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward",
                              [&] { forward_impl<scalar_t>(a, bufs[0], bufs[1], bufs[2], bufs[3]); });
 }
@@ -136,7 +362,11 @@ BwdResult lstm_backward(const Spec&, const BwdArgs& a) {
   c10::optional<Tensor> db;
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
+#ifdef RNNKIT_AVX512
+    dh = use_fused_backward(a) ? backward_fused(a, dg, dc) : backward_impl<scalar_t>(a, dg, dc);
+#else
     dh = backward_impl<scalar_t>(a, dg, dc);
+#endif
     weight_grad<scalar_t>(Tn, B, 4 * H, H, dg.data_ptr<scalar_t>(), 4 * H,
                           a.state0[0].data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>());
     if (db) col_sum<scalar_t>(Tn * B, 4 * H, dg.data_ptr<scalar_t>(), 4 * H, db->data_ptr<scalar_t>());
