@@ -13,7 +13,11 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
 
 Baselines: torch.nn.RNN / GRU / LSTM (LSTM twice: with oneDNN, torch's default, and with
 ``torch.backends.mkldnn.flags(enabled=False)``); for Jordan, a plain PyTorch loop of the same
-math differentiated by autograd.  FLOPs count the GEMMs only: 2*B*G*H*(I+H) per step and layer
+math differentiated by autograd.  Inference rows (fwd, full-length sequences) also time ONNX
+Runtime (CPU provider, the same number of intra-op threads) on ``rnnkit.export_onnx`` of the
+same model, when ``onnxruntime`` is installed (else those rows are left out and ``machine()``
+says so).  ``--threads 2,1`` runs every sequence row once per intra-op thread count (a table
+each); step rows always run on one thread and, like the memory rows, once.  FLOPs count the GEMMs only: 2*B*G*H*(I+H) per step and layer
 direction forward (Jordan 2*B*H*(I+2*O)), three times that for fwd+bwd.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import statistics
 import subprocess
 import sys
@@ -80,6 +85,7 @@ class Row:
     ratio: float
     baseline_gflops: Optional[float] = None
     rnnkit_gflops: Optional[float] = None
+    threads: int = 0                      # intra-op threads of both sides (step rows: 1)
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -142,6 +148,39 @@ def _no_onednn(f: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def _onnxruntime():
+    """The onnxruntime module, or None when it is not installed (its rows are then left out)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
+
+
+class OrtModel(nn.Module):
+    """ONNX Runtime running ``rnnkit.export_onnx`` of ``source`` (no initial-state inputs), called
+    like the layer: x (T, B, I) -> (output, h_n) or (output, (h_n, c_n)) as torch tensors.  The
+    source is kept as a submodule so that its weights are the row's (it is never called)."""
+
+    def __init__(self, source: nn.Module, threads: int):
+        super().__init__()
+        ort = _onnxruntime()
+        self.source = source
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "model.onnx")
+            from .export import export_onnx
+            export_onnx(source, path, initial_state=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def forward(self, x):
+        out, *states = (torch.from_numpy(v) for v in self.session.run(self.names, {"input": x.detach().numpy()}))
+        return out, (tuple(states) if len(states) > 1 else states[0])
+
+
 def _torch_and_rnnkit(case: Case):
     """(torch.nn module, rnnkit module with its weights, lengths or None)."""
     torch.manual_seed(0)
@@ -174,10 +213,12 @@ def bench_case(case: Case, repeats: int) -> List[Row]:
         fns = {"torch.nn": make(tm, t_args), "rnnkit": make(rk, r_args)}
         if case.cell == "lstm":
             fns["torch.nn (no oneDNN)"] = _no_onednn(make(tm, t_args))
+        if mode == "fwd" and lengths is None and _onnxruntime() is not None:
+            fns["onnxruntime"] = make(OrtModel(rk, torch.get_num_threads()), r_args)
         ms = interleaved_medians(fns, repeats)
         for base in (k for k in fns if k != "rnnkit"):
             rows.append(Row(case.label, case.cell, mode, base, ms[base], ms["rnnkit"], ms[base] / ms["rnnkit"],
-                            _gflops(fl, ms[base]), _gflops(fl, ms["rnnkit"])))
+                            _gflops(fl, ms[base]), _gflops(fl, ms["rnnkit"]), torch.get_num_threads()))
     return rows
 
 
@@ -211,7 +252,8 @@ def bench_jordan(case: Case, repeats: int) -> List[Row]:
         xin = x.clone().requires_grad_() if mode == "fwd+bwd" else x
         ms = interleaved_medians({"plain loop": make(loop, (xin,)), "rnnkit": make(rk, (xin,))}, repeats)
         rows.append(Row(case.label, "jordan", mode, "plain loop", ms["plain loop"], ms["rnnkit"],
-                        ms["plain loop"] / ms["rnnkit"], _gflops(fl, ms["plain loop"]), _gflops(fl, ms["rnnkit"])))
+                        ms["plain loop"] / ms["rnnkit"], _gflops(fl, ms["plain loop"]), _gflops(fl, ms["rnnkit"]),
+                        torch.get_num_threads()))
     return rows
 
 
@@ -242,7 +284,7 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     finally:
         torch.set_num_threads(threads)
     return [Row(f"{cell} step B1 H{H} 1 thread", cell, mode, f"torch.nn.{name}", ms[name], ms[mode],
-                ms[name] / ms[mode]) for mode in ("step", "stream")]
+                ms[name] / ms[mode], threads=1) for mode in ("step", "stream")]
 
 
 _MEMORY_SCRIPT = """
@@ -285,7 +327,8 @@ def peak_training_mb(impl: str, cell: str, T: int, B: int, H: int) -> float:
 
 def bench_memory(cell: str, T: int, B: int, H: int) -> Row:
     base, mine = peak_training_mb("torch", cell, T, B, H), peak_training_mb("rnnkit", cell, T, B, H)
-    return Row(f"{cell} T{T} B{B} H{H}", cell, "memory MiB", "torch.nn", base, mine, base / max(mine, 1e-9))
+    return Row(f"{cell} T{T} B{B} H{H}", cell, "memory MiB", "torch.nn", base, mine, base / max(mine, 1e-9),
+               threads=torch.get_num_threads())
 
 
 # -- the whole run -----------------------------------------------------------------------------
@@ -298,10 +341,17 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    ort = _onnxruntime()
+    try:
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load = "unknown"
     return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "onednn": torch.backends.mkldnn.is_available(),
-            "backend": backends.resolve(None, LSTMCell(1), "cpu", torch.float32).name}
+            "backend": backends.resolve(None, LSTMCell(1), "cpu", torch.float32).name,
+            "onnxruntime": ort.__version__ if ort is not None else "not installed: its rows are left out",
+            "load": load}
 
 
 def cases(quick: bool, cells) -> List[Case]:
@@ -314,14 +364,21 @@ def cases(quick: bool, cells) -> List[Case]:
 
 
 def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = True,
-            log: Callable[[str], None] = lambda s: None) -> dict:
-    """Every row of the benchmark; returns {"machine": ..., "rows": [...]}."""
+            log: Callable[[str], None] = lambda s: None, threads=None) -> dict:
+    """Every row of the benchmark; returns {"machine": ..., "rows": [...]}.  threads: the intra-op
+    thread counts to run the sequence rows with (default: torch's current one)."""
     rows: List[Row] = []
-    for case in cases(quick, cells):
-        new = bench_case(case, repeats) if case.cell in _TORCH else bench_jordan(case, repeats)
-        rows += new
-        for r in new:
-            log(format_row(r))
+    before = torch.get_num_threads()
+    try:
+        for n in threads or (before,):
+            torch.set_num_threads(n)
+            for case in cases(quick, cells):
+                new = bench_case(case, repeats) if case.cell in _TORCH else bench_jordan(case, repeats)
+                rows += new
+                for r in new:
+                    log(format_row(r))
+    finally:
+        torch.set_num_threads(before)
     step_H = 8 if quick else 64
     for cell in (c for c in _TORCH if c in cells):
         new = bench_step(cell, step_H, repeats, steps=50 if quick else 1000)
@@ -336,15 +393,25 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
     return {"machine": machine(), "repeats": repeats, "rows": [asdict(r) for r in rows]}
 
 
+def _thread_counts(text: str) -> List[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(n < 1 for n in counts):
+        raise SystemExit(f"rnnkit bench: --threads: expected positive integers separated by commas, got {text!r}")
+    return counts
+
+
 HEADER = (f"{'case':28s} {'mode':10s} {'baseline':22s} {'base ms':>9s} {'rnnkit ms':>9s} "
-          f"{'base GF/s':>9s} {'rk GF/s':>8s} {'ratio':>6s}")
+          f"{'base GF/s':>9s} {'rk GF/s':>8s} {'ratio':>6s} {'thr':>3s}")
 
 
 def format_row(r: Row) -> str:
     gf = (f"{r.baseline_gflops:9.2f} {r.rnnkit_gflops:8.2f}" if r.baseline_gflops is not None
           else f"{'':9s} {'':8s}")
     return (f"{r.case:28s} {r.mode:10s} {r.baseline:22s} {_ms(r.baseline_ms):>9s} {_ms(r.rnnkit_ms):>9s} "
-            f"{gf} {r.ratio:6.2f}")
+            f"{gf} {r.ratio:6.2f} {r.threads:3d}")
 
 
 def _ms(v: float) -> str:
@@ -353,17 +420,27 @@ def _ms(v: float) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The rows as a Markdown table (what BENCHMARKS.md keeps)."""
+    """The rows as Markdown tables, one per intra-op thread count (what BENCHMARKS.md keeps)."""
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
-             f"torch {m['torch']}, Python {m['python']}, rnnkit backend {m.get('backend', 'cpu')}; median of {result['repeats']} interleaved repeats.",
-             "", "| case | mode | baseline | baseline ms | rnnkit ms | baseline GFLOP/s | rnnkit GFLOP/s "
-             "| ratio baseline/rnnkit |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        gf = (f"{r['baseline_gflops']:.1f} | {r['rnnkit_gflops']:.1f}" if r["baseline_gflops"] is not None
-              else " | ")
-        lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {_ms(r['baseline_ms'])} | "
-                     f"{_ms(r['rnnkit_ms'])} | {gf} | {r['ratio']:.2f} |")
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, "
+             f"rnnkit backend {m.get('backend', 'cpu')}, onnxruntime {m.get('onnxruntime', 'not recorded')}, "
+             f"load average at the end {m.get('load', 'not recorded')}; median of {result['repeats']} "
+             "interleaved repeats."]
+    counts = sorted({r.get("threads", 0) for r in result["rows"] if r["mode"] in ("fwd", "fwd+bwd")}, reverse=True)
+    groups = [(f"{n} thread{'s' if n != 1 else ''}", [r for r in result["rows"] if r["mode"] in ("fwd", "fwd+bwd")
+                                                      and r.get("threads", 0) == n]) for n in counts]
+    groups.append(("streaming step (1 thread) and peak memory",
+                   [r for r in result["rows"] if r["mode"] not in ("fwd", "fwd+bwd")]))
+    for title, rows in groups:
+        if not rows:
+            continue
+        lines += ["", f"### {title}", "", "| case | mode | baseline | baseline ms | rnnkit ms | baseline GFLOP/s "
+                  "| rnnkit GFLOP/s | ratio baseline/rnnkit |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            gf = (f"{r['baseline_gflops']:.1f} | {r['rnnkit_gflops']:.1f}" if r["baseline_gflops"] is not None
+                  else " | ")
+            lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {_ms(r['baseline_ms'])} | "
+                         f"{_ms(r['rnnkit_ms'])} | {gf} | {r['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -374,6 +451,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     p.add_argument("--markdown", metavar="PATH", help="also write the rows as a Markdown table to PATH")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows (subprocesses)")
+    p.add_argument("--threads", default=None,
+                   help="comma-separated intra-op thread counts for the sequence rows, a table each "
+                        "(default: torch's current count, then 1)")
 
 
 def run(args) -> int:
@@ -383,9 +463,12 @@ def run(args) -> int:
         raise SystemExit(f"rnnkit bench: --cells: expected a subset of {CELLS}, got {args.cells!r}")
     if args.repeats < 1:
         raise SystemExit(f"rnnkit bench: --repeats: expected a positive integer, got {args.repeats}")
+    now = torch.get_num_threads()
+    threads = _thread_counts(args.threads) if args.threads else ([now, 1] if now > 1 else [1])
     print(json.dumps(machine()))
     print(HEADER)
-    result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True))
+    result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True),
+                     threads=threads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

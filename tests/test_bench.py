@@ -253,3 +253,36 @@ def test_fwd_bwd_rows_differentiate_the_same_leaves(recorded):
     for row, sides in rows_with_sides(recorded):
         if row["mode"] == "fwd+bwd":
             assert len({side.x.requires_grad for side in sides.values()}) == 1, row["case"]
+
+
+# -- ONNX Runtime rows and the per-thread tables ---------------------------------------------------
+def test_inference_rows_time_onnxruntime_or_say_why_not(monkeypatch, recorded):
+    """Full-length fwd rows of the torch.nn cells have an onnxruntime side (the recorded checks above
+    hold for it too: same weights, input and outputs); without onnxruntime they are left out and
+    the machine record says so."""
+    rows, _ = recorded
+    ort = [r for r in rows if r["baseline"] == "onnxruntime"]
+    if bench._onnxruntime() is None:
+        assert not ort and "not installed" in bench.machine()["onnxruntime"]
+    else:
+        want = {(r["case"], r["cell"]) for r in rows if r["mode"] == "fwd" and r["cell"] != "jordan"
+                and "varlen" not in r["case"]}
+        assert {(r["case"], r["cell"]) for r in ort} == want and all(r["mode"] == "fwd" for r in ort)
+    monkeypatch.setattr(bench, "_onnxruntime", lambda: None)
+    case = bench.Case("gru", 4, 2, 3)
+    assert all(r.baseline != "onnxruntime" for r in bench.bench_case(case, repeats=1))
+    assert "not installed" in bench.machine()["onnxruntime"]
+
+
+def test_threads_give_a_table_each(tmp_path):
+    md = tmp_path / "table.md"
+    args = cli.build_parser().parse_args(["bench", "--quick", "--repeats", "1", "--no-memory", "--cells", "gru",
+                                          "--threads", "2,1", "--markdown", str(md), "--json", str(tmp_path / "b.json")])
+    assert bench.run(args) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert {r["threads"] for r in rows if r["mode"] in ("fwd", "fwd+bwd")} == {1, 2}
+    assert {r["threads"] for r in rows if r["mode"] in ("step", "stream")} == {1}
+    text = md.read_text()
+    assert "### 2 threads" in text and "### 1 thread\n" in text and "load average" in text
+    with pytest.raises(SystemExit, match="--threads"):
+        bench.run(cli.build_parser().parse_args(["bench", "--quick", "--threads", "0"]))
