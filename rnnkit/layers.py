@@ -147,10 +147,20 @@ class _Recurrent(nn.Module):
 
     # -- parameters ------------------------------------------------------
     def reset_parameters(self) -> None:
-        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as torch.nn."""
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as torch.nn; the cell's constants
+        where it has them (layer normalisation's gains 1, biases 0)."""
         stdv = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -stdv, stdv)
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                for d in range(self._D):
+                    sfx = f"_l{layer}" + ("_reverse" if d else "")
+                    for name, _ in self.cell.param_shapes(1, self.bias):
+                        value = self.cell.constant_init(name)
+                        p = getattr(self, name + sfx)
+                        if value is None:
+                            p.uniform_(-stdv, stdv)
+                        else:
+                            p.fill_(value)
 
     def parameter_count(self) -> int:
         """Number of trainable scalars."""
@@ -514,7 +524,11 @@ class LSTM(_Recurrent):
     Jozefowicz et al. 2015: the forget block of bias_ih is set to it and that of bias_hh to 0 at
     every reset), ``peephole`` (Gers & Schmidhuber 2000: c_{t-1} enters the input and forget
     gates, c_t the output gate, through diagonal weights weight_ch_l{k}[_reverse] (3H,) ordered
-    input, forget, output), the options of every layer (module docstring) and ``backend``.
+    input, forget, output), ``layer_norm`` (Ba et al. 2016, haste's placements: each gate block of the
+    input and of the recurrent pre-activations normalised, and the cell before the output tanh;
+    gains weight_ln_ih/weight_ln_hh (4H,), weight_ln_c (H,), bias bias_ln_c (H,); with it b_hh is
+    the gates' shift after the normalisation, and forget_bias goes there), the options of every
+    layer (module docstring) and ``backend``.
     forward(input, hx=None, lengths=None, return_trace=False) -> (output, (h_n, c_n)[, trace]);
     hx = (h_0, c_0), h_0 (D*L, B, P or H), c_0 (D*L, B, H).  Trace names: input_gate,
     forget_gate, candidate, output_gate, cell, hidden (+ unprojected: o_t * tanh(c_t), with a
@@ -527,7 +541,7 @@ class LSTM(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, forget_bias: Optional[float] = None,
                  backend: Optional[str] = None, peephole: bool = False, recurrent_dropout: float = 0.0,
-                 zoneout: float = 0.0, clip_recurrent: Optional[float] = None):
+                 zoneout: float = 0.0, clip_recurrent: Optional[float] = None, layer_norm: bool = False):
         if isinstance(proj_size, bool) or not isinstance(proj_size, int):
             raise validation.ArgumentTypeError(f"proj_size: expected a non-negative integer, got {proj_size!r}")
         if proj_size < 0 or (proj_size and isinstance(hidden_size, int) and proj_size >= hidden_size):
@@ -538,12 +552,15 @@ class LSTM(_Recurrent):
         if forget_bias is not None and (isinstance(forget_bias, bool)
                                         or not isinstance(forget_bias, (int, float))):
             raise TypeError(f"forget_bias: expected a number or None, got {forget_bias!r}")
-        if not isinstance(peephole, bool):
-            raise TypeError(f"peephole: expected True or False, got {peephole!r}")
+        for name, value in (("peephole", peephole), ("layer_norm", layer_norm)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected True or False, got {value!r}")
         self.proj_size = proj_size
         self.peephole = peephole
+        self.layer_norm = layer_norm
         self.forget_bias = forget_bias
-        cell = LSTMCell(hidden_size, proj_size, peephole, **_variants(recurrent_dropout, zoneout, clip_recurrent))
+        cell = LSTMCell(hidden_size, proj_size, peephole, layer_norm,
+                        **_variants(recurrent_dropout, zoneout, clip_recurrent))
         super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
                          device, dtype)
 
@@ -552,12 +569,15 @@ class LSTM(_Recurrent):
         if self.forget_bias is None:
             return
         H = self.hidden_size
+        # The shift of the forget gate's pre-activation: bias_ih, or bias_hh under layer normalisation
+        # (bias_ih is then inside the normalisation).
+        shift, other = ("bias_hh", "bias_ih") if self.layer_norm else ("bias_ih", "bias_hh")
         with torch.no_grad():
             for names in self._param_names:
                 for n in names:
-                    if n.startswith("bias_ih"):
+                    if n.startswith(shift):
                         getattr(self, n)[H:2 * H].fill_(self.forget_bias)
-                    elif n.startswith("bias_hh"):
+                    elif n.startswith(other):
                         getattr(self, n)[H:2 * H].zero_()
 
     def unpack_state(self, hx):
@@ -577,7 +597,8 @@ class LSTM(_Recurrent):
         return {**super().kwargs_from_torch(module), "proj_size": module.proj_size}
 
     def _not_in_torch(self) -> dict:
-        return {**({"peephole": True} if self.peephole else {}), **super()._not_in_torch()}
+        return {**({"peephole": True} if self.peephole else {}), **({"layer_norm": True} if self.layer_norm else {}),
+                **super()._not_in_torch()}
 
 
 class GRU(_Recurrent):
@@ -586,6 +607,8 @@ class GRU(_Recurrent):
     ``reset_after=True`` (default) is torch's form, n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
     ``reset_after=False`` is the original form of Cho et al. 2014,
     n = tanh(W_in x + b_in + W_hn (r*h) + b_hn) (ONNX linear_before_reset=0).
+    ``layer_norm=True`` (torch form only): each gate block of the input and of the recurrent
+    pre-activations normalised (gains weight_ln_ih, weight_ln_hh (3H,)); b_hh is added after it.
     forward(input, hx=None, lengths=None, return_trace=False) -> (output, h_n[, trace]).
     Trace names: reset_gate, update_gate, candidate, hidden.
     """
@@ -596,12 +619,16 @@ class GRU(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, reset_after: bool = True, backend: Optional[str] = None,
                  proj_size: int = 0, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
-                 clip_recurrent: Optional[float] = None):
+                 clip_recurrent: Optional[float] = None, layer_norm: bool = False):
         validation.no_projection("GRU", proj_size)
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
+        for name, value in (("reset_after", reset_after), ("layer_norm", layer_norm)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected True or False, got {value!r}")
+        if layer_norm and not reset_after:
+            raise ValueError("layer_norm: normalises torch's GRU form (reset_after=True); got reset_after=False")
         self.reset_after = reset_after
-        cell = GRUCell(hidden_size, reset_after, **_variants(recurrent_dropout, zoneout, clip_recurrent))
+        self.layer_norm = layer_norm
+        cell = GRUCell(hidden_size, reset_after, layer_norm, **_variants(recurrent_dropout, zoneout, clip_recurrent))
         super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
                          device, dtype)
 
@@ -609,6 +636,9 @@ class GRU(_Recurrent):
         if not self.reset_after:
             raise ValueError("module: torch.nn.GRU has only the reset_after=True form, got reset_after=False")
         return super().to_torch()
+
+    def _not_in_torch(self) -> dict:
+        return {**({"layer_norm": True} if self.layer_norm else {}), **super()._not_in_torch()}
 
 
 class Jordan(_Recurrent):

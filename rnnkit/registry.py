@@ -83,14 +83,15 @@ _ENTRIES = (
                              "output_activation": cfg.output_activation, **_shared(cfg, zoneout=False)}),
     Entry("lstm", LSTMCell, LSTM,
           forms={"": {}, "proj": {"proj_size": 2}, "peephole": {"peephole": True},
-                 "dropout_zoneout": {"recurrent_dropout": 0.25, "zoneout": 0.25}},
-          twin_forms=("", "proj"), options=("forget_bias", "proj_size", "peephole") + SHARED_OPTIONS,
+                 "dropout_zoneout": {"recurrent_dropout": 0.25, "zoneout": 0.25}, "layer_norm": {"layer_norm": True}},
+          twin_forms=("", "proj"), options=("forget_bias", "proj_size", "peephole", "layer_norm") + SHARED_OPTIONS,
           build=lambda cfg: {"forget_bias": cfg.forget_bias, "proj_size": cfg.proj_size, "peephole": cfg.peephole,
-                             **_shared(cfg)}),
-    Entry("gru", GRUCell, GRU, forms={"": {}, "cho": {"reset_after": False}, "clip": {"clip_recurrent": 100.0}},
+                             "layer_norm": cfg.layer_norm, **_shared(cfg)}),
+    Entry("gru", GRUCell, GRU, forms={"": {}, "cho": {"reset_after": False}, "clip": {"clip_recurrent": 100.0},
+                                      "layer_norm": {"layer_norm": True}},
           twin_forms=("",),
-          options=("reset_after",) + SHARED_OPTIONS,
-          build=lambda cfg: {"reset_after": cfg.reset_after, **_shared(cfg)}),
+          options=("reset_after", "layer_norm") + SHARED_OPTIONS,
+          build=lambda cfg: {"reset_after": cfg.reset_after, "layer_norm": cfg.layer_norm, **_shared(cfg)}),
 )
 CELLS: Dict[str, Entry] = {e.name: e for e in _ENTRIES}
 

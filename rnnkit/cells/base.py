@@ -243,6 +243,15 @@ class Cell:
     def _trace(self, saved: Sequence[Tensor], states: State) -> Dict[str, Tensor]:
         raise NotImplementedError
 
+    def constant_init(self, name: str) -> Optional[float]:
+        """The value a parameter (name without layer suffix) starts at when it is not drawn like
+        torch.nn's (uniform in +-1/sqrt(H)): layer normalisation's gains 1 and biases 0."""
+        if name.startswith("weight_ln"):
+            return 1.0
+        if name.startswith("bias_ln"):
+            return 0.0
+        return None
+
     def recurrent_matrix(self, params: Dict[str, Tensor]) -> Optional[Tensor]:
         """The matrix of the linear part of the map state_{t-1} -> state_t, or None when the
         recurrence is gated (its spectral radius then says little).  ``params`` maps the
@@ -256,6 +265,28 @@ class Cell:
 def dropped(h: Tensor, drop: Optional[Tensor]) -> Tensor:
     """h as it enters the recurrence: h * m under recurrent dropout, else h."""
     return h if drop is None else h * drop
+
+
+LN_EPS = 1e-5                                                # torch.nn.LayerNorm's default
+
+
+def block_norm(a: Tensor, blocks: int) -> Tuple[Tensor, Tensor]:
+    """Layer normalisation without gain and bias, over each of the ``blocks`` equal feature blocks of
+    a (B, blocks*n): returns (a_hat (B, blocks*n), rstd (B, blocks)), a_hat = (a - mean) * rstd,
+    rstd = 1 / sqrt(var + eps) (biased variance, as torch.nn.LayerNorm)."""
+    v = a.reshape(a.shape[0], blocks, a.shape[1] // blocks)                 # B may be 0
+    var, mean = torch.var_mean(v, dim=-1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + LN_EPS)
+    return ((v - mean) * rstd).reshape(a.shape), rstd.reshape(a.shape[0], blocks)
+
+
+def block_norm_backward(d_hat: Tensor, a_hat: Tensor, rstd: Tensor) -> Tensor:
+    """d a from d a_hat, per block: da = rstd * (d_hat - mean(d_hat) - a_hat * mean(d_hat * a_hat))."""
+    blocks = rstd.shape[1]
+    shape = (d_hat.shape[0], blocks, d_hat.shape[1] // blocks)
+    g, y = d_hat.reshape(shape), a_hat.reshape(shape)
+    da = rstd.unsqueeze(-1) * (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True))
+    return da.reshape(d_hat.shape)
 
 
 def join_repr(*parts: str) -> str:

@@ -70,6 +70,8 @@ class Config:
                              "probability (Krueger et al. 2017)")
     clip_recurrent: Optional[float] = _f(None, "clamp every state's gradient to [-x, x] at every BPTT step "
                                                "(a biased gradient; --clip still bounds the update)")
+    layer_norm: bool = _f(False, "lstm/gru: layer normalisation of the gate pre-activations (and the lstm "
+                                 "cell) at every step (Ba et al. 2016)")
     bias: bool = _f(True, "bias terms in the recurrent layers")
     backend: Optional[str] = _f(None, "time-loop backend (default: RNNKIT_BACKEND or auto)")
     # -- optimisation -----------------------------------------------------------------------
@@ -248,6 +250,8 @@ def validate(c: Config) -> None:
           f"clip_recurrent: expected a positive number; got {c.clip_recurrent}")
     _need(0 <= c.proj_size < c.hidden,
           f"proj_size: expected 0 (none) or an integer below hidden ({c.hidden}); got {c.proj_size}")
+    _need(not (c.layer_norm and c.cell == "gru" and not c.reset_after),
+          "layer_norm: normalises torch's GRU form; not with --no-reset-after")
     _need(c.forget_bias is None or abs(c.forget_bias) <= 100,
           f"forget_bias: expected a number from -100 to 100; got {c.forget_bias}")
     _need(0 < c.test_fraction < 1, f"test_fraction: expected a number in (0, 1); got {c.test_fraction}")

@@ -1,6 +1,7 @@
 """Parameters: torch.nn's initialisation, LSTM forget-gate bias, counts (closed form by hand),
 device/dtype factory kwargs."""
 import math
+import re
 
 import pytest
 import torch
@@ -13,13 +14,20 @@ from helpers import CELLS, FORMS, TORCH_CELLS, make, make_torch_pair
 def test_reset_parameters_uniform_in_torch_bound(cell):
     model = make(cell, hidden_size=9, num_layers=2, bidirectional=True)
     bound = 1 / math.sqrt(9)
-    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.125)                                        # moved, so that a reset shows
     model.reset_parameters()
-    for old, p in zip(before, model.parameters()):
+    drawn = []
+    for name, p in model.named_parameters():
+        constant = model.cell.constant_init(re.sub(r"_l\d+(_reverse)?$", "", name))
+        if constant is not None:                                 # layer normalisation's gains 1, biases 0
+            assert torch.all(p == constant), name
+            continue
         assert p.abs().max() <= bound
         assert p.unique().numel() > 1
-        assert not torch.equal(old, p)
-    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        drawn.append(p.detach().flatten())
+    flat = torch.cat(drawn)
     assert flat.max() > 0.8 * bound and flat.min() < -0.8 * bound
 
 
@@ -54,12 +62,14 @@ def test_lstm_without_forget_bias_is_plain_uniform():
 
 
 def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bias: bool, P: int = 0,
-                  peephole: bool = False) -> int:
+                  peephole: bool = False, layer_norm: bool = False) -> int:
     """Scalars of a stack, from the equations in the cells' docstrings (not from rnnkit).
 
     Per layer and direction with K inputs, G gate blocks (Elman 1, GRU 3, LSTM 4):
         W_ih (G*H, K) + W_hh (G*H, H) [+ b_ih, b_hh (G*H) each]      = G*H*(K+H) [+ 2*G*H]
     LSTM with a projection to P: W_hh is (4H, P) and W_hr (P, H) is added; with peepholes w_ch (3H).
+    Layer normalisation: gains of the input and recurrent blocks (G*H each), LSTM's cell gain (H)
+    [+ its bias (H)].
     Jordan: W_ih (H, K) + W_yh (H, O) + W_hy (O, H) [+ b_ih (H) + b_hy (O)].
     Layer 0 reads the I input features, deeper layers both directions of the layer below: D*S,
     S the emitted width (H; LSTM's P when projected; Jordan O).
@@ -74,7 +84,8 @@ def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bi
         S = P or H
 
         def one(K):
-            return G * H * (K + S) + (2 * G * H if bias else 0) + P * H + (3 * H if peephole else 0)
+            ln = 2 * G * H + ((H + (H if bias else 0)) if cell == "lstm" else 0) if layer_norm else 0
+            return G * H * (K + S) + (2 * G * H if bias else 0) + P * H + (3 * H if peephole else 0) + ln
     else:
         pytest.fail(f"no closed-form parameter count for the {cell!r} cell: add its equations to count_by_hand")
     return sum(D * one(I if k == 0 else D * S) for k in range(num_layers))
@@ -89,12 +100,15 @@ def count_by_hand(cell: str, I: int, H: int, O: int, num_layers: int, D: int, bi
     ("lstm", {"num_layers": 2, "bidirectional": True, "P": 2},
      2 * (16 * 3 + 16 * 2 + 32 + 8) + 2 * (16 * 4 + 16 * 2 + 32 + 8)),
     ("lstm", {"peephole": True, "bias": False}, 16 * 3 + 16 * 4 + 12),
+    ("lstm", {"layer_norm": True}, 16 * 3 + 16 * 4 + 32 + 16 + 16 + 4 + 4),
+    ("gru", {"layer_norm": True, "bias": False}, 12 * 3 + 12 * 4 + 12 + 12),
 ])
 def test_count_by_hand_on_worked_examples(cell, kw, expected):
     """The closed form itself, against numbers worked out on paper (I=3, H=4, O=2)."""
-    kw = {"num_layers": 1, "bidirectional": False, "bias": True, "P": 0, "peephole": False, **kw}
+    kw = {"num_layers": 1, "bidirectional": False, "bias": True, "P": 0, "peephole": False, "layer_norm": False, **kw}
     D = 2 if kw["bidirectional"] else 1
-    assert count_by_hand(cell, 3, 4, 2, kw["num_layers"], D, kw["bias"], kw["P"], kw["peephole"]) == expected
+    assert count_by_hand(cell, 3, 4, 2, kw["num_layers"], D, kw["bias"], kw["P"], kw["peephole"],
+                         kw["layer_norm"]) == expected
 
 
 @pytest.mark.parametrize("num_layers, bidirectional, bias", [
@@ -108,7 +122,7 @@ def test_parameter_count(cell, num_layers, bidirectional, bias):
     model = make(cell, input_size=I, hidden_size=H, num_layers=num_layers, bidirectional=bidirectional,
                  bias=bias)
     expected = count_by_hand(entry.name, I, H, O, num_layers, 2 if bidirectional else 1, bias,
-                             form.get("proj_size", 0), form.get("peephole", False))
+                             form.get("proj_size", 0), form.get("peephole", False), form.get("layer_norm", False))
     assert model.parameter_count() == expected
     assert sum(p.numel() for p in model.parameters()) == expected
 

@@ -10,6 +10,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import rnnkit
 from rnnkit import registry
@@ -54,6 +55,15 @@ def recompute_step(model, p, x, prev):
     gx = lin("weight_ih", x, "bias_ih")
     if cell == "elman":
         return zoned(model, prev, {"hidden": ACT[model.nonlinearity](gx + lin("weight_hh", prev["hidden"], "bias_hh"))})
+    if cell == "lstm" and model.layer_norm:                  # Ba et al.; haste's placements
+        pre = (p["weight_ln_ih"] * blocks_normed(gx, 4) + p["weight_ln_hh"] * blocks_normed(p["weight_hh"] @ prev["hidden"], 4)
+               + p.get("bias_hh", 0))
+        i, f, g, o = pre.chunk(4)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = f * prev["cell"] + i * g
+        h = o * torch.tanh(p["weight_ln_c"] * blocks_normed(c, 1) + p.get("bias_ln_c", 0))
+        return zoned(model, prev, {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell": c,
+                                   "hidden": p["weight_hr"] @ h if model.proj_size else h})
     if cell == "lstm":
         i, f, g, o = (gx + lin("weight_hh", prev["hidden"], "bias_hh")).chunk(4)
         w_ci, w_cf, w_co = p["weight_ch"].chunk(3) if model.peephole else (0, 0, 0)    # Gers & Schmidhuber
@@ -66,6 +76,9 @@ def recompute_step(model, p, x, prev):
     assert cell == "gru", f"recompute_step has no equations for the {cell!r} cell"
     h = prev["hidden"]
     (xr, xz, xn), (hr, hz, hn) = gx.chunk(3), lin("weight_hh", h, "bias_hh").chunk(3)
+    if model.layer_norm:
+        (xr, xz, xn) = (p["weight_ln_ih"] * blocks_normed(gx, 3)).chunk(3)
+        (hr, hz, hn) = (p["weight_ln_hh"] * blocks_normed(p["weight_hh"] @ h, 3) + p.get("bias_hh", 0)).chunk(3)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     if model.reset_after:
         n = torch.tanh(xn + r * hn)
@@ -74,6 +87,11 @@ def recompute_step(model, p, x, prev):
         b_hn = p["bias_hh"][2 * H:] if "bias_hh" in p else 0
         n = torch.tanh(xn + p["weight_hh"][2 * H:] @ (r * h) + b_hn)
     return zoned(model, prev, {"reset_gate": r, "update_gate": z, "candidate": n, "hidden": (1 - z) * n + z * h})
+
+
+def blocks_normed(v, blocks):
+    """torch.nn.functional.layer_norm over each of ``blocks`` equal parts of a vector."""
+    return torch.cat([F.layer_norm(b, b.shape) for b in v.chunk(blocks)])
 
 
 def zoned(model, prev, found):

@@ -108,3 +108,17 @@ def test_trainer_flags_reach_the_layer_through_the_registry():
                       ({"clip_recurrent": -1.0}, "clip_recurrent")]:
         with pytest.raises(UserError, match=name):
             config.validate(config.Config(**bad))
+
+
+def test_trainer_layer_norm_flag():
+    from rnnkit.train import config
+    from rnnkit.train.errors import UserError
+    from rnnkit.train.model import build_rnn
+
+    for cell in ("lstm", "gru"):
+        cfg = config.Config(cell=cell, hidden=8, layer_norm=True)
+        config.validate(cfg)
+        assert build_rnn(cfg, 3).layer_norm
+    for bad in ({"cell": "elman", "layer_norm": True}, {"cell": "gru", "layer_norm": True, "reset_after": False}):
+        with pytest.raises(UserError, match="layer_norm"):
+            config.validate(config.Config(**bad))
