@@ -3,7 +3,7 @@
 the forward against the equations of rnnkit/cells/base.py recomputed here.
 
 Cells: every cell (Jordan: recurrent dropout only -- zoneout is refused for it), with the LSTM's
-projection and peepholes too, float64, with and without biases.
+projection and peepholes and both cells' layer normalisation too, float64, with and without biases.
 """
 import pytest
 import torch
@@ -20,6 +20,8 @@ CELLS = {
     "lstm_proj_peephole": lambda **kw: LSTMCell(H, proj_size=2, peephole=True, **kw),
     "gru": lambda **kw: GRUCell(H, True, **kw),
     "gru_cho": lambda **kw: GRUCell(H, False, **kw),
+    "lstm_layer_norm": lambda **kw: LSTMCell(H, proj_size=2, peephole=True, layer_norm=True, **kw),
+    "gru_layer_norm": lambda **kw: GRUCell(H, True, layer_norm=True, **kw),
 }
 OPTIONS = {"dropout": {"recurrent_dropout": 0.4}, "zoneout": {"zoneout": 0.3},
            "both": {"recurrent_dropout": 0.4, "zoneout": 0.3}}
