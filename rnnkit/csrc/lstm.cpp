@@ -182,9 +182,16 @@ Tensor pack_gate_blocks(const float* w, int64_t H) {
   return packed;
 }
 
-// Fused steps pay for packing the weights once they run several steps; the steps of a stream
-// (T = 1) keep the GEMM path.  A step is split over threads when it has work for them.
-bool use_fused(const FwdArgs& a) { return a.xp.scalar_type() == at::kFloat && a.xp.size(0) >= 4; }
+// Where the fused loops win (measured on Zen 4, 2 cores): they pay for packing the weights once
+// they run several steps (the steps of a stream, T = 1, keep the GEMM path), and they stream a
+// block's weights once per tile of rows, so with many rows they need each thread's share of
+// W_hh in its L2 (about 512 KiB here); beyond that (H = 512 at B = 64, or H = 256 on one
+// thread) BLAS's blocked GEMM is faster.
+bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
+  const int64_t share = 4 * H * H * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
+  return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
+}
+bool use_fused(const FwdArgs& a) { return fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4); }
 
 void forward_fused(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Tensor& gates,
                    const Tensor& tanh_c) {
@@ -251,7 +258,10 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
   for (int r = 0; r < R; ++r) store(out + r * H + j0, acc[r], m);
 }
 
-bool use_fused_backward(const BwdArgs& a) { return a.states[0].scalar_type() == at::kFloat && a.states[0].size(0) >= 4; }
+bool use_fused_backward(const BwdArgs& a) {
+  const Tensor& hs = a.states[0];
+  return fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+}
 
 // Returns dh_0; dc_t carries dc back in place to dc_0.
 Tensor backward_fused(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
