@@ -274,7 +274,9 @@ def block_norm(a: Tensor, blocks: int) -> Tuple[Tensor, Tensor]:
     """Layer normalisation without gain and bias, over each of the ``blocks`` equal feature blocks of
     a (B, blocks*n): returns (a_hat (B, blocks*n), rstd (B, blocks)), a_hat = (a - mean) * rstd,
     rstd = 1 / sqrt(var + eps) (biased variance, as torch.nn.LayerNorm)."""
-    v = a.reshape(a.shape[0], blocks, a.shape[1] // blocks)                 # B may be 0
+    if a.shape[0] == 0:                                                      # an empty batch
+        return a.clone(), a.new_empty(0, blocks)
+    v = a.reshape(a.shape[0], blocks, a.shape[1] // blocks)
     var, mean = torch.var_mean(v, dim=-1, unbiased=False, keepdim=True)
     rstd = torch.rsqrt(var + LN_EPS)
     return ((v - mean) * rstd).reshape(a.shape), rstd.reshape(a.shape[0], blocks)
