@@ -28,7 +28,8 @@ class Entry:
     layer     the public nn.Module, ``layer(input_size, hidden_size, **kwargs)``
     forms     {form name: layer kwargs}, one per distinct code path of the cell (tests, bench);
               ``twin_forms`` lists those that its torch.nn twin can also build
-    options   trainer config fields that only this cell reads (others must keep their defaults)
+    options   trainer config fields this cell reads (a field that no option list of the chosen cell
+              names must keep its default; SHARED_OPTIONS are read by several cells)
     build     trainer config -> the layer's cell-specific kwargs
     """
 
