@@ -7,16 +7,27 @@ built library there and loads it directly, without invoking the compiler.  ``rnn
 runs the build ahead of time.
 
 Cache root: ``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``.
+
+One build per folder at a time: a builder holds ``build.lock`` there (created exclusively; it
+names the owner's PID and host, and the owner touches it while it builds).  A waiter takes over
+a lock whose owner is dead (same host) or that has not been touched for ``STALE_AFTER`` seconds,
+and gives up after ``WAIT_TIMEOUT`` seconds with a RuntimeError naming the lock.  While it holds
+the lock, torch's own ``lock`` file there (``cpp_extension.load`` waits for it without end) can
+only be left by an interrupted build, and is removed.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import platform
 import shutil
+import socket
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import List, Optional
@@ -26,6 +37,11 @@ import torch
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _NAME = "rnnkit_cpu"
 _state: dict = {}            # "module" or "error", set by the first load()
+LOCK = "build.lock"          # rnnkit's lock in a build folder; "lock" is torch's own
+STALE_AFTER = 15 * 60.0      # s without a touch from its owner: a lock is stale (its owner is gone)
+WAIT_TIMEOUT = 30 * 60.0     # s a load waits for another process's build before it gives up
+HEARTBEAT = 30.0             # s between the owner's touches of its lock while it builds
+POLL = 0.5                   # s between a waiter's looks at the lock
 
 
 def cache_root() -> Path:
@@ -85,20 +101,145 @@ def _ninja_on_path() -> None:
             pass
 
 
+class BuildLockTimeout(RuntimeError):
+    """Another process held the build folder's lock for longer than ``WAIT_TIMEOUT``."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:              # someone else's process: alive
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+class _BuildLock:
+    """``build.lock`` in a build folder, held for a build (see the module's docstring).
+
+    ``took_over`` is True when the lock was taken from a stale owner (an interrupted build).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.took_over = False
+        self._token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "time": time.time(), "id": uuid.uuid4().hex})
+        self._stop = threading.Event()
+        self._beat: Optional[threading.Thread] = None
+
+    def _owner(self):
+        """(text, dict or None, mtime) of the lock there now; None when there is none."""
+        try:
+            text = self.path.read_text()
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return "", None, time.time()
+        try:
+            owner = json.loads(text)
+        except ValueError:
+            owner = None                 # being written, or not ours: judged by its age alone
+        return text, owner if isinstance(owner, dict) else None, mtime
+
+    @staticmethod
+    def _stale(owner: Optional[dict], mtime: float) -> bool:
+        if time.time() - mtime > STALE_AFTER:
+            return True
+        if owner and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            return not _pid_alive(owner["pid"])
+        return False
+
+    def _break(self, text: str) -> None:
+        """Remove the stale lock whose content was ``text`` -- unless another waiter replaced it
+        meanwhile, in which case the new owner's lock is put back."""
+        grave = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return                       # another waiter broke it first
+        try:
+            if grave.read_text() != text:
+                try:
+                    os.link(grave, self.path)
+                except FileExistsError:
+                    pass
+            else:
+                self.took_over = True
+        finally:
+            grave.unlink(missing_ok=True)
+
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(self._token)
+        return True
+
+    def __enter__(self) -> "_BuildLock":
+        start = time.monotonic()
+        while not self._try_create():
+            seen = self._owner()
+            if seen is not None and self._stale(seen[1], seen[2]):
+                self._break(seen[0])
+                continue
+            waited = time.monotonic() - start
+            if waited > WAIT_TIMEOUT:
+                who = (f"pid {seen[1].get('pid')} on host {seen[1].get('host')}"
+                       if seen and seen[1] else "an unknown process")
+                raise BuildLockTimeout(
+                    f"waited {waited:.0f} s for the C++ build lock {self.path}, held by {who}; "
+                    f"if no rnnkit build is running, delete that file")
+            time.sleep(POLL)
+        self._beat = threading.Thread(target=self._heartbeat, name="rnnkit-build-lock", daemon=True)
+        self._beat.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        seen = self._owner()
+        if seen is not None and seen[0] == self._token:
+            self.path.unlink(missing_ok=True)
+
+
 def _compile(native: bool, verbose: bool) -> ModuleType:
     name = f"{_NAME}_{_tag(native)}"
     folder = cache_root() / name
     built = folder / f"{name}.so"
-    if built.exists() and not (folder / "lock").exists():
+    torch_lock = folder / "lock"
+    if built.exists() and not torch_lock.exists() and not (folder / LOCK).exists():
         return _import(built, name)
     folder.mkdir(parents=True, exist_ok=True)
-    _ninja_on_path()
-    from torch.utils import cpp_extension
-    if not verbose:
-        sys.stderr.write("rnnkit: compiling the C++ CPU kernels (once; about a minute)\n")
-    return cpp_extension.load(name=name, sources=[str(s) for s in _sources()],
-                              extra_cflags=_flags(native), extra_ldflags=["-fopenmp"],
-                              build_directory=str(folder), verbose=verbose)
+    with _BuildLock(folder / LOCK) as lock:
+        if lock.took_over or torch_lock.exists():
+            # an interrupted build: torch's lock would stall cpp_extension.load for ever, and
+            # the library may be half-linked (ninja keeps the object files; it links again)
+            torch_lock.unlink(missing_ok=True)
+            built.unlink(missing_ok=True)
+        elif built.exists():                      # built by the process this one waited for
+            return _import(built, name)
+        _ninja_on_path()
+        from torch.utils import cpp_extension
+        if not verbose:
+            sys.stderr.write("rnnkit: compiling the C++ CPU kernels (once; about a minute)\n")
+        return cpp_extension.load(name=name, sources=[str(s) for s in _sources()],
+                                  extra_cflags=_flags(native), extra_ldflags=["-fopenmp"],
+                                  build_directory=str(folder), verbose=verbose)
 
 
 def load(verbose: bool = False) -> Optional[ModuleType]:
@@ -110,6 +251,9 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
         try:
             _state["module"] = _compile(native, verbose)
             return _state["module"]
+        except BuildLockTimeout as e:    # another build holds the folder: not a reason to build plain
+            errors.append(f"{type(e).__name__}: {e}")
+            break
         except Exception as e:          # noqa: BLE001 - any build failure means "not available"
             errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
     _state["error"] = "; ".join(errors)
