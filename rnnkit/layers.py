@@ -407,7 +407,7 @@ class _Recurrent(nn.Module):
         full = self.initial_state(hx, x.shape[0], unbatched, x)         # (L, B, S_k)
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
         noisy = self.training and bool(self.cell.noise_names)
-        if self._needs_graph(x) or dropout or noisy:
+        if ops.needs_graph((x, *full, *self.parameters())) or dropout or noisy:   # the differentiable Python step
             out, h_n = sequence.step_stack(self.cell, x, full, self.step_parameters(), dropout, noisy)
         else:
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
@@ -415,10 +415,6 @@ class _Recurrent(nn.Module):
         if unbatched:
             out, h_n = out.squeeze(0), tuple(h.squeeze(1) for h in h_n)
         return out, self.pack_state(h_n)
-
-    def _needs_graph(self, x: Tensor) -> bool:
-        """Whether a step must record an autograd graph (then it runs the differentiable Python step)."""
-        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def stream(self, batch_size: int = 1, hx=None) -> Stream:
         """A stateful stream for online inference: ``y_t = stream(x_t)``, state updated in place.

@@ -79,7 +79,10 @@ def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih,
     return out, finals, trace, states, saved
 
 
-def _needs_graph(tensors) -> bool:
+def needs_graph(tensors) -> bool:
+    """Whether a computation on ``tensors`` (None entries skipped) must record an autograd graph:
+    grad mode is on and one of them requires grad.  Pass every differentiable input -- the input,
+    the initial state and the weights -- or gradients to the one left out are silently lost."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -157,7 +160,7 @@ def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,
                                         rec, noise, project=F.linear)
         return out, finals, trace
-    if not _needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
+    if not needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec, noise)
         return out, finals, trace
     noise = tuple(noise or ())
