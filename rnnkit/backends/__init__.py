@@ -1,6 +1,7 @@
 """Backend selection: the one place that decides which time loop runs (the contract: base.py).
 
     cpu        the fused C++ kernels of rnnkit/csrc, built on first use (needs a C++ compiler)
+    triton     persistent Triton kernels for CUDA tensors (rnnkit/backends/triton_kernels)
     reference  Python loop over the cell's step math, hand-derived BPTT (always available)
     autograd   the same Python loop differentiated by autograd (the readable oracle)
 
@@ -20,11 +21,12 @@ from typing import Dict, Optional
 import torch
 
 from ..cells.base import Cell
-from . import autograd, cpu, library, reference
+from . import autograd, cpu, library, reference, triton
 from .base import Backend, Support
 
-_REGISTERED: Dict[str, Backend] = {b.name: b for b in (reference.BACKEND, autograd.BACKEND, cpu.BACKEND)}
-PRIORITY = ("cpu", "reference")                 # what ``auto`` tries, first match wins
+_REGISTERED: Dict[str, Backend] = {b.name: b for b in (reference.BACKEND, autograd.BACKEND, cpu.BACKEND,
+                                                                 triton.BACKEND)}
+PRIORITY = ("cpu", "triton", "reference")                 # what ``auto`` tries, first match wins
 ORACLE = "autograd"                             # the backend whose forward autograd differentiates
 BACKENDS = ("auto",) + tuple(_REGISTERED)
 _warned = set()
@@ -77,9 +79,11 @@ def _auto(cell, device, dtype) -> Backend:
                     warnings.warn(f"rnnkit: the {skipped!r} backend is not available ({reason}); "
                                   f"using {name!r}", RuntimeWarning, stacklevel=5)
             return backend
-        ok = backend.available()
-        if not ok:
-            missing.append((name, ok.reason))
+        # warn only where the backend would have run this case but cannot run at all here
+        # (not, e.g., the cpu backend asked about CUDA tensors)
+        ok, here = backend.supports(cell, device, dtype), backend.available()
+        if not here and ok.reason == here.reason:
+            missing.append((name, here.reason))
     raise RuntimeError(f"backend: no backend supports the {cell.name!r} cell on {device} {dtype}")
 
 

@@ -1,0 +1,330 @@
+"""GPU backend: persistent Triton kernels (rnnkit/backends/triton_kernels) behind the contract of base.py.
+
+``forward`` and ``backward`` take and return exactly what the reference backend's do (same
+shapes, the saved tensors in the cell's ``saved_names`` format, so ``cell.trace`` works
+unchanged).  Each call is one kernel launch for the whole sequence of one layer and direction:
+a program owns tiles of (batch rows x hidden units) with all their gates and exchanges only the
+emitted state per step, through global memory and a grid barrier (at most one program per SM,
+launched cooperatively where Triton can, so that the barrier cannot wait on a program that never
+started).  Backward runs the cell's hand-derived equations in the same ownership, time reversed;
+the recurrent weight gradients are single GEMMs after the loop.
+
+Dtypes float32, bfloat16, float16 (and float64): states, cell memory and gradient carries are
+kept and accumulated in float32 (float64 for float64), stored in the tensors' dtype; float32
+matrix products follow ``torch.backends.cuda.matmul.allow_tf32``.  Block sizes depend on the
+dtype and on how many tiles fit the SMs, never on T; B and H are runtime arguments, so a new T, B
+or H within the same tile plan compiles nothing (Triton caches each variant on disk).
+
+CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
+imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
+Not run here (``supports`` says so, ``auto`` takes the reference loop): recurrent dropout,
+zoneout, LSTM projection, peepholes, layer normalisation.  ``step``/``stepper`` are the Python
+ones (one step of a stack is a handful of small products).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..cells.base import Cell
+from .base import YES, Support
+from .reference import Reference
+
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# The cells' options the kernels implement (anything else: the reference loop).
+OPTIONS = {"elman": {"nonlinearity", "clip_recurrent"},
+           "jordan": {"nonlinearity", "output_activation", "clip_recurrent"},
+           "lstm": {"clip_recurrent"},
+           "gru": {"reset_after", "clip_recurrent"}}
+
+
+@lru_cache(maxsize=None)
+def _triton():
+    """triton.language, or the import error as a string."""
+    try:
+        import triton.language as tl
+        from .triton_kernels import common  # noqa: F401
+    except Exception as e:                    # not installed, or no driver for this machine
+        return f"{type(e).__name__}: {e}"
+    return tl
+
+
+def _kernel(cell: str, name: str):
+    """A kernel of rnnkit/backends/triton_kernels/<cell>.py (imported on first use)."""
+    return getattr(importlib.import_module(f"{__package__}.triton_kernels.{cell}"), name)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+class Plan:
+    """How one launch is cut: block sizes, the number of programs and the constexprs shared by
+    every kernel (chosen from B, H, dtype and device, never T)."""
+
+    def __init__(self, B: int, widths: Tuple[int, ...], dtype: torch.dtype, device: torch.device):
+        tl = _triton()
+        self.interpret = device.type == "cpu"
+        self.BB = 16 if (B <= 16 or self.interpret) else (32 if B <= 32 else 64)
+        n_b = -(-B // self.BB)
+        if self.interpret:                       # small tiles: several tiles per program, K loops
+            self.BH, self.BK, self.programs = 16, 16, 1
+        else:
+            sms = _sm_count(device)
+            width = max(widths)
+            self.BH = next((bh for bh in (16, 32, 64) if n_b * -(-width // bh) <= sms), 128)
+            self.BK = 32 if dtype in (torch.float32, torch.float64) else 64
+            self.programs = min(sms, n_b * -(-width // self.BH))
+        tf32 = dtype == torch.float32 and not self.interpret and torch.backends.cuda.matmul.allow_tf32
+        self.consts = dict(BB=self.BB, BH=self.BH, BK=self.BK, PREC="tf32" if tf32 else "ieee",
+                           ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+        self.acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def launch(self, kernel, *args, **consts):
+        """One persistent launch; the last runtime argument ``sem`` is added here."""
+        sem = torch.zeros(1, dtype=torch.int32, device=args[0].device)
+        grid = (self.programs,)
+        if self.interpret:
+            kernel[grid](*args[:-1], sem, *args[-1], **self.consts, **consts)
+        else:
+            _cooperative(kernel, grid, (*args[:-1], sem, *args[-1]), {**self.consts, **consts})
+
+
+_COOPERATIVE = {"ok": True}
+
+
+def _cooperative(kernel, grid, args, consts):
+    """Launch with every program resident at once (the barrier needs it) where this Triton can:
+    the cooperative launch fails instead of deadlocking when the grid cannot be co-resident."""
+    if _COOPERATIVE["ok"]:
+        try:
+            kernel[grid](*args, **consts, num_warps=4, launch_cooperative_grid=True)
+            return
+        except (TypeError, KeyError) as e:       # an older Triton without the option
+            if "cooperative" not in str(e):
+                raise
+            _COOPERATIVE["ok"] = False
+    kernel[grid](*args, **consts, num_warps=4)
+
+
+def _dummy(like: Tensor) -> Tensor:
+    """A placeholder pointer for an argument the kernel does not read (its constexpr is off)."""
+    return like
+
+
+def _mask(mask: Optional[Tensor], like: Tensor) -> Tensor:
+    return _dummy(like) if mask is None else mask.reshape(mask.shape[0], mask.shape[1]).to(torch.int8).contiguous()
+
+
+def _carry(d: Optional[Tensor], like: Tensor, dtype: torch.dtype) -> Tensor:
+    """A gradient carry (B, S) in the accumulation dtype, initialised from d (None: zeros)."""
+    return torch.zeros(like.shape, dtype=dtype, device=like.device) if d is None else d.to(dtype).contiguous().clone()
+
+
+def _prev_seq(state0: Tensor, states: Tensor) -> Tensor:
+    """(T, B, S): the state entering every step."""
+    return torch.cat([state0.unsqueeze(0), states[:-1]])
+
+
+def _clip(cell: Cell):
+    return dict(CLIP=cell.clip_recurrent is not None), (0.0 if cell.clip_recurrent is None else cell.clip_recurrent)
+
+
+def _wgrad(d: Tensor, inp: Tensor) -> Tensor:
+    """sum_t d_t^T inp_t: (T, B, N), (T, B, K) -> (N, K) in one GEMM."""
+    return d.reshape(-1, d.shape[-1]).t().mm(inp.reshape(-1, inp.shape[-1]))
+
+
+class Triton(Reference):
+    name = "triton"
+
+    def available(self) -> Support:
+        found = _triton()
+        if isinstance(found, str):
+            return Support(False, f"Triton cannot be imported ({found})")
+        return YES
+
+    def supports(self, cell: Cell, device, dtype) -> Support:
+        device = torch.device(device)
+        if device.type == "cpu" and not interpreting():
+            return Support(False, "runs CUDA tensors (CPU tensors only in Triton's interpreter, TRITON_INTERPRET=1)")
+        if device.type not in ("cpu", "cuda"):
+            return Support(False, f"runs CUDA tensors, got device {device}")
+        if dtype not in DTYPES:
+            return Support(False, f"runs float32, bfloat16, float16 and float64, got {dtype}")
+        known = OPTIONS.get(cell.name)
+        if known is None:
+            return Support(False, f"has no kernel for the {cell.name!r} cell")
+        extra = sorted(set(cell.options()) - known)
+        if extra:
+            return Support(False, f"its {cell.name!r} kernel does not take {', '.join(extra)}")
+        return self.available()
+
+    def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
+        return getattr(self, f"_{cell.name}_forward")(cell, xp.contiguous(), mask, state0, params, save)
+
+    def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
+        d_out = None if d_out is None else d_out.contiguous()
+        return getattr(self, f"_{cell.name}_backward")(cell, d_out, d_final, mask, state0, states, saved, params)
+
+    # -- LSTM -------------------------------------------------------------------------------------
+    def _lstm_forward(self, cell, xp, mask, state0, params, save):
+        T, B, H4 = xp.shape
+        H = H4 // 4
+        w, b = params
+        plan = Plan(B, (H,), xp.dtype, xp.device)
+        hs = _seq_with(state0[0], T)
+        cs = xp.new_empty(T, B, H)
+        h32, c32 = (s.to(plan.acc_dtype).contiguous().clone() for s in state0)
+        gates = xp.new_empty(T, B, H4) if save else _dummy(xp)
+        tanh_c = xp.new_empty(T, B, H) if save else _dummy(xp)
+        plan.launch(_kernel("lstm", "lstm_forward"), xp, hs, cs, h32, c32, gates, tanh_c, w.contiguous(),
+                    _dummy(w) if b is None else b, _mask(mask, xp), (T, B, H),
+                    HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save)
+        return (hs[1:], cs), ((gates, tanh_c) if save else ())
+
+    def _lstm_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+        w, b = params
+        gates, tanh_c = saved
+        T, B, H4 = gates.shape
+        H = H4 // 4
+        plan = Plan(B, (H,), gates.dtype, gates.device)
+        dh, dc = (_carry(d, s, plan.acc_dtype) for d, s in zip(d_final, state0))
+        dp = gates.new_empty(T, B, H4)
+        flags, bound = _clip(cell)
+        plan.launch(_kernel("lstm", "lstm_backward"), _dummy(dp) if d_out is None else d_out, dh, dc, dp,
+                    gates.contiguous(), tanh_c.contiguous(), states[1].contiguous(), state0[1].contiguous(),
+                    w.contiguous(), _mask(mask, dp), (T, B, H, bound),
+                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, **flags)
+        dw = _wgrad(dp, _prev_seq(state0[0], states[0]))
+        db = None if b is None else dp.sum((0, 1))
+        return dp, (dh.to(gates.dtype), dc.to(gates.dtype)), (dw, db)
+
+    # -- Elman ------------------------------------------------------------------------------------
+    def _elman_forward(self, cell, xp, mask, state0, params, save):
+        T, B, H = xp.shape
+        w, b = params
+        plan = Plan(B, (H,), xp.dtype, xp.device)
+        hs = _seq_with(state0[0], T)
+        h32 = state0[0].to(plan.acc_dtype).contiguous().clone()
+        plan.launch(_kernel("elman", "elman_forward"), xp, hs, h32, w.contiguous(), _dummy(w) if b is None else b,
+                    _mask(mask, xp), (T, B, H), HAS_B=b is not None, HAS_MASK=mask is not None,
+                    RELU=cell.nonlinearity == "relu")
+        return (hs[1:],), ()
+
+    def _elman_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+        w, b = params
+        T, B, H = states[0].shape
+        plan = Plan(B, (H,), w.dtype, w.device)
+        dh = _carry(d_final[0], state0[0], plan.acc_dtype)
+        da = states[0].new_empty(T, B, H)
+        flags, bound = _clip(cell)
+        plan.launch(_kernel("elman", "elman_backward"), _dummy(da) if d_out is None else d_out, dh, da,
+                    states[0].contiguous(), w.contiguous(), _mask(mask, da), (T, B, H, bound),
+                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, RELU=cell.nonlinearity == "relu", **flags)
+        return da, (dh.to(w.dtype),), (_wgrad(da, _prev_seq(state0[0], states[0])),
+                                       None if b is None else da.sum((0, 1)))
+
+    # -- GRU ---------------------------------------------------------------------------------------
+    def _gru_forward(self, cell, xp, mask, state0, params, save):
+        T, B, H3 = xp.shape
+        H = H3 // 3
+        w, b = params
+        plan = Plan(B, (H,), xp.dtype, xp.device)
+        hs = _seq_with(state0[0], T)
+        h32 = state0[0].to(plan.acc_dtype).contiguous().clone()
+        gates = xp.new_empty(T, B, H3) if save else _dummy(xp)
+        common = (w.contiguous(), _dummy(w) if b is None else b, _mask(mask, xp), (T, B, H))
+        flags = dict(HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save)
+        if cell.reset_after:
+            hn = xp.new_empty(T, B, H) if save else _dummy(xp)
+            plan.launch(_kernel("gru", "gru_forward"), xp, hs, h32, gates, hn, *common, **flags)
+            return (hs[1:],), ((gates, hn) if save else ())
+        z32 = torch.empty_like(h32)
+        u = xp.new_empty(T, B, H)
+        plan.launch(_kernel("gru", "gru_forward_original"), xp, hs, h32, z32, u, gates, *common, **flags)
+        return (hs[1:],), ((gates,) if save else ())
+
+    def _gru_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+        w, b = params
+        gates = saved[0].contiguous()
+        T, B, H3 = gates.shape
+        H = H3 // 3
+        plan = Plan(B, (H,), gates.dtype, gates.device)
+        dh = _carry(d_final[0], state0[0], plan.acc_dtype)
+        dx = gates.new_empty(T, B, H3)
+        hp = _prev_seq(state0[0], states[0])
+        flags, bound = _clip(cell)
+        flags.update(HAS_DOUT=d_out is not None, HAS_MASK=mask is not None)
+        d_out = _dummy(dx) if d_out is None else d_out
+        if cell.reset_after:
+            drec = gates.new_empty(T, B, H3)
+            plan.launch(_kernel("gru", "gru_backward"), d_out, dh, dx, drec, gates, saved[1].contiguous(), hp,
+                        w.contiguous(), _mask(mask, dx), (T, B, H, bound), **flags)
+            dw = _wgrad(drec, hp)
+            db = None if b is None else drec.sum((0, 1))
+        else:
+            plan.launch(_kernel("gru", "gru_backward_original"), d_out, dh, dx, gates, hp, w.contiguous(),
+                        _mask(mask, dx), (T, B, H, bound), **flags)
+            dw = torch.cat([_wgrad(dx[..., :2 * H], hp), _wgrad(dx[..., 2 * H:], gates[..., :H] * hp)])
+            db = None if b is None else dx.sum((0, 1))
+        return dx, (dh.to(gates.dtype),), (dw, db)
+
+    # -- Jordan ------------------------------------------------------------------------------------
+    def _jordan_plan(self, cell, B, dtype, device):
+        plan = Plan(B, (cell.hidden_size, cell.output_size), dtype, device)
+        softmax = cell.output_activation == "softmax"
+        bo = max(16, 1 << (cell.output_size - 1).bit_length()) if softmax else plan.BH
+        return plan, dict(BO=bo, RELU=cell.nonlinearity == "relu", OUT=JORDAN_OUT[cell.output_activation])
+
+    def _jordan_forward(self, cell, xp, mask, state0, params, save):
+        T, B, H = xp.shape
+        O = cell.output_size
+        w_yh, w_hy, b = params
+        plan, consts = self._jordan_plan(cell, B, xp.dtype, xp.device)
+        ys = _seq_with(state0[0], T)
+        y32 = state0[0].to(plan.acc_dtype).contiguous().clone()
+        hid = xp.new_empty(T, B, H)
+        plan.launch(_kernel("jordan", "jordan_forward"), xp, ys, y32, hid, w_yh.contiguous(), w_hy.contiguous(),
+                    _dummy(w_hy) if b is None else b, _mask(mask, xp), (T, B, H, O),
+                    HAS_B=b is not None, HAS_MASK=mask is not None, **consts)
+        return (ys[1:],), ((hid,) if save else ())
+
+    def _jordan_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+        w_yh, w_hy, b = params
+        hid = saved[0].contiguous()
+        T, B, H = hid.shape
+        O = cell.output_size
+        plan, consts = self._jordan_plan(cell, B, hid.dtype, hid.device)
+        dy = _carry(d_final[0], state0[0], plan.acc_dtype)
+        dz = hid.new_empty(T, B, O)
+        da = hid.new_empty(T, B, H)
+        flags, bound = _clip(cell)
+        plan.launch(_kernel("jordan", "jordan_backward"), _dummy(da) if d_out is None else d_out, dy, dz, da,
+                    states[0].contiguous(), hid, w_yh.contiguous(), w_hy.contiguous(), _mask(mask, da),
+                    (T, B, H, O, bound), HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, **flags, **consts)
+        d_params = (_wgrad(da, _prev_seq(state0[0], states[0])), _wgrad(dz, hid),
+                    None if b is None else dz.sum((0, 1)))
+        return da, (dy.to(hid.dtype),), d_params
+
+
+JORDAN_OUT = {"identity": 0, "tanh": 1, "sigmoid": 2, "softmax": 3}
+
+
+def _seq_with(first: Tensor, T: int) -> Tensor:
+    """(T+1, B, S): the exchange buffer of a state, [0] = the initial state."""
+    seq = first.new_empty(T + 1, *first.shape)
+    seq[0] = first
+    return seq
+
+
+BACKEND = Triton()

@@ -1,0 +1,87 @@
+"""Building blocks shared by the cells' Triton kernels.
+
+Shapes: BB batch rows, BN output columns, BK reduction chunk (all powers of two, >= 16 for
+``tl.dot``); ACC the accumulator dtype (float32, float64 for float64 tensors).
+
+    mm_tile(a, sa_b, sa_k, w, sw_n, sw_k, rb, rn, B, N, K, acc)
+        acc (BB, BN) += sum_k a[rb, k] * w[rn, k]   (rows of a past B and columns past N read 0)
+        a and w are addressed by strides, so one routine gives  h W^T  (forward, w = W as stored)
+        and  d W  (backward, w = W read transposed) without copying W.
+    grid_sync(sem, n)   the n-th grid barrier of a launch (every program calls it alike)
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mm_tile(acc, a, sa_b, sa_k, w, sw_n, sw_k, rb, rn, B, N, K,
+            BK: tl.constexpr, PREC: tl.constexpr):
+    rk = tl.arange(0, BK)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        # ".cg": the exchanged tensors were written by other programs on other SMs; skip L1.
+        x = tl.load(a + rb[:, None] * sa_b + kk[None, :] * sa_k,
+                    mask=(rb[:, None] < B) & (kk[None, :] < K), other=0.0, cache_modifier=".cg")   # (BB, BK)
+        y = tl.load(w + rn[None, :] * sw_n + kk[:, None] * sw_k,
+                    mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)                         # (BK, BN)
+        acc = tl.dot(x, y, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def grid_sync(sem, n):
+    """Wait until every program of the grid has called its n-th barrier.
+
+    ``sem`` is an int32 counter, zero at launch, that only grows: arriving adds 1 (release, so this
+    program's stores are visible first), leaving needs n * programs arrivals (acquire, so the
+    others' stores are seen).  The bar.syncs order the whole program around its one atomic.
+    """
+    tl.debug_barrier()
+    tl.atomic_add(sem, 1, sem="release", scope="gpu")
+    target = n * tl.num_programs(0)
+    seen = tl.atomic_add(sem, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(sem, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def tanh(x):
+    # tanh(x) = 2 sigmoid(2x) - 1: tl has no tanh that runs on every Triton and the interpreter
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def act(x, RELU: tl.constexpr):
+    if RELU:
+        return tl.maximum(x, 0.0)
+    else:
+        return tanh(x)
+
+
+@triton.jit
+def act_grad(y, dy, RELU: tl.constexpr):
+    """Gradient through tanh or relu written with the activation's output y."""
+    if RELU:
+        return tl.where(y > 0.0, dy, 0.0)
+    else:
+        return dy * (1.0 - y * y)
+
+
+@triton.jit
+def clip(d, CLIP: tl.constexpr, bound):
+    if CLIP:
+        return tl.minimum(tl.maximum(d, -bound), bound)
+    else:
+        return d
+
+
+@triton.jit
+def keep_row(mask, t, B, rb, HAS_MASK: tl.constexpr):
+    """(BB, 1) bool: True where step t is inside sequence b (always, without lengths)."""
+    if HAS_MASK:
+        return (tl.load(mask + t * B + rb, mask=rb < B, other=0) != 0)[:, None]
+    else:
+        return (rb >= 0)[:, None]

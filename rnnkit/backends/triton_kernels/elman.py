@@ -1,0 +1,88 @@
+"""Elman forward and backward through time (math: rnnkit/cells/elman.py).
+
+Shapes (T steps, B batch, H hidden; ACC the accumulator dtype):
+
+    xp     (T, B, H)      x W_ih^T + b_ih            w  (H, H) W_hh      b (H,) b_hh
+    hs     (T+1, B, H)    hs[0] = h0, hs[t+1] = h_t: the exchanged state
+    h32    (B, H) ACC     own tiles' carry           mask (T, B) int8
+  backward:
+    d_out  (T, B, H)      gradient of the emitted h_t     dh (B, H) ACC carry
+    da     (T, B, H)      gradient of the pre-activation (= d xp, and the rows of d W_hh)
+
+Forward step t, tile (rb, rh): h = act(xp + h_{t-1} W_hh^T + b); barrier.  Backward step t:
+phase 1 da of the own tile; barrier; phase 2 dh_{t-1}[:, own units] = da_t W_hh[:, own units].
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile
+
+
+@triton.jit(do_not_specialize=["T", "B", "H"])
+def elman_forward(xp, hs, h32, w, b, mask, sem, T, B, H,
+                  HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, RELU: tl.constexpr,
+                  BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                  ACC: tl.constexpr):
+    pid = tl.program_id(0)
+    n_h = tl.cdiv(H, BH)
+    tiles = tl.cdiv(B, BB) * n_h
+    nsync = 0
+    for t in range(0, T):
+        t64 = tl.cast(t, tl.int64)
+        for s in range(pid, tiles, tl.num_programs(0)):
+            rb = (s // n_h) * BB + tl.arange(0, BB)
+            rh = (s % n_h) * BH + tl.arange(0, BH)
+            m2 = (rb[:, None] < B) & (rh[None, :] < H)
+            own = rb[:, None] * H + rh[None, :]
+            step = t64 * B * H + own
+            a = mm_tile(tl.zeros((BB, BH), ACC), hs + t64 * B * H, H, 1, w, H, 1, rb, rh, B, H, H, BK, PREC)
+            a += tl.load(xp + step, mask=m2, other=0.0).to(ACC)
+            if HAS_B:
+                a += tl.load(b + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+            h = act(a, RELU)
+            keep = keep_row(mask, t64, B, rb, HAS_MASK)
+            h = tl.where(keep, h, tl.load(h32 + own, mask=m2, other=0.0))
+            tl.store(h32 + own, h, mask=m2)
+            tl.store(hs + B * H + step, h.to(hs.dtype.element_ty), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+
+
+@triton.jit(do_not_specialize=["T", "B", "H"])
+def elman_backward(d_out, dh, da, hs_out, w, mask, sem, T, B, H, bound,
+                   HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, RELU: tl.constexpr,
+                   BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                   ACC: tl.constexpr):
+    """hs_out (T, B, H): the emitted h_t (the states), whose activation derivative is read."""
+    pid = tl.program_id(0)
+    n_h = tl.cdiv(H, BH)
+    tiles = tl.cdiv(B, BB) * n_h
+    nsync = 0
+    for back in range(0, T):
+        t64 = tl.cast(T - 1 - back, tl.int64)
+        for s in range(pid, tiles, tl.num_programs(0)):
+            rb = (s // n_h) * BB + tl.arange(0, BB)
+            rh = (s % n_h) * BH + tl.arange(0, BH)
+            m2 = (rb[:, None] < B) & (rh[None, :] < H)
+            own = rb[:, None] * H + rh[None, :]
+            step = t64 * B * H + own
+            g = tl.load(dh + own, mask=m2, other=0.0)
+            if HAS_DOUT:
+                g += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
+            g = clip(g, CLIP, bound)
+            h = tl.load(hs_out + step, mask=m2, other=0.0).to(ACC)
+            keep = keep_row(mask, t64, B, rb, HAS_MASK)
+            tl.store(da + step, tl.where(keep, act_grad(h, g, RELU), 0.0).to(da.dtype.element_ty), mask=m2)
+            tl.store(dh + own, tl.where(keep, 0.0, g), mask=m2)       # a padded step passes dh on
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):
+            rb = (s // n_h) * BB + tl.arange(0, BB)
+            rh = (s % n_h) * BH + tl.arange(0, BH)
+            m2 = (rb[:, None] < B) & (rh[None, :] < H)
+            own = rb[:, None] * H + rh[None, :]
+            acc = mm_tile(tl.zeros((BB, BH), ACC), da + t64 * B * H, H, 1, w, 1, H, rb, rh, B, H, H, BK, PREC)
+            keep = keep_row(mask, t64, B, rb, HAS_MASK)
+            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + tl.where(keep, acc, 0.0), mask=m2)
