@@ -7,9 +7,8 @@ trainer used; see rnnkit/export.py for the graph's inputs and outputs.
 from __future__ import annotations
 
 from .export import export_onnx
-from .train import checkpoint, tasks
 from .train.errors import UserError
-from .train.model import Net
+from .train.infer import load_net
 
 
 def add_arguments(p) -> None:
@@ -19,18 +18,6 @@ def add_arguments(p) -> None:
     p.add_argument("--lengths", action="store_true", help="add a 'lengths' input (B,): valid steps per sequence")
     p.add_argument("--no-initial-state", dest="initial_state", action="store_false",
                    help="start from zeros instead of taking the initial state as inputs")
-
-
-def load_net(path: str) -> Net:
-    """The run's network in eval mode, with the weights eval/predict use."""
-    ck = checkpoint.load(path)
-    cfg = ck.config(f"checkpoint {path}")
-    net = Net.for_task(cfg, tasks.restore(cfg.task, ck.stats()))
-    try:
-        net.load_state_dict(ck.weights())
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path}: weights do not fit its config ({str(e).splitlines()[0]})") from None
-    return net.eval()
 
 
 def run(args) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -73,6 +73,27 @@ def _net(ck: checkpoint.Checkpoint, cfg: cfgmod.Config, task: tasks.Task, path: 
     net = Net.for_task(cfg, task)
     _load_weights(net, ck, path)
     return net.eval()
+
+
+class Loaded(NamedTuple):
+    """A checkpoint restored without its task's data (see ``load``)."""
+
+    config: cfgmod.Config
+    task: tasks.Task
+    net: Net
+
+
+def load(path: str) -> Loaded:
+    """The checkpoint's config (checked, to run on the CPU), its task as saved (stats checked)
+    and its network in eval mode with the weights eval/predict use; UserError when it cannot be."""
+    ck, cfg = _load(path)
+    task = _task(ck, cfg, path)
+    return Loaded(cfg, task, _net(ck, cfg, task, path))
+
+
+def load_net(path: str) -> Net:
+    """The checkpoint's network in eval mode with the weights eval/predict use (see ``load``)."""
+    return load(path).net
 
 
 @torch.no_grad()

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..train import checkpoint, config as cfgmod, data, tasks
+from ..train import checkpoint, config as cfgmod, data, infer, tasks
 from ..train.errors import UserError
 from ..train.model import Net
-from ..train.tasks.classify import _read_rows
+from ..train.tasks.classify import read_rows
 from .build import Page, page
 
 TEXT_STEPS = 2000            # characters read from the run's own text when no --input is given
@@ -61,15 +61,8 @@ class Run:
 
 def load_run(path: str) -> Run:
     """The run's network with the weights eval/predict use; UserError when it cannot be."""
-    ck = checkpoint.load(path)
-    cfg = dataclasses.replace(ck.config(f"checkpoint {path}"), resume=None, device="cpu")
-    task = tasks.restore(cfg.task, ck.stats())
-    net = Net.for_task(cfg, task)
-    try:
-        net.load_state_dict(ck.weights())
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path}: weights do not fit its config ({str(e).splitlines()[0]})") from None
-    return Run(path, cfg, task, net.eval())
+    cfg, task, net = infer.load(path)
+    return Run(path, cfg, task, net)
 
 
 # ---------- per-step outputs ----------
@@ -166,7 +159,7 @@ def classes_page(run: Run, args) -> Page:
     """The sequence (standardised channels) and the class probabilities after each step."""
     task = run.task
     if args.input:
-        rows = _read_rows(args.input, task.n_in)
+        rows = read_rows(args.input, task.n_in)
         if not 1 <= args.row <= len(rows):
             raise UserError(f"--row {args.row}: {args.input} has {len(rows)} row(s)")
         x = ((torch.from_numpy(rows[args.row - 1]) - task.mean) / task.std).unsqueeze(0).float()

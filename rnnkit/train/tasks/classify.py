@@ -110,7 +110,7 @@ class Classify(Task):
     def predict_csv(self, net, csv_path, target):
         """One sequence per CSV row (step-major, channels interleaved; a non-numeric first row
         is a header) -> ``row,class,probability``."""
-        cases = _read_rows(csv_path, self.n_in)
+        cases = read_rows(csv_path, self.n_in)
         T = max(len(c) for c in cases)
         x = self._norm(_pad(cases, [0] * len(cases), T))
         probs = self.probabilities(net(x.x, x.lengths)[0])
@@ -145,7 +145,7 @@ def _pad(cases: List[np.ndarray], labels: List[int], T: int) -> Split:
     return Split(x, torch.tensor(labels, dtype=torch.long), lengths)
 
 
-def _read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
+def read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
     """Numeric CSV rows as (T_i, channels) arrays; a non-numeric first row is skipped as a header."""
     text = data.open_text(csv_path, "--csv")
     rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
