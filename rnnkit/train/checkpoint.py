@@ -7,7 +7,8 @@ Layout of ``checkpoint.safetensors``:
               ``carry.<i>`` carried TBPTT state, (D*L, B, S) with the global batch
     metadata  ``format``/``version``; JSON strings ``config``, ``optimizer`` (param groups and
               non-tensor state), ``scheduler``, ``progress`` (step, epoch, early stopping,
-              history), ``stats`` (what predict/generate need to rebuild inputs)
+              history), ``stats`` (what predict/generate need to rebuild inputs), ``scaler``
+              (the GradScaler of an fp16 CUDA run, else null; absent from older checkpoints)
 
 This module alone knows that layout: ``capture`` makes a checkpoint of a run, and the
 ``Checkpoint`` methods read each part back (the trainer to resume, ``infer`` to use it).
@@ -19,6 +20,9 @@ options are checked, model size included, before a network is built), the stats'
 and sizes (``tasks.restore``), and, on resuming, the optimiser's and scheduler's state against
 the structure of a fresh one (``conforms``).  Version 2: forecasting stats name the
 representation and the digits task keeps raw-pixel statistics.
+Tensors are read onto the CPU (safetensors' ``safe_open`` device), whatever device wrote them;
+weights are float32 whatever ``--precision`` trained them (autocast keeps float32 weights), so a
+checkpoint resumes on any device and at any precision.
 Writing is atomic: a temporary file in the same folder is written, fsync'd and renamed over
 the old checkpoint, then the folder is fsync'd; a crash at any moment (kill -9 included)
 leaves either the old or the new checkpoint, both complete.
@@ -44,9 +48,10 @@ FORMAT = "rnnkit-checkpoint"
 VERSION = 2
 NAME = "checkpoint.safetensors"
 JSON_KEYS = ("config", "optimizer", "scheduler", "progress", "stats")
+OPTIONAL_JSON_KEYS = ("scaler",)         # added within version 2: null when absent
 # JSON types of the metadata entries (None: may be null).
 _META_TYPES = {"config": (dict,), "optimizer": (dict,), "scheduler": (dict, type(None)),
-               "progress": (dict,), "stats": (dict,)}
+               "progress": (dict,), "stats": (dict,), "scaler": (dict, type(None))}
 # Tensor name prefix -> the dtypes it may have in the file.
 _DTYPES = {"model.": ("F32",), "best.": ("F32",), "optim.": ("F32", "F64", "I64"), "carry.": ("F32",),
            "rng.torch.": ("U8",), "rng.cuda.": ("U8",)}
@@ -91,6 +96,10 @@ class Checkpoint:
     def scheduler_state(self) -> Optional[dict]:
         return self.meta["scheduler"]
 
+    def scaler_state(self) -> Optional[dict]:
+        """The GradScaler's state_dict; None when the run used none (or predates --precision)."""
+        return self.meta.get("scaler")
+
     def progress(self) -> dict:
         return self.meta["progress"]
 
@@ -110,16 +119,17 @@ class Checkpoint:
             raise UserError("checkpoint: the random generator state is missing or of the wrong size")
         torch.set_rng_state(state)
         cuda = self.group("rng.cuda")
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+        if cuda and torch.cuda.is_available():     # the GPUs both machines have (none: CPU resume)
+            for i in range(min(len(cuda), torch.cuda.device_count())):
+                torch.cuda.set_rng_state(cuda[str(i)], i)
 
 
 def capture(*, config: cfgmod.Config, weights: Dict[str, Tensor], best: Optional[Dict[str, Tensor]],
             optimizer: Dict[str, Any], scheduler: Optional[dict], progress: dict, stats: dict,
-            carry: List[Tensor], rng: Tensor) -> Checkpoint:
-    """A run as a Checkpoint.  ``optimizer``/``scheduler``: torch state_dicts; ``carry``: the
-    layer's ``unpack_state`` of the carried state, global batch on dim 1; ``rng``: (P, n) the
-    torch generator state of every process, in rank order."""
+            carry: List[Tensor], rng: Tensor, scaler: Optional[dict] = None) -> Checkpoint:
+    """A run as a Checkpoint.  ``optimizer``/``scheduler``/``scaler``: torch state_dicts (scaler:
+    None when unused); ``carry``: the layer's ``unpack_state`` of the carried state, global
+    batch on dim 1; ``rng``: (P, n) the torch generator state of every process, in rank order."""
     opt_tensors, opt_rest = flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v for k, v in weights.items()}
     tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
@@ -129,7 +139,7 @@ def capture(*, config: cfgmod.Config, weights: Dict[str, Tensor], best: Optional
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
     meta = {"config": cfgmod.to_dict(dataclasses.replace(config, resume=None)), "optimizer": opt_rest,
-            "scheduler": scheduler, "progress": progress, "stats": stats}
+            "scheduler": scheduler, "progress": progress, "stats": stats, "scaler": scaler}
     return Checkpoint(tensors, meta)
 
 
@@ -177,7 +187,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 def save(path: Path, ckpt: Checkpoint) -> None:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt.tensors.items()}
     metadata = {"format": FORMAT, "version": str(VERSION)}
-    metadata.update({k: json.dumps(ckpt.meta.get(k)) for k in JSON_KEYS})
+    metadata.update({k: json.dumps(ckpt.meta.get(k)) for k in JSON_KEYS + OPTIONAL_JSON_KEYS})
     atomic_write(path, st_save(tensors, metadata=metadata))
 
 
@@ -216,6 +226,7 @@ def _metadata(meta: Dict[str, str], p: Path) -> Dict[str, Any]:
                         f"reads version {VERSION} (train the model again)")
     try:
         parsed = {k: json.loads(meta[k]) for k in JSON_KEYS}
+        parsed.update({k: json.loads(meta.get(k, "null")) for k in OPTIONAL_JSON_KEYS})
     except (KeyError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"checkpoint {p}: damaged metadata ({str(e)[:200]})") from None
     for k, types in _META_TYPES.items():

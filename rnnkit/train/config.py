@@ -101,6 +101,9 @@ class Config:
     plots: bool = _f(True, "write PNG figures at the end")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)")
+    precision: str = _f("fp32", "fp32 | bf16 | fp16: autocast dtype of the training forward; weights, "
+                                "optimiser, checkpoints and evaluation stay float32 (fp16 on CUDA: "
+                                "with a GradScaler)")
 
 
 # Per-task starting points, applied over the defaults above and under the TOML file and flags.
@@ -126,9 +129,11 @@ CELLS = registry.names()
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "plateau")
 CLIPS = ("norm", "value", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields a resumed run may change; every other field must match the checkpoint's.
 RESUMABLE = frozenset({"epochs", "patience", "checkpoint_every", "log_every", "progress", "plots",
-                       "tensorboard", "device", "backend", "out", "resume", "threads"})
+                       "tensorboard", "device", "backend", "out", "resume", "threads",
+                       "precision"})      # weights are float32 whatever the precision: a run may switch
 FORECASTS = ("auto", "level", "change", "window")
 MAX_SEED = 2 ** 32 - 1
 MAX_INT = 2 ** 31 - 1          # any integer option; what fits in memory is checked later (model.py)
@@ -227,6 +232,7 @@ def validate(c: Config) -> None:
     _one_of("nonlinearity", c.nonlinearity, ("tanh", "relu"))
     _one_of("output_activation", c.output_activation, ("identity", "tanh", "sigmoid", "softmax"))
     _one_of("forecast", c.forecast, FORECASTS)
+    _one_of("precision", c.precision, PRECISIONS)
     for name in ("window", "ar_order", "seq_len", "n_samples", "hidden", "layers", "step_size",
                  "epochs", "batch_size", "log_every"):
         _need(0 < getattr(c, name) <= MAX_INT,

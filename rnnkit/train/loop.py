@@ -41,7 +41,7 @@ from .config import Config
 from .errors import Diverged, Interrupted, UserError
 from .model import Net, check_fits
 from .optim import Schedule, make_optimizer
-from .step import steps_for
+from .step import check_precision, steps_for
 
 
 @dataclass
@@ -170,7 +170,8 @@ class Trainer:
         checkpoint.save(path, checkpoint.capture(
             config=self.cfg, weights=self.net.state_dict(), best=self.best_weights,
             optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
-            progress=dataclasses.asdict(self.state), stats=self.task.stats(), carry=carry, rng=rng))
+            progress=dataclasses.asdict(self.state), stats=self.task.stats(), carry=carry, rng=rng,
+            scaler=self.steps.scaler.state_dict() if self.steps.scaler.is_enabled() else None))
         return path
 
     def _restore(self, ck: checkpoint.Checkpoint) -> None:
@@ -186,6 +187,7 @@ class Trainer:
         if self.sched.state_dict() is not None:
             checkpoint.conforms(ck.scheduler_state(), self.sched.state_dict(), f"{where}: scheduler")
         progress = TrainState.from_saved(ck.progress(), where)
+        scaler = self._saved_scaler(ck, where)
         try:
             self.net.load_state_dict(ck.last_weights())
             self.best_weights = ck.best_weights()
@@ -193,6 +195,8 @@ class Trainer:
                 Net.for_task(self.cfg, self.task).load_state_dict(self.best_weights)
             self.opt.load_state_dict(ck.optimizer_state())
             self.sched.load_state_dict(ck.scheduler_state())
+            if scaler is not None:
+                self.steps.scaler.load_state_dict(scaler)
             self.state = progress
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where}: incompatible checkpoint ({str(e).splitlines()[0]})") from None
@@ -204,6 +208,16 @@ class Trainer:
             raise UserError(f"{where}: incompatible checkpoint (carried state "
                             f"{[tuple(c.shape) for c in carry]}, expected {expected})")
         self.steps.restore_carry(carry)
+
+    def _saved_scaler(self, ck: checkpoint.Checkpoint, where: str) -> Optional[dict]:
+        """The checkpoint's GradScaler state (checked) when this run scales its loss too; else None:
+        a run without a scaler has no use for it, and one whose checkpoint has none (another
+        precision or device, or a checkpoint from before --precision) starts at the initial scale."""
+        saved = ck.scaler_state()
+        if saved is None or not self.steps.scaler.is_enabled():
+            return None
+        checkpoint.conforms(saved, self.steps.scaler.state_dict(), f"{where}: scaler")
+        return saved
 
     # -- the run -----------------------------------------------------------------------------
     def open_outputs(self) -> None:
@@ -225,8 +239,9 @@ class Trainer:
         r = self.describe()
         backend = backends.resolve(self.cfg.backend, self.net.rnn.cell, self.d.device,
                                    self.net.head.weight.dtype).name
+        precision = "" if self.cfg.precision == "fp32" else f", {self.cfg.precision} autocast"
         return (f"{r['describe']}\nmodel: {r['model']}; {self.threads} thread(s), "
-                f"{backend} backend, device {self.d.device}")
+                f"{backend} backend, device {self.d.device}{precision}")
 
     def fit(self, interrupt: Optional[Callable[[int], bool]] = None) -> None:
         """Train for the configured epochs (or until early stopping), from where the state is."""
@@ -333,7 +348,8 @@ class Trainer:
         self.use_best()
         result = self.describe()
         result.update(epochs=self.state.epoch, steps=self.state.step, seconds=self.timing["training"],
-                      timing=dict(self.timing), threads=self.threads, best_epoch=self.state.best_epoch,
+                      timing=dict(self.timing), threads=self.threads, precision=self.cfg.precision,
+                      best_epoch=self.state.best_epoch,
                       stopped_early=self.state.stopped_early, out=str(self.out), main=self.d.main)
         with resources.threads(self.threads):
             test_outputs = self.test(result)
@@ -408,6 +424,7 @@ def train(cfg: Config, interrupt: Optional[Callable[[int], bool]] = None) -> dic
     trainer: Optional[Trainer] = None
     done = False
     try:
+        check_precision(cfg.precision, d.device)       # here, not in Trainer: eval runs float32
         variants = tasks.TASKS[cfg.task][0].variants
         if variants and getattr(cfg, variants[0]) == "auto" and not cfg.resume:
             trainer = _choose(cfg, d, interrupt)             # trained in memory, then written

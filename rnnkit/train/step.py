@@ -13,15 +13,23 @@ updated from the losses of those k1 steps, with gradients flowing back k2 >= k1 
 carried (detached, so no gradient crosses it) from k2 steps back; the state for the next
 update is taken from inside this window.  The carried state is part of every checkpoint.
 
+Precision (``--precision``): bf16/fp16 run the training forward under ``torch.autocast`` on the
+run's device type; the loss is computed on the outputs cast back to float32, and the weights,
+the optimiser, the carried state and the evaluation passes stay float32, so a checkpoint does
+not depend on the precision.  fp16 on CUDA scales the loss with a ``torch.amp.GradScaler``.
+
 Symbols: B rows (the global batch), L steps per row, D directions, S state size.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
+from torch.amp.autocast_mode import is_autocast_available
 
 from .config import Config
 from .distributed import Dist
@@ -30,6 +38,36 @@ from .model import Net
 from .tasks import LN2, Split, Task, masked_step_ce
 
 EVAL_BATCH = 512
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}     # fp32: no autocast
+
+
+def uses_scaler(precision: str, device_type: str) -> bool:
+    """Whether the loss is scaled (GradScaler): fp16 on CUDA only.  float16's 5 exponent bits
+    flush small gradients to zero unless the loss is scaled up; bfloat16 has float32's range."""
+    return precision == "fp16" and device_type == "cuda"
+
+
+def autocast_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch autocasts to ``dtype`` on ``device_type``, found by trying: an
+    unsupported dtype makes torch warn and leave autocast off (CPU), or raise (CUDA bf16 on a
+    GPU without it)."""
+    if not is_autocast_available(device_type):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autocast(device_type, dtype=dtype):
+                return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == dtype
+    except RuntimeError:
+        return False
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """UserError, naming --precision, when autocast to its dtype does not run on ``device``."""
+    if precision in AMP_DTYPES and not autocast_works(device.type, AMP_DTYPES[precision]):
+        ok = ["fp32"] + [p for p, t in AMP_DTYPES.items() if autocast_works(device.type, t)]
+        raise UserError(f"--precision: expected {' or '.join(ok)} on device {device} (torch "
+                        f"{torch.__version__} has no {AMP_DTYPES[precision]} autocast there); got {precision!r}")
 
 
 @dataclass
@@ -57,6 +95,8 @@ class Steps:
     def __init__(self, cfg: Config, d: Dist, task: Task, net: Net, model: nn.Module,
                  opt: torch.optim.Optimizer):
         self.cfg, self.d, self.task, self.net, self.model, self.opt = cfg, d, task, net, model, opt
+        # Disabled (every call a pass-through) unless fp16 on CUDA: one update path for all precisions.
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=uses_scaler(cfg.precision, d.device.type))
 
     @classmethod
     def check_shardable(cls, cfg: Config, task: Task, world: int) -> None:
@@ -89,11 +129,23 @@ class Steps:
         # DDP averages gradients over processes; scaling by world/n makes that the global mean.
         loss = total * self.d.world / sums[0]
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)           # clip (and report) the true gradients
         norm = self._clip()
-        self.opt.step()
+        self.scaler.step(self.opt)               # skipped when a scaled gradient overflowed
+        self.scaler.update()
         n, total_all = sums.tolist()
         return StepResult(total_all, n, norm, items)
+
+    def forward(self, *args, **kwargs):
+        """The training forward of ``model`` under the run's autocast, outputs back in float32:
+        the tasks' losses sum and count in the outputs' dtype, and bfloat16 holds integers
+        exactly only up to 256.  (Autocast runs mse/cross-entropy in float32 anyway.)"""
+        dtype = AMP_DTYPES.get(self.cfg.precision)
+        ctx = torch.autocast(self.d.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with ctx:
+            out, *states = self.model(*args, **kwargs)
+        return (out.float(), *states)
 
     def _clip(self) -> Optional[Tensor]:
         """Clip the gradients as configured; the norm before clipping for 'norm'."""
@@ -145,7 +197,7 @@ class SequenceSteps(Steps):
     def loss_terms(self, batch):
         part = self.task.train.take(self.d.shard(batch))
         part = Split(*(t.to(self.d.device) for t in (part.x, part.y, part.lengths)))
-        out, _ = self.model(part.x, part.lengths)
+        out, _ = self.forward(part.x, part.lengths)
         total, count = self.task.loss(out, part)
         return total, count, len(batch)
 
@@ -199,10 +251,10 @@ class StreamSteps(Steps):
         x = self.rows_x[self.rows, s0:e].to(self.d.device)
         y = self.rows_y[self.rows, s:e].to(self.d.device)
         if nxt is not None and s0 < nxt < e:
-            out, _, mid = self.model(x, state=self.carry, split_at=nxt - s0)
+            out, _, mid = self.forward(x, state=self.carry, split_at=nxt - s0)
             self.carry = self._detached(mid)
         else:
-            out, final = self.model(x, state=self.carry)
+            out, final = self.forward(x, state=self.carry)
             if nxt == e:
                 self.carry = self._detached(final)
         lengths = torch.full((len(self.rows),), e - s, dtype=torch.long, device=self.d.device)
@@ -210,9 +262,11 @@ class StreamSteps(Steps):
         return total, count, self.rows_x.shape[0] * (e - s)
 
     def _detached(self, state):
-        """The state with the graph behind it cut, in the layer's own form (via its pack/unpack)."""
-        rnn = self.net.rnn
-        return rnn.pack_state(tuple(p.detach() for p in rnn.unpack_state(state)))
+        """The state with the graph behind it cut, in the layer's own form (via its pack/unpack),
+        in the weights' dtype: under autocast the layer returns it in the autocast dtype, and
+        the checkpoint keeps it float32 whatever the precision."""
+        rnn, dtype = self.net.rnn, self.net.head.weight.dtype
+        return rnn.pack_state(tuple(p.detach().to(dtype) for p in rnn.unpack_state(state)))
 
     @torch.no_grad()
     def evaluate(self, ids: Tensor) -> Dict[str, float]:
