@@ -451,28 +451,43 @@ def add_arguments(p) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     p.add_argument("--markdown", metavar="PATH", help="also write the rows as a Markdown table to PATH")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows (subprocesses)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu: the CPU table (default); cuda: rnnkit on the GPU against cuDNN (rnnkit/bench_cuda.py)")
+    p.add_argument("--dtypes", default="fp32,bf16,fp16",
+                   help="with --device cuda: comma-separated subset of fp32,bf16,fp16 (default all)")
     p.add_argument("--threads", default=None,
                    help="comma-separated intra-op thread counts for the sequence rows, a table each "
                         "(default: torch's current count, then 1)")
 
 
-def run(args) -> int:
+def checked_cells(args) -> tuple:
+    """--cells and --repeats checked (the CPU and the GPU table alike)."""
     cells = tuple(c for c in args.cells.split(",") if c)
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise SystemExit(f"rnnkit bench: --cells: expected a subset of {CELLS}, got {args.cells!r}")
     if args.repeats < 1:
         raise SystemExit(f"rnnkit bench: --repeats: expected a positive integer, got {args.repeats}")
+    return cells
+
+
+def run(args) -> int:
+    """The CPU table."""
+    cells = checked_cells(args)
     now = torch.get_num_threads()
     threads = _thread_counts(args.threads) if args.threads else ([now, 1] if now > 1 else [1])
     print(json.dumps(machine()))
     print(HEADER)
     result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True),
                      threads=threads)
+    write(args, result, markdown)
+    return 0
+
+
+def write(args, result: dict, to_markdown) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown(result))
-    return 0
+            f.write(to_markdown(result))

@@ -14,7 +14,7 @@ from ._version import __version__
 from .train.errors import UserError
 
 COMMANDS = {
-    "bench": ("rnnkit.bench", "time rnnkit's fused CPU backend against torch.nn side by side"),
+    "bench": ("rnnkit.bench_command", "time rnnkit against torch.nn side by side (CPU, or --device cuda)"),
     "build": ("rnnkit.backends._build", "compile the C++ CPU kernels now (else done on first use)"),
     "train": ("rnnkit.train.commands.train", "train a network on a task (default: LSTM on yearly sunspots)"),
     "eval": ("rnnkit.train.commands.eval", "test metrics of a trained checkpoint"),

@@ -21,7 +21,7 @@ RANKS = [("rnnkit.cells", 0), ("rnnkit.validation", 0), ("rnnkit.data", 0), ("rn
          ("rnnkit.sequence", 1), ("rnnkit.backends", 2), ("rnnkit.ops", 3), ("rnnkit.stream", 3),
          ("rnnkit.layers", 4), ("rnnkit.cell_modules", 4), ("rnnkit.registry", 5), ("rnnkit.convert", 5), ("rnnkit.export", 5),
          ("rnnkit.diagnostics", 5),
-         ("rnnkit.train", 6), ("rnnkit.bench", 6), ("rnnkit.experiments", 7), ("rnnkit.view", 7), ("rnnkit.export_cli", 7), ("rnnkit.cli", 8),
+         ("rnnkit.train", 6), ("rnnkit.bench", 6), ("rnnkit.bench_cuda", 6), ("rnnkit.bench_command", 6), ("rnnkit.experiments", 7), ("rnnkit.view", 7), ("rnnkit.export_cli", 7), ("rnnkit.cli", 8),
          ("rnnkit.__main__", 8)]
 
 

@@ -72,18 +72,18 @@ def _auto(cell, device, dtype) -> Backend:
     missing = []                                # preferred backends that cannot run here at all
     for name in PRIORITY:
         backend = _REGISTERED[name]
-        if backend.supports(cell, device, dtype):
+        ok = backend.supports(cell, device, dtype)
+        if ok:
             for skipped, reason in missing:
                 if skipped not in _warned:
                     _warned.add(skipped)
                     warnings.warn(f"rnnkit: the {skipped!r} backend is not available ({reason}); "
                                   f"using {name!r}", RuntimeWarning, stacklevel=5)
             return backend
-        # warn only where the backend would have run this case but cannot run at all here
-        # (not, e.g., the cpu backend asked about CUDA tensors)
-        ok, here = backend.supports(cell, device, dtype), backend.available()
-        if not here and ok.reason == here.reason:
-            missing.append((name, here.reason))
+        # warn only where the backend would have run this case but cannot run at all here (not,
+        # e.g., the cpu backend asked about CUDA tensors, which must not build its kernels either)
+        if ok.unavailable:
+            missing.append((name, ok.reason))
     raise RuntimeError(f"backend: no backend supports the {cell.name!r} cell on {device} {dtype}")
 
 

@@ -41,10 +41,12 @@ from ..cells.base import Cell
 
 @dataclass(frozen=True)
 class Support:
-    """Whether a backend can run a case; ``reason`` says why not (empty when it can)."""
+    """Whether a backend can run a case; ``reason`` says why not (empty when it can);
+    ``unavailable``: not because of the case, but because the backend cannot run here at all."""
 
     ok: bool
     reason: str = ""
+    unavailable: bool = False
 
     def __bool__(self) -> bool:
         return self.ok

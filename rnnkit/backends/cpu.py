@@ -34,7 +34,7 @@ class CPU(Backend):
     def available(self) -> Support:
         if extension() is None:
             return Support(False, f"the C++ kernels could not be built ({_build.error()}); "
-                                  "run `rnnkit build --verbose` to see why")
+                                  "run `rnnkit build --verbose` to see why", unavailable=True)
         return YES
 
     def supports(self, cell: Cell, device, dtype) -> Support:

@@ -150,7 +150,7 @@ class Triton(Reference):
     def available(self) -> Support:
         found = _triton()
         if isinstance(found, str):
-            return Support(False, f"Triton cannot be imported ({found})")
+            return Support(False, f"Triton cannot be imported ({found})", unavailable=True)
         return YES
 
     def supports(self, cell: Cell, device, dtype) -> Support:

@@ -7,6 +7,10 @@ Shapes: BB batch rows, BN output columns, BK reduction chunk (all powers of two,
         acc (BB, BN) += sum_k a[rb, k] * w[rn, k]   (rows of a past B and columns past N read 0)
         a and w are addressed by strides, so one routine gives  h W^T  (forward, w = W as stored)
         and  d W  (backward, w = W read transposed) without copying W.
+    mm_gates(a, sa_b, w, gs, rb, rn, B, N, K, NG)
+        the NG (<= 4) gate blocks of  a W^T  at once (w's rows g*gs + rn for gate g, row-major with
+        K columns): one pass over K loads the a tile once and feeds NG products (more independent
+        work per iteration than NG passes); unused accumulators stay zero.
     grid_sync(sem, n)   the n-th grid barrier of a launch (every program calls it alike)
 """
 from __future__ import annotations
@@ -28,6 +32,30 @@ def mm_tile(acc, a, sa_b, sa_k, w, sw_n, sw_k, rb, rn, B, N, K,
                     mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)                         # (BK, BN)
         acc = tl.dot(x, y, acc, input_precision=PREC)
     return acc
+
+
+@triton.jit
+def mm_gates(a, sa_b, w, gs, rb, rn, B, N, K, NG: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    acc0 = tl.zeros((BB, BN), ACC)
+    acc1 = tl.zeros((BB, BN), ACC)
+    acc2 = tl.zeros((BB, BN), ACC)
+    acc3 = tl.zeros((BB, BN), ACC)
+    rk = tl.arange(0, BK)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        x = tl.load(a + rb[:, None] * sa_b + kk[None, :],
+                    mask=(rb[:, None] < B) & (kk[None, :] < K), other=0.0, cache_modifier=".cg")   # (BB, BK)
+        wm = (rn[None, :] < N) & (kk[:, None] < K)
+        w_at = w + rn[None, :] * K + kk[:, None]                                                   # (BK, BN)
+        acc0 = tl.dot(x, tl.load(w_at, mask=wm, other=0.0), acc0, input_precision=PREC)
+        if NG > 1:
+            acc1 = tl.dot(x, tl.load(w_at + gs * K, mask=wm, other=0.0), acc1, input_precision=PREC)
+        if NG > 2:
+            acc2 = tl.dot(x, tl.load(w_at + 2 * gs * K, mask=wm, other=0.0), acc2, input_precision=PREC)
+        if NG > 3:
+            acc3 = tl.dot(x, tl.load(w_at + 3 * gs * K, mask=wm, other=0.0), acc3, input_precision=PREC)
+    return acc0, acc1, acc2, acc3
 
 
 @triton.jit

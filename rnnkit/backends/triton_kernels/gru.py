@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_tile, tanh
+from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh
 
 
 @triton.jit
@@ -56,12 +56,10 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, mask, sem, T, B, H,
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            hr = _bias(mm_tile(tl.zeros((BB, BH), ACC), h_in, H, 1, w, H, 1, rb, rh, B, H, H, BK, PREC),
-                       b, rh, H, HAS_B, ACC)
-            hz = _bias(mm_tile(tl.zeros((BB, BH), ACC), h_in, H, 1, w + H * H, H, 1, rb, rh, B, H, H, BK, PREC),
-                       b + H, rh, H, HAS_B, ACC)
-            hn = _bias(mm_tile(tl.zeros((BB, BH), ACC), h_in, H, 1, w + 2 * H * H, H, 1, rb, rh, B, H, H, BK, PREC),
-                       b + 2 * H, rh, H, HAS_B, ACC)
+            hr, hz, hn, _ = mm_gates(h_in, H, w, H, rb, rh, B, H, H, 3, BB, BH, BK, PREC, ACC)
+            hr = _bias(hr, b, rh, H, HAS_B, ACC)
+            hz = _bias(hz, b + H, rh, H, HAS_B, ACC)
+            hn = _bias(hn, b + 2 * H, rh, H, HAS_B, ACC)
             r = tl.sigmoid(tl.load(x_at, mask=m2, other=0.0).to(ACC) + hr)
             z = tl.sigmoid(tl.load(x_at + H, mask=m2, other=0.0).to(ACC) + hz)
             n = tanh(tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC) + r * hn)
@@ -98,10 +96,9 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, mask, sem, T, B, H,
         for s in range(pid, tiles, tl.num_programs(0)):          # r, z and u = r * h_{t-1}
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            hr = _bias(mm_tile(tl.zeros((BB, BH), ACC), h_in, H, 1, w, H, 1, rb, rh, B, H, H, BK, PREC),
-                       b, rh, H, HAS_B, ACC)
-            hz = _bias(mm_tile(tl.zeros((BB, BH), ACC), h_in, H, 1, w + H * H, H, 1, rb, rh, B, H, H, BK, PREC),
-                       b + H, rh, H, HAS_B, ACC)
+            hr, hz, _, _ = mm_gates(h_in, H, w, H, rb, rh, B, H, H, 2, BB, BH, BK, PREC, ACC)
+            hr = _bias(hr, b, rh, H, HAS_B, ACC)
+            hz = _bias(hz, b + H, rh, H, HAS_B, ACC)
             r = tl.sigmoid(tl.load(x_at, mask=m2, other=0.0).to(ACC) + hr)
             z = tl.sigmoid(tl.load(x_at + H, mask=m2, other=0.0).to(ACC) + hz)
             tl.store(z32 + own, z, mask=m2)

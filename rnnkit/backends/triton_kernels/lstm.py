@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_tile, tanh
+from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh
 
 
 @triton.jit(do_not_specialize=["T", "B", "H"])
@@ -42,10 +42,7 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, mask, sem, T, B, H,
             m2 = (rb[:, None] < B) & (rh[None, :] < H)
             h_prev_seq = hs + t64 * B * H
             x_at = xp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
-            pi = mm_tile(tl.zeros((BB, BH), ACC), h_prev_seq, H, 1, w, H, 1, rb, rh, B, H, H, BK, PREC)
-            pf = mm_tile(tl.zeros((BB, BH), ACC), h_prev_seq, H, 1, w + H * H, H, 1, rb, rh, B, H, H, BK, PREC)
-            pg = mm_tile(tl.zeros((BB, BH), ACC), h_prev_seq, H, 1, w + 2 * H * H, H, 1, rb, rh, B, H, H, BK, PREC)
-            po = mm_tile(tl.zeros((BB, BH), ACC), h_prev_seq, H, 1, w + 3 * H * H, H, 1, rb, rh, B, H, H, BK, PREC)
+            pi, pf, pg, po = mm_gates(h_prev_seq, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK, PREC, ACC)
             pi += tl.load(x_at, mask=m2, other=0.0).to(ACC)
             pf += tl.load(x_at + H, mask=m2, other=0.0).to(ACC)
             pg += tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC)
