@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml requirements-dev.txt
 run: $(STAMP)
 	$(VENV)/bin/rnnkit train
 
+# tests/triton run twice: skipped in the main run (no GPU here), then in Triton's interpreter, which
+# must be switched on before Triton is imported
 test: $(STAMP) browser
 	$(PY) -m pytest
+	TRITON_INTERPRET=1 $(PY) -m pytest tests/triton
 
 # Headless Chromium (Debian's package) for the page tests in tests/view: installed when it is
 # missing and we are root; never fails the build (without it those tests skip, saying why).

@@ -81,8 +81,11 @@ class Plan:
         else:
             sms = _sm_count(device)
             width = max(widths)
-            self.BH = next((bh for bh in (16, 32, 64) if n_b * -(-width // bh) <= sms), 128)
-            self.BK = 32 if dtype in (torch.float32, torch.float64) else 64
+            # the widest tile whose count still fits the SMs, but at most 2048 accumulators per gate
+            # (4 gates x BB x BH in registers: wider spills); past that a program walks several tiles
+            fits = [bh for bh in (16, 32, 64) if self.BB * bh <= 2048]
+            self.BH = next((bh for bh in fits if n_b * -(-width // bh) <= sms), fits[-1])
+            self.BK = 64 if dtype == torch.float32 else 128     # fewer, longer steps of the K loop
             self.programs = min(sms, n_b * -(-width // self.BH))
         tf32 = dtype == torch.float32 and not self.interpret and torch.backends.cuda.matmul.allow_tf32
         self.consts = dict(BB=self.BB, BH=self.BH, BK=self.BK, PREC="tf32" if tf32 else "ieee",
@@ -161,6 +164,9 @@ class Triton(Reference):
             return Support(False, f"runs CUDA tensors, got device {device}")
         if dtype not in DTYPES:
             return Support(False, f"runs float32, bfloat16, float16 and float64, got {dtype}")
+        if dtype == torch.float64 and device.type == "cuda":
+            # measured on Triton 3.6 (H200): tl.dot does not compile for float64 operands
+            return Support(False, "runs float64 only in Triton's interpreter (tl.dot has no float64 on the GPU)")
         known = OPTIONS.get(cell.name)
         if known is None:
             return Support(False, f"has no kernel for the {cell.name!r} cell")
