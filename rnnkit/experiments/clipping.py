@@ -3,14 +3,19 @@
 An Elman network with ReLU units whose recurrent matrix starts as 1.1 times the identity (the
 IRNN initialisation of Le et al. 2015 with a gain above 1) makes both the activations and the
 backpropagated error grow like 1.1^t along the units the input drives.  The same network, same data and same seed is trained
-twice with plain SGD: without clipping, and with the gradient norm clipped at 1.
+twice with plain SGD: without clipping, and with the gradient norm clipped at 1.  The page
+shows that common start reading one test sequence: the state and the error signal growing.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
+import torch.nn.functional as F
 
+from ..diagnostics import gradient_flow
+from ..view.capture import capture
 from .common import Context, Section, pyplot, save, table
 
 GAIN = 1.1
@@ -31,7 +36,13 @@ def run(ctx: Context) -> Section:
     common = {"task": "adding", "cell": "elman", "nonlinearity": "relu", "hidden": hidden,
               "seq_len": T, "n_samples": n, "epochs": epochs, "optimizer": "sgd", "lr": 0.01,
               "patience": 0, "log_every": 1}
-    runs = {"no clipping": ctx.fit({**common, "clip": "norm", "clip_at": NO_CLIP}, prepare=_explode),
+    start = {}
+
+    def explode_and_keep(net):
+        _explode(net)
+        start["net"] = copy.deepcopy(net)
+
+    runs = {"no clipping": ctx.fit({**common, "clip": "norm", "clip_at": NO_CLIP}, prepare=explode_and_keep),
             "clip norm at 1": ctx.fit({**common, "clip": "norm", "clip_at": 1.0}, prepare=_explode)}
     rows, curves = [], {}
     for name, r in runs.items():
@@ -75,7 +86,25 @@ def run(ctx: Context) -> Section:
         sec.findings.append(f"Clipping only keeps the steps bounded: the clipped network did not learn "
                             f"the task in this budget (test MSE {b[4]:.3f}; always answering 1 scores "
                             f"{MEAN_MSE:.3f}).")
+    sec.pages.append(_page(ctx, start["net"], runs["clip norm at 1"].trainer.task.tests["test"]))
     return sec
+
+
+def _page(ctx: Context, net, test):
+    """The common start (W_hh = GAIN I) reading the first test sequence."""
+    one = test.take(slice(0, 1))
+    loss = lambda out: F.mse_loss(out[0].squeeze(-1), one.y)                  # noqa: E731
+    g = gradient_flow(net, (one.x,), loss).hidden()[0, 0].double()               # (T,) ||dL/dh_t||
+    h = capture(net, (one.x,)).trace[0][0]["hidden"]                            # (T, H)
+    T, factor = len(g), float(g[0] / g[-1])
+    look = (f"the ||dL/dh_t|| panel: going back from step {T - 1} to step 0 the error signal grows "
+            f"x{factor:.3g} (x{factor ** (1 / (T - 1)):.3f} per step, W_hh's gain is {GAIN}), and the "
+            f"hidden state (opened by the link) grows from at most {float(h[0].max()):.3g} at step 0 "
+            f"to {float(h[-1].max()):.3g} at step {T - 1} (steps counted from 0, as on the page).")
+    return ctx.page("clipping_start.html", net, (one.x,),
+                    f"elman (ReLU, W_hh = {GAIN} I) before training, adding problem T={T}, test sequence 0",
+                    look, view="quantity=hidden", loss_fn=loss,
+                    loss_label="squared error of the answer after the last step")
 
 
 def _plot(ctx: Context, curves: dict) -> str:

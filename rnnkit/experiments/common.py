@@ -3,6 +3,8 @@
 An experiment is a function ``(ctx) -> Section``.  It trains with ``ctx.fit(overrides)``, which
 runs the same Trainer as ``rnnkit train`` in a scratch folder, and returns a Section: prose,
 tables and figures for docs/experiments.md.  ``ctx.quick`` asks for the small version.
+Where a picture of the inside explains the result, ``ctx.page(...)`` writes an ``rnnkit view``
+page of a network the section trained (beside the figures) and the section links it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from torch import nn
+
+from ..view import page as view_page
 
 from ..train import distributed
 from ..train.config import Config, resolve
@@ -50,6 +54,22 @@ class Run:
         return [r for r in map(json.loads, lines) if r.get("kind") == kind]
 
 
+PAGE_BUDGET = 400_000       # bytes of one committed view page: its trace gets fewer bits past it
+
+
+@dataclass
+class Shown:
+    """One ``rnnkit view`` page of a section: the file, its link (with the view to open), what
+    to look at, and the network and inputs it shows (kept so tests can read the page back)."""
+    file: Path
+    ref: str
+    label: str
+    look: str
+    net: nn.Module
+    inputs: tuple
+    size: int
+
+
 @dataclass
 class Section:
     """One experiment's part of the report."""
@@ -60,11 +80,16 @@ class Section:
     figures: List[str] = field(default_factory=list)
     findings: List[str] = field(default_factory=list)
     numbers: List[float] = field(default_factory=list)     # every reported figure, checked finite
+    pages: List[Shown] = field(default_factory=list)
+
 
     def markdown(self) -> str:
         parts = [f"## {self.title}", f"**The lecture says:** {self.claim}", f"**Setup:** {self.setup}"]
         parts += self.tables
         parts += [f"![{Path(f).stem}]({f})" for f in self.figures]
+        if self.pages:
+            parts.append("**Inside the networks** (`rnnkit view` pages: open from disk in a browser):\n"
+                         + "\n".join(f"- [{p.label}]({p.ref}): {p.look}" for p in self.pages))
         parts += ["**What happened:**\n" + "\n".join(f"- {s}" for s in self.findings)]
         return "\n\n".join(parts) + "\n"
 
@@ -95,6 +120,19 @@ class Context:
         except Diverged as e:                 # an experiment may mean to show a run blowing up
             result = {"out": str(trainer.out), "diverged": str(e), "test": {}}
         return Run(opts, result, trainer)
+
+    def page(self, name: str, net: nn.Module, inputs: tuple, label: str, look: str, view: str = "",
+             **options) -> Shown:
+        """Write the view page of ``net`` reading ``inputs`` beside the figures (``options`` go
+        to ``rnnkit.view.page``); ``view`` is the link's fragment, e.g. ``quantity=cell&unit=3``,
+        and ``look`` the sentence that says what to see there."""
+        net.eval()
+        version = "quick version" if self.quick else "full version"
+        shown = view_page(net, inputs, title=label, budget=PAGE_BUDGET,
+                          note=f"rnnkit experiments ({version}, seed {self.seed}): {label}", **options)
+        path, ref = self.figure(name)
+        shown.save(path)
+        return Shown(path, ref + (f"#{view}" if view else ""), label, look, net, inputs, shown.size)
 
     def figure(self, name: str) -> tuple:
         """(path to save to, reference for the markdown)."""
@@ -164,6 +202,17 @@ def hidden_for_params(cell: str, n_in: int, target: int) -> int:
         if n > target:
             break
     return best
+
+
+def best_unit(trace: np.ndarray, signal: np.ndarray) -> tuple:
+    """(unit, r): the unit of ``trace`` (T, H) whose values correlate most strongly (|Pearson r|)
+    with ``signal`` (T,); constant units count as r = 0."""
+    a = trace - trace.mean(0)
+    s = signal - signal.mean()
+    den = np.sqrt((a * a).sum(0) * (s * s).sum())
+    r = np.where(den > 0, (a * s[:, None]).sum(0) / np.where(den > 0, den, 1.0), 0.0)
+    unit = int(np.argmax(np.abs(r)))
+    return unit, float(r[unit])
 
 
 def finite(values: Sequence[float]) -> bool:

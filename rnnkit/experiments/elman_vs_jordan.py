@@ -4,11 +4,16 @@ A Jordan network remembers only what its output y_{t-1} carries.  On the delayed
 (target x_(t-3)) the output is one number, so with a one-unit output the network must squeeze
 three past inputs into the value it is also asked to emit; with a wide output (O = H) it has
 as much room as an Elman network.  On yearly sunspots, one step ahead, the fed-back
-prediction is itself a good summary of the past.
+prediction is itself a good summary of the past.  The pages show Elman and the Jordan network
+with O=1 on one echo test sequence: the fed-back output is the only memory the latter has.
 """
 from __future__ import annotations
 
-from .common import Context, Section, bars, table
+import numpy as np
+import torch
+
+from ..view.capture import capture
+from .common import Context, Section, best_unit, bars, table
 
 DELAY = 3
 
@@ -17,7 +22,7 @@ def run(ctx: Context) -> Section:
     T, n, epochs = (20, 300, 3) if ctx.quick else (40, 2000, 15)
     H = 16 if ctx.quick else 32
     variants = [("elman", {}), ("jordan", {"jordan_output": 1}), ("jordan", {"jordan_output": H})]
-    rows = []
+    rows, echoes = [], []
     for cell, extra in variants:
         name = cell + (f" (O={extra['jordan_output']})" if extra else "")
         echo = ctx.fit({"task": "echo", "cell": cell, "delay": DELAY, "seq_len": T, "n_samples": n,
@@ -25,6 +30,7 @@ def run(ctx: Context) -> Section:
         sun = ctx.fit({"task": "sunspots", "cell": cell, "hidden": H, "epochs": 10 if ctx.quick else 150,
                        "forecast": "level", **extra})      # the representation the report measured
         window = sun.trainer.cfg.window
+        echoes.append((name, echo))
         rows.append([name, echo.result["parameters"], echo.test_metric("mse"),
                      sun.test_metric("rmse", "1921-1955"), sun.test_metric("rmse", "1921-1987")])
     sec = Section(
@@ -52,4 +58,31 @@ def run(ctx: Context) -> Section:
     sec.findings.append(f"Sunspots 1921-55 RMSE: Elman {elman[3]:.2f}, Jordan O=1 {narrow[3]:.2f}, "
                         f"Jordan O={H} {wide[3]:.2f}: feeding back the forecast itself (O=1) "
                         + ("hurt" if narrow[3] > elman[3] else "helped") + " here.")
+    sec.pages += [_page(ctx, name, run) for name, run in echoes[:2]]
     return sec
+
+
+def _page(ctx: Context, name: str, run):
+    """The network reading the first echo test sequence; the unit of the fed-back quantity
+    (Jordan: its output, Elman: its state) that tracks the target x_(t-DELAY) best."""
+    one = run.trainer.task.tests["test"].take(slice(0, 1))
+    net = run.net.eval()
+    x = one.x[0, :, 0].double().numpy()
+    target = np.r_[np.full(DELAY, np.nan), x[:-DELAY]]                       # (T,) x_(t-DELAY)
+    with torch.no_grad():
+        out = net(one.x)[0][0, :, 0].double().numpy()                         # (T,) the answer per step
+    quantity = "output" if run.config["cell"] == "jordan" else "hidden"
+    trace = capture(net, (one.x,)).trace[0][0][quantity].astype(np.float64)   # (T, O or H)
+    unit, r = best_unit(trace[DELAY:], target[DELAY:])
+    T = len(x)
+    err = float(np.mean((out[DELAY:] - target[DELAY:]) ** 2))
+    what = ("the fed-back output y (opened by the link), all this network remembers of the past,"
+            if quantity == "output" else f"hidden unit {unit} (opened by the link)")
+    look = (f"{what} tracks the target x_(t-{DELAY}) with r = {r:.2f} over steps {DELAY}-{T - 1}; "
+            f"the answers' squared error on this sequence is {err:.3f}.")
+    return ctx.page(f"echo_{run.config['cell']}.html", net, (one.x,),
+                    f"{name}, H={run.config['hidden']}, delayed echo x_(t-{DELAY}), T={T}, test sequence 0",
+                    look, view=f"quantity={quantity}&unit={unit}",
+                    loss_fn=lambda o: run.trainer.task.loss(o[0], one)[0],
+                    loss_label=f"summed squared error of the answers from step {DELAY}",
+                    series={f"target x_(t-{DELAY})": target, "input x_t": x, "answer": out})

@@ -2,6 +2,8 @@
 
 ``rnnkit.gradient_flow`` measures ||dL/dh_t|| for every step: the error signal that BPTT
 delivers to step t.  Falling towards t=0 means vanishing gradients, rising means exploding.
+The pages show the LSTM at initialisation and trained on one test sequence: the forget gate
+and the gradient panel.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import registry
 from ..diagnostics import gradient_flow, spectral_radius
+from ..view.capture import capture
 from .common import Context, Section, pyplot, save, table
 
 CELLS = registry.names()
@@ -25,7 +28,7 @@ def _flow(net, split):
 
 def run(ctx: Context) -> Section:
     T, hidden, epochs, n = (20, 12, 3, 300) if ctx.quick else (60, 32, 20, 2000)
-    curves, rows, rho = {}, [], {}
+    curves, rows, rho, nets = {}, [], {}, {}
     for cell in CELLS:
         initial = {}
 
@@ -41,6 +44,8 @@ def run(ctx: Context) -> Section:
             rows.append([cell, stage, float(g[-1]), float(g[0]), float(g[0] / g[-1])])
             if cell == "elman":
                 rho[stage] = float(spectral_radius(net.rnn)[0, 0])
+            if cell == "lstm":
+                nets[stage] = (net, split)
     sec = Section(
         title="2. Gradient flow through time",
         claim="in a plain RNN the error signal shrinks (or grows) geometrically as it flows back in "
@@ -72,7 +77,24 @@ def run(ctx: Context) -> Section:
                         f"{rho['trained']:.3f} after training"
                         + (" (below 1: with tanh' <= 1 the error can only shrink geometrically)."
                            if rho["initial"] < 1 else "."))
+    sec.pages += [_page(ctx, stage, *nets[stage]) for stage in ("initial", "trained")]
     return sec
+
+
+def _page(ctx: Context, stage: str, net, split):
+    """The LSTM (initial or trained weights) reading the first test sequence."""
+    one = split.take(slice(0, 1))
+    g = _flow(net, one).double()                                     # (T,) ||dL/dh_t||
+    forget = capture(net, (one.x,)).trace[0][0]["forget_gate"]       # (T, H)
+    T = len(g)
+    look = (f"the ||dL/dh_t|| panel: from step {T - 1} back to step 0 the error signal changes "
+            f"x{float(g[0] / g[-1]):.3g}; the forget gate (opened by the link) averages "
+            f"{float(forget.mean()):.2f} over units and steps, so each step keeps about that share of the cell.")
+    return ctx.page(f"gradients_lstm_{stage}.html", net, (one.x,),
+                    f"lstm, {stage} weights, adding problem T={T}, test sequence 0", look,
+                    view="quantity=forget_gate",
+                    loss_fn=lambda out: F.mse_loss(out[0].squeeze(-1), one.y),
+                    loss_label="squared error of the answer after the last step")
 
 
 def _plot(ctx: Context, curves: dict) -> str:

@@ -4,11 +4,19 @@ Every cell learns the adding problem at several lengths T, once at equal hidden 
 at (about) equal parameter count.  A test sequence counts as solved when the prediction is
 within 0.04 of the target (the criterion of the 1997 paper); predicting the mean scores about
 0.17 MSE and solves almost none.
+
+The pages show the LSTM and the Elman network of equal hidden size at the longest T reading one
+held-out sequence: the LSTM's memory cell holds the marked values, Elman's state does not.
 """
 from __future__ import annotations
 
+import numpy as np
+import torch.nn.functional as F
+
 from .. import registry
-from .common import Context, Section, hidden_for_params, param_count, pyplot, save, table
+from ..view.capture import capture
+from ..view.command import prefix_outputs
+from .common import Context, Section, best_unit, hidden_for_params, param_count, pyplot, save, table
 
 CELLS = registry.names()
 TOLERANCE = 0.04
@@ -33,7 +41,7 @@ def run(ctx: Context) -> Section:
     budget = param_count("lstm", 2, H)
     hidden = {"equal hidden": {c: H for c in CELLS},
               "equal parameters": {c: hidden_for_params(c, 2, budget) for c in CELLS}}
-    rows, rates = [], {}
+    rows, rates, shown = [], {}, {}
     for sizing, sizes in hidden.items():
         for cell in CELLS:
             for T in s["lengths"]:
@@ -42,6 +50,8 @@ def run(ctx: Context) -> Section:
                              "patience": 0})
                 rate, mse = success_rate(r), r.test_metric("mse")
                 rates[(sizing, cell, T)] = rate
+                if sizing == "equal hidden" and cell in ("lstm", "elman") and T == max(s["lengths"]):
+                    shown[cell] = r
                 rows.append([sizing, cell, sizes[cell], r.result["parameters"], T, rate, mse])
     sec = Section(
         title="1. Long time lags: the adding problem",
@@ -60,7 +70,44 @@ def run(ctx: Context) -> Section:
     sec.numbers += [v for r in rows for v in r[5:]]
     sec.figures.append(_plot(ctx, rates, s["lengths"], list(hidden)))
     sec.findings += _findings(rates, s["lengths"], list(hidden))
+    sec.pages += _pages(ctx, shown["lstm"], shown["elman"])
     return sec
+
+
+def _pages(ctx: Context, lstm, elman) -> list:
+    """The LSTM's and Elman's pages on the first held-out sequence the LSTM solves (the first
+    one when it solves none): the cell unit / hidden unit that tracks the marked sum best."""
+    test = lstm.trainer.task.tests["test"]
+    solved = ((lstm.trainer.predict(test).squeeze(-1) - test.y).abs() < TOLERANCE).nonzero()
+    k = int(solved[0]) if len(solved) else 0
+    one = test.take(slice(k, k + 1))
+    values, marks = one.x[0, :, 0].double().numpy(), one.x[0, :, 1].double().numpy()
+    marked = np.cumsum(values * marks)                                   # (T,) what must be held
+    a, b = np.flatnonzero(marks)
+    T = len(values)
+    which = f"held-out sequence {k}" + (" (the first the LSTM solves)" if len(solved) else "")
+    pages = []
+    for run, quantity, what in ((lstm, "cell", "memory cell"), (elman, "hidden", "hidden state")):
+        net = run.net.eval()
+        answers = prefix_outputs(net, one.x)[:, 0].double().numpy()      # (T,) the answer after each prefix
+        trace = capture(net, (one.x,)).trace[0][0][quantity].astype(np.float64)     # (T, H)
+        unit, r = best_unit(trace, marked)
+        v = trace[:, unit]
+        jump = abs(v[a] - v[a - 1]) if a > 0 else abs(v[a])
+        drift = np.abs(v[a:b] - v[a]).max()
+        name = run.config["cell"]
+        look = (f"{what} unit {unit} (opened by the link) tracks the sum of the marked values so far "
+                f"with r = {r:.2f} over the {T} steps; at the first marker (step {a}, counting from 0) it moves by "
+                f"{jump:.3g}, and until the second (step {b}) it stays within {drift:.3g} of that value; "
+                f"the network answers {answers[-1]:.3f} for the target {float(one.y[0]):.3f}.")
+        pages.append(ctx.page(
+            f"adding_{name}.html", net, (one.x,), f"{name}, H={run.config['hidden']}, adding problem T={T}, "
+            f"{which}", look, view=f"quantity={quantity}&unit={unit}",
+            loss_fn=lambda out, y=one.y: F.mse_loss(out[0].squeeze(-1), y),
+            loss_label="squared error of the answer after the last step",
+            series={"sum of the marked values so far": marked, "value": values, "marker": marks,
+                    "answer if the sequence ended here": answers}))
+    return pages
 
 
 def _plot(ctx: Context, rates: dict, lengths, sizings) -> str:
