@@ -199,11 +199,13 @@ class _Recurrent(nn.Module):
             return None
         if not isinstance(t, Tensor):
             raise TypeError(f"{type(self).__name__}: {name}: expected a Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != self._shapes[name] or t.dtype != like.dtype or t.device != like.device:
+        cast = like.dtype == self.__dict__.get("_run_dtype")    # autocast: stored in another dtype
+        dtype = self._param_dtype if cast else like.dtype
+        if tuple(t.shape) != self._shapes[name] or t.dtype != dtype or t.device != like.device:
             raise RuntimeError(f"{type(self).__name__}: {name}: expected shape {self._shapes[name]}, "
-                               f"dtype {like.dtype}, device {like.device}; got shape {tuple(t.shape)}, "
+                               f"dtype {dtype}, device {like.device}; got shape {tuple(t.shape)}, "
                                f"dtype {t.dtype}, device {t.device}")
-        return t
+        return t.to(like.dtype) if cast else t
 
     def _direction_params(self, layer: int, d: int, like: Tensor):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
@@ -224,6 +226,12 @@ class _Recurrent(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
+        """The dtype the recurrence runs in: the parameters' own, or the autocast dtype while
+        ``_under_autocast`` runs a backend that keeps float32 states in that dtype."""
+        return self.__dict__.get("_run_dtype") or self._param_dtype
+
+    @property
+    def _param_dtype(self) -> torch.dtype:
         return getattr(self, self._param_names[0][0]).dtype
 
     def backend_for(self, x: Tensor) -> backends.Backend:
@@ -279,9 +287,11 @@ class _Recurrent(nn.Module):
         return self._forward(input, hx, lengths, return_trace)
 
     def _forward(self, input, hx, lengths, return_trace):
-        amp = self._autocast_dtype(input.data if isinstance(input, PackedSequence) else input)
+        data = input.data if isinstance(input, PackedSequence) else input
+        amp = self._autocast_dtype(data)
         if amp is not None:
-            return self._under_autocast(amp, self._forward, input, hx, lengths, return_trace)
+            native = backends.autocast_dtype(self.backend, self.cell, data.device, self._dtype, amp) == amp
+            return self._under_autocast(amp, self._forward, input, hx, lengths, return_trace, native=native)
         who = type(self).__name__
         dtype = self._dtype
         packed = isinstance(input, PackedSequence)
@@ -326,17 +336,24 @@ class _Recurrent(nn.Module):
         amp = torch.get_autocast_dtype(x.device.type)
         return amp if amp != self._dtype else None
 
-    def _under_autocast(self, amp: torch.dtype, run, input, hx, *rest):
-        """Autocast: the recurrence runs in the parameters' precision (float32 state and memory
-        cell, the fused kernels stay usable), inputs are cast to it, and the output and final
-        state come back in the autocast dtype, as torch.nn's RNN and LSTM return them."""
-        dtype = self._dtype
+    def _under_autocast(self, amp: torch.dtype, run, input, hx, *rest, native: bool = False):
+        """Autocast: the output and final state come back in the autocast dtype, as torch.nn's RNN
+        and LSTM return them.  ``native``: the backend keeps float32 states while running 16-bit
+        tensors, so the input, state and (cast copies of the) parameters go in as ``amp`` and the
+        products run in it; otherwise the recurrence runs in the parameters' precision (float32
+        state and memory cell: the fused CPU kernels stay usable) and the inputs are cast to it."""
+        dtype = amp if native else self._dtype
         input = input.to(dtype)
         if hx is not None:
             hx = self.pack_state(tuple(h.to(dtype) if isinstance(h, Tensor) else h for h in self.unpack_state(hx)))
         with torch.autocast(input.data.device.type if isinstance(input, PackedSequence) else input.device.type,
                             enabled=False):
-            result = run(input, hx, *rest)
+            if native:
+                self.__dict__["_run_dtype"] = amp
+            try:
+                result = run(input, hx, *rest)
+            finally:
+                self.__dict__.pop("_run_dtype", None)
         out, state = result[0].to(amp), self.pack_state(tuple(h.to(amp) for h in self.unpack_state(result[1])))
         return (out, state) + tuple(result[2:])
 

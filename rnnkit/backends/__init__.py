@@ -114,6 +114,17 @@ def _resolve(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
     return backend
 
 
+def autocast_dtype(name: Optional[str], cell, device, param_dtype: torch.dtype, amp: torch.dtype) -> torch.dtype:
+    """The dtype a layer's recurrence runs in under autocast to ``amp``: ``amp`` where the backend
+    that would run ``amp`` tensors keeps its states in float32 (``Backend.float32_state``), else the
+    parameters' own dtype."""
+    try:
+        backend = resolve(name, cell, device, amp)
+    except RuntimeError:                        # e.g. a named backend that runs only float32
+        return param_dtype
+    return amp if backend.float32_state(amp) else param_dtype
+
+
 _resolved: Dict[tuple, Backend] = {}
 
 
@@ -134,4 +145,4 @@ def resolve_cached(name: Optional[str], cell, device, dtype: torch.dtype) -> Bac
 
 
 __all__ = ["Backend", "Support", "BACKENDS", "PRIORITY", "ORACLE", "available", "check_name", "get",
-           "resolve", "resolve_cached"]
+           "resolve", "resolve_cached", "autocast_dtype"]

@@ -90,6 +90,13 @@ class Backend:
         """Whether this backend runs ``cell`` on tensors of this device and dtype."""
         return self.available()
 
+    def float32_state(self, dtype: torch.dtype) -> bool:
+        """Whether, running tensors of this (16-bit) dtype, the backend keeps the states, memory
+        cells and accumulators in float32 inside the time loop (rounding only what it stores).
+        Autocast runs a layer's recurrence in the autocast dtype only on such a backend; elsewhere
+        it runs in the parameters' precision (a 16-bit state rounded at every step drifts)."""
+        return False
+
     def forward(self, cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor, ...],
                 params: Tuple[Optional[Tensor], ...], save: bool = True,
                 noise: Optional[Tuple[Tensor, ...]] = None):

@@ -87,10 +87,16 @@ class Plan:
             self.BH = next((bh for bh in fits if n_b * -(-width // bh) <= sms), fits[-1])
             self.BK = 64 if dtype == torch.float32 else 128     # fewer, longer steps of the K loop
             self.programs = min(sms, n_b * -(-width // self.BH))
-        tf32 = dtype == torch.float32 and not self.interpret and torch.backends.cuda.matmul.allow_tf32
-        self.consts = dict(BB=self.BB, BH=self.BH, BK=self.BK, PREC="tf32" if tf32 else "ieee",
+        self.consts = dict(BB=self.BB, BH=self.BH, BK=self.BK, PREC=self._precision(dtype),
                            ACC=tl.float64 if dtype == torch.float64 else tl.float32)
         self.acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _precision(self, dtype: torch.dtype) -> str:
+        """How tl.dot multiplies (common.dot): float32 follows torch's allow_tf32; bfloat16 in the
+        interpreter goes through float32 (the interpreter's own bfloat16 products are wrong)."""
+        if self.interpret:
+            return "upcast" if dtype == torch.bfloat16 else "ieee"
+        return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
     def launch(self, kernel, *args, **consts):
         """One persistent launch; the last runtime argument ``sem`` is added here."""
@@ -174,6 +180,9 @@ class Triton(Reference):
         if extra:
             return Support(False, f"its {cell.name!r} kernel does not take {', '.join(extra)}")
         return self.available()
+
+    def float32_state(self, dtype):
+        return dtype in (torch.bfloat16, torch.float16)
 
     def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
         return getattr(self, f"_{cell.name}_forward")(cell, xp.contiguous(), mask, state0, params, save)

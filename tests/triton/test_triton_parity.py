@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import FORMS, flat, grads, random_state, randn
+from helpers import FORMS, cotangents, flat, grads, random_state, randn
 from rnnkit import backends
 
 TRITON = backends.get("triton")
@@ -86,3 +86,71 @@ def test_gradcheck_float64(form):
         return flat(m(x, state if len(state) > 1 else state[0], torch.tensor([3, 2])))
 
     assert torch.autograd.gradcheck(f, (x, *h0, *params[:2]), eps=1e-6, atol=1e-7)
+
+
+HALF = [torch.bfloat16, torch.float16]
+# 16-bit tensors, float32 states: the stored values are rounded to 16 bits (each step's state, the
+# gate gradients feeding the weight products), so each tensor is compared by its largest error
+# relative to its largest value; measured at T=5, H=20: bf16 <= 1.2e-2, fp16 <= 8e-4 (the reference
+# backend run in 16 bits: 1.0e-2 and 1.1e-3)
+HALF_TOL = {torch.bfloat16: 3e-2, torch.float16: 3e-3}
+HALF_FORMS = ["elman_tanh", "jordan_sigmoid", "lstm", "gru", "gru_cho"]
+
+
+def _half_pair(form, amp):
+    """(float32 reference model, triton model in ``amp``) with the same (16-bit-rounded) weights."""
+    entry, kw = FORMS[form]
+    torch.manual_seed(0)
+    tri = entry.layer(I, 20, bidirectional=True, dtype=amp, backend="triton", **kw).to(DEVICE)
+    ref = entry.layer(I, 20, bidirectional=True, backend="reference", **kw).to(DEVICE)
+    ref.load_state_dict({k: v.float() for k, v in tri.state_dict().items()})
+    return ref, tri
+
+
+def _half_run(model, x, lengths):
+    """Outputs and gradients for the same float32 cotangents whatever the model's dtype (random
+    numbers drawn in 16 bits are not the float32 ones rounded)."""
+    out = flat(model(x, None, lengths))
+    cots = [c.to(t.dtype) for c, t in zip(cotangents([t.float() for t in out]), out)]
+    return out + list(torch.autograd.grad(out, [x, *model.parameters()], cots))
+
+
+@pytest.mark.parametrize("amp", HALF, ids=str)
+@pytest.mark.parametrize("form", [f for f in HALF_FORMS if f in FORMS_RUN])
+def test_16bit_matches_float32_reference(form, amp):
+    """bfloat16/float16 tensors: outputs and every gradient near a float32 run of the same rounded
+    weights (states kept in float32 inside the kernels; a 16-bit state would drift further)."""
+    ref, tri = _half_pair(form, amp)
+    x = randn(5, 18, I).to(amp).to(DEVICE)
+    lengths = torch.tensor([5, 2, 4, 1] * 4 + [3, 3])
+    xr, xt = x.float().requires_grad_(), x.clone().requires_grad_()
+    want, got = (_half_run(m, x, lengths) for m, x in ((ref, xr), (tri, xt)))
+    assert got[0].dtype == amp
+    for k, (a, e) in enumerate(zip(got, want)):
+        err, scale = (a.float() - e).abs().max().item(), e.abs().max().item()
+        assert err <= HALF_TOL[amp] * scale, f"{form}: tensor {k}: largest error {err:.3g}, largest value {scale:.3g}"
+
+
+@pytest.mark.parametrize("amp", HALF, ids=str)
+@pytest.mark.parametrize("form", [f for f in ["lstm", "gru", "elman_tanh"] if f in FORMS_RUN])
+def test_autocast_runs_the_kernels_in_the_autocast_dtype(form, amp):
+    """Under autocast a float32 model runs the triton kernels on 16-bit tensors (as cuDNN does): the
+    same numbers as the model cast to that dtype, and float32 gradients for the float32 weights."""
+    entry, kw = FORMS[form]
+    torch.manual_seed(0)
+    m = entry.layer(I, 20, backend="triton", **kw).to(DEVICE)
+    half = entry.layer(I, 20, dtype=amp, backend="triton", **kw).to(DEVICE)
+    half.load_state_dict({k: v.to(amp) for k, v in m.state_dict().items()})
+    x = randn(5, 18, I, dtype=torch.float32).to(DEVICE)
+    with torch.autocast(DEVICE.type, dtype=amp):
+        out, _ = m(x)
+    want, _ = half(x.to(amp))
+    assert out.dtype == amp
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+    full, _ = m(x)
+    assert (out.float() - full).abs().max() > 0, "autocast ran the recurrence in float32"
+    out.float().square().sum().backward()
+    want.float().square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), half.parameters()):
+        assert p.grad.dtype == torch.float32, name
+        torch.testing.assert_close(p.grad, q.grad.float(), atol=0, rtol=0, msg=name)

@@ -11,12 +11,23 @@ Shapes: BB batch rows, BN output columns, BK reduction chunk (all powers of two,
         the NG (<= 4) gate blocks of  a W^T  at once (w's rows g*gs + rn for gate g, row-major with
         K columns): one pass over K loads the a tile once and feeds NG products (more independent
         work per iteration than NG passes); unused accumulators stay zero.
+    dot(x, y, acc, PREC)   acc + x @ y; PREC "tf32"/"ieee" as tl.dot's input_precision, or "upcast":
+        the operands are cast to float32 first (Triton's interpreter multiplies bfloat16 operands
+        wrongly - measured with Triton 3.9 - while float32 products of bfloat16 values are exact)
     grid_sync(sem, n)   the n-th grid barrier of a launch (every program calls it alike)
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def dot(x, y, acc, PREC: tl.constexpr):
+    if PREC == "upcast":
+        return tl.dot(x.to(tl.float32), y.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(x, y, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -30,7 +41,7 @@ def mm_tile(acc, a, sa_b, sa_k, w, sw_n, sw_k, rb, rn, B, N, K,
                     mask=(rb[:, None] < B) & (kk[None, :] < K), other=0.0, cache_modifier=".cg")   # (BB, BK)
         y = tl.load(w + rn[None, :] * sw_n + kk[:, None] * sw_k,
                     mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)                         # (BK, BN)
-        acc = tl.dot(x, y, acc, input_precision=PREC)
+        acc = dot(x, y, acc, PREC)
     return acc
 
 
@@ -48,13 +59,13 @@ def mm_gates(a, sa_b, w, gs, rb, rn, B, N, K, NG: tl.constexpr, BB: tl.constexpr
                     mask=(rb[:, None] < B) & (kk[None, :] < K), other=0.0, cache_modifier=".cg")   # (BB, BK)
         wm = (rn[None, :] < N) & (kk[:, None] < K)
         w_at = w + rn[None, :] * K + kk[:, None]                                                   # (BK, BN)
-        acc0 = tl.dot(x, tl.load(w_at, mask=wm, other=0.0), acc0, input_precision=PREC)
+        acc0 = dot(x, tl.load(w_at, mask=wm, other=0.0), acc0, PREC)
         if NG > 1:
-            acc1 = tl.dot(x, tl.load(w_at + gs * K, mask=wm, other=0.0), acc1, input_precision=PREC)
+            acc1 = dot(x, tl.load(w_at + gs * K, mask=wm, other=0.0), acc1, PREC)
         if NG > 2:
-            acc2 = tl.dot(x, tl.load(w_at + 2 * gs * K, mask=wm, other=0.0), acc2, input_precision=PREC)
+            acc2 = dot(x, tl.load(w_at + 2 * gs * K, mask=wm, other=0.0), acc2, PREC)
         if NG > 3:
-            acc3 = tl.dot(x, tl.load(w_at + 3 * gs * K, mask=wm, other=0.0), acc3, input_precision=PREC)
+            acc3 = dot(x, tl.load(w_at + 3 * gs * K, mask=wm, other=0.0), acc3, PREC)
     return acc0, acc1, acc2, acc3
 
 
