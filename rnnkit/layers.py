@@ -183,6 +183,21 @@ class _Recurrent(nn.Module):
         """The parameters as the module holds them now, in ``_flat_weights_names`` order."""
         return [getattr(self, n, None) for n in self._flat_weights_names]
 
+    @_flat_weights.setter
+    def _flat_weights(self, weights) -> None:
+        """Binds each name to its tensor (code written for torch.nn assigns the list; rnnkit reads
+        the attributes, so the assignment must reach them).  ``nn.Module``'s rules apply: a
+        registered Parameter takes a Parameter or None."""
+        names = self._flat_weights_names
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(names):
+            got = f"{type(weights).__name__} of length {len(weights)}" if isinstance(weights, (list, tuple)) \
+                else type(weights).__name__
+            raise ValueError(f"{type(self).__name__}: _flat_weights: expected a list of {len(names)} tensors "
+                             f"({', '.join(names)}), got {got}")
+        for name, w in zip(names, weights):
+            if getattr(self, name, None) is not w:
+                setattr(self, name, w)
+
     def __prepare_scriptable__(self):
         raise RuntimeError(f"{type(self).__name__}: torch.jit.script cannot compile rnnkit layers (and TorchScript "
                            "is deprecated); use torch.compile(model) or torch.export.export(model, args)")
@@ -424,11 +439,13 @@ class _Recurrent(nn.Module):
         full = self.initial_state(hx, x.shape[0], unbatched, x)         # (L, B, S_k)
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
         noisy = self.training and bool(self.cell.noise_names)
-        if ops.needs_graph((x, *full, *self.parameters())) or dropout or noisy:   # the differentiable Python step
-            out, h_n = sequence.step_stack(self.cell, x, full, self.step_parameters(), dropout, noisy)
+        params = self.step_parameters()
+        # The weights as read (a DataParallel replica holds them as attributes, not parameters).
+        if ops.needs_graph((x, *full, *(w for layer in params for w in layer))) or dropout or noisy:
+            out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy)   # differentiable
         else:
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
-            out, h_n = backend.step(self.cell, x, full, self.step_parameters())
+            out, h_n = backend.step(self.cell, x, full, params)
         if unbatched:
             out, h_n = out.squeeze(0), tuple(h.squeeze(1) for h in h_n)
         return out, self.pack_state(h_n)
@@ -492,7 +509,42 @@ class _Recurrent(nn.Module):
         return new
 
 
-class Elman(_Recurrent):
+class _TorchRNNBase(nn.RNNBase):
+    """Makes a layer with a torch.nn twin an ``nn.RNNBase``, as user code checks it
+    (``isinstance(m, nn.RNNBase)`` in weight-drop, AWD-LSTM and training libraries), while the
+    layer keeps rnnkit's forward, parameters and pickled state.
+
+    Listed after ``_Recurrent`` in a layer's bases, so ``_Recurrent``'s methods win where both
+    define one (forward, reset_parameters, extra_repr, flatten_parameters -- a no-op --,
+    all_weights, ``_flat_weights_names``).  torch's constructor is skipped: it would register
+    torch's own parameters.  torch keeps a cached ``_flat_weights`` list with weak references
+    that its forward refreshes; here ``_flat_weights`` is read from the module's attributes at
+    every access, so the RNNBase methods that maintain that cache are replaced by the plain
+    ``nn.Module`` ones or by nothing (``__setattr__`` stays torch's: the list it patches is a
+    fresh copy, so it does what ``nn.Module``'s does).  The methods that only read attributes (``mode``,
+    ``proj_size``, ``_flat_weights``) are torch's: check_input, get_expected_hidden_size,
+    check_hidden_size, check_forward_args, permute_hidden.
+    """
+
+    def __init__(self):
+        nn.Module.__init__(self)
+
+    __getstate__ = nn.Module.__getstate__               # torch's drops weak references we do not keep
+    __setstate__ = nn.Module.__setstate__               # torch's rebuilds its name lists and cache
+    _replicate_for_data_parallel = nn.Module._replicate_for_data_parallel   # torch's copies the cache
+
+    def _apply(self, fn, recurse=True):
+        return nn.Module._apply(self, fn, recurse)      # torch's also resets the weak references
+
+    def _init_flat_weights(self) -> None:
+        """Nothing to build: ``_flat_weights`` is read from the module at every access."""
+
+    def _weights_have_changed(self) -> bool:
+        """Never: ``_flat_weights`` is never stale."""
+        return False
+
+
+class Elman(_Recurrent, _TorchRNNBase):
     r"""Elman network (simple RNN), drop-in for ``torch.nn.RNN``: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
 
     Arguments as torch.nn.RNN, plus ``backend`` ('auto', 'reference', 'autograd', ...).
@@ -510,6 +562,7 @@ class Elman(_Recurrent):
         validation.no_projection("Elman", proj_size)
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.nonlinearity = nonlinearity
+        self.mode, self.proj_size = ("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"), 0   # nn.RNNBase's
         cell = ElmanCell(hidden_size, nonlinearity, **_variants(recurrent_dropout, zoneout, clip_recurrent))
         super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
                          device, dtype)
@@ -529,7 +582,7 @@ class Elman(_Recurrent):
 RNN = Elman
 
 
-class LSTM(_Recurrent):
+class LSTM(_Recurrent, _TorchRNNBase):
     r"""Long short-term memory, drop-in for ``torch.nn.LSTM`` (gate order i, f, g, o).
 
     Arguments as torch.nn.LSTM (``proj_size`` P > 0: h_t = W_hr (o_t * tanh(c_t)), parameters
@@ -568,7 +621,7 @@ class LSTM(_Recurrent):
         for name, value in (("peephole", peephole), ("layer_norm", layer_norm)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: expected True or False, got {value!r}")
-        self.proj_size = proj_size
+        self.mode, self.proj_size = "LSTM", proj_size                   # nn.RNNBase's
         self.peephole = peephole
         self.layer_norm = layer_norm
         self.forget_bias = forget_bias
@@ -593,6 +646,11 @@ class LSTM(_Recurrent):
                     elif n.startswith(other):
                         getattr(self, n)[H:2 * H].zero_()
 
+    # torch.nn.LSTM's versions of these nn.RNNBase methods (its state is a pair).
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
     def unpack_state(self, hx):
         return state_pair("LSTM", hx, "(h_0, c_0)")
 
@@ -614,7 +672,7 @@ class LSTM(_Recurrent):
                 **super()._not_in_torch()}
 
 
-class GRU(_Recurrent):
+class GRU(_Recurrent, _TorchRNNBase):
     r"""Gated recurrent unit, drop-in for ``torch.nn.GRU`` (gate order r, z, n).
 
     ``reset_after=True`` (default) is torch's form, n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
@@ -639,6 +697,7 @@ class GRU(_Recurrent):
                 raise TypeError(f"{name}: expected True or False, got {value!r}")
         if layer_norm and not reset_after:
             raise ValueError("layer_norm: normalises torch's GRU form (reset_after=True); got reset_after=False")
+        self.mode, self.proj_size = "GRU", 0                            # nn.RNNBase's
         self.reset_after = reset_after
         self.layer_norm = layer_norm
         cell = GRUCell(hidden_size, reset_after, layer_norm, **_variants(recurrent_dropout, zoneout, clip_recurrent))
