@@ -25,7 +25,7 @@ How a layer becomes ONNX, decided by the cell registry and the cell's ``options(
   torch's form; False = 0, Cho 2014); LSTM peepholes are the input P = [p_i, p_o, p_f].  Lengths go
   to ``sequence_lens`` (int32): ONNX's reverse direction reads each sequence within its own
   length, as rnnkit's does.
-- any other layer (Jordan; an LSTM with ``proj_size``; zoneout) -> per layer and direction a
+- any other layer (Jordan; an LSTM with ``proj_size``; layer_norm; zoneout) -> per layer and direction a
   ``Scan`` over time whose body is the cell's step written in ONNX nodes (``_SCAN_STEPS``, one per
   cell), zoneout's eval-mode expected value after it; the input projection x W_ih^T + b_ih is one
   MatMul over all steps before the Scan.  With lengths, padded steps keep the state and emit
@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from . import registry
 
 DEFAULT_OPSET = 17
+LN_EPS = 1e-5                                           # rnnkit.cells.base.LN_EPS
 MIN_OPSET = 13                                          # Unsqueeze/Squeeze axes as inputs, Softmax(axis=-1)
 READOUTS = ("all", "last")
 
@@ -120,6 +121,21 @@ class _Graph:
     def slice(self, x: str, start: int, end: int, axis: int) -> str:
         return self.op("Slice", [x, self.ints(start), self.ints(end), self.ints(axis)])
 
+    def mean_last(self, x: str) -> str:
+        """Mean over the last axis, kept (ReduceMean's axes: an attribute before opset 18, an input since)."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.ints(-1)], keepdims=1)
+        return self.op("ReduceMean", [x], axes=[-1], keepdims=1)
+
+    def block_norm(self, x: str, blocks: int, size: int) -> str:
+        """x (B, blocks*size) normalised over each block of ``size`` features: (x - mean) / sqrt(var + eps)
+        with the biased variance (rnnkit.cells.base.block_norm; no gain or bias)."""
+        v = self.op("Reshape", [x, self.ints(-1, blocks, size)])                # (B, blocks, size)
+        centred = self.op("Sub", [v, self.mean_last(v)])
+        var = self.mean_last(self.op("Mul", [centred, centred]))
+        std = self.op("Sqrt", [self.op("Add", [var, self.const(LN_EPS, "eps")])])
+        return self.op("Reshape", [self.op("Div", [centred, std]), self.ints(-1, blocks * size)])
+
 
 def _onnx_type(onnx, dtype: np.dtype) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
@@ -130,7 +146,7 @@ def _onnx_type(onnx, dtype: np.dtype) -> int:
 _EVAL_FREE = frozenset({"recurrent_dropout", "clip_recurrent"})    # no effect on eval-mode math
 _NATIVE_OPTIONS = frozenset({"nonlinearity", "reset_after", "peephole"})   # attributes / P of RNN, GRU, LSTM
 _SCAN_OPTIONS = frozenset({"nonlinearity", "reset_after", "peephole", "proj_size", "output_activation",
-                           "zoneout"})                             # what the Scan steps below compute
+                           "zoneout", "layer_norm"})               # what the Scan steps below compute
 
 
 def _native_op(entry, cell) -> Optional[str]:
@@ -206,9 +222,16 @@ def _elman_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optiona
 
 def _lstm_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optional[Tensor]]) -> List[str]:
     """Gates i, f, g, o from xp + h W_hh^T + b_hh (peepholes: + w_ci c, w_cf c, w_co c_new);
-    c = f c + i g;  h = o tanh(c) (W_hr^T with a projection)."""
+    c = f c + i g;  h = o tanh(c) (W_hr^T with a projection).  Layer normalisation as in
+    rnnkit/cells/lstm.py: the two products normalised per gate block, and the cell before its tanh."""
     h, c = state
-    i, f, gg, o = g.split(g.op("Add", [xp, g.linear(h, p["weight_hh"], p.get("bias_hh"))]), 4)
+    H = cell.hidden_size
+    if cell.layer_norm:                                    # g_ih LN_4(xp) + g_hh LN_4(h W_hh^T) + b_hh
+        pre = _gains_norm(g, [(xp, p["weight_ln_ih"]), (g.linear(h, p["weight_hh"], None), p["weight_ln_hh"])],
+                          4, H, p.get("bias_hh"))
+    else:
+        pre = g.op("Add", [xp, g.linear(h, p["weight_hh"], p.get("bias_hh"))])
+    i, f, gg, o = g.split(pre, 4)
     peep = p["weight_ch"].detach().chunk(3) if "weight_ch" in p else None
     if peep is not None:
         i, f = (g.op("Add", [a, g.op("Mul", [g.const(w, "peephole"), c])]) for a, w in ((i, peep[0]), (f, peep[1])))
@@ -216,7 +239,8 @@ def _lstm_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optional
     c_new = g.op("Add", [g.op("Mul", [f, c]), g.op("Mul", [i, gg])])
     if peep is not None:
         o = g.op("Add", [o, g.op("Mul", [g.const(peep[2], "peephole"), c_new])])
-    h_new = g.op("Mul", [g.op("Sigmoid", [o]), g.op("Tanh", [c_new])])
+    read = _gains_norm(g, [(c_new, p["weight_ln_c"])], 1, H, p.get("bias_ln_c")) if cell.layer_norm else c_new
+    h_new = g.op("Mul", [g.op("Sigmoid", [o]), g.op("Tanh", [read])])
     if "weight_hr" in p:
         h_new = g.linear(h_new, p["weight_hr"], None)
     return [h_new, c_new]
@@ -224,12 +248,18 @@ def _lstm_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optional
 
 def _gru_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optional[Tensor]]) -> List[str]:
     """r, z from xp + h W_hh^T + b_hh;  n = tanh(xn + r (h W_hn^T + b_hn)) (torch form) or
-    tanh(xn + (r h) W_hn^T + b_hn) (Cho 2014);  h = n + z (h - n)."""
+    tanh(xn + (r h) W_hn^T + b_hn) (Cho 2014);  h = n + z (h - n).  Layer normalisation (torch form)
+    as in rnnkit/cells/gru.py: each product normalised per gate block, b_hh after it."""
     h, H = state[0], cell.hidden_size
     w, b = p["weight_hh"], p.get("bias_hh")
+    if cell.layer_norm:                  # torch form only: g_ih LN_3(xp), g_hh LN_3(h W_hh^T) + b_hh
+        xp = _gains_norm(g, [(xp, p["weight_ln_ih"])], 3, H, None)
+        rec_terms = _gains_norm(g, [(g.linear(h, w, None), p["weight_ln_hh"])], 3, H, b)
+    elif cell.reset_after:
+        rec_terms = g.linear(h, w, b)
     xr, xz, xn = g.split(xp, 3)
     if cell.reset_after:
-        hr, hz, hn = g.split(g.linear(h, w, b), 3)
+        hr, hz, hn = g.split(rec_terms, 3)
     else:
         hr, hz = g.split(g.linear(h, w[:2 * H], None if b is None else b[:2 * H]), 2)
     r, z = g.op("Sigmoid", [g.op("Add", [xr, hr])]), g.op("Sigmoid", [g.op("Add", [xz, hz])])
@@ -239,6 +269,15 @@ def _gru_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optional[
         rec = g.linear(g.op("Mul", [r, h]), w[2 * H:], None if b is None else b[2 * H:])
     n = g.op("Tanh", [g.op("Add", [xn, rec])])
     return [g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])]
+
+
+def _gains_norm(g: _Graph, terms, blocks: int, H: int, bias: Optional[Tensor]) -> str:
+    """sum over (x, gain) of gain * LN(x) per block of H features, + bias."""
+    out = None
+    for x, gain in terms:
+        t = g.op("Mul", [g.const(gain, "ln_gain"), g.block_norm(x, blocks, H)])
+        out = t if out is None else g.op("Add", [out, t])
+    return out if bias is None else g.op("Add", [out, g.const(bias, "bias")])
 
 
 def _jordan_step(g: _Graph, cell, xp: str, state: List[str], p: Dict[str, Optional[Tensor]]) -> List[str]:

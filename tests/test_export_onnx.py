@@ -92,7 +92,7 @@ def test_matches_rnnkit(form, bidirectional, num_layers, lengths, tmp_path):
 
 
 # Layer options that ONNX's RNN / LSTM / GRU operators cannot express (a Scan computes those forms).
-NOT_IN_ONNX_OPS = ("proj_size", "zoneout")
+NOT_IN_ONNX_OPS = ("proj_size", "zoneout", "layer_norm")
 
 
 @pytest.mark.parametrize("form", EXPORTABLE)
@@ -337,3 +337,31 @@ def test_export_command_errors_are_one_line(runs, tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("rnnkit export: ") for line in err)
     assert "opset" in err[1] and os.listdir(tmp_path) == []
+
+
+LN_CASES = [("lstm", dict(layer_norm=True)), ("lstm", dict(layer_norm=True, peephole=True)),
+            ("lstm", dict(layer_norm=True, proj_size=3)), ("lstm", dict(layer_norm=True, bias=False)),
+            ("gru", dict(layer_norm=True)), ("gru", dict(layer_norm=True, bias=False))]
+
+
+@pytest.mark.parametrize("opset", [13, export.DEFAULT_OPSET, 18])
+@pytest.mark.parametrize("cell, kw", LN_CASES, ids=lambda v: v if isinstance(v, str) else ",".join(v))
+def test_layer_norm_scan_matches_rnnkit_with_trained_gains(cell, kw, opset, tmp_path):
+    """Layer-normalised LSTM/GRU as a Scan: gains and biases away from their initial 1 and 0 (a
+    graph that ignored them would still match an untrained model), both directions, two layers,
+    variable lengths; ReduceMean's two signatures (attribute before opset 18, input since)."""
+    if opset > onnx.defs.onnx_opset_version():
+        pytest.skip(f"this onnx writes opset {onnx.defs.onnx_opset_version()} at most")
+    torch.manual_seed(3)
+    model = rnnkit.LSTM(INPUT_SIZE, 5, num_layers=2, bidirectional=True, **kw) if cell == "lstm" else \
+        rnnkit.GRU(INPUT_SIZE, 5, num_layers=2, bidirectional=True, **kw)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_ln_" in name:
+                p.copy_(torch.rand_like(p) * 1.5 + 0.25 if name.startswith("weight") else torch.randn_like(p))
+    x = torch.randn(5, 3, INPUT_SIZE)
+    lengths = LENGTHS["variable"]
+    state = tuple(torch.randn(4, 3, s) for s in model.cell.state_sizes())
+    state = state if cell == "lstm" else state[0]
+    got = export_and_run(model, tmp_path, x, state, lengths, opset=opset)
+    assert_all_close(got, ours(model, x, state, torch.tensor(lengths)), dtype=F32)
