@@ -79,7 +79,7 @@ def _page(ctx: Context, name: str, run):
     what = ("the fed-back output y (opened by the link), all this network remembers of the past,"
             if quantity == "output" else f"hidden unit {unit} (opened by the link)")
     look = (f"{what} tracks the target x_(t-{DELAY}) with r = {r:.2f} over steps {DELAY}-{T - 1}; "
-            f"the answers' squared error on this sequence is {err:.3f}.")
+            f"the answers' mean squared error on this sequence is {err:.2g}.")
     return ctx.page(f"echo_{run.config['cell']}.html", net, (one.x,),
                     f"{name}, H={run.config['hidden']}, delayed echo x_(t-{DELAY}), T={T}, test sequence 0",
                     look, view=f"quantity={quantity}&unit={unit}",

@@ -82,17 +82,20 @@ def run(ctx: Context) -> Section:
 
 
 def _page(ctx: Context, stage: str, net, split):
-    """The LSTM (initial or trained weights) reading the first test sequence."""
+    """The LSTM (initial or trained weights) reading the first test sequence; the link opens
+    the forget-gate unit that keeps most of its cell (highest mean over the steps)."""
     one = split.take(slice(0, 1))
     g = _flow(net, one).double()                                     # (T,) ||dL/dh_t||
     forget = capture(net, (one.x,)).trace[0][0]["forget_gate"]       # (T, H)
-    T = len(g)
+    per_unit = forget.mean(0)                                        # (H,)
+    unit, T = int(per_unit.argmax()), len(g)
     look = (f"the ||dL/dh_t|| panel: from step {T - 1} back to step 0 the error signal changes "
-            f"x{float(g[0] / g[-1]):.3g}; the forget gate (opened by the link) averages "
-            f"{float(forget.mean()):.2f} over units and steps, so each step keeps about that share of the cell.")
+            f"x{float(g[0] / g[-1]):.3g}; forget-gate unit {unit} (opened by the link), the one that "
+            f"keeps most of its cell, averages {float(per_unit[unit]):.3f} over the steps (all units "
+            f"{float(forget.mean()):.2f}).")
     return ctx.page(f"gradients_lstm_{stage}.html", net, (one.x,),
                     f"lstm, {stage} weights, adding problem T={T}, test sequence 0", look,
-                    view="quantity=forget_gate",
+                    view=f"quantity=forget_gate&unit={unit}",
                     loss_fn=lambda out: F.mse_loss(out[0].squeeze(-1), one.y),
                     loss_label="squared error of the answer after the last step")
 
