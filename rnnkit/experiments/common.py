@@ -205,8 +205,8 @@ def hidden_for_params(cell: str, n_in: int, target: int) -> int:
 
 
 def best_unit(trace: np.ndarray, signal: np.ndarray) -> tuple:
-    """(unit, r): the unit of ``trace`` (T, H) whose values correlate most strongly (|Pearson r|)
-    with ``signal`` (T,); constant units count as r = 0."""
+    """(unit, r): the unit of ``trace`` (N, H) whose values correlate most strongly (|Pearson r|)
+    with ``signal`` (N,) over the N rows (steps, or sequences); constant units count as r = 0."""
     a = trace - trace.mean(0)
     s = signal - signal.mean()
     den = np.sqrt((a * a).sum(0) * (s * s).sum())

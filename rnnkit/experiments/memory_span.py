@@ -11,6 +11,7 @@ held-out sequence: the LSTM's memory cell holds the marked values, Elman's state
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from .. import registry
@@ -76,38 +77,52 @@ def run(ctx: Context) -> Section:
 
 def _pages(ctx: Context, lstm, elman) -> list:
     """The LSTM's and Elman's pages on the first held-out sequence the LSTM solves (the first
-    one when it solves none): the cell unit / hidden unit that tracks the marked sum best."""
+    one when it solves none).  Each links the unit (of the LSTM's memory cell, of Elman's state)
+    whose value just before the second marker best tells the first marked value across the
+    held-out sequences: what the network must hold between the two markers."""
     test = lstm.trainer.task.tests["test"]
     solved = ((lstm.trainer.predict(test).squeeze(-1) - test.y).abs() < TOLERANCE).nonzero()
     k = int(solved[0]) if len(solved) else 0
     one = test.take(slice(k, k + 1))
     values, marks = one.x[0, :, 0].double().numpy(), one.x[0, :, 1].double().numpy()
-    marked = np.cumsum(values * marks)                                   # (T,) what must be held
-    a, b = np.flatnonzero(marks)
     T = len(values)
     which = f"held-out sequence {k}" + (" (the first the LSTM solves)" if len(solved) else "")
     pages = []
-    for run, quantity, what in ((lstm, "cell", "memory cell"), (elman, "hidden", "hidden state")):
+    for run, quantity, what in ((lstm, "cell", "memory-cell"), (elman, "hidden", "hidden-state")):
         net = run.net.eval()
+        unit, r, gap = _holding_unit(net, test, quantity)
+        v = capture(net, (one.x,)).trace[0][0][quantity][:, unit].astype(np.float64)    # (T,)
+        a, b = np.flatnonzero(marks)
         answers = prefix_outputs(net, one.x)[:, 0].double().numpy()      # (T,) the answer after each prefix
-        trace = capture(net, (one.x,)).trace[0][0][quantity].astype(np.float64)     # (T, H)
-        unit, r = best_unit(trace, marked)
-        v = trace[:, unit]
-        jump = abs(v[a] - v[a - 1]) if a > 0 else abs(v[a])
-        drift = np.abs(v[a:b] - v[a]).max()
-        name = run.config["cell"]
-        look = (f"{what} unit {unit} (opened by the link) tracks the sum of the marked values so far "
-                f"with r = {r:.2f} over the {T} steps; at the first marker (step {a}, counting from 0) it moves by "
-                f"{jump:.3g}, and until the second (step {b}) it stays within {drift:.3g} of that value; "
+        look = (f"across the {len(test)} held-out sequences, {what} unit {unit}'s value just before the "
+                f"second marker correlates r = {r:.2f} with the first marked value, read {gap:.0f} steps "
+                f"earlier on average; on this sequence (the link opens that unit) it goes from "
+                f"{v[a - 1] if a > 0 else 0.0:.3f} to {v[a]:.3f} at the first marker (step {a} counting "
+                f"from 0, value {values[a]:.3f}) and is {v[b - 1]:.3f} just before the second (step {b}); "
                 f"the network answers {answers[-1]:.3f} for the target {float(one.y[0]):.3f}.")
+        name = run.config["cell"]
         pages.append(ctx.page(
             f"adding_{name}.html", net, (one.x,), f"{name}, H={run.config['hidden']}, adding problem T={T}, "
             f"{which}", look, view=f"quantity={quantity}&unit={unit}",
             loss_fn=lambda out, y=one.y: F.mse_loss(out[0].squeeze(-1), y),
             loss_label="squared error of the answer after the last step",
-            series={"sum of the marked values so far": marked, "value": values, "marker": marks,
-                    "answer if the sequence ended here": answers}))
+            series={"sum of the marked values so far": np.cumsum(values * marks), "value": values,
+                    "marker": marks, "answer if the sequence ended here": answers}))
     return pages
+
+
+def _holding_unit(net, test, quantity: str) -> tuple:
+    """(unit, r, mean gap): the unit of ``quantity`` whose value at the step before the second
+    marker correlates most strongly with the first marked value over the split, and the mean
+    number of steps between the markers."""
+    N, half = len(test), test.x.shape[1] // 2
+    marks = test.x[:, :, 1]
+    a, b = marks[:, :half].argmax(1), half + marks[:, half:].argmax(1)            # (N,) marker steps
+    with torch.no_grad():
+        trace = net.rnn(test.x, return_trace=True)[-1][0][0][quantity]            # (N, T, H)
+    held = trace[torch.arange(N), b - 1].double().numpy()                        # (N, H)
+    unit, r = best_unit(held, test.x[torch.arange(N), a, 0].double().numpy())
+    return unit, r, float((b - a).double().mean())
 
 
 def _plot(ctx: Context, rates: dict, lengths, sizings) -> str:
