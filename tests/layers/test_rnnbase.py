@@ -277,3 +277,14 @@ def test_data_parallel_wrapper_without_gpus_runs_the_module():
     ref, ours = pair("lstm")
     x = x_for(ref)
     assert_same_run(nn.DataParallel(ours), ref, x)
+
+
+@pytest.mark.parametrize("case", ["lstm_proj", "gru"])
+def test_functional_call_uses_the_given_weights(case):
+    # torch's _weights_have_changed exists for this call; rnnkit reads the swapped attributes.
+    ref, ours = pair(case)
+    new = {n: torch.randn_like(w) for n, w in ref.named_parameters()}
+    x = x_for(ref)
+    for u, v in zip(flat(torch.func.functional_call(ours, new, (x,))), flat(torch.func.functional_call(ref, new, (x,)))):
+        torch.testing.assert_close(u, v)
+    assert_same_run(ours, ref, x)                                   # the module's own weights are back
