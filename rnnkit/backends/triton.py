@@ -17,8 +17,10 @@ or H within the same tile plan compiles nothing (Triton caches each variant on d
 
 CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
-Not run here (``supports`` says so, ``auto`` takes the reference loop): recurrent dropout,
-zoneout, LSTM projection, peepholes, layer normalisation.  ``step``/``stepper`` are the Python
+Cell options in the kernels: clip_recurrent (every cell), LSTM peepholes, recurrent dropout and
+zoneout (LSTM; their masks come from the contract's ``noise``, drawn once per forward, and the
+backward reads the same ones).  Not run here (``supports`` says so, ``auto`` takes the reference
+loop): LSTM projection, layer normalisation, and recurrent dropout / zoneout of the other cells.  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
 """
 from __future__ import annotations
@@ -35,11 +37,12 @@ from ..cells.base import Cell
 from .base import YES, Support
 from .reference import Reference
 
+NOISY = ("lstm",)                  # cells whose kernels take recurrent dropout and zoneout
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # The cells' options the kernels implement (anything else: the reference loop).
 OPTIONS = {"elman": {"nonlinearity", "clip_recurrent"},
            "jordan": {"nonlinearity", "output_activation", "clip_recurrent"},
-           "lstm": {"clip_recurrent"},
+           "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout"},
            "gru": {"reset_after", "clip_recurrent"}}
 
 
@@ -144,6 +147,18 @@ def _prev_seq(state0: Tensor, states: Tensor) -> Tensor:
     return torch.cat([state0.unsqueeze(0), states[:-1]])
 
 
+def _noise(cell: Cell, noise, like: Tensor):
+    """(recurrent dropout mask (B, S_0) or None, zoneout's two z arguments, their constexprs) from the
+    contract's noise (None: eval, zoneout by its probability)."""
+    drop = noise[0][0].contiguous() if noise is not None and cell.recurrent_dropout else None
+    if not cell.zoneout:
+        return drop, (_dummy(like),) * 2, dict(ZONE=0)
+    if noise is None:
+        return None, (_dummy(like),) * 2, dict(ZONE=2)
+    zs = noise[1:] if cell.recurrent_dropout else noise
+    return drop, tuple(z.contiguous() for z in zs), dict(ZONE=1)
+
+
 def _clip(cell: Cell):
     return dict(CLIP=cell.clip_recurrent is not None), (0.0 if cell.clip_recurrent is None else cell.clip_recurrent)
 
@@ -185,44 +200,67 @@ class Triton(Reference):
         return dtype in (torch.bfloat16, torch.float16)
 
     def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
-        return getattr(self, f"_{cell.name}_forward")(cell, xp.contiguous(), mask, state0, params, save)
+        run = getattr(self, f"_{cell.name}_forward")
+        if cell.name in NOISY:
+            return run(cell, xp.contiguous(), mask, state0, params, save, noise)
+        return run(cell, xp.contiguous(), mask, state0, params, save)
 
     def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
         d_out = None if d_out is None else d_out.contiguous()
-        return getattr(self, f"_{cell.name}_backward")(cell, d_out, d_final, mask, state0, states, saved, params)
+        run = getattr(self, f"_{cell.name}_backward")
+        if cell.name in NOISY:
+            return run(cell, d_out, d_final, mask, state0, states, saved, params, noise)
+        return run(cell, d_out, d_final, mask, state0, states, saved, params)
 
     # -- LSTM -------------------------------------------------------------------------------------
-    def _lstm_forward(self, cell, xp, mask, state0, params, save):
+    def _lstm_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H4 = xp.shape
         H = H4 // 4
-        w, b = params
+        w, b, wc = (*params, None)[:3]
         plan = Plan(B, (H,), xp.dtype, xp.device)
         hs = _seq_with(state0[0], T)
         cs = xp.new_empty(T, B, H)
         h32, c32 = (s.to(plan.acc_dtype).contiguous().clone() for s in state0)
         gates = xp.new_empty(T, B, H4) if save else _dummy(xp)
         tanh_c = xp.new_empty(T, B, H) if save else _dummy(xp)
+        drop, zones, zflags = _noise(cell, noise, xp)
+        hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
+        computed = tuple(xp.new_empty(T, B, H) for _ in range(2)) if save and cell.zoneout else (_dummy(xp),) * 2
         plan.launch(_kernel("lstm", "lstm_forward"), xp, hs, cs, h32, c32, gates, tanh_c, w.contiguous(),
-                    _dummy(w) if b is None else b, _mask(mask, xp), (T, B, H),
-                    HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save)
-        return (hs[1:], cs), ((gates, tanh_c) if save else ())
+                    _dummy(w) if b is None else b, _dummy(w) if wc is None else wc.contiguous(),
+                    _dummy(xp) if drop is None else drop, hd, *zones, *computed, _mask(mask, xp),
+                    (T, B, H, cell.zoneout), HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save,
+                    PEEP=wc is not None, DROP=drop is not None, **zflags)
+        saved = (gates, tanh_c) + (computed if cell.zoneout else ())
+        return (hs[1:], cs), (saved if save else ())
 
-    def _lstm_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
-        w, b = params
-        gates, tanh_c = saved
+    def _lstm_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
+        w, b, wc = (*params, None)[:3]
+        gates, tanh_c = saved[:2]
         T, B, H4 = gates.shape
         H = H4 // 4
         plan = Plan(B, (H,), gates.dtype, gates.device)
         dh, dc = (_carry(d, s, plan.acc_dtype) for d, s in zip(d_final, state0))
         dp = gates.new_empty(T, B, H4)
         flags, bound = _clip(cell)
+        drop, zones, zflags = _noise(cell, noise, gates)
         plan.launch(_kernel("lstm", "lstm_backward"), _dummy(dp) if d_out is None else d_out, dh, dc, dp,
                     gates.contiguous(), tanh_c.contiguous(), states[1].contiguous(), state0[1].contiguous(),
-                    w.contiguous(), _mask(mask, dp), (T, B, H, bound),
-                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, **flags)
-        dw = _wgrad(dp, _prev_seq(state0[0], states[0]))
+                    w.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
+                    _dummy(dp) if drop is None else drop, *zones, _mask(mask, dp), (T, B, H, bound, cell.zoneout),
+                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, PEEP=wc is not None,
+                    DROP=drop is not None, **flags, **zflags)
+        h_prev = _prev_seq(state0[0], states[0])
+        dw = _wgrad(dp, h_prev if drop is None else h_prev * drop)
         db = None if b is None else dp.sum((0, 1))
-        return dp, (dh.to(gates.dtype), dc.to(gates.dtype)), (dw, db)
+        d_params = (dw, db)
+        if wc is not None:                          # sum over steps and rows of dp_i c_{t-1}, dp_f c_{t-1}, dp_o c_t
+            c_prev = _prev_seq(state0[1], states[1])
+            c_new = saved[3] if cell.zoneout else states[1]
+            dpi, dpf, _, dpo = dp.chunk(4, dim=-1)
+            d_params += (torch.cat([(dpi * c_prev).sum((0, 1)), (dpf * c_prev).sum((0, 1)),
+                                    (dpo * c_new).sum((0, 1))]),)
+        return dp, (dh.to(gates.dtype), dc.to(gates.dtype)), d_params
 
     # -- Elman ------------------------------------------------------------------------------------
     def _elman_forward(self, cell, xp, mask, state0, params, save):

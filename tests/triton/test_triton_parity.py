@@ -40,8 +40,9 @@ def _pair(form, layers, bidirectional, H, dtype):
 
 
 def _run(model, x, h0, lengths):
+    torch.manual_seed(11)                     # forms with noise: both models draw the same masks
     out = flat(model(x, h0, lengths))
-    leaves = [x, *(h0 if isinstance(h0, tuple) else (h0,)), *model.parameters()]
+    leaves = [x, *(h for h in (h0 if isinstance(h0, tuple) else (h0,)) if h is not None), *model.parameters()]
     return out + grads(out, leaves)
 
 
@@ -65,7 +66,24 @@ def test_matches_reference(form, layers, bidirectional, varlen, H, B, dtype):
         torch.testing.assert_close(a, e, **tol, msg=lambda m, k=k: f"{form}: tensor {k}: {m}")
 
 
-GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho"]
+NOISY_FORMS = [f for f in FORMS_RUN if FORMS[f][0].layer(I, 4, **FORMS[f][1]).cell.noise_names]
+
+
+@pytest.mark.parametrize("layers, bidirectional, varlen, H, B", CASES[1:])
+@pytest.mark.parametrize("form", NOISY_FORMS or [pytest.param(None, marks=pytest.mark.skip(reason="no noisy form"))])
+def test_noise_in_eval_matches_reference(form, layers, bidirectional, varlen, H, B):
+    """Recurrent dropout and zoneout in eval mode: no mask, zoneout's expected value (its own path
+    in the kernels: a constant z instead of a drawn tensor)."""
+    ref, tri = _pair(form, layers, bidirectional, H, torch.float64)
+    ref.eval(), tri.eval()
+    x = randn(5, B, I, requires_grad=True).to(DEVICE).detach().requires_grad_()
+    lengths = torch.tensor([5, 2, 4, 1] * (B // 4) + [3] * (B % 4)) if varlen else None
+    want, got = _run(ref, x, None, lengths), _run(tri, x, None, lengths)
+    for k, (a, e) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, msg=lambda m, k=k: f"{form}: tensor {k}: {m}")
+
+
+GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout"]
 
 
 @pytest.mark.parametrize("form", GRADCHECK_FORMS)
@@ -83,9 +101,10 @@ def test_gradcheck_float64(form):
 
     def f(x, *rest):
         state = rest[:len(h0)]
+        torch.manual_seed(5)                  # the same recurrent dropout and zoneout masks every call
         return flat(m(x, state if len(state) > 1 else state[0], torch.tensor([3, 2])))
 
-    assert torch.autograd.gradcheck(f, (x, *h0, *params[:2]), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(f, (x, *h0, *params), eps=1e-6, atol=1e-7)
 
 
 HALF = [torch.bfloat16, torch.float16]

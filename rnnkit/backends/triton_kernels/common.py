@@ -124,3 +124,12 @@ def keep_row(mask, t, B, rb, HAS_MASK: tl.constexpr):
         return (tl.load(mask + t * B + rb, mask=rb < B, other=0) != 0)[:, None]
     else:
         return (rb >= 0)[:, None]
+
+
+@triton.jit
+def zone(z, step, m2, zp, ZONE: tl.constexpr, ACC: tl.constexpr):
+    """Zoneout's z_t at a tile: the drawn tensor (ZONE 1, training) or the constant zp (ZONE 2, eval)."""
+    if ZONE == 1:
+        return tl.load(z + step, mask=m2, other=0.0).to(ACC)
+    else:
+        return zp

@@ -8,12 +8,17 @@ accumulator dtype):
     cs     (T, B, H)      c_t                         h32, c32 (B, H) ACC: own tiles' carries
     gates  (T, B, 4H)     i, f, g, o after their nonlinearities    tanh_c (T, B, H)
     mask   (T, B)         int8, 1 inside the sequence
+    wc     (3H,)          peepholes w_ci, w_cf, w_co                       (PEEP)
+    m      (B, H)         recurrent dropout mask; hd (T+1, B, H) = hs * m, what W_hh reads   (DROP)
+    zh, zc (T, B, H)      zoneout's z_t per state (ZONE 1), or the constant zp (ZONE 2: eval)
+    ht, ct (T, B, H)      the states the cell computed before zoneout (saved, ZONE)
   backward:
     d_out  (T, B, H)      gradient of the emitted h_t            dh, dc (B, H) ACC carries
     dp     (T, B, 4H)     gradient of the pre-activations (= d xp, and the rows of d W_hh)
 
 Forward step t, tile (rows rb, units rh): p = xp + h_{t-1} W_hh^T + b for the 4 gate blocks of
-rh; c, h of the tile; store; barrier.  Backward step t: phase 1 (own tile) dp and dc_{t-1};
+rh (peepholes: + w_ci c_{t-1}, w_cf c_{t-1}, w_co c_t); c, h of the tile; zoneout mixes in the
+previous state; store; barrier.  Backward step t: phase 1 (own tile) dp and dc_{t-1};
 barrier; phase 2 (own tile of units k) dh_{t-1}[:, k] = dp_t W_hh[:, k].  One barrier a step.
 """
 from __future__ import annotations
@@ -21,12 +26,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh
+from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, zone
 
 
-@triton.jit(do_not_specialize=["T", "B", "H"])
-def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, mask, sem, T, B, H,
-                 HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
+def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, ht, ct, mask, sem, T, B, H, zp,
+                 HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, PEEP: tl.constexpr,
+                 DROP: tl.constexpr, ZONE: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
                  ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -40,7 +46,7 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, mask, sem, T, B, H,
             rb = (s // n_h) * BB + tl.arange(0, BB)
             rh = (s % n_h) * BH + tl.arange(0, BH)
             m2 = (rb[:, None] < B) & (rh[None, :] < H)
-            h_prev_seq = hs + t64 * B * H
+            h_prev_seq = (hd if DROP else hs) + t64 * B * H
             x_at = xp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             pi, pf, pg, po = mm_gates(h_prev_seq, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK, PREC, ACC)
             pi += tl.load(x_at, mask=m2, other=0.0).to(ACC)
@@ -52,24 +58,38 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, mask, sem, T, B, H,
                 pf += tl.load(b + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
                 pg += tl.load(b + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
                 po += tl.load(b + 3 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+            own = rb[:, None] * H + rh[None, :]
+            step = t64 * B * H + own
+            c_prev = tl.load(c32 + own, mask=m2, other=0.0)
+            h_prev = tl.load(h32 + own, mask=m2, other=0.0)
+            if PEEP:
+                pi += tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
+                pf += tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
             i = tl.sigmoid(pi)
             f = tl.sigmoid(pf)
             g = tanh(pg)
-            o = tl.sigmoid(po)
-            own = rb[:, None] * H + rh[None, :]
-            c_prev = tl.load(c32 + own, mask=m2, other=0.0)
-            h_prev = tl.load(h32 + own, mask=m2, other=0.0)
             c = f * c_prev + i * g
+            if PEEP:
+                po += tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c
+            o = tl.sigmoid(po)
             tc = tanh(c)
             h = o * tc
+            if ZONE != 0:
+                if SAVE:
+                    tl.store(ht + step, h.to(ht.dtype.element_ty), mask=m2)
+                    tl.store(ct + step, c.to(ct.dtype.element_ty), mask=m2)
+                h = h + zone(zh, step, m2, zp, ZONE, ACC) * (h_prev - h)
+                c = c + zone(zc, step, m2, zp, ZONE, ACC) * (c_prev - c)
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
             c = tl.where(keep, c, c_prev)                 # a padded step keeps the state
             h = tl.where(keep, h, h_prev)
             tl.store(c32 + own, c, mask=m2)
             tl.store(h32 + own, h, mask=m2)
-            step = t64 * B * H + own
             tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
             tl.store(hs + B * H + step, h.to(hs.dtype.element_ty), mask=m2)
+            if DROP:
+                h = h * tl.load(m + own, mask=m2, other=0.0).to(ACC)
+                tl.store(hd + B * H + step, h.to(hd.dtype.element_ty), mask=m2)
             if SAVE:
                 g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
                 tl.store(g_at, i.to(gates.dtype.element_ty), mask=m2)
@@ -81,9 +101,10 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, mask, sem, T, B, H,
         grid_sync(sem, nsync)
 
 
-@triton.jit(do_not_specialize=["T", "B", "H"])
-def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, mask, sem, T, B, H, bound,
-                  HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
+def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, m, zh, zc, mask, sem, T, B, H, bound, zp,
+                  HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, PEEP: tl.constexpr,
+                  DROP: tl.constexpr, ZONE: tl.constexpr,
                   BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
                   ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -106,6 +127,15 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, mask, sem, T, B, 
                 g_h += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
             g_h = clip(g_h, CLIP, bound)
             g_c = clip(tl.load(dc + own, mask=m2, other=0.0), CLIP, bound)
+            pass_h = tl.zeros((BB, BH), ACC)              # what reaches the previous state past the cell
+            pass_c = tl.zeros((BB, BH), ACC)
+            if ZONE != 0:                                 # s = s~ + z (s_prev - s~)
+                z_h = zone(zh, step, m2, zp, ZONE, ACC)
+                z_c = zone(zc, step, m2, zp, ZONE, ACC)
+                pass_h = z_h * g_h
+                pass_c = z_c * g_c
+                g_h = g_h - pass_h
+                g_c = g_c - pass_c
             g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             i = tl.load(g_at, mask=m2, other=0.0).to(ACC)
             f = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
@@ -118,17 +148,24 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, mask, sem, T, B, 
                 c_prev = tl.load(c0 + own, mask=m2, other=0.0).to(ACC)
             dpo = g_h * tc * o * (1.0 - o)
             dcell = g_c + g_h * o * (1.0 - tc * tc)
+            if PEEP:
+                dcell += dpo * tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
             dpi = dcell * g * i * (1.0 - i)
             dpf = dcell * c_prev * f * (1.0 - f)
             dpg = dcell * i * (1.0 - g * g)
+            dc_prev = dcell * f + pass_c
+            if PEEP:
+                dc_prev += dpi * tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] \
+                    + dpf * tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
             d_at = dp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             tl.store(d_at, tl.where(keep, dpi, 0.0).to(dp.dtype.element_ty), mask=m2)
             tl.store(d_at + H, tl.where(keep, dpf, 0.0).to(dp.dtype.element_ty), mask=m2)
             tl.store(d_at + 2 * H, tl.where(keep, dpg, 0.0).to(dp.dtype.element_ty), mask=m2)
             tl.store(d_at + 3 * H, tl.where(keep, dpo, 0.0).to(dp.dtype.element_ty), mask=m2)
-            tl.store(dc + own, tl.where(keep, dcell * f, g_c), mask=m2)
-            tl.store(dh + own, tl.where(keep, 0.0, g_h), mask=m2)   # a padded step passes dh on
+            # a padded step passes dh and dc on (pass_* are zero there: its z was never applied)
+            tl.store(dc + own, tl.where(keep, dc_prev, g_c + pass_c), mask=m2)
+            tl.store(dh + own, tl.where(keep, pass_h, g_h + pass_h), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         # phase 2: dh_{t-1}[:, own units] = dp_t W_hh[:, own units]  (reads every tile's dp_t)
@@ -138,5 +175,7 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, mask, sem, T, B, 
             m2 = (rb[:, None] < B) & (rh[None, :] < H)
             own = rb[:, None] * H + rh[None, :]
             acc = mm_tile(tl.zeros((BB, BH), ACC), dp + t64 * B * H4, H4, 1, w, 1, H, rb, rh, B, H, H4, BK, PREC)
+            if DROP:
+                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
             tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + tl.where(keep, acc, 0.0), mask=m2)
