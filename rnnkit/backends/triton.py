@@ -18,7 +18,7 @@ or H within the same tile plan compiles nothing (Triton caches each variant on d
 CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
 Cell options in the kernels: clip_recurrent (every cell), LSTM peepholes, recurrent dropout and
-zoneout (LSTM; their masks come from the contract's ``noise``, drawn once per forward, and the
+zoneout (LSTM, Elman; their masks come from the contract's ``noise``, drawn once per forward, and the
 backward reads the same ones).  Not run here (``supports`` says so, ``auto`` takes the reference
 loop): LSTM projection, layer normalisation, and recurrent dropout / zoneout of the other cells.  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
@@ -37,10 +37,10 @@ from ..cells.base import Cell
 from .base import YES, Support
 from .reference import Reference
 
-NOISY = ("lstm",)                  # cells whose kernels take recurrent dropout and zoneout
+NOISY = ("lstm", "elman")                 # cells whose kernels take recurrent dropout and zoneout
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # The cells' options the kernels implement (anything else: the reference loop).
-OPTIONS = {"elman": {"nonlinearity", "clip_recurrent"},
+OPTIONS = {"elman": {"nonlinearity", "clip_recurrent", "recurrent_dropout", "zoneout"},
            "jordan": {"nonlinearity", "output_activation", "clip_recurrent"},
            "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout"},
            "gru": {"reset_after", "clip_recurrent"}}
@@ -263,28 +263,37 @@ class Triton(Reference):
         return dp, (dh.to(gates.dtype), dc.to(gates.dtype)), d_params
 
     # -- Elman ------------------------------------------------------------------------------------
-    def _elman_forward(self, cell, xp, mask, state0, params, save):
+    def _elman_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H = xp.shape
         w, b = params
         plan = Plan(B, (H,), xp.dtype, xp.device)
         hs = _seq_with(state0[0], T)
         h32 = state0[0].to(plan.acc_dtype).contiguous().clone()
+        drop, zones, zflags = _noise(cell, noise, xp)
+        hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
+        computed = xp.new_empty(T, B, H) if save and cell.zoneout else _dummy(xp)
         plan.launch(_kernel("elman", "elman_forward"), xp, hs, h32, w.contiguous(), _dummy(w) if b is None else b,
-                    _mask(mask, xp), (T, B, H), HAS_B=b is not None, HAS_MASK=mask is not None,
-                    RELU=cell.nonlinearity == "relu")
-        return (hs[1:],), ()
+                    _dummy(xp) if drop is None else drop, hd, zones[0], computed, _mask(mask, xp),
+                    (T, B, H, cell.zoneout), HAS_B=b is not None, HAS_MASK=mask is not None,
+                    RELU=cell.nonlinearity == "relu", SAVE=save, DROP=drop is not None, **zflags)
+        return (hs[1:],), ((computed,) if save and cell.zoneout else ())
 
-    def _elman_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+    def _elman_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
         w, b = params
         T, B, H = states[0].shape
         plan = Plan(B, (H,), w.dtype, w.device)
         dh = _carry(d_final[0], state0[0], plan.acc_dtype)
         da = states[0].new_empty(T, B, H)
         flags, bound = _clip(cell)
+        drop, zones, zflags = _noise(cell, noise, da)
+        computed = saved[0] if cell.zoneout else states[0]
         plan.launch(_kernel("elman", "elman_backward"), _dummy(da) if d_out is None else d_out, dh, da,
-                    states[0].contiguous(), w.contiguous(), _mask(mask, da), (T, B, H, bound),
-                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, RELU=cell.nonlinearity == "relu", **flags)
-        return da, (dh.to(w.dtype),), (_wgrad(da, _prev_seq(state0[0], states[0])),
+                    computed.contiguous(), w.contiguous(), _dummy(da) if drop is None else drop, zones[0],
+                    _mask(mask, da), (T, B, H, bound, cell.zoneout), HAS_DOUT=d_out is not None,
+                    HAS_MASK=mask is not None, RELU=cell.nonlinearity == "relu", DROP=drop is not None,
+                    **flags, **zflags)
+        h_prev = _prev_seq(state0[0], states[0])
+        return da, (dh.to(w.dtype),), (_wgrad(da, h_prev if drop is None else h_prev * drop),
                                        None if b is None else da.sum((0, 1)))
 
     # -- GRU ---------------------------------------------------------------------------------------

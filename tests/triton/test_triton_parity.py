@@ -83,7 +83,33 @@ def test_noise_in_eval_matches_reference(form, layers, bidirectional, varlen, H,
         torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, msg=lambda m, k=k: f"{form}: tensor {k}: {m}")
 
 
-GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout"]
+# option combinations the registry's forms do not hold (one form per code path there)
+COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(recurrent_dropout=0.3, nonlinearity="relu")),
+            ("LSTM", dict(recurrent_dropout=0.3)), ("LSTM", dict(peephole=True, recurrent_dropout=0.3, zoneout=0.2)),
+            ("LSTM", dict(peephole=True, clip_recurrent=0.05))]
+
+
+@pytest.mark.parametrize("layer, kw", COMBINED, ids=[f"{n}-{'-'.join(k)}" for n, k in COMBINED])
+def test_combined_options_match_reference(layer, kw):
+    """Training mode (the same drawn masks on both sides), stacked, both directions, lengths."""
+    import rnnkit
+    cls = getattr(rnnkit, layer)
+    if not TRITON.supports(cls(I, 4, **kw).cell, DEVICE, torch.float64):
+        pytest.skip(f"the triton backend does not run {kw} here")
+    torch.manual_seed(0)
+    ref = cls(I, 20, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference", **kw)
+    tri = cls(I, 20, num_layers=2, bidirectional=True, dtype=torch.float64, backend="triton", **kw)
+    tri.load_state_dict(ref.state_dict())
+    ref, tri = ref.to(DEVICE), tri.to(DEVICE)
+    x = randn(5, 18, I, requires_grad=True).to(DEVICE).detach().requires_grad_()
+    lengths = torch.tensor([5, 2, 4, 1] * 4 + [3, 3])
+    want, got = _run(ref, x, None, lengths), _run(tri, x, None, lengths)
+    for k, (a, e) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, msg=lambda m, k=k: f"{kw}: tensor {k}: {m}")
+
+
+GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout",
+                   "elman_zoneout"]
 
 
 @pytest.mark.parametrize("form", GRADCHECK_FORMS)
