@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
+from ..diagnostics import gradient_flow
 from ..view.capture import capture
 from ..view.command import prefix_outputs
 from .common import Context, Section, best_unit, hidden_for_params, param_count, pyplot, save, table
@@ -77,38 +78,49 @@ def run(ctx: Context) -> Section:
 
 def _pages(ctx: Context, lstm, elman) -> list:
     """The LSTM's and Elman's pages on the first held-out sequence the LSTM solves (the first
-    one when it solves none).  Each links the unit (of the LSTM's memory cell, of Elman's state)
-    whose value just before the second marker best tells the first marked value across the
-    held-out sequences: what the network must hold between the two markers."""
+    one when it solves none)."""
     test = lstm.trainer.task.tests["test"]
     solved = ((lstm.trainer.predict(test).squeeze(-1) - test.y).abs() < TOLERANCE).nonzero()
     k = int(solved[0]) if len(solved) else 0
-    one = test.take(slice(k, k + 1))
-    values, marks = one.x[0, :, 0].double().numpy(), one.x[0, :, 1].double().numpy()
-    T = len(values)
     which = f"held-out sequence {k}" + (" (the first the LSTM solves)" if len(solved) else "")
-    pages = []
-    for run, quantity, what in ((lstm, "cell", "memory-cell"), (elman, "hidden", "hidden-state")):
-        net = run.net.eval()
-        unit, r, gap = _holding_unit(net, test, quantity)
-        v = capture(net, (one.x,)).trace[0][0][quantity][:, unit].astype(np.float64)    # (T,)
-        a, b = np.flatnonzero(marks)
-        answers = prefix_outputs(net, one.x)[:, 0].double().numpy()      # (T,) the answer after each prefix
-        look = (f"across the {len(test)} held-out sequences, {what} unit {unit}'s value just before the "
-                f"second marker correlates r = {r:.2f} with the first marked value, read {gap:.0f} steps "
-                f"earlier on average; on this sequence (the link opens that unit) it goes from "
-                f"{v[a - 1] if a > 0 else 0.0:.3f} to {v[a]:.3f} at the first marker (step {a} counting "
-                f"from 0, value {values[a]:.3f}) and is {v[b - 1]:.3f} just before the second (step {b}); "
-                f"the network answers {answers[-1]:.3f} for the target {float(one.y[0]):.3f}.")
-        name = run.config["cell"]
-        pages.append(ctx.page(
-            f"adding_{name}.html", net, (one.x,), f"{name}, H={run.config['hidden']}, adding problem T={T}, "
-            f"{which}", look, view=f"quantity={quantity}&unit={unit}",
-            loss_fn=lambda out, y=one.y: F.mse_loss(out[0].squeeze(-1), y),
-            loss_label="squared error of the answer after the last step",
-            series={"sum of the marked values so far": np.cumsum(values * marks), "value": values,
-                    "marker": marks, "answer if the sequence ended here": answers}))
-    return pages
+    return [_page(ctx, run, quantity, what, test, test.take(slice(k, k + 1)), which)
+            for run, quantity, what in ((lstm, "cell", "memory-cell"), (elman, "hidden", "hidden-state"))]
+
+
+def _page(ctx: Context, run, quantity: str, what: str, test, one, which: str):
+    """One network's page; it links the unit of ``quantity`` whose value just before the second
+    marker best tells the first marked value across the held-out sequences: what the network
+    must hold between the two markers."""
+    net = run.net.eval()
+    values, marks = one.x[0, :, 0].double().numpy(), one.x[0, :, 1].double().numpy()     # (T,)
+    a, b = np.flatnonzero(marks)
+    unit, r, gap = _holding_unit(net, test, quantity)
+    v = capture(net, (one.x,)).trace[0][0][quantity][:, unit].astype(np.float64)        # (T,)
+    answers = prefix_outputs(net, one.x)[:, 0].double().numpy()       # (T,) the answer after each prefix
+    loss = lambda out: F.mse_loss(out[0].squeeze(-1), one.y)           # noqa: E731
+    flows = gradient_flow(net, (one.x,), loss).norms["rnn"]            # per state (1, 1, T)
+    carried = "; in the gradient panel, back to step 0, " + " and ".join(
+        _change(s, g[0, 0].double().numpy()) for s, g in zip(net.rnn.cell.state_names, flows))
+    look = (f"across the {len(test)} held-out sequences, {what} unit {unit}'s value just before the "
+            f"second marker correlates r = {r:.2f} with the first marked value, read {gap:.0f} steps "
+            f"earlier on average; on this sequence (the link opens that unit) it goes from "
+            f"{v[a - 1] if a > 0 else 0.0:.3f} to {v[a]:.3f} at the first marker (step {a} counting "
+            f"from 0, value {values[a]:.3f}) and is {v[b - 1]:.3f} just before the second (step {b}); "
+            f"the network answers {answers[-1]:.3f} for the target {float(one.y[0]):.3f}{carried}.")
+    name, T = run.config["cell"], len(values)
+    return ctx.page(f"adding_{name}.html", net, (one.x,),
+                    f"{name}, H={run.config['hidden']}, adding problem T={T}, {which}", look,
+                    view=f"quantity={quantity}&unit={unit}", loss_fn=loss,
+                    loss_label="squared error of the answer after the last step",
+                    series={"sum of the marked values so far": np.cumsum(values * marks), "value": values,
+                            "marker": marks, "answer if the sequence ended here": answers})
+
+
+def _change(state: str, g: np.ndarray) -> str:
+    """How ||dL/ds_t|| (T,) changes from the latest step it reaches back to step 0 (the LSTM's
+    last c_t is 0: h_t is computed before the probe on c_t, which only later steps read)."""
+    near = int(np.flatnonzero(g > 0)[-1])
+    return f"||dL/d{state}_t|| changes x{g[0] / g[near]:.3g} from step {near}"
 
 
 def _holding_unit(net, test, quantity: str) -> tuple:
