@@ -18,9 +18,9 @@ or H within the same tile plan compiles nothing (Triton caches each variant on d
 CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
 Cell options in the kernels: clip_recurrent (every cell), LSTM peepholes, recurrent dropout and
-zoneout (LSTM, Elman; their masks come from the contract's ``noise``, drawn once per forward, and the
+zoneout (LSTM, Elman, GRU; their masks come from the contract's ``noise``, drawn once per forward, and the
 backward reads the same ones).  Not run here (``supports`` says so, ``auto`` takes the reference
-loop): LSTM projection, layer normalisation, and recurrent dropout / zoneout of the other cells.  ``step``/``stepper`` are the Python
+loop): LSTM projection, layer normalisation, and Jordan's recurrent dropout.  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
 """
 from __future__ import annotations
@@ -37,13 +37,13 @@ from ..cells.base import Cell
 from .base import YES, Support
 from .reference import Reference
 
-NOISY = ("lstm", "elman")                 # cells whose kernels take recurrent dropout and zoneout
+NOISY = ("lstm", "elman", "gru")                 # cells whose kernels take recurrent dropout and zoneout
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # The cells' options the kernels implement (anything else: the reference loop).
 OPTIONS = {"elman": {"nonlinearity", "clip_recurrent", "recurrent_dropout", "zoneout"},
            "jordan": {"nonlinearity", "output_activation", "clip_recurrent"},
            "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout"},
-           "gru": {"reset_after", "clip_recurrent"}}
+           "gru": {"reset_after", "clip_recurrent", "recurrent_dropout", "zoneout"}}
 
 
 @lru_cache(maxsize=None)
@@ -297,7 +297,7 @@ class Triton(Reference):
                                        None if b is None else da.sum((0, 1)))
 
     # -- GRU ---------------------------------------------------------------------------------------
-    def _gru_forward(self, cell, xp, mask, state0, params, save):
+    def _gru_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H3 = xp.shape
         H = H3 // 3
         w, b = params
@@ -305,18 +305,23 @@ class Triton(Reference):
         hs = _seq_with(state0[0], T)
         h32 = state0[0].to(plan.acc_dtype).contiguous().clone()
         gates = xp.new_empty(T, B, H3) if save else _dummy(xp)
-        common = (w.contiguous(), _dummy(w) if b is None else b, _mask(mask, xp), (T, B, H))
-        flags = dict(HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save)
+        drop, zones, zflags = _noise(cell, noise, xp)
+        hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
+        computed = xp.new_empty(T, B, H) if save and cell.zoneout else _dummy(xp)
+        common = (w.contiguous(), _dummy(w) if b is None else b, _dummy(xp) if drop is None else drop, hd,
+                  zones[0], computed, _mask(mask, xp), (T, B, H, cell.zoneout))
+        flags = dict(HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save, DROP=drop is not None, **zflags)
+        extra = (computed,) if save and cell.zoneout else ()
         if cell.reset_after:
             hn = xp.new_empty(T, B, H) if save else _dummy(xp)
             plan.launch(_kernel("gru", "gru_forward"), xp, hs, h32, gates, hn, *common, **flags)
-            return (hs[1:],), ((gates, hn) if save else ())
+            return (hs[1:],), ((gates, hn) + extra if save else ())
         z32 = torch.empty_like(h32)
         u = xp.new_empty(T, B, H)
         plan.launch(_kernel("gru", "gru_forward_original"), xp, hs, h32, z32, u, gates, *common, **flags)
-        return (hs[1:],), ((gates,) if save else ())
+        return (hs[1:],), ((gates,) + extra if save else ())
 
-    def _gru_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+    def _gru_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
         w, b = params
         gates = saved[0].contiguous()
         T, B, H3 = gates.shape
@@ -325,19 +330,22 @@ class Triton(Reference):
         dh = _carry(d_final[0], state0[0], plan.acc_dtype)
         dx = gates.new_empty(T, B, H3)
         hp = _prev_seq(state0[0], states[0])
+        drop, zones, zflags = _noise(cell, noise, gates)
+        hd = hp if drop is None else hp * drop                    # h_{t-1} where it meets W_hh
         flags, bound = _clip(cell)
-        flags.update(HAS_DOUT=d_out is not None, HAS_MASK=mask is not None)
+        flags.update(HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, DROP=drop is not None, **zflags)
         d_out = _dummy(dx) if d_out is None else d_out
+        tail = (w.contiguous(), _dummy(dx) if drop is None else drop, zones[0], _mask(mask, dx),
+                (T, B, H, bound, cell.zoneout))
         if cell.reset_after:
             drec = gates.new_empty(T, B, H3)
             plan.launch(_kernel("gru", "gru_backward"), d_out, dh, dx, drec, gates, saved[1].contiguous(), hp,
-                        w.contiguous(), _mask(mask, dx), (T, B, H, bound), **flags)
-            dw = _wgrad(drec, hp)
+                        *tail, **flags)
+            dw = _wgrad(drec, hd)
             db = None if b is None else drec.sum((0, 1))
         else:
-            plan.launch(_kernel("gru", "gru_backward_original"), d_out, dh, dx, gates, hp, w.contiguous(),
-                        _mask(mask, dx), (T, B, H, bound), **flags)
-            dw = torch.cat([_wgrad(dx[..., :2 * H], hp), _wgrad(dx[..., 2 * H:], gates[..., :H] * hp)])
+            plan.launch(_kernel("gru", "gru_backward_original"), d_out, dh, dx, gates, hp, *tail, **flags)
+            dw = torch.cat([_wgrad(dx[..., :2 * H], hd), _wgrad(dx[..., 2 * H:], gates[..., :H] * hd)])
             db = None if b is None else dx.sum((0, 1))
         return dx, (dh.to(gates.dtype),), (dw, db)
 

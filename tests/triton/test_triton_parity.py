@@ -86,7 +86,9 @@ def test_noise_in_eval_matches_reference(form, layers, bidirectional, varlen, H,
 # option combinations the registry's forms do not hold (one form per code path there)
 COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(recurrent_dropout=0.3, nonlinearity="relu")),
             ("LSTM", dict(recurrent_dropout=0.3)), ("LSTM", dict(peephole=True, recurrent_dropout=0.3, zoneout=0.2)),
-            ("LSTM", dict(peephole=True, clip_recurrent=0.05))]
+            ("LSTM", dict(peephole=True, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
+            ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2, reset_after=False)),
+            ("GRU", dict(recurrent_dropout=0.3, reset_after=False, clip_recurrent=0.05))]
 
 
 @pytest.mark.parametrize("layer, kw", COMBINED, ids=[f"{n}-{'-'.join(k)}" for n, k in COMBINED])
@@ -109,7 +111,7 @@ def test_combined_options_match_reference(layer, kw):
 
 
 GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout",
-                   "elman_zoneout"]
+                   "elman_zoneout", "gru_clip"]
 
 
 @pytest.mark.parametrize("form", GRADCHECK_FORMS)

@@ -8,6 +8,9 @@ Shapes (T steps, B batch, H hidden; ACC the accumulator dtype):
     gates  (T, B, 3H)     r, z, n                    hn (T, B, H) h_{t-1} W_hn^T + b_hn (torch form)
     u      (T, B, H)      r_t * h_{t-1}, exchanged within the step (original form)
     z32    (B, H) ACC     the update gate between the original form's two phases
+    m      (B, H)         recurrent dropout mask: hd (T+1, B, H) = hs * m is what W_hh reads (DROP)
+    zo     (T, B, H)      zoneout's z_t (ZONE 1), or the constant zp (ZONE 2: eval)
+    ht     (T, B, H)      h the cell computed before zoneout (saved, ZONE)
   backward:
     d_out  (T, B, H)      gradient of the emitted h_t     dh (B, H) ACC carry
     hp     (T, B, H)      h_{t-1} of every step
@@ -23,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh
+from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, zone
 
 
 @triton.jit
@@ -40,9 +43,28 @@ def _bias(acc, b, rh, H, HAS_B: tl.constexpr, ACC: tl.constexpr):
     return acc
 
 
-@triton.jit(do_not_specialize=["T", "B", "H"])
-def gru_forward(xp, hs, h32, gates, hn_out, w, b, mask, sem, T, B, H,
-                HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr,
+@triton.jit
+def _emit(h, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp, HAS_MASK: tl.constexpr,
+          SAVE: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr, ACC: tl.constexpr):
+    """The new h of a tile: zoneout's mix (the computed h saved), a padded step keeping the state,
+    the carry and the exchanged h (and h * m for the next product with dropout)."""
+    step = t64 * B * H + own
+    if ZONE != 0:
+        if SAVE:
+            tl.store(ht + step, h.to(ht.dtype.element_ty), mask=m2)
+        h = h + zone(zo, step, m2, zp, ZONE, ACC) * (h_prev - h)
+    h = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), h, h_prev)
+    tl.store(h32 + own, h, mask=m2)
+    tl.store(hs + B * H + step, h.to(hs.dtype.element_ty), mask=m2)
+    if DROP:
+        tl.store(hd + B * H + step, (h * tl.load(m + own, mask=m2, other=0.0).to(ACC)).to(hd.dtype.element_ty),
+                 mask=m2)
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
+def gru_forward(xp, hs, h32, gates, hn_out, w, b, m, hd, zo, ht, mask, sem, T, B, H, zp,
+                HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, DROP: tl.constexpr,
+                ZONE: tl.constexpr,
                 BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """The torch form: n = tanh(xn + r * (h W_hn^T + b_hn))."""
     pid = tl.program_id(0)
@@ -52,7 +74,7 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, mask, sem, T, B, H,
     nsync = 0
     for t in range(0, T):
         t64 = tl.cast(t, tl.int64)
-        h_in = hs + t64 * B * H
+        h_in = (hd if DROP else hs) + t64 * B * H
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
@@ -64,11 +86,9 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, mask, sem, T, B, H,
             z = tl.sigmoid(tl.load(x_at + H, mask=m2, other=0.0).to(ACC) + hz)
             n = tanh(tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC) + r * hn)
             h_prev = tl.load(h32 + own, mask=m2, other=0.0)
-            h = (1.0 - z) * n + z * h_prev
-            h = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), h, h_prev)
-            tl.store(h32 + own, h, mask=m2)
+            _emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
+                  HAS_MASK, SAVE, DROP, ZONE, ACC)
             step = t64 * B * H + own
-            tl.store(hs + B * H + step, h.to(hs.dtype.element_ty), mask=m2)
             if SAVE:
                 g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
                 tl.store(g_at, r.to(gates.dtype.element_ty), mask=m2)
@@ -79,9 +99,10 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, mask, sem, T, B, H,
         grid_sync(sem, nsync)
 
 
-@triton.jit(do_not_specialize=["T", "B", "H"])
-def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, mask, sem, T, B, H,
-                         HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
+def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, m, hd, zo, ht, mask, sem, T, B, H, zp,
+                         HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, DROP: tl.constexpr,
+                         ZONE: tl.constexpr,
                          BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
                          ACC: tl.constexpr):
     """The original form: n = tanh(xn + (r * h) W_hn^T + b_hn); two phases a step."""
@@ -92,8 +113,8 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, mask, sem, T, B, H,
     nsync = 0
     for t in range(0, T):
         t64 = tl.cast(t, tl.int64)
-        h_in = hs + t64 * B * H
-        for s in range(pid, tiles, tl.num_programs(0)):          # r, z and u = r * h_{t-1}
+        h_in = (hd if DROP else hs) + t64 * B * H
+        for s in range(pid, tiles, tl.num_programs(0)):          # r, z and u = r * h_{t-1} (* m)
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             hr, hz, _, _ = mm_gates(h_in, H, w, H, rb, rh, B, H, H, 2, BB, BH, BK, PREC, ACC)
@@ -103,6 +124,8 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, mask, sem, T, B, H,
             z = tl.sigmoid(tl.load(x_at + H, mask=m2, other=0.0).to(ACC) + hz)
             tl.store(z32 + own, z, mask=m2)
             h_prev = tl.load(h32 + own, mask=m2, other=0.0)
+            if DROP:
+                h_prev = h_prev * tl.load(m + own, mask=m2, other=0.0).to(ACC)
             tl.store(u + t64 * B * H + own, (r * h_prev).to(u.dtype.element_ty), mask=m2)
             if SAVE:
                 g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
@@ -118,10 +141,8 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, mask, sem, T, B, H,
             n = tanh(tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC) + an)
             z = tl.load(z32 + own, mask=m2, other=0.0)
             h_prev = tl.load(h32 + own, mask=m2, other=0.0)
-            h = (1.0 - z) * n + z * h_prev
-            h = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), h, h_prev)
-            tl.store(h32 + own, h, mask=m2)
-            tl.store(hs + B * H + t64 * B * H + own, h.to(hs.dtype.element_ty), mask=m2)
+            _emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
+                  HAS_MASK, SAVE, DROP, ZONE, ACC)
             if SAVE:
                 g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
                 tl.store(g_at + 2 * H, n.to(gates.dtype.element_ty), mask=m2)
@@ -130,15 +151,20 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, mask, sem, T, B, H,
 
 
 @triton.jit
-def _dz_dn(d_out, dh, gates, hp, t64, rb, rh, m2, own, B, H, bound,
-           HAS_DOUT: tl.constexpr, CLIP: tl.constexpr, ACC: tl.constexpr):
-    """The step's total dh (clipped), r, z, n, h_{t-1}, and the gradients of z's and n's pre-activations."""
+def _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H, bound, zp,
+           HAS_DOUT: tl.constexpr, CLIP: tl.constexpr, ZONE: tl.constexpr, ACC: tl.constexpr):
+    """The step's total dh (clipped) less what zoneout passes straight to h_{t-1} (returned too), r,
+    z, h_{t-1}, and the gradients of z's and n's pre-activations."""
     H3 = 3 * H
     step = t64 * B * H + own
     g = tl.load(dh + own, mask=m2, other=0.0)
     if HAS_DOUT:
         g += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
     g = clip(g, CLIP, bound)
+    passed = tl.zeros_like(g)
+    if ZONE != 0:
+        passed = zone(zo, step, m2, zp, ZONE, ACC) * g
+        g = g - passed
     g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
     r = tl.load(g_at, mask=m2, other=0.0).to(ACC)
     z = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
@@ -146,12 +172,13 @@ def _dz_dn(d_out, dh, gates, hp, t64, rb, rh, m2, own, B, H, bound,
     h_prev = tl.load(hp + step, mask=m2, other=0.0).to(ACC)
     dan = g * (1.0 - z) * (1.0 - n * n)
     daz = g * (h_prev - n) * z * (1.0 - z)
-    return g, r, z, h_prev, dan, daz
+    return g, passed, r, z, h_prev, dan, daz
 
 
-@triton.jit(do_not_specialize=["T", "B", "H"])
-def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, mask, sem, T, B, H, bound,
-                 HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
+def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, m, zo, mask, sem, T, B, H, bound, zp,
+                 HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, DROP: tl.constexpr,
+                 ZONE: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     n_h = tl.cdiv(H, BH)
@@ -162,8 +189,8 @@ def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, mask, sem, T, B, H, boun
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
-            g, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, t64, rb, rh, m2, own, B, H, bound,
-                                               HAS_DOUT, CLIP, ACC)
+            g, passed, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H,
+                                                       bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
             dar = dan * tl.load(hn + t64 * B * H + own, mask=m2, other=0.0).to(ACC) * r * (1.0 - r)
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
             dar = tl.where(keep, dar, 0.0)
@@ -176,18 +203,29 @@ def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, mask, sem, T, B, H, boun
             tl.store(drec + at, dar.to(drec.dtype.element_ty), mask=m2)
             tl.store(drec + at + H, daz.to(drec.dtype.element_ty), mask=m2)
             tl.store(drec + at + 2 * H, (dan * r).to(drec.dtype.element_ty), mask=m2)
-            tl.store(dh + own, tl.where(keep, g * z, g), mask=m2)
+            tl.store(dh + own, tl.where(keep, g * z, g) + passed, mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += drec_t W_hh
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, H3, BK, PREC)
+            acc = _dropped(acc, m, own, m2, DROP, ACC)
             tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
 
 
-@triton.jit(do_not_specialize=["T", "B", "H"])
-def gru_backward_original(d_out, dh, dx, gates, hp, w, mask, sem, T, B, H, bound,
-                          HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr,
+@triton.jit
+def _dropped(d, m, own, m2, DROP: tl.constexpr, ACC: tl.constexpr):
+    """d * m: a gradient that reached h_{t-1} through a product with the dropout-masked state."""
+    if DROP:
+        return d * tl.load(m + own, mask=m2, other=0.0).to(ACC)
+    else:
+        return d
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
+def gru_backward_original(d_out, dh, dx, gates, hp, w, m, zo, mask, sem, T, B, H, bound, zp,
+                          HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, DROP: tl.constexpr,
+                          ZONE: tl.constexpr,
                           BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
                           ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -199,13 +237,13 @@ def gru_backward_original(d_out, dh, dx, gates, hp, w, mask, sem, T, B, H, bound
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):          # dz, dn
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
-            g, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, t64, rb, rh, m2, own, B, H, bound,
-                                               HAS_DOUT, CLIP, ACC)
+            g, passed, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H,
+                                                       bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
             at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             tl.store(dx + at + H, tl.where(keep, daz, 0.0).to(dx.dtype.element_ty), mask=m2)
             tl.store(dx + at + 2 * H, tl.where(keep, dan, 0.0).to(dx.dtype.element_ty), mask=m2)
-            tl.store(dh + own, tl.where(keep, g * z, g), mask=m2)
+            tl.store(dh + own, tl.where(keep, g * z, g) + passed, mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # du = dan W_hn, dr
@@ -214,12 +252,14 @@ def gru_backward_original(d_out, dh, dx, gates, hp, w, mask, sem, T, B, H, bound
                          rb, rh, B, H, H, BK, PREC)
             at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             r = tl.load(gates + at, mask=m2, other=0.0).to(ACC)
-            h_prev = tl.load(hp + t64 * B * H + own, mask=m2, other=0.0).to(ACC)
-            tl.store(dx + at, (du * h_prev * r * (1.0 - r)).to(dx.dtype.element_ty), mask=m2)   # 0 when padded
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + du * r, mask=m2)
+            hd_prev = _dropped(tl.load(hp + t64 * B * H + own, mask=m2, other=0.0).to(ACC), m, own, m2, DROP, ACC)
+            tl.store(dx + at, (du * hd_prev * r * (1.0 - r)).to(dx.dtype.element_ty), mask=m2)   # 0 when padded
+            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + _dropped(du * r, m, own, m2, DROP, ACC),
+                     mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += [dar, daz] W_hrz
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), dx + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, 2 * H, BK, PREC)
+            acc = _dropped(acc, m, own, m2, DROP, ACC)
             tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)
