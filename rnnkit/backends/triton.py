@@ -17,10 +17,10 @@ or H within the same tile plan compiles nothing (Triton caches each variant on d
 
 CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
-Cell options in the kernels: clip_recurrent (every cell), LSTM peepholes, recurrent dropout and
-zoneout (LSTM, Elman, GRU; their masks come from the contract's ``noise``, drawn once per forward, and the
-backward reads the same ones).  Not run here (``supports`` says so, ``auto`` takes the reference
-loop): LSTM projection, layer normalisation, and Jordan's recurrent dropout.  ``step``/``stepper`` are the Python
+Cell options in the kernels: clip_recurrent, recurrent dropout and zoneout (every cell; Jordan
+has no zoneout), LSTM peepholes.  The masks come from the contract's ``noise`` (drawn once per
+forward; backward reads the same ones).  Not run here (``supports`` says so, ``auto`` takes the
+reference loop): LSTM projection and layer normalisation.  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
 """
 from __future__ import annotations
@@ -37,11 +37,10 @@ from ..cells.base import Cell
 from .base import YES, Support
 from .reference import Reference
 
-NOISY = ("lstm", "elman", "gru")                 # cells whose kernels take recurrent dropout and zoneout
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # The cells' options the kernels implement (anything else: the reference loop).
 OPTIONS = {"elman": {"nonlinearity", "clip_recurrent", "recurrent_dropout", "zoneout"},
-           "jordan": {"nonlinearity", "output_activation", "clip_recurrent"},
+           "jordan": {"nonlinearity", "output_activation", "clip_recurrent", "recurrent_dropout"},
            "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout"},
            "gru": {"reset_after", "clip_recurrent", "recurrent_dropout", "zoneout"}}
 
@@ -200,17 +199,12 @@ class Triton(Reference):
         return dtype in (torch.bfloat16, torch.float16)
 
     def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
-        run = getattr(self, f"_{cell.name}_forward")
-        if cell.name in NOISY:
-            return run(cell, xp.contiguous(), mask, state0, params, save, noise)
-        return run(cell, xp.contiguous(), mask, state0, params, save)
+        return getattr(self, f"_{cell.name}_forward")(cell, xp.contiguous(), mask, state0, params, save, noise)
 
     def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
         d_out = None if d_out is None else d_out.contiguous()
-        run = getattr(self, f"_{cell.name}_backward")
-        if cell.name in NOISY:
-            return run(cell, d_out, d_final, mask, state0, states, saved, params, noise)
-        return run(cell, d_out, d_final, mask, state0, states, saved, params)
+        return getattr(self, f"_{cell.name}_backward")(cell, d_out, d_final, mask, state0, states, saved, params,
+                                                       noise)
 
     # -- LSTM -------------------------------------------------------------------------------------
     def _lstm_forward(self, cell, xp, mask, state0, params, save, noise):
@@ -356,7 +350,7 @@ class Triton(Reference):
         bo = max(16, 1 << (cell.output_size - 1).bit_length()) if softmax else plan.BH
         return plan, dict(BO=bo, RELU=cell.nonlinearity == "relu", OUT=JORDAN_OUT[cell.output_activation])
 
-    def _jordan_forward(self, cell, xp, mask, state0, params, save):
+    def _jordan_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H = xp.shape
         O = cell.output_size
         w_yh, w_hy, b = params
@@ -364,12 +358,14 @@ class Triton(Reference):
         ys = _seq_with(state0[0], T)
         y32 = state0[0].to(plan.acc_dtype).contiguous().clone()
         hid = xp.new_empty(T, B, H)
+        drop = _noise(cell, noise, xp)[0]
+        yd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
         plan.launch(_kernel("jordan", "jordan_forward"), xp, ys, y32, hid, w_yh.contiguous(), w_hy.contiguous(),
-                    _dummy(w_hy) if b is None else b, _mask(mask, xp), (T, B, H, O),
-                    HAS_B=b is not None, HAS_MASK=mask is not None, **consts)
+                    _dummy(w_hy) if b is None else b, _dummy(xp) if drop is None else drop, yd, _mask(mask, xp),
+                    (T, B, H, O), HAS_B=b is not None, HAS_MASK=mask is not None, DROP=drop is not None, **consts)
         return (ys[1:],), ((hid,) if save else ())
 
-    def _jordan_backward(self, cell, d_out, d_final, mask, state0, states, saved, params):
+    def _jordan_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
         w_yh, w_hy, b = params
         hid = saved[0].contiguous()
         T, B, H = hid.shape
@@ -379,10 +375,13 @@ class Triton(Reference):
         dz = hid.new_empty(T, B, O)
         da = hid.new_empty(T, B, H)
         flags, bound = _clip(cell)
+        drop = _noise(cell, noise, da)[0]
         plan.launch(_kernel("jordan", "jordan_backward"), _dummy(da) if d_out is None else d_out, dy, dz, da,
-                    states[0].contiguous(), hid, w_yh.contiguous(), w_hy.contiguous(), _mask(mask, da),
-                    (T, B, H, O, bound), HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, **flags, **consts)
-        d_params = (_wgrad(da, _prev_seq(state0[0], states[0])), _wgrad(dz, hid),
+                    states[0].contiguous(), hid, w_yh.contiguous(), w_hy.contiguous(),
+                    _dummy(da) if drop is None else drop, _mask(mask, da), (T, B, H, O, bound),
+                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, DROP=drop is not None, **flags, **consts)
+        y_prev = _prev_seq(state0[0], states[0])
+        d_params = (_wgrad(da, y_prev if drop is None else y_prev * drop), _wgrad(dz, hid),
                     None if b is None else dz.sum((0, 1)))
         return da, (dy.to(hid.dtype),), d_params
 

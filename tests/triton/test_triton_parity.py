@@ -88,7 +88,9 @@ COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(
             ("LSTM", dict(recurrent_dropout=0.3)), ("LSTM", dict(peephole=True, recurrent_dropout=0.3, zoneout=0.2)),
             ("LSTM", dict(peephole=True, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
             ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2, reset_after=False)),
-            ("GRU", dict(recurrent_dropout=0.3, reset_after=False, clip_recurrent=0.05))]
+            ("GRU", dict(recurrent_dropout=0.3, reset_after=False, clip_recurrent=0.05)),
+            ("Jordan", dict(output_size=3, recurrent_dropout=0.3)),
+            ("Jordan", dict(output_size=3, recurrent_dropout=0.3, output_activation="softmax"))]
 
 
 @pytest.mark.parametrize("layer, kw", COMBINED, ids=[f"{n}-{'-'.join(k)}" for n, k in COMBINED])

@@ -6,6 +6,7 @@ Shapes (T steps, B batch, H hidden, O outputs; ACC the accumulator dtype):
     ys     (T+1, B, O)    ys[0] = y0, ys[t+1] = y_t: exchanged      y32 (B, O) ACC own carry
     hid    (T, B, H)      h_t: exchanged within the step (and the cell's saved "hidden")
     mask   (T, B) int8
+    m      (B, O)         recurrent dropout mask: yd (T+1, B, O) = ys * m is what W_yh reads (DROP)
   backward:
     d_out  (T, B, O)      gradient of the emitted y_t     dy (B, O) ACC carry
     y_out  (T, B, O)      the states y_t                  dz (T, B, O) gradient of y's pre-activation
@@ -59,8 +60,9 @@ def _out_grad(y, g, OUT: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "O"])
-def jordan_forward(xp, ys, y32, hid, w_yh, w_hy, b, mask, sem, T, B, H, O,
+def jordan_forward(xp, ys, y32, hid, w_yh, w_hy, b, m, yd, mask, sem, T, B, H, O,
                    HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, RELU: tl.constexpr, OUT: tl.constexpr,
+                   DROP: tl.constexpr,
                    BB: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
                    PREC: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -72,7 +74,8 @@ def jordan_forward(xp, ys, y32, hid, w_yh, w_hy, b, mask, sem, T, B, H, O,
         t64 = tl.cast(t, tl.int64)
         for s in range(pid, n_b * n_h, tl.num_programs(0)):     # h_t = act(xp + y_{t-1} W_yh^T)
             rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
-            a = mm_tile(tl.zeros((BB, BH), ACC), ys + t64 * B * O, O, 1, w_yh, O, 1, rb, rh, B, H, O, BK, PREC)
+            a = mm_tile(tl.zeros((BB, BH), ACC), (yd if DROP else ys) + t64 * B * O, O, 1, w_yh, O, 1, rb, rh,
+                        B, H, O, BK, PREC)
             a += tl.load(xp + t64 * B * H + own, mask=m2, other=0.0).to(ACC)
             tl.store(hid + t64 * B * H + own, act(a, RELU).to(hid.dtype.element_ty), mask=m2)
         nsync += 1
@@ -86,13 +89,17 @@ def jordan_forward(xp, ys, y32, hid, w_yh, w_hy, b, mask, sem, T, B, H, O,
             y = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), _out(z, m2, OUT), y_prev)
             tl.store(y32 + own, y, mask=m2)
             tl.store(ys + B * O + t64 * B * O + own, y.to(ys.dtype.element_ty), mask=m2)
+            if DROP:
+                y = y * tl.load(m + own, mask=m2, other=0.0).to(ACC)
+                tl.store(yd + B * O + t64 * B * O + own, y.to(yd.dtype.element_ty), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "O"])
-def jordan_backward(d_out, dy, dz, da, y_out, hid, w_yh, w_hy, mask, sem, T, B, H, O, bound,
+def jordan_backward(d_out, dy, dz, da, y_out, hid, w_yh, w_hy, m, mask, sem, T, B, H, O, bound,
                     HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, RELU: tl.constexpr,
+                    DROP: tl.constexpr,
                     OUT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
                     PREC: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -125,4 +132,6 @@ def jordan_backward(d_out, dy, dz, da, y_out, hid, w_yh, w_hy, mask, sem, T, B, 
         for s in range(pid, n_b * n_o, tl.num_programs(0)):     # dy_{t-1} += da W_yh (0 when padded)
             rb, ro, m2, own = _tile(s, n_o, B, O, BB, BO)
             acc = mm_tile(tl.zeros((BB, BO), ACC), da + t64 * B * H, H, 1, w_yh, 1, O, rb, ro, B, O, H, BK, PREC)
+            if DROP:
+                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
             tl.store(dy + own, tl.load(dy + own, mask=m2, other=0.0) + acc, mask=m2)
