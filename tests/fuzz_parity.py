@@ -1,10 +1,18 @@
 """Random configurations against torch.nn: forward, backward, double backward, step, stream and
-(every ``--compile-every``-th configuration) torch.compile, after random parameter surgery
-(pruning, weight_norm, rebinding a Parameter, a wrong-shaped ``.data`` that must be an error).
+torch.compile, after random parameter surgery (pruning, weight_norm, rebinding a Parameter, a
+wrong-shaped ``.data`` that must be an error).
 
 Run as a script (a crash is then a dead process, which the test that calls it reports):
 
-    python tests/fuzz_parity.py --n 500 --seed 0 [--compile-every 25]
+    python tests/fuzz_parity.py --n 500 --seed 0 [--compile aot_eager] [--inductor-every 25]
+
+``--compile aot_eager`` (the default) compiles every configuration with dynamo and AOTAutograd
+but no code generation: it checks that the layer traces without a graph break (``fullgraph=True``;
+a PackedSequence input, whose packing is data-dependent, may break the graph: then
+``fullgraph=False``), the operators' fake implementations and their registered autograd, in a
+second or so per configuration; ``--inductor-every k`` also compiles every k-th configuration with
+inductor (C++ code generation: 5-20 s each).  The compiled module's outputs and gradients must
+equal torch.nn's eager ones.
 
 Prints one JSON line of counts; exits 1 on any disagreement or unexpected exception.
 """
@@ -12,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
+import time
 import traceback
 
 import torch
@@ -115,7 +125,7 @@ def close(a, b, dtype, what):
         torch.testing.assert_close(u, v, **TOL[dtype], msg=lambda m, k=k: f"{what} tensor {k}: {m}")
 
 
-def check(c: dict, seed: int, compile_it: bool, counts: dict) -> None:
+def check(c: dict, seed: int, compilers: list, counts: dict) -> None:
     ref, ours = build(c, seed)
     dtype = getattr(torch, c["dtype"])
     if not surgery(c, ref, ours, seed):
@@ -138,11 +148,21 @@ def check(c: dict, seed: int, compile_it: bool, counts: dict) -> None:
         counts["double_backward"] += 1
     if not c["bidirectional"] and lengths is None and c["B"] > 0:
         steps(c, ours, x, hx, b, dtype, counts)
-    if compile_it and c["B"] > 0 and lengths is None:
-        torch._dynamo.reset()
-        compiled = torch.compile(ours, fullgraph=True)
-        close(run(compiled, c, x, hx, None), b, dtype, "compile")
-        counts["compile"] += 1
+    for compiler in compilers:
+        start = time.perf_counter()
+        compiled_run(c, ours, compiler, x, hx, lengths, b, cot, gb, dtype)
+        counts["compile_" + compiler] += 1
+        counts["seconds"]["compile_" + compiler] += time.perf_counter() - start
+
+
+def compiled_run(c, ours, compiler, x, hx, lengths, expected, cot, expected_grads, dtype) -> None:
+    """The compiled module's outputs and first-order gradients against torch.nn's eager ones."""
+    torch._dynamo.reset()                       # a fresh cache: each configuration is a new module
+    compiled = torch.compile(ours, fullgraph=lengths is None, backend=compiler)
+    a = run(compiled, c, x, hx, lengths)
+    close(a, expected, dtype, f"compile ({compiler})")
+    grads = torch.autograd.grad(a, leaves(ours, x, hx), cot, allow_unused=True)
+    close(grads, [g.detach() if g is not None else None for g in expected_grads], dtype, f"compile ({compiler}) backward")
 
 
 def refused(c, ours, seed) -> None:
@@ -183,21 +203,30 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile-every", type=int, default=0, help="compile every k-th configuration (0: never)")
+    p.add_argument("--compile", default="aot_eager", choices=["aot_eager", "none"],
+                   help="compile every configuration with this torch.compile backend")
+    p.add_argument("--inductor-every", type=int, default=0, help="also inductor, every k-th configuration (0: never)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)     # a packed input's expected graph break
     rng = random.Random(args.seed)
-    counts = dict(configs=0, forward=0, backward=0, double_backward=0, step=0, stream=0, compile=0, refused=0,
-                  failures=0)
+    counts = dict(configs=0, forward=0, backward=0, double_backward=0, step=0, stream=0, compile_aot_eager=0,
+                  compile_inductor=0, refused=0, failures=0, seconds=dict(all=0.0, compile_aot_eager=0.0,
+                                                                          compile_inductor=0.0))
+    start = time.perf_counter()
     for i in range(args.n):
         c = config(rng)
         try:
-            check(c, args.seed * 100003 + i, bool(args.compile_every) and i % args.compile_every == 0, counts)
+            compilers = ([] if args.compile == "none" else [args.compile]) \
+                + (["inductor"] if args.inductor_every and i % args.inductor_every == 0 else [])
+            check(c, args.seed * 100003 + i, compilers, counts)
         except Exception:                                          # noqa: BLE001 - reported, then counted
             counts["failures"] += 1
             print(json.dumps({"config": c, "index": i}), file=sys.stderr)
             traceback.print_exc()
         counts["configs"] += 1
+    counts["seconds"] = {k: round(time.perf_counter() - start if k == "all" else v, 1)
+                         for k, v in counts["seconds"].items()}
     print(json.dumps(counts))
     return 1 if counts["failures"] else 0
 
