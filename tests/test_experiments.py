@@ -212,3 +212,21 @@ def test_committed_report_links_pages_that_exist():
         raw = zlib.decompress(base64.b64decode(data["trace"]["blob"]))
         assert len(raw) == sum(b["units"] for b in data["trace"]["blocks"]) * data["steps"]
         assert "full version" in data["note"]
+
+
+def test_variants_text_is_the_standard_librarys_and_deterministic():
+    from rnnkit.experiments.lstm_variants import stdlib_text
+    a, b = stdlib_text(5000), stdlib_text(5000)
+    assert a == b and len(a) == 5000 and a.isascii()
+    assert '"""' in a or "import" in a                       # Python source, not something else
+
+
+def test_every_variant_trains_with_its_option(quick):
+    """Each row differs from the plain LSTM of the same seed: a variant whose option did not reach the
+    network would train exactly the plain LSTM (same data, seed and batches) and differ by 0."""
+    _, sections = quick
+    rows = [r for r in sections["variants"].tables[0].splitlines()[2:]]
+    diffs = {r.split("|")[1].strip(): float(r.split("|")[3]) for r in rows}
+    assert set(diffs) == {"LSTM", "peephole", "layer norm", "zoneout 0.1", "recurrent dropout 0.25"}
+    assert diffs.pop("LSTM") == 0
+    assert all(d != 0 for d in diffs.values()), diffs

@@ -21,7 +21,7 @@ from .._version import __version__
 from ..train.config import MAX_SEED
 from ..train.errors import UserError
 from ..train.runfolder import check_folder, default_out
-from . import clipping, directions_depth, elman_vs_jordan, gradient_flow, gru_vs_lstm, memory_span
+from . import clipping, directions_depth, elman_vs_jordan, gradient_flow, gru_vs_lstm, lstm_variants, memory_span
 from .common import Context, Section, finite
 
 EXPERIMENTS = {
@@ -31,6 +31,7 @@ EXPERIMENTS = {
     "gru_lstm": gru_vs_lstm.run,
     "directions": directions_depth.run,
     "jordan": elman_vs_jordan.run,
+    "variants": lstm_variants.run,
 }
 REPORT = "experiments.md"
 QUICK_REPORT = "experiments-quick.md"
