@@ -14,6 +14,7 @@ import torch.nn.utils.prune
 from torch import nn
 
 import rnnkit
+from helpers import backends_for
 
 F64 = torch.float64
 # (torch.nn class, rnnkit class, constructor keywords): every twin and the options that change
@@ -153,6 +154,14 @@ def test_flat_weights_follow_rebinding_pruning_and_plain_attributes(case):
     assert ours._flat_weights[1] is ours.weight_hh_l0
 
 
+def test_torchs_cache_calls_leave_the_module_picklable():
+    _, ours = pair("lstm")
+    ours._init_flat_weights()                                       # torch keeps weak references here
+    ours._update_flat_weights()
+    loaded = pickle.loads(pickle.dumps(ours))
+    assert_same_run(loaded, ours, x_for(ours))
+
+
 def test_assigning_flat_weights_binds_the_attributes():
     ref, ours = pair("lstm")
     new = [nn.Parameter(w.detach() * 2) for w in ours._flat_weights]
@@ -261,10 +270,13 @@ def test_data_parallel_replica_runs_and_backpropagates(case):
         torch.testing.assert_close(getattr(ours, n).grad, getattr(ref, n).grad, msg=n)
 
 
+@pytest.mark.parametrize("backend", backends_for("lstm", own_backward=True))
 @pytest.mark.parametrize("case", ["rnn_tanh", "lstm_proj", "gru"])
-def test_data_parallel_replica_step_backpropagates(case):
-    # The replica holds no parameters: step must still see that its weights need a graph.
+def test_data_parallel_replica_step_backpropagates(case, backend):
+    # The replica holds no parameters: step must still see that its weights need a graph (the
+    # hand-written backends' step records none).
     _, ours = pair(case)
+    ours.backend = backend
     x = x_for(ours)[:, 0] if ours.batch_first else x_for(ours)[0]
     out, _ = _replicate(ours).step(x)
     want, _ = ours.step(x)
