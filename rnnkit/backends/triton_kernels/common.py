@@ -15,11 +15,20 @@ Shapes: BB batch rows, BN output columns, BK reduction chunk (all powers of two,
         the operands are cast to float32 first (Triton's interpreter multiplies bfloat16 operands
         wrongly - measured with Triton 3.9 - while float32 products of bfloat16 values are exact)
     grid_sync(sem, n)   the n-th grid barrier of a launch (every program calls it alike)
+    tile(s, n_c, B, C, BB, BC)   tile s of a (B, C) tensor cut in (BB, BC) tiles, n_c tiles a row:
+        its rows rb, columns rc, the in-bounds mask and the row-major offsets (BB, BC)
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def tile(s, n_c, B, C, BB: tl.constexpr, BC: tl.constexpr):
+    rb = (s // n_c) * BB + tl.arange(0, BB)
+    rc = (s % n_c) * BC + tl.arange(0, BC)
+    return rb, rc, (rb[:, None] < B) & (rc[None, :] < C), rb[:, None] * C + rc[None, :]
 
 
 @triton.jit

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile, zone
+from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile, tile, zone
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "zp"])
@@ -36,10 +36,7 @@ def elman_forward(xp, hs, h32, w, b, m, hd, zh, ht, mask, sem, T, B, H, zp,
     for t in range(0, T):
         t64 = tl.cast(t, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb = (s // n_h) * BB + tl.arange(0, BB)
-            rh = (s % n_h) * BH + tl.arange(0, BH)
-            m2 = (rb[:, None] < B) & (rh[None, :] < H)
-            own = rb[:, None] * H + rh[None, :]
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             step = t64 * B * H + own
             a = mm_tile(tl.zeros((BB, BH), ACC), (hd if DROP else hs) + t64 * B * H, H, 1, w, H, 1, rb, rh,
                         B, H, H, BK, PREC)
@@ -78,10 +75,7 @@ def elman_backward(d_out, dh, da, hs_out, w, m, zh, mask, sem, T, B, H, bound, z
     for back in range(0, T):
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb = (s // n_h) * BB + tl.arange(0, BB)
-            rh = (s % n_h) * BH + tl.arange(0, BH)
-            m2 = (rb[:, None] < B) & (rh[None, :] < H)
-            own = rb[:, None] * H + rh[None, :]
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             step = t64 * B * H + own
             g = tl.load(dh + own, mask=m2, other=0.0)
             if HAS_DOUT:
@@ -97,10 +91,7 @@ def elman_backward(d_out, dh, da, hs_out, w, m, zh, mask, sem, T, B, H, bound, z
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb = (s // n_h) * BB + tl.arange(0, BB)
-            rh = (s % n_h) * BH + tl.arange(0, BH)
-            m2 = (rb[:, None] < B) & (rh[None, :] < H)
-            own = rb[:, None] * H + rh[None, :]
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), da + t64 * B * H, H, 1, w, 1, H, rb, rh, B, H, H, BK, PREC)
             if DROP:
                 acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)

@@ -26,14 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, zone
-
-
-@triton.jit
-def _tile(s, n_h, B, H, BB: tl.constexpr, BH: tl.constexpr):
-    rb = (s // n_h) * BB + tl.arange(0, BB)
-    rh = (s % n_h) * BH + tl.arange(0, BH)
-    return rb, rh, (rb[:, None] < B) & (rh[None, :] < H), rb[:, None] * H + rh[None, :]
+from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
 
 
 @triton.jit
@@ -76,7 +69,7 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, m, hd, zo, ht, mask, sem, T, B
         t64 = tl.cast(t, tl.int64)
         h_in = (hd if DROP else hs) + t64 * B * H
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             hr, hz, hn, _ = mm_gates(h_in, H, w, H, rb, rh, B, H, H, 3, BB, BH, BK, PREC, ACC)
             hr = _bias(hr, b, rh, H, HAS_B, ACC)
@@ -115,7 +108,7 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, m, hd, zo, ht, mask, 
         t64 = tl.cast(t, tl.int64)
         h_in = (hd if DROP else hs) + t64 * B * H
         for s in range(pid, tiles, tl.num_programs(0)):          # r, z and u = r * h_{t-1} (* m)
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             hr, hz, _, _ = mm_gates(h_in, H, w, H, rb, rh, B, H, H, 2, BB, BH, BK, PREC, ACC)
             hr = _bias(hr, b, rh, H, HAS_B, ACC)
@@ -134,7 +127,7 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, m, hd, zo, ht, mask, 
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # n and h
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             x_at = xp + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             an = _bias(mm_tile(tl.zeros((BB, BH), ACC), u + t64 * B * H, H, 1, w + 2 * H * H, H, 1, rb, rh,
                                B, H, H, BK, PREC), b + 2 * H, rh, H, HAS_B, ACC)
@@ -188,7 +181,7 @@ def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, m, zo, mask, sem, T, B, 
     for back in range(0, T):
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             g, passed, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H,
                                                        bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
             dar = dan * tl.load(hn + t64 * B * H + own, mask=m2, other=0.0).to(ACC) * r * (1.0 - r)
@@ -207,7 +200,7 @@ def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, m, zo, mask, sem, T, B, 
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += drec_t W_hh
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, H3, BK, PREC)
             acc = _dropped(acc, m, own, m2, DROP, ACC)
             tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
@@ -236,7 +229,7 @@ def gru_backward_original(d_out, dh, dx, gates, hp, w, m, zo, mask, sem, T, B, H
     for back in range(0, T):
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):          # dz, dn
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             g, passed, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H,
                                                        bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
@@ -247,7 +240,7 @@ def gru_backward_original(d_out, dh, dx, gates, hp, w, m, zo, mask, sem, T, B, H
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # du = dan W_hn, dr
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             du = mm_tile(tl.zeros((BB, BH), ACC), dx + t64 * B * H3 + 2 * H, H3, 1, w + 2 * H * H, 1, H,
                          rb, rh, B, H, H, BK, PREC)
             at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
@@ -259,7 +252,7 @@ def gru_backward_original(d_out, dh, dx, gates, hp, w, m, zo, mask, sem, T, B, H
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += [dar, daz] W_hrz
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), dx + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, 2 * H, BK, PREC)
             acc = _dropped(acc, m, own, m2, DROP, ACC)
             tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)

@@ -22,14 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile, tanh
-
-
-@triton.jit
-def _tile(s, n_c, B, C, BB: tl.constexpr, BC: tl.constexpr):
-    rb = (s // n_c) * BB + tl.arange(0, BB)
-    rc = (s % n_c) * BC + tl.arange(0, BC)
-    return rb, rc, (rb[:, None] < B) & (rc[None, :] < C), rb[:, None] * C + rc[None, :]
+from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile, tanh, tile
 
 
 @triton.jit
@@ -73,7 +66,7 @@ def jordan_forward(xp, ys, y32, hid, w_yh, w_hy, b, m, yd, mask, sem, T, B, H, O
     for t in range(0, T):
         t64 = tl.cast(t, tl.int64)
         for s in range(pid, n_b * n_h, tl.num_programs(0)):     # h_t = act(xp + y_{t-1} W_yh^T)
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             a = mm_tile(tl.zeros((BB, BH), ACC), (yd if DROP else ys) + t64 * B * O, O, 1, w_yh, O, 1, rb, rh,
                         B, H, O, BK, PREC)
             a += tl.load(xp + t64 * B * H + own, mask=m2, other=0.0).to(ACC)
@@ -81,7 +74,7 @@ def jordan_forward(xp, ys, y32, hid, w_yh, w_hy, b, m, yd, mask, sem, T, B, H, O
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, n_b * n_o, tl.num_programs(0)):     # y_t = out(h_t W_hy^T + b_hy)
-            rb, ro, m2, own = _tile(s, n_o, B, O, BB, BO)
+            rb, ro, m2, own = tile(s, n_o, B, O, BB, BO)
             z = mm_tile(tl.zeros((BB, BO), ACC), hid + t64 * B * H, H, 1, w_hy, H, 1, rb, ro, B, O, H, BK, PREC)
             if HAS_B:
                 z += tl.load(b + ro, mask=ro < O, other=0.0).to(ACC)[None, :]
@@ -110,7 +103,7 @@ def jordan_backward(d_out, dy, dz, da, y_out, hid, w_yh, w_hy, m, mask, sem, T, 
     for back in range(0, T):
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, n_b * n_o, tl.num_programs(0)):     # dz = out'(dy)
-            rb, ro, m2, own = _tile(s, n_o, B, O, BB, BO)
+            rb, ro, m2, own = tile(s, n_o, B, O, BB, BO)
             g = tl.load(dy + own, mask=m2, other=0.0)
             if HAS_DOUT:
                 g += tl.load(d_out + t64 * B * O + own, mask=m2, other=0.0).to(ACC)
@@ -123,14 +116,14 @@ def jordan_backward(d_out, dy, dz, da, y_out, hid, w_yh, w_hy, m, mask, sem, T, 
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, n_b * n_h, tl.num_programs(0)):     # da = act'(h) * dz W_hy
-            rb, rh, m2, own = _tile(s, n_h, B, H, BB, BH)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             d_h = mm_tile(tl.zeros((BB, BH), ACC), dz + t64 * B * O, O, 1, w_hy, 1, H, rb, rh, B, H, O, BK, PREC)
             h = tl.load(hid + t64 * B * H + own, mask=m2, other=0.0).to(ACC)
             tl.store(da + t64 * B * H + own, act_grad(h, d_h, RELU).to(da.dtype.element_ty), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, n_b * n_o, tl.num_programs(0)):     # dy_{t-1} += da W_yh (0 when padded)
-            rb, ro, m2, own = _tile(s, n_o, B, O, BB, BO)
+            rb, ro, m2, own = tile(s, n_o, B, O, BB, BO)
             acc = mm_tile(tl.zeros((BB, BO), ACC), da + t64 * B * H, H, 1, w_yh, 1, O, rb, ro, B, O, H, BK, PREC)
             if DROP:
                 acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, zone
+from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "zp"])
@@ -43,9 +43,7 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, h
     for t in range(0, T):
         t64 = tl.cast(t, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb = (s // n_h) * BB + tl.arange(0, BB)
-            rh = (s % n_h) * BH + tl.arange(0, BH)
-            m2 = (rb[:, None] < B) & (rh[None, :] < H)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             h_prev_seq = (hd if DROP else hs) + t64 * B * H
             x_at = xp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             pi, pf, pg, po = mm_gates(h_prev_seq, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK, PREC, ACC)
@@ -58,7 +56,6 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, h
                 pf += tl.load(b + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
                 pg += tl.load(b + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
                 po += tl.load(b + 3 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
-            own = rb[:, None] * H + rh[None, :]
             step = t64 * B * H + own
             c_prev = tl.load(c32 + own, mask=m2, other=0.0)
             h_prev = tl.load(h32 + own, mask=m2, other=0.0)
@@ -117,10 +114,7 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, m, zh, zc, ma
         t64 = tl.cast(t, tl.int64)
         # phase 1: the gates' gradients of the own tile, and the cell's carry
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb = (s // n_h) * BB + tl.arange(0, BB)
-            rh = (s % n_h) * BH + tl.arange(0, BH)
-            m2 = (rb[:, None] < B) & (rh[None, :] < H)
-            own = rb[:, None] * H + rh[None, :]
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             step = t64 * B * H + own
             g_h = tl.load(dh + own, mask=m2, other=0.0)
             if HAS_DOUT:
@@ -170,10 +164,7 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, m, zh, zc, ma
         grid_sync(sem, nsync)
         # phase 2: dh_{t-1}[:, own units] = dp_t W_hh[:, own units]  (reads every tile's dp_t)
         for s in range(pid, tiles, tl.num_programs(0)):
-            rb = (s // n_h) * BB + tl.arange(0, BB)
-            rh = (s % n_h) * BH + tl.arange(0, BH)
-            m2 = (rb[:, None] < B) & (rh[None, :] < H)
-            own = rb[:, None] * H + rh[None, :]
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), dp + t64 * B * H4, H4, 1, w, 1, H, rb, rh, B, H, H4, BK, PREC)
             if DROP:
                 acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
