@@ -23,6 +23,7 @@ Symbols: B rows (the global batch), L steps per row, D directions, S state size.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Type
@@ -132,9 +133,10 @@ class Steps:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)           # clip (and report) the true gradients
         norm = self._clip()
-        self.scaler.step(self.opt)               # skipped when a scaled gradient overflowed
-        self.scaler.update()
         n, total_all = sums.tolist()
+        if math.isfinite(total_all):             # a non-finite loss stops the run: keep the weights it had
+            self.scaler.step(self.opt)           # skipped when a scaled gradient overflowed
+        self.scaler.update()
         return StepResult(total_all, n, norm, items)
 
     def forward(self, *args, **kwargs):

@@ -194,3 +194,29 @@ def test_eval_applies_the_checkpoints_normalisation(runs, tmp_path):
     assert evaluate(str(root / "csv"))["test"]["test"]["rmse"] == pytest.approx(trained, rel=1e-6)
     shifted = tamper(root / "csv", tmp_path / "shifted", lambda m: m["stats"].update(mean=m["stats"]["mean"] + 1))
     assert evaluate(str(shifted))["test"]["test"]["rmse"] != pytest.approx(trained, rel=1e-3)
+
+
+def test_a_non_finite_loss_never_reaches_the_weights(tiny, monkeypatch):
+    """The update whose loss is NaN takes no optimiser step: the network the trainer holds after
+    Diverged is the one of the last good step (a library user may read it), not NaN."""
+    from rnnkit.train import distributed
+    from rnnkit.train.loop import Trainer
+
+    real = SequenceSteps.loss_terms
+    calls, before = [0], {}
+
+    def loss_terms(self, batch):
+        total, count, items = real(self, batch)
+        calls[0] += 1
+        if calls[0] == 4:
+            before.update({k: v.detach().clone() for k, v in self.net.state_dict().items()})
+            total = total * float("nan")
+        return total, count, items
+
+    monkeypatch.setattr(SequenceSteps, "loss_terms", loss_terms)
+    trainer = Trainer(tiny("sunspots", epochs=3), distributed.Dist())
+    trainer.open_outputs()
+    with pytest.raises(Diverged, match="loss became nan at step 4"):
+        trainer.run()
+    for k, v in trainer.net.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=0, rtol=0, msg=k)
