@@ -172,6 +172,24 @@ def test_held_parameter_changed_under_the_stream_is_an_error(change, words):
         stream(x)
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda m: setattr(m.weight_ih_l0, "data", torch.randn(40, 7, dtype=torch.float64)),
+     r"weight_ih_l0 changed since the stream was created: it is now \(40, 7\).*made for \(16, 3\)"),
+    (lambda m: setattr(m.bias_hh_l1, "data", torch.zeros(0, dtype=torch.float64)), r"bias_hh_l1 changed.*\(0,\)"),
+    (lambda m: setattr(m.weight_hh_l1, "data", m.weight_hh_l1.data.float()), r"weight_hh_l1 changed.*torch\.float32"),
+], ids=["resized", "emptied", "dtype"])
+def test_python_stepper_names_the_parameter_that_changed(change, words):
+    """The reference backend's stream (every device and dtype) checks the held parameters as the
+    C++ one does and names the one that changed, instead of failing inside a matrix product."""
+    model = make("lstm", num_layers=2, backend="reference")
+    stream = model.stream(B)
+    x = randn(B, INPUT_SIZE)
+    stream(x)
+    change(model)
+    with pytest.raises(RuntimeError, match=words + ".*create a new stream"):
+        stream(x)
+
+
 def prune_one(m):
     torch.nn.utils.prune.random_unstructured(m, "weight_hh_l0", amount=0.5)
 

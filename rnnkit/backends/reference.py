@@ -96,6 +96,9 @@ class PythonStepper:
         w_ih = layers[0][0]
         self._cell, self._layers, self._who = cell, layers, who
         self._B, self._I, self._dtype, self._device = batch_size, w_ih.shape[1], w_ih.dtype, w_ih.device
+        names = ("weight_ih", "bias_ih") + tuple(cell.rec_params)
+        self._made_for = [[(f"{n}_l{k}", None if p is None else tuple(p.shape)) for n, p in zip(names, layer)]
+                          for k, layer in enumerate(layers)]
         self._states = [w_ih.new_zeros(len(layers), batch_size, s) for s in cell.state_sizes()]
         self._out = w_ih.new_zeros(batch_size, cell.out_size)
 
@@ -117,12 +120,16 @@ class PythonStepper:
                              "under torch.no_grad()")
 
     def _check_params(self) -> None:
-        """The held parameters still have the dtype and device the buffers were made for."""
-        for layer in self._layers:
-            for p in layer:
-                if p is not None and (p.dtype != self._dtype or p.device != self._device):
-                    raise RuntimeError(f"{self._who}: the parameters changed to {p.dtype} on {p.device} after the "
-                                       f"stream was created for {self._dtype} on {self._device}; create a new stream")
+        """The held (or read again) parameters still have the shapes, dtype and device the stream
+        was made for; an error names the first that does not (as the C++ Stepper's)."""
+        for layer, made in zip(self._layers, self._made_for):
+            for p, (name, shape) in zip(layer, made):
+                now = None if p is None else tuple(p.shape)
+                if now != shape or (p is not None and (p.dtype != self._dtype or p.device != self._device)):
+                    it = "None" if p is None else f"{now}, {p.dtype}, on {p.device}"
+                    raise RuntimeError(f"{self._who}: {name} changed since the stream was created: it is now {it}; "
+                                       f"the stream was made for {shape}, {self._dtype}, on {self._device}; "
+                                       f"create a new stream")
 
     def set_params(self, layers) -> None:
         """Read again from the module (checked at every step by ``_check_params`` and the step's math)."""
