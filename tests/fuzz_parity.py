@@ -9,10 +9,12 @@ Run as a script (a crash is then a dead process, which the test that calls it re
 ``--compile aot_eager`` (the default) compiles every configuration with dynamo and AOTAutograd
 but no code generation: it checks that the layer traces without a graph break (``fullgraph=True``;
 a PackedSequence input, whose packing is data-dependent, may break the graph: then
-``fullgraph=False``), the operators' fake implementations and their registered autograd, in a
-second or so per configuration; ``--inductor-every k`` also compiles every k-th configuration with
-inductor (C++ code generation: 5-20 s each).  The compiled module's outputs and gradients must
-equal torch.nn's eager ones.
+``fullgraph=False``), the operators' fake implementations and their registered autograd;
+``--inductor-every k`` also compiles every k-th configuration with inductor (C++ code generation).
+The compiled module's outputs and gradients must equal torch.nn's eager ones.  Measured at
+1bd6923 (``--n 500 --seed 0 --inductor-every 25``, nice 10, one thread, on 2 shared cores at a
+load average of 5-6): 1494 s in all, of which 1223 s for 419 aot_eager compiles (2.9 s each)
+and 258 s for 17 inductor compiles (15 s each); 0 failures.
 
 Prints one JSON line of counts; exits 1 on any disagreement or unexpected exception.
 """
