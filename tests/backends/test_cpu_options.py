@@ -187,3 +187,20 @@ def test_peephole_weights_are_checked_by_name():
 def test_options_without_a_kernel_are_declined_with_the_reason(cell, word):
     found = cpu.BACKEND.supports(cell, CPU, torch.float32)
     assert not found and word in found.reason
+
+
+@needs_cpu
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["full", "lengths"])
+def test_clip_is_the_same_on_the_oracle_the_reference_and_the_kernels(lengths):
+    """An LSTM's c_t also feeds its h_t inside the step: the clamp bounds only the gradient that
+    reaches c_t from the output and from step t+1 (the reference's BPTT), also on the autograd
+    oracle over full-length sequences, where the step's own tensor is the carried state."""
+    found = {}
+    for backend in ("autograd", "reference", "cpu"):
+        torch.manual_seed(0)
+        model = rnnkit.LSTM(3, 4, clip_recurrent=0.01, backend=backend, dtype=torch.float64)
+        x = torch.randn(5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        model(x, lengths=lengths)[0].sum().backward()
+        found[backend] = [x.grad, *(p.grad for p in model.parameters())]
+    assert_all_close(found["autograd"], found["reference"], torch.float64)
+    assert_all_close(found["cpu"], found["reference"], torch.float64)
