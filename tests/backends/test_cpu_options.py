@@ -204,3 +204,37 @@ def test_clip_is_the_same_on_the_oracle_the_reference_and_the_kernels(lengths):
         found[backend] = [x.grad, *(p.grad for p in model.parameters())]
     assert_all_close(found["autograd"], found["reference"], torch.float64)
     assert_all_close(found["cpu"], found["reference"], torch.float64)
+
+
+LAYERS = {
+    "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
+    "gru": (rnnkit.GRU, {}),
+    "gru_cho": (rnnkit.GRU, {"reset_after": False}),
+    "elman_relu": (rnnkit.Elman, {"nonlinearity": "relu"}),
+    "jordan": (rnnkit.Jordan, {"output_size": 3, "output_activation": "softmax"}),
+}
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("form", LAYERS)
+def test_deep_bidirectional_training_with_every_option_equals_the_oracle(form, dtype):
+    """Two layers, both directions, lengths, training noise (the same seed on both sides), every
+    option the cell takes at once: outputs, final states and the gradients of the input, the
+    initial state and every parameter against the autograd oracle (the plain loop)."""
+    cls, kw = LAYERS[form]
+    kw = {**kw, "recurrent_dropout": 0.3, "clip_recurrent": 0.05, **({} if form == "jordan" else {"zoneout": 0.3})}
+    found = {}
+    for backend in ("autograd", "cpu"):
+        torch.manual_seed(0)
+        model = cls(3, 5, num_layers=2, bidirectional=True, backend=backend, dtype=dtype, **kw)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(6, 4, 3, dtype=dtype, generator=g, requires_grad=True)
+        hx = [torch.randn(4, 4, s, dtype=dtype, generator=g, requires_grad=True) for s in model.cell.state_sizes()]
+        torch.manual_seed(2)                                      # the noise of this forward
+        out, state = model(x, tuple(hx) if len(hx) > 1 else hx[0], lengths=[6, 2, 5, 1])
+        finals = list(state) if isinstance(state, tuple) else [state]
+        (out.sum() + sum((f * f).sum() for f in finals)).backward()
+        found[backend] = [out, *finals, x.grad, *(h.grad for h in hx), *(p.grad for p in model.parameters())]
+    tol = {} if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-5)
+    assert_all_close(found["cpu"], found["autograd"], dtype, **tol)
