@@ -61,7 +61,7 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.forward", sp);
   c.tensor({"xp"}, xp, {kT, kB, kGH});
-  c.tensors("state0", state0, {kB}, cell.states);
+  c.tensors("state0", state0, {kB}, c.states());
   c.rec(rec, -1, names.value_or(std::vector<std::string>{}));
   c.mask(mask);
   c.noise(noise);
@@ -86,7 +86,7 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   TORCH_CHECK(!layers.empty(), "rnnkit.step: layers: expected at least one layer, got none");
   c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
   for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
-  c.tensors("state0", state0, {kL, kB}, cell.states);
+  c.tensors("state0", state0, {kL, kB}, c.states());
   const int64_t L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   const Tensor xc = x.contiguous();
   const Tensors s0 = dense(state0);
@@ -121,12 +121,12 @@ std::tuple<Tensor, Tensors, OptTensors> backward(
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.backward", sp);
-  c.tensors("states", states, {kT, kB}, cell.states);
-  c.tensors("state0", state0, {kB}, cell.states);
+  c.tensors("states", states, {kT, kB}, c.states());
+  c.tensors("state0", state0, {kB}, c.states());
   c.tensors("saved", saved, {kT, kB}, cell.saved(sp));
   c.rec(rec, -1, names.value_or(std::vector<std::string>{}));
-  c.optional({"d_out"}, d_out, {kT, kB, cell.states[0]}, true);
-  c.optionals("d_final", d_final, {kB}, cell.states);
+  c.optional({"d_out"}, d_out, {kT, kB, c.states()[0]}, true);
+  c.optionals("d_final", d_final, {kB}, c.states());
   c.mask(mask);
   c.noise(noise);
   const Tensor d = d_out.has_value() ? *d_out : Tensor();      // any strides: read in place (GradOut)

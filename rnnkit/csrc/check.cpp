@@ -25,8 +25,9 @@ std::string shape_str(at::IntArrayRef sizes) {
 std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
 
 Checker::Checker(std::string who, const Spec& spec)
-    : who_(std::move(who)), spec_(spec), cell_(*spec.cell), rec_(spec.cell->rec(spec)) {
+    : who_(std::move(who)), spec_(spec), cell_(*spec.cell), rec_(spec.cell->rec(spec)), states_(states_of(spec)) {
   std::fill(val_, val_ + kNumSyms, int64_t(-1));
+  if (spec.proj > 0) val_[kP] = spec.proj, from_[kP] = Name{"the spec's proj_size"};
 }
 
 namespace {
@@ -46,6 +47,7 @@ std::string Checker::sym_name(Sym s) const {
     case kGH: return std::to_string(cell_.gates) + "*H";
     case kO: return "O";
     case kH3: return "3*H";
+    case kP: return "P";
     default: return "?";
   }
 }
@@ -174,7 +176,7 @@ void Checker::layer(const OptTensors& p, int64_t layer) {
   TORCH_CHECK(p.size() == 2 + rec_.size(), who_, ": layers[", layer, "]: expected ", 2 + rec_.size(),
               " tensors [weight_ih, bias_ih, ", rec_.size(), " recurrent parameters] for the '", cell_.name,
               "' cell, got ", p.size());
-  optional(Name{"weight_ih", -1, layer}, p[0], {kGH, layer == 0 ? kI : cell_.states[0]}, false);
+  optional(Name{"weight_ih", -1, layer}, p[0], {kGH, layer == 0 ? kI : states_[0]}, false);
   optional(Name{"bias_ih", -1, layer}, p[1], {kGH}, true);
   rec(OptTensors(p.begin() + 2, p.end()), layer);
 }

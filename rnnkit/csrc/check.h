@@ -56,6 +56,7 @@ class Checker {
   void count(const char* name, size_t got, size_t expected) const;
 
   int64_t size(Sym s) const { return val_[s]; }
+  const std::vector<Sym>& states() const { return states_; }
   at::ScalarType dtype() const { return dtype_; }
 
  private:
@@ -67,6 +68,7 @@ class Checker {
   const Spec spec_;
   const Cell& cell_;
   const std::vector<ParamDecl> rec_;
+  const std::vector<Sym> states_;     // the carried states' sizes (states_of)
   int64_t val_[kNumSyms];
   Name from_[kNumSyms];
   at::ScalarType dtype_ = at::ScalarType::Undefined;

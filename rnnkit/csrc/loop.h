@@ -203,14 +203,15 @@ struct StepRows {
 };
 
 // The options backward_steps applies: clip (0: none) clamps the carried gradients, state 0's
-// and also's (B, S: an LSTM's dc, or nullptr); noise gives zoneout's z of state 0.
+// and also's (B, also_n: an LSTM's dc, or nullptr); noise gives zoneout's z of state 0.
 template <typename T>
 struct StepOptions {
   T clip;
   Noise<T> noise;
   T* also = nullptr;
-  StepOptions(const Spec& sp, const BwdArgs& a, T* also_ = nullptr)
-      : clip(T(sp.clip)), noise(sp, a.noise), also(also_) {}
+  int64_t also_n = 0;
+  StepOptions(const Spec& sp, const BwdArgs& a, T* also_ = nullptr, int64_t also_n_ = 0)
+      : clip(T(sp.clip)), noise(sp, a.noise), also(also_), also_n(also_n_) {}
 };
 
 // The time loop of every cell's backward, t = T-1 .. 0, over the cell's first carried state
@@ -224,12 +225,20 @@ struct StepOptions {
 //               (zone_split) and its direct part g z added to g_prev[b] after row;
 //   padded row: the step did not happen: g[b] passes to g_prev[b] unchanged and row (t, b) of
 //               every buffer in zeroed is set to zero;
-// then step(t, g_prev) adds the recurrent terms (GEMMs with the recurrent weights, and any pass
-// between them) into g_prev.  Rows run on threads when B is large: row must only write row b.
+// (the padded rows are done in a first pass over the rows, the valid ones in a second, after
+// pre(t, g): what a step needs of all of g before the rows' math, e.g. an LSTM's projection
+// dm = g W_hr), then step(t, g_prev) adds the recurrent terms (GEMMs with the recurrent weights,
+// and any pass between them) into g_prev.  Rows run on threads when B is large: row must only write row b.
 // Returns g after step 0: the gradient of state0[0].
-template <typename T, typename Row, typename Step>
+struct NoPre {
+  template <typename T>
+  void operator()(int64_t, const T*) const {}
+};
+
+template <typename T, typename Row, typename Step, typename Pre = NoPre>
 Tensor backward_steps(const BwdArgs& a, const StepOptions<T>& opt, int64_t row_work,
-                      const std::vector<StepRows<T>>& zeroed, const Row& row, const Step& step) {
+                      const std::vector<StepRows<T>>& zeroed, const Row& row, const Step& step,
+                      const Pre& pre = Pre()) {
   const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), S = a.states[0].size(2);
   const Mask mask(a.mask, B);
   const GradOut<T> d_out(a.d_out);
@@ -244,16 +253,21 @@ Tensor backward_steps(const BwdArgs& a, const StepOptions<T>& opt, int64_t row_w
       d_out.add(t, b, S, gb);
       if (opt.clip > T(0)) {
         clamp_row(S, gb, opt.clip);
-        if (opt.also != nullptr) clamp_row(S, opt.also + b * S, opt.clip);
+        if (opt.also != nullptr) clamp_row(opt.also_n, opt.also + b * opt.also_n, opt.clip);
       }
       if (mask.valid(t, b)) {
         if (keep != nullptr) zone_split(S, gb, opt.noise.z(t, 0, b, S), opt.noise.p, keep + b * S);
-        row(t, b, gb, pb);
-        if (keep != nullptr) add_to(S, pb, keep + b * S);
         return;
       }
       std::memcpy(pb, gb, S * sizeof(T));
       for (const StepRows<T>& z : zeroed) std::fill_n(z.p + (t * B + b) * z.n, z.n, T(0));
+    });
+    pre(t, static_cast<const T*>(g_t));
+    for_rows(B, row_work, [&](int64_t b) {
+      if (!mask.valid(t, b)) return;
+      T *gb = g_t + b * S, *pb = g_p + b * S;
+      row(t, b, gb, pb);
+      if (keep != nullptr) add_to(S, pb, keep + b * S);
     });
     step(t, g_p);
     std::swap(g, g_prev);

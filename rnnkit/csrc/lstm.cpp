@@ -1,15 +1,17 @@
 // LSTM over a whole sequence, forward and backward through time (gate order i, f, g, o).
 //
-// Tensors (T steps, B batch, H hidden):
+// Tensors (T steps, B batch, H hidden, P = proj_size if projected else H):
 //   xp       (T, B, 4H)   x W_ih^T + b_ih                             input, read only
-//   h0, c0   (B, H)       initial states                               input, read only
-//   w_hh     (4H, H), b_hh (4H) | None
+//   h0 (B, P), c0 (B, H)  initial states                               input, read only
+//   w_hh     (4H, P), b_hh (4H) | None
+//   w_hr     (P, H)       projection only: h_t = m_t W_hr^T, m_t = o_t * tanh(c_t)
 //   w_ch     (3H)         peephole only: [w_ci, w_cf, w_co] (c_{t-1} into i, f; c_t into o)
 //   noise    (T, B, H)    recurrent mask m_t and/or zoneout's z_t of h and of c (rnn.h), read only
-//   hs, cs   (T, B, H)    h_t and c_t: the states, saved for backward
+//   hs (T, B, P), cs (T, B, H)   h_t and c_t: the states, saved for backward
 //   gates    (T, B, 4H)   post-activation [i, f, g, o]: saved ("gates") and traced
 //   tanh_c   (T, B, H)    tanh(c_t): saved ("tanh_c")
-//   h_update, c_update (T, B, H)  zoneout with save: the h_t, c_t the cell computed, saved
+//   h_update (T, B, P), c_update (T, B, H)  zoneout with save: the h_t, c_t the cell computed, saved
+//   m        (B, H)       projection, forward workspace: o * tanh(c_t) of the step (the GEMM's input)
 //            Without save, gates and tanh_c are (B, .) workspaces reused by every step (and the
 //            updates are not kept).  With save, their rows of padded steps are zero (written, so
 //            that runs are reproducible).
@@ -17,11 +19,14 @@
 //                         fused path multiplies as it reads h)
 //   dg       (T, B, 4H)   backward: d pre-activation = d_xp, returned; also the rows of the
 //                         post-loop GEMM dW_hh = dg^T [h0; hs[:-1]]
-//   dh, dh_prev (B, H)    backward: carried dh and the next one (backward_steps, loop.h)
+//   dh, dh_prev (B, P)    backward: carried dh and the next one (backward_steps, loop.h)
+//   dm       (B, H)       projection, backward workspace: dh_t W_hr, what the gate rows read as dh
+//   dh_all   (T, B, P)    projection, backward: dh_t of every step (zero on padded rows), for the
+//                         post-loop dW_hr = dh_all^T m_all, m_all = o * tanh_c (T, B, H)
 //   dc       (B, H)       backward: carried dc, updated in place
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
-// Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states),
+// Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
 // db_hh = sum dg, dw_ch = [sum di c_{t-1}, sum df c_{t-1}, sum do c~_t] (c~: before zoneout).
 // Aliasing: the step GEMM writes h_{t-1} W_hh^T into gates[t], which the gate pass overwrites
 // in place with the activations.
@@ -60,7 +65,7 @@ void forward_row(int64_t H, T* __restrict g, const T* __restrict x, const T* __r
 template <typename T>
 void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, const T* __restrict c_prev,
                   const T* __restrict peep, const T* __restrict zc, T zc_p, const T* __restrict gh,
-                  T* __restrict gc, T* __restrict d, T* __restrict next) {
+                  T* __restrict gc, T* __restrict d) {
   for (int64_t j = 0; j < H; ++j) {
     const T i = g[j], f = g[H + j], n = g[2 * H + j], o = g[3 * H + j];
     const T z = zc != nullptr ? zc[j] : zc_p;
@@ -71,55 +76,67 @@ void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, cons
     d[2 * H + j] = dct * i * (T(1) - n * n);
     d[3 * H + j] = dpo;
     gc[j] = dct * f + di * peep[j] + df * peep[H + j] + gc[j] * z;   // the constant error carousel
-    next[j] = T(0);
   }
 }
 
 // The peephole weights (3H), or 3H zeros without peepholes (the rows then add nothing).
 Tensor peep_or_zeros(const Spec& sp, const OptTensors& rec, int64_t H, const at::TensorOptions& opt) {
-  return sp.peephole ? *rec[2] : at::zeros({3 * H}, opt);
+  return sp.peephole ? *rec[sp.proj > 0 ? 3 : 2] : at::zeros({3 * H}, opt);
 }
 
-// bufs: lstm_buffers' [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined].
+// bufs: lstm_buffers' [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined,
+// m | undefined].
 template <typename T>
 void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
-  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H, P = bufs[0].size(2);
+  const bool proj = sp.proj > 0;
   const Mask mask(a.mask, B);
   const Noise<T> nz(sp, a.noise);
   const Tensor bias_t = or_zeros(a.rec[1], G, a.xp.options()), peep_t = peep_or_zeros(sp, a.rec, H, a.xp.options());
-  const Tensor hd_t = nz.drop ? at::empty({B, H}, a.xp.options()) : Tensor();
+  const Tensor hd_t = nz.drop ? at::empty({B, P}, a.xp.options()) : Tensor();
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *bias = bias_t.data_ptr<T>();
   const T *peep = peep_t.data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   T *H_ = bufs[0].data_ptr<T>(), *C_ = bufs[1].data_ptr<T>(), *G_ = bufs[2].data_ptr<T>(), *TC = bufs[3].data_ptr<T>();
   T* upd[2] = {bufs[4].defined() ? bufs[4].data_ptr<T>() : nullptr, bufs[5].defined() ? bufs[5].data_ptr<T>() : nullptr};
   T* hd = nz.drop ? hd_t.data_ptr<T>() : nullptr;
-  const StepWeight<T> w_t(Op::T, B, G, H, w, H);              // h W_hh^T
+  T* M = proj ? bufs[6].data_ptr<T>() : nullptr;
+  const StepWeight<T> w_t(Op::T, B, G, P, w, P);              // h W_hh^T
+  c10::optional<StepWeight<T>> w_r;                           // m W_hr^T
+  if (proj) w_r.emplace(Op::T, B, P, H, a.rec[2]->data_ptr<T>(), H);
   for (int64_t t = 0; t < Tn; ++t) {
-    const T* hp = t ? H_ + (t - 1) * B * H : h0;
+    const T* hp = t ? H_ + (t - 1) * B * P : h0;
     const T* cp = t ? C_ + (t - 1) * B * H : c0;
     T* gt = a.save ? G_ + t * B * G : G_;                     // (B, 4H)
     T* tct = a.save ? TC + t * B * H : TC;                    // (B, H)
     if (hd != nullptr)
-      for (int64_t b = 0; b < B; ++b) mul_to(H, hd + b * H, hp + b * H, nz.mask(t, b, H));
-    w_t.mul(hd != nullptr ? hd : hp, H, T(0), gt, G);
+      for (int64_t b = 0; b < B; ++b) mul_to(P, hd + b * P, hp + b * P, nz.mask(t, b, P));
+    w_t.mul(hd != nullptr ? hd : hp, P, T(0), gt, G);
     for_rows(B, G, [&](int64_t b) {
       const int64_t row = t * B + b;
-      T* h = H_ + row * H;
+      T* h = H_ + row * P;
       T* c = C_ + row * H;
       if (mask.valid(t, b)) {
-        forward_row(H, gt + b * G, xp + row * G, bias, peep, cp + b * H, c, tct + b * H, h);
+        forward_row(H, gt + b * G, xp + row * G, bias, peep, cp + b * H, c, tct + b * H, proj ? M + b * H : h);
         if (nz.zoneout()) {
-          zone_row(H, h, hp + b * H, nz.z(t, 0, b, H), nz.p, upd[0] ? upd[0] + row * H : nullptr);
+          if (!proj) zone_row(H, h, hp + b * H, nz.z(t, 0, b, H), nz.p, upd[0] ? upd[0] + row * H : nullptr);
           zone_row(H, c, cp + b * H, nz.z(t, 1, b, H), nz.p, upd[1] ? upd[1] + row * H : nullptr);
         }
       } else {                                                // padded: the state stays
-        std::memcpy(h, hp + b * H, H * sizeof(T));
+        std::memcpy(h, hp + b * P, P * sizeof(T));
         std::memcpy(c, cp + b * H, H * sizeof(T));
         if (a.save) std::fill_n(gt + b * G, G, T(0)), std::fill_n(tct + b * H, H, T(0));
-        for (T* u : upd)
-          if (u != nullptr) std::fill_n(u + row * H, H, T(0));
+        if (upd[0] != nullptr) std::fill_n(upd[0] + row * P, P, T(0)), std::fill_n(upd[1] + row * H, H, T(0));
       }
     });
+    if (!proj) continue;
+    T* ht = H_ + t * B * P;
+    w_r->mul(M, H, T(0), ht, P);                              // h_t = m W_hr^T, then zoneout
+    for (int64_t b = 0; b < B; ++b) {
+      if (!mask.valid(t, b))
+        std::memcpy(ht + b * P, hp + b * P, P * sizeof(T));
+      else if (nz.zoneout())
+        zone_row(P, ht + b * P, hp + b * P, nz.z(t, 0, b, P), nz.p, upd[0] ? upd[0] + (t * B + b) * P : nullptr);
+    }
   }
 }
 
@@ -263,7 +280,9 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   const int64_t share = 4 * H * H * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
 }
-bool use_fused(const FwdArgs& a) { return fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4); }
+bool use_fused(const Spec& sp, const FwdArgs& a) {
+  return sp.proj == 0 && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
+}
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor &hs = bufs[0], &cs = bufs[1], &gates = bufs[2], &tanh_c = bufs[3];
@@ -339,9 +358,9 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
   }
 }
 
-bool use_fused_backward(const BwdArgs& a) {
+bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  return fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
 
 // Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
@@ -423,32 +442,61 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
 }
 #endif
 
-// Returns dh_0; dc_t carries dc back in place to dc_0.
+// Returns dh_0; dc_t carries dc back in place to dc_0; dh_all (projection: (T, B, P), else
+// undefined) receives every step's dh_t.
 template <typename T>
-Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
-  const int64_t B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
+Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensor& dh_all) {
+  const int64_t B = a.states[0].size(1), P = a.states[0].size(2), H = a.states[1].size(2), G = 4 * H;
+  const bool proj = sp.proj > 0;
   const T *cs = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   const T *gates = a.saved[0].data_ptr<T>(), *tanh_c = a.saved[1].data_ptr<T>();
   T *dg = dg_t.data_ptr<T>(), *dc = dc_t.data_ptr<T>();
-  const StepOptions<T> opt(sp, a, dc);
+  const StepOptions<T> opt(sp, a, dc, H);
+  const Mask mask(a.mask, B);
   const Tensor peep_t = peep_or_zeros(sp, a.rec, H, dg_t.options());
-  const Tensor dhd_t = opt.noise.drop ? at::empty({B, H}, dg_t.options()) : Tensor();
+  const Tensor dhd_t = opt.noise.drop ? at::empty({B, P}, dg_t.options()) : Tensor();
+  const Tensor dm_t = proj ? at::empty({B, H}, dg_t.options()) : Tensor();
   const T* peep = peep_t.data_ptr<T>();
-  const StepWeight<T> w_n(Op::N, B, H, G, a.rec[0]->data_ptr<T>(), H);   // dg W_hh
+  T* dm = proj ? dm_t.data_ptr<T>() : nullptr;
+  const StepWeight<T> w_n(Op::N, B, P, G, a.rec[0]->data_ptr<T>(), P);   // dg W_hh
+  c10::optional<StepWeight<T>> w_r;                           // dh W_hr
+  if (proj) w_r.emplace(Op::N, B, H, P, a.rec[2]->data_ptr<T>(), H);
   return backward_steps<T>(
       a, opt, G, {{dg, G}},
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
         const int64_t r = (t * B + b) * H;
         const T* c_prev = t ? cs + r - B * H : c0 + b * H;
-        backward_row(H, gates + (t * B + b) * G, tanh_c + r, c_prev, peep, opt.noise.z(t, 1, b, H), opt.noise.p, dh,
-                     dc + b * H, dg + (t * B + b) * G, dh_prev);
+        backward_row(H, gates + (t * B + b) * G, tanh_c + r, c_prev, peep, opt.noise.z(t, 1, b, H), opt.noise.p,
+                     proj ? dm + b * H : dh, dc + b * H, dg + (t * B + b) * G);
+        std::fill_n(dh_prev, P, T(0));
       },
       [&](int64_t t, T* dh_prev) {
-        if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, H);   // += dg_t W_hh
+        if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P);   // += dg_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
-        w_n.mul(dg + t * B * G, G, T(0), dhd, H);
-        for (int64_t b = 0; b < B; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
+        w_n.mul(dg + t * B * G, G, T(0), dhd, P);
+        for (int64_t b = 0; b < B; ++b) add_masked(P, dh_prev + b * P, dhd + b * P, opt.noise.mask(t, b, P));
+      },
+      [&](int64_t t, const T* dh) {                           // projection: dm = dh_t W_hr, dh_t kept
+        if (!proj) return;
+        w_r->mul(dh, P, T(0), dm, H);
+        T* keep = dh_all.data_ptr<T>() + t * B * P;
+        for (int64_t b = 0; b < B; ++b) {
+          if (mask.valid(t, b))
+            std::memcpy(keep + b * P, dh + b * P, P * sizeof(T));
+          else
+            std::fill_n(keep + b * P, P, T(0));
+        }
       });
+}
+
+// dW_hr (P, H) = dh_all^T m_all, m_all = o * tanh_c over all T*B rows (zero on padded rows).
+template <typename T>
+void projection_grad(int64_t R, int64_t H, int64_t P, const T* dh_all, const T* gates, const T* tanh_c, T* dw) {
+  Tensor m_t = at::empty({R, H}, c10::CppTypeToScalarType<T>::value);
+  T* m = m_t.data_ptr<T>();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < H; ++j) m[r * H + j] = gates[r * 4 * H + 3 * H + j] * tanh_c[r * H + j];
+  gemm(Op::T, Op::N, P, H, R, dh_all, P, m, H, T(0), dw, H);
 }
 
 // dw_ch (3H) = [sum di c_{t-1}, sum df c_{t-1}, sum do c~_t] over all T*B rows (padded rows have
@@ -468,18 +516,20 @@ void peephole_grad(int64_t Tn, int64_t B, int64_t H, const T* dg, const T* c0, c
     }
 }
 
-// [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined] (see the header comment).
+// [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined, m | undefined] (see the
+// header comment).
 Tensors lstm_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                      const at::TensorOptions& opt) {
-  const int64_t rows = save ? T * B : B;
+  const int64_t rows = save ? T * B : B, P = sp.proj > 0 ? sp.proj : H;
   const bool upd = sp.zoneout > 0 && save;
-  return {empty_seq({T, B, H}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
-          empty_seq({rows, H}, opt), upd ? empty_seq({T, B, H}, opt) : Tensor(), upd ? empty_seq({T, B, H}, opt) : Tensor()};
+  return {empty_seq({T, B, P}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
+          empty_seq({rows, H}, opt), upd ? empty_seq({T, B, P}, opt) : Tensor(), upd ? empty_seq({T, B, H}, opt) : Tensor(),
+          sp.proj > 0 ? at::empty({B, H}, opt) : Tensor()};
 }
 
 void lstm_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 #ifdef RNNKIT_AVX512
-  if (use_fused(a)) return forward_fused(sp, a, bufs);
+  if (use_fused(sp, a)) return forward_fused(sp, a, bufs);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward", [&] { forward_impl<scalar_t>(sp, a, bufs); });
 }
@@ -496,26 +546,31 @@ FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
 
 BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2);
+  const int64_t Tn = hs.size(0), B = hs.size(1), P = hs.size(2), H = a.states[1].size(2);
   const auto opt = hs.options();
   const Tensor dg = empty_seq({Tn, B, 4 * H}, opt), dc = final_grad(a, 1);
+  const Tensor dh_all = sp.proj > 0 ? empty_seq({Tn, B, P}, opt) : Tensor();
   Tensor dh;
-  Tensor dw = at::empty({4 * H, H}, opt);
-  c10::optional<Tensor> db, dw_ch;
+  Tensor dw = at::empty({4 * H, P}, opt);
+  c10::optional<Tensor> db, dw_ch, dw_hr;
+  if (sp.proj > 0) dw_hr = at::empty({P, H}, opt);
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
   if (sp.peephole) dw_ch = at::empty({3 * H}, opt);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
 #ifdef RNNKIT_AVX512
-    dh = use_fused_backward(a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc);
+    dh = use_fused_backward(sp, a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc, dh_all);
 #else
-    dh = backward_impl<T>(sp, a, dg, dc);
+    dh = backward_impl<T>(sp, a, dg, dc, dh_all);
 #endif
     const Noise<T> nz(sp, a.noise);
     const Tensor hd = nz.drop ? dropped_prev<T>(a.state0[0], hs, nz) : Tensor();
     const T* prev0 = nz.drop ? hd.data_ptr<T>() : a.state0[0].data_ptr<T>();     // the previous h as it
-    const T* prevs = nz.drop ? hd.data_ptr<T>() + B * H : hs.data_ptr<T>();     // entered W_hh
-    weight_grad<T>(Tn, B, 4 * H, H, dg.data_ptr<T>(), 4 * H, prev0, prevs, dw.data_ptr<T>());
+    const T* prevs = nz.drop ? hd.data_ptr<T>() + B * P : hs.data_ptr<T>();     // entered W_hh
+    weight_grad<T>(Tn, B, 4 * H, P, dg.data_ptr<T>(), 4 * H, prev0, prevs, dw.data_ptr<T>());
+    if (dw_hr)
+      projection_grad<T>(Tn * B, H, P, dh_all.data_ptr<T>(), a.saved[0].data_ptr<T>(), a.saved[1].data_ptr<T>(),
+                         dw_hr->data_ptr<T>());
     if (db) col_sum<T>(Tn * B, 4 * H, dg.data_ptr<T>(), 4 * H, db->data_ptr<T>());
     const Tensor& c_new = sp.zoneout > 0 ? a.saved[3] : a.states[1];             // c~_t
     if (dw_ch)
@@ -523,6 +578,7 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
                        c_new.data_ptr<T>(), dw_ch->data_ptr<T>());
   });
   OptTensors d_rec{dw, db};
+  if (sp.proj > 0) d_rec.push_back(dw_hr);
   if (sp.peephole) d_rec.push_back(dw_ch);
   return {dg, {dh, dc}, d_rec};
 }
@@ -531,7 +587,8 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
 std::vector<Sym> lstm_saved(const Spec& sp) { return zoneout_saved(sp, {kGH, kH}); }
 
 std::vector<ParamDecl> lstm_rec(const Spec& sp) {
-  std::vector<ParamDecl> rec{{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}};
+  std::vector<ParamDecl> rec{{"weight_hh", {kGH, sp.proj > 0 ? kP : kH}, false}, {"bias_hh", {kGH}, true}};
+  if (sp.proj > 0) rec.push_back({"weight_hr", {kP, kH}, false});
   if (sp.peephole) rec.push_back({"weight_ch", {kH3}, false});
   return rec;
 }

@@ -2,7 +2,7 @@
 // spec's numbers are given meaning.
 //
 // The spec is the int vector [cell id, act, out, reset_after, peephole, recurrent_dropout,
-// zoneout, clip_recurrent] that make_spec returns to Python and that forward, backward, step and
+// zoneout, clip_recurrent, proj_size] that make_spec returns to Python and that forward, backward, step and
 // Stepper take back; its entries after the id are the options below, each a string on the Python
 // side and a number here (the real ones as their double's bit pattern, see Spec in rnn.h).
 #include "rnn.h"
@@ -28,8 +28,9 @@ struct Choice {
   int64_t value;
 };
 
-// The range of a real option: [0, 1) (a probability) or (0, inf) (a bound).
-enum class Real { kNone, kProbability, kPositive };
+// The range of a number option: [0, 1) (a probability), (0, inf) (a bound), or a positive integer
+// below 2^31 (a size; kept as the integer itself, not as a double's bits).
+enum class Real { kNone, kProbability, kPositive, kSize };
 
 // One option of the spec: its key, its slot in the vector and its values, the first the default
 // (a choice), or a real number (default 0 = off); cells: the cells that take it (empty: every
@@ -51,11 +52,12 @@ const std::vector<Option>& options() {
       {"recurrent_dropout", 5, {}, Real::kProbability},
       {"zoneout", 6, {}, Real::kProbability, {"elman", "lstm", "gru"}},
       {"clip_recurrent", 7, {}, Real::kPositive},
+      {"proj_size", 8, {}, Real::kSize, {"lstm"}},
   };
   return opts;
 }
 
-constexpr size_t kSpecSize = 8;
+constexpr size_t kSpecSize = 9;
 
 int64_t bits_of(double x) {
   int64_t b;
@@ -70,18 +72,28 @@ double double_of(int64_t b) {
 }
 
 bool in_range(Real r, double x) {
+  if (r == Real::kSize) return x >= 1.0 && x < 2147483648.0 && x == std::floor(x);
   return r == Real::kProbability ? x >= 0.0 && x < 1.0 : std::isfinite(x) && x > 0.0;
 }
 
-const char* range_text(Real r) { return r == Real::kProbability ? "a number in [0, 1)" : "a positive finite number"; }
+const char* range_text(Real r) {
+  return r == Real::kSize ? "a positive integer" : r == Real::kProbability ? "a number in [0, 1)" : "a positive finite number";
+}
 
-// A real option's value from its string (all of it a number, in range), as its bits.
+// The spec's entry of a number option: a size as itself, a real number as its double's bits.
+int64_t encode(Real r, double x) { return r == Real::kSize ? static_cast<int64_t>(x) : bits_of(x); }
+double decode(Real r, int64_t v) { return r == Real::kSize ? static_cast<double>(v) : double_of(v); }
+
+// A number option's entry from its string (all of it a number, in range).
 int64_t parse_real(const Option& o, const std::string& text) {
+  if (o.real == Real::kSize)                                   // digits only: no "2.0", "+2", " 2"
+    TORCH_CHECK_VALUE(!text.empty() && text.size() < 11 && text.find_first_not_of("0123456789") == std::string::npos,
+                      "rnnkit: ", o.key, ": expected ", range_text(o.real), ", got '", text, "'");
   char* end = nullptr;
   const double x = text.empty() ? NAN : std::strtod(text.c_str(), &end);
   TORCH_CHECK_VALUE(end != nullptr && *end == '\0' && in_range(o.real, x), "rnnkit: ", o.key, ": expected ",
                     range_text(o.real), ", got '", text, "'");
-  return bits_of(x);
+  return encode(o.real, x);
 }
 
 // "'a', 'b', 'c'"
@@ -161,7 +173,7 @@ Spec decode_spec(const std::vector<int64_t>& spec) {
   TORCH_CHECK_VALUE(spec[0] >= 0 && spec[0] < static_cast<int64_t>(t.size()), "rnnkit: spec: unknown cell id ",
                     spec[0]);
   for (const Option& o : options()) {
-    const double x = double_of(spec[o.slot]);
+    const double x = decode(o.real, spec[o.slot]);
     const bool known = o.real != Real::kNone ? x == 0.0 || in_range(o.real, x)
                                              : std::any_of(o.choices.begin(), o.choices.end(),
                                                            [&](const Choice& c) { return c.value == spec[o.slot]; });
@@ -171,7 +183,7 @@ Spec decode_spec(const std::vector<int64_t>& spec) {
     TORCH_CHECK_VALUE(taken, "rnnkit: spec: ", o.key, " is set for the '", t[spec[0]].name, "' cell, which does not take it");
   }
   return {&t[spec[0]], static_cast<Act>(spec[1]), static_cast<Act>(spec[2]), spec[3] != 0, spec[4] != 0,
-          double_of(spec[5]), double_of(spec[6]), double_of(spec[7])};
+          double_of(spec[5]), double_of(spec[6]), double_of(spec[7]), spec[8]};
 }
 
 }  // namespace rnnkit

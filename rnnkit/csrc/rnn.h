@@ -64,8 +64,8 @@ struct Cell;
 
 // What a kernel is told about the cell it runs.  Built only by decode_spec (registry.cpp) from
 // the int vector that make_spec returns to Python:
-//   [cell id, act, out, reset_after, peephole, recurrent_dropout, zoneout, clip_recurrent]
-// The last three are real numbers.  They travel in the same int64 vector as the IEEE-754 bit
+//   [cell id, act, out, reset_after, peephole, recurrent_dropout, zoneout, clip_recurrent, proj_size]
+// recurrent_dropout, zoneout and clip_recurrent are real numbers.  They travel in the same int64 vector as the IEEE-754 bit
 // pattern of the double (std::memcpy, never a numeric conversion), so every entry point keeps one
 // spec argument and a value round-trips exactly (Python's repr of a float parses back to the same
 // double); 0 bits = 0.0 = the option is off.  make_spec checks their ranges, decode_spec again.
@@ -78,6 +78,7 @@ struct Spec {
   double dropout;       // recurrent dropout probability q in [0, 1): 0 = none
   double zoneout;       // zoneout probability p in [0, 1): 0 = none
   double clip;          // clip_recurrent bound x > 0: 0 = none
+  int64_t proj;         // LSTM: proj_size P > 0 (h = (o * tanh c) W_hr^T has P features): 0 = none
   // The noise list's entry of the recurrent mask (-1: none) and of zoneout's first state (-1: none).
   int64_t noise_drop() const { return dropout > 0 ? 0 : -1; }
   int64_t noise_zone() const { return zoneout > 0 ? (dropout > 0 ? 1 : 0) : -1; }
@@ -128,8 +129,9 @@ using RunFn = void (*)(const Spec&, const FwdArgs&, const Tensors& bufs);
 // The sizes an entry point's tensors are checked against (check.h).  Each is fixed by the first
 // argument that has it and must agree in all the others: T steps, B batch, L layers of a stack,
 // I input size, H hidden size, GH = gates * H (fixes H), O a Jordan network's output size,
-// H3 = 3 * H (fixes H; an LSTM's peephole weights).
-enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kNumSyms };
+// H3 = 3 * H (fixes H; an LSTM's peephole weights), P a projected LSTM's emitted size (fixed by
+// the spec).
+enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kP, kNumSyms };
 
 // A recurrent parameter: its name (the Python cell's rec_params entry, without the layer
 // suffix), its sizes, and whether it may be None (a bias).
@@ -155,21 +157,29 @@ struct Cell {
   BackwardFn backward;
   BuffersFn buffers;
   RunFn run;
-  std::vector<Sym> states;      // each carried state's size S_k (n_states entries)
+  std::vector<Sym> states;      // each carried state's size S_k (n_states entries; states_of: for a spec)
   RecFn rec;                    // the rec params, in the Python cell's rec_params order
   SavedFn saved;                // the saved tensors' feature sizes
 };
 
+// The carried states' sizes of a spec: the cell's, with P for the emitted one when projected.
+inline std::vector<Sym> states_of(const Spec& sp) {
+  std::vector<Sym> s = sp.cell->states;
+  if (sp.proj > 0) s[0] = kP;
+  return s;
+}
 // The saved tensors' sizes with zoneout's "<state>_update" of every carried state appended.
 inline std::vector<Sym> zoneout_saved(const Spec& sp, std::vector<Sym> own) {
-  if (sp.zoneout > 0) own.insert(own.end(), sp.cell->states.begin(), sp.cell->states.end());
+  const std::vector<Sym> states = states_of(sp);
+  if (sp.zoneout > 0) own.insert(own.end(), states.begin(), states.end());
   return own;
 }
 // The noise tensors' sizes of a spec in training (see the conventions at the top).
 inline std::vector<Sym> noise_sizes(const Spec& sp) {
+  const std::vector<Sym> states = states_of(sp);
   std::vector<Sym> sizes;
-  if (sp.dropout > 0) sizes.push_back(sp.cell->states[0]);
-  if (sp.zoneout > 0) sizes.insert(sizes.end(), sp.cell->states.begin(), sp.cell->states.end());
+  if (sp.dropout > 0) sizes.push_back(states[0]);
+  if (sp.zoneout > 0) sizes.insert(sizes.end(), states.begin(), states.end());
   return sizes;
 }
 
@@ -197,7 +207,8 @@ std::vector<std::string> cell_names();
 // The spec (see Spec) for the cell named name; options: "nonlinearity" (tanh | relu),
 // "output_activation" (identity | tanh | sigmoid | softmax), "reset_after" (1 | 0), "peephole"
 // (1 | 0; LSTM only), "recurrent_dropout" and "zoneout" (a number in [0, 1); zoneout not on a
-// Jordan network), "clip_recurrent" (a positive finite number); absent ones take their default
+// Jordan network), "clip_recurrent" (a positive finite number), "proj_size" (a positive integer;
+// LSTM only); absent ones take their default
 // (the first value, 0).  A cell ignores the choice options it does not read.  An unknown name,
 // option or value, or an option the cell does not take, is a ValueError that names it, the
 // expected values and the value received.

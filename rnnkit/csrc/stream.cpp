@@ -150,7 +150,7 @@ Tensor Stepper::step(const Tensor& x) {
 
 void Stepper::set_state(const Tensors& s) {
   Checker c = checker();
-  c.tensors("state", s, {kL, kB}, sp_.cell->states);
+  c.tensors("state", s, {kL, kB}, c.states());
   for (size_t k = 0; k < s.size(); ++k) states_[cur_][k].copy_(s[k]);
 }
 

@@ -1,5 +1,5 @@
 """The cell options inside the fused CPU kernels (issue 11): clip_recurrent, recurrent dropout and
-zoneout on every cell (zoneout not on Jordan), peepholes on the LSTM.
+zoneout on every cell (zoneout not on Jordan), peepholes and the projection (proj_size) on the LSTM.
 
 The shared matrices (tests/layers/test_noise.py, test_clip_recurrent.py, the registry's forms) run
 the cpu backend once it ``supports`` a form; here the backend itself is held to the reference
@@ -31,6 +31,8 @@ CELLS = {
     "jordan_softmax": lambda H, **kw: JordanCell(H, 3, output_activation="softmax", **kw),
     "lstm": lambda H, **kw: LSTMCell(H, **kw),
     "lstm_peephole": lambda H, **kw: LSTMCell(H, peephole=True, **kw),
+    "lstm_proj": lambda H, **kw: LSTMCell(H, proj_size=3, **kw),
+    "lstm_proj_peephole": lambda H, **kw: LSTMCell(H, proj_size=H + 2, peephole=True, **kw),
     "gru": lambda H, **kw: GRUCell(H, **kw),
     "gru_cho": lambda H, **kw: GRUCell(H, reset_after=False, **kw),
 }
@@ -39,7 +41,7 @@ CELLS = {
 def cases():
     found = [pytest.param(cell, kw, id=f"{cell}-{opt}") for cell in CELLS for opt, kw in OPTIONS.items()
              if not (cell.startswith("jordan") and "zoneout" in kw)]
-    return found + [pytest.param("lstm_peephole", {}, id="lstm_peephole-alone")]
+    return found + [pytest.param(c, {}, id=f"{c}-alone") for c in ("lstm_peephole", "lstm_proj", "lstm_proj_peephole")]
 
 
 def inputs(cell, T, B, dtype, lengths, seed=0):
@@ -94,7 +96,11 @@ def test_float32_lstm_loops_at_block_and_tile_edges(name, options, threads):
         ref, got = both(CELLS[name](20, **options), 7, 9, torch.float32, [7, 3, 7, 1, 5, 2, 7, 4, 2], True)
     finally:
         torch.set_num_threads(old)
-    assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
+    # Both float32 results are rounded: with a projection (P = 22 here) the gradients reach 45 and
+    # each side lies up to 2e-4 from the float64 result (which the kernels match to 1e-13 in
+    # float64), so the two may differ by that much.
+    tol = 5e-4 if "proj" in name else 2e-5
+    assert_all_close(got, ref, torch.float32, atol=tol, rtol=tol)
 
 
 @needs_cpu
@@ -125,6 +131,7 @@ def test_gradcheck_with_the_noise_held(name, options):
     ("lstm_peephole", {"peephole": True}),
     ("lstm_zoneout", {"zoneout": 0.3, "recurrent_dropout": 0.2}),
     ("lstm_peephole_zoneout", {"peephole": True, "zoneout": 0.3, "clip_recurrent": 1.0}),
+    ("lstm_proj_zoneout", {"proj_size": 2, "zoneout": 0.3, "peephole": True}),
     ("gru_zoneout", {"zoneout": 0.3}),
     ("gru_cho_zoneout", {"zoneout": 0.3, "reset_after": False}),
     ("elman_zoneout", {"zoneout": 0.3, "nonlinearity": "relu"}),
@@ -179,7 +186,6 @@ def test_peephole_weights_are_checked_by_name():
 
 @needs_cpu
 @pytest.mark.parametrize("cell, word", [
-    (LSTMCell(4, proj_size=2), "proj_size"),
     (LSTMCell(4, layer_norm=True), "layer_norm"),
     (GRUCell(4, layer_norm=True), "layer_norm"),
     (JordanCell(4, 2, zoneout=0.1), "zoneout"),
@@ -208,6 +214,7 @@ def test_clip_is_the_same_on_the_oracle_the_reference_and_the_kernels(lengths):
 
 LAYERS = {
     "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
+    "lstm_proj_peephole": (rnnkit.LSTM, {"peephole": True, "proj_size": 2}),
     "gru": (rnnkit.GRU, {}),
     "gru_cho": (rnnkit.GRU, {"reset_after": False}),
     "elman_relu": (rnnkit.Elman, {"nonlinearity": "relu"}),

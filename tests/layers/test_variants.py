@@ -1,8 +1,8 @@
 """The options of issue 11 as layer arguments: LSTM's projection (torch.nn.LSTM's state shapes),
-peepholes, and the options of every layer.  The fused kernels run peepholes, clip_recurrent,
-recurrent dropout and zoneout (``auto`` picks the cpu backend); they do not have the projection or
-layer normalisation yet, so the cpu backend declines those with its reason and ``auto`` runs them
-on the reference backend.
+peepholes, and the options of every layer.  The fused kernels run the projection, peepholes,
+clip_recurrent, recurrent dropout and zoneout (``auto`` picks the cpu backend); they do not have
+layer normalisation yet, so the cpu backend declines it with its reason and ``auto`` runs it on
+the reference backend.
 
 (Numbers: the shared matrices run the registry's forms lstm_proj, lstm_peephole, elman_zoneout,
 lstm_dropout_zoneout and gru_clip; test_clip_recurrent.py, test_noise.py and test_onnx_parity.py
@@ -20,11 +20,11 @@ from helpers import assert_all_close, flat, randn
 I, H, P, B, T = 3, 5, 2, 2, 4
 
 DECLINED = {
-    "proj": lambda **kw: rnnkit.LSTM(I, H, proj_size=P, **kw),
     "lstm_layer_norm": lambda **kw: rnnkit.LSTM(I, H, layer_norm=True, **kw),
     "gru_layer_norm": lambda **kw: rnnkit.GRU(I, H, layer_norm=True, **kw),
 }
 FUSED = {
+    "proj": lambda **kw: rnnkit.LSTM(I, H, proj_size=P, **kw),
     "peephole": lambda **kw: rnnkit.LSTM(I, H, peephole=True, **kw),
     "clip": lambda **kw: rnnkit.Elman(I, H, clip_recurrent=1.0, **kw),
     "recurrent_dropout": lambda **kw: rnnkit.Jordan(I, H, 2, recurrent_dropout=0.2, **kw),
