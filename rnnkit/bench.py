@@ -61,13 +61,14 @@ CELLS = tuple(_ENTRIES)
 FULL_SIZES = ((128, 1, 64), (128, 8, 128), (128, 32, 256), (100, 64, 512))   # (T, B, H = I)
 QUICK_SIZES = ((8, 2, 8),)
 VARIANT_SIZES = ((128, 8, 128), (128, 32, 256))      # issue 11's (B, H) at T = 128
-# The variants of issue 11 with a fused kernel, as layer keyword arguments: {name: (kwargs, cells)}.
-# clip_recurrent binds (the gradients reach it), the probabilities are typical ones.
+# The variants of issue 11 with a fused kernel: {name: (H -> layer keyword arguments, cells)}.
+# clip_recurrent binds (the gradients reach it), the probabilities are typical ones, P = H / 2.
 VARIANTS = {
-    "peephole": ({"peephole": True}, ("lstm",)),
-    "clip": ({"clip_recurrent": 0.01}, ("rnn", "jordan", "lstm", "gru")),
-    "dropout": ({"recurrent_dropout": 0.25}, ("rnn", "jordan", "lstm", "gru")),
-    "zoneout": ({"zoneout": 0.1}, ("rnn", "lstm", "gru")),
+    "peephole": (lambda H: {"peephole": True}, ("lstm",)),
+    "proj": (lambda H: {"proj_size": H // 2}, ("lstm",)),
+    "clip": (lambda H: {"clip_recurrent": 0.01}, ("rnn", "jordan", "lstm", "gru")),
+    "dropout": (lambda H: {"recurrent_dropout": 0.25}, ("rnn", "jordan", "lstm", "gru")),
+    "zoneout": (lambda H: {"zoneout": 0.1}, ("rnn", "lstm", "gru")),
 }
 
 
@@ -283,7 +284,7 @@ def _seeded(f: Callable[[], None], seed: int = 0) -> Callable[[], None]:
 
 def variant_model(case: Case, backend: Optional[str] = None) -> nn.Module:
     """The layer of a variant row (weights from seed 0; a Jordan network with O = H)."""
-    kw, _ = VARIANTS[case.variant]
+    kw = VARIANTS[case.variant][0](case.H)
     entry = _ENTRIES[case.cell]
     extra = {"output_size": case.H} if entry.name == "jordan" else {}
     torch.manual_seed(0)
@@ -297,7 +298,9 @@ def bench_variant(case: Case, repeats: int) -> List[Row]:
     loop = variant_model(case, backends.ORACLE)
     loop.load_state_dict(rk.state_dict())
     x = torch.randn(case.T, case.B, case.H)
-    fl = flops(case, case.H)
+    P = getattr(rk, "proj_size", 0)
+    # with a projection: W_hh is (4H, P) and each step adds h = m W_hr^T
+    fl = flops(case, case.H) if not P else 2.0 * case.T * case.B * (4 * case.H * (case.H + P) + P * case.H)
     rows = []
     for mode, make, f in (("fwd", _fwd, fl), ("fwd+bwd", _fwd_bwd, 3 * fl)):
         xin = x.clone().requires_grad_(mode == "fwd+bwd")
