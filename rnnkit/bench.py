@@ -13,7 +13,11 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
 
 Baselines: torch.nn.RNN / GRU / LSTM (LSTM twice: with oneDNN, torch's default, and with
 ``torch.backends.mkldnn.flags(enabled=False)``); for Jordan, a plain PyTorch loop of the same
-math differentiated by autograd.  Inference rows (fwd, full-length sequences) also time ONNX
+math differentiated by autograd.  Variant rows (issue 11: peepholes, clip_recurrent, recurrent
+dropout, zoneout; case labels like ``lstm zoneout T128 B8 H128``) time the variant on ``auto``
+against the same layer, weights and noise on the ``autograd`` backend: the plain PyTorch loop of
+the cell's step that a user would write, differentiated by autograd.  Both run in training mode
+(the noise is drawn), each call after the same seed, so both sides draw the same masks.  Inference rows (fwd, full-length sequences) also time ONNX
 Runtime (CPU provider, the same number of intra-op threads) on ``rnnkit.export_onnx`` of the
 same model, when ``onnxruntime`` is installed (else those rows are left out and ``machine()``
 says so).  ``--threads 2,1`` runs every sequence row once per intra-op thread count (a table
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import tempfile
 import statistics
 import subprocess
@@ -55,6 +60,16 @@ _TORCH = {k: e.torch_twin for k, e in _ENTRIES.items() if e.torch_twin is not No
 CELLS = tuple(_ENTRIES)
 FULL_SIZES = ((128, 1, 64), (128, 8, 128), (128, 32, 256), (100, 64, 512))   # (T, B, H = I)
 QUICK_SIZES = ((8, 2, 8),)
+VARIANT_SIZES = ((128, 8, 128), (128, 32, 256))      # issue 11's (B, H) at T = 128
+# The variants of issue 11 with a fused kernel: {name: (H -> layer keyword arguments, cells)}.
+# clip_recurrent binds (the gradients reach it), the probabilities are typical ones, P = H / 2.
+VARIANTS = {
+    "peephole": (lambda H: {"peephole": True}, ("lstm",)),
+    "proj": (lambda H: {"proj_size": H // 2}, ("lstm",)),
+    "clip": (lambda H: {"clip_recurrent": 0.01}, ("rnn", "jordan", "lstm", "gru")),
+    "dropout": (lambda H: {"recurrent_dropout": 0.25}, ("rnn", "jordan", "lstm", "gru")),
+    "zoneout": (lambda H: {"zoneout": 0.1}, ("rnn", "lstm", "gru")),
+}
 
 
 @dataclass
@@ -66,12 +81,14 @@ class Case:
     layers: int = 1
     bidirectional: bool = False
     varlen: bool = False
+    variant: str = ""                     # a VARIANTS key: the variant rows
 
     @property
     def label(self) -> str:
         extra = (f" L{self.layers}" if self.layers > 1 else "") + (" bidir" if self.bidirectional else "") \
             + (" varlen" if self.varlen else "")
-        return f"{self.cell} T{self.T} B{self.B} H{self.H}{extra}"
+        name = f"{self.cell} {self.variant}" if self.variant else self.cell
+        return f"{name} T{self.T} B{self.B} H{self.H}{extra}"
 
 
 @dataclass
@@ -257,6 +274,44 @@ def bench_jordan(case: Case, repeats: int) -> List[Row]:
     return rows
 
 
+def _seeded(f: Callable[[], None], seed: int = 0) -> Callable[[], None]:
+    """f after torch.manual_seed(seed): every call (either side of a row) draws the same noise."""
+    def run():
+        torch.manual_seed(seed)
+        f()
+    return run
+
+
+def variant_model(case: Case, backend: Optional[str] = None) -> nn.Module:
+    """The layer of a variant row (weights from seed 0; a Jordan network with O = H)."""
+    kw = VARIANTS[case.variant][0](case.H)
+    entry = _ENTRIES[case.cell]
+    extra = {"output_size": case.H} if entry.name == "jordan" else {}
+    torch.manual_seed(0)
+    return entry.layer(case.H, case.H, backend=backend, **extra, **kw)
+
+
+def bench_variant(case: Case, repeats: int) -> List[Row]:
+    """fwd and fwd+bwd of a variant: ``auto`` (the fused kernel) against the same layer on the
+    autograd backend (the plain PyTorch loop), same weights, input and noise, training mode."""
+    rk = variant_model(case)
+    loop = variant_model(case, backends.ORACLE)
+    loop.load_state_dict(rk.state_dict())
+    x = torch.randn(case.T, case.B, case.H)
+    P = getattr(rk, "proj_size", 0)
+    # with a projection: W_hh is (4H, P) and each step adds h = m W_hr^T
+    fl = flops(case, case.H) if not P else 2.0 * case.T * case.B * (4 * case.H * (case.H + P) + P * case.H)
+    rows = []
+    for mode, make, f in (("fwd", _fwd, fl), ("fwd+bwd", _fwd_bwd, 3 * fl)):
+        xin = x.clone().requires_grad_(mode == "fwd+bwd")
+        ms = interleaved_medians({"plain loop (autograd)": _seeded(make(loop, (xin,))),
+                                  "rnnkit": _seeded(make(rk, (xin,)))}, repeats)
+        base = ms["plain loop (autograd)"]
+        rows.append(Row(case.label, case.cell, mode, "plain loop (autograd)", base, ms["rnnkit"], base / ms["rnnkit"],
+                        _gflops(f, base), _gflops(f, ms["rnnkit"]), torch.get_num_threads()))
+    return rows
+
+
 def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     """Streaming at B=1 on one thread: torch.nn.{RNN,GRU,LSTM}Cell against ``model.step`` and ``Stream``.
 
@@ -360,7 +415,15 @@ def cases(quick: bool, cells) -> List[Case]:
     out = [Case(c, T, B, H) for c in cells for T, B, H in sizes]
     out += [Case(c, big_T, big_B, big_H, layers=2, bidirectional=True) for c in cells if c in _TORCH]
     out += [Case(c, big_T, big_B, big_H, varlen=True) for c in cells if c in _TORCH]
+    out += [Case(c, T, B, H, variant=v) for v, (_, on) in VARIANTS.items() for c in cells if c in on
+            for T, B, H in (QUICK_SIZES if quick else VARIANT_SIZES)]
     return out
+
+
+def _bench(case: Case, repeats: int) -> List[Row]:
+    if case.variant:
+        return bench_variant(case, repeats)
+    return bench_case(case, repeats) if case.cell in _TORCH else bench_jordan(case, repeats)
 
 
 def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = True,
@@ -373,7 +436,7 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
         for n in threads or (before,):
             torch.set_num_threads(n)
             for case in cases(quick, cells):
-                new = bench_case(case, repeats) if case.cell in _TORCH else bench_jordan(case, repeats)
+                new = _bench(case, repeats)
                 rows += new
                 for r in new:
                     log(format_row(r))
@@ -431,6 +494,14 @@ def markdown(result: dict) -> str:
                                                       and r.get("threads", 0) == n]) for n in counts]
     groups.append(("streaming step (1 thread) and peak memory",
                    [r for r in result["rows"] if r["mode"] not in ("fwd", "fwd+bwd")]))
+    costs = variant_costs(result["rows"])
+    if costs:
+        lines += ["", "### variants against our plain cell and our plain LSTM",
+                  "", "rnnkit ms of each variant row over rnnkit ms of the plain cell's and the plain LSTM's rows of "
+                  "the same size, mode and threads in this run (not interleaved: each from its own row)", "",
+                  "| variant | mode | threads | rnnkit ms | x plain cell | x plain LSTM |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {c['case']} | {c['mode']} | {c['threads']} | {_ms(c['ms'])} | {c['x_plain']:.2f} | "
+                  f"{c['x_lstm']:.2f} |" for c in costs]
     for title, rows in groups:
         if not rows:
             continue
@@ -442,6 +513,25 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {_ms(r['baseline_ms'])} | "
                          f"{_ms(r['rnnkit_ms'])} | {gf} | {r['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def variant_costs(rows: List[dict]) -> List[dict]:
+    """Each variant row's rnnkit time as a multiple of the plain cell's and the plain LSTM's (rnnkit
+    side of the rows with the same T, B, H, mode and threads; the variant rows left out when the
+    run has no such plain rows)."""
+    def key(r, cell):
+        size = re.findall(r"\b[TBH]\d+\b", r["case"])
+        return (cell, *size, r["mode"], r.get("threads", 0))
+    plain = {key(r, r["cell"]): r["rnnkit_ms"] for r in rows
+             if r["mode"] in ("fwd", "fwd+bwd") and re.fullmatch(r"\w+ T\d+ B\d+ H\d+", r["case"])}
+    found = []
+    for r in rows:
+        if r["baseline"] != "plain loop (autograd)" or key(r, r["cell"]) not in plain or key(r, "lstm") not in plain:
+            continue
+        found.append({"case": r["case"], "mode": r["mode"], "threads": r.get("threads", 0), "ms": r["rnnkit_ms"],
+                      "x_plain": r["rnnkit_ms"] / plain[key(r, r["cell"])],
+                      "x_lstm": r["rnnkit_ms"] / plain[key(r, "lstm")]})
+    return found
 
 
 def add_arguments(p) -> None:

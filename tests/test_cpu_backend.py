@@ -4,6 +4,7 @@ final states, every gradient and the trace; gradcheck in float64; the streaming 
 The kernels are compiled on first use (about a minute, once per machine; cached afterwards).
 """
 import itertools
+import struct
 import warnings
 
 import pytest
@@ -14,7 +15,7 @@ from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, gr
                       needs_cpu, randn, random_state, state_tensors)
 from rnnkit import backends
 from rnnkit.backends import _build, cpu
-from rnnkit.cells import NONLINEARITIES, OUTPUT_ACTIVATIONS
+from rnnkit.cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, LSTMCell
 
 BUILT = cpu.extension() is not None
 T, B = 5, 3
@@ -255,7 +256,8 @@ def test_expanded_output_gradient(cell):
 
 # -- the cell table and the spec (make_spec, cells) -------------------------------------------
 # The spec as rnnkit/backends/cpu.py numbered it before make_spec: [kind, nonlinearity,
-# output_activation, reset_after].  make_spec must give the same numbers.
+# output_activation, reset_after], then the cell options' slots (peephole, recurrent_dropout,
+# zoneout, clip_recurrent, proj_size: 0 = off).  make_spec must give the same numbers.
 KIND = {"elman": 0, "jordan": 1, "lstm": 2, "gru": 3}
 ACT = {"tanh": 0, "relu": 1, "identity": 2, "sigmoid": 3, "softmax": 4}
 CELL_OPTIONS = {"elman": {"nonlinearity": NONLINEARITIES},
@@ -280,7 +282,7 @@ def test_cells_are_the_four_in_id_order():
                          "-".join(f"{k}={v}" for k, v in v.items()) or "defaults")
 def test_make_spec_matches_the_python_encoding(name, options):
     expected = [KIND[name], ACT[options.get("nonlinearity", "tanh")],
-                ACT[options.get("output_activation", "identity")], int(options.get("reset_after", True))]
+                ACT[options.get("output_activation", "identity")], int(options.get("reset_after", True)), 0, 0, 0, 0, 0]
     as_strings = {k: str(int(v)) if isinstance(v, bool) else v for k, v in options.items()}
     assert cpu.extension().make_spec(name, as_strings) == expected
 
@@ -288,8 +290,21 @@ def test_make_spec_matches_the_python_encoding(name, options):
 @needs_cpu
 def test_make_spec_defaults():
     ext = cpu.extension()
-    assert ext.make_spec("gru") == ext.make_spec("gru", {}) == [3, 0, 2, 1]
-    assert ext.make_spec("jordan", {"nonlinearity": "relu"}) == [1, 1, 2, 1]
+    assert ext.make_spec("gru") == ext.make_spec("gru", {}) == [3, 0, 2, 1, 0, 0, 0, 0, 0]
+    assert ext.make_spec("jordan", {"nonlinearity": "relu"}) == [1, 1, 2, 1, 0, 0, 0, 0, 0]
+
+
+def _bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+@needs_cpu
+def test_make_spec_carries_the_real_options_as_their_doubles_bits():
+    """recurrent_dropout, zoneout and clip_recurrent travel in the int spec as the bit pattern of
+    the double (exact: the value the Python cell holds), peephole as 1, proj_size as itself."""
+    cell = LSTMCell(4, peephole=True, recurrent_dropout=0.1, zoneout=1 / 3, clip_recurrent=2.5e-3, proj_size=3)
+    spec = cpu.extension().make_spec("lstm", cell.options())
+    assert spec == [2, 0, 2, 1, 1, _bits(0.1), _bits(1 / 3), _bits(2.5e-3), 3]
 
 
 @needs_cpu
@@ -299,8 +314,25 @@ def test_make_spec_defaults():
     ("jordan", {"output_activation": "relu"},
      ["output_activation", "'identity', 'tanh', 'sigmoid', 'softmax'", "'relu'"]),
     ("gru", {"reset_after": "True"}, ["reset_after", "'1', '0'", "'True'"]),
-    ("gru", {"reset_before": "1"}, ["option", "'nonlinearity', 'output_activation', 'reset_after'", "'reset_before'"]),
-], ids=["cell", "nonlinearity", "output_activation", "reset_after", "option"])
+    ("gru", {"reset_before": "1"}, ["option", "'nonlinearity', 'output_activation', 'reset_after', 'peephole', "
+                                    "'recurrent_dropout', 'zoneout', 'clip_recurrent', 'proj_size'", "'reset_before'"]),
+    ("lstm", {"peephole": "yes"}, ["peephole", "'0', '1'", "'yes'"]),
+    ("gru", {"peephole": "1"}, ["option 'peephole'", "'lstm'", "'gru'"]),
+    ("jordan", {"zoneout": "0.1"}, ["option 'zoneout'", "'elman', 'lstm', 'gru'", "'jordan'"]),
+    ("elman", {"recurrent_dropout": "1.0"}, ["recurrent_dropout", "a number in [0, 1)", "'1.0'"]),
+    ("elman", {"zoneout": "-0.1"}, ["zoneout", "a number in [0, 1)", "'-0.1'"]),
+    ("gru", {"zoneout": "0.1x"}, ["zoneout", "a number in [0, 1)", "'0.1x'"]),
+    ("lstm", {"clip_recurrent": "0"}, ["clip_recurrent", "a positive finite number", "'0'"]),
+    ("lstm", {"clip_recurrent": "inf"}, ["clip_recurrent", "a positive finite number", "'inf'"]),
+    ("lstm", {"clip_recurrent": "nan"}, ["clip_recurrent", "a positive finite number", "'nan'"]),
+    ("lstm", {"proj_size": "0"}, ["proj_size", "a positive integer", "'0'"]),
+    ("lstm", {"proj_size": "2.0"}, ["proj_size", "a positive integer", "'2.0'"]),
+    ("lstm", {"proj_size": "99999999999"}, ["proj_size", "a positive integer", "'99999999999'"]),
+    ("gru", {"proj_size": "2"}, ["option 'proj_size'", "'lstm'", "'gru'"]),
+    ("lstm", {"layer_norm": "1"}, ["option", "'layer_norm'"]),
+], ids=["cell", "nonlinearity", "output_activation", "reset_after", "option", "peephole-value", "peephole-gru",
+        "zoneout-jordan", "dropout-one", "zoneout-negative", "zoneout-text", "clip-zero", "clip-inf", "clip-nan",
+        "proj-zero", "proj-real", "proj-huge", "proj-gru", "layer_norm"])
 def test_make_spec_rejects_unknown_names_and_values(name, options, words):
     with pytest.raises(ValueError) as err:
         cpu.extension().make_spec(name, options)

@@ -5,6 +5,10 @@ shapes, same saved tensors in the cell's ``saved_names`` format, so ``cell.trace
 unchanged).  Each call runs the whole sequence of one layer and direction in C++: per step one
 BLAS call for the recurrent term and one fused pass over the gates; in backward the recurrent
 weight gradients are single GEMMs after the loop.  CPU float32 and float64 only.
+
+The cell options the kernels take (rnnkit/csrc/rnn.h): clip_recurrent, recurrent_dropout and
+zoneout on every cell (zoneout not on Jordan), peepholes and proj_size on the LSTM; ``supports``
+declines the others (layer_norm) with the kernels' reason, and ``auto`` then runs the reference.
 """
 from __future__ import annotations
 
@@ -70,15 +74,17 @@ class CPU(Backend):
             raise RuntimeError(f"backend 'cpu' {spec}")
         return spec
 
-    # Cells with noise (recurrent dropout, zoneout) have options the kernels do not take, so
-    # ``supports`` declines them and ``noise`` is always None here.
+    # noise (recurrent dropout's mask, zoneout's z; None in eval) goes to the kernels as it is: they
+    # read a step's (B, N_k) slice, so the mask expanded over time is not copied T times.
     def forward(self, cell, xp, mask, state0, params, save=True, noise=None):
-        states, saved = extension().forward(self._spec(cell), xp, mask, list(state0), list(params), save)
+        states, saved = extension().forward(self._spec(cell), xp, mask, list(state0), list(params), save,
+                                            list(noise or ()))
         return tuple(states), tuple(saved)
 
     def backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise=None):
         d_xp, d_state0, d_params = extension().backward(
-            self._spec(cell), d_out, list(d_final), mask, list(state0), list(states), list(saved), list(params))
+            self._spec(cell), d_out, list(d_final), mask, list(state0), list(states), list(saved), list(params),
+            list(noise or ()))
         return d_xp, tuple(d_state0), tuple(d_params)
 
     def step(self, cell: Cell, x: Tensor, state0, layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:

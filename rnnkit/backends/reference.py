@@ -40,6 +40,10 @@ def forward(cell: Cell, xp: Tensor, mask: Optional[Tensor], state0: Tuple[Tensor
         m = None if mask is None else mask[t]
         state = tuple(keep(m, n, s) for n, s in zip(new, state))
         if clip is not None:
+            # The hook goes on an alias: the step's own tensor (a full-length step keeps it) also
+            # feeds the step's other outputs (an LSTM's c_t its h_t), whose gradient must not be
+            # clamped with it -- only what comes from the output at t and from step t+1 is.
+            state = tuple(s.view_as(s) for s in state)
             for s in state:
                 if s.requires_grad:
                     s.register_hook(lambda g: g.clamp(-clip, clip))

@@ -45,17 +45,28 @@ Tensor flat_mask(const c10::optional<Tensor>& mask) {
 
 using Names = c10::optional<std::vector<std::string>>;
 
+// The noise tensors (checked) with each step's (B, N_k) slice dense; a step stride of 0 (the
+// recurrent mask expanded over time) is kept rather than copied T times.
+Tensors dense_noise(const Tensors& noise) {
+  Tensors out;
+  for (const Tensor& n : noise)
+    out.push_back(n.size(0) > 0 && n[0].is_contiguous() ? n : n.contiguous());
+  return out;
+}
+
 std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Tensor& xp,
                                      const c10::optional<Tensor>& mask, const Tensors& state0,
-                                     const OptTensors& rec, bool save, const Names& names) {
+                                     const OptTensors& rec, bool save, const Tensors& noise, const Names& names) {
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
-  Checker c("rnnkit.forward", cell);
+  Checker c("rnnkit.forward", sp);
   c.tensor({"xp"}, xp, {kT, kB, kGH});
-  c.tensors("state0", state0, {kB}, cell.states);
+  c.tensors("state0", state0, {kB}, c.states());
   c.rec(rec, -1, names.value_or(std::vector<std::string>{}));
   c.mask(mask);
-  const FwdResult r = cell.forward(sp, {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save});
+  c.noise(noise);
+  const FwdResult r =
+      cell.forward(sp, {xp.contiguous(), flat_mask(mask), dense(state0), dense(rec), save, dense_noise(noise)});
   return {r.states, r.saved};
 }
 
@@ -70,12 +81,12 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
                                  const std::vector<OptTensors>& layers) {
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
-  Checker c("rnnkit.step", cell);
+  Checker c("rnnkit.step", sp);
   c.tensor({"x"}, x, {kB, kI});
   TORCH_CHECK(!layers.empty(), "rnnkit.step: layers: expected at least one layer, got none");
   c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
   for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
-  c.tensors("state0", state0, {kL, kB}, cell.states);
+  c.tensors("state0", state0, {kL, kB}, c.states());
   const int64_t L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   const Tensor xc = x.contiguous();
   const Tensors s0 = dense(state0);
@@ -106,20 +117,21 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 std::tuple<Tensor, Tensors, OptTensors> backward(
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_final,
     const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
-    const Tensors& saved, const OptTensors& rec, const Names& names) {
+    const Tensors& saved, const OptTensors& rec, const Tensors& noise, const Names& names) {
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
-  Checker c("rnnkit.backward", cell);
-  c.tensors("states", states, {kT, kB}, cell.states);
-  c.tensors("state0", state0, {kB}, cell.states);
+  Checker c("rnnkit.backward", sp);
+  c.tensors("states", states, {kT, kB}, c.states());
+  c.tensors("state0", state0, {kB}, c.states());
   c.tensors("saved", saved, {kT, kB}, cell.saved(sp));
   c.rec(rec, -1, names.value_or(std::vector<std::string>{}));
-  c.optional({"d_out"}, d_out, {kT, kB, cell.states[0]}, true);
-  c.optionals("d_final", d_final, {kB}, cell.states);
+  c.optional({"d_out"}, d_out, {kT, kB, c.states()[0]}, true);
+  c.optionals("d_final", d_final, {kB}, c.states());
   c.mask(mask);
+  c.noise(noise);
   const Tensor d = d_out.has_value() ? *d_out : Tensor();      // any strides: read in place (GradOut)
   const BwdResult r = cell.backward(sp, {d, dense(d_final), flat_mask(mask), dense(state0), dense(states),
-                                         dense(saved), dense(rec)});
+                                         dense(saved), dense(rec), dense_noise(noise)});
   return {r.d_xp, r.d_state0, r.d_rec};
 }
 
@@ -134,16 +146,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("options") = std::map<std::string, std::string>{},
         "spec = make_spec(name, options): the spec that forward, backward, step and Stepper take for the cell "
         "named name; options (str -> str): nonlinearity (tanh | relu), output_activation (identity | tanh | "
-        "sigmoid | softmax), reset_after (1 | 0), absent ones the first value; ValueError on an unknown name, "
-        "option or value");
+        "sigmoid | softmax), reset_after (1 | 0), peephole (0 | 1; lstm), recurrent_dropout and zoneout "
+        "(a number in [0, 1); zoneout not on jordan), clip_recurrent (a positive finite number); absent ones "
+        "their default; ValueError on an unknown name, option or value, or an option the cell does not take");
   using pybind11::arg;
   m.def("forward", &rnnkit::forward, arg("spec"), arg("xp"), arg("mask"), arg("state0"), arg("rec"), arg("save"),
-        arg("names") = pybind11::none(),
-        "states, saved = forward(spec, xp, mask, state0, rec, save, names=None); names: the rec params' names "
-        "for messages (default the cell's)");
+        arg("noise") = rnnkit::Tensors{}, arg("names") = pybind11::none(),
+        "states, saved = forward(spec, xp, mask, state0, rec, save, noise=[], names=None); noise: the cell's "
+        "noise tensors (T, B, N_k), [] = eval; names: the rec params' names for messages (default the cell's)");
   m.def("backward", &rnnkit::backward, arg("spec"), arg("d_out"), arg("d_final"), arg("mask"), arg("state0"),
-        arg("states"), arg("saved"), arg("rec"), arg("names") = pybind11::none(),
-        "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, names=None)");
+        arg("states"), arg("saved"), arg("rec"), arg("noise") = rnnkit::Tensors{}, arg("names") = pybind11::none(),
+        "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, noise=[], "
+        "names=None)");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   pybind11::class_<rnnkit::Stepper>(m, "Stepper",
                                     "Streaming inference into preallocated buffers (see stream.h)")

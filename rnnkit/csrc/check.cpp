@@ -24,9 +24,18 @@ std::string shape_str(at::IntArrayRef sizes) {
 
 std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
 
-Checker::Checker(std::string who, const Cell& cell) : who_(std::move(who)), cell_(cell) {
+Checker::Checker(std::string who, const Spec& spec)
+    : who_(std::move(who)), spec_(spec), cell_(*spec.cell), rec_(spec.cell->rec(spec)), states_(states_of(spec)) {
   std::fill(val_, val_ + kNumSyms, int64_t(-1));
+  if (spec.proj > 0) val_[kP] = spec.proj, from_[kP] = Name{"the spec's proj_size"};
 }
+
+namespace {
+// A size given as a multiple of another: G*H and 3*H are multiples of H.
+Sym base_of(Sym s) { return s == kGH || s == kH3 ? kH : s; }
+}  // namespace
+
+int64_t Checker::factor(Sym s) const { return s == kGH ? cell_.gates : s == kH3 ? 3 : 1; }
 
 std::string Checker::sym_name(Sym s) const {
   switch (s) {
@@ -37,15 +46,17 @@ std::string Checker::sym_name(Sym s) const {
     case kH: return "H";
     case kGH: return std::to_string(cell_.gates) + "*H";
     case kO: return "O";
+    case kH3: return "3*H";
+    case kP: return "P";
     default: return "?";
   }
 }
 
 void Checker::fix(Sym s, int64_t value, const Name& from) {
-  if (s == kGH) {
-    TORCH_CHECK(value % cell_.gates == 0, who_, ": ", from.str(), ": expected a size divisible by ", cell_.gates,
-                " (", cell_.gates, " gate blocks of H), got ", value);
-    s = kH, value /= cell_.gates;
+  if (base_of(s) != s) {
+    TORCH_CHECK(value % factor(s) == 0, who_, ": ", from.str(), ": expected a size divisible by ", factor(s),
+                " (", factor(s), " blocks of H), got ", value);
+    value /= factor(s), s = kH;
   }
   TORCH_CHECK(val_[s] < 0 || val_[s] == value, who_, ": ", from.str(), ": ", sym_name(s), " = ", value,
               " disagrees with ", sym_name(s), " = ", val_[s], " from ", from_[s].str());
@@ -58,13 +69,13 @@ void Checker::shape_error(const Name& name, const Tensor& t, const std::vector<S
   const char* sep = "";
   bool told[kNumSyms] = {};
   for (size_t d = 0; d < dims.size(); ++d) {
-    const Sym s = dims[d] == kGH ? kH : dims[d];
+    const Sym s = base_of(dims[d]);
     want << (d ? ", " : "");
     if (val_[s] < 0) {
       want << sym_name(dims[d]);
       continue;
     }
-    want << (dims[d] == kGH ? cell_.gates * val_[s] : val_[s]);
+    want << factor(dims[d]) * val_[s];
     if (!told[s]) why << sep << sym_name(s) << " = " << val_[s] << " from " << from_[s].str(), sep = ", ";
     told[s] = true;
   }
@@ -89,13 +100,13 @@ void Checker::tensor(const Name& name, const Tensor& t, const std::vector<Sym>& 
   TORCH_CHECK(t.device().is_cpu(), who_, ": ", name.str(), ": expected a CPU tensor, got device ", t.device());
   if (t.dim() != static_cast<int64_t>(dims.size())) shape_error(name, t, dims);
   for (size_t d = 0; d < dims.size(); ++d) {
-    const Sym s = dims[d] == kGH ? kH : dims[d];
+    const Sym s = base_of(dims[d]);
     const int64_t n = t.size(static_cast<int64_t>(d));
     if (val_[s] < 0) {
       fix(dims[d], n, name);
       continue;
     }
-    if (n != (dims[d] == kGH ? cell_.gates * val_[s] : val_[s])) shape_error(name, t, dims);
+    if (n != factor(dims[d]) * val_[s]) shape_error(name, t, dims);
   }
 }
 
@@ -142,8 +153,16 @@ void Checker::mask(const c10::optional<Tensor>& mask) {
               shape_str(m.sizes()));
 }
 
+void Checker::noise(const Tensors& noise) {
+  if (noise.empty()) return;
+  const std::vector<Sym> sizes = noise_sizes(spec_);
+  TORCH_CHECK(!sizes.empty(), who_, ": noise: expected none (the spec has no recurrent dropout or zoneout), got ",
+              noise.size(), " tensors");
+  tensors("noise", noise, {kT, kB}, sizes);
+}
+
 void Checker::rec(const OptTensors& rec, int64_t layer, const std::vector<std::string>& names) {
-  const std::vector<ParamDecl>& decl = cell_.rec;
+  const std::vector<ParamDecl>& decl = rec_;
   TORCH_CHECK(names.empty() || names.size() == decl.size(), who_, ": names: expected ", decl.size(),
               " names, got ", names.size());
   TORCH_CHECK(rec.size() == decl.size(), who_, ": ", layer >= 0 ? "layers" : "rec", ": expected ", decl.size(),
@@ -154,10 +173,10 @@ void Checker::rec(const OptTensors& rec, int64_t layer, const std::vector<std::s
 }
 
 void Checker::layer(const OptTensors& p, int64_t layer) {
-  TORCH_CHECK(p.size() == 2 + cell_.rec.size(), who_, ": layers[", layer, "]: expected ", 2 + cell_.rec.size(),
-              " tensors [weight_ih, bias_ih, ", cell_.rec.size(), " recurrent parameters] for the '", cell_.name,
+  TORCH_CHECK(p.size() == 2 + rec_.size(), who_, ": layers[", layer, "]: expected ", 2 + rec_.size(),
+              " tensors [weight_ih, bias_ih, ", rec_.size(), " recurrent parameters] for the '", cell_.name,
               "' cell, got ", p.size());
-  optional(Name{"weight_ih", -1, layer}, p[0], {kGH, layer == 0 ? kI : cell_.states[0]}, false);
+  optional(Name{"weight_ih", -1, layer}, p[0], {kGH, layer == 0 ? kI : states_[0]}, false);
   optional(Name{"bias_ih", -1, layer}, p[1], {kGH}, true);
   rec(OptTensors(p.begin() + 2, p.end()), layer);
 }

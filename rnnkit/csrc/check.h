@@ -26,8 +26,9 @@ struct Name {
 
 class Checker {
  public:
-  // who starts every message ("rnnkit.forward", "LSTM.stream", ...).
-  Checker(std::string who, const Cell& cell);
+  // who starts every message ("rnnkit.forward", "LSTM.stream", ...); the spec gives the cell
+  // and its rec params and noise.
+  Checker(std::string who, const Spec& spec);
 
   // Fixes s to value, said to come from `from`; an error if another argument fixed it otherwise.
   void fix(Sym s, int64_t value, const Name& from);
@@ -44,6 +45,8 @@ class Checker {
                  const std::vector<Sym>& sizes);
   // mask: None, or a bool (T, B, 1) CPU tensor.
   void mask(const c10::optional<Tensor>& mask);
+  // noise: empty (eval), or one (T, B, N_k) tensor per entry of the spec's noise_sizes.
+  void noise(const Tensors& noise);
   // The cell's rec params of one layer (layer -1: no suffix), names from names[i] when given.
   void rec(const OptTensors& rec, int64_t layer, const std::vector<std::string>& names = {});
   // One layer of a stack, [w_ih, b_ih | None, rec params...]; in_size is I for layer 0 and the
@@ -53,14 +56,19 @@ class Checker {
   void count(const char* name, size_t got, size_t expected) const;
 
   int64_t size(Sym s) const { return val_[s]; }
+  const std::vector<Sym>& states() const { return states_; }
   at::ScalarType dtype() const { return dtype_; }
 
  private:
   [[noreturn]] void shape_error(const Name& name, const Tensor& t, const std::vector<Sym>& dims) const;
   std::string sym_name(Sym s) const;
+  int64_t factor(Sym s) const;
 
   std::string who_;
+  const Spec spec_;
   const Cell& cell_;
+  const std::vector<ParamDecl> rec_;
+  const std::vector<Sym> states_;     // the carried states' sizes (states_of)
   int64_t val_[kNumSyms];
   Name from_[kNumSyms];
   at::ScalarType dtype_ = at::ScalarType::Undefined;

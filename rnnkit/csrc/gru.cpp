@@ -19,8 +19,16 @@
 //   rhs      (T, B, H)    original form, backward: r * h_{t-1}, the input of W_hn
 //   du       (B, H)       original form, backward workspace: d(r * h) = dan W_hn
 //   dh, dh_prev (B, H)    backward: carried dh and the next one (backward_steps, loop.h)
+//   h_update (T, B, H)    zoneout with save: the h_t the cell computed, saved ("h_update")
+//   noise    (T, B, H)    recurrent mask m_t and/or zoneout's z_t (rnn.h), read only
+//   hd       (B, H)       recurrent dropout, forward workspace: h_{t-1} * m_t, which enters every
+//                         recurrent product (the carry z h_{t-1} keeps h_{t-1}); in backward
+//                         hd_all (T, B, H) holds it for every step, and the gradient that comes
+//                         back through the products is summed in the workspace dhd (B, H) and
+//                         added to dh_prev times m_t
 // Post-loop GEMMs: dW_hh[:2H] = dx[:, :2H]^T [h0; hs[:-1]] and dW_hh[2H:] = drn^T [h0; hs[:-1]]
-// (torch form) or dan^T rhs (original form).  Nothing aliases.
+// (torch form) or dan^T rhs (original form); hd_all in place of [h0; hs[:-1]] under recurrent
+// dropout.  Nothing aliases.
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
@@ -124,11 +132,37 @@ Steps<T> steps(const Tensor& hs, const Tensor& h0) {
   return {hs.size(0), hs.size(1), hs.size(2), 3 * hs.size(2), hs.data_ptr<T>(), h0.data_ptr<T>()};
 }
 
+// The options of a forward run: the noise, the workspace hd and the h_update buffer (or null).
 template <typename T>
-void forward_after(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
+struct FwdOptions {
+  Noise<T> nz;
+  Tensor hd_t;
+  T *hd, *upd;
+  FwdOptions(const Spec& sp, const FwdArgs& a, const Tensors& bufs, int64_t B, int64_t H)
+      : nz(sp, a.noise), hd_t(nz.drop ? at::empty({B, H}, a.xp.options()) : Tensor()),
+        hd(nz.drop ? hd_t.data_ptr<T>() : nullptr),
+        upd(bufs.size() > 6 && bufs[6].defined() ? bufs[6].data_ptr<T>() : nullptr) {}
+  // h_{t-1} as it enters the recurrent products (masked into hd under recurrent dropout).
+  const T* entering(int64_t t, int64_t B, int64_t H, const T* h_prev) const {
+    if (hd == nullptr) return h_prev;
+    for (int64_t b = 0; b < B; ++b) mul_to(H, hd + b * H, h_prev + b * H, nz.mask(t, b, H));
+    return hd;
+  }
+  // Zoneout of row b of step t (valid rows), h the new state's row.
+  void zone(int64_t t, int64_t b, int64_t B, int64_t H, T* h, const T* h_prev) const {
+    if (nz.zoneout()) zone_row(H, h, h_prev, nz.z(t, 0, b, H), nz.p, upd ? upd + (t * B + b) * H : nullptr);
+  }
+  void zero_padded(int64_t t, int64_t b, int64_t B, int64_t H) const {
+    if (upd != nullptr) std::fill_n(upd + (t * B + b) * H, H, T(0));
+  }
+};
+
+template <typename T>
+void forward_after(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
   const Steps<T> s = steps<T>(bufs[0], a.state0[0]);
   const int64_t B = s.B, H = s.H, G = s.G;
   const Mask mask(a.mask, B);
+  const FwdOptions<T> o(sp, a, bufs, B, H);
   const T* xp = a.xp.data_ptr<T>();
   T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>(), *hn = bufs[2].data_ptr<T>();
   T* hw = bufs[3].data_ptr<T>();
@@ -137,55 +171,70 @@ void forward_after(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
     const T* h_prev = s.h_prev(t);
     T* gates_t = a.save ? gates + t * B * G : gates;
     T* hn_t = a.save ? hn + t * B * H : hn;
-    w_hh.mul(h_prev, H, T(0), hw, G);                         // (B, 3H)
+    w_hh.mul(o.entering(t, B, H, h_prev), H, T(0), hw, G);    // (B, 3H)
     for_rows(B, G, [&](int64_t b) {
       T* h = hs + (t * B + b) * H;
       if (mask.valid(t, b)) {
         after_row(H, xp + (t * B + b) * G, hw + b * G, b_hh, h_prev + b * H, gates_t + b * G, hn_t + b * H, h);
+        o.zone(t, b, B, H, h, h_prev + b * H);
         return;
       }
       std::memcpy(h, h_prev + b * H, H * sizeof(T));
       if (a.save) std::fill_n(gates_t + b * G, G, T(0)), std::fill_n(hn_t + b * H, H, T(0));
+      o.zero_padded(t, b, B, H);
     });
   }
 }
 
 template <typename T>
-void forward_before(const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
+void forward_before(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tensors& bufs) {
   const Steps<T> s = steps<T>(bufs[0], a.state0[0]);
   const int64_t B = s.B, H = s.H, G = s.G;
   const Mask mask(a.mask, B);
+  const FwdOptions<T> o(sp, a, bufs, B, H);
   const T *xp = a.xp.data_ptr<T>(), *w_hh = a.rec[0]->data_ptr<T>();
   T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>();
   T *hw = bufs[3].data_ptr<T>(), *rh = bufs[4].data_ptr<T>(), *hwn = bufs[5].data_ptr<T>();
   const StepWeight<T> w_hrz(Op::T, B, 2 * H, H, w_hh, H), w_hn(Op::T, B, H, H, w_hh + 2 * H * H, H);
   for (int64_t t = 0; t < s.Tn; ++t) {
     const T* h_prev = s.h_prev(t);
+    const T* h_in = o.entering(t, B, H, h_prev);
     T* gates_t = a.save ? gates + t * B * G : gates;
-    w_hrz.mul(h_prev, H, T(0), hw, 2 * H);                    // r, z rows (B, 2H)
+    w_hrz.mul(h_in, H, T(0), hw, 2 * H);                      // r, z rows (B, 2H)
     for_rows(B, G, [&](int64_t b) {
-      before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, b_hh, h_prev + b * H, gates_t + b * G, rh + b * H);
+      before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, b_hh, h_in + b * H, gates_t + b * G, rh + b * H);
     });
     w_hn.mul(rh, H, T(0), hwn, H);                            // (r * h) W_hn^T
     for_rows(B, G, [&](int64_t b) {
       T* h = hs + (t * B + b) * H;
       if (mask.valid(t, b)) {
         before_row_n(H, xp + (t * B + b) * G, hwn + b * H, b_hh, h_prev + b * H, gates_t + b * G, h);
+        o.zone(t, b, B, H, h, h_prev + b * H);
         return;
       }
       std::memcpy(h, h_prev + b * H, H * sizeof(T));
       if (a.save) std::fill_n(gates_t + b * G, G, T(0));
+      o.zero_padded(t, b, B, H);
     });
   }
 }
 
 // Returns dh_0.  Torch form: drn is defined, rhs is not; original form: the other way round.
+// hd_all: the masked previous states under recurrent dropout (else undefined).
 template <typename T>
-Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const Tensor& drn_t, const Tensor& rhs_t) {
+Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const Tensor& drn_t, const Tensor& rhs_t,
+                     const Tensor& hd_all) {
   const Steps<T> s = steps<T>(a.states[0], a.state0[0]);
   const int64_t B = s.B, H = s.H, G = s.G;
   const bool after = sp.reset_after;
   const Mask mask(a.mask, B);
+  const StepOptions<T> opt(sp, a);
+  const bool drop = hd_all.defined();
+  const T* hd = drop ? hd_all.data_ptr<T>() : nullptr;
+  // h_{t-1} where it entered the recurrent products: row b of step t.
+  auto h_in = [&](int64_t t, int64_t b) { return drop ? hd + (t * B + b) * H : s.h_prev(t) + b * H; };
+  const Tensor dhd_t = drop ? at::empty({B, H}, dx_t.options()) : Tensor();
+  T* dhd = drop ? dhd_t.data_ptr<T>() : nullptr;
   const T *gates = a.saved[0].data_ptr<T>(), *w_hh = a.rec[0]->data_ptr<T>();
   const T* hn = after ? a.saved[1].data_ptr<T>() : nullptr;
   const Tensor du_t = after ? Tensor() : at::empty({B, H}, dx_t.options());
@@ -194,7 +243,7 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
   T* du = after ? nullptr : du_t.data_ptr<T>();
   const StepWeight<T> w_hrz(Op::N, B, H, 2 * H, w_hh, H), w_hn(Op::N, B, H, H, w_hh + 2 * H * H, H);
   return backward_steps<T>(
-      a, G, {{dx, G}, {after ? drn : rhs, H}},
+      a, opt, G, {{dx, G}, {after ? drn : rhs, H}},
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
         const int64_t row = t * B + b;
         const T *g = gates + row * G, *h_prev = s.h_prev(t) + b * H;
@@ -202,41 +251,46 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
         if (after)
           after_r_grads(H, g, hn + row * H, dx + row * G, drn + row * H);
         else
-          r_times_h(H, g, h_prev, rhs + row * H);
+          r_times_h(H, g, h_in(t, b), rhs + row * H);
       },
       [&](int64_t t, T* dh_prev) {
         T* dx_s = dx + t * B * G;
+        T* acc = drop ? dhd : dh_prev;                        // where the recurrent terms are summed
+        if (drop) std::fill_n(dhd, B * H, T(0));
         if (after) {
-          w_hrz.mul(dx_s, G, T(1), dh_prev, H);               // r, z rows
-          w_hn.mul(drn + t * B * H, H, T(1), dh_prev, H);     // n rows
-          return;
+          w_hrz.mul(dx_s, G, T(1), acc, H);                   // r, z rows
+          w_hn.mul(drn + t * B * H, H, T(1), acc, H);         // n rows
+        } else {
+          w_hn.mul(dx_s + 2 * H, G, T(0), du, H);             // du = dan W_hn
+          for_rows(B, G, [&](int64_t b) {
+            if (mask.valid(t, b))
+              before_r_grads(H, gates + (t * B + b) * G, h_in(t, b), du + b * H, dx_s + b * G, acc + b * H);
+          });
+          w_hrz.mul(dx_s, G, T(1), acc, H);                   // r, z rows
         }
-        w_hn.mul(dx_s + 2 * H, G, T(0), du, H);               // du = dan W_hn
-        for_rows(B, G, [&](int64_t b) {
-          if (mask.valid(t, b))
-            before_r_grads(H, gates + (t * B + b) * G, s.h_prev(t) + b * H, du + b * H, dx_s + b * G,
-                           dh_prev + b * H);
-        });
-        w_hrz.mul(dx_s, G, T(1), dh_prev, H);                 // r, z rows
+        for (int64_t b = 0; drop && b < B; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
       });
 }
 
-// [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined] (see the header comment).
+// [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined, h_update | undefined] (see the
+// header comment).
 Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                     const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B;
+  const Tensor upd = sp.zoneout > 0 && save ? empty_seq({T, B, H}, opt) : Tensor();
   Tensors bufs{empty_seq({T, B, H}, opt), empty_seq({rows, 3 * H}, opt)};
-  if (sp.reset_after) return {bufs[0], bufs[1], empty_seq({rows, H}, opt), at::empty({B, 3 * H}, opt)};
-  return {bufs[0], bufs[1], Tensor(), at::empty({B, 2 * H}, opt), at::empty({B, H}, opt), at::empty({B, H}, opt)};
+  if (sp.reset_after)
+    return {bufs[0], bufs[1], empty_seq({rows, H}, opt), at::empty({B, 3 * H}, opt), Tensor(), Tensor(), upd};
+  return {bufs[0], bufs[1], Tensor(), at::empty({B, 2 * H}, opt), at::empty({B, H}, opt), at::empty({B, H}, opt), upd};
 }
 
 void gru_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor b_hh = or_zeros(a.rec[1], a.xp.size(2), a.xp.options());
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "gru_forward", [&] {
     if (sp.reset_after)
-      forward_after<scalar_t>(a, b_hh.data_ptr<scalar_t>(), bufs);
+      forward_after<scalar_t>(sp, a, b_hh.data_ptr<scalar_t>(), bufs);
     else
-      forward_before<scalar_t>(a, b_hh.data_ptr<scalar_t>(), bufs);
+      forward_before<scalar_t>(sp, a, b_hh.data_ptr<scalar_t>(), bufs);
   });
 }
 
@@ -245,9 +299,10 @@ FwdResult gru_forward(const Spec& sp, const FwdArgs& a) {
   const Tensors bufs = gru_buffers(sp, Tn, B, H, a.rec, a.save, a.xp.options());
   gru_run(sp, a, bufs);
   if (!a.save) return {{bufs[0]}, {}};
-  const Tensor gates = bufs[1].view({Tn, B, 3 * H});
-  if (!sp.reset_after) return {{bufs[0]}, {gates}};
-  return {{bufs[0]}, {gates, bufs[2].view({Tn, B, H})}};
+  Tensors saved{bufs[1].view({Tn, B, 3 * H})};
+  if (sp.reset_after) saved.push_back(bufs[2].view({Tn, B, H}));
+  if (bufs[6].defined()) saved.push_back(bufs[6]);
+  return {{bufs[0]}, saved};
 }
 
 BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
@@ -262,9 +317,13 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   if (a.rec[1].has_value()) db = at::empty({G}, opt);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "gru_backward", [&] {
     using T = scalar_t;
-    const T *dx_p = dx.data_ptr<T>(), *h0_p = a.state0[0].data_ptr<T>(), *hs_p = hs.data_ptr<T>();
+    const Noise<T> nz(sp, a.noise);
+    const Tensor hd_all = nz.drop ? dropped_prev<T>(a.state0[0], hs, nz) : Tensor();
+    const T* dx_p = dx.data_ptr<T>();
+    const T* h0_p = nz.drop ? hd_all.data_ptr<T>() : a.state0[0].data_ptr<T>();      // the previous states as
+    const T* hs_p = nz.drop ? hd_all.data_ptr<T>() + B * H : hs.data_ptr<T>();      // they entered W_hh
     T* dw_hn = dw.data_ptr<T>() + 2 * H * H;
-    dh = backward_impl<T>(sp, a, dx, drn, rhs);
+    dh = backward_impl<T>(sp, a, dx, drn, rhs, hd_all);
     if (sp.reset_after)
       weight_grad<T>(Tn, B, H, H, drn.data_ptr<T>(), H, h0_p, hs_p, dw_hn);
     else
@@ -282,13 +341,16 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   return {dx, {dh}, {dw, db}};
 }
 
-// gates, and hn in torch's form
-std::vector<Sym> gru_saved(const Spec& sp) { return sp.reset_after ? std::vector<Sym>{kGH, kH} : std::vector<Sym>{kGH}; }
+// gates, and hn in torch's form; zoneout's h_update
+std::vector<Sym> gru_saved(const Spec& sp) {
+  return zoneout_saved(sp, sp.reset_after ? std::vector<Sym>{kGH, kH} : std::vector<Sym>{kGH});
+}
+
+std::vector<ParamDecl> gru_rec(const Spec&) { return {{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}}; }
 
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"gru", /*id=*/3, /*gates=*/3, /*n_states=*/1, gru_forward, gru_backward, gru_buffers,
-                          gru_run, /*states=*/{kH},
-                          /*rec=*/{{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}}, gru_saved});
+                          gru_run, /*states=*/{kH}, gru_rec, gru_saved});
 
 }  // namespace rnnkit

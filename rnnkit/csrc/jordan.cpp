@@ -12,6 +12,10 @@
 //   da       (T, B, H)    backward: d pre-activation of h = d_xp, returned; post-loop
 //                         dW_yh = da^T [y0; ys[:-1]]
 //   dy, dy_prev (B, O)    backward: carried dy and the next one (backward_steps, loop.h)
+//   noise    (T, B, O)    recurrent dropout's mask m_t (rnn.h; zoneout is not taken), read only;
+//                         y_{t-1} * m_t enters W_yh: forward workspace yd (B, O); backward adds
+//                         (da W_yh) * m_t from the workspace dyd (B, O), and dW_yh is taken
+//                         against the masked previous outputs
 // Aliasing: the step GEMMs write y_{t-1} W_yh^T into hs[t] and h_t W_hy^T into ys[t], which
 // the activation passes overwrite in place; in backward dz_t W_hy is written into da[t] and
 // scaled there by act'(h_t).
@@ -72,15 +76,19 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor&
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = ys.size(2);
   const bool is_relu = sp.act == kRelu;
   const Mask mask(a.mask, B);
+  const Noise<T> nz(sp, a.noise);
+  const Tensor yd_t = nz.drop ? at::empty({B, O}, a.xp.options()) : Tensor();
   const T *xp = a.xp.data_ptr<T>(), *y0 = a.state0[0].data_ptr<T>();
   const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
-  T *H_ = hs.data_ptr<T>(), *Y = ys.data_ptr<T>();
+  T *H_ = hs.data_ptr<T>(), *Y = ys.data_ptr<T>(), *yd = nz.drop ? yd_t.data_ptr<T>() : nullptr;
   const StepWeight<T> yh(Op::T, B, H, O, w_yh, O), hy(Op::T, B, O, H, w_hy, H);
   for (int64_t t = 0; t < Tn; ++t) {
     const T* yp = t ? Y + (t - 1) * B * O : y0;
     T* ht = a.save ? H_ + t * B * H : H_;                     // (B, H)
     T* yt = Y + t * B * O;                                    // (B, O)
-    yh.mul(yp, O, T(0), ht, H);
+    if (yd != nullptr)
+      for (int64_t b = 0; b < B; ++b) mul_to(O, yd + b * O, yp + b * O, nz.mask(t, b, O));
+    yh.mul(yd != nullptr ? yd : yp, O, T(0), ht, H);
     for_rows(B, H, [&](int64_t b) { hidden_row(H, is_relu, ht + b * H, xp + (t * B + b) * H); });
     hy.mul(ht, H, T(0), yt, O);
     for_rows(B, O, [&](int64_t b) {
@@ -102,9 +110,11 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, const
   const bool is_relu = sp.act == kRelu;
   const T *ys = ys_t.data_ptr<T>(), *hs = a.saved[0].data_ptr<T>();
   T *dz = dz_t.data_ptr<T>(), *da = da_t.data_ptr<T>();
+  const StepOptions<T> opt(sp, a);
+  const Tensor dyd_t = opt.noise.drop ? at::empty({B, O}, dz_t.options()) : Tensor();
   const StepWeight<T> hy(Op::N, B, H, O, a.rec[1]->data_ptr<T>(), H), yh(Op::N, B, O, H, a.rec[0]->data_ptr<T>(), O);
   return backward_steps<T>(
-      a, O, {{dz, O}},
+      a, opt, O, {{dz, O}},
       [&](int64_t t, int64_t b, const T* dy, T* dy_prev) {
         const int64_t r = (t * B + b) * O;
         out_backward(sp.out, O, ys + r, dy, dz + r);
@@ -114,7 +124,10 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, const
         T* da_s = da + t * B * H;
         hy.mul(dz + t * B * O, O, T(0), da_s, H);                   // dh = dz W_hy
         for_rows(B, H, [&](int64_t b) { hidden_grad_row(H, is_relu, hs + (t * B + b) * H, da_s + b * H); });
-        yh.mul(da_s, H, T(1), dy_prev, O);                          // dy_{t-1} += da W_yh
+        if (!opt.noise.drop) return yh.mul(da_s, H, T(1), dy_prev, O);   // dy_{t-1} += da W_yh
+        T* dyd = dyd_t.data_ptr<T>();
+        yh.mul(da_s, H, T(0), dyd, O);
+        for (int64_t b = 0; b < B; ++b) add_masked(O, dy_prev + b * O, dyd + b * O, opt.noise.mask(t, b, O));
       });
 }
 
@@ -151,7 +164,11 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
     dy = backward_impl<T>(sp, a, dz, da);
     const T *Z = dz.data_ptr<T>(), *A = da.data_ptr<T>();
     gemm(Op::T, Op::N, O, H, Tn * B, Z, O, hs.data_ptr<T>(), H, T(0), dw_hy.data_ptr<T>(), H);
-    weight_grad<T>(Tn, B, H, O, A, H, a.state0[0].data_ptr<T>(), ys.data_ptr<T>(), dw_yh.data_ptr<T>());
+    const Noise<T> nz(sp, a.noise);
+    const Tensor yd = nz.drop ? dropped_prev<T>(a.state0[0], ys, nz) : Tensor();
+    const T* prev0 = nz.drop ? yd.data_ptr<T>() : a.state0[0].data_ptr<T>();
+    const T* prevs = nz.drop ? yd.data_ptr<T>() + B * O : ys.data_ptr<T>();
+    weight_grad<T>(Tn, B, H, O, A, H, prev0, prevs, dw_yh.data_ptr<T>());
     if (db) col_sum<T>(Tn * B, O, Z, O, db->data_ptr<T>());
   });
   return {da, {dy}, {dw_yh, dw_hy, db}};
@@ -159,12 +176,13 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
 
 std::vector<Sym> jordan_saved(const Spec&) { return {kH}; }          // hidden
 
+std::vector<ParamDecl> jordan_rec(const Spec&) {
+  return {{"weight_yh", {kH, kO}, false}, {"weight_hy", {kO, kH}, false}, {"bias_hy", {kO}, true}};
+}
+
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"jordan", /*id=*/1, /*gates=*/1, /*n_states=*/1, jordan_forward, jordan_backward,
-                          jordan_buffers, jordan_run, /*states=*/{kO},
-                          /*rec=*/{{"weight_yh", {kH, kO}, false}, {"weight_hy", {kO, kH}, false},
-                                   {"bias_hy", {kO}, true}},
-                          jordan_saved});
+                          jordan_buffers, jordan_run, /*states=*/{kO}, jordan_rec, jordan_saved});
 
 }  // namespace rnnkit

@@ -1,6 +1,7 @@
 // Loop helpers of rnnkit's kernels: the (T, B, .) buffers, batch rows, masks, the output's
-// gradient, and backward_steps, the backward time loop every cell shares (a cell gives only its
-// per-row gate math and its per-step GEMMs).
+// gradient, the options every cell takes (recurrent dropout, zoneout, clip_recurrent: rnn.h),
+// and backward_steps, the backward time loop every cell shares (a cell gives only its per-row
+// gate math and its per-step GEMMs).
 #pragma once
 
 #include "rnn.h"
@@ -105,6 +106,88 @@ void col_sum(int64_t R, int64_t N, const T* x, int64_t ld, T* out) {
   }
 }
 
+// ---- the options every cell takes (rnn.h) ---------------------------------------------------
+// The noise of a run: the recurrent mask of step t (B, S_0), or nullptr when there is none (no
+// recurrent dropout, or eval); zoneout's z of carried state k at step t (B, S_k), or nullptr where
+// the probability p stands for it (eval); p = 0: no zoneout.
+template <typename T>
+struct Noise {
+  const T* drop = nullptr;
+  int64_t drop_st = 0;
+  const T* zone[2] = {nullptr, nullptr};
+  int64_t zone_st[2] = {0, 0};
+  T p = T(0);
+  Noise(const Spec& sp, const Tensors& noise) : p(T(sp.zoneout)) {
+    if (noise.empty()) return;
+    if (sp.noise_drop() >= 0) drop = noise[sp.noise_drop()].data_ptr<T>(), drop_st = noise[sp.noise_drop()].stride(0);
+    for (int64_t k = 0; sp.noise_zone() >= 0 && k < sp.cell->n_states; ++k) {
+      const Tensor& z = noise[sp.noise_zone() + k];
+      zone[k] = z.data_ptr<T>(), zone_st[k] = z.stride(0);
+    }
+  }
+  bool zoneout() const { return p > T(0); }
+  // Row b of step t's recurrent mask (width S_0), or nullptr.
+  const T* mask(int64_t t, int64_t b, int64_t S) const { return drop ? drop + t * drop_st + b * S : nullptr; }
+  // Row b of step t's z of state k (width S), or nullptr (then p).
+  const T* z(int64_t t, int64_t k, int64_t b, int64_t S) const {
+    return zone[k] ? zone[k] + t * zone_st[k] + b * S : nullptr;
+  }
+};
+
+// Zoneout of one row: upd (what the cell computed, saved for backward) = s when upd is given,
+// then s = s + z (s_prev - s), z the row's draws or p everywhere.
+template <typename T>
+inline void zone_row(int64_t n, T* __restrict s, const T* __restrict s_prev, const T* __restrict z, T p,
+                     T* __restrict upd) {
+  if (upd != nullptr) std::memcpy(upd, s, n * sizeof(T));
+  if (z != nullptr) {
+    for (int64_t j = 0; j < n; ++j) s[j] += z[j] * (s_prev[j] - s[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) s[j] += p * (s_prev[j] - s[j]);
+  }
+}
+
+// The backward split of zoneout for one row: keep (n) = g z (the direct path to s_{t-1}), and
+// g = g (1 - z) (what reaches the cell's computed state).
+template <typename T>
+inline void zone_split(int64_t n, T* __restrict g, const T* __restrict z, T p, T* __restrict keep) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T zj = z != nullptr ? z[j] : p;
+    keep[j] = g[j] * zj, g[j] *= T(1) - zj;
+  }
+}
+
+// y = x * m over n elements (the state as it enters the recurrence under recurrent dropout).
+template <typename T>
+inline void mul_to(int64_t n, T* __restrict y, const T* __restrict x, const T* __restrict m) {
+  for (int64_t j = 0; j < n; ++j) y[j] = x[j] * m[j];
+}
+
+// y += x * m over n elements (a gradient coming back through the masked recurrence).
+template <typename T>
+inline void add_masked(int64_t n, T* __restrict y, const T* __restrict x, const T* __restrict m) {
+  for (int64_t j = 0; j < n; ++j) y[j] += x[j] * m[j];
+}
+
+template <typename T>
+inline void clamp_row(int64_t n, T* __restrict g, T x) {
+  for (int64_t j = 0; j < n; ++j) g[j] = std::min(x, std::max(-x, g[j]));
+}
+
+// The states as they entered the recurrence, (T, B, S): row t is s_{t-1} * m_t (s_{-1} = state0).
+// Under recurrent dropout the recurrent weight gradients are taken against these.
+template <typename T>
+Tensor dropped_prev(const Tensor& state0, const Tensor& states, const Noise<T>& nz) {
+  const int64_t Tn = states.size(0), B = states.size(1), S = states.size(2);
+  Tensor out = empty_seq({Tn, B, S}, states.options());
+  const T *s0 = state0.data_ptr<T>(), *ss = states.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  for (int64_t t = 0; t < Tn; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      mul_to(S, o + (t * B + b) * S, (t ? ss + ((t - 1) * B + b) * S : s0 + b * S), nz.mask(t, b, S));
+  return out;
+}
+
 // ---- backward through time -----------------------------------------------------------------
 // The gradient of carried state k after the last step: d_final[k], or zeros (a new tensor,
 // updated in place by the time loop).
@@ -119,37 +202,72 @@ struct StepRows {
   int64_t n;
 };
 
+// The options backward_steps applies: clip (0: none) clamps the carried gradients, state 0's
+// and also's (B, also_n: an LSTM's dc, or nullptr); noise gives zoneout's z of state 0.
+template <typename T>
+struct StepOptions {
+  T clip;
+  Noise<T> noise;
+  T* also = nullptr;
+  int64_t also_n = 0;
+  StepOptions(const Spec& sp, const BwdArgs& a, T* also_ = nullptr, int64_t also_n_ = 0)
+      : clip(T(sp.clip)), noise(sp, a.noise), also(also_), also_n(also_n_) {}
+};
+
 // The time loop of every cell's backward, t = T-1 .. 0, over the cell's first carried state
 // (S = S_0).  Buffers (B, S): g, the gradient of the state after step t, and g_prev, that of the
 // state before it; they swap after every step (the cells' headers call them dh, dh_prev).  Per
-// step, for every batch row b: g[b] += d_out[t, b]; then
+// step, for every batch row b: g[b] += d_out[t, b]; with clip_recurrent, g[b] and also[b] are
+// clamped; then
 //   valid row:  row(t, b, g[b], g_prev[b]), the cell's gate math: writes the step's gradient
 //               rows and sets g_prev[b] (to zero or to its direct path, h_t's dependence on
-//               h_{t-1} outside the recurrent weights);
+//               h_{t-1} outside the recurrent weights); under zoneout g[b] is first split
+//               (zone_split) and its direct part g z added to g_prev[b] after row;
 //   padded row: the step did not happen: g[b] passes to g_prev[b] unchanged and row (t, b) of
 //               every buffer in zeroed is set to zero;
-// then step(t, g_prev) adds the recurrent terms (GEMMs with the recurrent weights, and any pass
-// between them) into g_prev.  Rows run on threads when B is large: row must only write row b.
+// (the padded rows are done in a first pass over the rows, the valid ones in a second, after
+// pre(t, g): what a step needs of all of g before the rows' math, e.g. an LSTM's projection
+// dm = g W_hr), then step(t, g_prev) adds the recurrent terms (GEMMs with the recurrent weights,
+// and any pass between them) into g_prev.  Rows run on threads when B is large: row must only write row b.
 // Returns g after step 0: the gradient of state0[0].
-template <typename T, typename Row, typename Step>
-Tensor backward_steps(const BwdArgs& a, int64_t row_work, const std::vector<StepRows<T>>& zeroed, const Row& row,
-                      const Step& step) {
+struct NoPre {
+  template <typename T>
+  void operator()(int64_t, const T*) const {}
+};
+
+template <typename T, typename Row, typename Step, typename Pre = NoPre>
+Tensor backward_steps(const BwdArgs& a, const StepOptions<T>& opt, int64_t row_work,
+                      const std::vector<StepRows<T>>& zeroed, const Row& row, const Step& step,
+                      const Pre& pre = Pre()) {
   const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), S = a.states[0].size(2);
   const Mask mask(a.mask, B);
   const GradOut<T> d_out(a.d_out);
   Tensor g = final_grad(a, 0), g_prev = at::empty_like(g);
+  const Tensor keep_t = opt.noise.zoneout() ? at::empty_like(g) : Tensor();   // zoneout's direct part
+  T* keep = opt.noise.zoneout() ? keep_t.data_ptr<T>() : nullptr;
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* g_t = g.data_ptr<T>();
     T* g_p = g_prev.data_ptr<T>();
     for_rows(B, row_work, [&](int64_t b) {
       T *gb = g_t + b * S, *pb = g_p + b * S;
       d_out.add(t, b, S, gb);
+      if (opt.clip > T(0)) {
+        clamp_row(S, gb, opt.clip);
+        if (opt.also != nullptr) clamp_row(opt.also_n, opt.also + b * opt.also_n, opt.clip);
+      }
       if (mask.valid(t, b)) {
-        row(t, b, gb, pb);
+        if (keep != nullptr) zone_split(S, gb, opt.noise.z(t, 0, b, S), opt.noise.p, keep + b * S);
         return;
       }
       std::memcpy(pb, gb, S * sizeof(T));
       for (const StepRows<T>& z : zeroed) std::fill_n(z.p + (t * B + b) * z.n, z.n, T(0));
+    });
+    pre(t, static_cast<const T*>(g_t));
+    for_rows(B, row_work, [&](int64_t b) {
+      if (!mask.valid(t, b)) return;
+      T *gb = g_t + b * S, *pb = g_p + b * S;
+      row(t, b, gb, pb);
+      if (keep != nullptr) add_to(S, pb, keep + b * S);
     });
     step(t, g_p);
     std::swap(g, g_prev);

@@ -1,18 +1,33 @@
 // LSTM over a whole sequence, forward and backward through time (gate order i, f, g, o).
 //
-// Tensors (T steps, B batch, H hidden):
+// Tensors (T steps, B batch, H hidden, P = proj_size if projected else H):
 //   xp       (T, B, 4H)   x W_ih^T + b_ih                             input, read only
-//   h0, c0   (B, H)       initial states                               input, read only
-//   w_hh     (4H, H), b_hh (4H) | None
-//   hs, cs   (T, B, H)    h_t and c_t: the states, saved for backward
+//   h0 (B, P), c0 (B, H)  initial states                               input, read only
+//   w_hh     (4H, P), b_hh (4H) | None
+//   w_hr     (P, H)       projection only: h_t = m_t W_hr^T, m_t = o_t * tanh(c_t)
+//   w_ch     (3H)         peephole only: [w_ci, w_cf, w_co] (c_{t-1} into i, f; c_t into o)
+//   noise    (T, B, H)    recurrent mask m_t and/or zoneout's z_t of h and of c (rnn.h), read only
+//   hs (T, B, P), cs (T, B, H)   h_t and c_t: the states, saved for backward
 //   gates    (T, B, 4H)   post-activation [i, f, g, o]: saved ("gates") and traced
 //   tanh_c   (T, B, H)    tanh(c_t): saved ("tanh_c")
-//            Without save, gates and tanh_c are (B, .) workspaces reused by every step.  With
-//            save, their rows of padded steps are zero (written, so that runs are reproducible).
+//   h_update (T, B, P), c_update (T, B, H)  zoneout with save: the h_t, c_t the cell computed, saved
+//   m        (B, H)       projection, forward workspace: o * tanh(c_t) of the step (the GEMM's input)
+//            Without save, gates and tanh_c are (B, .) workspaces reused by every step (and the
+//            updates are not kept).  With save, their rows of padded steps are zero (written, so
+//            that runs are reproducible).
+//   hd       (B, H)       recurrent dropout, forward workspace of the GEMM path: h_{t-1} * m_t (the
+//                         fused path multiplies as it reads h)
 //   dg       (T, B, 4H)   backward: d pre-activation = d_xp, returned; also the rows of the
 //                         post-loop GEMM dW_hh = dg^T [h0; hs[:-1]]
-//   dh, dh_prev (B, H)    backward: carried dh and the next one (backward_steps, loop.h)
+//   dh, dh_prev (B, P)    backward: carried dh and the next one (backward_steps, loop.h)
+//   dm       (B, H)       projection, backward workspace: dh_t W_hr, what the gate rows read as dh
+//   dh_all   (T, B, P)    projection, backward: dh_t of every step (zero on padded rows), for the
+//                         post-loop dW_hr = dh_all^T m_all, m_all = o * tanh_c (T, B, H)
 //   dc       (B, H)       backward: carried dc, updated in place
+//   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
+//                         to dh_{t-1} times m_t
+// Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
+// db_hh = sum dg, dw_ch = [sum di c_{t-1}, sum df c_{t-1}, sum do c~_t] (c~: before zoneout).
 // Aliasing: the step GEMM writes h_{t-1} W_hh^T into gates[t], which the gate pass overwrites
 // in place with the activations.
 #include "activations.h"
@@ -27,65 +42,101 @@ namespace rnnkit {
 namespace {
 
 // Gate pass of one row (plain function of restrict pointers, so that gcc vectorises it):
-// g holds h_{t-1} W_hh^T on entry and the activated gates on exit.
+// g holds h_{t-1} W_hh^T on entry and the activated gates on exit; peep: w_ch (3H) or zeros.
 template <typename T>
 void forward_row(int64_t H, T* __restrict g, const T* __restrict x, const T* __restrict bias,
-                 const T* __restrict c_prev, T* __restrict c, T* __restrict tc, T* __restrict h) {
+                 const T* __restrict peep, const T* __restrict c_prev, T* __restrict c, T* __restrict tc,
+                 T* __restrict h) {
   for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid(g[j] + x[j] + bias[j]);
-    const T f = sigmoid(g[H + j] + x[H + j] + bias[H + j]);
+    const T i = sigmoid(g[j] + x[j] + bias[j] + peep[j] * c_prev[j]);
+    const T f = sigmoid(g[H + j] + x[H + j] + bias[H + j] + peep[H + j] * c_prev[j]);
     const T n = tanh_(g[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
-    const T o = sigmoid(g[3 * H + j] + x[3 * H + j] + bias[3 * H + j]);
     const T cn = f * c_prev[j] + i * n;
+    const T o = sigmoid(g[3 * H + j] + x[3 * H + j] + bias[3 * H + j] + peep[2 * H + j] * cn);
     const T tcn = tanh_(cn);
     g[j] = i, g[H + j] = f, g[2 * H + j] = n, g[3 * H + j] = o;
     c[j] = cn, tc[j] = tcn, h[j] = o * tcn;
   }
 }
 
-// Gradient of one row: d (4H) from dh = gh and the carried dc (updated in place to dc_{t-1}).
+// Gradient of one row: d (4H) from dh = gh and the carried dc (updated in place to dc_{t-1});
+// peep: w_ch (3H) or zeros; zc: zoneout's z of c for the row (zc_p: its constant when zc is
+// nullptr; 0 without zoneout): dc reaches the cell times (1 - z) and c_{t-1} directly times z.
 template <typename T>
 void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, const T* __restrict c_prev,
-                  const T* __restrict gh, T* __restrict gc, T* __restrict d, T* __restrict next) {
+                  const T* __restrict peep, const T* __restrict zc, T zc_p, const T* __restrict gh,
+                  T* __restrict gc, T* __restrict d) {
   for (int64_t j = 0; j < H; ++j) {
     const T i = g[j], f = g[H + j], n = g[2 * H + j], o = g[3 * H + j];
-    const T dct = gc[j] + gh[j] * o * (T(1) - tc[j] * tc[j]);
-    d[j] = dct * n * i * (T(1) - i);
-    d[H + j] = dct * c_prev[j] * f * (T(1) - f);
+    const T z = zc != nullptr ? zc[j] : zc_p;
+    const T dpo = gh[j] * tc[j] * o * (T(1) - o);
+    const T dct = gc[j] * (T(1) - z) + gh[j] * o * (T(1) - tc[j] * tc[j]) + dpo * peep[2 * H + j];
+    const T di = dct * n * i * (T(1) - i), df = dct * c_prev[j] * f * (T(1) - f);
+    d[j] = di, d[H + j] = df;
     d[2 * H + j] = dct * i * (T(1) - n * n);
-    d[3 * H + j] = gh[j] * tc[j] * o * (T(1) - o);
-    gc[j] = dct * f;                                         // the constant error carousel
-    next[j] = T(0);
+    d[3 * H + j] = dpo;
+    gc[j] = dct * f + di * peep[j] + df * peep[H + j] + gc[j] * z;   // the constant error carousel
   }
 }
 
+// The peephole weights (3H), or 3H zeros without peepholes (the rows then add nothing).
+Tensor peep_or_zeros(const Spec& sp, const OptTensors& rec, int64_t H, const at::TensorOptions& opt) {
+  return sp.peephole ? *rec[sp.proj > 0 ? 3 : 2] : at::zeros({3 * H}, opt);
+}
+
+// bufs: lstm_buffers' [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined,
+// m | undefined].
 template <typename T>
-void forward_impl(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Tensor& gates,
-                  const Tensor& tanh_c) {
-  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
+void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H, P = bufs[0].size(2);
+  const bool proj = sp.proj > 0;
   const Mask mask(a.mask, B);
-  const Tensor bias_t = or_zeros(a.rec[1], G, a.xp.options());
+  const Noise<T> nz(sp, a.noise);
+  const Tensor bias_t = or_zeros(a.rec[1], G, a.xp.options()), peep_t = peep_or_zeros(sp, a.rec, H, a.xp.options());
+  const Tensor hd_t = nz.drop ? at::empty({B, P}, a.xp.options()) : Tensor();
   const T *xp = a.xp.data_ptr<T>(), *w = a.rec[0]->data_ptr<T>(), *bias = bias_t.data_ptr<T>();
-  const T *h0 = a.state0[0].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
-  T *H_ = hs.data_ptr<T>(), *C_ = cs.data_ptr<T>(), *G_ = gates.data_ptr<T>(), *TC = tanh_c.data_ptr<T>();
-  const StepWeight<T> w_t(Op::T, B, G, H, w, H);              // h W_hh^T
+  const T *peep = peep_t.data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
+  T *H_ = bufs[0].data_ptr<T>(), *C_ = bufs[1].data_ptr<T>(), *G_ = bufs[2].data_ptr<T>(), *TC = bufs[3].data_ptr<T>();
+  T* upd[2] = {bufs[4].defined() ? bufs[4].data_ptr<T>() : nullptr, bufs[5].defined() ? bufs[5].data_ptr<T>() : nullptr};
+  T* hd = nz.drop ? hd_t.data_ptr<T>() : nullptr;
+  T* M = proj ? bufs[6].data_ptr<T>() : nullptr;
+  const StepWeight<T> w_t(Op::T, B, G, P, w, P);              // h W_hh^T
+  c10::optional<StepWeight<T>> w_r;                           // m W_hr^T
+  if (proj) w_r.emplace(Op::T, B, P, H, a.rec[2]->data_ptr<T>(), H);
   for (int64_t t = 0; t < Tn; ++t) {
-    const T* hp = t ? H_ + (t - 1) * B * H : h0;
+    const T* hp = t ? H_ + (t - 1) * B * P : h0;
     const T* cp = t ? C_ + (t - 1) * B * H : c0;
     T* gt = a.save ? G_ + t * B * G : G_;                     // (B, 4H)
     T* tct = a.save ? TC + t * B * H : TC;                    // (B, H)
-    w_t.mul(hp, H, T(0), gt, G);
+    if (hd != nullptr)
+      for (int64_t b = 0; b < B; ++b) mul_to(P, hd + b * P, hp + b * P, nz.mask(t, b, P));
+    w_t.mul(hd != nullptr ? hd : hp, P, T(0), gt, G);
     for_rows(B, G, [&](int64_t b) {
-      T* h = H_ + (t * B + b) * H;
-      T* c = C_ + (t * B + b) * H;
+      const int64_t row = t * B + b;
+      T* h = H_ + row * P;
+      T* c = C_ + row * H;
       if (mask.valid(t, b)) {
-        forward_row(H, gt + b * G, xp + (t * B + b) * G, bias, cp + b * H, c, tct + b * H, h);
+        forward_row(H, gt + b * G, xp + row * G, bias, peep, cp + b * H, c, tct + b * H, proj ? M + b * H : h);
+        if (nz.zoneout()) {
+          if (!proj) zone_row(H, h, hp + b * H, nz.z(t, 0, b, H), nz.p, upd[0] ? upd[0] + row * H : nullptr);
+          zone_row(H, c, cp + b * H, nz.z(t, 1, b, H), nz.p, upd[1] ? upd[1] + row * H : nullptr);
+        }
       } else {                                                // padded: the state stays
-        std::memcpy(h, hp + b * H, H * sizeof(T));
+        std::memcpy(h, hp + b * P, P * sizeof(T));
         std::memcpy(c, cp + b * H, H * sizeof(T));
         if (a.save) std::fill_n(gt + b * G, G, T(0)), std::fill_n(tct + b * H, H, T(0));
+        if (upd[0] != nullptr) std::fill_n(upd[0] + row * P, P, T(0)), std::fill_n(upd[1] + row * H, H, T(0));
       }
     });
+    if (!proj) continue;
+    T* ht = H_ + t * B * P;
+    w_r->mul(M, H, T(0), ht, P);                              // h_t = m W_hr^T, then zoneout
+    for (int64_t b = 0; b < B; ++b) {
+      if (!mask.valid(t, b))
+        std::memcpy(ht + b * P, hp + b * P, P * sizeof(T));
+      else if (nz.zoneout())
+        zone_row(P, ht + b * P, hp + b * P, nz.z(t, 0, b, P), nz.p, upd[0] ? upd[0] + (t * B + b) * P : nullptr);
+    }
   }
 }
 
@@ -113,9 +164,42 @@ void by_row_tiles(int64_t B, const F& f) {
   }
 }
 
+// What the fused loops read besides the plain LSTM's: the peephole weights (3H; zeros without
+// peepholes), the noise, zoneout's update buffers (forward with save; else nullptr) and the clip.
+struct Fused {
+  const float* peep;
+  Noise<float> nz;
+  float* upd[2];
+  float clip;
+};
+
+// z's lanes of state k, row b, step t, units j0.. (its draws, or p), as a vector.
+inline simd::V zone_at(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
+  const float* z = o.nz.z(t, k, b, H);
+  return z != nullptr ? simd::load(z + j0, m) : simd::splat(o.nz.p);
+}
+
+// acc[r][g] += sum_k h[r, k] (* m[r, k]) wp[k, g]: the block's four gate sums of R rows.
+template <int R, bool Drop>
+inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* const* mr, simd::V (&acc)[R][4]) {
+  using namespace simd;
+  const float* w = wp;
+  for (int64_t k = 0; k < H; ++k, w += 4 * kLanes) {
+    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+    keep_in_registers(w0, w1, w2, w3);
+    for (int r = 0; r < R; ++r) {
+      const V h = splat(Drop ? hp[r * H + k] * mr[r][k] : hp[r * H + k]);
+      acc[r][0] = _mm512_fmadd_ps(h, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(h, w1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(h, w2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(h, w3, acc[r][3]);
+    }
+  }
+}
+
 template <int R>
-void lstm_tile(const FwdArgs& a, const float* wp, const float* bias, int64_t t, int64_t jb, int64_t b0,
-               const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
+void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
+               int64_t b0, const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
   using namespace simd;
   const int64_t B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
@@ -126,19 +210,14 @@ void lstm_tile(const FwdArgs& a, const float* wp, const float* bias, int64_t t, 
   V acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
-  const float* w = wp + jb * H * 4 * kLanes;
-  for (int64_t k = 0; k < H; ++k, w += 4 * kLanes) {
-    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
-    keep_in_registers(w0, w1, w2, w3);
-    for (int r = 0; r < R; ++r) {
-      const V h = splat(hp[r * H + k]);
-      acc[r][0] = _mm512_fmadd_ps(h, w0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(h, w1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(h, w2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(h, w3, acc[r][3]);
-    }
-  }
+  const float* mr[R];                                          // the rows' recurrent masks
+  for (int r = 0; r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+  if (o.nz.drop != nullptr)
+    gate_sums<R, true>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
+  else
+    gate_sums<R, false>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
   const Mask mask(a.mask, B);
+  const V wci = load(o.peep + j0, m), wcf = load(o.peep + H + j0, m), wco = load(o.peep + 2 * H + j0, m);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
     float* h = hs.data_ptr<float>() + row * H + j0;
@@ -152,18 +231,28 @@ void lstm_tile(const FwdArgs& a, const float* wp, const float* bias, int64_t t, 
         for (int g = 0; g < 4; ++g) store(gt + g * H, _mm512_setzero_ps(), m);
         store(tc, _mm512_setzero_ps(), m);
       }
+      for (float* u : o.upd)
+        if (u != nullptr) store(u + row * H + j0, _mm512_setzero_ps(), m);
       continue;
     }
     const float* x = a.xp.data_ptr<float>() + row * G + j0;
     V pre[4];
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
-    const V i = sigmoid(pre[0]), f = sigmoid(pre[1]), n = tanh(pre[2]), o = sigmoid(pre[3]);
+    const V i = sigmoid(_mm512_fmadd_ps(wci, c_prev, pre[0])), f = sigmoid(_mm512_fmadd_ps(wcf, c_prev, pre[1]));
+    const V n = tanh(pre[2]);
     const V cn = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, n));
+    const V og = sigmoid(_mm512_fmadd_ps(wco, cn, pre[3]));
     const V tcn = tanh(cn);
-    store(c, cn, m), store(h, _mm512_mul_ps(o, tcn), m);
+    V hn = _mm512_mul_ps(og, tcn), cz = cn;
+    if (o.nz.zoneout()) {                                      // s = s~ + z (s_prev - s~)
+      if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, cn, m);
+      hn = _mm512_fmadd_ps(zone_at(o, t, 0, b, H, j0, m), _mm512_sub_ps(load(hp + r * H + j0, m), hn), hn);
+      cz = _mm512_fmadd_ps(zone_at(o, t, 1, b, H, j0, m), _mm512_sub_ps(c_prev, cn), cn);
+    }
+    store(c, cz, m), store(h, hn, m);
     if (gt != nullptr) {
-      store(gt, i, m), store(gt + H, f, m), store(gt + 2 * H, n, m), store(gt + 3 * H, o, m);
+      store(gt, i, m), store(gt + H, f, m), store(gt + 2 * H, n, m), store(gt + 3 * H, og, m);
       store(tc, tcn, m);
     }
   }
@@ -191,21 +280,27 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   const int64_t share = 4 * H * H * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
 }
-bool use_fused(const FwdArgs& a) { return fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4); }
+bool use_fused(const Spec& sp, const FwdArgs& a) {
+  return sp.proj == 0 && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
+}
 
-void forward_fused(const FwdArgs& a, const Tensor& hs, const Tensor& cs, const Tensor& gates,
-                   const Tensor& tanh_c) {
+void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  const Tensor &hs = bufs[0], &cs = bufs[1], &gates = bufs[2], &tanh_c = bufs[3];
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
-  const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
+  const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options()), peep_t = peep_or_zeros(sp, a.rec, H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
+  const Fused o{peep_t.data_ptr<float>(), Noise<float>(sp, a.noise),
+                {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
+                 bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
+                0.0f};
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   const int64_t threads = B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1;
   owned_blocks(
       Tn, nb, threads,
       [&](int64_t t, int64_t jb) {
         by_row_tiles(B, [&](auto rows, int64_t b0) {
-          lstm_tile<decltype(rows)::value>(a, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
+          lstm_tile<decltype(rows)::value>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
         });
       },
       [](int64_t, int64_t) {});
@@ -230,14 +325,16 @@ Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
   return packed;
 }
 
-// out (R rows, ld H) [block jb] += dg (R rows, ld G) wn[jb]
+// out (R rows, ld H) [block jb] += dg (R rows, ld G) wn[jb], times the rows' recurrent masks
+// mr[r] (ld H) where they are given (recurrent dropout)
 template <int R>
-void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb, float* out) {
+void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb, float* out,
+             const float* const* mr) {
   using namespace simd;
   const int64_t j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
   V acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = load(out + r * H + j0, m);
+  for (int r = 0; r < R; ++r) acc[r] = mr[r] != nullptr ? _mm512_setzero_ps() : load(out + r * H + j0, m);
   const float* w = wn + jb * G * kLanes;
   int64_t k = 0;
   for (; k + 4 <= G; k += 4, w += 4 * kLanes) {                // four k at a time: four weight loads per R rows
@@ -255,16 +352,20 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
     const V w0 = _mm512_loadu_ps(w);
     for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(splat(dg[r * G + k]), w0, acc[r]);
   }
-  for (int r = 0; r < R; ++r) store(out + r * H + j0, acc[r], m);
+  for (int r = 0; r < R; ++r) {
+    if (mr[r] != nullptr) acc[r] = _mm512_fmadd_ps(acc[r], load(mr[r] + j0, m), load(out + r * H + j0, m));
+    store(out + r * H + j0, acc[r], m);
+  }
 }
 
-bool use_fused_backward(const BwdArgs& a) {
+bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  return fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
 
-// Returns dh_0; dc_t carries dc back in place to dc_0.
-Tensor backward_fused(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
+// Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
+// clamped first (padded rows too); under zoneout their direct parts dh_t z, dc_t z go to step t-1.
+Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
   using namespace simd;
   const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
   const int64_t nb = (H + kLanes - 1) / kLanes;
@@ -277,7 +378,10 @@ Tensor backward_fused(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) 
   const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
   float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
   const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
-  const V one = splat(1.0f);
+  const V one = splat(1.0f), zero = _mm512_setzero_ps();
+  const Tensor peep_t = peep_or_zeros(sp, a.rec, H, a.states[0].options());
+  const Fused o{peep_t.data_ptr<float>(), Noise<float>(sp, a.noise), {nullptr, nullptr}, float(sp.clip)};
+  const V lo = splat(-o.clip), hi = splat(o.clip);
   owned_blocks(
       Tn, nb, threads,
       [&](int64_t s, int64_t jb) {                             // step s of the loop is t = Tn-1-s
@@ -288,25 +392,39 @@ Tensor backward_fused(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) 
           const int64_t row = t * B + b;
           float* gh_p = cur + b * H + j0;
           d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
-          const V gh = load(gh_p, m);
+          V gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
+          if (o.clip > 0.0f) {
+            gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
+            store(dc + b * H + j0, gc, m);
+          }
           float* d = dg + row * G + j0;
           if (!mask.valid(t, b)) {
-            for (int g = 0; g < 4; ++g) store(d + g * H, _mm512_setzero_ps(), m);
+            for (int g = 0; g < 4; ++g) store(d + g * H, zero, m);
             store(next + b * H + j0, gh, m);
             continue;
           }
+          V keep_h = zero, keep_c = zero;                      // zoneout's direct parts
+          if (o.nz.zoneout()) {
+            const V zh = zone_at(o, t, 0, b, H, j0, m), zc = zone_at(o, t, 1, b, H, j0, m);
+            keep_h = _mm512_mul_ps(gh, zh), keep_c = _mm512_mul_ps(gc, zc);
+            gh = _mm512_sub_ps(gh, keep_h), gc = _mm512_sub_ps(gc, keep_c);
+          }
           const float* gt = gates + row * G + j0;
-          const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), o = load(gt + 3 * H, m);
+          const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), og = load(gt + 3 * H, m);
           const V tc = load(tanh_c + row * H + j0, m);
           const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
-          const V gc = load(dc + b * H + j0, m);
-          const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, o), _mm512_fnmadd_ps(tc, tc, one), gc);
-          store(d, _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i))), m);
-          store(d + H, _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f))), m);
+          const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
+          V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one), gc);
+          dct = _mm512_fmadd_ps(dpo, load(o.peep + 2 * H + j0, m), dct);
+          const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+          const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+          store(d, di, m), store(d + H, df, m);
           store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
-          store(d + 3 * H, _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o))), m);
-          store(dc + b * H + j0, _mm512_mul_ps(dct, f), m);
-          store(next + b * H + j0, _mm512_setzero_ps(), m);
+          store(d + 3 * H, dpo, m);
+          V dcp = _mm512_fmadd_ps(dct, f, keep_c);
+          dcp = _mm512_fmadd_ps(di, load(o.peep + j0, m), _mm512_fmadd_ps(df, load(o.peep + H + j0, m), dcp));
+          store(dc + b * H + j0, dcp, m);
+          store(next + b * H + j0, keep_h, m);
         }
       },
       [&](int64_t s, int64_t jb) {
@@ -314,44 +432,106 @@ Tensor backward_fused(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) 
         float* next = dh[(s + 1) % 2].data_ptr<float>();
         const float* dg_t = dg + t * B * G;
         by_row_tiles(B, [&](auto rows, int64_t b0) {
-          dh_tile<decltype(rows)::value>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H);
+          constexpr int R = decltype(rows)::value;
+          const float* mr[R];
+          for (int r = 0; r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+          dh_tile<R>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H, mr);
         });
       });
   return dh[Tn % 2];
 }
 #endif
 
-// Returns dh_0; dc_t carries dc back in place to dc_0.
+// Returns dh_0; dc_t carries dc back in place to dc_0; dh_all (projection: (T, B, P), else
+// undefined) receives every step's dh_t.
 template <typename T>
-Tensor backward_impl(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
-  const int64_t B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
+Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensor& dh_all) {
+  const int64_t B = a.states[0].size(1), P = a.states[0].size(2), H = a.states[1].size(2), G = 4 * H;
+  const bool proj = sp.proj > 0;
   const T *cs = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   const T *gates = a.saved[0].data_ptr<T>(), *tanh_c = a.saved[1].data_ptr<T>();
   T *dg = dg_t.data_ptr<T>(), *dc = dc_t.data_ptr<T>();
-  const StepWeight<T> w_n(Op::N, B, H, G, a.rec[0]->data_ptr<T>(), H);   // dg W_hh
+  const StepOptions<T> opt(sp, a, dc, H);
+  const Mask mask(a.mask, B);
+  const Tensor peep_t = peep_or_zeros(sp, a.rec, H, dg_t.options());
+  const Tensor dhd_t = opt.noise.drop ? at::empty({B, P}, dg_t.options()) : Tensor();
+  const Tensor dm_t = proj ? at::empty({B, H}, dg_t.options()) : Tensor();
+  const T* peep = peep_t.data_ptr<T>();
+  T* dm = proj ? dm_t.data_ptr<T>() : nullptr;
+  const StepWeight<T> w_n(Op::N, B, P, G, a.rec[0]->data_ptr<T>(), P);   // dg W_hh
+  c10::optional<StepWeight<T>> w_r;                           // dh W_hr
+  if (proj) w_r.emplace(Op::N, B, H, P, a.rec[2]->data_ptr<T>(), H);
   return backward_steps<T>(
-      a, G, {{dg, G}},
+      a, opt, G, {{dg, G}},
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
         const int64_t r = (t * B + b) * H;
         const T* c_prev = t ? cs + r - B * H : c0 + b * H;
-        backward_row(H, gates + (t * B + b) * G, tanh_c + r, c_prev, dh, dc + b * H, dg + (t * B + b) * G, dh_prev);
+        backward_row(H, gates + (t * B + b) * G, tanh_c + r, c_prev, peep, opt.noise.z(t, 1, b, H), opt.noise.p,
+                     proj ? dm + b * H : dh, dc + b * H, dg + (t * B + b) * G);
+        std::fill_n(dh_prev, P, T(0));
       },
-      [&](int64_t t, T* dh_prev) { w_n.mul(dg + t * B * G, G, T(1), dh_prev, H); });   // += dg_t W_hh
+      [&](int64_t t, T* dh_prev) {
+        if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P);   // += dg_t W_hh
+        T* dhd = dhd_t.data_ptr<T>();
+        w_n.mul(dg + t * B * G, G, T(0), dhd, P);
+        for (int64_t b = 0; b < B; ++b) add_masked(P, dh_prev + b * P, dhd + b * P, opt.noise.mask(t, b, P));
+      },
+      [&](int64_t t, const T* dh) {                           // projection: dm = dh_t W_hr, dh_t kept
+        if (!proj) return;
+        w_r->mul(dh, P, T(0), dm, H);
+        T* keep = dh_all.data_ptr<T>() + t * B * P;
+        for (int64_t b = 0; b < B; ++b) {
+          if (mask.valid(t, b))
+            std::memcpy(keep + b * P, dh + b * P, P * sizeof(T));
+          else
+            std::fill_n(keep + b * P, P, T(0));
+        }
+      });
 }
 
-Tensors lstm_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
+// dW_hr (P, H) = dh_all^T m_all, m_all = o * tanh_c over all T*B rows (zero on padded rows).
+template <typename T>
+void projection_grad(int64_t R, int64_t H, int64_t P, const T* dh_all, const T* gates, const T* tanh_c, T* dw) {
+  Tensor m_t = at::empty({R, H}, c10::CppTypeToScalarType<T>::value);
+  T* m = m_t.data_ptr<T>();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < H; ++j) m[r * H + j] = gates[r * 4 * H + 3 * H + j] * tanh_c[r * H + j];
+  gemm(Op::T, Op::N, P, H, R, dh_all, P, m, H, T(0), dw, H);
+}
+
+// dw_ch (3H) = [sum di c_{t-1}, sum df c_{t-1}, sum do c~_t] over all T*B rows (padded rows have
+// dg = 0); c_new: c~_t (T, B, H), the cell computed before zoneout.
+template <typename T>
+void peephole_grad(int64_t Tn, int64_t B, int64_t H, const T* dg, const T* c0, const T* cs, const T* c_new, T* dw) {
+  std::fill(dw, dw + 3 * H, T(0));
+  for (int64_t t = 0; t < Tn; ++t)
+    for (int64_t b = 0; b < B; ++b) {
+      const T *d = dg + (t * B + b) * 4 * H, *cp = t ? cs + ((t - 1) * B + b) * H : c0 + b * H;
+      const T* cn = c_new + (t * B + b) * H;
+      for (int64_t j = 0; j < H; ++j) {
+        dw[j] += d[j] * cp[j];
+        dw[H + j] += d[H + j] * cp[j];
+        dw[2 * H + j] += d[3 * H + j] * cn[j];
+      }
+    }
+}
+
+// [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined, m | undefined] (see the
+// header comment).
+Tensors lstm_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                      const at::TensorOptions& opt) {
-  const int64_t rows = save ? T * B : B;
-  return {empty_seq({T, B, H}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
-          empty_seq({rows, H}, opt)};
+  const int64_t rows = save ? T * B : B, P = sp.proj > 0 ? sp.proj : H;
+  const bool upd = sp.zoneout > 0 && save;
+  return {empty_seq({T, B, P}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
+          empty_seq({rows, H}, opt), upd ? empty_seq({T, B, P}, opt) : Tensor(), upd ? empty_seq({T, B, H}, opt) : Tensor(),
+          sp.proj > 0 ? at::empty({B, H}, opt) : Tensor()};
 }
 
-void lstm_run(const Spec&, const FwdArgs& a, const Tensors& bufs) {
+void lstm_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 #ifdef RNNKIT_AVX512
-  if (use_fused(a)) return forward_fused(a, bufs[0], bufs[1], bufs[2], bufs[3]);
+  if (use_fused(sp, a)) return forward_fused(sp, a, bufs);
 #endif
-  AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward",
-                             [&] { forward_impl<scalar_t>(a, bufs[0], bufs[1], bufs[2], bufs[3]); });
+  AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward", [&] { forward_impl<scalar_t>(sp, a, bufs); });
 }
 
 FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
@@ -359,37 +539,63 @@ FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
   const Tensors bufs = lstm_buffers(sp, Tn, B, H, a.rec, a.save, a.xp.options());
   lstm_run(sp, a, bufs);
   if (!a.save) return {{bufs[0], bufs[1]}, {}};
-  return {{bufs[0], bufs[1]}, {bufs[2].view({Tn, B, 4 * H}), bufs[3].view({Tn, B, H})}};
+  Tensors saved{bufs[2].view({Tn, B, 4 * H}), bufs[3].view({Tn, B, H})};
+  if (bufs[4].defined()) saved.push_back(bufs[4]), saved.push_back(bufs[5]);
+  return {{bufs[0], bufs[1]}, saved};
 }
 
-BwdResult lstm_backward(const Spec&, const BwdArgs& a) {
+BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2);
+  const int64_t Tn = hs.size(0), B = hs.size(1), P = hs.size(2), H = a.states[1].size(2);
   const auto opt = hs.options();
   const Tensor dg = empty_seq({Tn, B, 4 * H}, opt), dc = final_grad(a, 1);
+  const Tensor dh_all = sp.proj > 0 ? empty_seq({Tn, B, P}, opt) : Tensor();
   Tensor dh;
-  Tensor dw = at::empty({4 * H, H}, opt);
-  c10::optional<Tensor> db;
+  Tensor dw = at::empty({4 * H, P}, opt);
+  c10::optional<Tensor> db, dw_ch, dw_hr;
+  if (sp.proj > 0) dw_hr = at::empty({P, H}, opt);
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
+  if (sp.peephole) dw_ch = at::empty({3 * H}, opt);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
+    using T = scalar_t;
 #ifdef RNNKIT_AVX512
-    dh = use_fused_backward(a) ? backward_fused(a, dg, dc) : backward_impl<scalar_t>(a, dg, dc);
+    dh = use_fused_backward(sp, a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc, dh_all);
 #else
-    dh = backward_impl<scalar_t>(a, dg, dc);
+    dh = backward_impl<T>(sp, a, dg, dc, dh_all);
 #endif
-    weight_grad<scalar_t>(Tn, B, 4 * H, H, dg.data_ptr<scalar_t>(), 4 * H,
-                          a.state0[0].data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>());
-    if (db) col_sum<scalar_t>(Tn * B, 4 * H, dg.data_ptr<scalar_t>(), 4 * H, db->data_ptr<scalar_t>());
+    const Noise<T> nz(sp, a.noise);
+    const Tensor hd = nz.drop ? dropped_prev<T>(a.state0[0], hs, nz) : Tensor();
+    const T* prev0 = nz.drop ? hd.data_ptr<T>() : a.state0[0].data_ptr<T>();     // the previous h as it
+    const T* prevs = nz.drop ? hd.data_ptr<T>() + B * P : hs.data_ptr<T>();     // entered W_hh
+    weight_grad<T>(Tn, B, 4 * H, P, dg.data_ptr<T>(), 4 * H, prev0, prevs, dw.data_ptr<T>());
+    if (dw_hr)
+      projection_grad<T>(Tn * B, H, P, dh_all.data_ptr<T>(), a.saved[0].data_ptr<T>(), a.saved[1].data_ptr<T>(),
+                         dw_hr->data_ptr<T>());
+    if (db) col_sum<T>(Tn * B, 4 * H, dg.data_ptr<T>(), 4 * H, db->data_ptr<T>());
+    const Tensor& c_new = sp.zoneout > 0 ? a.saved[3] : a.states[1];             // c~_t
+    if (dw_ch)
+      peephole_grad<T>(Tn, B, H, dg.data_ptr<T>(), a.state0[1].data_ptr<T>(), a.states[1].data_ptr<T>(),
+                       c_new.data_ptr<T>(), dw_ch->data_ptr<T>());
   });
-  return {dg, {dh, dc}, {dw, db}};
+  OptTensors d_rec{dw, db};
+  if (sp.proj > 0) d_rec.push_back(dw_hr);
+  if (sp.peephole) d_rec.push_back(dw_ch);
+  return {dg, {dh, dc}, d_rec};
 }
 
-std::vector<Sym> lstm_saved(const Spec&) { return {kGH, kH}; }      // gates, tanh_c
+// gates, tanh_c; zoneout's h_update, c_update
+std::vector<Sym> lstm_saved(const Spec& sp) { return zoneout_saved(sp, {kGH, kH}); }
+
+std::vector<ParamDecl> lstm_rec(const Spec& sp) {
+  std::vector<ParamDecl> rec{{"weight_hh", {kGH, sp.proj > 0 ? kP : kH}, false}, {"bias_hh", {kGH}, true}};
+  if (sp.proj > 0) rec.push_back({"weight_hr", {kP, kH}, false});
+  if (sp.peephole) rec.push_back({"weight_ch", {kH3}, false});
+  return rec;
+}
 
 }  // namespace
 
 RNNKIT_REGISTER_CELL(Cell{"lstm", /*id=*/2, /*gates=*/4, /*n_states=*/2, lstm_forward, lstm_backward, lstm_buffers,
-                          lstm_run, /*states=*/{kH, kH},
-                          /*rec=*/{{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}}, lstm_saved});
+                          lstm_run, /*states=*/{kH, kH}, lstm_rec, lstm_saved});
 
 }  // namespace rnnkit

@@ -1,14 +1,18 @@
 // The cell table and the spec (rnn.h): the only place a Spec is built, and the only place the
 // spec's numbers are given meaning.
 //
-// The spec is the int vector [cell id, act, out, reset_after] that make_spec returns to Python
-// and that forward, backward, step and Stepper take back; its entries after the id are the
-// options below, each a string on the Python side and a number here.
+// The spec is the int vector [cell id, act, out, reset_after, peephole, recurrent_dropout,
+// zoneout, clip_recurrent, proj_size] that make_spec returns to Python and that forward, backward, step and
+// Stepper take back; its entries after the id are the options below, each a string on the Python
+// side and a number here (the real ones as their double's bit pattern, see Spec in rnn.h).
 #include "rnn.h"
 
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 namespace rnnkit {
@@ -24,11 +28,19 @@ struct Choice {
   int64_t value;
 };
 
-// One option of the spec: its key, its slot in the vector and its values, the first the default.
+// The range of a number option: [0, 1) (a probability), (0, inf) (a bound), or a positive integer
+// below 2^31 (a size; kept as the integer itself, not as a double's bits).
+enum class Real { kNone, kProbability, kPositive, kSize };
+
+// One option of the spec: its key, its slot in the vector and its values, the first the default
+// (a choice), or a real number (default 0 = off); cells: the cells that take it (empty: every
+// cell; another cell given it is a ValueError, since its kernel would ignore it).
 struct Option {
   const char* key;
   size_t slot;
   std::vector<Choice> choices;
+  Real real = Real::kNone;
+  std::vector<std::string> cells = {};
 };
 
 const std::vector<Option>& options() {
@@ -36,11 +48,53 @@ const std::vector<Option>& options() {
       {"nonlinearity", 1, {{"tanh", kTanh}, {"relu", kRelu}}},
       {"output_activation", 2, {{"identity", kIdentity}, {"tanh", kTanh}, {"sigmoid", kSigmoid}, {"softmax", kSoftmax}}},
       {"reset_after", 3, {{"1", 1}, {"0", 0}}},
+      {"peephole", 4, {{"0", 0}, {"1", 1}}, Real::kNone, {"lstm"}},
+      {"recurrent_dropout", 5, {}, Real::kProbability},
+      {"zoneout", 6, {}, Real::kProbability, {"elman", "lstm", "gru"}},
+      {"clip_recurrent", 7, {}, Real::kPositive},
+      {"proj_size", 8, {}, Real::kSize, {"lstm"}},
   };
   return opts;
 }
 
-constexpr size_t kSpecSize = 4;
+constexpr size_t kSpecSize = 9;
+
+int64_t bits_of(double x) {
+  int64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+double double_of(int64_t b) {
+  double x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+bool in_range(Real r, double x) {
+  if (r == Real::kSize) return x >= 1.0 && x < 2147483648.0 && x == std::floor(x);
+  return r == Real::kProbability ? x >= 0.0 && x < 1.0 : std::isfinite(x) && x > 0.0;
+}
+
+const char* range_text(Real r) {
+  return r == Real::kSize ? "a positive integer" : r == Real::kProbability ? "a number in [0, 1)" : "a positive finite number";
+}
+
+// The spec's entry of a number option: a size as itself, a real number as its double's bits.
+int64_t encode(Real r, double x) { return r == Real::kSize ? static_cast<int64_t>(x) : bits_of(x); }
+double decode(Real r, int64_t v) { return r == Real::kSize ? static_cast<double>(v) : double_of(v); }
+
+// A number option's entry from its string (all of it a number, in range).
+int64_t parse_real(const Option& o, const std::string& text) {
+  if (o.real == Real::kSize)                                   // digits only: no "2.0", "+2", " 2"
+    TORCH_CHECK_VALUE(!text.empty() && text.size() < 11 && text.find_first_not_of("0123456789") == std::string::npos,
+                      "rnnkit: ", o.key, ": expected ", range_text(o.real), ", got '", text, "'");
+  char* end = nullptr;
+  const double x = text.empty() ? NAN : std::strtod(text.c_str(), &end);
+  TORCH_CHECK_VALUE(end != nullptr && *end == '\0' && in_range(o.real, x), "rnnkit: ", o.key, ": expected ",
+                    range_text(o.real), ", got '", text, "'");
+  return encode(o.real, x);
+}
 
 // "'a', 'b', 'c'"
 template <typename Names>
@@ -88,7 +142,7 @@ std::vector<int64_t> make_spec(const std::string& name, const std::map<std::stri
   TORCH_CHECK_VALUE(cell != t.end(), "rnnkit: cell: expected one of ", quoted(cell_names()), ", got '", name, "'");
   std::vector<int64_t> spec(kSpecSize);
   spec[0] = cell->id;
-  for (const Option& o : options()) spec[o.slot] = o.choices[0].value;
+  for (const Option& o : options()) spec[o.slot] = o.real == Real::kNone ? o.choices[0].value : bits_of(0.0);
   for (const auto& kv : given) {
     const auto& opts = options();
     const auto o = std::find_if(opts.begin(), opts.end(), [&](const Option& x) { return kv.first == x.key; });
@@ -96,6 +150,13 @@ std::vector<int64_t> make_spec(const std::string& name, const std::map<std::stri
       std::vector<std::string> keys;
       for (const Option& x : opts) keys.emplace_back(x.key);
       TORCH_CHECK_VALUE(false, "rnnkit: option: expected one of ", quoted(keys), ", got '", kv.first, "'");
+    }
+    if (!o->cells.empty() && std::find(o->cells.begin(), o->cells.end(), name) == o->cells.end())
+      TORCH_CHECK_VALUE(false, "rnnkit: option '", o->key, "': taken by the ", quoted(o->cells), " cells, got it for '",
+                        name, "'");
+    if (o->real != Real::kNone) {
+      spec[o->slot] = parse_real(*o, kv.second);
+      continue;
     }
     const auto c = std::find_if(o->choices.begin(), o->choices.end(),
                                 [&](const Choice& x) { return kv.second == x.name; });
@@ -112,11 +173,17 @@ Spec decode_spec(const std::vector<int64_t>& spec) {
   TORCH_CHECK_VALUE(spec[0] >= 0 && spec[0] < static_cast<int64_t>(t.size()), "rnnkit: spec: unknown cell id ",
                     spec[0]);
   for (const Option& o : options()) {
-    const bool known = std::any_of(o.choices.begin(), o.choices.end(),
-                                   [&](const Choice& c) { return c.value == spec[o.slot]; });
+    const double x = decode(o.real, spec[o.slot]);
+    const bool known = o.real != Real::kNone ? x == 0.0 || in_range(o.real, x)
+                                             : std::any_of(o.choices.begin(), o.choices.end(),
+                                                           [&](const Choice& c) { return c.value == spec[o.slot]; });
     TORCH_CHECK_VALUE(known, "rnnkit: spec: ", o.key, " is ", spec[o.slot], ", not a value make_spec gives");
+    const bool taken = o.cells.empty() || spec[o.slot] == 0 ||
+                       std::find(o.cells.begin(), o.cells.end(), t[spec[0]].name) != o.cells.end();
+    TORCH_CHECK_VALUE(taken, "rnnkit: spec: ", o.key, " is set for the '", t[spec[0]].name, "' cell, which does not take it");
   }
-  return {&t[spec[0]], static_cast<Act>(spec[1]), static_cast<Act>(spec[2]), spec[3] != 0};
+  return {&t[spec[0]], static_cast<Act>(spec[1]), static_cast<Act>(spec[2]), spec[3] != 0, spec[4] != 0,
+          double_of(spec[5]), double_of(spec[6]), double_of(spec[7]), spec[8]};
 }
 
 }  // namespace rnnkit

@@ -12,6 +12,23 @@
 //   states   (T, B, S)     carried state after every step (padded steps repeat the previous one)
 //   saved    (T, B, .)     the cell's ``saved_names`` (post-activation gates, ...), also the trace;
 //                          rows of padded steps are zero
+//   noise    (T, B, N_k)   the cell's ``noise_names`` (training): [recurrent_mask (T, B, S_0)] when
+//                          the spec has recurrent dropout, then [zoneout_<state> (T, B, S_k) per
+//                          carried state] when it has zoneout; an empty list = eval (no dropout
+//                          mask, zoneout by its probability p).  Drawn once in Python
+//                          (Cell.draw_noise) and read, never written, by forward and backward
+//                          alike.  A step's (B, N_k) slice must be dense; the step stride may be 0
+//                          (the recurrent mask is one (B, S_0) mask expanded over time).
+//
+// The options every cell takes (cells/base.py states them; the kernels follow it exactly):
+//   recurrent dropout  the state enters the recurrent matrix products as s_{t-1} * m_t; backward
+//                      multiplies the gradient coming back through those products by m_t and the
+//                      recurrent weight gradients use s_{t-1} * m_t
+//   zoneout            s_t = s~_t + z_t (s_{t-1} - s~_t) for every carried state (s~_t: what the
+//                      cell computed, saved as "<state>_update"); backward ds~_t = ds_t (1 - z_t),
+//                      ds_{t-1} += ds_t z_t
+//   clip_recurrent x   backward only: at every step, after d_out[t] is added, the gradient of every
+//                      carried state is clamped to [-x, x] (padded rows too, as the reference does)
 //
 // Per step: one GEMM of the previous state with the recurrent weights, written straight into
 // the step's output rows, then one fused, vectorisable pass over the gates.  Backward: the time
@@ -46,12 +63,25 @@ enum Act : int64_t { kTanh = 0, kRelu = 1, kIdentity = 2, kSigmoid = 3, kSoftmax
 struct Cell;
 
 // What a kernel is told about the cell it runs.  Built only by decode_spec (registry.cpp) from
-// the int vector that make_spec returns to Python: [cell id, act, out, reset_after].
+// the int vector that make_spec returns to Python:
+//   [cell id, act, out, reset_after, peephole, recurrent_dropout, zoneout, clip_recurrent, proj_size]
+// recurrent_dropout, zoneout and clip_recurrent are real numbers.  They travel in the same int64 vector as the IEEE-754 bit
+// pattern of the double (std::memcpy, never a numeric conversion), so every entry point keeps one
+// spec argument and a value round-trips exactly (Python's repr of a float parses back to the same
+// double); 0 bits = 0.0 = the option is off.  make_spec checks their ranges, decode_spec again.
 struct Spec {
   const Cell* cell;
   Act act;              // hidden activation (Elman, Jordan)
   Act out;              // Jordan output activation
   bool reset_after;     // GRU form
+  bool peephole;        // LSTM: diagonal weights weight_ch (3H,) from c into i, f, o
+  double dropout;       // recurrent dropout probability q in [0, 1): 0 = none
+  double zoneout;       // zoneout probability p in [0, 1): 0 = none
+  double clip;          // clip_recurrent bound x > 0: 0 = none
+  int64_t proj;         // LSTM: proj_size P > 0 (h = (o * tanh c) W_hr^T has P features): 0 = none
+  // The noise list's entry of the recurrent mask (-1: none) and of zoneout's first state (-1: none).
+  int64_t noise_drop() const { return dropout > 0 ? 0 : -1; }
+  int64_t noise_zone() const { return zoneout > 0 ? (dropout > 0 ? 1 : 0) : -1; }
 };
 
 struct FwdArgs {
@@ -60,6 +90,7 @@ struct FwdArgs {
   Tensors state0;       // (B, S_k)
   OptTensors rec;       // the cell's rec_params, None where absent
   bool save;            // keep the saved tensors (backward or trace needs them)
+  Tensors noise = {};   // the cell's noise (T, B, N_k), empty = eval (see above)
 };
 
 struct FwdResult {
@@ -73,6 +104,7 @@ struct BwdArgs {
   Tensor mask;
   Tensors state0, states, saved;
   OptTensors rec;
+  Tensors noise = {};   // the same noise forward ran with
 };
 
 struct BwdResult {
@@ -96,8 +128,10 @@ using RunFn = void (*)(const Spec&, const FwdArgs&, const Tensors& bufs);
 
 // The sizes an entry point's tensors are checked against (check.h).  Each is fixed by the first
 // argument that has it and must agree in all the others: T steps, B batch, L layers of a stack,
-// I input size, H hidden size, GH = gates * H (fixes H), O a Jordan network's output size.
-enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kNumSyms };
+// I input size, H hidden size, GH = gates * H (fixes H), O a Jordan network's output size,
+// H3 = 3 * H (fixes H; an LSTM's peephole weights), P a projected LSTM's emitted size (fixed by
+// the spec).
+enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kP, kNumSyms };
 
 // A recurrent parameter: its name (the Python cell's rec_params entry, without the layer
 // suffix), its sizes, and whether it may be None (a bias).
@@ -107,8 +141,11 @@ struct ParamDecl {
   bool optional;
 };
 
-// The feature size of each saved tensor (T, B, .), for a spec (GRU's forms save different ones).
+// The feature size of each saved tensor (T, B, .), for a spec (GRU's forms save different ones;
+// zoneout appends one per carried state: zoneout_saved below).
 using SavedFn = std::vector<Sym> (*)(const Spec&);
+// The rec params of a spec (an LSTM with peepholes has weight_ch after bias_hh).
+using RecFn = std::vector<ParamDecl> (*)(const Spec&);
 
 // One row of the cell table.
 struct Cell {
@@ -120,10 +157,31 @@ struct Cell {
   BackwardFn backward;
   BuffersFn buffers;
   RunFn run;
-  std::vector<Sym> states;      // each carried state's size S_k (n_states entries)
-  std::vector<ParamDecl> rec;   // the rec params, in the Python cell's rec_params order
+  std::vector<Sym> states;      // each carried state's size S_k (n_states entries; states_of: for a spec)
+  RecFn rec;                    // the rec params, in the Python cell's rec_params order
   SavedFn saved;                // the saved tensors' feature sizes
 };
+
+// The carried states' sizes of a spec: the cell's, with P for the emitted one when projected.
+inline std::vector<Sym> states_of(const Spec& sp) {
+  std::vector<Sym> s = sp.cell->states;
+  if (sp.proj > 0) s[0] = kP;
+  return s;
+}
+// The saved tensors' sizes with zoneout's "<state>_update" of every carried state appended.
+inline std::vector<Sym> zoneout_saved(const Spec& sp, std::vector<Sym> own) {
+  const std::vector<Sym> states = states_of(sp);
+  if (sp.zoneout > 0) own.insert(own.end(), states.begin(), states.end());
+  return own;
+}
+// The noise tensors' sizes of a spec in training (see the conventions at the top).
+inline std::vector<Sym> noise_sizes(const Spec& sp) {
+  const std::vector<Sym> states = states_of(sp);
+  std::vector<Sym> sizes;
+  if (sp.dropout > 0) sizes.push_back(states[0]);
+  if (sp.zoneout > 0) sizes.insert(sizes.end(), states.begin(), states.end());
+  return sizes;
+}
 
 // ---- the cell table ----------------------------------------------------------------------
 // Each cell's file adds its row when the library loads, with RNNKIT_REGISTER_CELL(Cell{...}).
@@ -146,10 +204,14 @@ const std::vector<Cell>& cells();
 std::vector<std::string> cell_names();
 
 // ---- the spec ----------------------------------------------------------------------------
-// [id, act, out, reset_after] for the cell named name; options: "nonlinearity" (tanh | relu),
-// "output_activation" (identity | tanh | sigmoid | softmax), "reset_after" (1 | 0), absent ones
-// take the first value.  A cell ignores the options it does not read.  An unknown name, option
-// or value is a ValueError that names it, the expected values and the value received.
+// The spec (see Spec) for the cell named name; options: "nonlinearity" (tanh | relu),
+// "output_activation" (identity | tanh | sigmoid | softmax), "reset_after" (1 | 0), "peephole"
+// (1 | 0; LSTM only), "recurrent_dropout" and "zoneout" (a number in [0, 1); zoneout not on a
+// Jordan network), "clip_recurrent" (a positive finite number), "proj_size" (a positive integer;
+// LSTM only); absent ones take their default
+// (the first value, 0).  A cell ignores the choice options it does not read.  An unknown name,
+// option or value, or an option the cell does not take, is a ValueError that names it, the
+// expected values and the value received.
 std::vector<int64_t> make_spec(const std::string& name, const std::map<std::string, std::string>& options);
 // The Spec of such a vector (checked: a ValueError when it is not one make_spec can return).
 Spec decode_spec(const std::vector<int64_t>& spec);

@@ -60,7 +60,7 @@ Stepper::Stepper(std::string who, const std::vector<int64_t>& spec, const std::v
 }
 
 Checker Stepper::checker() const {
-  Checker c(who_, *sp_.cell);
+  Checker c(who_, sp_);
   c.fix(kB, B_, {"batch_size"});
   if (held_.empty()) return c;
   c.fix_dtype(dtype_, kCreated);
@@ -77,7 +77,7 @@ void Stepper::bind(const std::vector<OptTensors>& params) {
   c.fix(kL, static_cast<int64_t>(params.size()), {"layers"});
   for (size_t l = 0; l < params.size(); ++l) c.layer(params[l], static_cast<int64_t>(l));
   L_ = c.size(kL), I_ = c.size(kI), H_ = c.size(kH), O_ = c.size(kO), dtype_ = c.dtype();
-  const Cell& cell = *sp_.cell;
+  const std::vector<ParamDecl> decl = sp_.cell->rec(sp_);
   params_.clear(), rec_.clear(), held_.clear();
   for (int64_t l = 0; l < L_; ++l) {
     OptTensors p;
@@ -85,7 +85,7 @@ void Stepper::bind(const std::vector<OptTensors>& params) {
     const char* names[2] = {"weight_ih", "bias_ih"};
     for (size_t i = 0; i < p.size(); ++i)
       if (p[i].has_value())
-        held_.push_back({*p[i], Name{i < 2 ? names[i] : cell.rec[i - 2].name, -1, l}, p[i]->sizes().vec()});
+        held_.push_back({*p[i], Name{i < 2 ? names[i] : decl[i - 2].name, -1, l}, p[i]->sizes().vec()});
     rec_.push_back(rec_with_zero_bias(p));
     params_.push_back(std::move(p));
   }
@@ -150,7 +150,7 @@ Tensor Stepper::step(const Tensor& x) {
 
 void Stepper::set_state(const Tensors& s) {
   Checker c = checker();
-  c.tensors("state", s, {kL, kB}, sp_.cell->states);
+  c.tensors("state", s, {kL, kB}, c.states());
   for (size_t k = 0; k < s.size(); ++k) states_[cur_][k].copy_(s[k]);
 }
 

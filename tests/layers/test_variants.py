@@ -1,6 +1,8 @@
 """The options of issue 11 as layer arguments: LSTM's projection (torch.nn.LSTM's state shapes),
-peepholes, and the options of every layer; the fused kernels do not have them yet, so the cpu
-backend declines them with its reason and ``auto`` runs them on the reference backend.
+peepholes, and the options of every layer.  The fused kernels run the projection, peepholes,
+clip_recurrent, recurrent dropout and zoneout (``auto`` picks the cpu backend); they do not have
+layer normalisation yet, so the cpu backend declines it with its reason and ``auto`` runs it on
+the reference backend.
 
 (Numbers: the shared matrices run the registry's forms lstm_proj, lstm_peephole, elman_zoneout,
 lstm_dropout_zoneout and gru_clip; test_clip_recurrent.py, test_noise.py and test_onnx_parity.py
@@ -17,7 +19,11 @@ from helpers import assert_all_close, flat, randn
 
 I, H, P, B, T = 3, 5, 2, 2, 4
 
-VARIANTS = {
+DECLINED = {
+    "lstm_layer_norm": lambda **kw: rnnkit.LSTM(I, H, layer_norm=True, **kw),
+    "gru_layer_norm": lambda **kw: rnnkit.GRU(I, H, layer_norm=True, **kw),
+}
+FUSED = {
     "proj": lambda **kw: rnnkit.LSTM(I, H, proj_size=P, **kw),
     "peephole": lambda **kw: rnnkit.LSTM(I, H, peephole=True, **kw),
     "clip": lambda **kw: rnnkit.Elman(I, H, clip_recurrent=1.0, **kw),
@@ -28,16 +34,25 @@ BUILT = cpu.extension() is not None
 
 
 @pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build")
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", DECLINED)
 def test_cpu_backend_declines_and_auto_runs_the_reference(variant, monkeypatch):
     monkeypatch.delenv("RNNKIT_BACKEND")
-    model = VARIANTS[variant]()
+    model = DECLINED[variant]()
     ok = backends.get("cpu").supports(model.cell, torch.device("cpu"), torch.float32)
     assert not ok and "does not take" in ok.reason
     assert model.backend_for(torch.empty(0)).name == "reference"
     with pytest.raises(RuntimeError, match="cannot run"):
-        VARIANTS[variant](backend="cpu")(torch.randn(T, B, I))
+        DECLINED[variant](backend="cpu")(torch.randn(T, B, I))
     assert backends.get("cpu").supports(rnnkit.LSTM(I, H).cell, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build")
+@pytest.mark.parametrize("variant", FUSED)
+def test_auto_runs_the_fused_kernels(variant, monkeypatch):
+    monkeypatch.delenv("RNNKIT_BACKEND")
+    model = FUSED[variant]()
+    assert backends.get("cpu").supports(model.cell, torch.device("cpu"), torch.float32)
+    assert model.backend_for(torch.empty(0)).name == "cpu"
 
 
 @pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (2, True)])

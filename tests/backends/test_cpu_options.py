@@ -1,0 +1,247 @@
+"""The cell options inside the fused CPU kernels (issue 11): clip_recurrent, recurrent dropout and
+zoneout on every cell (zoneout not on Jordan), peepholes and the projection (proj_size) on the LSTM.
+
+The shared matrices (tests/layers/test_noise.py, test_clip_recurrent.py, the registry's forms) run
+the cpu backend once it ``supports`` a form; here the backend itself is held to the reference
+backend with the same noise tensors -- states, saved tensors, the gradients of xp, of the initial
+states and of every recurrent parameter, with lengths, in float64 (the portable loops) and float32
+(on AVX-512 machines the fused LSTM loops, at block and tile edges, on 1 and 2 threads) -- and to
+gradcheck in float64 with the masks held; ``step`` and ``stream`` (eval: zoneout's expected value)
+to the reference's; bad noise is a clear error; the options the kernels do not take are declined.
+"""
+import pytest
+import torch
+
+import rnnkit
+from helpers import assert_all_close, needs_cpu
+from rnnkit.backends import cpu, reference
+from rnnkit.cells import ElmanCell, GRUCell, JordanCell, LSTMCell
+
+CPU = torch.device("cpu")
+OPTIONS = {
+    "clip": {"clip_recurrent": 0.3},
+    "dropout": {"recurrent_dropout": 0.3},
+    "zoneout": {"zoneout": 0.3},
+    "all": {"recurrent_dropout": 0.2, "zoneout": 0.25, "clip_recurrent": 0.5},
+}
+CELLS = {
+    "elman": lambda H, **kw: ElmanCell(H, **kw),
+    "elman_relu": lambda H, **kw: ElmanCell(H, "relu", **kw),
+    "jordan": lambda H, **kw: JordanCell(H, 3, output_activation="tanh", **kw),
+    "jordan_softmax": lambda H, **kw: JordanCell(H, 3, output_activation="softmax", **kw),
+    "lstm": lambda H, **kw: LSTMCell(H, **kw),
+    "lstm_peephole": lambda H, **kw: LSTMCell(H, peephole=True, **kw),
+    "lstm_proj": lambda H, **kw: LSTMCell(H, proj_size=3, **kw),
+    "lstm_proj_peephole": lambda H, **kw: LSTMCell(H, proj_size=H + 2, peephole=True, **kw),
+    "gru": lambda H, **kw: GRUCell(H, **kw),
+    "gru_cho": lambda H, **kw: GRUCell(H, reset_after=False, **kw),
+}
+
+
+def cases():
+    found = [pytest.param(cell, kw, id=f"{cell}-{opt}") for cell in CELLS for opt, kw in OPTIONS.items()
+             if not (cell.startswith("jordan") and "zoneout" in kw)]
+    return found + [pytest.param(c, {}, id=f"{c}-alone") for c in ("lstm_peephole", "lstm_proj", "lstm_proj_peephole")]
+
+
+def inputs(cell, T, B, dtype, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H = cell.hidden_size
+    shapes = dict(cell.param_shapes(5, True))
+    rec = tuple(torch.randn(shapes[n], generator=g, dtype=dtype) * 0.5 for n in cell.rec_params)
+    xp = torch.randn(T, B, cell.n_gates * H, generator=g, dtype=dtype)
+    mask = None if lengths is None else (torch.arange(T)[:, None] < torch.tensor(lengths)[None]).unsqueeze(-1)
+    state0 = tuple(torch.randn(B, s, generator=g, dtype=dtype) for s in cell.state_sizes())
+    d_out = torch.randn(T, B, cell.out_size, generator=g, dtype=dtype) * 3       # large enough to clip
+    d_final = tuple(torch.randn(B, s, generator=g, dtype=dtype) * 3 for s in cell.state_sizes())
+    if mask is not None:
+        d_out = d_out * mask
+    torch.manual_seed(seed)
+    return xp, mask, state0, rec, d_out, d_final
+
+
+def both(cell, T, B, dtype, lengths, train):
+    """(reference, cpu) results: (states, saved on valid rows, d_xp, d_state0, d_rec)."""
+    xp, mask, state0, rec, d_out, d_final = inputs(cell, T, B, dtype, lengths)
+    noise = cell.draw_noise(T, B, xp) if train else None
+    valid = torch.ones(T, B, 1, dtype=torch.bool) if mask is None else mask
+    found = []
+    for backend in (reference.BACKEND, cpu.BACKEND):
+        states, saved = backend.forward(cell, xp, mask, state0, rec, True, noise)
+        d_xp, d_state0, d_rec = backend.backward(cell, d_out, d_final, mask, state0, states, saved, rec, noise)
+        found.append([*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec])
+    return found
+
+
+@needs_cpu
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 4]], ids=["full", "lengths"])
+@pytest.mark.parametrize("name, options", cases())
+def test_float64_equals_the_reference_with_the_same_noise(name, options, lengths, train):
+    cell = CELLS[name](4, **options)
+    assert cpu.BACKEND.supports(cell, CPU, torch.float64)
+    ref, got = both(cell, 6, 3, torch.float64, lengths, train)
+    assert_all_close(got, ref, torch.float64)
+
+
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name, options", [p for p in cases() if p.values[0].startswith("lstm")])
+def test_float32_lstm_loops_at_block_and_tile_edges(name, options, threads):
+    """H = 20 (a block of 16 units and a tail of 4), B = 9 (two tiles of 4 rows and one), T = 7:
+    the fused float32 loops where the CPU has AVX-512, with lengths and training noise."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, got = both(CELLS[name](20, **options), 7, 9, torch.float32, [7, 3, 7, 1, 5, 2, 7, 4, 2], True)
+    finally:
+        torch.set_num_threads(old)
+    # Both float32 results are rounded: with a projection (P = 22 here) the gradients reach 45 and
+    # each side lies up to 2e-4 from the float64 result (which the kernels match to 1e-13 in
+    # float64), so the two may differ by that much.
+    tol = 5e-4 if "proj" in name else 2e-5
+    assert_all_close(got, ref, torch.float32, atol=tol, rtol=tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("name, options", cases())
+def test_gradcheck_with_the_noise_held(name, options):
+    """The kernels' backward is the derivative of their forward (float64, the noise drawn once and
+    held).  A binding clip_recurrent is a biased gradient by design (its parity test is above), so
+    the clip runs here with a bound the gradients stay inside: the clipping code runs, exactly."""
+    options = {**options, **({"clip_recurrent": 100.0} if "clip_recurrent" in options else {})}
+    cell = CELLS[name](3, **options)
+    xp, mask, state0, rec, _, _ = inputs(cell, 4, 2, torch.float64, [4, 2])
+    noise = cell.draw_noise(4, 2, xp)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 2, 2, generator=g, dtype=torch.float64)
+    w_ih = torch.randn(cell.n_gates * cell.hidden_size, 2, generator=g, dtype=torch.float64)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w_ih, *state0, *rec)]
+    n = len(state0)
+
+    def fn(x, w_ih, *rest):
+        out, finals, _ = rnnkit.ops.run_direction(cell, cpu.BACKEND, x, mask, rest[:n], w_ih, None, rest[n:],
+                                                  False, noise)
+        return (out, *finals)
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+@needs_cpu
+@pytest.mark.parametrize("form, kw", [
+    ("lstm_peephole", {"peephole": True}),
+    ("lstm_zoneout", {"zoneout": 0.3, "recurrent_dropout": 0.2}),
+    ("lstm_peephole_zoneout", {"peephole": True, "zoneout": 0.3, "clip_recurrent": 1.0}),
+    ("lstm_proj_zoneout", {"proj_size": 2, "zoneout": 0.3, "peephole": True}),
+    ("gru_zoneout", {"zoneout": 0.3}),
+    ("gru_cho_zoneout", {"zoneout": 0.3, "reset_after": False}),
+    ("elman_zoneout", {"zoneout": 0.3, "nonlinearity": "relu"}),
+    ("jordan_dropout", {"recurrent_dropout": 0.3, "output_size": 2}),
+])
+def test_step_and_stream_equal_the_reference_in_eval(form, kw):
+    """Inference (eval): no dropout mask, zoneout by its probability; the fused step and stream
+    of a 2-layer stack give the reference backend's outputs and states, step after step."""
+    layer = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "elman": rnnkit.Elman, "jordan": rnnkit.Jordan}[form.split("_")[0]]
+    torch.manual_seed(0)
+    models = {b: layer(3, 5, num_layers=2, backend=b, dtype=torch.float64, **kw).eval() for b in ("reference", "cpu")}
+    models["cpu"].load_state_dict(models["reference"].state_dict())
+    xs = torch.randn(4, 2, 3, dtype=torch.float64)
+    streams = {b: m.stream(batch_size=2) for b, m in models.items()}
+    hx = {b: None for b in models}
+    with torch.no_grad():
+        for x in xs:
+            outs = {}
+            for b, m in models.items():
+                out, hx[b] = m.step(x, hx[b])
+                outs[b] = [out.clone(), *(h.clone() for h in (hx[b] if isinstance(hx[b], tuple) else (hx[b],))),
+                           streams[b](x).clone()]
+            assert_all_close(outs["cpu"], outs["reference"], torch.float64)
+        full = {b: m(xs)[0] for b, m in models.items()}
+    assert_all_close([full["cpu"]], [full["reference"]], torch.float64)
+
+
+@needs_cpu
+def test_bad_noise_is_a_clear_error():
+    cell = LSTMCell(4, zoneout=0.2, recurrent_dropout=0.1)
+    xp, mask, state0, rec, _, _ = inputs(cell, 3, 2, torch.float64, None)
+    spec, ext = cpu.BACKEND._lookup(cell), cpu.extension()
+    noise = list(cell.draw_noise(3, 2, xp))
+    with pytest.raises(RuntimeError, match=r"noise: expected 3 tensors for the 'lstm' cell, got 2"):
+        ext.forward(spec, xp, mask, list(state0), list(rec), True, noise[:2])
+    with pytest.raises(RuntimeError, match=r"noise\[1\]: expected shape \(3, 2, 4\)"):
+        ext.forward(spec, xp, mask, list(state0), list(rec), True, [noise[0], noise[1][:, :1], noise[2]])
+    with pytest.raises(TypeError, match=r"noise\[2\]: expected dtype torch.float64"):
+        ext.forward(spec, xp, mask, list(state0), list(rec), True, [noise[0], noise[1], noise[2].float()])
+    plain = cpu.BACKEND._lookup(LSTMCell(4))
+    with pytest.raises(RuntimeError, match=r"noise: expected none"):
+        ext.forward(plain, xp, mask, list(state0), list(rec[:2]), True, noise)
+
+
+@needs_cpu
+def test_peephole_weights_are_checked_by_name():
+    cell = LSTMCell(4, peephole=True)
+    xp, mask, state0, rec, _, _ = inputs(cell, 3, 2, torch.float64, None)
+    with pytest.raises(RuntimeError, match=r"weight_ch: expected shape \(12,\) \(3\*H; H = 4"):
+        cpu.extension().forward(cpu.BACKEND._lookup(cell), xp, mask, list(state0), [*rec[:2], rec[2][:8]], True)
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell, word", [
+    (LSTMCell(4, layer_norm=True), "layer_norm"),
+    (GRUCell(4, layer_norm=True), "layer_norm"),
+    (JordanCell(4, 2, zoneout=0.1), "zoneout"),
+])
+def test_options_without_a_kernel_are_declined_with_the_reason(cell, word):
+    found = cpu.BACKEND.supports(cell, CPU, torch.float32)
+    assert not found and word in found.reason
+
+
+@needs_cpu
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["full", "lengths"])
+def test_clip_is_the_same_on_the_oracle_the_reference_and_the_kernels(lengths):
+    """An LSTM's c_t also feeds its h_t inside the step: the clamp bounds only the gradient that
+    reaches c_t from the output and from step t+1 (the reference's BPTT), also on the autograd
+    oracle over full-length sequences, where the step's own tensor is the carried state."""
+    found = {}
+    for backend in ("autograd", "reference", "cpu"):
+        torch.manual_seed(0)
+        model = rnnkit.LSTM(3, 4, clip_recurrent=0.01, backend=backend, dtype=torch.float64)
+        x = torch.randn(5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        model(x, lengths=lengths)[0].sum().backward()
+        found[backend] = [x.grad, *(p.grad for p in model.parameters())]
+    assert_all_close(found["autograd"], found["reference"], torch.float64)
+    assert_all_close(found["cpu"], found["reference"], torch.float64)
+
+
+LAYERS = {
+    "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
+    "lstm_proj_peephole": (rnnkit.LSTM, {"peephole": True, "proj_size": 2}),
+    "gru": (rnnkit.GRU, {}),
+    "gru_cho": (rnnkit.GRU, {"reset_after": False}),
+    "elman_relu": (rnnkit.Elman, {"nonlinearity": "relu"}),
+    "jordan": (rnnkit.Jordan, {"output_size": 3, "output_activation": "softmax"}),
+}
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("form", LAYERS)
+def test_deep_bidirectional_training_with_every_option_equals_the_oracle(form, dtype):
+    """Two layers, both directions, lengths, training noise (the same seed on both sides), every
+    option the cell takes at once: outputs, final states and the gradients of the input, the
+    initial state and every parameter against the autograd oracle (the plain loop)."""
+    cls, kw = LAYERS[form]
+    kw = {**kw, "recurrent_dropout": 0.3, "clip_recurrent": 0.05, **({} if form == "jordan" else {"zoneout": 0.3})}
+    found = {}
+    for backend in ("autograd", "cpu"):
+        torch.manual_seed(0)
+        model = cls(3, 5, num_layers=2, bidirectional=True, backend=backend, dtype=dtype, **kw)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(6, 4, 3, dtype=dtype, generator=g, requires_grad=True)
+        hx = [torch.randn(4, 4, s, dtype=dtype, generator=g, requires_grad=True) for s in model.cell.state_sizes()]
+        torch.manual_seed(2)                                      # the noise of this forward
+        out, state = model(x, tuple(hx) if len(hx) > 1 else hx[0], lengths=[6, 2, 5, 1])
+        finals = list(state) if isinstance(state, tuple) else [state]
+        (out.sum() + sum((f * f).sum() for f in finals)).backward()
+        found[backend] = [out, *finals, x.grad, *(h.grad for h in hx), *(p.grad for p in model.parameters())]
+    tol = {} if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-5)
+    assert_all_close(found["cpu"], found["autograd"], dtype, **tol)
