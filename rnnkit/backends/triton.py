@@ -18,9 +18,9 @@ or H within the same tile plan compiles nothing (Triton caches each variant on d
 CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
 Cell options in the kernels: clip_recurrent, recurrent dropout and zoneout (every cell; Jordan
-has no zoneout), LSTM peepholes.  The masks come from the contract's ``noise`` (drawn once per
-forward; backward reads the same ones).  Not run here (``supports`` says so, ``auto`` takes the
-reference loop): LSTM projection and layer normalisation.  ``step``/``stepper`` are the Python
+has no zoneout), LSTM peepholes and projection.  The masks come from the contract's ``noise``
+(drawn once per forward; backward reads the same ones).  Not run here (``supports`` says so,
+``auto`` takes the reference loop): layer normalisation.  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # The cells' options the kernels implement (anything else: the reference loop).
 OPTIONS = {"elman": {"nonlinearity", "clip_recurrent", "recurrent_dropout", "zoneout"},
            "jordan": {"nonlinearity", "output_activation", "clip_recurrent", "recurrent_dropout"},
-           "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout"},
+           "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout", "proj_size"},
            "gru": {"reset_after", "clip_recurrent", "recurrent_dropout", "zoneout"}}
 
 
@@ -207,47 +207,60 @@ class Triton(Reference):
                                                        noise)
 
     # -- LSTM -------------------------------------------------------------------------------------
+    @staticmethod
+    def _lstm_params(cell, params):
+        """(W_hh, b_hh, W_hr or None, w_ch or None) in the cell's rec_params order."""
+        w, b, *rest = params
+        w_hr = rest.pop(0) if cell.proj_size else None
+        return w, b, w_hr, (rest.pop(0) if cell.peephole else None)
+
     def _lstm_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H4 = xp.shape
-        H = H4 // 4
-        w, b, wc = (*params, None)[:3]
-        plan = Plan(B, (H,), xp.dtype, xp.device)
+        H, P = H4 // 4, state0[0].shape[-1]
+        w, b, wr, wc = self._lstm_params(cell, params)
+        plan = Plan(B, (H, P), xp.dtype, xp.device)
         hs = _seq_with(state0[0], T)
         cs = xp.new_empty(T, B, H)
         h32, c32 = (s.to(plan.acc_dtype).contiguous().clone() for s in state0)
         gates = xp.new_empty(T, B, H4) if save else _dummy(xp)
         tanh_c = xp.new_empty(T, B, H) if save else _dummy(xp)
+        ms = xp.new_empty(T, B, H) if wr is not None else _dummy(xp)
         drop, zones, zflags = _noise(cell, noise, xp)
         hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
-        computed = tuple(xp.new_empty(T, B, H) for _ in range(2)) if save and cell.zoneout else (_dummy(xp),) * 2
+        computed = (xp.new_empty(T, B, P), xp.new_empty(T, B, H)) if save and cell.zoneout else (_dummy(xp),) * 2
         plan.launch(_kernel("lstm", "lstm_forward"), xp, hs, cs, h32, c32, gates, tanh_c, w.contiguous(),
                     _dummy(w) if b is None else b, _dummy(w) if wc is None else wc.contiguous(),
+                    _dummy(w) if wr is None else wr.contiguous(), ms,
                     _dummy(xp) if drop is None else drop, hd, *zones, *computed, _mask(mask, xp),
-                    (T, B, H, cell.zoneout), HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save,
-                    PEEP=wc is not None, DROP=drop is not None, **zflags)
+                    (T, B, H, P, cell.zoneout), HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save,
+                    PEEP=wc is not None, PROJ=wr is not None, DROP=drop is not None, **zflags)
         saved = (gates, tanh_c) + (computed if cell.zoneout else ())
         return (hs[1:], cs), (saved if save else ())
 
     def _lstm_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
-        w, b, wc = (*params, None)[:3]
+        w, b, wr, wc = self._lstm_params(cell, params)
         gates, tanh_c = saved[:2]
         T, B, H4 = gates.shape
-        H = H4 // 4
-        plan = Plan(B, (H,), gates.dtype, gates.device)
+        H, P = H4 // 4, state0[0].shape[-1]
+        plan = Plan(B, (H, P), gates.dtype, gates.device)
         dh, dc = (_carry(d, s, plan.acc_dtype) for d, s in zip(d_final, state0))
         dp = gates.new_empty(T, B, H4)
+        gh = gates.new_empty(T, B, P) if wr is not None else _dummy(dp)
         flags, bound = _clip(cell)
         drop, zones, zflags = _noise(cell, noise, gates)
         plan.launch(_kernel("lstm", "lstm_backward"), _dummy(dp) if d_out is None else d_out, dh, dc, dp,
                     gates.contiguous(), tanh_c.contiguous(), states[1].contiguous(), state0[1].contiguous(),
                     w.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
-                    _dummy(dp) if drop is None else drop, *zones, _mask(mask, dp), (T, B, H, bound, cell.zoneout),
+                    _dummy(w) if wr is None else wr.contiguous(), gh,
+                    _dummy(dp) if drop is None else drop, *zones, _mask(mask, dp), (T, B, H, P, bound, cell.zoneout),
                     HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, PEEP=wc is not None,
-                    DROP=drop is not None, **flags, **zflags)
+                    PROJ=wr is not None, DROP=drop is not None, **flags, **zflags)
         h_prev = _prev_seq(state0[0], states[0])
         dw = _wgrad(dp, h_prev if drop is None else h_prev * drop)
         db = None if b is None else dp.sum((0, 1))
         d_params = (dw, db)
+        if wr is not None:                          # dW_hr = sum_t gh_t^T m_t, m = o tanh(c)
+            d_params += (_wgrad(gh, gates[..., 3 * H:] * tanh_c),)
         if wc is not None:                          # sum over steps and rows of dp_i c_{t-1}, dp_f c_{t-1}, dp_o c_t
             c_prev = _prev_seq(state0[1], states[1])
             c_new = saved[3] if cell.zoneout else states[1]

@@ -86,7 +86,9 @@ def test_noise_in_eval_matches_reference(form, layers, bidirectional, varlen, H,
 # option combinations the registry's forms do not hold (one form per code path there)
 COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(recurrent_dropout=0.3, nonlinearity="relu")),
             ("LSTM", dict(recurrent_dropout=0.3)), ("LSTM", dict(peephole=True, recurrent_dropout=0.3, zoneout=0.2)),
-            ("LSTM", dict(peephole=True, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
+            ("LSTM", dict(peephole=True, clip_recurrent=0.05)), ("LSTM", dict(proj_size=7)),
+            ("LSTM", dict(proj_size=17, zoneout=0.2)),
+            ("LSTM", dict(proj_size=13, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
             ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2, reset_after=False)),
             ("GRU", dict(recurrent_dropout=0.3, reset_after=False, clip_recurrent=0.05)),
             ("Jordan", dict(output_size=3, recurrent_dropout=0.3)),
@@ -98,7 +100,7 @@ def test_combined_options_match_reference(layer, kw):
     """Training mode (the same drawn masks on both sides), stacked, both directions, lengths."""
     import rnnkit
     cls = getattr(rnnkit, layer)
-    if not TRITON.supports(cls(I, 4, **kw).cell, DEVICE, torch.float64):
+    if not TRITON.supports(cls(I, 20, **kw).cell, DEVICE, torch.float64):
         pytest.skip(f"the triton backend does not run {kw} here")
     torch.manual_seed(0)
     ref = cls(I, 20, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference", **kw)
@@ -113,7 +115,7 @@ def test_combined_options_match_reference(layer, kw):
 
 
 GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout",
-                   "elman_zoneout", "gru_clip"]
+                   "elman_zoneout", "gru_clip", "lstm_proj"]
 
 
 @pytest.mark.parametrize("form", GRADCHECK_FORMS)

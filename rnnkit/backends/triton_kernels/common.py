@@ -15,6 +15,7 @@ Shapes: BB batch rows, BN output columns, BK reduction chunk (all powers of two,
         the operands are cast to float32 first (Triton's interpreter multiplies bfloat16 operands
         wrongly - measured with Triton 3.9 - while float32 products of bfloat16 values are exact)
     grid_sync(sem, n)   the n-th grid barrier of a launch (every program calls it alike)
+    emit(h, h_prev, ...)   the epilogue of a new emitted state: zoneout, padding, carry, exchange
     tile(s, n_c, B, C, BB, BC)   tile s of a (B, C) tensor cut in (BB, BC) tiles, n_c tiles a row:
         its rows rb, columns rc, the in-bounds mask and the row-major offsets (BB, BC)
 """
@@ -142,3 +143,22 @@ def zone(z, step, m2, zp, ZONE: tl.constexpr, ACC: tl.constexpr):
         return tl.load(z + step, mask=m2, other=0.0).to(ACC)
     else:
         return zp
+
+
+@triton.jit
+def emit(h, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, S, zp, HAS_MASK: tl.constexpr,
+          SAVE: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr, ACC: tl.constexpr):
+    """The new emitted state h (B, S) of a tile: zoneout's mix (the computed h saved in ht), a padded
+    step keeping the state, the carry h32 and the exchanged hs[t+1] (and h * m into hd[t+1], what
+    the next step's product reads under recurrent dropout)."""
+    step = t64 * B * S + own
+    if ZONE != 0:
+        if SAVE:
+            tl.store(ht + step, h.to(ht.dtype.element_ty), mask=m2)
+        h = h + zone(zo, step, m2, zp, ZONE, ACC) * (h_prev - h)
+    h = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), h, h_prev)
+    tl.store(h32 + own, h, mask=m2)
+    tl.store(hs + B * S + step, h.to(hs.dtype.element_ty), mask=m2)
+    if DROP:
+        tl.store(hd + B * S + step, (h * tl.load(m + own, mask=m2, other=0.0).to(ACC)).to(hd.dtype.element_ty),
+                 mask=m2)

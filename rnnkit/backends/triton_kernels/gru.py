@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
+from .common import clip, emit, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
 
 
 @triton.jit
@@ -34,24 +34,6 @@ def _bias(acc, b, rh, H, HAS_B: tl.constexpr, ACC: tl.constexpr):
     if HAS_B:
         acc += tl.load(b + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
     return acc
-
-
-@triton.jit
-def _emit(h, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp, HAS_MASK: tl.constexpr,
-          SAVE: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr, ACC: tl.constexpr):
-    """The new h of a tile: zoneout's mix (the computed h saved), a padded step keeping the state,
-    the carry and the exchanged h (and h * m for the next product with dropout)."""
-    step = t64 * B * H + own
-    if ZONE != 0:
-        if SAVE:
-            tl.store(ht + step, h.to(ht.dtype.element_ty), mask=m2)
-        h = h + zone(zo, step, m2, zp, ZONE, ACC) * (h_prev - h)
-    h = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), h, h_prev)
-    tl.store(h32 + own, h, mask=m2)
-    tl.store(hs + B * H + step, h.to(hs.dtype.element_ty), mask=m2)
-    if DROP:
-        tl.store(hd + B * H + step, (h * tl.load(m + own, mask=m2, other=0.0).to(ACC)).to(hd.dtype.element_ty),
-                 mask=m2)
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "zp"])
@@ -79,7 +61,7 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, m, hd, zo, ht, mask, sem, T, B
             z = tl.sigmoid(tl.load(x_at + H, mask=m2, other=0.0).to(ACC) + hz)
             n = tanh(tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC) + r * hn)
             h_prev = tl.load(h32 + own, mask=m2, other=0.0)
-            _emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
+            emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
                   HAS_MASK, SAVE, DROP, ZONE, ACC)
             step = t64 * B * H + own
             if SAVE:
@@ -134,7 +116,7 @@ def gru_forward_original(xp, hs, h32, z32, u, gates, w, b, m, hd, zo, ht, mask, 
             n = tanh(tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC) + an)
             z = tl.load(z32 + own, mask=m2, other=0.0)
             h_prev = tl.load(h32 + own, mask=m2, other=0.0)
-            _emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
+            emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
                   HAS_MASK, SAVE, DROP, ZONE, ACC)
             if SAVE:
                 g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]

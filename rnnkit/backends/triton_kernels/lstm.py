@@ -11,7 +11,11 @@ accumulator dtype):
     wc     (3H,)          peepholes w_ci, w_cf, w_co                       (PEEP)
     m      (B, H)         recurrent dropout mask; hd (T+1, B, H) = hs * m, what W_hh reads   (DROP)
     zh, zc (T, B, H)      zoneout's z_t per state (ZONE 1), or the constant zp (ZONE 2: eval)
-    ht, ct (T, B, H)      the states the cell computed before zoneout (saved, ZONE)
+    ht, ct (T, B, P/H)    the states the cell computed before zoneout (saved, ZONE)
+    wr     (P, H)         W_hr with a projection (PROJ): h (B, P) = m W_hr^T, m = o tanh(c);
+                          ms (T, B, H) the m exchanged for it; backward gh (T, B, P) d of the
+                          projected h (padded rows 0), exchanged for dm = gh W_hr
+    Without a projection P = H.
   backward:
     d_out  (T, B, H)      gradient of the emitted h_t            dh, dc (B, H) ACC carries
     dp     (T, B, 4H)     gradient of the pre-activations (= d xp, and the rows of d W_hh)
@@ -19,20 +23,23 @@ accumulator dtype):
 Forward step t, tile (rows rb, units rh): p = xp + h_{t-1} W_hh^T + b for the 4 gate blocks of
 rh (peepholes: + w_ci c_{t-1}, w_cf c_{t-1}, w_co c_t); c, h of the tile; zoneout mixes in the
 previous state; store; barrier.  Backward step t: phase 1 (own tile) dp and dc_{t-1};
-barrier; phase 2 (own tile of units k) dh_{t-1}[:, k] = dp_t W_hh[:, k].  One barrier a step.
+barrier; phase 2 (own tile of units k) dh_{t-1}[:, k] = dp_t W_hh[:, k].  One barrier a step; with a
+projection two (forward: m; barrier; h = m W_hr^T over tiles of P.  Backward: phase 0 the projected
+h's gradient over tiles of P; barrier; phase 1 with dm = gh W_hr; barrier; phase 2 over tiles of P).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .common import clip, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
+from .common import clip, emit, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
 
 
-@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
-def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, ht, ct, mask, sem, T, B, H, zp,
+@triton.jit(do_not_specialize=["T", "B", "H", "P", "zp"])
+def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, wr, ms, m, hd, zh, zc, ht, ct, mask, sem,
+                 T, B, H, P, zp,
                  HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, PEEP: tl.constexpr,
-                 DROP: tl.constexpr, ZONE: tl.constexpr,
+                 PROJ: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
                  ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -44,9 +51,9 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, h
         t64 = tl.cast(t, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            h_prev_seq = (hd if DROP else hs) + t64 * B * H
+            h_prev_seq = (hd if DROP else hs) + t64 * B * P
             x_at = xp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
-            pi, pf, pg, po = mm_gates(h_prev_seq, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK, PREC, ACC)
+            pi, pf, pg, po = mm_gates(h_prev_seq, P, w, H, rb, rh, B, H, P, 4, BB, BH, BK, PREC, ACC)
             pi += tl.load(x_at, mask=m2, other=0.0).to(ACC)
             pf += tl.load(x_at + H, mask=m2, other=0.0).to(ACC)
             pg += tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC)
@@ -58,7 +65,6 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, h
                 po += tl.load(b + 3 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
             step = t64 * B * H + own
             c_prev = tl.load(c32 + own, mask=m2, other=0.0)
-            h_prev = tl.load(h32 + own, mask=m2, other=0.0)
             if PEEP:
                 pi += tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
                 pf += tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
@@ -70,23 +76,18 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, h
                 po += tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c
             o = tl.sigmoid(po)
             tc = tanh(c)
-            h = o * tc
             if ZONE != 0:
                 if SAVE:
-                    tl.store(ht + step, h.to(ht.dtype.element_ty), mask=m2)
                     tl.store(ct + step, c.to(ct.dtype.element_ty), mask=m2)
-                h = h + zone(zh, step, m2, zp, ZONE, ACC) * (h_prev - h)
                 c = c + zone(zc, step, m2, zp, ZONE, ACC) * (c_prev - c)
-            keep = keep_row(mask, t64, B, rb, HAS_MASK)
-            c = tl.where(keep, c, c_prev)                 # a padded step keeps the state
-            h = tl.where(keep, h, h_prev)
+            c = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), c, c_prev)     # a padded step keeps the state
             tl.store(c32 + own, c, mask=m2)
-            tl.store(h32 + own, h, mask=m2)
             tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
-            tl.store(hs + B * H + step, h.to(hs.dtype.element_ty), mask=m2)
-            if DROP:
-                h = h * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-                tl.store(hd + B * H + step, h.to(hd.dtype.element_ty), mask=m2)
+            if PROJ:                                      # m_t for the projection, after the barrier
+                tl.store(ms + step, (o * tc).to(ms.dtype.element_ty), mask=m2)
+            else:
+                emit(o * tc, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
+                     B, H, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
             if SAVE:
                 g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
                 tl.store(g_at, i.to(gates.dtype.element_ty), mask=m2)
@@ -96,12 +97,37 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, m, hd, zh, zc, h
                 tl.store(tanh_c + step, tc.to(tanh_c.dtype.element_ty), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
+        if PROJ:                                          # h_t = m_t W_hr^T over tiles of (B, P)
+            n_p = tl.cdiv(P, BH)
+            for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
+                rb, rp, m2, own = tile(s, n_p, B, P, BB, BH)
+                h = mm_tile(tl.zeros((BB, BH), ACC), ms + t64 * B * H, H, 1, wr, H, 1, rb, rp, B, P, H, BK, PREC)
+                emit(h, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
+                     B, P, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
+            nsync += 1
+            grid_sync(sem, nsync)
 
 
-@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
-def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, m, zh, zc, mask, sem, T, B, H, bound, zp,
+@triton.jit
+def _dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT: tl.constexpr, CLIP: tl.constexpr,
+              ZONE: tl.constexpr, ACC: tl.constexpr):
+    """(the gradient of the cell's computed h, the part zoneout passes straight to h_{t-1}, the
+    whole clipped dh_t) of a tile: carry + the output's gradient, clipped, split by zoneout."""
+    g = tl.load(dh + own, mask=m2, other=0.0)
+    if HAS_DOUT:
+        g += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
+    g = clip(g, CLIP, bound)
+    passed = tl.zeros_like(g)
+    if ZONE != 0:                                         # s = s~ + z (s_prev - s~)
+        passed = zone(zh, step, m2, zp, ZONE, ACC) * g
+    return g - passed, passed, g
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "P", "bound", "zp"])
+def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, wr, gh, m, zh, zc, mask, sem,
+                  T, B, H, P, bound, zp,
                   HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, PEEP: tl.constexpr,
-                  DROP: tl.constexpr, ZONE: tl.constexpr,
+                  PROJ: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr,
                   BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
                   ACC: tl.constexpr):
     pid = tl.program_id(0)
@@ -112,24 +138,27 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, m, zh, zc, ma
     for back in range(0, T):
         t = T - 1 - back
         t64 = tl.cast(t, tl.int64)
+        n_p = tl.cdiv(P, BH)
+        if PROJ:          # phase 0 over tiles of (B, P): the projected h's gradient, kept for dm = gh W_hr
+            for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
+                rb, rp, m2, own = tile(s, n_p, B, P, BB, BH)
+                g_h, pass_h, g_all = _dh_total(dh, d_out, zh, t64 * B * P + own, own, m2, bound, zp,
+                                               HAS_DOUT, CLIP, ZONE, ACC)
+                keep = keep_row(mask, t64, B, rb, HAS_MASK)
+                tl.store(gh + t64 * B * P + own, tl.where(keep, g_h, 0.0).to(gh.dtype.element_ty), mask=m2)
+                tl.store(dh + own, tl.where(keep, pass_h, g_all), mask=m2)    # a padded step passes dh on
+            nsync += 1
+            grid_sync(sem, nsync)
         # phase 1: the gates' gradients of the own tile, and the cell's carry
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             step = t64 * B * H + own
-            g_h = tl.load(dh + own, mask=m2, other=0.0)
-            if HAS_DOUT:
-                g_h += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
-            g_h = clip(g_h, CLIP, bound)
-            g_c = clip(tl.load(dc + own, mask=m2, other=0.0), CLIP, bound)
-            pass_h = tl.zeros((BB, BH), ACC)              # what reaches the previous state past the cell
-            pass_c = tl.zeros((BB, BH), ACC)
-            if ZONE != 0:                                 # s = s~ + z (s_prev - s~)
-                z_h = zone(zh, step, m2, zp, ZONE, ACC)
-                z_c = zone(zc, step, m2, zp, ZONE, ACC)
-                pass_h = z_h * g_h
-                pass_c = z_c * g_c
-                g_h = g_h - pass_h
-                g_c = g_c - pass_c
+            if PROJ:
+                # dm = gh_t W_hr (B, H): the gradient of m_t = o tanh(c_t); phase 0 has set dh
+                g_h = mm_tile(tl.zeros((BB, BH), ACC), gh + t64 * B * P, P, 1, wr, 1, H, rb, rh, B, H, P, BK, PREC)
+            else:
+                g_h, pass_h, g_all = _dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
+            g_c, pass_c, g_c_all = _dh_total(dc, d_out, zc, step, own, m2, bound, zp, False, CLIP, ZONE, ACC)
             g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             i = tl.load(g_at, mask=m2, other=0.0).to(ACC)
             f = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
@@ -157,15 +186,16 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, m, zh, zc, ma
             tl.store(d_at + H, tl.where(keep, dpf, 0.0).to(dp.dtype.element_ty), mask=m2)
             tl.store(d_at + 2 * H, tl.where(keep, dpg, 0.0).to(dp.dtype.element_ty), mask=m2)
             tl.store(d_at + 3 * H, tl.where(keep, dpo, 0.0).to(dp.dtype.element_ty), mask=m2)
-            # a padded step passes dh and dc on (pass_* are zero there: its z was never applied)
-            tl.store(dc + own, tl.where(keep, dc_prev, g_c + pass_c), mask=m2)
-            tl.store(dh + own, tl.where(keep, pass_h, g_h + pass_h), mask=m2)
+            # a padded step passes dh and dc on
+            tl.store(dc + own, tl.where(keep, dc_prev, g_c_all), mask=m2)
+            if not PROJ:
+                tl.store(dh + own, tl.where(keep, pass_h, g_all), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         # phase 2: dh_{t-1}[:, own units] = dp_t W_hh[:, own units]  (reads every tile's dp_t)
-        for s in range(pid, tiles, tl.num_programs(0)):
-            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), dp + t64 * B * H4, H4, 1, w, 1, H, rb, rh, B, H, H4, BK, PREC)
+        for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
+            rb, rh, m2, own = tile(s, n_p, B, P, BB, BH)
+            acc = mm_tile(tl.zeros((BB, BH), ACC), dp + t64 * B * H4, H4, 1, w, 1, P, rb, rh, B, P, H4, BK, PREC)
             if DROP:
                 acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
