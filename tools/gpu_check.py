@@ -41,16 +41,20 @@ def _parity(out: Path) -> int:
 
     def grads(m, x, dtype, lens):
         x = x.to(dtype).detach().requires_grad_()
+        torch.manual_seed(11)               # forms with noise: both sides draw the same float32 masks
         out, _ = m(x) if lens is None else m(x, None, lens)
         out.float().pow(2).sum().backward()
         return [out.float()] + [x.grad.float()] + [p.grad.float() for p in m.parameters()]
 
+    def error(ours, theirs):
+        return max(((a - b).abs().max() / (b.abs().max() + 1e-6)).item() for a, b in zip(ours, theirs))
+
     def compare(name, ours, theirs, tol):
         nonlocal failed
-        err = max(((a - b).abs().max() / (b.abs().max() + 1e-6)).item() for a, b in zip(ours, theirs))
+        err = error(ours, theirs)
         ok = err <= tol
         failed += not ok
-        lines.append(f"{'PASS' if ok else 'FAIL'} {name}: max relative error {err:.2e} (tolerance {tol:.0e})")
+        lines.append(f"{'PASS' if ok else 'FAIL'} {name}: max relative error {err:.2e} (tolerance {tol:.1e})")
         print(lines[-1], flush=True)
 
     for form, (entry, kw) in registry.forms().items():
@@ -71,9 +75,20 @@ def _parity(out: Path) -> int:
                     tri = entry.layer(I, H, num_layers=2, bidirectional=True, backend="triton", **kw).to(dev, dtype)
                     tri.load_state_dict(ref.state_dict())
                     base = ref.to(torch.float64 if dtype == torch.float64 else torch.float32)
+                    # masks drawn in another dtype are other masks: 16-bit noisy forms compare in eval
+                    noisy_eval = bool(ref.cell.noise_names) and dtype != base.weight_ih_l0.dtype
+                    tri.train(not noisy_eval), base.train(not noisy_eval)
                     for p in base.parameters():
                         p.grad = None
                     want = grads(base, x, next(base.parameters()).dtype, lens)
+                    if dtype in (torch.bfloat16, torch.float16):
+                        # 16-bit rounding grows with an unbounded relu: allow twice what the reference
+                        # backend itself loses in that dtype (its state is 16-bit too)
+                        ref16 = entry.layer(I, H, num_layers=2, bidirectional=True, backend="reference",
+                                            **kw).to(dev, dtype)
+                        ref16.load_state_dict(ref.state_dict())
+                        ref16.train(not noisy_eval)
+                        tol = max(tol, 2 * error(grads(ref16, x, dtype, lens), want))
                     t0 = time.time()
                     got = grads(tri, x, dtype, lens)
                     compare(f"{form} {tag} {dtype} vs reference ({time.time() - t0:.1f}s)", got, want, tol)
