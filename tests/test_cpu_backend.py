@@ -289,7 +289,8 @@ def test_cells_are_the_four_in_id_order():
                          "-".join(f"{k}={v}" for k, v in v.items()) or "defaults")
 def test_make_spec_matches_the_python_encoding(name, options):
     expected = [KIND[name], ACT[options.get("nonlinearity", "tanh")],
-                ACT[options.get("output_activation", "identity")], int(options.get("reset_after", True)), 0, 0, 0, 0, 0, 0]
+                ACT[options.get("output_activation", "identity")], int(options.get("reset_after", True)),
+                0, 0, 0, 0, 0, 0]
     as_strings = {k: str(int(v)) if isinstance(v, bool) else v for k, v in options.items()}
     assert cpu.extension().make_spec(name, as_strings) == expected
 

@@ -275,14 +275,14 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
   const StepWeight<T> w_all(Op::N, B, H, G, w_hh, H);
   std::vector<StepRows<T>> zeroed{{dx, G}, {after ? drn : rhs, H}};
   T *dxp = nullptr, *drec = nullptr;
-  const T *g_ih = nullptr, *g_hh = nullptr;
+  const T *g_ih = nullptr, *g_hh = nullptr, *x_hat = nullptr, *x_rstd = nullptr, *h_hat = nullptr, *h_rstd = nullptr;
   if (sp.layer_norm) {
     dxp = ln[0].data_ptr<T>(), drec = ln[1].data_ptr<T>();
     g_ih = a.rec[2]->data_ptr<T>(), g_hh = a.rec[3]->data_ptr<T>();
+    x_hat = a.saved[2].data_ptr<T>(), x_rstd = a.saved[3].data_ptr<T>();
+    h_hat = a.saved[4].data_ptr<T>(), h_rstd = a.saved[5].data_ptr<T>();
     zeroed.insert(zeroed.end(), {{dxp, G}, {drec, G}});
   }
-  const T *x_hat = sp.layer_norm ? a.saved[2].data_ptr<T>() : nullptr, *x_rstd = sp.layer_norm ? a.saved[3].data_ptr<T>() : nullptr;
-  const T *h_hat = sp.layer_norm ? a.saved[4].data_ptr<T>() : nullptr, *h_rstd = sp.layer_norm ? a.saved[5].data_ptr<T>() : nullptr;
   return backward_steps<T>(
       a, opt, G, zeroed,
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
