@@ -13,8 +13,8 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
 
 Baselines: torch.nn.RNN / GRU / LSTM (LSTM twice: with oneDNN, torch's default, and with
 ``torch.backends.mkldnn.flags(enabled=False)``); for Jordan, a plain PyTorch loop of the same
-math differentiated by autograd.  Variant rows (issue 11: peepholes, clip_recurrent, recurrent
-dropout, zoneout; case labels like ``lstm zoneout T128 B8 H128``) time the variant on ``auto``
+math differentiated by autograd.  Variant rows (issue 11: peepholes, projection, clip_recurrent,
+recurrent dropout, zoneout, layer_norm; case labels like ``lstm zoneout T128 B8 H128``) time the variant on ``auto``
 against the same layer, weights and noise on the ``autograd`` backend: the plain PyTorch loop of
 the cell's step that a user would write, differentiated by autograd.  Both run in training mode
 (the noise is drawn), each call after the same seed, so both sides draw the same masks.  Inference rows (fwd, full-length sequences) also time ONNX
@@ -69,6 +69,7 @@ VARIANTS = {
     "clip": (lambda H: {"clip_recurrent": 0.01}, ("rnn", "jordan", "lstm", "gru")),
     "dropout": (lambda H: {"recurrent_dropout": 0.25}, ("rnn", "jordan", "lstm", "gru")),
     "zoneout": (lambda H: {"zoneout": 0.1}, ("rnn", "lstm", "gru")),
+    "layer_norm": (lambda H: {"layer_norm": True}, ("lstm", "gru")),
 }
 
 

@@ -7,8 +7,9 @@ BLAS call for the recurrent term and one fused pass over the gates; in backward 
 weight gradients are single GEMMs after the loop.  CPU float32 and float64 only.
 
 The cell options the kernels take (rnnkit/csrc/rnn.h): clip_recurrent, recurrent_dropout and
-zoneout on every cell (zoneout not on Jordan), peepholes and proj_size on the LSTM; ``supports``
-declines the others (layer_norm) with the kernels' reason, and ``auto`` then runs the reference.
+zoneout on every cell (zoneout not on Jordan), peepholes and proj_size on the LSTM, layer_norm on
+the LSTM and the GRU's torch form; ``supports`` declines any other with the kernels' reason (a
+GRU's original form with layer_norm, zoneout on Jordan), and ``auto`` then runs the reference.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ Checker::Checker(std::string who, const Spec& spec)
     : who_(std::move(who)), spec_(spec), cell_(*spec.cell), rec_(spec.cell->rec(spec)), states_(states_of(spec)) {
   std::fill(val_, val_ + kNumSyms, int64_t(-1));
   if (spec.proj > 0) val_[kP] = spec.proj, from_[kP] = Name{"the spec's proj_size"};
+  val_[kG] = cell_.gates, from_[kG] = Name{"the cell's gate blocks"};
 }
 
 namespace {
@@ -48,6 +49,7 @@ std::string Checker::sym_name(Sym s) const {
     case kO: return "O";
     case kH3: return "3*H";
     case kP: return "P";
+    case kG: return "G";
     default: return "?";
   }
 }

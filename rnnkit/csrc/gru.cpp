@@ -26,12 +26,23 @@
 //                         hd_all (T, B, H) holds it for every step, and the gradient that comes
 //                         back through the products is summed in the workspace dhd (B, H) and
 //                         added to dh_prev times m_t
+// Layer normalisation (torch form only; norm.h; rec params g_ih, g_hh (3H) after bias_hh):
+// xr, xz, xn = g_ih * x_hat, and hr, hz, hn = g_hh * h_hat + b_hh, then r, z, n, h_t as above:
+//   x_hat, h_hat (T, B, 3H), x_rstd, h_rstd (T, B, 3)   xp and h_{t-1} W_hh^T normalised per gate
+//            block and their 1/std: saved (without save, (B, .) workspaces)
+//   xs       (B, 3H)      forward workspace: g_ih * x_hat, the x-terms after_row reads (hw holds
+//                         g_hh * h_hat in place of h W_hh^T)
+//   dxp      (T, B, 3H)   backward: d_xp = LN'(dx g_ih), returned (dx, drn: of the gains' outputs)
+//   drec     (T, B, 3H)   backward: LN'([dx_r, dx_z, drn] g_hh), the rows of dh_{t-1} and dW_hh
+//   post-loop: dW_hh = drec^T [h0; hs[:-1]], db_hh as without it, dg_ih = sum dx x_hat,
+//   dg_hh = sum [dx_r, dx_z, drn] h_hat.
 // Post-loop GEMMs: dW_hh[:2H] = dx[:, :2H]^T [h0; hs[:-1]] and dW_hh[2H:] = drn^T [h0; hs[:-1]]
 // (torch form) or dan^T rhs (original form); hd_all in place of [h0; hs[:-1]] under recurrent
 // dropout.  Nothing aliases.
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
+#include "norm.h"
 #include "rnn.h"
 
 #include <ATen/Dispatch.h>
@@ -167,20 +178,38 @@ void forward_after(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tensor
   T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>(), *hn = bufs[2].data_ptr<T>();
   T* hw = bufs[3].data_ptr<T>();
   const StepWeight<T> w_hh(Op::T, B, G, H, a.rec[0]->data_ptr<T>(), H);   // h W_hh^T
+  const bool ln = sp.layer_norm;
+  T* LN[4] = {nullptr, nullptr, nullptr, nullptr};           // x_hat, x_rstd, h_hat, h_rstd
+  const int64_t ln_n[4] = {G, 3, G, 3};
+  for (int k = 0; ln && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<T>();
+  T* xs = ln ? bufs[11].data_ptr<T>() : nullptr;
+  const T* g_ih = ln ? a.rec[2]->data_ptr<T>() : nullptr;
+  const T* g_hh = ln ? a.rec[3]->data_ptr<T>() : nullptr;
   for (int64_t t = 0; t < s.Tn; ++t) {
     const T* h_prev = s.h_prev(t);
     T* gates_t = a.save ? gates + t * B * G : gates;
     T* hn_t = a.save ? hn + t * B * H : hn;
     w_hh.mul(o.entering(t, B, H, h_prev), H, T(0), hw, G);    // (B, 3H)
+    T* lnt[4];                                                // (B, .) each: x_hat, x_rstd, h_hat, h_rstd
+    for (int k = 0; ln && k < 4; ++k) lnt[k] = a.save ? LN[k] + t * B * ln_n[k] : LN[k];
     for_rows(B, G, [&](int64_t b) {
       T* h = hs + (t * B + b) * H;
       if (mask.valid(t, b)) {
-        after_row(H, xp + (t * B + b) * G, hw + b * G, b_hh, h_prev + b * H, gates_t + b * G, hn_t + b * H, h);
+        const T* x = xp + (t * B + b) * G;
+        if (ln) {                                              // the gains' outputs into xs and hw
+          T *x_hat = lnt[0] + b * G, *h_hat = lnt[2] + b * G, *xs_b = xs + b * G, *hw_b = hw + b * G;
+          norm_blocks(3, H, x, x_hat, lnt[1] + b * 3);
+          norm_blocks(3, H, static_cast<const T*>(hw_b), h_hat, lnt[3] + b * 3);
+          for (int64_t j = 0; j < G; ++j) xs_b[j] = g_ih[j] * x_hat[j], hw_b[j] = g_hh[j] * h_hat[j];
+          x = xs_b;
+        }
+        after_row(H, x, hw + b * G, b_hh, h_prev + b * H, gates_t + b * G, hn_t + b * H, h);
         o.zone(t, b, B, H, h, h_prev + b * H);
         return;
       }
       std::memcpy(h, h_prev + b * H, H * sizeof(T));
       if (a.save) std::fill_n(gates_t + b * G, G, T(0)), std::fill_n(hn_t + b * H, H, T(0));
+      for (int k = 0; a.save && ln && k < 4; ++k) std::fill_n(lnt[k] + b * ln_n[k], ln_n[k], T(0));
       o.zero_padded(t, b, B, H);
     });
   }
@@ -220,10 +249,11 @@ void forward_before(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tenso
 }
 
 // Returns dh_0.  Torch form: drn is defined, rhs is not; original form: the other way round.
-// hd_all: the masked previous states under recurrent dropout (else undefined).
+// hd_all: the masked previous states under recurrent dropout (else undefined).  Layer norm: ln
+// holds [dxp, drec] (the header's), else it is empty.
 template <typename T>
 Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const Tensor& drn_t, const Tensor& rhs_t,
-                     const Tensor& hd_all) {
+                     const Tensor& hd_all, const Tensors& ln) {
   const Steps<T> s = steps<T>(a.states[0], a.state0[0]);
   const int64_t B = s.B, H = s.H, G = s.G;
   const bool after = sp.reset_after;
@@ -242,8 +272,19 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
   T *drn = after ? drn_t.data_ptr<T>() : nullptr, *rhs = after ? nullptr : rhs_t.data_ptr<T>();
   T* du = after ? nullptr : du_t.data_ptr<T>();
   const StepWeight<T> w_hrz(Op::N, B, H, 2 * H, w_hh, H), w_hn(Op::N, B, H, H, w_hh + 2 * H * H, H);
+  const StepWeight<T> w_all(Op::N, B, H, G, w_hh, H);
+  std::vector<StepRows<T>> zeroed{{dx, G}, {after ? drn : rhs, H}};
+  T *dxp = nullptr, *drec = nullptr;
+  const T *g_ih = nullptr, *g_hh = nullptr, *x_hat = nullptr, *x_rstd = nullptr, *h_hat = nullptr, *h_rstd = nullptr;
+  if (sp.layer_norm) {
+    dxp = ln[0].data_ptr<T>(), drec = ln[1].data_ptr<T>();
+    g_ih = a.rec[2]->data_ptr<T>(), g_hh = a.rec[3]->data_ptr<T>();
+    x_hat = a.saved[2].data_ptr<T>(), x_rstd = a.saved[3].data_ptr<T>();
+    h_hat = a.saved[4].data_ptr<T>(), h_rstd = a.saved[5].data_ptr<T>();
+    zeroed.insert(zeroed.end(), {{dxp, G}, {drec, G}});
+  }
   return backward_steps<T>(
-      a, opt, G, {{dx, G}, {after ? drn : rhs, H}},
+      a, opt, G, zeroed,
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
         const int64_t row = t * B + b;
         const T *g = gates + row * G, *h_prev = s.h_prev(t) + b * H;
@@ -252,12 +293,20 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
           after_r_grads(H, g, hn + row * H, dx + row * G, drn + row * H);
         else
           r_times_h(H, g, h_in(t, b), rhs + row * H);
+        if (!sp.layer_norm) return;
+        T* d_h = drec + row * G;                              // [dx_r, dx_z, drn], then LN' of it in place
+        std::memcpy(d_h, dx + row * G, 2 * H * sizeof(T));
+        std::memcpy(d_h + 2 * H, drn + row * H, H * sizeof(T));
+        norm_blocks_backward(3, H, dx + row * G, g_ih, x_hat + row * G, x_rstd + row * 3, dxp + row * G);
+        norm_blocks_backward(3, H, static_cast<const T*>(d_h), g_hh, h_hat + row * G, h_rstd + row * 3, d_h);
       },
       [&](int64_t t, T* dh_prev) {
         T* dx_s = dx + t * B * G;
         T* acc = drop ? dhd : dh_prev;                        // where the recurrent terms are summed
         if (drop) std::fill_n(dhd, B * H, T(0));
-        if (after) {
+        if (sp.layer_norm) {
+          w_all.mul(drec + t * B * G, G, T(1), acc, H);
+        } else if (after) {
           w_hrz.mul(dx_s, G, T(1), acc, H);                   // r, z rows
           w_hn.mul(drn + t * B * H, H, T(1), acc, H);         // n rows
         } else {
@@ -272,13 +321,17 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
       });
 }
 
-// [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined, h_update | undefined] (see the
-// header comment).
+// [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined, h_update | undefined, and with
+// layer norm x_hat, x_rstd, h_hat, h_rstd, xs] (see the header comment).
 Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                     const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B;
   const Tensor upd = sp.zoneout > 0 && save ? empty_seq({T, B, H}, opt) : Tensor();
   Tensors bufs{empty_seq({T, B, H}, opt), empty_seq({rows, 3 * H}, opt)};
+  if (sp.reset_after && sp.layer_norm)
+    return {bufs[0], bufs[1], empty_seq({rows, H}, opt), at::empty({B, 3 * H}, opt), Tensor(), Tensor(), upd,
+            empty_seq({rows, 3 * H}, opt), empty_seq({rows, 3}, opt), empty_seq({rows, 3 * H}, opt),
+            empty_seq({rows, 3}, opt), at::empty({B, 3 * H}, opt)};
   if (sp.reset_after)
     return {bufs[0], bufs[1], empty_seq({rows, H}, opt), at::empty({B, 3 * H}, opt), Tensor(), Tensor(), upd};
   return {bufs[0], bufs[1], Tensor(), at::empty({B, 2 * H}, opt), at::empty({B, H}, opt), at::empty({B, H}, opt), upd};
@@ -301,6 +354,9 @@ FwdResult gru_forward(const Spec& sp, const FwdArgs& a) {
   if (!a.save) return {{bufs[0]}, {}};
   Tensors saved{bufs[1].view({Tn, B, 3 * H})};
   if (sp.reset_after) saved.push_back(bufs[2].view({Tn, B, H}));
+  if (sp.layer_norm)
+    saved.insert(saved.end(), {bufs[7].view({Tn, B, 3 * H}), bufs[8].view({Tn, B, 3}), bufs[9].view({Tn, B, 3 * H}),
+                               bufs[10].view({Tn, B, 3})});
   if (bufs[6].defined()) saved.push_back(bufs[6]);
   return {{bufs[0]}, saved};
 }
@@ -315,6 +371,8 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   Tensor dh, dw = at::empty({G, H}, opt);
   c10::optional<Tensor> db;
   if (a.rec[1].has_value()) db = at::empty({G}, opt);
+  const Tensors ln = sp.layer_norm ? Tensors{empty_seq({Tn, B, G}, opt), empty_seq({Tn, B, G}, opt)} : Tensors{};
+  const Tensors d_ln = sp.layer_norm ? Tensors{at::empty({G}, opt), at::empty({G}, opt)} : Tensors{};
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "gru_backward", [&] {
     using T = scalar_t;
     const Noise<T> nz(sp, a.noise);
@@ -323,12 +381,19 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
     const T* h0_p = nz.drop ? hd_all.data_ptr<T>() : a.state0[0].data_ptr<T>();      // the previous states as
     const T* hs_p = nz.drop ? hd_all.data_ptr<T>() + B * H : hs.data_ptr<T>();      // they entered W_hh
     T* dw_hn = dw.data_ptr<T>() + 2 * H * H;
-    dh = backward_impl<T>(sp, a, dx, drn, rhs, hd_all);
-    if (sp.reset_after)
+    dh = backward_impl<T>(sp, a, dx, drn, rhs, hd_all, ln);
+    if (sp.layer_norm) {
+      const T *x_hat = a.saved[2].data_ptr<T>(), *h_hat = a.saved[4].data_ptr<T>();
+      T *dg_ih = d_ln[0].data_ptr<T>(), *dg_hh = d_ln[1].data_ptr<T>();
+      weight_grad<T>(Tn, B, G, H, ln[1].data_ptr<T>(), G, h0_p, hs_p, dw.data_ptr<T>());
+      prod_col_sum<T>(R, G, dx_p, G, x_hat, G, dg_ih);
+      prod_col_sum<T>(R, 2 * H, dx_p, G, h_hat, G, dg_hh);                       // r, z: dx's rows
+      prod_col_sum<T>(R, H, drn.data_ptr<T>(), H, h_hat + 2 * H, G, dg_hh + 2 * H);   // n: drn
+    } else if (sp.reset_after)
       weight_grad<T>(Tn, B, H, H, drn.data_ptr<T>(), H, h0_p, hs_p, dw_hn);
     else
       gemm(Op::T, Op::N, H, H, R, dx_p + 2 * H, G, rhs.data_ptr<T>(), H, T(0), dw_hn, H);
-    weight_grad<T>(Tn, B, 2 * H, H, dx_p, G, h0_p, hs_p, dw.data_ptr<T>());   // r, z rows
+    if (!sp.layer_norm) weight_grad<T>(Tn, B, 2 * H, H, dx_p, G, h0_p, hs_p, dw.data_ptr<T>());   // r, z rows
     if (db) {
       T* db_p = db->data_ptr<T>();
       col_sum<T>(R, 2 * H, dx_p, G, db_p);
@@ -338,15 +403,22 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
         col_sum<T>(R, H, dx_p + 2 * H, G, db_p + 2 * H);
     }
   });
+  if (sp.layer_norm) return {ln[0], {dh}, {dw, db, d_ln[0], d_ln[1]}};
   return {dx, {dh}, {dw, db}};
 }
 
-// gates, and hn in torch's form; zoneout's h_update
+// gates, and hn in torch's form; layer norm's x_hat, x_rstd, h_hat, h_rstd; zoneout's h_update
 std::vector<Sym> gru_saved(const Spec& sp) {
-  return zoneout_saved(sp, sp.reset_after ? std::vector<Sym>{kGH, kH} : std::vector<Sym>{kGH});
+  std::vector<Sym> own = sp.reset_after ? std::vector<Sym>{kGH, kH} : std::vector<Sym>{kGH};
+  if (sp.layer_norm) own.insert(own.end(), {kGH, kG, kGH, kG});
+  return zoneout_saved(sp, own);
 }
 
-std::vector<ParamDecl> gru_rec(const Spec&) { return {{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}}; }
+std::vector<ParamDecl> gru_rec(const Spec& sp) {
+  std::vector<ParamDecl> rec{{"weight_hh", {kGH, kH}, false}, {"bias_hh", {kGH}, true}};
+  if (sp.layer_norm) rec.insert(rec.end(), {{"weight_ln_ih", {kGH}, false}, {"weight_ln_hh", {kGH}, false}});
+  return rec;
+}
 
 }  // namespace
 

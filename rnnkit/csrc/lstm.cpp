@@ -24,6 +24,17 @@
 //   dh_all   (T, B, P)    projection, backward: dh_t of every step (zero on padded rows), for the
 //                         post-loop dW_hr = dh_all^T m_all, m_all = o * tanh_c (T, B, H)
 //   dc       (B, H)       backward: carried dc, updated in place
+// Layer normalisation (norm.h; rec params g_ih (4H), g_hh (4H), g_c (H), b_c (H) | None after the
+// others), pre = g_ih * x_hat + g_hh * h_hat + b_hh and tanh_c = tanh(g_c * c_hat + b_c):
+//   x_hat, h_hat (T, B, 4H), x_rstd, h_rstd (T, B, 4)   xp and h_{t-1} W_hh^T normalised per gate
+//            block, and their 1/std: saved (without save, (B, .) workspaces)
+//   ln_pre   (B, 4H)      forward workspace: zeros, the x-term of forward_row (pre is in gates)
+//   dp       (T, B, 4H)   backward: d pre (the gate rows); d_xp = LN'(dp g_ih), returned as dx
+//   dx       (T, B, 4H)   backward: d_xp; a row's first H are its workspace for LN'(dn g_c) first
+//            (dg then holds d_rec = LN'(dp g_hh), the rows of dh_{t-1} and of dW_hh)
+//   dn, c_hat (T, B, H)   backward: dn = dm o (1 - tanh_c^2), c~_t normalised: dg_c, db_c sums
+// Post-loop with it: db_hh = sum dp, dg_ih = sum dp x_hat, dg_hh = sum dp h_hat,
+// dg_c = sum dn c_hat, db_c = sum dn (and dw_ch from dp).
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
 // Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
@@ -33,6 +44,7 @@
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
+#include "norm.h"
 #include "rnn.h"
 #include "simd.h"
 
@@ -62,15 +74,18 @@ void forward_row(int64_t H, T* __restrict g, const T* __restrict x, const T* __r
 // Gradient of one row: d (4H) from dh = gh and the carried dc (updated in place to dc_{t-1});
 // peep: w_ch (3H) or zeros; zc: zoneout's z of c for the row (zc_p: its constant when zc is
 // nullptr; 0 without zoneout): dc reaches the cell times (1 - z) and c_{t-1} directly times z.
-template <typename T>
+// Ln: dcn (H) is the gradient reaching c_t through tanh_c (layer norm's LN'(dn g_c)), else it is
+// dh o (1 - tanh_c^2), computed here.
+template <typename T, bool Ln = false>
 void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, const T* __restrict c_prev,
                   const T* __restrict peep, const T* __restrict zc, T zc_p, const T* __restrict gh,
-                  T* __restrict gc, T* __restrict d) {
+                  T* __restrict gc, T* __restrict d, const T* __restrict dcn = nullptr) {
   for (int64_t j = 0; j < H; ++j) {
     const T i = g[j], f = g[H + j], n = g[2 * H + j], o = g[3 * H + j];
     const T z = zc != nullptr ? zc[j] : zc_p;
     const T dpo = gh[j] * tc[j] * o * (T(1) - o);
-    const T dct = gc[j] * (T(1) - z) + gh[j] * o * (T(1) - tc[j] * tc[j]) + dpo * peep[2 * H + j];
+    const T dcell = Ln ? dcn[j] : gh[j] * o * (T(1) - tc[j] * tc[j]);
+    const T dct = gc[j] * (T(1) - z) + dcell + dpo * peep[2 * H + j];
     const T di = dct * n * i * (T(1) - i), df = dct * c_prev[j] * f * (T(1) - f);
     d[j] = di, d[H + j] = df;
     d[2 * H + j] = dct * i * (T(1) - n * n);
@@ -84,8 +99,37 @@ Tensor peep_or_zeros(const Spec& sp, const OptTensors& rec, int64_t H, const at:
   return sp.peephole ? *rec[sp.proj > 0 ? 3 : 2] : at::zeros({3 * H}, opt);
 }
 
+// Layer normalisation's parameters: the gains g_ih, g_hh (4H), g_c (H) and b_c (H; zeros when None).
+template <typename T>
+struct LnParams {
+  Tensor b_c_t;
+  const T *g_ih, *g_hh, *g_c, *b_c;
+  LnParams(const Spec& sp, const OptTensors& rec, int64_t H, const at::TensorOptions& opt) {
+    const size_t k = 2 + (sp.proj > 0) + sp.peephole;         // after weight_hh, bias_hh, weight_hr, weight_ch
+    b_c_t = or_zeros(rec[k + 3], H, opt);
+    g_ih = rec[k]->data_ptr<T>(), g_hh = rec[k + 1]->data_ptr<T>(), g_c = rec[k + 2]->data_ptr<T>();
+    b_c = b_c_t.data_ptr<T>();
+  }
+};
+
+// Layer-normalised forward of one row: g holds h_{t-1} W_hh^T on entry and the gates on exit;
+// x_hat, x_rstd, h_hat, h_rstd (the rows of the header's tensors) are written; zero: 4H zeros.
+template <typename T>
+void forward_row_ln(int64_t H, const LnParams<T>& ln, T* g, const T* x, const T* bias, const T* peep,
+                    const T* c_prev, T* c, T* tc, T* h, T* x_hat, T* x_rstd, T* h_hat, T* h_rstd, const T* zero) {
+  norm_blocks(4, H, x, x_hat, x_rstd);
+  norm_blocks(4, H, static_cast<const T*>(g), h_hat, h_rstd);
+  for (int64_t j = 0; j < 4 * H; ++j) g[j] = ln.g_ih[j] * x_hat[j] + ln.g_hh[j] * h_hat[j];
+  forward_row(H, g, zero, bias, peep, c_prev, c, tc, h);     // + b_hh; tc, h are redone below
+  norm_block(H, static_cast<const T*>(c), tc);               // c_hat
+  for (int64_t j = 0; j < H; ++j) {
+    tc[j] = tanh_(ln.g_c[j] * tc[j] + ln.b_c[j]);
+    h[j] = g[3 * H + j] * tc[j];
+  }
+}
+
 // bufs: lstm_buffers' [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined,
-// m | undefined].
+// m | undefined, x_hat, x_rstd, h_hat, h_rstd, ln_pre (layer norm; else undefined)].
 template <typename T>
 void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H, P = bufs[0].size(2);
@@ -103,11 +147,20 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const StepWeight<T> w_t(Op::T, B, G, P, w, P);              // h W_hh^T
   c10::optional<StepWeight<T>> w_r;                           // m W_hr^T
   if (proj) w_r.emplace(Op::T, B, P, H, a.rec[2]->data_ptr<T>(), H);
+  const bool ln = sp.layer_norm;
+  c10::optional<LnParams<T>> lnp;
+  if (ln) lnp.emplace(sp, a.rec, H, a.xp.options());
+  T* LN[4] = {nullptr, nullptr, nullptr, nullptr};           // x_hat, x_rstd, h_hat, h_rstd
+  const int64_t ln_n[4] = {G, 4, G, 4};
+  for (int k = 0; ln && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<T>();
+  const T* zero = ln ? bufs[11].data_ptr<T>() : nullptr;
   for (int64_t t = 0; t < Tn; ++t) {
     const T* hp = t ? H_ + (t - 1) * B * P : h0;
     const T* cp = t ? C_ + (t - 1) * B * H : c0;
     T* gt = a.save ? G_ + t * B * G : G_;                     // (B, 4H)
     T* tct = a.save ? TC + t * B * H : TC;                    // (B, H)
+    T* lnt[4];                                                // (B, .) each
+    for (int k = 0; ln && k < 4; ++k) lnt[k] = a.save ? LN[k] + t * B * ln_n[k] : LN[k];
     if (hd != nullptr)
       for (int64_t b = 0; b < B; ++b) mul_to(P, hd + b * P, hp + b * P, nz.mask(t, b, P));
     w_t.mul(hd != nullptr ? hd : hp, P, T(0), gt, G);
@@ -116,7 +169,11 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
       T* h = H_ + row * P;
       T* c = C_ + row * H;
       if (mask.valid(t, b)) {
-        forward_row(H, gt + b * G, xp + row * G, bias, peep, cp + b * H, c, tct + b * H, proj ? M + b * H : h);
+        if (ln)
+          forward_row_ln(H, *lnp, gt + b * G, xp + row * G, bias, peep, cp + b * H, c, tct + b * H,
+                         proj ? M + b * H : h, lnt[0] + b * G, lnt[1] + b * 4, lnt[2] + b * G, lnt[3] + b * 4, zero);
+        else
+          forward_row(H, gt + b * G, xp + row * G, bias, peep, cp + b * H, c, tct + b * H, proj ? M + b * H : h);
         if (nz.zoneout()) {
           if (!proj) zone_row(H, h, hp + b * H, nz.z(t, 0, b, H), nz.p, upd[0] ? upd[0] + row * H : nullptr);
           zone_row(H, c, cp + b * H, nz.z(t, 1, b, H), nz.p, upd[1] ? upd[1] + row * H : nullptr);
@@ -125,6 +182,7 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
         std::memcpy(h, hp + b * P, P * sizeof(T));
         std::memcpy(c, cp + b * H, H * sizeof(T));
         if (a.save) std::fill_n(gt + b * G, G, T(0)), std::fill_n(tct + b * H, H, T(0));
+        for (int k = 0; a.save && ln && k < 4; ++k) std::fill_n(lnt[k] + b * ln_n[k], ln_n[k], T(0));
         if (upd[0] != nullptr) std::fill_n(upd[0] + row * P, P, T(0)), std::fill_n(upd[1] + row * H, H, T(0));
       }
     });
@@ -281,7 +339,7 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
 }
 bool use_fused(const Spec& sp, const FwdArgs& a) {
-  return sp.proj == 0 && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
+  return sp.proj == 0 && !sp.layer_norm && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
 }
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -360,7 +418,7 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
 
 bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return sp.proj == 0 && !sp.layer_norm && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
 
 // Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
@@ -442,12 +500,31 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
 }
 #endif
 
+// c~_t (T, B, H): the cell the step computed (before zoneout), c_t itself without zoneout.
+const Tensor& cell_computed(const Spec& sp, const BwdArgs& a) {
+  return sp.zoneout > 0 ? a.saved[sp.layer_norm ? 7 : 3] : a.states[1];
+}
+
 // Returns dh_0; dc_t carries dc back in place to dc_0; dh_all (projection: (T, B, P), else
-// undefined) receives every step's dh_t.
+// undefined) receives every step's dh_t.  Layer norm: ln holds [dp, dx, dn, c_hat] (the header's;
+// dg_t then receives d_rec), else it is empty.
 template <typename T>
-Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensor& dh_all) {
+Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensor& dh_all,
+                     const Tensors& ln) {
   const int64_t B = a.states[0].size(1), P = a.states[0].size(2), H = a.states[1].size(2), G = 4 * H;
   const bool proj = sp.proj > 0;
+  c10::optional<LnParams<T>> lnp;
+  if (sp.layer_norm) lnp.emplace(sp, a.rec, H, dg_t.options());
+  T *dp = nullptr, *dx = nullptr, *dn = nullptr, *c_hat = nullptr;
+  const T *x_hat = nullptr, *x_rstd = nullptr, *h_hat = nullptr, *h_rstd = nullptr, *c_new = nullptr;
+  std::vector<StepRows<T>> zeroed{{dg_t.data_ptr<T>(), G}};
+  if (sp.layer_norm) {
+    dp = ln[0].data_ptr<T>(), dx = ln[1].data_ptr<T>(), dn = ln[2].data_ptr<T>(), c_hat = ln[3].data_ptr<T>();
+    x_hat = a.saved[2].data_ptr<T>(), x_rstd = a.saved[3].data_ptr<T>();
+    h_hat = a.saved[4].data_ptr<T>(), h_rstd = a.saved[5].data_ptr<T>();
+    c_new = cell_computed(sp, a).data_ptr<T>();
+    zeroed.insert(zeroed.end(), {{dp, G}, {dx, G}, {dn, H}, {c_hat, H}});
+  }
   const T *cs = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   const T *gates = a.saved[0].data_ptr<T>(), *tanh_c = a.saved[1].data_ptr<T>();
   T *dg = dg_t.data_ptr<T>(), *dc = dc_t.data_ptr<T>();
@@ -462,13 +539,23 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const
   c10::optional<StepWeight<T>> w_r;                           // dh W_hr
   if (proj) w_r.emplace(Op::N, B, H, P, a.rec[2]->data_ptr<T>(), H);
   return backward_steps<T>(
-      a, opt, G, {{dg, G}},
+      a, opt, G, zeroed,
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
-        const int64_t r = (t * B + b) * H;
+        const int64_t row = t * B + b, r = row * H;
         const T* c_prev = t ? cs + r - B * H : c0 + b * H;
-        backward_row(H, gates + (t * B + b) * G, tanh_c + r, c_prev, peep, opt.noise.z(t, 1, b, H), opt.noise.p,
-                     proj ? dm + b * H : dh, dc + b * H, dg + (t * B + b) * G);
+        const T* gh = proj ? dm + b * H : dh;
         std::fill_n(dh_prev, P, T(0));
+        if (!sp.layer_norm)
+          return backward_row(H, gates + row * G, tanh_c + r, c_prev, peep, opt.noise.z(t, 1, b, H), opt.noise.p, gh,
+                              dc + b * H, dg + row * G);
+        const T* g = gates + row * G;
+        for (int64_t j = 0; j < H; ++j) dn[r + j] = gh[j] * g[3 * H + j] * (T(1) - tanh_c[r + j] * tanh_c[r + j]);
+        const T c_rstd = norm_block(H, c_new + r, c_hat + r);
+        norm_block_backward(H, dn + r, lnp->g_c, c_hat + r, c_rstd, dx + row * G);   // d c_t through tanh_c
+        backward_row<T, true>(H, g, tanh_c + r, c_prev, peep, opt.noise.z(t, 1, b, H), opt.noise.p, gh, dc + b * H,
+                              dp + row * G, dx + row * G);
+        norm_blocks_backward(4, H, dp + row * G, lnp->g_ih, x_hat + row * G, x_rstd + row * 4, dx + row * G);
+        norm_blocks_backward(4, H, dp + row * G, lnp->g_hh, h_hat + row * G, h_rstd + row * 4, dg + row * G);
       },
       [&](int64_t t, T* dh_prev) {
         if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P);   // += dg_t W_hh
@@ -516,15 +603,19 @@ void peephole_grad(int64_t Tn, int64_t B, int64_t H, const T* dg, const T* c0, c
     }
 }
 
-// [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined, m | undefined] (see the
-// header comment).
+// [hs, cs, gates, tanh_c, h_update | undefined, c_update | undefined, m | undefined, and with
+// layer norm x_hat, x_rstd, h_hat, h_rstd, ln_pre] (see the header comment).
 Tensors lstm_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTensors&, bool save,
                      const at::TensorOptions& opt) {
   const int64_t rows = save ? T * B : B, P = sp.proj > 0 ? sp.proj : H;
   const bool upd = sp.zoneout > 0 && save;
-  return {empty_seq({T, B, P}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
-          empty_seq({rows, H}, opt), upd ? empty_seq({T, B, P}, opt) : Tensor(), upd ? empty_seq({T, B, H}, opt) : Tensor(),
-          sp.proj > 0 ? at::empty({B, H}, opt) : Tensor()};
+  Tensors bufs{empty_seq({T, B, P}, opt), empty_seq({T, B, H}, opt), empty_seq({rows, 4 * H}, opt),
+               empty_seq({rows, H}, opt), upd ? empty_seq({T, B, P}, opt) : Tensor(),
+               upd ? empty_seq({T, B, H}, opt) : Tensor(), sp.proj > 0 ? at::empty({B, H}, opt) : Tensor()};
+  if (sp.layer_norm)
+    bufs.insert(bufs.end(), {empty_seq({rows, 4 * H}, opt), empty_seq({rows, 4}, opt), empty_seq({rows, 4 * H}, opt),
+                             empty_seq({rows, 4}, opt), at::zeros({4 * H}, opt)});
+  return bufs;
 }
 
 void lstm_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -540,6 +631,9 @@ FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
   lstm_run(sp, a, bufs);
   if (!a.save) return {{bufs[0], bufs[1]}, {}};
   Tensors saved{bufs[2].view({Tn, B, 4 * H}), bufs[3].view({Tn, B, H})};
+  if (sp.layer_norm)
+    saved.insert(saved.end(), {bufs[7].view({Tn, B, 4 * H}), bufs[8].view({Tn, B, 4}), bufs[9].view({Tn, B, 4 * H}),
+                               bufs[10].view({Tn, B, 4})});
   if (bufs[4].defined()) saved.push_back(bufs[4]), saved.push_back(bufs[5]);
   return {{bufs[0], bufs[1]}, saved};
 }
@@ -552,16 +646,24 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor dh_all = sp.proj > 0 ? empty_seq({Tn, B, P}, opt) : Tensor();
   Tensor dh;
   Tensor dw = at::empty({4 * H, P}, opt);
-  c10::optional<Tensor> db, dw_ch, dw_hr;
+  c10::optional<Tensor> db, dw_ch, dw_hr, db_c;
   if (sp.proj > 0) dw_hr = at::empty({P, H}, opt);
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
   if (sp.peephole) dw_ch = at::empty({3 * H}, opt);
+  Tensors ln, d_ln;                                           // [dp, dx, dn, c_hat]; d g_ih, g_hh, g_c
+  if (sp.layer_norm) {
+    ln = {empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, H}, opt),
+          empty_seq({Tn, B, H}, opt)};
+    d_ln = {at::empty({4 * H}, opt), at::empty({4 * H}, opt), at::empty({H}, opt)};
+    if (a.rec.back().has_value()) db_c = at::empty({H}, opt);
+  }
+  const Tensor& dpre = sp.layer_norm ? ln[0] : dg;            // d pre: the biases' and peepholes' rows
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
 #ifdef RNNKIT_AVX512
-    dh = use_fused_backward(sp, a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc, dh_all);
+    dh = use_fused_backward(sp, a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc, dh_all, ln);
 #else
-    dh = backward_impl<T>(sp, a, dg, dc, dh_all);
+    dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
 #endif
     const Noise<T> nz(sp, a.noise);
     const Tensor hd = nz.drop ? dropped_prev<T>(a.state0[0], hs, nz) : Tensor();
@@ -571,25 +673,39 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
     if (dw_hr)
       projection_grad<T>(Tn * B, H, P, dh_all.data_ptr<T>(), a.saved[0].data_ptr<T>(), a.saved[1].data_ptr<T>(),
                          dw_hr->data_ptr<T>());
-    if (db) col_sum<T>(Tn * B, 4 * H, dg.data_ptr<T>(), 4 * H, db->data_ptr<T>());
-    const Tensor& c_new = sp.zoneout > 0 ? a.saved[3] : a.states[1];             // c~_t
+    const int64_t R = Tn * B;
+    const T* dp = dpre.data_ptr<T>();
+    if (db) col_sum<T>(R, 4 * H, dp, 4 * H, db->data_ptr<T>());
     if (dw_ch)
-      peephole_grad<T>(Tn, B, H, dg.data_ptr<T>(), a.state0[1].data_ptr<T>(), a.states[1].data_ptr<T>(),
-                       c_new.data_ptr<T>(), dw_ch->data_ptr<T>());
+      peephole_grad<T>(Tn, B, H, dp, a.state0[1].data_ptr<T>(), a.states[1].data_ptr<T>(),
+                       cell_computed(sp, a).data_ptr<T>(), dw_ch->data_ptr<T>());
+    if (!sp.layer_norm) return;
+    prod_col_sum<T>(R, 4 * H, dp, 4 * H, a.saved[2].data_ptr<T>(), 4 * H, d_ln[0].data_ptr<T>());   // x_hat
+    prod_col_sum<T>(R, 4 * H, dp, 4 * H, a.saved[4].data_ptr<T>(), 4 * H, d_ln[1].data_ptr<T>());   // h_hat
+    prod_col_sum<T>(R, H, ln[2].data_ptr<T>(), H, ln[3].data_ptr<T>(), H, d_ln[2].data_ptr<T>());   // dn c_hat
+    if (db_c) col_sum<T>(R, H, ln[2].data_ptr<T>(), H, db_c->data_ptr<T>());
   });
   OptTensors d_rec{dw, db};
   if (sp.proj > 0) d_rec.push_back(dw_hr);
   if (sp.peephole) d_rec.push_back(dw_ch);
-  return {dg, {dh, dc}, d_rec};
+  if (sp.layer_norm) d_rec.insert(d_rec.end(), {d_ln[0], d_ln[1], d_ln[2], db_c});
+  return {sp.layer_norm ? ln[1] : dg, {dh, dc}, d_rec};
 }
 
-// gates, tanh_c; zoneout's h_update, c_update
-std::vector<Sym> lstm_saved(const Spec& sp) { return zoneout_saved(sp, {kGH, kH}); }
+// gates, tanh_c; layer norm's x_hat, x_rstd, h_hat, h_rstd; zoneout's h_update, c_update
+std::vector<Sym> lstm_saved(const Spec& sp) {
+  std::vector<Sym> own{kGH, kH};
+  if (sp.layer_norm) own.insert(own.end(), {kGH, kG, kGH, kG});
+  return zoneout_saved(sp, own);
+}
 
 std::vector<ParamDecl> lstm_rec(const Spec& sp) {
   std::vector<ParamDecl> rec{{"weight_hh", {kGH, sp.proj > 0 ? kP : kH}, false}, {"bias_hh", {kGH}, true}};
   if (sp.proj > 0) rec.push_back({"weight_hr", {kP, kH}, false});
   if (sp.peephole) rec.push_back({"weight_ch", {kH3}, false});
+  if (sp.layer_norm)
+    rec.insert(rec.end(), {{"weight_ln_ih", {kGH}, false}, {"weight_ln_hh", {kGH}, false}, {"weight_ln_c", {kH}, false},
+                           {"bias_ln_c", {kH}, true}});
   return rec;
 }
 

@@ -2,7 +2,7 @@
 // spec's numbers are given meaning.
 //
 // The spec is the int vector [cell id, act, out, reset_after, peephole, recurrent_dropout,
-// zoneout, clip_recurrent, proj_size] that make_spec returns to Python and that forward, backward, step and
+// zoneout, clip_recurrent, proj_size, layer_norm] that make_spec returns to Python and that forward, backward, step and
 // Stepper take back; its entries after the id are the options below, each a string on the Python
 // side and a number here (the real ones as their double's bit pattern, see Spec in rnn.h).
 #include "rnn.h"
@@ -53,11 +53,12 @@ const std::vector<Option>& options() {
       {"zoneout", 6, {}, Real::kProbability, {"elman", "lstm", "gru"}},
       {"clip_recurrent", 7, {}, Real::kPositive},
       {"proj_size", 8, {}, Real::kSize, {"lstm"}},
+      {"layer_norm", 9, {{"0", 0}, {"1", 1}}, Real::kNone, {"lstm", "gru"}},
   };
   return opts;
 }
 
-constexpr size_t kSpecSize = 9;
+constexpr size_t kSpecSize = 10;
 
 int64_t bits_of(double x) {
   int64_t b;
@@ -164,6 +165,9 @@ std::vector<int64_t> make_spec(const std::string& name, const std::map<std::stri
                       ", got '", kv.second, "'");
     spec[o->slot] = c->value;
   }
+  TORCH_CHECK_VALUE(!(spec[9] != 0 && name == "gru" && spec[3] == 0),
+                    "rnnkit: option 'layer_norm': taken by the GRU in torch's form (reset_after '1'), got it with "
+                    "reset_after '0'");
   return spec;
 }
 
@@ -182,8 +186,10 @@ Spec decode_spec(const std::vector<int64_t>& spec) {
                        std::find(o.cells.begin(), o.cells.end(), t[spec[0]].name) != o.cells.end();
     TORCH_CHECK_VALUE(taken, "rnnkit: spec: ", o.key, " is set for the '", t[spec[0]].name, "' cell, which does not take it");
   }
+  TORCH_CHECK_VALUE(!(spec[9] != 0 && std::string(t[spec[0]].name) == "gru" && spec[3] == 0),
+                    "rnnkit: spec: layer_norm is set for the GRU's original form, which does not take it");
   return {&t[spec[0]], static_cast<Act>(spec[1]), static_cast<Act>(spec[2]), spec[3] != 0, spec[4] != 0,
-          double_of(spec[5]), double_of(spec[6]), double_of(spec[7]), spec[8]};
+          double_of(spec[5]), double_of(spec[6]), double_of(spec[7]), spec[8], spec[9] != 0};
 }
 
 }  // namespace rnnkit

@@ -64,7 +64,8 @@ struct Cell;
 
 // What a kernel is told about the cell it runs.  Built only by decode_spec (registry.cpp) from
 // the int vector that make_spec returns to Python:
-//   [cell id, act, out, reset_after, peephole, recurrent_dropout, zoneout, clip_recurrent, proj_size]
+//   [cell id, act, out, reset_after, peephole, recurrent_dropout, zoneout, clip_recurrent, proj_size,
+//    layer_norm]
 // recurrent_dropout, zoneout and clip_recurrent are real numbers.  They travel in the same int64 vector as the IEEE-754 bit
 // pattern of the double (std::memcpy, never a numeric conversion), so every entry point keeps one
 // spec argument and a value round-trips exactly (Python's repr of a float parses back to the same
@@ -79,6 +80,8 @@ struct Spec {
   double zoneout;       // zoneout probability p in [0, 1): 0 = none
   double clip;          // clip_recurrent bound x > 0: 0 = none
   int64_t proj;         // LSTM: proj_size P > 0 (h = (o * tanh c) W_hr^T has P features): 0 = none
+  bool layer_norm;      // LSTM, GRU (torch form): each gate block of xp and of h W_hh^T normalised
+                        // (and an LSTM's c before its tanh), with the gains weight_ln_* (norm.h)
   // The noise list's entry of the recurrent mask (-1: none) and of zoneout's first state (-1: none).
   int64_t noise_drop() const { return dropout > 0 ? 0 : -1; }
   int64_t noise_zone() const { return zoneout > 0 ? (dropout > 0 ? 1 : 0) : -1; }
@@ -130,8 +133,8 @@ using RunFn = void (*)(const Spec&, const FwdArgs&, const Tensors& bufs);
 // argument that has it and must agree in all the others: T steps, B batch, L layers of a stack,
 // I input size, H hidden size, GH = gates * H (fixes H), O a Jordan network's output size,
 // H3 = 3 * H (fixes H; an LSTM's peephole weights), P a projected LSTM's emitted size (fixed by
-// the spec).
-enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kP, kNumSyms };
+// the spec), G the cell's number of gate blocks (a constant: layer_norm's per-block 1/std).
+enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kP, kG, kNumSyms };
 
 // A recurrent parameter: its name (the Python cell's rec_params entry, without the layer
 // suffix), its sizes, and whether it may be None (a bias).
@@ -206,7 +209,7 @@ std::vector<std::string> cell_names();
 // ---- the spec ----------------------------------------------------------------------------
 // The spec (see Spec) for the cell named name; options: "nonlinearity" (tanh | relu),
 // "output_activation" (identity | tanh | sigmoid | softmax), "reset_after" (1 | 0), "peephole"
-// (1 | 0; LSTM only), "recurrent_dropout" and "zoneout" (a number in [0, 1); zoneout not on a
+// (1 | 0; LSTM only), "layer_norm" (0 | 1; LSTM and the GRU's torch form), "recurrent_dropout" and "zoneout" (a number in [0, 1); zoneout not on a
 // Jordan network), "clip_recurrent" (a positive finite number), "proj_size" (a positive integer;
 // LSTM only); absent ones take their default
 // (the first value, 0).  A cell ignores the choice options it does not read.  An unknown name,

@@ -1,5 +1,6 @@
 """The cell options inside the fused CPU kernels (issue 11): clip_recurrent, recurrent dropout and
-zoneout on every cell (zoneout not on Jordan), peepholes and the projection (proj_size) on the LSTM.
+zoneout on every cell (zoneout not on Jordan), peepholes and the projection (proj_size) on the LSTM,
+layer normalisation on the LSTM and on the GRU's torch form.
 
 The shared matrices (tests/layers/test_noise.py, test_clip_recurrent.py, the registry's forms) run
 the cpu backend once it ``supports`` a form; here the backend itself is held to the reference
@@ -33,15 +34,19 @@ CELLS = {
     "lstm_peephole": lambda H, **kw: LSTMCell(H, peephole=True, **kw),
     "lstm_proj": lambda H, **kw: LSTMCell(H, proj_size=3, **kw),
     "lstm_proj_peephole": lambda H, **kw: LSTMCell(H, proj_size=H + 2, peephole=True, **kw),
+    "lstm_ln": lambda H, **kw: LSTMCell(H, layer_norm=True, **kw),
+    "lstm_ln_proj_peephole": lambda H, **kw: LSTMCell(H, proj_size=3, peephole=True, layer_norm=True, **kw),
     "gru": lambda H, **kw: GRUCell(H, **kw),
     "gru_cho": lambda H, **kw: GRUCell(H, reset_after=False, **kw),
+    "gru_ln": lambda H, **kw: GRUCell(H, layer_norm=True, **kw),
 }
 
 
 def cases():
     found = [pytest.param(cell, kw, id=f"{cell}-{opt}") for cell in CELLS for opt, kw in OPTIONS.items()
              if not (cell.startswith("jordan") and "zoneout" in kw)]
-    return found + [pytest.param(c, {}, id=f"{c}-alone") for c in ("lstm_peephole", "lstm_proj", "lstm_proj_peephole")]
+    alone = ("lstm_peephole", "lstm_proj", "lstm_proj_peephole", "lstm_ln", "lstm_ln_proj_peephole", "gru_ln")
+    return found + [pytest.param(c, {}, id=f"{c}-alone") for c in alone]
 
 
 def inputs(cell, T, B, dtype, lengths, seed=0):
@@ -132,6 +137,9 @@ def test_gradcheck_with_the_noise_held(name, options):
     ("lstm_zoneout", {"zoneout": 0.3, "recurrent_dropout": 0.2}),
     ("lstm_peephole_zoneout", {"peephole": True, "zoneout": 0.3, "clip_recurrent": 1.0}),
     ("lstm_proj_zoneout", {"proj_size": 2, "zoneout": 0.3, "peephole": True}),
+    ("lstm_ln_peephole_zoneout", {"layer_norm": True, "peephole": True, "zoneout": 0.3}),
+    ("lstm_ln_proj", {"layer_norm": True, "proj_size": 2, "recurrent_dropout": 0.2}),
+    ("gru_ln_zoneout", {"layer_norm": True, "zoneout": 0.3}),
     ("gru_zoneout", {"zoneout": 0.3}),
     ("gru_cho_zoneout", {"zoneout": 0.3, "reset_after": False}),
     ("elman_zoneout", {"zoneout": 0.3, "nonlinearity": "relu"}),
@@ -185,9 +193,33 @@ def test_peephole_weights_are_checked_by_name():
 
 
 @needs_cpu
+@pytest.mark.parametrize("name", ["lstm_ln", "lstm_ln_proj_peephole", "gru_ln"])
+def test_layer_norm_without_biases_equals_the_reference(name):
+    """bias=False: bias_hh and the LSTM's bias_ln_c are None (the kernels add zeros, return None)."""
+    cell = CELLS[name](4, zoneout=0.2)
+    xp, mask, state0, rec, d_out, d_final = inputs(cell, 5, 3, torch.float64, [5, 2, 4])
+    rec = tuple(None if n in ("bias_hh", "bias_ln_c") else p for n, p in zip(cell.rec_params, rec))
+    noise = cell.draw_noise(5, 3, xp)
+    found = []
+    for backend in (reference.BACKEND, cpu.BACKEND):
+        states, saved = backend.forward(cell, xp, mask, state0, rec, True, noise)
+        d_xp, d_state0, d_rec = backend.backward(cell, d_out, d_final, mask, state0, states, saved, rec, noise)
+        assert [d is None for d in d_rec] == [p is None for p in rec]
+        found.append([*states, *(s * mask for s in saved), d_xp, *d_state0, *(d for d in d_rec if d is not None)])
+    assert_all_close(found[1], found[0], torch.float64)
+
+
+@needs_cpu
+def test_layer_norm_gains_are_checked_by_name():
+    cell = LSTMCell(4, layer_norm=True)
+    xp, mask, state0, rec, _, _ = inputs(cell, 3, 2, torch.float64, None)
+    with pytest.raises(RuntimeError, match=r"weight_ln_c: expected shape \(4,\) \(H; H = 4"):
+        cpu.extension().forward(cpu.BACKEND._lookup(cell), xp, mask, list(state0), [*rec[:4], rec[4][:3], rec[5]], True)
+
+
+@needs_cpu
 @pytest.mark.parametrize("cell, word", [
-    (LSTMCell(4, layer_norm=True), "layer_norm"),
-    (GRUCell(4, layer_norm=True), "layer_norm"),
+    (GRUCell(4, reset_after=False, layer_norm=True), "layer_norm"),
     (JordanCell(4, 2, zoneout=0.1), "zoneout"),
 ])
 def test_options_without_a_kernel_are_declined_with_the_reason(cell, word):
@@ -215,8 +247,11 @@ def test_clip_is_the_same_on_the_oracle_the_reference_and_the_kernels(lengths):
 LAYERS = {
     "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
     "lstm_proj_peephole": (rnnkit.LSTM, {"peephole": True, "proj_size": 2}),
+    "lstm_ln_peephole": (rnnkit.LSTM, {"layer_norm": True, "peephole": True}),
+    "lstm_ln_proj": (rnnkit.LSTM, {"layer_norm": True, "proj_size": 2}),
     "gru": (rnnkit.GRU, {}),
     "gru_cho": (rnnkit.GRU, {"reset_after": False}),
+    "gru_ln": (rnnkit.GRU, {"layer_norm": True}),
     "elman_relu": (rnnkit.Elman, {"nonlinearity": "relu"}),
     "jordan": (rnnkit.Jordan, {"output_size": 3, "output_activation": "softmax"}),
 }

@@ -1,12 +1,12 @@
 """The options of issue 11 as layer arguments: LSTM's projection (torch.nn.LSTM's state shapes),
 peepholes, and the options of every layer.  The fused kernels run the projection, peepholes,
-clip_recurrent, recurrent dropout and zoneout (``auto`` picks the cpu backend); they do not have
-layer normalisation yet, so the cpu backend declines it with its reason and ``auto`` runs it on
-the reference backend.
+clip_recurrent, recurrent dropout, zoneout and layer normalisation (``auto`` picks the cpu
+backend, and the shared matrices run it on the registry's layer_norm forms); a form the cpu
+backend declines runs on the reference backend under ``auto``.
 
 (Numbers: the shared matrices run the registry's forms lstm_proj, lstm_peephole, elman_zoneout,
-lstm_dropout_zoneout and gru_clip; test_clip_recurrent.py, test_noise.py and test_onnx_parity.py
-the rest.)
+lstm_dropout_zoneout, gru_clip, lstm_layer_norm and gru_layer_norm; test_clip_recurrent.py,
+test_noise.py and test_onnx_parity.py the rest.)
 """
 import pytest
 import torch
@@ -15,15 +15,16 @@ from torch import nn
 import rnnkit
 from rnnkit import backends
 from rnnkit.backends import cpu
-from helpers import assert_all_close, flat, randn
+from helpers import assert_all_close, backends_for, flat, randn
 
 I, H, P, B, T = 3, 5, 2, 2, 4
 
-DECLINED = {
+LAYER_NORM = {
     "lstm_layer_norm": lambda **kw: rnnkit.LSTM(I, H, layer_norm=True, **kw),
     "gru_layer_norm": lambda **kw: rnnkit.GRU(I, H, layer_norm=True, **kw),
 }
 FUSED = {
+    **LAYER_NORM,
     "proj": lambda **kw: rnnkit.LSTM(I, H, proj_size=P, **kw),
     "peephole": lambda **kw: rnnkit.LSTM(I, H, peephole=True, **kw),
     "clip": lambda **kw: rnnkit.Elman(I, H, clip_recurrent=1.0, **kw),
@@ -34,16 +35,26 @@ BUILT = cpu.extension() is not None
 
 
 @pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build")
-@pytest.mark.parametrize("variant", DECLINED)
-def test_cpu_backend_declines_and_auto_runs_the_reference(variant, monkeypatch):
+@pytest.mark.parametrize("variant", LAYER_NORM)
+def test_a_declined_form_runs_on_the_reference_under_auto(variant, monkeypatch):
+    """Every layer form has a kernel now; the cpu backend is made to decline one (its memo of the
+    kernels' answer) to hold the fallback: ``auto`` runs the reference, ``backend='cpu'`` says why not."""
     monkeypatch.delenv("RNNKIT_BACKEND")
-    model = DECLINED[variant]()
+    model = LAYER_NORM[variant]()
+    monkeypatch.setitem(cpu.BACKEND._specs, model.cell.key, "its kernel does not take layer_norm (planted)")
     ok = backends.get("cpu").supports(model.cell, torch.device("cpu"), torch.float32)
     assert not ok and "does not take" in ok.reason
     assert model.backend_for(torch.empty(0)).name == "reference"
     with pytest.raises(RuntimeError, match="cannot run"):
-        DECLINED[variant](backend="cpu")(torch.randn(T, B, I))
+        LAYER_NORM[variant](backend="cpu")(torch.randn(T, B, I))
     assert backends.get("cpu").supports(rnnkit.LSTM(I, H).cell, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build")
+@pytest.mark.parametrize("form", LAYER_NORM)
+def test_the_shared_matrices_run_layer_norm_on_the_cpu_backend(form):
+    assert "cpu" in [p.values[0] for p in backends_for(form)]
+    assert "cpu" in [p.values[0] for p in backends_for(form, torch.float32, own_backward=True)]
 
 
 @pytest.mark.skipif(not BUILT, reason="the C++ kernels did not build")
