@@ -33,7 +33,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..cells.base import Cell
+from ..cells.base import Cell, block_norm, block_norm_backward
 from .base import YES, Support
 from .reference import Reference
 
@@ -41,7 +41,7 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # The cells' options the kernels implement (anything else: the reference loop).
 OPTIONS = {"elman": {"nonlinearity", "clip_recurrent", "recurrent_dropout", "zoneout"},
            "jordan": {"nonlinearity", "output_activation", "clip_recurrent", "recurrent_dropout"},
-           "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout", "proj_size"},
+           "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout", "proj_size", "layer_norm"},
            "gru": {"reset_after", "clip_recurrent", "recurrent_dropout", "zoneout"}}
 
 
@@ -193,6 +193,8 @@ class Triton(Reference):
         extra = sorted(set(cell.options()) - known)
         if extra:
             return Support(False, f"its {cell.name!r} kernel does not take {', '.join(extra)}")
+        if cell.name == "lstm" and cell.layer_norm and cell.proj_size:
+            return Support(False, "its layer-normalised 'lstm' kernel does not take proj_size")
         return self.available()
 
     def float32_state(self, dtype):
@@ -215,6 +217,8 @@ class Triton(Reference):
         return w, b, w_hr, (rest.pop(0) if cell.peephole else None)
 
     def _lstm_forward(self, cell, xp, mask, state0, params, save, noise):
+        if cell.layer_norm:
+            return self._lstm_ln_forward(cell, xp, mask, state0, params, save, noise)
         T, B, H4 = xp.shape
         H, P = H4 // 4, state0[0].shape[-1]
         w, b, wr, wc = self._lstm_params(cell, params)
@@ -238,6 +242,8 @@ class Triton(Reference):
         return (hs[1:], cs), (saved if save else ())
 
     def _lstm_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
+        if cell.layer_norm:
+            return self._lstm_ln_backward(cell, d_out, d_final, mask, state0, states, saved, params, noise)
         w, b, wr, wc = self._lstm_params(cell, params)
         gates, tanh_c = saved[:2]
         T, B, H4 = gates.shape
@@ -268,6 +274,70 @@ class Triton(Reference):
             d_params += (torch.cat([(dpi * c_prev).sum((0, 1)), (dpf * c_prev).sum((0, 1)),
                                     (dpo * c_new).sum((0, 1))]),)
         return dp, (dh.to(gates.dtype), dc.to(gates.dtype)), d_params
+
+    # -- layer-normalised LSTM (triton_kernels/lstm_ln.py) ------------------------------------------
+    def _lstm_ln_forward(self, cell, xp, mask, state0, params, save, noise):
+        T, B, H4 = xp.shape
+        H = H4 // 4
+        w, b, _, wc = self._lstm_params(cell, params)
+        g_ih, g_hh, g_c, b_c = params[-4:]
+        plan = Plan(B, (H,), xp.dtype, xp.device)
+        acc = plan.acc_dtype
+        x_hat, x_rstd = (t.reshape(T, B, -1) for t in block_norm(xp.reshape(T * B, H4), 4))
+        xn = g_ih * x_hat + (0.0 if b is None else b)                # the input side of every step at once
+        hs = _seq_with(state0[0], T)
+        cs = xp.new_empty(T, B, H)
+        h32, c32 = (s.to(acc).contiguous().clone() for s in state0)
+        rec, ct = xp.new_empty(T, B, H4, dtype=acc), xp.new_empty(T, B, H, dtype=acc)
+        gates, tanh_c = xp.new_empty(T, B, H4), xp.new_empty(T, B, H)
+        h_hat, h_rstd = xp.new_empty(T, B, H4), xp.new_empty(T, B, 4)
+        drop, zones, zflags = _noise(cell, noise, xp)
+        hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
+        computed = (xp.new_empty(T, B, H), xp.new_empty(T, B, H)) if save and cell.zoneout else (_dummy(xp),) * 2
+        plan.launch(_kernel("lstm_ln", "lstm_ln_forward"), xn.contiguous(), hs, cs, h32, c32, rec, ct, gates, tanh_c,
+                    h_hat, h_rstd, w.contiguous(), g_hh.contiguous(), g_c.contiguous(),
+                    _dummy(g_c) if b_c is None else b_c.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
+                    _dummy(xp) if drop is None else drop, hd, *zones, *computed, _mask(mask, xp),
+                    (T, B, H, cell.zoneout), HAS_BC=b_c is not None, HAS_MASK=mask is not None, SAVE=save,
+                    PEEP=wc is not None, DROP=drop is not None, **zflags)
+        saved = (gates, tanh_c, x_hat, x_rstd, h_hat, h_rstd) + (computed if cell.zoneout else ())
+        return (hs[1:], cs), (saved if save else ())
+
+    def _lstm_ln_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
+        w, b, _, wc = self._lstm_params(cell, params)
+        g_ih, g_hh, g_c, b_c = params[-4:]
+        gates, tanh_c, x_hat, x_rstd, h_hat, h_rstd = saved[:6]
+        T, B, H4 = gates.shape
+        H = H4 // 4
+        plan = Plan(B, (H,), gates.dtype, gates.device)
+        acc = plan.acc_dtype
+        dh, dc = (_carry(d, s, acc) for d, s in zip(d_final, state0))
+        dp, drec = gates.new_empty(T, B, H4), gates.new_empty(T, B, H4)
+        e, dn = gates.new_empty(2, T, B, H, dtype=acc), gates.new_empty(T, B, H, dtype=acc)
+        c_new = saved[7] if cell.zoneout else states[1]          # the cell each step computed
+        flags, bound = _clip(cell)
+        drop, zones, zflags = _noise(cell, noise, gates)
+        plan.launch(_kernel("lstm_ln", "lstm_ln_backward"), _dummy(dp) if d_out is None else d_out, dh, dc, dp, e,
+                    dn, drec, gates.contiguous(), tanh_c.contiguous(), c_new.contiguous(), states[1].contiguous(),
+                    state0[1].contiguous(), h_hat.contiguous(), h_rstd.contiguous(), w.contiguous(),
+                    g_hh.contiguous(), g_c.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
+                    _dummy(dp) if drop is None else drop, *zones, _mask(mask, dp), (T, B, H, bound, cell.zoneout),
+                    HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, PEEP=wc is not None,
+                    DROP=drop is not None, **flags, **zflags)
+        d_xp = block_norm_backward((dp * g_ih).reshape(T * B, H4), x_hat.reshape(T * B, H4),
+                                   x_rstd.reshape(T * B, 4)).reshape(T, B, H4)
+        h_prev = _prev_seq(state0[0], states[0])
+        d_params = (_wgrad(drec, h_prev if drop is None else h_prev * drop), None if b is None else dp.sum((0, 1)))
+        if wc is not None:
+            c_prev = _prev_seq(state0[1], states[1])
+            dpi, dpf, _, dpo = dp.chunk(4, dim=-1)
+            d_params += (torch.cat([(dpi * c_prev).sum((0, 1)), (dpf * c_prev).sum((0, 1)),
+                                    (dpo * c_new).sum((0, 1))]),)
+        c_hat = block_norm(c_new.reshape(T * B, H), 1)[0].reshape(T, B, H)
+        dn = dn.to(gates.dtype)
+        d_params += ((dp * x_hat).sum((0, 1)), (dp * h_hat).sum((0, 1)), (dn * c_hat).sum((0, 1)),
+                     None if b_c is None else dn.sum((0, 1)))
+        return d_xp, (dh.to(gates.dtype), dc.to(gates.dtype)), d_params
 
     # -- Elman ------------------------------------------------------------------------------------
     def _elman_forward(self, cell, xp, mask, state0, params, save, noise):

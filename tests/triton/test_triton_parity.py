@@ -61,7 +61,10 @@ def test_matches_reference(form, layers, bidirectional, varlen, H, B, dtype):
     lengths = torch.tensor([T, 2, 4, 1] * (B // 4) + [3] * (B % 4)) if varlen else None
     want = _run(ref, x, h0, lengths)
     got = _run(tri, x, h0, lengths)
-    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-5)
+    # float32 layer norm: the reference's own float32 result lies up to ~9e-5 from float64 (1/std of
+    # small blocks), so two float32 implementations differ by about 1e-4 (the cpu kernels' tests too)
+    f32 = 1e-4 if "layer_norm" in form else 2e-5
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=f32, rtol=f32)
     for k, (a, e) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, e, **tol, msg=lambda m, k=k: f"{form}: tensor {k}: {m}")
 
@@ -89,6 +92,8 @@ COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(
             ("LSTM", dict(peephole=True, clip_recurrent=0.05)), ("LSTM", dict(proj_size=7)),
             ("LSTM", dict(proj_size=17, zoneout=0.2)),
             ("LSTM", dict(proj_size=13, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
+            ("LSTM", dict(layer_norm=True, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)),
+            ("LSTM", dict(layer_norm=True, bias=False)),
             ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2, reset_after=False)),
             ("GRU", dict(recurrent_dropout=0.3, reset_after=False, clip_recurrent=0.05)),
             ("Jordan", dict(output_size=3, recurrent_dropout=0.3)),
@@ -115,7 +120,7 @@ def test_combined_options_match_reference(layer, kw):
 
 
 GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout",
-                   "elman_zoneout", "gru_clip", "lstm_proj"]
+                   "elman_zoneout", "gru_clip", "lstm_proj", "lstm_layer_norm"]
 
 
 @pytest.mark.parametrize("form", GRADCHECK_FORMS)

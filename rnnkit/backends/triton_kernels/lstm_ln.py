@@ -1,0 +1,277 @@
+"""Layer-normalised LSTM forward and backward through time (math: rnnkit/cells/lstm.py, haste's
+placements): each gate block of h W_hh^T normalised over its H units, the cell normalised before
+its tanh.  The input side, g_ih LN_4(x W_ih^T + b_ih) + b_hh, is normalised for all steps at once
+before the kernel (``xn``), and its gradient LN_4' after it; the kernels run the recurrence.
+
+Shapes (T steps, B batch, H hidden; ACC the accumulator dtype):
+
+    xn     (T, B, 4H)     g_ih x_hat + b_hh                 w (4H, H) W_hh
+    gh, gc (4H,), (H,)    gains of the recurrent block norm and of the cell norm; bc (H,) its bias
+    hs     (T+1, B, H)    the exchanged h (hd = hs * m under recurrent dropout, DROP)
+    cs     (T, B, H)      c_t carried                       h32, c32 (B, H) ACC carries
+    rec    (T, B, 4H) ACC h_{t-1} W_hh^T, exchanged for its row statistics
+    ct     (T, B, H) ACC  the cell the step computed (before zoneout), exchanged for its statistics
+    gates  (T, B, 4H)     i, f, g, o      tanh_c (T, B, H)  tanh(g_c LN(c~) + b_c)
+    h_hat  (T, B, 4H)     LN_4(h W_hh^T)  h_rstd (T, B, 4)  its 1 / std per gate block
+    wc (3H,) peepholes (PEEP); m (B, H) dropout mask; zh, zc (T, B, H) zoneout (ZONE 1) or zp (2)
+  backward:
+    dh, dc (B, H) ACC     carries          dp (T, B, 4H) gradient of the gates' pre-activations
+    e, dn  (T, B, H) ACC  dn = d of (g_c c_hat + b_c); e = dn g_c, exchanged for LN_1'
+    drec   (T, B, 4H)     LN_4'(dp g_hh) = d of h_{t-1} W_hh^T (rows of dW_hh; dh_{t-1} = drec W_hh)
+
+Forward step: A) rec = h W_hh^T; barrier; B) the row statistics of rec, h_hat, gates, c~ and the
+carried c; barrier; C) the statistics of c~, tanh_c, h; barrier.  Backward step: 1) d of the
+output gate and dn; barrier; 2) LN_1' of the cell, the other gates' d; barrier; 3) LN_4' of the
+recurrent block; barrier; 4) dh_{t-1} = drec W_hh.  Padded steps keep the state and pass the
+gradients on (their rows of dp, dn and drec are zero).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import clip, emit, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
+
+EPS = 1e-5                                          # rnnkit.cells.base.LN_EPS
+
+
+@triton.jit
+def _row_stats(buf, stride, col0, rb, B, H, BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr):
+    """Mean and 1 / sqrt(biased variance + eps) over columns col0 .. col0+H-1 of rows rb (two passes)."""
+    rk = tl.arange(0, BH)
+    s = tl.zeros((BB,), ACC)
+    for k0 in range(0, H, BH):
+        kk = k0 + rk
+        mk = (rb[:, None] < B) & (kk[None, :] < H)
+        s += tl.sum(tl.load(buf + rb[:, None] * stride + col0 + kk[None, :], mask=mk, other=0.0,
+                            cache_modifier=".cg").to(ACC), axis=1)
+    mean = s / H
+    v = tl.zeros((BB,), ACC)
+    for k0 in range(0, H, BH):
+        kk = k0 + rk
+        mk = (rb[:, None] < B) & (kk[None, :] < H)
+        x = tl.load(buf + rb[:, None] * stride + col0 + kk[None, :], mask=mk, other=0.0, cache_modifier=".cg")
+        d = tl.where(mk, x.to(ACC) - mean[:, None], 0.0)
+        v += tl.sum(d * d, axis=1)
+    return mean, 1.0 / tl.sqrt(v / H + EPS)
+
+
+@triton.jit
+def _ln_back_means(q, qs, hat, hs_, col0, g, g0, rb, B, H, BB: tl.constexpr, BH: tl.constexpr,
+                   ACC: tl.constexpr):
+    """mean(q g) and mean(q g a_hat) over columns col0.. of rows rb: the row sums of LN'."""
+    rk = tl.arange(0, BH)
+    s1 = tl.zeros((BB,), ACC)
+    s2 = tl.zeros((BB,), ACC)
+    for k0 in range(0, H, BH):
+        kk = k0 + rk
+        mk = (rb[:, None] < B) & (kk[None, :] < H)
+        d = tl.load(q + rb[:, None] * qs + col0 + kk[None, :], mask=mk, other=0.0, cache_modifier=".cg").to(ACC)
+        d = d * tl.load(g + g0 + kk, mask=kk < H, other=0.0).to(ACC)[None, :]
+        a = tl.load(hat + rb[:, None] * hs_ + col0 + kk[None, :], mask=mk, other=0.0).to(ACC)
+        s1 += tl.sum(d, axis=1)
+        s2 += tl.sum(d * a, axis=1)
+    return s1 / H, s2 / H
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
+def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd, w, gh, gc, bc, wc, m, hd,
+                    zh, zc, ht, ctz, mask, sem, T, B, H, zp,
+                    HAS_BC: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, PEEP: tl.constexpr,
+                    DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                    BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    pid = tl.program_id(0)
+    n_h = tl.cdiv(H, BH)
+    tiles = tl.cdiv(B, BB) * n_h
+    H4 = 4 * H
+    nsync = 0
+    for t in range(0, T):
+        t64 = tl.cast(t, tl.int64)
+        for s in range(pid, tiles, tl.num_programs(0)):          # A: h_{t-1} W_hh^T
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            ri, rf, rg, ro = mm_gates((hd if DROP else hs) + t64 * B * H, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK,
+                                      PREC, ACC)
+            at = rec + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
+            tl.store(at, ri, mask=m2)
+            tl.store(at + H, rf, mask=m2)
+            tl.store(at + 2 * H, rg, mask=m2)
+            tl.store(at + 3 * H, ro, mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # B: normalise, gates, c~
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            step = t64 * B * H + own
+            r_t = rec + t64 * B * H4
+            c_prev = tl.load(c32 + own, mask=m2, other=0.0)
+            pre0 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 0, rb, rh, m2, B, H, BB, BH, ACC)
+            pre1 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 1, rb, rh, m2, B, H, BB, BH, ACC)
+            pre2 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 2, rb, rh, m2, B, H, BB, BH, ACC)
+            pre3 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 3, rb, rh, m2, B, H, BB, BH, ACC)
+            if PEEP:
+                pre0 += tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
+                pre1 += tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
+            i = tl.sigmoid(pre0)
+            f = tl.sigmoid(pre1)
+            g = tanh(pre2)
+            c = f * c_prev + i * g
+            if PEEP:
+                pre3 += tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c
+            o = tl.sigmoid(pre3)
+            tl.store(ct + step, c, mask=m2)
+            if ZONE != 0:
+                if SAVE:
+                    tl.store(ctz + step, c.to(ctz.dtype.element_ty), mask=m2)
+                c = c + zone(zc, step, m2, zp, ZONE, ACC) * (c_prev - c)
+            c = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), c, c_prev)
+            tl.store(c32 + own, c, mask=m2)
+            tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
+            g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
+            tl.store(g_at, i.to(gates.dtype.element_ty), mask=m2)
+            tl.store(g_at + H, f.to(gates.dtype.element_ty), mask=m2)
+            tl.store(g_at + 2 * H, g.to(gates.dtype.element_ty), mask=m2)
+            tl.store(g_at + 3 * H, o.to(gates.dtype.element_ty), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # C: the cell's norm, tanh, h
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            step = t64 * B * H + own
+            mean, rstd = _row_stats(ct + t64 * B * H, H, 0, rb, B, H, BB, BH, ACC)
+            c_hat = (tl.load(ct + step, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None]
+            a = tl.load(gc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_hat
+            if HAS_BC:
+                a += tl.load(bc + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+            tc = tanh(a)
+            tl.store(tanh_c + step, tc.to(tanh_c.dtype.element_ty), mask=m2)
+            o = tl.load(gates + t64 * B * H4 + rb[:, None] * H4 + 3 * H + rh[None, :], mask=m2, other=0.0).to(ACC)
+            emit(o * tc, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
+                 B, H, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
+        nsync += 1
+        grid_sync(sem, nsync)
+
+
+@triton.jit
+def _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, k, rb, rh, m2, B, H, BB: tl.constexpr, BH: tl.constexpr,
+              ACC: tl.constexpr):
+    """Gate k's pre-activation of the tile: xn + g_hh LN(h W_hh^T) (saving h_hat and the block's
+    1/std, which every tile of the row computes alike)."""
+    H4 = 4 * H
+    mean, rstd = _row_stats(r_t, H4, k * H, rb, B, H, BB, BH, ACC)
+    at = rb[:, None] * H4 + k * H + rh[None, :]
+    hat = (tl.load(r_t + at, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None]
+    tl.store(h_hat + t64 * B * H4 + at, hat.to(h_hat.dtype.element_ty), mask=m2)
+    tl.store(h_rstd + (t64 * B + rb) * 4 + k, rstd.to(h_rstd.dtype.element_ty), mask=rb < B)   # same from each tile
+    g = tl.load(gh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+    return tl.load(xn + t64 * B * H4 + at, mask=m2, other=0.0).to(ACC) + g * hat
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
+def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, h_hat, h_rstd, w, gh, gc, wc, m,
+                     zh, zc, mask, sem, T, B, H, bound, zp,
+                     HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, PEEP: tl.constexpr,
+                     DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                     BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    pid = tl.program_id(0)
+    n_h = tl.cdiv(H, BH)
+    tiles = tl.cdiv(B, BB) * n_h
+    H4 = 4 * H
+    nsync = 0
+    for back in range(0, T):
+        t = T - 1 - back
+        t64 = tl.cast(t, tl.int64)
+        for s in range(pid, tiles, tl.num_programs(0)):          # 1: d of o, dn; the carries' direct parts
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            step = t64 * B * H + own
+            keep = keep_row(mask, t64, B, rb, HAS_MASK)
+            g_h = tl.load(dh + own, mask=m2, other=0.0)
+            if HAS_DOUT:
+                g_h += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
+            g_h = clip(g_h, CLIP, bound)
+            g_c = clip(tl.load(dc + own, mask=m2, other=0.0), CLIP, bound)
+            pass_h = tl.zeros_like(g_h)
+            pass_c = tl.zeros_like(g_c)
+            if ZONE != 0:
+                pass_h = zone(zh, step, m2, zp, ZONE, ACC) * g_h
+                pass_c = zone(zc, step, m2, zp, ZONE, ACC) * g_c
+            g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
+            o = tl.load(g_at + 3 * H, mask=m2, other=0.0).to(ACC)
+            tc = tl.load(tanh_c + step, mask=m2, other=0.0).to(ACC)
+            dm = g_h - pass_h
+            d_n = tl.where(keep, dm * o * (1.0 - tc * tc), 0.0)
+            tl.store(dn + step, d_n, mask=m2)
+            tl.store(e + step, d_n * tl.load(gc + rh, mask=rh < H, other=0.0).to(ACC)[None, :], mask=m2)
+            d_at = dp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
+            tl.store(d_at + 3 * H, tl.where(keep, dm * tc * o * (1.0 - o), 0.0).to(dp.dtype.element_ty), mask=m2)
+            # the carries now hold what passes straight to step t-1 (all of it on a padded step);
+            # dc's cell part (g_c - pass_c) is kept in dc's place until phase 2 adds the carousel
+            tl.store(dh + own, tl.where(keep, pass_h, g_h), mask=m2)
+            tl.store(dc + own, tl.where(keep, g_c - pass_c, g_c), mask=m2)
+            tl.store(e + step + T * B * H, tl.where(keep, pass_c, 0.0), mask=m2)   # pass_c, kept for phase 2
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # 2: LN_1' of the cell, the gates' d
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            step = t64 * B * H + own
+            keep = keep_row(mask, t64, B, rb, HAS_MASK)
+            mean, rstd = _row_stats(ct + t64 * B * H, H, 0, rb, B, H, BB, BH, ACC)
+            # mean(e) and mean(e c_hat), c_hat = (c~ - mean) rstd
+            rk = tl.arange(0, BH)
+            s1 = tl.zeros((BB,), ACC)
+            s2 = tl.zeros((BB,), ACC)
+            for k0 in range(0, H, BH):
+                kk = k0 + rk
+                mk = (rb[:, None] < B) & (kk[None, :] < H)
+                at = t64 * B * H + rb[:, None] * H + kk[None, :]
+                ev = tl.load(e + at, mask=mk, other=0.0, cache_modifier=".cg").to(ACC)
+                ch = (tl.load(ct + at, mask=mk, other=0.0, cache_modifier=".cg").to(ACC) - mean[:, None]) * rstd[:, None]
+                s1 += tl.sum(ev, axis=1)
+                s2 += tl.sum(tl.where(mk, ev * ch, 0.0), axis=1)
+            c_hat = (tl.load(ct + step, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None]
+            ev = tl.load(e + step, mask=m2, other=0.0)
+            g_cell = tl.load(dc + own, mask=m2, other=0.0)
+            dcell = g_cell + rstd[:, None] * (ev - (s1 / H)[:, None] - c_hat * (s2 / H)[:, None])
+            g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
+            i = tl.load(g_at, mask=m2, other=0.0).to(ACC)
+            f = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
+            g = tl.load(g_at + 2 * H, mask=m2, other=0.0).to(ACC)
+            d_at = dp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
+            if PEEP:
+                dpo = tl.load(d_at + 3 * H, mask=m2, other=0.0).to(ACC)
+                dcell += dpo * tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+            if t > 0:
+                c_prev = tl.load(cs + step - B * H, mask=m2, other=0.0).to(ACC)
+            else:
+                c_prev = tl.load(c0 + own, mask=m2, other=0.0).to(ACC)
+            dpi = dcell * g * i * (1.0 - i)
+            dpf = dcell * c_prev * f * (1.0 - f)
+            dpg = dcell * i * (1.0 - g * g)
+            dc_prev = dcell * f + tl.load(e + step + T * B * H, mask=m2, other=0.0)
+            if PEEP:
+                dc_prev += dpi * tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] \
+                    + dpf * tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+            tl.store(d_at, tl.where(keep, dpi, 0.0).to(dp.dtype.element_ty), mask=m2)
+            tl.store(d_at + H, tl.where(keep, dpf, 0.0).to(dp.dtype.element_ty), mask=m2)
+            tl.store(d_at + 2 * H, tl.where(keep, dpg, 0.0).to(dp.dtype.element_ty), mask=m2)
+            tl.store(dc + own, tl.where(keep, dc_prev, g_cell), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # 3: drec = LN_4'(dp g_hh, h_hat)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            dp_t = dp + t64 * B * H4
+            hh_t = h_hat + t64 * B * H4
+            for k in range(0, 4):
+                mq, mqa = _ln_back_means(dp_t, H4, hh_t, H4, k * H, gh, k * H, rb, B, H, BB, BH, ACC)
+                at = rb[:, None] * H4 + k * H + rh[None, :]
+                q = tl.load(dp_t + at, mask=m2, other=0.0).to(ACC) \
+                    * tl.load(gh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+                a = tl.load(hh_t + at, mask=m2, other=0.0).to(ACC)
+                r = tl.load(h_rstd + (t64 * B + rb) * 4 + k, mask=rb < B, other=0.0).to(ACC)
+                d = r[:, None] * (q - mq[:, None] - a * mqa[:, None])
+                tl.store(drec + t64 * B * H4 + at, d.to(drec.dtype.element_ty), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # 4: dh_{t-1} += drec W_hh (* m)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H4, H4, 1, w, 1, H, rb, rh, B, H, H4, BK, PREC)
+            if DROP:
+                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
+            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
