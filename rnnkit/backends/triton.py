@@ -17,10 +17,11 @@ or H within the same tile plan compiles nothing (Triton caches each variant on d
 
 CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
-Cell options in the kernels: clip_recurrent, recurrent dropout and zoneout (every cell; Jordan
-has no zoneout), LSTM peepholes and projection.  The masks come from the contract's ``noise``
-(drawn once per forward; backward reads the same ones).  Not run here (``supports`` says so,
-``auto`` takes the reference loop): layer normalisation.  ``step``/``stepper`` are the Python
+Cell options in the kernels: every one the cells have -- clip_recurrent, recurrent dropout and
+zoneout (every cell; Jordan has no zoneout), LSTM peepholes and projection, layer normalisation of
+the LSTM and the GRU's torch form (triton_kernels/lstm_ln.py; not with a projection, which
+``supports`` declines).  The masks come from the contract's ``noise`` (drawn once per forward;
+backward reads the same ones).  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 OPTIONS = {"elman": {"nonlinearity", "clip_recurrent", "recurrent_dropout", "zoneout"},
            "jordan": {"nonlinearity", "output_activation", "clip_recurrent", "recurrent_dropout"},
            "lstm": {"clip_recurrent", "peephole", "recurrent_dropout", "zoneout", "proj_size", "layer_norm"},
-           "gru": {"reset_after", "clip_recurrent", "recurrent_dropout", "zoneout"}}
+           "gru": {"reset_after", "clip_recurrent", "recurrent_dropout", "zoneout", "layer_norm"}}
 
 
 @lru_cache(maxsize=None)
@@ -375,6 +376,8 @@ class Triton(Reference):
 
     # -- GRU ---------------------------------------------------------------------------------------
     def _gru_forward(self, cell, xp, mask, state0, params, save, noise):
+        if cell.layer_norm:
+            return self._gru_ln_forward(cell, xp, mask, state0, params, save, noise)
         T, B, H3 = xp.shape
         H = H3 // 3
         w, b = params
@@ -399,6 +402,8 @@ class Triton(Reference):
         return (hs[1:],), ((gates,) + extra if save else ())
 
     def _gru_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
+        if cell.layer_norm:
+            return self._gru_ln_backward(cell, d_out, d_final, mask, state0, states, saved, params, noise)
         w, b = params
         gates = saved[0].contiguous()
         T, B, H3 = gates.shape
@@ -425,6 +430,50 @@ class Triton(Reference):
             dw = torch.cat([_wgrad(dx[..., :2 * H], hd), _wgrad(dx[..., 2 * H:], gates[..., :H] * hd)])
             db = None if b is None else dx.sum((0, 1))
         return dx, (dh.to(gates.dtype),), (dw, db)
+
+    def _gru_ln_forward(self, cell, xp, mask, state0, params, save, noise):
+        T, B, H3 = xp.shape
+        H = H3 // 3
+        w, b, g_ih, g_hh = params
+        plan = Plan(B, (H,), xp.dtype, xp.device)
+        x_hat, x_rstd = (t.reshape(T, B, -1) for t in block_norm(xp.reshape(T * B, H3), 3))
+        hs = _seq_with(state0[0], T)
+        h32 = state0[0].to(plan.acc_dtype).contiguous().clone()
+        rec = xp.new_empty(T, B, H3, dtype=plan.acc_dtype)
+        gates, hn, h_hat, h_rstd = xp.new_empty(T, B, H3), xp.new_empty(T, B, H), xp.new_empty(T, B, H3), \
+            xp.new_empty(T, B, 3)
+        drop, zones, zflags = _noise(cell, noise, xp)
+        hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
+        computed = xp.new_empty(T, B, H) if save and cell.zoneout else _dummy(xp)
+        plan.launch(_kernel("lstm_ln", "gru_ln_forward"), (g_ih * x_hat).contiguous(), hs, h32, rec, gates, hn, h_hat,
+                    h_rstd, w.contiguous(), g_hh.contiguous(), _dummy(w) if b is None else b,
+                    _dummy(xp) if drop is None else drop, hd, zones[0], computed, _mask(mask, xp),
+                    (T, B, H, cell.zoneout), HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save,
+                    DROP=drop is not None, **zflags)
+        saved = (gates, hn, x_hat, x_rstd, h_hat, h_rstd) + ((computed,) if cell.zoneout else ())
+        return (hs[1:],), (saved if save else ())
+
+    def _gru_ln_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
+        w, b, g_ih, g_hh = params
+        gates, hn, x_hat, x_rstd, h_hat, h_rstd = saved[:6]
+        T, B, H3 = gates.shape
+        H = H3 // 3
+        plan = Plan(B, (H,), gates.dtype, gates.device)
+        dh = _carry(d_final[0], state0[0], plan.acc_dtype)
+        dx, dhid, drec = (gates.new_empty(T, B, H3) for _ in range(3))
+        hp = _prev_seq(state0[0], states[0])
+        flags, bound = _clip(cell)
+        drop, zones, zflags = _noise(cell, noise, gates)
+        plan.launch(_kernel("lstm_ln", "gru_ln_backward"), _dummy(dx) if d_out is None else d_out, dh, dx, dhid, drec,
+                    gates.contiguous(), hn.contiguous(), hp, h_hat.contiguous(), h_rstd.contiguous(), w.contiguous(),
+                    g_hh.contiguous(), _dummy(dx) if drop is None else drop, zones[0], _mask(mask, dx),
+                    (T, B, H, bound, cell.zoneout), HAS_DOUT=d_out is not None, HAS_MASK=mask is not None,
+                    DROP=drop is not None, **flags, **zflags)
+        d_xp = block_norm_backward((dx * g_ih).reshape(T * B, H3), x_hat.reshape(T * B, H3),
+                                   x_rstd.reshape(T * B, 3)).reshape(T, B, H3)
+        d_params = (_wgrad(drec, hp if drop is None else hp * drop), None if b is None else dhid.sum((0, 1)),
+                    (dx * x_hat).sum((0, 1)), (dhid * h_hat).sum((0, 1)))
+        return d_xp, (dh.to(gates.dtype),), d_params
 
     # -- Jordan ------------------------------------------------------------------------------------
     def _jordan_plan(self, cell, B, dtype, device):

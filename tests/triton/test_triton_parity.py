@@ -94,6 +94,8 @@ COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(
             ("LSTM", dict(proj_size=13, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
             ("LSTM", dict(layer_norm=True, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)),
             ("LSTM", dict(layer_norm=True, bias=False)),
+            ("GRU", dict(layer_norm=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)),
+            ("GRU", dict(layer_norm=True, bias=False)),
             ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2, reset_after=False)),
             ("GRU", dict(recurrent_dropout=0.3, reset_after=False, clip_recurrent=0.05)),
             ("Jordan", dict(output_size=3, recurrent_dropout=0.3)),
@@ -120,7 +122,7 @@ def test_combined_options_match_reference(layer, kw):
 
 
 GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout",
-                   "elman_zoneout", "gru_clip", "lstm_proj", "lstm_layer_norm"]
+                   "elman_zoneout", "gru_clip", "lstm_proj", "lstm_layer_norm", "gru_layer_norm"]
 
 
 @pytest.mark.parametrize("form", GRADCHECK_FORMS)

@@ -1,4 +1,4 @@
-"""Layer-normalised LSTM forward and backward through time (math: rnnkit/cells/lstm.py, haste's
+"""Layer-normalised LSTM (and, at the end, GRU) forward and backward through time (math: rnnkit/cells/lstm.py, haste's
 placements): each gate block of h W_hh^T normalised over its H units, the cell normalised before
 its tanh.  The input side, g_ih LN_4(x W_ih^T + b_ih) + b_hh, is normalised for all steps at once
 before the kernel (``xn``), and its gradient LN_4' after it; the kernels run the recurrence.
@@ -272,6 +272,139 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
         for s in range(pid, tiles, tl.num_programs(0)):          # 4: dh_{t-1} += drec W_hh (* m)
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H4, H4, 1, w, 1, H, rb, rh, B, H, H4, BK, PREC)
+            if DROP:
+                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
+            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
+
+
+# -- the layer-normalised GRU (torch's form; math: rnnkit/cells/gru.py) ------------------------------
+#   xn (T, B, 3H) = g_ih x_hat (no bias: b_ih sits inside the normalisation);  rec (T, B, 3H) ACC
+#   h W_hh^T;  h_hat (T, B, 3H), h_rstd (T, B, 3);  gates (T, B, 3H) r, z, n;  hn_out (T, B, H)
+#   g_hh LN(h W_hn^T) + b_hn;  backward: dx (T, B, 3H) d of the x terms, dhid (T, B, 3H) d of the
+#   h terms [dar, daz, dan r], drec (T, B, 3H) = LN_3'(dhid g_hh).  Forward: rec; barrier; the
+#   statistics, r, z, n, h; barrier.  Backward: dx, dhid; barrier; drec; barrier; dh += drec W_hh.
+
+@triton.jit
+def _gru_h_term(r_t, h_hat, h_rstd, gh, bh, t64, k, rb, rh, m2, B, H, HAS_B: tl.constexpr, BB: tl.constexpr,
+                BH: tl.constexpr, ACC: tl.constexpr):
+    """Gate k's recurrent term of the tile: g_hh LN(h W_hh^T) + b_hh (saving h_hat and 1/std)."""
+    H3 = 3 * H
+    mean, rstd = _row_stats(r_t, H3, k * H, rb, B, H, BB, BH, ACC)
+    at = rb[:, None] * H3 + k * H + rh[None, :]
+    hat = (tl.load(r_t + at, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None]
+    tl.store(h_hat + t64 * B * H3 + at, hat.to(h_hat.dtype.element_ty), mask=m2)
+    tl.store(h_rstd + (t64 * B + rb) * 3 + k, rstd.to(h_rstd.dtype.element_ty), mask=rb < B)   # same from each tile
+    term = tl.load(gh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * hat
+    if HAS_B:
+        term += tl.load(bh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+    return term
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
+def gru_ln_forward(xn, hs, h32, rec, gates, hn_out, h_hat, h_rstd, w, gh, bh, m, hd, zo, ht, mask, sem, T, B, H, zp,
+                   HAS_B: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, DROP: tl.constexpr,
+                   ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                   ACC: tl.constexpr):
+    pid = tl.program_id(0)
+    n_h = tl.cdiv(H, BH)
+    tiles = tl.cdiv(B, BB) * n_h
+    H3 = 3 * H
+    nsync = 0
+    for t in range(0, T):
+        t64 = tl.cast(t, tl.int64)
+        for s in range(pid, tiles, tl.num_programs(0)):          # h_{t-1} W_hh^T
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            rr, rz, rn, _ = mm_gates((hd if DROP else hs) + t64 * B * H, H, w, H, rb, rh, B, H, H, 3, BB, BH, BK,
+                                     PREC, ACC)
+            at = rec + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
+            tl.store(at, rr, mask=m2)
+            tl.store(at + H, rz, mask=m2)
+            tl.store(at + 2 * H, rn, mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # normalise, r, z, n, h
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            r_t = rec + t64 * B * H3
+            x_at = xn + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
+            hr = _gru_h_term(r_t, h_hat, h_rstd, gh, bh, t64, 0, rb, rh, m2, B, H, HAS_B, BB, BH, ACC)
+            hz = _gru_h_term(r_t, h_hat, h_rstd, gh, bh, t64, 1, rb, rh, m2, B, H, HAS_B, BB, BH, ACC)
+            hn = _gru_h_term(r_t, h_hat, h_rstd, gh, bh, t64, 2, rb, rh, m2, B, H, HAS_B, BB, BH, ACC)
+            r = tl.sigmoid(tl.load(x_at, mask=m2, other=0.0).to(ACC) + hr)
+            z = tl.sigmoid(tl.load(x_at + H, mask=m2, other=0.0).to(ACC) + hz)
+            n = tanh(tl.load(x_at + 2 * H, mask=m2, other=0.0).to(ACC) + r * hn)
+            h_prev = tl.load(h32 + own, mask=m2, other=0.0)
+            emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
+                 HAS_MASK, SAVE, DROP, ZONE, ACC)
+            g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
+            tl.store(g_at, r.to(gates.dtype.element_ty), mask=m2)
+            tl.store(g_at + H, z.to(gates.dtype.element_ty), mask=m2)
+            tl.store(g_at + 2 * H, n.to(gates.dtype.element_ty), mask=m2)
+            tl.store(hn_out + t64 * B * H + own, hn.to(hn_out.dtype.element_ty), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
+def gru_ln_backward(d_out, dh, dx, dhid, drec, gates, hn, hp, h_hat, h_rstd, w, gh, m, zo, mask, sem,
+                    T, B, H, bound, zp,
+                    HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, DROP: tl.constexpr,
+                    ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+                    ACC: tl.constexpr):
+    pid = tl.program_id(0)
+    n_h = tl.cdiv(H, BH)
+    tiles = tl.cdiv(B, BB) * n_h
+    H3 = 3 * H
+    nsync = 0
+    for back in range(0, T):
+        t64 = tl.cast(T - 1 - back, tl.int64)
+        for s in range(pid, tiles, tl.num_programs(0)):          # d of the x terms and of the h terms
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            step = t64 * B * H + own
+            keep = keep_row(mask, t64, B, rb, HAS_MASK)
+            g = tl.load(dh + own, mask=m2, other=0.0)
+            if HAS_DOUT:
+                g += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
+            g = clip(g, CLIP, bound)
+            passed = tl.zeros_like(g)
+            if ZONE != 0:
+                passed = zone(zo, step, m2, zp, ZONE, ACC) * g
+            gt = g - passed
+            g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
+            r = tl.load(g_at, mask=m2, other=0.0).to(ACC)
+            z = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
+            n = tl.load(g_at + 2 * H, mask=m2, other=0.0).to(ACC)
+            h_prev = tl.load(hp + step, mask=m2, other=0.0).to(ACC)
+            dan = tl.where(keep, gt * (1.0 - z) * (1.0 - n * n), 0.0)
+            daz = tl.where(keep, gt * (h_prev - n) * z * (1.0 - z), 0.0)
+            dar = dan * tl.load(hn + step, mask=m2, other=0.0).to(ACC) * r * (1.0 - r)
+            at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
+            tl.store(dx + at, dar.to(dx.dtype.element_ty), mask=m2)
+            tl.store(dx + at + H, daz.to(dx.dtype.element_ty), mask=m2)
+            tl.store(dx + at + 2 * H, dan.to(dx.dtype.element_ty), mask=m2)
+            tl.store(dhid + at, dar.to(dhid.dtype.element_ty), mask=m2)
+            tl.store(dhid + at + H, daz.to(dhid.dtype.element_ty), mask=m2)
+            tl.store(dhid + at + 2 * H, (dan * r).to(dhid.dtype.element_ty), mask=m2)
+            tl.store(dh + own, tl.where(keep, gt * z + passed, g), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # drec = LN_3'(dhid g_hh, h_hat)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            d_t = dhid + t64 * B * H3
+            hh_t = h_hat + t64 * B * H3
+            for k in range(0, 3):
+                mq, mqa = _ln_back_means(d_t, H3, hh_t, H3, k * H, gh, k * H, rb, B, H, BB, BH, ACC)
+                at = rb[:, None] * H3 + k * H + rh[None, :]
+                q = tl.load(d_t + at, mask=m2, other=0.0).to(ACC) \
+                    * tl.load(gh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+                a = tl.load(hh_t + at, mask=m2, other=0.0).to(ACC)
+                rs = tl.load(h_rstd + (t64 * B + rb) * 3 + k, mask=rb < B, other=0.0).to(ACC)
+                tl.store(drec + t64 * B * H3 + at, (rs[:, None] * (q - mq[:, None] - a * mqa[:, None]))
+                         .to(drec.dtype.element_ty), mask=m2)
+        nsync += 1
+        grid_sync(sem, nsync)
+        for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += drec W_hh (* m)
+            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
+            acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, H3, BK, PREC)
             if DROP:
                 acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
             tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
