@@ -337,11 +337,15 @@ Tensor pack_gate_blocks(const float* w, int64_t H) {
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   Tensor packed = at::zeros({nb * H * 4 * simd::kLanes}, at::kFloat);
   float* p = packed.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb)
-    for (int64_t k = 0; k < H; ++k)
-      for (int64_t g = 0; g < 4; ++g)
-        for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
-          p[((jb * H + k) * 4 + g) * simd::kLanes + u] = w[(g * H + jb * simd::kLanes + u) * H + k];
+  for (int64_t jb = 0; jb < nb; ++jb) {                     // row by row of w: contiguous reads
+    const int64_t n = std::min(simd::kLanes, H - jb * simd::kLanes);
+    for (int64_t g = 0; g < 4; ++g)
+      for (int64_t u = 0; u < n; ++u) {
+        const float* row = w + (g * H + jb * simd::kLanes + u) * H;
+        float* out = p + (jb * H * 4 + g) * simd::kLanes + u;
+        for (int64_t k = 0; k < H; ++k) out[k * 4 * simd::kLanes] = row[k];
+      }
+  }
   return packed;
 }
 
