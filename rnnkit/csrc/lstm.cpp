@@ -222,14 +222,32 @@ void by_row_tiles(int64_t B, const F& f) {
   }
 }
 
-// What the fused loops read besides the plain LSTM's: the peephole weights (3H; zeros without
-// peepholes), the noise, zoneout's update buffers (forward with save; else nullptr) and the clip.
+// What the fused loops read besides the plain LSTM's: the peephole weights (3H, rec[2] as the
+// loops run unprojected; nullptr without peepholes), the noise, zoneout's update buffers (forward
+// with save; else nullptr) and the clip.  The loops take the options present as compile-time
+// flags (with_options), so that the plain LSTM's instance does none of their loads, FMAs or
+// per-row look-ups.
 struct Fused {
   const float* peep;
   Noise<float> nz;
   float* upd[2];
   float clip;
 };
+
+// f(Peep, Drop, Zone) as std::bool_constant values: the options of the call, chosen once.
+template <typename F>
+void with_options(const Fused& o, const F& f) {
+  const auto zone = [&](auto p, auto d) {
+    if (o.nz.zoneout()) f(p, d, std::true_type());
+    else f(p, d, std::false_type());
+  };
+  const auto drop = [&](auto p) {
+    if (o.nz.drop != nullptr) zone(p, std::true_type());
+    else zone(p, std::false_type());
+  };
+  if (o.peep != nullptr) drop(std::true_type());
+  else drop(std::false_type());
+}
 
 // z's lanes of state k, row b, step t, units j0.. (its draws, or p), as a vector.
 inline simd::V zone_at(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
@@ -255,7 +273,7 @@ inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* 
   }
 }
 
-template <int R>
+template <int R, bool Peep, bool Drop, bool Zone>
 void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
                int64_t b0, const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
   using namespace simd;
@@ -268,14 +286,13 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
   V acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
-  const float* mr[R];                                          // the rows' recurrent masks
-  for (int r = 0; r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  if (o.nz.drop != nullptr)
-    gate_sums<R, true>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
-  else
-    gate_sums<R, false>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
+  const float* mr[R] = {};                                     // the rows' recurrent masks
+  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+  gate_sums<R, Drop>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
   const Mask mask(a.mask, B);
-  const V wci = load(o.peep + j0, m), wcf = load(o.peep + H + j0, m), wco = load(o.peep + 2 * H + j0, m);
+  V wc[3] = {};                                                // peepholes w_ci, w_cf, w_co
+  for (int k = 0; Peep && k < 3; ++k) wc[k] = load(o.peep + k * H + j0, m);
+  const auto peep = [&](int k, V s, V pre) { return Peep ? _mm512_fmadd_ps(wc[k], s, pre) : pre; };
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
     float* h = hs.data_ptr<float>() + row * H + j0;
@@ -290,20 +307,19 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
         store(tc, _mm512_setzero_ps(), m);
       }
       for (float* u : o.upd)
-        if (u != nullptr) store(u + row * H + j0, _mm512_setzero_ps(), m);
+        if (Zone && u != nullptr) store(u + row * H + j0, _mm512_setzero_ps(), m);
       continue;
     }
     const float* x = a.xp.data_ptr<float>() + row * G + j0;
     V pre[4];
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
-    const V i = sigmoid(_mm512_fmadd_ps(wci, c_prev, pre[0])), f = sigmoid(_mm512_fmadd_ps(wcf, c_prev, pre[1]));
-    const V n = tanh(pre[2]);
+    const V i = sigmoid(peep(0, c_prev, pre[0])), f = sigmoid(peep(1, c_prev, pre[1])), n = tanh(pre[2]);
     const V cn = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, n));
-    const V og = sigmoid(_mm512_fmadd_ps(wco, cn, pre[3]));
+    const V og = sigmoid(peep(2, cn, pre[3]));
     const V tcn = tanh(cn);
     V hn = _mm512_mul_ps(og, tcn), cz = cn;
-    if (o.nz.zoneout()) {                                      // s = s~ + z (s_prev - s~)
+    if (Zone) {                                                // s = s~ + z (s_prev - s~)
       if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, cn, m);
       hn = _mm512_fmadd_ps(zone_at(o, t, 0, b, H, j0, m), _mm512_sub_ps(load(hp + r * H + j0, m), hn), hn);
       cz = _mm512_fmadd_ps(zone_at(o, t, 1, b, H, j0, m), _mm512_sub_ps(c_prev, cn), cn);
@@ -321,11 +337,15 @@ Tensor pack_gate_blocks(const float* w, int64_t H) {
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   Tensor packed = at::zeros({nb * H * 4 * simd::kLanes}, at::kFloat);
   float* p = packed.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb)
-    for (int64_t k = 0; k < H; ++k)
-      for (int64_t g = 0; g < 4; ++g)
-        for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
-          p[((jb * H + k) * 4 + g) * simd::kLanes + u] = w[(g * H + jb * simd::kLanes + u) * H + k];
+  for (int64_t jb = 0; jb < nb; ++jb) {                     // row by row of w: contiguous reads
+    const int64_t n = std::min(simd::kLanes, H - jb * simd::kLanes);
+    for (int64_t g = 0; g < 4; ++g)
+      for (int64_t u = 0; u < n; ++u) {
+        const float* row = w + (g * H + jb * simd::kLanes + u) * H;
+        float* out = p + (jb * H * 4 + g) * simd::kLanes + u;
+        for (int64_t k = 0; k < H; ++k) out[k * 4 * simd::kLanes] = row[k];
+      }
+  }
   return packed;
 }
 
@@ -346,22 +366,25 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor &hs = bufs[0], &cs = bufs[1], &gates = bufs[2], &tanh_c = bufs[3];
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
-  const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options()), peep_t = peep_or_zeros(sp, a.rec, H, a.xp.options());
+  const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
-  const Fused o{peep_t.data_ptr<float>(), Noise<float>(sp, a.noise),
+  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
                 {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
                  bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
                 0.0f};
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   const int64_t threads = B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1;
-  owned_blocks(
-      Tn, nb, threads,
-      [&](int64_t t, int64_t jb) {
-        by_row_tiles(B, [&](auto rows, int64_t b0) {
-          lstm_tile<decltype(rows)::value>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
-        });
-      },
-      [](int64_t, int64_t) {});
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_blocks(
+        Tn, nb, threads,
+        [&](int64_t t, int64_t jb) {
+          by_row_tiles(B, [&](auto rows, int64_t b0) {
+            lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
+          });
+        },
+        [](int64_t, int64_t) {});
+  });
 }
 
 // ---- backward: the time loop of backward_steps, fused and split over threads -------------------
@@ -384,15 +407,15 @@ Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
 }
 
 // out (R rows, ld H) [block jb] += dg (R rows, ld G) wn[jb], times the rows' recurrent masks
-// mr[r] (ld H) where they are given (recurrent dropout)
-template <int R>
+// mr[r] (ld H) with Drop (recurrent dropout)
+template <int R, bool Drop>
 void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb, float* out,
              const float* const* mr) {
   using namespace simd;
   const int64_t j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
   V acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = mr[r] != nullptr ? _mm512_setzero_ps() : load(out + r * H + j0, m);
+  for (int r = 0; r < R; ++r) acc[r] = Drop ? _mm512_setzero_ps() : load(out + r * H + j0, m);
   const float* w = wn + jb * G * kLanes;
   int64_t k = 0;
   for (; k + 4 <= G; k += 4, w += 4 * kLanes) {                // four k at a time: four weight loads per R rows
@@ -411,7 +434,7 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
     for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(splat(dg[r * G + k]), w0, acc[r]);
   }
   for (int r = 0; r < R; ++r) {
-    if (mr[r] != nullptr) acc[r] = _mm512_fmadd_ps(acc[r], load(mr[r] + j0, m), load(out + r * H + j0, m));
+    if (Drop) acc[r] = _mm512_fmadd_ps(acc[r], load(mr[r] + j0, m), load(out + r * H + j0, m));
     store(out + r * H + j0, acc[r], m);
   }
 }
@@ -437,65 +460,69 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
   const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
-  const Tensor peep_t = peep_or_zeros(sp, a.rec, H, a.states[0].options());
-  const Fused o{peep_t.data_ptr<float>(), Noise<float>(sp, a.noise), {nullptr, nullptr}, float(sp.clip)};
+  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
+                float(sp.clip)};
   const V lo = splat(-o.clip), hi = splat(o.clip);
-  owned_blocks(
-      Tn, nb, threads,
-      [&](int64_t s, int64_t jb) {                             // step s of the loop is t = Tn-1-s
-        const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
-        const __mmask16 m = lanes(H - j0);
-        float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t row = t * B + b;
-          float* gh_p = cur + b * H + j0;
-          d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
-          V gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
-          if (o.clip > 0.0f) {
-            gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
-            store(dc + b * H + j0, gc, m);
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_blocks(
+        Tn, nb, threads,
+        [&](int64_t s, int64_t jb) {                             // step s of the loop is t = Tn-1-s
+          const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
+          const __mmask16 m = lanes(H - j0);
+          float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            float* gh_p = cur + b * H + j0;
+            d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
+            V gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
+            if (o.clip > 0.0f) {
+              gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
+              store(dc + b * H + j0, gc, m);
+            }
+            float* d = dg + row * G + j0;
+            if (!mask.valid(t, b)) {
+              for (int g = 0; g < 4; ++g) store(d + g * H, zero, m);
+              store(next + b * H + j0, gh, m);
+              continue;
+            }
+            V keep_h = zero, keep_c = zero;                      // zoneout's direct parts
+            if (Zone) {
+              const V zh = zone_at(o, t, 0, b, H, j0, m), zc = zone_at(o, t, 1, b, H, j0, m);
+              keep_h = _mm512_mul_ps(gh, zh), keep_c = _mm512_mul_ps(gc, zc);
+              gh = _mm512_sub_ps(gh, keep_h), gc = _mm512_sub_ps(gc, keep_c);
+            }
+            const float* gt = gates + row * G + j0;
+            const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), og = load(gt + 3 * H, m);
+            const V tc = load(tanh_c + row * H + j0, m);
+            const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
+            const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
+            V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one), gc);
+            if (Peep) dct = _mm512_fmadd_ps(dpo, load(o.peep + 2 * H + j0, m), dct);
+            const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+            const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+            store(d, di, m), store(d + H, df, m);
+            store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
+            store(d + 3 * H, dpo, m);
+            V dcp = Zone ? _mm512_fmadd_ps(dct, f, keep_c) : _mm512_mul_ps(dct, f);
+            if (Peep)
+              dcp = _mm512_fmadd_ps(di, load(o.peep + j0, m), _mm512_fmadd_ps(df, load(o.peep + H + j0, m), dcp));
+            store(dc + b * H + j0, dcp, m);
+            store(next + b * H + j0, keep_h, m);
           }
-          float* d = dg + row * G + j0;
-          if (!mask.valid(t, b)) {
-            for (int g = 0; g < 4; ++g) store(d + g * H, zero, m);
-            store(next + b * H + j0, gh, m);
-            continue;
-          }
-          V keep_h = zero, keep_c = zero;                      // zoneout's direct parts
-          if (o.nz.zoneout()) {
-            const V zh = zone_at(o, t, 0, b, H, j0, m), zc = zone_at(o, t, 1, b, H, j0, m);
-            keep_h = _mm512_mul_ps(gh, zh), keep_c = _mm512_mul_ps(gc, zc);
-            gh = _mm512_sub_ps(gh, keep_h), gc = _mm512_sub_ps(gc, keep_c);
-          }
-          const float* gt = gates + row * G + j0;
-          const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), og = load(gt + 3 * H, m);
-          const V tc = load(tanh_c + row * H + j0, m);
-          const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
-          const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
-          V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one), gc);
-          dct = _mm512_fmadd_ps(dpo, load(o.peep + 2 * H + j0, m), dct);
-          const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-          const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-          store(d, di, m), store(d + H, df, m);
-          store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
-          store(d + 3 * H, dpo, m);
-          V dcp = _mm512_fmadd_ps(dct, f, keep_c);
-          dcp = _mm512_fmadd_ps(di, load(o.peep + j0, m), _mm512_fmadd_ps(df, load(o.peep + H + j0, m), dcp));
-          store(dc + b * H + j0, dcp, m);
-          store(next + b * H + j0, keep_h, m);
-        }
-      },
-      [&](int64_t s, int64_t jb) {
-        const int64_t t = Tn - 1 - s;
-        float* next = dh[(s + 1) % 2].data_ptr<float>();
-        const float* dg_t = dg + t * B * G;
-        by_row_tiles(B, [&](auto rows, int64_t b0) {
-          constexpr int R = decltype(rows)::value;
-          const float* mr[R];
-          for (int r = 0; r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-          dh_tile<R>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H, mr);
+        },
+        [&](int64_t s, int64_t jb) {
+          const int64_t t = Tn - 1 - s;
+          float* next = dh[(s + 1) % 2].data_ptr<float>();
+          const float* dg_t = dg + t * B * G;
+          by_row_tiles(B, [&](auto rows, int64_t b0) {
+            constexpr int R = decltype(rows)::value;
+            const float* mr[R] = {};
+            for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+            dh_tile<R, Drop>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H, mr);
+          });
         });
-      });
+  });
   return dh[Tn % 2];
 }
 #endif
