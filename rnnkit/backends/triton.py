@@ -19,7 +19,7 @@ CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set befo
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
 Cell options in the kernels: every one the cells have -- clip_recurrent, recurrent dropout and
 zoneout (every cell; Jordan has no zoneout), LSTM peepholes and projection, layer normalisation of
-the LSTM and the GRU's torch form (triton_kernels/lstm_ln.py; not with a projection, which
+the LSTM and the GRU's torch form (triton_kernels/layer_norm.py; not with a projection, which
 ``supports`` declines).  The masks come from the contract's ``noise`` (drawn once per forward;
 backward reads the same ones).  ``step``/``stepper`` are the Python
 ones (one step of a stack is a handful of small products).
@@ -276,7 +276,7 @@ class Triton(Reference):
                                     (dpo * c_new).sum((0, 1))]),)
         return dp, (dh.to(gates.dtype), dc.to(gates.dtype)), d_params
 
-    # -- layer-normalised LSTM (triton_kernels/lstm_ln.py) ------------------------------------------
+    # -- layer-normalised LSTM (triton_kernels/layer_norm.py) ------------------------------------------
     def _lstm_ln_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H4 = xp.shape
         H = H4 // 4
@@ -295,7 +295,7 @@ class Triton(Reference):
         drop, zones, zflags = _noise(cell, noise, xp)
         hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
         computed = (xp.new_empty(T, B, H), xp.new_empty(T, B, H)) if save and cell.zoneout else (_dummy(xp),) * 2
-        plan.launch(_kernel("lstm_ln", "lstm_ln_forward"), xn.contiguous(), hs, cs, h32, c32, rec, ct, gates, tanh_c,
+        plan.launch(_kernel("layer_norm", "lstm_ln_forward"), xn.contiguous(), hs, cs, h32, c32, rec, ct, gates, tanh_c,
                     h_hat, h_rstd, w.contiguous(), g_hh.contiguous(), g_c.contiguous(),
                     _dummy(g_c) if b_c is None else b_c.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
                     _dummy(xp) if drop is None else drop, hd, *zones, *computed, _mask(mask, xp),
@@ -318,7 +318,7 @@ class Triton(Reference):
         c_new = saved[7] if cell.zoneout else states[1]          # the cell each step computed
         flags, bound = _clip(cell)
         drop, zones, zflags = _noise(cell, noise, gates)
-        plan.launch(_kernel("lstm_ln", "lstm_ln_backward"), _dummy(dp) if d_out is None else d_out, dh, dc, dp, e,
+        plan.launch(_kernel("layer_norm", "lstm_ln_backward"), _dummy(dp) if d_out is None else d_out, dh, dc, dp, e,
                     dn, drec, gates.contiguous(), tanh_c.contiguous(), c_new.contiguous(), states[1].contiguous(),
                     state0[1].contiguous(), h_hat.contiguous(), h_rstd.contiguous(), w.contiguous(),
                     g_hh.contiguous(), g_c.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
@@ -445,8 +445,8 @@ class Triton(Reference):
         drop, zones, zflags = _noise(cell, noise, xp)
         hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
         computed = xp.new_empty(T, B, H) if save and cell.zoneout else _dummy(xp)
-        plan.launch(_kernel("lstm_ln", "gru_ln_forward"), (g_ih * x_hat).contiguous(), hs, h32, rec, gates, hn, h_hat,
-                    h_rstd, w.contiguous(), g_hh.contiguous(), _dummy(w) if b is None else b,
+        plan.launch(_kernel("layer_norm", "gru_ln_forward"), (g_ih * x_hat).contiguous(), hs, h32, rec, gates, hn,
+                    h_hat, h_rstd, w.contiguous(), g_hh.contiguous(), _dummy(w) if b is None else b,
                     _dummy(xp) if drop is None else drop, hd, zones[0], computed, _mask(mask, xp),
                     (T, B, H, cell.zoneout), HAS_B=b is not None, HAS_MASK=mask is not None, SAVE=save,
                     DROP=drop is not None, **zflags)
@@ -464,9 +464,9 @@ class Triton(Reference):
         hp = _prev_seq(state0[0], states[0])
         flags, bound = _clip(cell)
         drop, zones, zflags = _noise(cell, noise, gates)
-        plan.launch(_kernel("lstm_ln", "gru_ln_backward"), _dummy(dx) if d_out is None else d_out, dh, dx, dhid, drec,
-                    gates.contiguous(), hn.contiguous(), hp, h_hat.contiguous(), h_rstd.contiguous(), w.contiguous(),
-                    g_hh.contiguous(), _dummy(dx) if drop is None else drop, zones[0], _mask(mask, dx),
+        plan.launch(_kernel("layer_norm", "gru_ln_backward"), _dummy(dx) if d_out is None else d_out, dh, dx, dhid,
+                    drec, gates.contiguous(), hn.contiguous(), hp, h_hat.contiguous(), h_rstd.contiguous(),
+                    w.contiguous(), g_hh.contiguous(), _dummy(dx) if drop is None else drop, zones[0], _mask(mask, dx),
                     (T, B, H, bound, cell.zoneout), HAS_DOUT=d_out is not None, HAS_MASK=mask is not None,
                     DROP=drop is not None, **flags, **zflags)
         d_xp = block_norm_backward((dx * g_ih).reshape(T * B, H3), x_hat.reshape(T * B, H3),

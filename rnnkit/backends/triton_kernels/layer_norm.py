@@ -1,4 +1,4 @@
-"""Layer-normalised LSTM (and, at the end, GRU) forward and backward through time (math: rnnkit/cells/lstm.py, haste's
+"""Layer-normalised LSTM and GRU forward and backward through time (math: rnnkit/cells/lstm.py, haste's
 placements): each gate block of h W_hh^T normalised over its H units, the cell normalised before
 its tanh.  The input side, g_ih LN_4(x W_ih^T + b_ih) + b_hh, is normalised for all steps at once
 before the kernel (``xn``), and its gradient LN_4' after it; the kernels run the recurrence.
@@ -222,7 +222,8 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
                 mk = (rb[:, None] < B) & (kk[None, :] < H)
                 at = t64 * B * H + rb[:, None] * H + kk[None, :]
                 ev = tl.load(e + at, mask=mk, other=0.0, cache_modifier=".cg").to(ACC)
-                ch = (tl.load(ct + at, mask=mk, other=0.0, cache_modifier=".cg").to(ACC) - mean[:, None]) * rstd[:, None]
+                ch = tl.load(ct + at, mask=mk, other=0.0, cache_modifier=".cg").to(ACC)
+                ch = (ch - mean[:, None]) * rstd[:, None]
                 s1 += tl.sum(ev, axis=1)
                 s2 += tl.sum(tl.where(mk, ev * ch, 0.0), axis=1)
             c_hat = (tl.load(ct + step, mask=m2, other=0.0) - mean[:, None]) * rstd[:, None]
