@@ -74,6 +74,25 @@ def _ln_back_means(q, qs, hat, hs_, col0, g, g0, rb, B, H, BB: tl.constexpr, BH:
     return s1 / H, s2 / H
 
 
+@triton.jit
+def _ln_back_tile(d, hat, rstd, g, out, t64, rb, rh, m2, B, H, K: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                  ACC: tl.constexpr):
+    """out[t] = LN_K'(d[t] g, hat[t]) on the tile, per gate block k: rstd (q - mean(q) - hat mean(q hat)),
+    q = d g; d, hat, out (T, B, K*H), rstd (T, B, K)."""
+    W = K * H
+    d_t = d + t64 * B * W
+    hat_t = hat + t64 * B * W
+    for k in range(0, K):
+        mq, mqa = _ln_back_means(d_t, W, hat_t, W, k * H, g, k * H, rb, B, H, BB, BH, ACC)
+        at = rb[:, None] * W + k * H + rh[None, :]
+        q = tl.load(d_t + at, mask=m2, other=0.0).to(ACC) \
+            * tl.load(g + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
+        a = tl.load(hat_t + at, mask=m2, other=0.0).to(ACC)
+        r = tl.load(rstd + (t64 * B + rb) * K + k, mask=rb < B, other=0.0).to(ACC)
+        tl.store(out + t64 * B * W + at, (r[:, None] * (q - mq[:, None] - a * mqa[:, None])).to(out.dtype.element_ty),
+                 mask=m2)
+
+
 @triton.jit(do_not_specialize=["T", "B", "H", "zp"])
 def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd, w, gh, gc, bc, wc, m, hd,
                     zh, zc, ht, ctz, mask, sem, T, B, H, zp,
@@ -257,17 +276,7 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # 3: drec = LN_4'(dp g_hh, h_hat)
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            dp_t = dp + t64 * B * H4
-            hh_t = h_hat + t64 * B * H4
-            for k in range(0, 4):
-                mq, mqa = _ln_back_means(dp_t, H4, hh_t, H4, k * H, gh, k * H, rb, B, H, BB, BH, ACC)
-                at = rb[:, None] * H4 + k * H + rh[None, :]
-                q = tl.load(dp_t + at, mask=m2, other=0.0).to(ACC) \
-                    * tl.load(gh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
-                a = tl.load(hh_t + at, mask=m2, other=0.0).to(ACC)
-                r = tl.load(h_rstd + (t64 * B + rb) * 4 + k, mask=rb < B, other=0.0).to(ACC)
-                d = r[:, None] * (q - mq[:, None] - a * mqa[:, None])
-                tl.store(drec + t64 * B * H4 + at, d.to(drec.dtype.element_ty), mask=m2)
+            _ln_back_tile(dp, h_hat, h_rstd, gh, drec, t64, rb, rh, m2, B, H, 4, BB, BH, ACC)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # 4: dh_{t-1} += drec W_hh (* m)
@@ -390,17 +399,7 @@ def gru_ln_backward(d_out, dh, dx, dhid, drec, gates, hn, hp, h_hat, h_rstd, w, 
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # drec = LN_3'(dhid g_hh, h_hat)
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            d_t = dhid + t64 * B * H3
-            hh_t = h_hat + t64 * B * H3
-            for k in range(0, 3):
-                mq, mqa = _ln_back_means(d_t, H3, hh_t, H3, k * H, gh, k * H, rb, B, H, BB, BH, ACC)
-                at = rb[:, None] * H3 + k * H + rh[None, :]
-                q = tl.load(d_t + at, mask=m2, other=0.0).to(ACC) \
-                    * tl.load(gh + k * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
-                a = tl.load(hh_t + at, mask=m2, other=0.0).to(ACC)
-                rs = tl.load(h_rstd + (t64 * B + rb) * 3 + k, mask=rb < B, other=0.0).to(ACC)
-                tl.store(drec + t64 * B * H3 + at, (rs[:, None] * (q - mq[:, None] - a * mqa[:, None]))
-                         .to(drec.dtype.element_ty), mask=m2)
+            _ln_back_tile(dhid, h_hat, h_rstd, gh, drec, t64, rb, rh, m2, B, H, 3, BB, BH, ACC)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += drec W_hh (* m)
