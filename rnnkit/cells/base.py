@@ -304,7 +304,8 @@ def act_backward(kind: str, y: Tensor, dy: Tensor) -> Tensor:
     """Gradient through the activation, written with its *output* y."""
     if kind == "tanh":
         return dy * (1.0 - y * y)
-    return dy * (y > 0).to(dy.dtype)
+    # a select, not dy * [y > 0]: as torch's relu, a NaN gradient stops where the unit is off
+    return torch.where(y <= 0, torch.zeros((), dtype=dy.dtype, device=dy.device), dy)
 
 
 def sigmoid_backward(y: Tensor, dy: Tensor) -> Tensor:

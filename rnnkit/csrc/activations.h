@@ -51,13 +51,14 @@ inline float tanh_(float x) {
 }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// As torch: NaN passes through relu (x < 0 is false for it), and its gradient is dy unless y <= 0.
 template <typename T>
-inline T relu(T x) { return x > T(0) ? x : T(0); }
+inline T relu(T x) { return x < T(0) ? T(0) : x; }
 
 // Hidden activation and its derivative written with the output y.
 template <typename T>
 inline T hidden_act(bool is_relu, T a) { return is_relu ? relu(a) : tanh_(a); }
 template <typename T>
-inline T hidden_grad(bool is_relu, T y, T dy) { return is_relu ? (y > T(0) ? dy : T(0)) : dy * (T(1) - y * y); }
+inline T hidden_grad(bool is_relu, T y, T dy) { return is_relu ? (y <= T(0) ? T(0) : dy) : dy * (T(1) - y * y); }
 
 }  // namespace rnnkit

@@ -169,21 +169,8 @@ def test_state_on_another_device(no_compute, cell, device):
         model(x3, hx)
 
 
-# Known bug, left to the kernels' owner: the fused kernels' relu is `x > 0 ? x : 0`, which turns NaN
-# into 0 (rnnkit/csrc/activations.h), so on 'cpu' a NaN stops at the first relu it meets.
-RELU_NAN = pytest.mark.xfail(strict=True, reason="cpu kernels: relu(NaN) = 0 (rnnkit/csrc/activations.h)")
-
-
-def nonfinite_cases(forms=CELLS):
-    """cell_backends(forms), the cases of the known relu(NaN) bug marked."""
-    def known(cell, backend):
-        return backend == "cpu" and FORMS[cell][1].get("nonlinearity") == "relu"
-    return [pytest.param(*p.values, id=p.id, marks=[*p.marks, RELU_NAN] if known(*p.values) else p.marks)
-            for p in cell_backends(forms)]
-
-
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("cell, backend", nonfinite_cases())
+@pytest.mark.parametrize("cell, backend", cell_backends())
 def test_nan_in_valid_input_propagates(cell, backend, bidirectional):
     model = make(cell, num_layers=2, bidirectional=bidirectional, backend=backend)
     x = randn(T, B, INPUT_SIZE)
@@ -199,7 +186,7 @@ def test_nan_in_valid_input_propagates(cell, backend, bidirectional):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("cell, backend", nonfinite_cases(TORCH_CELLS))
+@pytest.mark.parametrize("cell, backend", cell_backends(TORCH_CELLS))
 def test_nonfinite_input_as_torch(cell, backend, value):
     ref, ours = make_torch_pair(cell, backend=backend, num_layers=2, bidirectional=True)
     x = randn(T, B, INPUT_SIZE)
@@ -207,3 +194,27 @@ def test_nonfinite_input_as_torch(cell, backend, value):
     got, expected = flat(ours(x)), flat(ref(x))
     for a, e in zip(got, expected):
         torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("where", ["input", "output_grad"])
+@pytest.mark.parametrize("cell, backend", cell_backends(TORCH_CELLS))
+def test_nan_gradients_as_torch(cell, backend, where):
+    """A NaN in the input (with a finite dL/dy) or in dL/dy reaches the same input and weight
+    gradients as in torch.nn: relu's gradient is zero only where its output is <= 0, so it passes
+    where the output is NaN and stops a NaN where the unit is off."""
+    ref, ours = make_torch_pair(cell, backend=backend, num_layers=2, bidirectional=True)
+    x = randn(T, B, INPUT_SIZE)
+    if where == "input":
+        x[1, 0, 0] = float("nan")
+    grads = []
+    for model in (ours, ref):
+        xi = x.clone().requires_grad_()
+        out = flat(model(xi))[0]
+        g = randn(*out.shape, seed=3)
+        if where == "output_grad":
+            g[2, 1, 3] = float("nan")
+        out.backward(g)
+        grads.append({"input": xi.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    assert grads[0].keys() == grads[1].keys()
+    for name, e in grads[1].items():
+        torch.testing.assert_close(grads[0][name], e, atol=1e-10, rtol=1e-10, equal_nan=True, msg=name)

@@ -212,3 +212,26 @@ def test_autocast_runs_the_kernels_in_the_autocast_dtype(form, amp):
     for (name, p), q in zip(m.named_parameters(), half.parameters()):
         assert p.grad.dtype == torch.float32, name
         torch.testing.assert_close(p.grad, q.grad.float(), atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("where", ["input", "output_grad"])
+@pytest.mark.parametrize("form", [f for f in ["elman_relu", "jordan_relu", "gru_clip"] if f in FORMS_RUN])
+def test_nan_travels_as_in_the_reference(form, where):
+    """A NaN in the input (and a finite dL/dy), or one in dL/dy, reaches what it reaches on the
+    reference backend: relu and clip_recurrent keep NaN (as torch's relu and clamp), and relu's
+    gradient passes where its output is NaN (torch's: zero only where y <= 0)."""
+    ref, tri = _pair(form, 1, True, 5, torch.float64)
+    x = randn(4, 3, I).to(DEVICE)
+    if where == "input":
+        x[1, 0, 0] = float("nan")
+    results = []
+    for model in (ref, tri):
+        xi = x.clone().requires_grad_()
+        out = flat(model(xi))[0]
+        g = randn(*out.shape, seed=5).to(DEVICE)
+        if where == "output_grad":
+            g[2, 2, 1] = float("nan")
+        out.backward(g)
+        results.append([out, xi.grad, *(p.grad for p in model.parameters())])
+    for k, (a, e) in enumerate(zip(results[1], results[0])):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, equal_nan=True, msg=lambda m, k=k: f"tensor {k}: {m}")

@@ -105,7 +105,7 @@ def tanh(x):
 @triton.jit
 def act(x, RELU: tl.constexpr):
     if RELU:
-        return tl.maximum(x, 0.0)
+        return tl.where(x < 0.0, 0.0, x)     # as torch: NaN passes (a max may drop it on the GPU)
     else:
         return tanh(x)
 
@@ -114,7 +114,7 @@ def act(x, RELU: tl.constexpr):
 def act_grad(y, dy, RELU: tl.constexpr):
     """Gradient through tanh or relu written with the activation's output y."""
     if RELU:
-        return tl.where(y > 0.0, dy, 0.0)
+        return tl.where(y <= 0.0, 0.0, dy)
     else:
         return dy * (1.0 - y * y)
 
@@ -122,7 +122,7 @@ def act_grad(y, dy, RELU: tl.constexpr):
 @triton.jit
 def clip(d, CLIP: tl.constexpr, bound):
     if CLIP:
-        return tl.minimum(tl.maximum(d, -bound), bound)
+        return tl.minimum(tl.maximum(d, -bound, propagate_nan=tl.PropagateNan.ALL), bound, propagate_nan=tl.PropagateNan.ALL)
     else:
         return d
 
