@@ -150,38 +150,34 @@ def test_stream_is_exported():
     assert rnnkit.Stream is type(make("gru").stream())
 
 
-@needs_cpu
-@pytest.mark.parametrize("change, words", [
-    (lambda m: setattr(m.weight_ih_l0, "data", torch.randn(40, 7, dtype=torch.float64)),
-     r"weight_ih_l0 changed since the stream was created: it is now \(40, 7\).*made for \(16, 3\)"),
-    (lambda m: setattr(m.bias_hh_l1, "data", torch.zeros(0, dtype=torch.float64)), r"bias_hh_l1 changed.*\(0,\)"),
-    (lambda m: setattr(m.weight_hh_l1, "data", m.weight_hh_l1.data.float()), r"weight_hh_l1 changed.*torch\.float32"),
-    (lambda m: setattr(m.weight_hh_l0, "data", m.weight_hh_l0.data.t().contiguous().t()),
-     r"weight_hh_l0 changed.*non-contiguous"),
-], ids=["resized", "emptied", "dtype", "non-contiguous"])
-def test_held_parameter_changed_under_the_stream_is_an_error(change, words):
+CHANGES = [
+    pytest.param(lambda m: setattr(m.weight_ih_l0, "data", torch.randn(40, 7, dtype=torch.float64)),
+                 r"weight_ih_l0 changed since the stream was created: it is now \(40, 7\).*made for \(16, 3\)",
+                 id="resized"),
+    pytest.param(lambda m: setattr(m.bias_hh_l1, "data", torch.zeros(0, dtype=torch.float64)),
+                 r"bias_hh_l1 changed.*\(0,\)", id="emptied"),
+    pytest.param(lambda m: setattr(m.weight_hh_l1, "data", m.weight_hh_l1.data.float()),
+                 r"weight_hh_l1 changed.*torch\.float32", id="dtype"),
+]
+
+
+def _held_changes():
+    """(change, words, backend): every change on every stream; non-contiguous weights only on the
+    C++ stream, which reads raw pointers (the Python stepper's products take any layout)."""
+    cases = [pytest.param(*c.values, *b.values, id=f"{b.id}-{c.id}", marks=[*b.marks, *c.marks])
+             for b in backends_for("lstm") for c in CHANGES]
+    cases += [pytest.param(lambda m: setattr(m.weight_hh_l0, "data", m.weight_hh_l0.data.t().contiguous().t()),
+                           r"weight_hh_l0 changed.*non-contiguous", *b.values, id=f"{b.id}-non-contiguous", marks=b.marks)
+              for b in backends_for("lstm") if b.values == ("cpu",)]
+    return cases
+
+
+@pytest.mark.parametrize("change, words, backend", _held_changes())
+def test_held_parameter_changed_under_the_stream_is_an_error(change, words, backend):
     """The stream holds the module's tensors: ``p.data = t`` changes them in place, and the next
-    step checks them (sizes, dtype, layout) before reading a pointer; the stream's step stays
-    usable after an in-place update of the same shape."""
-    model = make("lstm", num_layers=2, backend="cpu")
-    stream = model.stream(B)
-    x = randn(B, INPUT_SIZE)
-    stream(x)
-    change(model)
-    with pytest.raises(RuntimeError, match=words + ".*create a new stream"):
-        stream(x)
-
-
-@pytest.mark.parametrize("change, words", [
-    (lambda m: setattr(m.weight_ih_l0, "data", torch.randn(40, 7, dtype=torch.float64)),
-     r"weight_ih_l0 changed since the stream was created: it is now \(40, 7\).*made for \(16, 3\)"),
-    (lambda m: setattr(m.bias_hh_l1, "data", torch.zeros(0, dtype=torch.float64)), r"bias_hh_l1 changed.*\(0,\)"),
-    (lambda m: setattr(m.weight_hh_l1, "data", m.weight_hh_l1.data.float()), r"weight_hh_l1 changed.*torch\.float32"),
-], ids=["resized", "emptied", "dtype"])
-def test_python_stepper_names_the_parameter_that_changed(change, words):
-    """The reference backend's stream (every device and dtype) checks the held parameters as the
-    C++ one does and names the one that changed, instead of failing inside a matrix product."""
-    model = make("lstm", num_layers=2, backend="reference")
+    step checks them (sizes, dtype, layout) before reading a pointer, naming the parameter that
+    changed instead of failing inside a matrix product."""
+    model = make("lstm", num_layers=2, backend=backend)
     stream = model.stream(B)
     x = randn(B, INPUT_SIZE)
     stream(x)
