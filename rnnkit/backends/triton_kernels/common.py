@@ -56,6 +56,37 @@ def mm_tile(acc, a, sa_b, sa_k, w, sw_n, sw_k, rb, rn, B, N, K,
 
 
 @triton.jit
+def store_gates(p, H, m2, a0, a1, a2, a3, NG: tl.constexpr):
+    """The tiles a0 .. a(NG-1) (NG = 3 or 4) into the NG gate blocks of H columns that start at the
+    tile's pointers p, in p's element type."""
+    ty = p.dtype.element_ty
+    tl.store(p, a0.to(ty), mask=m2)
+    tl.store(p + H, a1.to(ty), mask=m2)
+    tl.store(p + 2 * H, a2.to(ty), mask=m2)
+    if NG > 3:
+        tl.store(p + 3 * H, a3.to(ty), mask=m2)
+
+
+@triton.jit
+def dropped(d, m, own, m2, DROP: tl.constexpr, ACC: tl.constexpr):
+    """d * m: a gradient that reached h_{t-1} through a product with the dropout-masked state."""
+    if DROP:
+        return d * tl.load(m + own, mask=m2, other=0.0).to(ACC)
+    else:
+        return d
+
+
+@triton.jit
+def dh_add(dh, d, ld, K, w, m, rb, rh, m2, own, B, S, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+           PREC: tl.constexpr, DROP: tl.constexpr, ACC: tl.constexpr):
+    """dh_{t-1}[tile] += (d_t W)[tile] (* m): the gradient reaching the previous state (B, S) through
+    the recurrent product, from the step's first K columns of d_t (B, ld) and W (K, S).  d_t's rows
+    are zero on padded steps, so they add nothing."""
+    acc = mm_tile(tl.zeros((BB, BH), ACC), d, ld, 1, w, 1, S, rb, rh, B, S, K, BK, PREC)
+    tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + dropped(acc, m, own, m2, DROP, ACC), mask=m2)
+
+
+@triton.jit
 def mm_gates(a, sa_b, w, gs, rb, rn, B, N, K, NG: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
              BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     acc0 = tl.zeros((BB, BN), ACC)
@@ -122,7 +153,8 @@ def act_grad(y, dy, RELU: tl.constexpr):
 @triton.jit
 def clip(d, CLIP: tl.constexpr, bound):
     if CLIP:
-        return tl.minimum(tl.maximum(d, -bound, propagate_nan=tl.PropagateNan.ALL), bound, propagate_nan=tl.PropagateNan.ALL)
+        nan = tl.PropagateNan.ALL                  # as torch.clamp: a NaN gradient stays NaN
+        return tl.minimum(tl.maximum(d, -bound, propagate_nan=nan), bound, propagate_nan=nan)
     else:
         return d
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile, tile, zone
+from .common import act, act_grad, clip, dh_add, grid_sync, keep_row, mm_tile, tile, zone
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "zp"])
@@ -92,8 +92,4 @@ def elman_backward(d_out, dh, da, hs_out, w, m, zh, mask, sem, T, B, H, bound, z
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), da + t64 * B * H, H, 1, w, 1, H, rb, rh, B, H, H, BK, PREC)
-            if DROP:
-                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-            keep = keep_row(mask, t64, B, rb, HAS_MASK)
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + tl.where(keep, acc, 0.0), mask=m2)
+            dh_add(dh, da + t64 * B * H, H, H, w, m, rb, rh, m2, own, B, H, BB, BH, BK, PREC, DROP, ACC)

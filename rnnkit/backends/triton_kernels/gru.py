@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, emit, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
+from .common import clip, dh_add, dropped, emit, grid_sync, keep_row, mm_gates, mm_tile, store_gates, tanh, tile, zone
 
 
 @triton.jit
@@ -66,9 +66,7 @@ def gru_forward(xp, hs, h32, gates, hn_out, w, b, m, hd, zo, ht, mask, sem, T, B
             step = t64 * B * H + own
             if SAVE:
                 g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-                tl.store(g_at, r.to(gates.dtype.element_ty), mask=m2)
-                tl.store(g_at + H, z.to(gates.dtype.element_ty), mask=m2)
-                tl.store(g_at + 2 * H, n.to(gates.dtype.element_ty), mask=m2)
+                store_gates(g_at, H, m2, r, z, n, n, 3)
                 tl.store(hn_out + step, hn.to(hn_out.dtype.element_ty), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
@@ -150,6 +148,27 @@ def _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H, bound, zp,
     return g, passed, r, z, h_prev, dan, daz
 
 
+@triton.jit
+def torch_form_tile(d_out, dh, dx, drec, gates, hn, hp, zo, mask, t64, rb, rh, m2, own, B, H, bound, zp,
+                    HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, ZONE: tl.constexpr,
+                    ACC: tl.constexpr):
+    """The torch form's first backward phase on a tile: dx = [dar, daz, dan], drec = [dar, daz, dan r]
+    (the recurrent pre-activations' gradient; the layer-normalised GRU's LN_3' reads it), and the
+    part of dh_{t-1} that does not go through W_hh (zero rows and dh passed on when padded)."""
+    H3 = 3 * H
+    g, passed, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H, bound, zp,
+                                               HAS_DOUT, CLIP, ZONE, ACC)
+    dar = dan * tl.load(hn + t64 * B * H + own, mask=m2, other=0.0).to(ACC) * r * (1.0 - r)
+    keep = keep_row(mask, t64, B, rb, HAS_MASK)
+    dar = tl.where(keep, dar, 0.0)
+    daz = tl.where(keep, daz, 0.0)
+    dan = tl.where(keep, dan, 0.0)
+    at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
+    store_gates(dx + at, H, m2, dar, daz, dan, dan, 3)
+    store_gates(drec + at, H, m2, dar, daz, dan * r, dan, 3)
+    tl.store(dh + own, tl.where(keep, g * z, g) + passed, mask=m2)
+
+
 @triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
 def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, m, zo, mask, sem, T, B, H, bound, zp,
                  HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, DROP: tl.constexpr,
@@ -164,37 +183,13 @@ def gru_backward(d_out, dh, dx, drec, gates, hn, hp, w, m, zo, mask, sem, T, B, 
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            g, passed, r, z, h_prev, dan, daz = _dz_dn(d_out, dh, gates, hp, zo, t64, rb, rh, m2, own, B, H,
-                                                       bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
-            dar = dan * tl.load(hn + t64 * B * H + own, mask=m2, other=0.0).to(ACC) * r * (1.0 - r)
-            keep = keep_row(mask, t64, B, rb, HAS_MASK)
-            dar = tl.where(keep, dar, 0.0)
-            daz = tl.where(keep, daz, 0.0)
-            dan = tl.where(keep, dan, 0.0)
-            at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            tl.store(dx + at, dar.to(dx.dtype.element_ty), mask=m2)
-            tl.store(dx + at + H, daz.to(dx.dtype.element_ty), mask=m2)
-            tl.store(dx + at + 2 * H, dan.to(dx.dtype.element_ty), mask=m2)
-            tl.store(drec + at, dar.to(drec.dtype.element_ty), mask=m2)
-            tl.store(drec + at + H, daz.to(drec.dtype.element_ty), mask=m2)
-            tl.store(drec + at + 2 * H, (dan * r).to(drec.dtype.element_ty), mask=m2)
-            tl.store(dh + own, tl.where(keep, g * z, g) + passed, mask=m2)
+            torch_form_tile(d_out, dh, dx, drec, gates, hn, hp, zo, mask, t64, rb, rh, m2, own, B, H, bound, zp,
+                            HAS_DOUT, HAS_MASK, CLIP, ZONE, ACC)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += drec_t W_hh
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, H3, BK, PREC)
-            acc = _dropped(acc, m, own, m2, DROP, ACC)
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
-
-
-@triton.jit
-def _dropped(d, m, own, m2, DROP: tl.constexpr, ACC: tl.constexpr):
-    """d * m: a gradient that reached h_{t-1} through a product with the dropout-masked state."""
-    if DROP:
-        return d * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-    else:
-        return d
+            dh_add(dh, drec + t64 * B * H3, H3, H3, w, m, rb, rh, m2, own, B, H, BB, BH, BK, PREC, DROP, ACC)
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
@@ -227,14 +222,12 @@ def gru_backward_original(d_out, dh, dx, gates, hp, w, m, zo, mask, sem, T, B, H
                          rb, rh, B, H, H, BK, PREC)
             at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
             r = tl.load(gates + at, mask=m2, other=0.0).to(ACC)
-            hd_prev = _dropped(tl.load(hp + t64 * B * H + own, mask=m2, other=0.0).to(ACC), m, own, m2, DROP, ACC)
+            hd_prev = dropped(tl.load(hp + t64 * B * H + own, mask=m2, other=0.0).to(ACC), m, own, m2, DROP, ACC)
             tl.store(dx + at, (du * hd_prev * r * (1.0 - r)).to(dx.dtype.element_ty), mask=m2)   # 0 when padded
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + _dropped(du * r, m, own, m2, DROP, ACC),
+            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + dropped(du * r, m, own, m2, DROP, ACC),
                      mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += [dar, daz] W_hrz
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), dx + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, 2 * H, BK, PREC)
-            acc = _dropped(acc, m, own, m2, DROP, ACC)
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)
+            dh_add(dh, dx + t64 * B * H3, H3, 2 * H, w, m, rb, rh, m2, own, B, H, BB, BH, BK, PREC, DROP, ACC)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import act, act_grad, clip, grid_sync, keep_row, mm_tile, tanh, tile
+from .common import act, act_grad, clip, dh_add, grid_sync, keep_row, mm_tile, tanh, tile
 
 
 @triton.jit
@@ -124,7 +124,4 @@ def jordan_backward(d_out, dy, dz, da, y_out, hid, w_yh, w_hy, m, mask, sem, T, 
         grid_sync(sem, nsync)
         for s in range(pid, n_b * n_o, tl.num_programs(0)):     # dy_{t-1} += da W_yh (0 when padded)
             rb, ro, m2, own = tile(s, n_o, B, O, BB, BO)
-            acc = mm_tile(tl.zeros((BB, BO), ACC), da + t64 * B * H, H, 1, w_yh, 1, O, rb, ro, B, O, H, BK, PREC)
-            if DROP:
-                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-            tl.store(dy + own, tl.load(dy + own, mask=m2, other=0.0) + acc, mask=m2)
+            dh_add(dy, da + t64 * B * H, H, H, w_yh, m, rb, ro, m2, own, B, O, BB, BO, BK, PREC, DROP, ACC)

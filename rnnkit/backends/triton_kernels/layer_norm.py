@@ -30,7 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, emit, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
+from .common import clip, dh_add, emit, grid_sync, keep_row, mm_gates, store_gates, tanh, tile, zone
+from .gru import torch_form_tile
 
 EPS = 1e-5                                          # rnnkit.cells.base.LN_EPS
 
@@ -111,10 +112,7 @@ def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd,
             ri, rf, rg, ro = mm_gates((hd if DROP else hs) + t64 * B * H, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK,
                                       PREC, ACC)
             at = rec + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
-            tl.store(at, ri, mask=m2)
-            tl.store(at + H, rf, mask=m2)
-            tl.store(at + 2 * H, rg, mask=m2)
-            tl.store(at + 3 * H, ro, mask=m2)
+            store_gates(at, H, m2, ri, rf, rg, ro, 4)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # B: normalise, gates, c~
@@ -145,10 +143,7 @@ def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd,
             tl.store(c32 + own, c, mask=m2)
             tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
             g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
-            tl.store(g_at, i.to(gates.dtype.element_ty), mask=m2)
-            tl.store(g_at + H, f.to(gates.dtype.element_ty), mask=m2)
-            tl.store(g_at + 2 * H, g.to(gates.dtype.element_ty), mask=m2)
-            tl.store(g_at + 3 * H, o.to(gates.dtype.element_ty), mask=m2)
+            store_gates(g_at, H, m2, i, f, g, o, 4)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # C: the cell's norm, tanh, h
@@ -281,10 +276,7 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # 4: dh_{t-1} += drec W_hh (* m)
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H4, H4, 1, w, 1, H, rb, rh, B, H, H4, BK, PREC)
-            if DROP:
-                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
+            dh_add(dh, drec + t64 * B * H4, H4, H4, w, m, rb, rh, m2, own, B, H, BB, BH, BK, PREC, DROP, ACC)
 
 
 # -- the layer-normalised GRU (torch's form; math: rnnkit/cells/gru.py) ------------------------------
@@ -327,9 +319,7 @@ def gru_ln_forward(xn, hs, h32, rec, gates, hn_out, h_hat, h_rstd, w, gh, bh, m,
             rr, rz, rn, _ = mm_gates((hd if DROP else hs) + t64 * B * H, H, w, H, rb, rh, B, H, H, 3, BB, BH, BK,
                                      PREC, ACC)
             at = rec + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            tl.store(at, rr, mask=m2)
-            tl.store(at + H, rz, mask=m2)
-            tl.store(at + 2 * H, rn, mask=m2)
+            store_gates(at, H, m2, rr, rz, rn, rn, 3)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # normalise, r, z, n, h
@@ -346,9 +336,7 @@ def gru_ln_forward(xn, hs, h32, rec, gates, hn_out, h_hat, h_rstd, w, gh, bh, m,
             emit((1.0 - z) * n + z * h_prev, h_prev, hs, h32, m, hd, zo, ht, mask, t64, rb, m2, own, B, H, zp,
                  HAS_MASK, SAVE, DROP, ZONE, ACC)
             g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            tl.store(g_at, r.to(gates.dtype.element_ty), mask=m2)
-            tl.store(g_at + H, z.to(gates.dtype.element_ty), mask=m2)
-            tl.store(g_at + 2 * H, n.to(gates.dtype.element_ty), mask=m2)
+            store_gates(g_at, H, m2, r, z, n, n, 3)
             tl.store(hn_out + t64 * B * H + own, hn.to(hn_out.dtype.element_ty), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
@@ -369,32 +357,8 @@ def gru_ln_backward(d_out, dh, dx, dhid, drec, gates, hn, hp, h_hat, h_rstd, w, 
         t64 = tl.cast(T - 1 - back, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):          # d of the x terms and of the h terms
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            step = t64 * B * H + own
-            keep = keep_row(mask, t64, B, rb, HAS_MASK)
-            g = tl.load(dh + own, mask=m2, other=0.0)
-            if HAS_DOUT:
-                g += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
-            g = clip(g, CLIP, bound)
-            passed = tl.zeros_like(g)
-            if ZONE != 0:
-                passed = zone(zo, step, m2, zp, ZONE, ACC) * g
-            gt = g - passed
-            g_at = gates + t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            r = tl.load(g_at, mask=m2, other=0.0).to(ACC)
-            z = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
-            n = tl.load(g_at + 2 * H, mask=m2, other=0.0).to(ACC)
-            h_prev = tl.load(hp + step, mask=m2, other=0.0).to(ACC)
-            dan = tl.where(keep, gt * (1.0 - z) * (1.0 - n * n), 0.0)
-            daz = tl.where(keep, gt * (h_prev - n) * z * (1.0 - z), 0.0)
-            dar = dan * tl.load(hn + step, mask=m2, other=0.0).to(ACC) * r * (1.0 - r)
-            at = t64 * B * H3 + rb[:, None] * H3 + rh[None, :]
-            tl.store(dx + at, dar.to(dx.dtype.element_ty), mask=m2)
-            tl.store(dx + at + H, daz.to(dx.dtype.element_ty), mask=m2)
-            tl.store(dx + at + 2 * H, dan.to(dx.dtype.element_ty), mask=m2)
-            tl.store(dhid + at, dar.to(dhid.dtype.element_ty), mask=m2)
-            tl.store(dhid + at + H, daz.to(dhid.dtype.element_ty), mask=m2)
-            tl.store(dhid + at + 2 * H, (dan * r).to(dhid.dtype.element_ty), mask=m2)
-            tl.store(dh + own, tl.where(keep, gt * z + passed, g), mask=m2)
+            torch_form_tile(d_out, dh, dx, dhid, gates, hn, hp, zo, mask, t64, rb, rh, m2, own, B, H, bound, zp,
+                            HAS_DOUT, HAS_MASK, CLIP, ZONE, ACC)
         nsync += 1
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # drec = LN_3'(dhid g_hh, h_hat)
@@ -404,7 +368,4 @@ def gru_ln_backward(d_out, dh, dx, dhid, drec, gates, hn, hp, h_hat, h_rstd, w, 
         grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # dh_{t-1} += drec W_hh (* m)
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), drec + t64 * B * H3, H3, 1, w, 1, H, rb, rh, B, H, H3, BK, PREC)
-            if DROP:
-                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + acc, mask=m2)   # drec is 0 when padded
+            dh_add(dh, drec + t64 * B * H3, H3, H3, w, m, rb, rh, m2, own, B, H, BB, BH, BK, PREC, DROP, ACC)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import clip, emit, grid_sync, keep_row, mm_gates, mm_tile, tanh, tile, zone
+from .common import clip, dh_add, emit, grid_sync, keep_row, mm_gates, mm_tile, store_gates, tanh, tile, zone
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "P", "zp"])
@@ -90,10 +90,7 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, wr, ms, m, hd, z
                      B, H, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
             if SAVE:
                 g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
-                tl.store(g_at, i.to(gates.dtype.element_ty), mask=m2)
-                tl.store(g_at + H, f.to(gates.dtype.element_ty), mask=m2)
-                tl.store(g_at + 2 * H, g.to(gates.dtype.element_ty), mask=m2)
-                tl.store(g_at + 3 * H, o.to(gates.dtype.element_ty), mask=m2)
+                store_gates(g_at, H, m2, i, f, g, o, 4)
                 tl.store(tanh_c + step, tc.to(tanh_c.dtype.element_ty), mask=m2)
         nsync += 1
         grid_sync(sem, nsync)
@@ -182,10 +179,8 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, wr, gh, m, zh
                     + dpf * tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
             d_at = dp + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
-            tl.store(d_at, tl.where(keep, dpi, 0.0).to(dp.dtype.element_ty), mask=m2)
-            tl.store(d_at + H, tl.where(keep, dpf, 0.0).to(dp.dtype.element_ty), mask=m2)
-            tl.store(d_at + 2 * H, tl.where(keep, dpg, 0.0).to(dp.dtype.element_ty), mask=m2)
-            tl.store(d_at + 3 * H, tl.where(keep, dpo, 0.0).to(dp.dtype.element_ty), mask=m2)
+            store_gates(d_at, H, m2, tl.where(keep, dpi, 0.0), tl.where(keep, dpf, 0.0), tl.where(keep, dpg, 0.0),
+                        tl.where(keep, dpo, 0.0), 4)
             # a padded step passes dh and dc on
             tl.store(dc + own, tl.where(keep, dc_prev, g_c_all), mask=m2)
             if not PROJ:
@@ -195,8 +190,4 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, wr, gh, m, zh
         # phase 2: dh_{t-1}[:, own units] = dp_t W_hh[:, own units]  (reads every tile's dp_t)
         for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
             rb, rh, m2, own = tile(s, n_p, B, P, BB, BH)
-            acc = mm_tile(tl.zeros((BB, BH), ACC), dp + t64 * B * H4, H4, 1, w, 1, P, rb, rh, B, P, H4, BK, PREC)
-            if DROP:
-                acc = acc * tl.load(m + own, mask=m2, other=0.0).to(ACC)
-            keep = keep_row(mask, t64, B, rb, HAS_MASK)
-            tl.store(dh + own, tl.load(dh + own, mask=m2, other=0.0) + tl.where(keep, acc, 0.0), mask=m2)
+            dh_add(dh, dp + t64 * B * H4, H4, H4, w, m, rb, rh, m2, own, B, P, BB, BH, BK, PREC, DROP, ACC)
