@@ -273,6 +273,46 @@ inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* 
   }
 }
 
+// acc: the four gate sums h_{t-1} (* m_t) W_hh^T of block jb for rows b0 .. b0+R-1 (hp: their
+// h_{t-1}, ld H).
+template <int R, bool Drop>
+inline void tile_sums(const Fused& o, const float* wp, int64_t H, int64_t t, int64_t jb, int64_t b0, const float* hp,
+                      simd::V (&acc)[R][4]) {
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
+  const float* mr[R] = {};                                     // the rows' recurrent masks
+  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+  gate_sums<R, Drop>(wp + jb * H * 4 * simd::kLanes, H, hp, mr, acc);
+}
+
+// The peephole weights w_ci, w_cf, w_co of the 16 units from j0 (zeros, unread, without Peep).
+template <bool Peep>
+inline void peep_weights(const Fused& o, int64_t H, int64_t j0, __mmask16 m, simd::V (&wc)[3]) {
+  for (int k = 0; k < 3; ++k) wc[k] = Peep ? simd::load(o.peep + k * H + j0, m) : _mm512_setzero_ps();
+}
+
+// The gates of 16 units from their pre-activations (i, f, g, o) (forward_row's math): i, f, n,
+// c~ = f c_{t-1} + i n and o; peepholes: c_{t-1} into i and f, c~ into o.
+struct Cell16 {
+  simd::V i, f, n, c, o;
+};
+template <bool Peep>
+inline Cell16 cell_gates(const simd::V (&pre)[4], simd::V c_prev, const simd::V (&wc)[3]) {
+  using namespace simd;
+  const auto peep = [&](int k, V s, V p) { return Peep ? _mm512_fmadd_ps(wc[k], s, p) : p; };
+  Cell16 q;
+  q.i = sigmoid(peep(0, c_prev, pre[0])), q.f = sigmoid(peep(1, c_prev, pre[1])), q.n = tanh(pre[2]);
+  q.c = _mm512_fmadd_ps(q.f, c_prev, _mm512_mul_ps(q.i, q.n));
+  q.o = sigmoid(peep(2, q.c, pre[3]));
+  return q;
+}
+
+// Zoneout of 16 units of state k (0: h, 1: c) of row b: s + z (s_prev - s).
+inline simd::V zone_mix(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m,
+                        simd::V s_prev, simd::V s) {
+  return _mm512_fmadd_ps(zone_at(o, t, k, b, H, j0, m), _mm512_sub_ps(s_prev, s), s);
+}
+
 template <int R, bool Peep, bool Drop, bool Zone>
 void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
                int64_t b0, const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
@@ -284,15 +324,10 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
   const float* hp = (t ? H_ + (t - 1) * B * H : a.state0[0].data_ptr<float>()) + b0 * H;
   const float* cp = (t ? C_ + (t - 1) * B * H : a.state0[1].data_ptr<float>()) + b0 * H;
   V acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
-  const float* mr[R] = {};                                     // the rows' recurrent masks
-  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  gate_sums<R, Drop>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
+  tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp, acc);
   const Mask mask(a.mask, B);
-  V wc[3] = {};                                                // peepholes w_ci, w_cf, w_co
-  for (int k = 0; Peep && k < 3; ++k) wc[k] = load(o.peep + k * H + j0, m);
-  const auto peep = [&](int k, V s, V pre) { return Peep ? _mm512_fmadd_ps(wc[k], s, pre) : pre; };
+  V wc[3];
+  peep_weights<Peep>(o, H, j0, m, wc);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
     float* h = hs.data_ptr<float>() + row * H + j0;
@@ -314,19 +349,17 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
     V pre[4];
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
-    const V i = sigmoid(peep(0, c_prev, pre[0])), f = sigmoid(peep(1, c_prev, pre[1])), n = tanh(pre[2]);
-    const V cn = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, n));
-    const V og = sigmoid(peep(2, cn, pre[3]));
-    const V tcn = tanh(cn);
-    V hn = _mm512_mul_ps(og, tcn), cz = cn;
+    const Cell16 q = cell_gates<Peep>(pre, c_prev, wc);
+    const V tcn = tanh(q.c);
+    V hn = _mm512_mul_ps(q.o, tcn), cz = q.c;
     if (Zone) {                                                // s = s~ + z (s_prev - s~)
-      if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, cn, m);
-      hn = _mm512_fmadd_ps(zone_at(o, t, 0, b, H, j0, m), _mm512_sub_ps(load(hp + r * H + j0, m), hn), hn);
-      cz = _mm512_fmadd_ps(zone_at(o, t, 1, b, H, j0, m), _mm512_sub_ps(c_prev, cn), cn);
+      if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, q.c, m);
+      hn = zone_mix(o, t, 0, b, H, j0, m, load(hp + r * H + j0, m), hn);
+      cz = zone_mix(o, t, 1, b, H, j0, m, c_prev, q.c);
     }
     store(c, cz, m), store(h, hn, m);
     if (gt != nullptr) {
-      store(gt, i, m), store(gt + H, f, m), store(gt + 2 * H, n, m), store(gt + 3 * H, og, m);
+      store(gt, q.i, m), store(gt + H, q.f, m), store(gt + 2 * H, q.n, m), store(gt + 3 * H, q.o, m);
       store(tc, tcn, m);
     }
   }
@@ -378,12 +411,12 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
         Tn, nb, threads,
-        [&](int64_t t, int64_t jb) {
+        each_block([&](int64_t t, int64_t jb) {
           by_row_tiles(B, [&](auto rows, int64_t b0) {
             lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
           });
-        },
-        [](int64_t, int64_t) {});
+        }),
+        [](int64_t, int64_t, int64_t) {});
   });
 }
 
@@ -444,6 +477,69 @@ bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   return sp.proj == 0 && !sp.layer_norm && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
 
+// dh_t and dc_t of the 16 units from j0 of row b as step t reads them: d_out[t] added to the
+// carried dh (B, H) in place; with clip_recurrent both clamped (dc (B, H) in place).
+inline void carried(const Fused& o, const GradOut<float>& d_out, int64_t t, int64_t b, int64_t H, int64_t j0,
+                    __mmask16 m, float* dh, float* dc, simd::V& gh, simd::V& gc) {
+  using namespace simd;
+  float* gh_p = dh + b * H + j0;
+  d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
+  gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
+  if (o.clip > 0.0f) {
+    const V lo = splat(-o.clip), hi = splat(o.clip);
+    gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
+    store(dc + b * H + j0, gc, m);
+  }
+}
+
+// Zoneout's split of 16 units of the carried gradient g of state k (0: h, 1: c): returns g z, the
+// direct path to step t-1; g becomes g - g z, what reaches the state the cell computed.
+inline simd::V zone_keep(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m,
+                         simd::V& g) {
+  const simd::V keep = _mm512_mul_ps(g, zone_at(o, t, k, b, H, j0, m));
+  g = _mm512_sub_ps(g, keep);
+  return keep;
+}
+
+// The gate gradients of 16 units (backward_row's math) into d (its four blocks of H apart): q the
+// saved gates i, f, n, o; gh the gradient reaching h~_t = o tanh_c; dct that reaching c~_t
+// through the carried dc and through tanh_c (not yet the peephole's).  Returns dc_{t-1}, with
+// zoneout's direct part keep_c.
+template <bool Peep, bool Zone>
+inline simd::V gate_grads(const simd::V (&q)[4], simd::V gh, simd::V tc, simd::V c_prev, simd::V dct, simd::V keep_c,
+                          const simd::V (&wc)[3], float* d, int64_t H, __mmask16 m) {
+  using namespace simd;
+  const V one = splat(1.0f), i = q[0], f = q[1], n = q[2], og = q[3];
+  const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
+  if (Peep) dct = _mm512_fmadd_ps(dpo, wc[2], dct);
+  const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+  const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+  store(d, di, m), store(d + H, df, m);
+  store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
+  store(d + 3 * H, dpo, m);
+  V dcp = Zone ? _mm512_fmadd_ps(dct, f, keep_c) : _mm512_mul_ps(dct, f);
+  if (Peep) dcp = _mm512_fmadd_ps(di, wc[0], _mm512_fmadd_ps(df, wc[1], dcp));
+  return dcp;
+}
+
+// The saved gates i, f, n, o of the 16 units from j0 of a row (gt: the row, (4H)).
+inline void saved_gates(const float* gt, int64_t H, int64_t j0, __mmask16 m, simd::V (&q)[4]) {
+  for (int g = 0; g < 4; ++g) q[g] = simd::load(gt + g * H + j0, m);
+}
+
+// dh_{t-1}[:, block jb] (next, (B, H)) += dg_t (B, 4H) W_hh[:, block jb], times the recurrent
+// mask with Drop.
+template <bool Drop>
+void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t B, int64_t H, int64_t t, int64_t jb,
+              float* next) {
+  by_row_tiles(B, [&](auto rows, int64_t b0) {
+    constexpr int R = decltype(rows)::value;
+    const float* mr[R] = {};
+    for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+    dh_tile<R, Drop>(dg_t + b0 * 4 * H, 4 * H, wn, H, jb, next + b0 * H, mr);
+  });
+}
+
 // Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
 // clamped first (padded rows too); under zoneout their direct parts dh_t z, dc_t z go to step t-1.
 Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
@@ -462,24 +558,20 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
                 float(sp.clip)};
-  const V lo = splat(-o.clip), hi = splat(o.clip);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
         Tn, nb, threads,
-        [&](int64_t s, int64_t jb) {                             // step s of the loop is t = Tn-1-s
+        each_block([&](int64_t s, int64_t jb) {                  // step s of the loop is t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
           float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+          V wc[3];
+          peep_weights<Peep>(o, H, j0, m, wc);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = t * B + b;
-            float* gh_p = cur + b * H + j0;
-            d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
-            V gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
-            if (o.clip > 0.0f) {
-              gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
-              store(dc + b * H + j0, gc, m);
-            }
+            V gh, gc;
+            carried(o, d_out, t, b, H, j0, m, cur, dc, gh, gc);
             float* d = dg + row * G + j0;
             if (!mask.valid(t, b)) {
               for (int g = 0; g < 4; ++g) store(d + g * H, zero, m);
@@ -487,41 +579,20 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
               continue;
             }
             V keep_h = zero, keep_c = zero;                      // zoneout's direct parts
-            if (Zone) {
-              const V zh = zone_at(o, t, 0, b, H, j0, m), zc = zone_at(o, t, 1, b, H, j0, m);
-              keep_h = _mm512_mul_ps(gh, zh), keep_c = _mm512_mul_ps(gc, zc);
-              gh = _mm512_sub_ps(gh, keep_h), gc = _mm512_sub_ps(gc, keep_c);
-            }
-            const float* gt = gates + row * G + j0;
-            const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), og = load(gt + 3 * H, m);
+            if (Zone) keep_h = zone_keep(o, t, 0, b, H, j0, m, gh), keep_c = zone_keep(o, t, 1, b, H, j0, m, gc);
+            V q[4];
+            saved_gates(gates + row * G, H, j0, m, q);
             const V tc = load(tanh_c + row * H + j0, m);
             const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
-            const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
-            V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one), gc);
-            if (Peep) dct = _mm512_fmadd_ps(dpo, load(o.peep + 2 * H + j0, m), dct);
-            const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-            const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-            store(d, di, m), store(d + H, df, m);
-            store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
-            store(d + 3 * H, dpo, m);
-            V dcp = Zone ? _mm512_fmadd_ps(dct, f, keep_c) : _mm512_mul_ps(dct, f);
-            if (Peep)
-              dcp = _mm512_fmadd_ps(di, load(o.peep + j0, m), _mm512_fmadd_ps(df, load(o.peep + H + j0, m), dcp));
-            store(dc + b * H + j0, dcp, m);
+            const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, q[3]), _mm512_fnmadd_ps(tc, tc, one), gc);
+            store(dc + b * H + j0, gate_grads<Peep, Zone>(q, gh, tc, c_prev, dct, keep_c, wc, d, H, m), m);
             store(next + b * H + j0, keep_h, m);
           }
-        },
-        [&](int64_t s, int64_t jb) {
+        }),
+        each_block([&](int64_t s, int64_t jb) {
           const int64_t t = Tn - 1 - s;
-          float* next = dh[(s + 1) % 2].data_ptr<float>();
-          const float* dg_t = dg + t * B * G;
-          by_row_tiles(B, [&](auto rows, int64_t b0) {
-            constexpr int R = decltype(rows)::value;
-            const float* mr[R] = {};
-            for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-            dh_tile<R, Drop>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H, mr);
-          });
-        });
+          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dh[(s + 1) % 2].data_ptr<float>());
+        }));
   });
   return dh[Tn % 2];
 }
