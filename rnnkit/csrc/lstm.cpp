@@ -35,12 +35,21 @@
 //   dn, c_hat (T, B, H)   backward: dn = dm o (1 - tanh_c^2), c~_t normalised: dg_c, db_c sums
 // Post-loop with it: db_hh = sum dp, dg_ih = sum dp x_hat, dg_hh = sum dp h_hat,
 // dg_c = sum dn c_hat, db_c = sum dn (and dw_ch from dp).
+// The fused float32 layer-norm loops (forward_fused_ln, backward_fused_ln) also use
+//   raw      (B, 4H)      forward workspace: h_{t-1} W_hh^T of the step (h_hat is written beside it)
+//   x_st     (T*B, 8)     forward: xp's four block means and rstds, taken before the loop
+//   cn       (B, H)       forward, zoneout without save: c~ of the step (else c~ goes to c_update[t]
+//                         with zoneout, and to cs[t] itself without)
+//   c_rstd   (T*B)        backward: the rstd of c~ of every row, beside c_hat (both before the loop)
+// and write dx = d_xp after the loop, not as a workspace of LN'(dn g_c).
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
 // Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
 // db_hh = sum dg, dw_ch = [sum di c_{t-1}, sum df c_{t-1}, sum do c~_t] (c~: before zoneout).
 // Aliasing: the step GEMM writes h_{t-1} W_hh^T into gates[t], which the gate pass overwrites
-// in place with the activations.
+// in place with the activations.  The fused layer-norm loops: without save, gates (B, 4H) carries
+// o from a step's gates phase to its cell phase; backward overwrites the carried dh_t in place
+// with what reaches h~_t (clipped, times 1 - z under zoneout) between its carried and cell phases.
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
@@ -111,6 +120,11 @@ struct LnParams {
     b_c = b_c_t.data_ptr<T>();
   }
 };
+
+// c~_t (T, B, H): the cell the step computed (before zoneout), c_t itself without zoneout.
+const Tensor& cell_computed(const Spec& sp, const BwdArgs& a) {
+  return sp.zoneout > 0 ? a.saved[sp.layer_norm ? 7 : 3] : a.states[1];
+}
 
 // Layer-normalised forward of one row: g holds h_{t-1} W_hh^T on entry and the gates on exit;
 // x_hat, x_rstd, h_hat, h_rstd (the rows of the header's tensors) are written; zero: 4H zeros.
@@ -392,7 +406,7 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
 }
 bool use_fused(const Spec& sp, const FwdArgs& a) {
-  return sp.proj == 0 && !sp.layer_norm && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
+  return sp.proj == 0 && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
 }
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -416,6 +430,147 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
             lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
           });
         }),
+        [](int64_t, int64_t, int64_t) {});
+  });
+}
+
+// ---- layer normalisation, fused (forward_row_ln's math) ----------------------------------------
+// The statistics of a row need all its units, so a step runs in three phases with a wait after
+// each (owned_blocks); a phase that needs a row's statistics computes them for all B rows on
+// every thread (about 1/H of the step's FMAs) and writes only its own units:
+//   sums   raw (B, 4H) = h_{t-1} (* m_t) W_hh^T of its blocks (tile_sums);
+//   gates  per row, the mean and rstd of raw's four gate blocks (xp's were taken for all T*B rows
+//          before the loop: they do not depend on the recurrence); of its units x_hat, h_hat,
+//          pre = g_ih x_hat + g_hh h_hat + b_hh, the gates, and c~ = f c_{t-1} + i n into cn
+//          (cs[t] itself without zoneout; c_update[t] with it and save; else a (B, H) workspace);
+//   cell   per row, the mean and rstd of c~; of its units tanh_c = tanh(g_c c_hat + b_c),
+//          h = o tanh_c, zoneout; an empty last phase makes the wait before the next step's sums.
+// Writes what forward_impl writes; without save, gates is the (B, 4H) workspace that carries o
+// from the gates phase to the cell phase.
+void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  using namespace simd;
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const auto opt = a.xp.options();
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
+  const Tensor bias_t = or_zeros(a.rec[1], G, opt);
+  const LnParams<float> ln(sp, a.rec, H, opt);
+  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
+                {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
+                 bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
+                0.0f};
+  const Tensor raw_t = at::empty({B, G}, opt);                 // h_{t-1} W_hh^T of the step
+  const Tensor x_st = at::empty({Tn * B, 8}, opt);             // xp's 4 block means, then 4 rstds
+  const Tensor cn_t = o.nz.zoneout() && !a.save ? at::empty({B, H}, opt) : Tensor();
+  const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>(), *xp = a.xp.data_ptr<float>();
+  const float *h0 = a.state0[0].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
+  float *H_ = bufs[0].data_ptr<float>(), *C_ = bufs[1].data_ptr<float>(), *G_ = bufs[2].data_ptr<float>();
+  float *raw = raw_t.data_ptr<float>(), *xs = x_st.data_ptr<float>();
+  float* TC = a.save ? bufs[3].data_ptr<float>() : nullptr;
+  float* LN[4] = {nullptr, nullptr, nullptr, nullptr};         // x_hat, x_rstd, h_hat, h_rstd (save)
+  for (int k = 0; a.save && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<float>();
+  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int k = 0; k < 4; ++k) block_stats(H, xp + r * G + k * H, xs[r * 8 + k], xs[r * 8 + 4 + k]);
+  });
+  const Mask mask(a.mask, B);
+  const V zero = _mm512_setzero_ps();
+  // the step's c~ rows (B, H)
+  const auto cn_of = [&](int64_t t) {
+    if (!o.nz.zoneout()) return C_ + t * B * H;
+    return a.save ? o.upd[1] + t * B * H : cn_t.data_ptr<float>();
+  };
+  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_blocks(
+        Tn, nb, threads,
+        each_block([&](int64_t t, int64_t jb) {                  // sums
+          const float* hp = t ? H_ + (t - 1) * B * H : h0;
+          const __mmask16 m = lanes(H - jb * kLanes);
+          by_row_tiles(B, [&](auto rows, int64_t b0) {
+            constexpr int R = decltype(rows)::value;
+            V acc[R][4];
+            tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp + b0 * H, acc);
+            for (int r = 0; r < R; ++r)
+              for (int g = 0; g < 4; ++g) store(raw + (b0 + r) * G + g * H + jb * kLanes, acc[r][g], m);
+          });
+        }),
+        [&](int64_t t, int64_t j0, int64_t j1) {                 // gates
+          float* cn = cn_of(t);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            const float* cp = (t ? C_ + (t - 1) * B * H : c0) + b * H;
+            float* gt = G_ + (a.save ? row : b) * G;
+            if (!mask.valid(t, b)) {                             // padded: c stays, saved rows zero
+              for (int64_t jb = j0; jb < j1; ++jb) {
+                const int64_t j = jb * kLanes;
+                const __mmask16 m = lanes(H - j);
+                store(C_ + row * H + j, load(cp + j, m), m);
+                for (int g = 0; a.save && g < 4; ++g)
+                  for (float* z : {gt, LN[0] + row * G, LN[2] + row * G}) store(z + g * H + j, zero, m);
+                for (float* u : o.upd)
+                  if (Zone && u != nullptr) store(u + row * H + j, zero, m);
+              }
+              if (a.save && j0 == 0) std::fill_n(LN[1] + row * 4, 4, 0.0f), std::fill_n(LN[3] + row * 4, 4, 0.0f);
+              continue;
+            }
+            const float *r = raw + b * G, *x = xp + row * G, *x_mean = xs + row * 8, *x_rstd = x_mean + 4;
+            float h_mean[4], h_rstd[4];
+            for (int g = 0; g < 4; ++g) block_stats(H, r + g * H, h_mean[g], h_rstd[g]);
+            if (a.save && j0 == 0) std::copy_n(x_rstd, 4, LN[1] + row * 4), std::copy_n(h_rstd, 4, LN[3] + row * 4);
+            for (int64_t jb = j0; jb < j1; ++jb) {
+              const int64_t j = jb * kLanes;
+              const __mmask16 m = lanes(H - j);
+              V pre[4], wc[3];
+              for (int g = 0; g < 4; ++g) {
+                const int64_t k = g * H + j;
+                const V xh = _mm512_mul_ps(_mm512_sub_ps(load(x + k, m), splat(x_mean[g])), splat(x_rstd[g]));
+                const V hh = _mm512_mul_ps(_mm512_sub_ps(load(r + k, m), splat(h_mean[g])), splat(h_rstd[g]));
+                if (a.save) store(LN[0] + row * G + k, xh, m), store(LN[2] + row * G + k, hh, m);
+                pre[g] = _mm512_add_ps(_mm512_fmadd_ps(load(ln.g_hh + k, m), hh, _mm512_mul_ps(load(ln.g_ih + k, m), xh)),
+                                       load(bias + k, m));
+              }
+              peep_weights<Peep>(o, H, j, m, wc);
+              const Cell16 q = cell_gates<Peep>(pre, load(cp + j, m), wc);
+              store(gt + j, q.i, m), store(gt + H + j, q.f, m), store(gt + 2 * H + j, q.n, m), store(gt + 3 * H + j, q.o, m);
+              store(cn + b * H + j, q.c, m);
+            }
+          }
+        },
+        [&](int64_t t, int64_t j0, int64_t j1) {                 // cell
+          const float* cn = cn_of(t);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            const float* hp = (t ? H_ + (t - 1) * B * H : h0) + b * H;
+            const float* cp = (t ? C_ + (t - 1) * B * H : c0) + b * H;
+            const float *c = cn + b * H, *gt = G_ + (a.save ? row : b) * G;
+            if (!mask.valid(t, b)) {                             // padded: h stays
+              for (int64_t jb = j0; jb < j1; ++jb) {
+                const __mmask16 m = lanes(H - jb * kLanes);
+                store(H_ + row * H + jb * kLanes, load(hp + jb * kLanes, m), m);
+                if (a.save) store(TC + row * H + jb * kLanes, zero, m);
+              }
+              continue;
+            }
+            float c_mean, c_rstd;
+            block_stats(H, c, c_mean, c_rstd);
+            for (int64_t jb = j0; jb < j1; ++jb) {
+              const int64_t j = jb * kLanes;
+              const __mmask16 m = lanes(H - j);
+              const V c_hat = _mm512_mul_ps(_mm512_sub_ps(load(c + j, m), splat(c_mean)), splat(c_rstd));
+              const V tc = tanh(_mm512_fmadd_ps(load(ln.g_c + j, m), c_hat, load(ln.b_c + j, m)));
+              V hn = _mm512_mul_ps(load(gt + 3 * H + j, m), tc);
+              if (a.save) store(TC + row * H + j, tc, m);
+              if (Zone) {                                        // c_update[t] is cn already
+                if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j, hn, m);
+                hn = zone_mix(o, t, 0, b, H, j, m, load(hp + j, m), hn);
+                store(C_ + row * H + j, zone_mix(o, t, 1, b, H, j, m, load(cp + j, m), load(c + j, m)), m);
+              }
+              store(H_ + row * H + j, hn, m);
+            }
+          }
+        },
         [](int64_t, int64_t, int64_t) {});
   });
 }
@@ -474,7 +629,7 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
 
 bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  return sp.proj == 0 && !sp.layer_norm && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
 
 // dh_t and dc_t of the 16 units from j0 of row b as step t reads them: d_out[t] added to the
@@ -596,12 +751,132 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   });
   return dh[Tn % 2];
 }
-#endif
 
-// c~_t (T, B, H): the cell the step computed (before zoneout), c_t itself without zoneout.
-const Tensor& cell_computed(const Spec& sp, const BwdArgs& a) {
-  return sp.zoneout > 0 ? a.saved[sp.layer_norm ? 7 : 3] : a.states[1];
+// Backward of the layer-normalised LSTM (backward_impl's math), fused.  ln: [dp, dx, dn, c_hat]
+// (the header's); dg receives d_rec.  Before the loop c_hat of all rows (c~ is saved); per step
+// t = T-1 .. 0 four phases, a wait after each but the last (owned_blocks), each phase writing
+// only its thread's units and computing the row sums it needs for all B rows:
+//   carried  dh_t (+ d_out[t], clipped; zoneout's direct part to dh_{t-1}) into gh (in place),
+//            dc_t clipped, dn = gh o (1 - tanh_c^2);
+//   cell     per row, the means of LN'(dn g_c); dp = d pre (gate_grads), dc_{t-1};
+//   rec      per row, the means of LN'(dp g_hh) of the four gate blocks; d_rec into dg[t];
+//   dh       dh_{t-1}[:, its units] += dg[t] W_hh[:, its units] (dh_block);
+// after the loop d_xp = LN'(dp g_ih) of all rows into dx (it does not feed the recurrence).
+Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensors& lnb) {
+  using namespace simd;
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const auto opt = a.states[0].options();
+  const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
+  const float* wn = packed.data_ptr<float>();
+  const LnParams<float> ln(sp, a.rec, H, opt);
+  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, opt)};   // dh_t in dh[(Tn-1-t) % 2]
+  const Tensor c_rstd_t = at::empty({Tn * B}, opt);
+  const Mask mask(a.mask, B);
+  const GradOut<float> d_out(a.d_out);
+  const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
+  const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
+  const float *x_hat = a.saved[2].data_ptr<float>(), *x_rstd = a.saved[3].data_ptr<float>();
+  const float *h_hat = a.saved[4].data_ptr<float>(), *h_rstd = a.saved[5].data_ptr<float>();
+  const float* c_new = cell_computed(sp, a).data_ptr<float>();
+  float *dp = lnb[0].data_ptr<float>(), *dx = lnb[1].data_ptr<float>(), *dn = lnb[2].data_ptr<float>();
+  float *c_hat = lnb[3].data_ptr<float>(), *c_rstd = c_rstd_t.data_ptr<float>();
+  float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
+  // f(row) for the valid rows of all steps, on threads; padded rows of the listed (T, B, n)
+  // buffers are set to zero
+  const auto all_rows = [&](std::initializer_list<StepRows<float>> zeroed, const auto& f) {
+    at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        if (mask.valid(r / B, r % B)) f(r);
+        else
+          for (const StepRows<float>& z : zeroed) std::fill_n(z.p + r * z.n, z.n, 0.0f);
+      }
+    });
+  };
+  all_rows({{c_hat, H}}, [&](int64_t r) { c_rstd[r] = normalise(H, c_new + r * H, c_hat + r * H); });
+  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const V one = splat(1.0f), zero = _mm512_setzero_ps();
+  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
+                float(sp.clip)};
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_blocks(
+        Tn, nb, threads,
+        each_block([&](int64_t s, int64_t jb) {                  // carried (step s of the loop is t = Tn-1-s)
+          const int64_t t = Tn - 1 - s, j = jb * kLanes;
+          const __mmask16 m = lanes(H - j);
+          float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            V gh, gc;
+            carried(o, d_out, t, b, H, j, m, cur, dc, gh, gc);
+            if (!mask.valid(t, b)) {
+              for (int g = 0; g < 4; ++g) store(dp + row * G + g * H + j, zero, m), store(dg + row * G + g * H + j, zero, m);
+              store(dn + row * H + j, zero, m);
+              store(next + b * H + j, gh, m);
+              continue;
+            }
+            const V keep_h = Zone ? zone_keep(o, t, 0, b, H, j, m, gh) : zero;
+            store(cur + b * H + j, gh, m), store(next + b * H + j, keep_h, m);
+            const V og = load(gates + row * G + 3 * H + j, m), tc = load(tanh_c + row * H + j, m);
+            store(dn + row * H + j, _mm512_mul_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one)), m);
+          }
+        }),
+        [&](int64_t s, int64_t j0, int64_t j1) {                 // cell
+          const int64_t t = Tn - 1 - s;
+          const float* cur = dh[s % 2].data_ptr<float>();
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            if (!mask.valid(t, b)) continue;
+            float m1, m2;
+            ln_back_means(H, dn + row * H, ln.g_c, c_hat + row * H, m1, m2);
+            const float* cp = (t ? cs + (row - B) * H : c0 + b * H);
+            for (int64_t jb = j0; jb < j1; ++jb) {
+              const int64_t j = jb * kLanes;
+              const __mmask16 m = lanes(H - j);
+              V gc = load(dc + b * H + j, m), q[4], wc[3];
+              const V keep_c = Zone ? zone_keep(o, t, 1, b, H, j, m, gc) : zero;
+              const V dcn = ln_back(load(dn + row * H + j, m), load(ln.g_c + j, m), load(c_hat + row * H + j, m), m1,
+                                    m2, c_rstd[row]);
+              saved_gates(gates + row * G, H, j, m, q);
+              peep_weights<Peep>(o, H, j, m, wc);
+              const V dcp = gate_grads<Peep, Zone>(q, load(cur + b * H + j, m), load(tanh_c + row * H + j, m),
+                                                   load(cp + j, m), _mm512_add_ps(gc, dcn), keep_c, wc,
+                                                   dp + row * G + j, H, m);
+              store(dc + b * H + j, dcp, m);
+            }
+          }
+        },
+        [&](int64_t s, int64_t j0, int64_t j1) {                 // rec
+          const int64_t t = Tn - 1 - s;
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            if (!mask.valid(t, b)) continue;
+            float m1[4], m2[4];
+            for (int g = 0; g < 4; ++g)
+              ln_back_means(H, dp + row * G + g * H, ln.g_hh + g * H, h_hat + row * G + g * H, m1[g], m2[g]);
+            for (int64_t jb = j0; jb < j1; ++jb)
+              for (int g = 0; g < 4; ++g) {
+                const int64_t k = g * H + jb * kLanes;
+                const __mmask16 m = lanes(H - jb * kLanes);
+                store(dg + row * G + k, ln_back(load(dp + row * G + k, m), load(ln.g_hh + k, m),
+                                                load(h_hat + row * G + k, m), m1[g], m2[g], h_rstd[row * 4 + g]), m);
+              }
+          }
+        },
+        each_block([&](int64_t s, int64_t jb) {                  // dh
+          const int64_t t = Tn - 1 - s;
+          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dh[(s + 1) % 2].data_ptr<float>());
+        }));
+  });
+  all_rows({{dx, G}}, [&](int64_t r) {
+    for (int g = 0; g < 4; ++g)
+      normalise_backward(H, dp + r * G + g * H, ln.g_ih + g * H, x_hat + r * G + g * H, x_rstd[r * 4 + g],
+                         dx + r * G + g * H);
+  });
+  return dh[Tn % 2];
 }
+#endif
 
 // Returns dh_0; dc_t carries dc back in place to dc_0; dh_all (projection: (T, B, P), else
 // undefined) receives every step's dh_t.  Layer norm: ln holds [dp, dx, dn, c_hat] (the header's;
@@ -718,7 +993,7 @@ Tensors lstm_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptT
 
 void lstm_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 #ifdef RNNKIT_AVX512
-  if (use_fused(sp, a)) return forward_fused(sp, a, bufs);
+  if (use_fused(sp, a)) return sp.layer_norm ? forward_fused_ln(sp, a, bufs) : forward_fused(sp, a, bufs);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward", [&] { forward_impl<scalar_t>(sp, a, bufs); });
 }
@@ -759,7 +1034,10 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
 #ifdef RNNKIT_AVX512
-    dh = use_fused_backward(sp, a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc, dh_all, ln);
+    if (!use_fused_backward(sp, a))
+      dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
+    else
+      dh = sp.layer_norm ? backward_fused_ln(sp, a, dg, dc, ln) : backward_fused(sp, a, dg, dc);
 #else
     dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
 #endif
