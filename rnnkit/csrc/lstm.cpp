@@ -41,7 +41,9 @@
 //   cn       (B, H)       forward, zoneout without save: c~ of the step (else c~ goes to c_update[t]
 //                         with zoneout, and to cs[t] itself without)
 //   c_rstd   (T*B)        backward: the rstd of c~ of every row, beside c_hat (both before the loop)
-// and write dx = d_xp after the loop, not as a workspace of LN'(dn g_c).
+// and take the post-loop sums above (and dw_ch) inside the loop, so that their backward's dp is a
+// (B, 4H) and dn a (B, H) workspace of one step; dx = d_xp is written in the loop, not used as a
+// workspace of LN'(dn g_c).
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
 // Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
@@ -753,16 +755,24 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
 }
 
 // Backward of the layer-normalised LSTM (backward_impl's math), fused.  ln: [dp, dx, dn, c_hat]
-// (the header's); dg receives d_rec.  Before the loop c_hat of all rows (c~ is saved); per step
-// t = T-1 .. 0 four phases, a wait after each but the last (owned_blocks), each phase writing
-// only its thread's units and computing the row sums it needs for all B rows:
+// (the header's; here dp (B, 4H) and dn (B, H) are workspaces of one step); dg receives d_rec.
+// Before the loop c_hat of all rows (c~ is saved); per step t = T-1 .. 0 four phases, a wait
+// after each but the last (owned_blocks), each phase writing only its thread's units and
+// computing the row sums it needs for all B rows:
 //   carried  dh_t (+ d_out[t], clipped; zoneout's direct part to dh_{t-1}) into gh (in place),
 //            dc_t clipped, dn = gh o (1 - tanh_c^2);
 //   cell     per row, the means of LN'(dn g_c); dp = d pre (gate_grads), dc_{t-1};
-//   rec      per row, the means of LN'(dp g_hh) of the four gate blocks; d_rec into dg[t];
-//   dh       dh_{t-1}[:, its units] += dg[t] W_hh[:, its units] (dh_block);
-// after the loop d_xp = LN'(dp g_ih) of all rows into dx (it does not feed the recurrence).
-Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensors& lnb) {
+//   rec      per row, the means of LN'(dp g_hh) and LN'(dp g_ih) of the four gate blocks; d_rec
+//            into dg[t], d_xp into dx[t];
+//   dh       dh_{t-1}[:, its units] += dg[t] W_hh[:, its units] (dh_block), while the saved rows
+//            of step t-1 are fetched into the cache (the loop is bound by their memory traffic).
+// The sums over rows that lstm_backward takes after the loop otherwise (LnSums) are taken in the
+// cell and rec phases, each thread on its own units, while the rows are in cache.
+struct LnSums {
+  float *db_hh, *dg_ih, *dg_hh, *dg_c, *db_c, *dw_ch;         // db_hh, db_c, dw_ch: nullptr when None
+};
+Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensors& lnb,
+                         const LnSums& sums) {
   using namespace simd;
   const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
   const int64_t nb = (H + kLanes - 1) / kLanes;
@@ -771,6 +781,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
   const float* wn = packed.data_ptr<float>();
   const LnParams<float> ln(sp, a.rec, H, opt);
   Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, opt)};   // dh_t in dh[(Tn-1-t) % 2]
+  float* dhs[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
   const Tensor c_rstd_t = at::empty({Tn * B}, opt);
   const Mask mask(a.mask, B);
   const GradOut<float> d_out(a.d_out);
@@ -782,18 +793,23 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
   float *dp = lnb[0].data_ptr<float>(), *dx = lnb[1].data_ptr<float>(), *dn = lnb[2].data_ptr<float>();
   float *c_hat = lnb[3].data_ptr<float>(), *c_rstd = c_rstd_t.data_ptr<float>();
   float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
-  // f(row) for the valid rows of all steps, on threads; padded rows of the listed (T, B, n)
-  // buffers are set to zero
-  const auto all_rows = [&](std::initializer_list<StepRows<float>> zeroed, const auto& f) {
-    at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        if (mask.valid(r / B, r % B)) f(r);
-        else
-          for (const StepRows<float>& z : zeroed) std::fill_n(z.p + r * z.n, z.n, 0.0f);
-      }
-    });
+  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (mask.valid(r / B, r % B)) c_rstd[r] = normalise(H, c_new + r * H, c_hat + r * H);
+      else std::fill_n(c_hat + r * H, H, 0.0f);
+    }
+  });
+  for (float* p : {sums.db_hh, sums.dg_ih, sums.dg_hh})
+    if (p != nullptr) std::fill_n(p, G, 0.0f);
+  for (float* p : {sums.dg_c, sums.db_c})
+    if (p != nullptr) std::fill_n(p, H, 0.0f);
+  if (sums.dw_ch != nullptr) std::fill_n(sums.dw_ch, 3 * H, 0.0f);
+  const auto add = [](float* sum, __mmask16 m, V x) { store(sum, _mm512_add_ps(load(sum, m), x), m); };
+  // the rows (n floats each) of step t of a (T, B, n) tensor into the cache
+  const auto prefetch = [&](const float* p, int64_t t, int64_t n) {
+    const char* q = reinterpret_cast<const char*>(p + t * B * n);
+    for (int64_t k = 0; k < B * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
   };
-  all_rows({{c_hat, H}}, [&](int64_t r) { c_rstd[r] = normalise(H, c_new + r * H, c_hat + r * H); });
   const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
@@ -805,45 +821,52 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
         each_block([&](int64_t s, int64_t jb) {                  // carried (step s of the loop is t = Tn-1-s)
           const int64_t t = Tn - 1 - s, j = jb * kLanes;
           const __mmask16 m = lanes(H - j);
-          float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+          float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = t * B + b;
             V gh, gc;
             carried(o, d_out, t, b, H, j, m, cur, dc, gh, gc);
             if (!mask.valid(t, b)) {
-              for (int g = 0; g < 4; ++g) store(dp + row * G + g * H + j, zero, m), store(dg + row * G + g * H + j, zero, m);
-              store(dn + row * H + j, zero, m);
+              for (float* z : {dg, dx})
+                for (int g = 0; g < 4; ++g) store(z + row * G + g * H + j, zero, m);
               store(next + b * H + j, gh, m);
               continue;
             }
             const V keep_h = Zone ? zone_keep(o, t, 0, b, H, j, m, gh) : zero;
             store(cur + b * H + j, gh, m), store(next + b * H + j, keep_h, m);
             const V og = load(gates + row * G + 3 * H + j, m), tc = load(tanh_c + row * H + j, m);
-            store(dn + row * H + j, _mm512_mul_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one)), m);
+            store(dn + b * H + j, _mm512_mul_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one)), m);
           }
         }),
         [&](int64_t s, int64_t j0, int64_t j1) {                 // cell
           const int64_t t = Tn - 1 - s;
-          const float* cur = dh[s % 2].data_ptr<float>();
+          const float* cur = dhs[s % 2];
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = t * B + b;
             if (!mask.valid(t, b)) continue;
             float m1, m2;
-            ln_back_means(H, dn + row * H, ln.g_c, c_hat + row * H, m1, m2);
+            ln_back_means(H, dn + b * H, ln.g_c, c_hat + row * H, m1, m2);
             const float* cp = (t ? cs + (row - B) * H : c0 + b * H);
             for (int64_t jb = j0; jb < j1; ++jb) {
               const int64_t j = jb * kLanes;
               const __mmask16 m = lanes(H - j);
               V gc = load(dc + b * H + j, m), q[4], wc[3];
               const V keep_c = Zone ? zone_keep(o, t, 1, b, H, j, m, gc) : zero;
-              const V dcn = ln_back(load(dn + row * H + j, m), load(ln.g_c + j, m), load(c_hat + row * H + j, m), m1,
-                                    m2, c_rstd[row]);
+              const V dnv = load(dn + b * H + j, m), ch = load(c_hat + row * H + j, m), c_prev = load(cp + j, m);
+              const V dcn = ln_back(dnv, load(ln.g_c + j, m), ch, m1, m2, c_rstd[row]);
               saved_gates(gates + row * G, H, j, m, q);
               peep_weights<Peep>(o, H, j, m, wc);
-              const V dcp = gate_grads<Peep, Zone>(q, load(cur + b * H + j, m), load(tanh_c + row * H + j, m),
-                                                   load(cp + j, m), _mm512_add_ps(gc, dcn), keep_c, wc,
-                                                   dp + row * G + j, H, m);
+              float* d = dp + b * G + j;
+              const V dcp = gate_grads<Peep, Zone>(q, load(cur + b * H + j, m), load(tanh_c + row * H + j, m), c_prev,
+                                                   _mm512_add_ps(gc, dcn), keep_c, wc, d, H, m);
               store(dc + b * H + j, dcp, m);
+              add(sums.dg_c + j, m, _mm512_mul_ps(dnv, ch));
+              if (sums.db_c != nullptr) add(sums.db_c + j, m, dnv);
+              if (Peep) {                                        // dw_ch: di c_{t-1}, df c_{t-1}, do c~_t
+                add(sums.dw_ch + j, m, _mm512_mul_ps(load(d, m), c_prev));
+                add(sums.dw_ch + H + j, m, _mm512_mul_ps(load(d + H, m), c_prev));
+                add(sums.dw_ch + 2 * H + j, m, _mm512_mul_ps(load(d + 3 * H, m), load(c_new + row * H + j, m)));
+              }
             }
           }
         },
@@ -852,27 +875,33 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = t * B + b;
             if (!mask.valid(t, b)) continue;
-            float m1[4], m2[4];
-            for (int g = 0; g < 4; ++g)
-              ln_back_means(H, dp + row * G + g * H, ln.g_hh + g * H, h_hat + row * G + g * H, m1[g], m2[g]);
+            const float *d = dp + b * G, *hh = h_hat + row * G, *xh = x_hat + row * G;
+            float m1[4], m2[4], n1[4], n2[4];                    // the means of LN'(dp g_hh), LN'(dp g_ih)
+            for (int g = 0; g < 4; ++g) {
+              ln_back_means(H, d + g * H, ln.g_hh + g * H, hh + g * H, m1[g], m2[g]);
+              ln_back_means(H, d + g * H, ln.g_ih + g * H, xh + g * H, n1[g], n2[g]);
+            }
             for (int64_t jb = j0; jb < j1; ++jb)
               for (int g = 0; g < 4; ++g) {
                 const int64_t k = g * H + jb * kLanes;
                 const __mmask16 m = lanes(H - jb * kLanes);
-                store(dg + row * G + k, ln_back(load(dp + row * G + k, m), load(ln.g_hh + k, m),
-                                                load(h_hat + row * G + k, m), m1[g], m2[g], h_rstd[row * 4 + g]), m);
+                const V dpv = load(d + k, m), hv = load(hh + k, m), xv = load(xh + k, m);
+                store(dg + row * G + k, ln_back(dpv, load(ln.g_hh + k, m), hv, m1[g], m2[g], h_rstd[row * 4 + g]), m);
+                store(dx + row * G + k, ln_back(dpv, load(ln.g_ih + k, m), xv, n1[g], n2[g], x_rstd[row * 4 + g]), m);
+                add(sums.dg_hh + k, m, _mm512_mul_ps(dpv, hv));
+                add(sums.dg_ih + k, m, _mm512_mul_ps(dpv, xv));
+                if (sums.db_hh != nullptr) add(sums.db_hh + k, m, dpv);
               }
           }
         },
-        each_block([&](int64_t s, int64_t jb) {                  // dh
+        [&](int64_t s, int64_t j0, int64_t j1) {                 // dh
           const int64_t t = Tn - 1 - s;
-          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dh[(s + 1) % 2].data_ptr<float>());
-        }));
-  });
-  all_rows({{dx, G}}, [&](int64_t r) {
-    for (int g = 0; g < 4; ++g)
-      normalise_backward(H, dp + r * G + g * H, ln.g_ih + g * H, x_hat + r * G + g * H, x_rstd[r * 4 + g],
-                         dx + r * G + g * H);
+          if (t > 0) {
+            for (const float* p : {gates, h_hat, x_hat}) prefetch(p, t - 1, G);
+            for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H);
+          }
+          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dhs[(s + 1) % 2]);
+        });
   });
   return dh[Tn % 2];
 }
@@ -1011,6 +1040,15 @@ FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
   return {{bufs[0], bufs[1]}, saved};
 }
 
+// Whether lstm_backward runs the fused float32 loops.
+bool fused_backward(const Spec& sp, const BwdArgs& a) {
+#ifdef RNNKIT_AVX512
+  return use_fused_backward(sp, a);
+#else
+  return false;
+#endif
+}
+
 BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
   const int64_t Tn = hs.size(0), B = hs.size(1), P = hs.size(2), H = a.states[1].size(2);
@@ -1023,10 +1061,12 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   if (sp.proj > 0) dw_hr = at::empty({P, H}, opt);
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
   if (sp.peephole) dw_ch = at::empty({3 * H}, opt);
+  // The fused loops take layer norm's sums over rows inside the loop (dp and dn: one step's rows).
+  const bool in_loop = sp.layer_norm && fused_backward(sp, a);
   Tensors ln, d_ln;                                           // [dp, dx, dn, c_hat]; d g_ih, g_hh, g_c
   if (sp.layer_norm) {
-    ln = {empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, H}, opt),
-          empty_seq({Tn, B, H}, opt)};
+    ln = {in_loop ? at::empty({B, 4 * H}, opt) : empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, 4 * H}, opt),
+          in_loop ? at::empty({B, H}, opt) : empty_seq({Tn, B, H}, opt), empty_seq({Tn, B, H}, opt)};
     d_ln = {at::empty({4 * H}, opt), at::empty({4 * H}, opt), at::empty({H}, opt)};
     if (a.rec.back().has_value()) db_c = at::empty({H}, opt);
   }
@@ -1034,10 +1074,15 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
 #ifdef RNNKIT_AVX512
+    const auto ptr = [](const c10::optional<Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; };
     if (!use_fused_backward(sp, a))
       dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
+    else if (!sp.layer_norm)
+      dh = backward_fused(sp, a, dg, dc);
     else
-      dh = sp.layer_norm ? backward_fused_ln(sp, a, dg, dc, ln) : backward_fused(sp, a, dg, dc);
+      dh = backward_fused_ln(sp, a, dg, dc, ln,
+                             {ptr(db), d_ln[0].data_ptr<float>(), d_ln[1].data_ptr<float>(), d_ln[2].data_ptr<float>(),
+                              ptr(db_c), ptr(dw_ch)});
 #else
     dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
 #endif
@@ -1049,6 +1094,7 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
     if (dw_hr)
       projection_grad<T>(Tn * B, H, P, dh_all.data_ptr<T>(), a.saved[0].data_ptr<T>(), a.saved[1].data_ptr<T>(),
                          dw_hr->data_ptr<T>());
+    if (in_loop) return;
     const int64_t R = Tn * B;
     const T* dp = dpre.data_ptr<T>();
     if (db) col_sum<T>(R, 4 * H, dp, 4 * H, db->data_ptr<T>());
