@@ -805,7 +805,9 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
     if (p != nullptr) std::fill_n(p, H, 0.0f);
   if (sums.dw_ch != nullptr) std::fill_n(sums.dw_ch, 3 * H, 0.0f);
   const auto add = [](float* sum, __mmask16 m, V x) { store(sum, _mm512_add_ps(load(sum, m), x), m); };
-  // the rows (n floats each) of step t of a (T, B, n) tensor into the cache
+  // the rows (n floats each) of step t of a (T, B, n) tensor into the cache; only where a step's
+  // rows are small beside the packed weights that the cache must keep
+  const bool fetch = B * (3 * G + 2 * H) * int64_t(sizeof(float)) <= (64 << 10);
   const auto prefetch = [&](const float* p, int64_t t, int64_t n) {
     const char* q = reinterpret_cast<const char*>(p + t * B * n);
     for (int64_t k = 0; k < B * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
@@ -896,7 +898,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
         },
         [&](int64_t s, int64_t j0, int64_t j1) {                 // dh
           const int64_t t = Tn - 1 - s;
-          if (t > 0) {
+          if (fetch && t > 0) {
             for (const float* p : {gates, h_hat, x_hat}) prefetch(p, t - 1, G);
             for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H);
           }
