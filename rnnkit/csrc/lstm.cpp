@@ -35,12 +35,23 @@
 //   dn, c_hat (T, B, H)   backward: dn = dm o (1 - tanh_c^2), c~_t normalised: dg_c, db_c sums
 // Post-loop with it: db_hh = sum dp, dg_ih = sum dp x_hat, dg_hh = sum dp h_hat,
 // dg_c = sum dn c_hat, db_c = sum dn (and dw_ch from dp).
+// The fused float32 layer-norm loops (forward_fused_ln, backward_fused_ln) also use
+//   raw      (B, 4H)      forward workspace: h_{t-1} W_hh^T of the step (h_hat is written beside it)
+//   x_st     (T*B, 8)     forward: xp's four block means and rstds, taken before the loop
+//   cn       (B, H)       forward, zoneout without save: c~ of the step (else c~ goes to c_update[t]
+//                         with zoneout, and to cs[t] itself without)
+//   c_rstd   (T*B)        backward: the rstd of c~ of every row, beside c_hat (both before the loop)
+// and take the post-loop sums above (and dw_ch) inside the loop, so that their backward's dp is a
+// (B, 4H) and dn a (B, H) workspace of one step; dx = d_xp is written in the loop, not used as a
+// workspace of LN'(dn g_c).
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
 // Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
 // db_hh = sum dg, dw_ch = [sum di c_{t-1}, sum df c_{t-1}, sum do c~_t] (c~: before zoneout).
 // Aliasing: the step GEMM writes h_{t-1} W_hh^T into gates[t], which the gate pass overwrites
-// in place with the activations.
+// in place with the activations.  The fused layer-norm loops: without save, gates (B, 4H) carries
+// o from a step's gates phase to its cell phase; backward overwrites the carried dh_t in place
+// with what reaches h~_t (clipped, times 1 - z under zoneout) between its carried and cell phases.
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
@@ -111,6 +122,11 @@ struct LnParams {
     b_c = b_c_t.data_ptr<T>();
   }
 };
+
+// c~_t (T, B, H): the cell the step computed (before zoneout), c_t itself without zoneout.
+const Tensor& cell_computed(const Spec& sp, const BwdArgs& a) {
+  return sp.zoneout > 0 ? a.saved[sp.layer_norm ? 7 : 3] : a.states[1];
+}
 
 // Layer-normalised forward of one row: g holds h_{t-1} W_hh^T on entry and the gates on exit;
 // x_hat, x_rstd, h_hat, h_rstd (the rows of the header's tensors) are written; zero: 4H zeros.
@@ -273,6 +289,46 @@ inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* 
   }
 }
 
+// acc: the four gate sums h_{t-1} (* m_t) W_hh^T of block jb for rows b0 .. b0+R-1 (hp: their
+// h_{t-1}, ld H).
+template <int R, bool Drop>
+inline void tile_sums(const Fused& o, const float* wp, int64_t H, int64_t t, int64_t jb, int64_t b0, const float* hp,
+                      simd::V (&acc)[R][4]) {
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
+  const float* mr[R] = {};                                     // the rows' recurrent masks
+  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+  gate_sums<R, Drop>(wp + jb * H * 4 * simd::kLanes, H, hp, mr, acc);
+}
+
+// The peephole weights w_ci, w_cf, w_co of the 16 units from j0 (zeros, unread, without Peep).
+template <bool Peep>
+inline void peep_weights(const Fused& o, int64_t H, int64_t j0, __mmask16 m, simd::V (&wc)[3]) {
+  for (int k = 0; k < 3; ++k) wc[k] = Peep ? simd::load(o.peep + k * H + j0, m) : _mm512_setzero_ps();
+}
+
+// The gates of 16 units from their pre-activations (i, f, g, o) (forward_row's math): i, f, n,
+// c~ = f c_{t-1} + i n and o; peepholes: c_{t-1} into i and f, c~ into o.
+struct Cell16 {
+  simd::V i, f, n, c, o;
+};
+template <bool Peep>
+inline Cell16 cell_gates(const simd::V (&pre)[4], simd::V c_prev, const simd::V (&wc)[3]) {
+  using namespace simd;
+  const auto peep = [&](int k, V s, V p) { return Peep ? _mm512_fmadd_ps(wc[k], s, p) : p; };
+  Cell16 q;
+  q.i = sigmoid(peep(0, c_prev, pre[0])), q.f = sigmoid(peep(1, c_prev, pre[1])), q.n = tanh(pre[2]);
+  q.c = _mm512_fmadd_ps(q.f, c_prev, _mm512_mul_ps(q.i, q.n));
+  q.o = sigmoid(peep(2, q.c, pre[3]));
+  return q;
+}
+
+// Zoneout of 16 units of state k (0: h, 1: c) of row b: s + z (s_prev - s).
+inline simd::V zone_mix(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m,
+                        simd::V s_prev, simd::V s) {
+  return _mm512_fmadd_ps(zone_at(o, t, k, b, H, j0, m), _mm512_sub_ps(s_prev, s), s);
+}
+
 template <int R, bool Peep, bool Drop, bool Zone>
 void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
                int64_t b0, const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
@@ -284,15 +340,10 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
   const float* hp = (t ? H_ + (t - 1) * B * H : a.state0[0].data_ptr<float>()) + b0 * H;
   const float* cp = (t ? C_ + (t - 1) * B * H : a.state0[1].data_ptr<float>()) + b0 * H;
   V acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
-  const float* mr[R] = {};                                     // the rows' recurrent masks
-  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  gate_sums<R, Drop>(wp + jb * H * 4 * kLanes, H, hp, mr, acc);
+  tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp, acc);
   const Mask mask(a.mask, B);
-  V wc[3] = {};                                                // peepholes w_ci, w_cf, w_co
-  for (int k = 0; Peep && k < 3; ++k) wc[k] = load(o.peep + k * H + j0, m);
-  const auto peep = [&](int k, V s, V pre) { return Peep ? _mm512_fmadd_ps(wc[k], s, pre) : pre; };
+  V wc[3];
+  peep_weights<Peep>(o, H, j0, m, wc);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
     float* h = hs.data_ptr<float>() + row * H + j0;
@@ -314,19 +365,17 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
     V pre[4];
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
-    const V i = sigmoid(peep(0, c_prev, pre[0])), f = sigmoid(peep(1, c_prev, pre[1])), n = tanh(pre[2]);
-    const V cn = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, n));
-    const V og = sigmoid(peep(2, cn, pre[3]));
-    const V tcn = tanh(cn);
-    V hn = _mm512_mul_ps(og, tcn), cz = cn;
+    const Cell16 q = cell_gates<Peep>(pre, c_prev, wc);
+    const V tcn = tanh(q.c);
+    V hn = _mm512_mul_ps(q.o, tcn), cz = q.c;
     if (Zone) {                                                // s = s~ + z (s_prev - s~)
-      if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, cn, m);
-      hn = _mm512_fmadd_ps(zone_at(o, t, 0, b, H, j0, m), _mm512_sub_ps(load(hp + r * H + j0, m), hn), hn);
-      cz = _mm512_fmadd_ps(zone_at(o, t, 1, b, H, j0, m), _mm512_sub_ps(c_prev, cn), cn);
+      if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, q.c, m);
+      hn = zone_mix(o, t, 0, b, H, j0, m, load(hp + r * H + j0, m), hn);
+      cz = zone_mix(o, t, 1, b, H, j0, m, c_prev, q.c);
     }
     store(c, cz, m), store(h, hn, m);
     if (gt != nullptr) {
-      store(gt, i, m), store(gt + H, f, m), store(gt + 2 * H, n, m), store(gt + 3 * H, og, m);
+      store(gt, q.i, m), store(gt + H, q.f, m), store(gt + 2 * H, q.n, m), store(gt + 3 * H, q.o, m);
       store(tc, tcn, m);
     }
   }
@@ -359,7 +408,7 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
 }
 bool use_fused(const Spec& sp, const FwdArgs& a) {
-  return sp.proj == 0 && !sp.layer_norm && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
+  return sp.proj == 0 && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
 }
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -378,12 +427,153 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
         Tn, nb, threads,
-        [&](int64_t t, int64_t jb) {
+        each_block([&](int64_t t, int64_t jb) {
           by_row_tiles(B, [&](auto rows, int64_t b0) {
             lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
           });
+        }),
+        [](int64_t, int64_t, int64_t) {});
+  });
+}
+
+// ---- layer normalisation, fused (forward_row_ln's math) ----------------------------------------
+// The statistics of a row need all its units, so a step runs in three phases with a wait after
+// each (owned_blocks); a phase that needs a row's statistics computes them for all B rows on
+// every thread (about 1/H of the step's FMAs) and writes only its own units:
+//   sums   raw (B, 4H) = h_{t-1} (* m_t) W_hh^T of its blocks (tile_sums);
+//   gates  per row, the mean and rstd of raw's four gate blocks (xp's were taken for all T*B rows
+//          before the loop: they do not depend on the recurrence); of its units x_hat, h_hat,
+//          pre = g_ih x_hat + g_hh h_hat + b_hh, the gates, and c~ = f c_{t-1} + i n into cn
+//          (cs[t] itself without zoneout; c_update[t] with it and save; else a (B, H) workspace);
+//   cell   per row, the mean and rstd of c~; of its units tanh_c = tanh(g_c c_hat + b_c),
+//          h = o tanh_c, zoneout; an empty last phase makes the wait before the next step's sums.
+// Writes what forward_impl writes; without save, gates is the (B, 4H) workspace that carries o
+// from the gates phase to the cell phase.
+void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  using namespace simd;
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const auto opt = a.xp.options();
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
+  const Tensor bias_t = or_zeros(a.rec[1], G, opt);
+  const LnParams<float> ln(sp, a.rec, H, opt);
+  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
+                {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
+                 bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
+                0.0f};
+  const Tensor raw_t = at::empty({B, G}, opt);                 // h_{t-1} W_hh^T of the step
+  const Tensor x_st = at::empty({Tn * B, 8}, opt);             // xp's 4 block means, then 4 rstds
+  const Tensor cn_t = o.nz.zoneout() && !a.save ? at::empty({B, H}, opt) : Tensor();
+  const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>(), *xp = a.xp.data_ptr<float>();
+  const float *h0 = a.state0[0].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
+  float *H_ = bufs[0].data_ptr<float>(), *C_ = bufs[1].data_ptr<float>(), *G_ = bufs[2].data_ptr<float>();
+  float *raw = raw_t.data_ptr<float>(), *xs = x_st.data_ptr<float>();
+  float* TC = a.save ? bufs[3].data_ptr<float>() : nullptr;
+  float* LN[4] = {nullptr, nullptr, nullptr, nullptr};         // x_hat, x_rstd, h_hat, h_rstd (save)
+  for (int k = 0; a.save && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<float>();
+  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int k = 0; k < 4; ++k) block_stats(H, xp + r * G + k * H, xs[r * 8 + k], xs[r * 8 + 4 + k]);
+  });
+  const Mask mask(a.mask, B);
+  const V zero = _mm512_setzero_ps();
+  // the step's c~ rows (B, H)
+  const auto cn_of = [&](int64_t t) {
+    if (!o.nz.zoneout()) return C_ + t * B * H;
+    return a.save ? o.upd[1] + t * B * H : cn_t.data_ptr<float>();
+  };
+  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_blocks(
+        Tn, nb, threads,
+        each_block([&](int64_t t, int64_t jb) {                  // sums
+          const float* hp = t ? H_ + (t - 1) * B * H : h0;
+          const __mmask16 m = lanes(H - jb * kLanes);
+          by_row_tiles(B, [&](auto rows, int64_t b0) {
+            constexpr int R = decltype(rows)::value;
+            V acc[R][4];
+            tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp + b0 * H, acc);
+            for (int r = 0; r < R; ++r)
+              for (int g = 0; g < 4; ++g) store(raw + (b0 + r) * G + g * H + jb * kLanes, acc[r][g], m);
+          });
+        }),
+        [&](int64_t t, int64_t j0, int64_t j1) {                 // gates
+          float* cn = cn_of(t);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            const float* cp = (t ? C_ + (t - 1) * B * H : c0) + b * H;
+            float* gt = G_ + (a.save ? row : b) * G;
+            if (!mask.valid(t, b)) {                             // padded: c stays, saved rows zero
+              for (int64_t jb = j0; jb < j1; ++jb) {
+                const int64_t j = jb * kLanes;
+                const __mmask16 m = lanes(H - j);
+                store(C_ + row * H + j, load(cp + j, m), m);
+                for (int g = 0; a.save && g < 4; ++g)
+                  for (float* z : {gt, LN[0] + row * G, LN[2] + row * G}) store(z + g * H + j, zero, m);
+                for (float* u : o.upd)
+                  if (Zone && u != nullptr) store(u + row * H + j, zero, m);
+              }
+              if (a.save && j0 == 0) std::fill_n(LN[1] + row * 4, 4, 0.0f), std::fill_n(LN[3] + row * 4, 4, 0.0f);
+              continue;
+            }
+            const float *r = raw + b * G, *x = xp + row * G, *x_mean = xs + row * 8, *x_rstd = x_mean + 4;
+            float h_mean[4], h_rstd[4];
+            for (int g = 0; g < 4; ++g) block_stats(H, r + g * H, h_mean[g], h_rstd[g]);
+            if (a.save && j0 == 0) std::copy_n(x_rstd, 4, LN[1] + row * 4), std::copy_n(h_rstd, 4, LN[3] + row * 4);
+            for (int64_t jb = j0; jb < j1; ++jb) {
+              const int64_t j = jb * kLanes;
+              const __mmask16 m = lanes(H - j);
+              V pre[4], wc[3];
+              for (int g = 0; g < 4; ++g) {
+                const int64_t k = g * H + j;
+                const V xh = _mm512_mul_ps(_mm512_sub_ps(load(x + k, m), splat(x_mean[g])), splat(x_rstd[g]));
+                const V hh = _mm512_mul_ps(_mm512_sub_ps(load(r + k, m), splat(h_mean[g])), splat(h_rstd[g]));
+                if (a.save) store(LN[0] + row * G + k, xh, m), store(LN[2] + row * G + k, hh, m);
+                pre[g] = _mm512_add_ps(_mm512_fmadd_ps(load(ln.g_hh + k, m), hh, _mm512_mul_ps(load(ln.g_ih + k, m), xh)),
+                                       load(bias + k, m));
+              }
+              peep_weights<Peep>(o, H, j, m, wc);
+              const Cell16 q = cell_gates<Peep>(pre, load(cp + j, m), wc);
+              store(gt + j, q.i, m), store(gt + H + j, q.f, m), store(gt + 2 * H + j, q.n, m), store(gt + 3 * H + j, q.o, m);
+              store(cn + b * H + j, q.c, m);
+            }
+          }
         },
-        [](int64_t, int64_t) {});
+        [&](int64_t t, int64_t j0, int64_t j1) {                 // cell
+          const float* cn = cn_of(t);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            const float* hp = (t ? H_ + (t - 1) * B * H : h0) + b * H;
+            const float* cp = (t ? C_ + (t - 1) * B * H : c0) + b * H;
+            const float *c = cn + b * H, *gt = G_ + (a.save ? row : b) * G;
+            if (!mask.valid(t, b)) {                             // padded: h stays
+              for (int64_t jb = j0; jb < j1; ++jb) {
+                const __mmask16 m = lanes(H - jb * kLanes);
+                store(H_ + row * H + jb * kLanes, load(hp + jb * kLanes, m), m);
+                if (a.save) store(TC + row * H + jb * kLanes, zero, m);
+              }
+              continue;
+            }
+            float c_mean, c_rstd;
+            block_stats(H, c, c_mean, c_rstd);
+            for (int64_t jb = j0; jb < j1; ++jb) {
+              const int64_t j = jb * kLanes;
+              const __mmask16 m = lanes(H - j);
+              const V c_hat = _mm512_mul_ps(_mm512_sub_ps(load(c + j, m), splat(c_mean)), splat(c_rstd));
+              const V tc = tanh(_mm512_fmadd_ps(load(ln.g_c + j, m), c_hat, load(ln.b_c + j, m)));
+              V hn = _mm512_mul_ps(load(gt + 3 * H + j, m), tc);
+              if (a.save) store(TC + row * H + j, tc, m);
+              if (Zone) {                                        // c_update[t] is cn already
+                if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j, hn, m);
+                hn = zone_mix(o, t, 0, b, H, j, m, load(hp + j, m), hn);
+                store(C_ + row * H + j, zone_mix(o, t, 1, b, H, j, m, load(cp + j, m), load(c + j, m)), m);
+              }
+              store(H_ + row * H + j, hn, m);
+            }
+          }
+        },
+        [](int64_t, int64_t, int64_t) {});
   });
 }
 
@@ -441,7 +631,70 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
 
 bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  return sp.proj == 0 && !sp.layer_norm && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+}
+
+// dh_t and dc_t of the 16 units from j0 of row b as step t reads them: d_out[t] added to the
+// carried dh (B, H) in place; with clip_recurrent both clamped (dc (B, H) in place).
+inline void carried(const Fused& o, const GradOut<float>& d_out, int64_t t, int64_t b, int64_t H, int64_t j0,
+                    __mmask16 m, float* dh, float* dc, simd::V& gh, simd::V& gc) {
+  using namespace simd;
+  float* gh_p = dh + b * H + j0;
+  d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
+  gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
+  if (o.clip > 0.0f) {
+    const V lo = splat(-o.clip), hi = splat(o.clip);
+    gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
+    store(dc + b * H + j0, gc, m);
+  }
+}
+
+// Zoneout's split of 16 units of the carried gradient g of state k (0: h, 1: c): returns g z, the
+// direct path to step t-1; g becomes g - g z, what reaches the state the cell computed.
+inline simd::V zone_keep(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m,
+                         simd::V& g) {
+  const simd::V keep = _mm512_mul_ps(g, zone_at(o, t, k, b, H, j0, m));
+  g = _mm512_sub_ps(g, keep);
+  return keep;
+}
+
+// The gate gradients of 16 units (backward_row's math) into d (its four blocks of H apart): q the
+// saved gates i, f, n, o; gh the gradient reaching h~_t = o tanh_c; dct that reaching c~_t
+// through the carried dc and through tanh_c (not yet the peephole's).  Returns dc_{t-1}, with
+// zoneout's direct part keep_c.
+template <bool Peep, bool Zone>
+inline simd::V gate_grads(const simd::V (&q)[4], simd::V gh, simd::V tc, simd::V c_prev, simd::V dct, simd::V keep_c,
+                          const simd::V (&wc)[3], float* d, int64_t H, __mmask16 m) {
+  using namespace simd;
+  const V one = splat(1.0f), i = q[0], f = q[1], n = q[2], og = q[3];
+  const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
+  if (Peep) dct = _mm512_fmadd_ps(dpo, wc[2], dct);
+  const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+  const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+  store(d, di, m), store(d + H, df, m);
+  store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
+  store(d + 3 * H, dpo, m);
+  V dcp = Zone ? _mm512_fmadd_ps(dct, f, keep_c) : _mm512_mul_ps(dct, f);
+  if (Peep) dcp = _mm512_fmadd_ps(di, wc[0], _mm512_fmadd_ps(df, wc[1], dcp));
+  return dcp;
+}
+
+// The saved gates i, f, n, o of the 16 units from j0 of a row (gt: the row, (4H)).
+inline void saved_gates(const float* gt, int64_t H, int64_t j0, __mmask16 m, simd::V (&q)[4]) {
+  for (int g = 0; g < 4; ++g) q[g] = simd::load(gt + g * H + j0, m);
+}
+
+// dh_{t-1}[:, block jb] (next, (B, H)) += dg_t (B, 4H) W_hh[:, block jb], times the recurrent
+// mask with Drop.
+template <bool Drop>
+void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t B, int64_t H, int64_t t, int64_t jb,
+              float* next) {
+  by_row_tiles(B, [&](auto rows, int64_t b0) {
+    constexpr int R = decltype(rows)::value;
+    const float* mr[R] = {};
+    for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+    dh_tile<R, Drop>(dg_t + b0 * 4 * H, 4 * H, wn, H, jb, next + b0 * H, mr);
+  });
 }
 
 // Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
@@ -462,24 +715,20 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
                 float(sp.clip)};
-  const V lo = splat(-o.clip), hi = splat(o.clip);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
         Tn, nb, threads,
-        [&](int64_t s, int64_t jb) {                             // step s of the loop is t = Tn-1-s
+        each_block([&](int64_t s, int64_t jb) {                  // step s of the loop is t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
           float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+          V wc[3];
+          peep_weights<Peep>(o, H, j0, m, wc);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = t * B + b;
-            float* gh_p = cur + b * H + j0;
-            d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
-            V gh = load(gh_p, m), gc = load(dc + b * H + j0, m);
-            if (o.clip > 0.0f) {
-              gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh)), gc = _mm512_min_ps(hi, _mm512_max_ps(lo, gc));
-              store(dc + b * H + j0, gc, m);
-            }
+            V gh, gc;
+            carried(o, d_out, t, b, H, j0, m, cur, dc, gh, gc);
             float* d = dg + row * G + j0;
             if (!mask.valid(t, b)) {
               for (int g = 0; g < 4; ++g) store(d + g * H, zero, m);
@@ -487,50 +736,178 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
               continue;
             }
             V keep_h = zero, keep_c = zero;                      // zoneout's direct parts
-            if (Zone) {
-              const V zh = zone_at(o, t, 0, b, H, j0, m), zc = zone_at(o, t, 1, b, H, j0, m);
-              keep_h = _mm512_mul_ps(gh, zh), keep_c = _mm512_mul_ps(gc, zc);
-              gh = _mm512_sub_ps(gh, keep_h), gc = _mm512_sub_ps(gc, keep_c);
-            }
-            const float* gt = gates + row * G + j0;
-            const V i = load(gt, m), f = load(gt + H, m), n = load(gt + 2 * H, m), og = load(gt + 3 * H, m);
+            if (Zone) keep_h = zone_keep(o, t, 0, b, H, j0, m, gh), keep_c = zone_keep(o, t, 1, b, H, j0, m, gc);
+            V q[4];
+            saved_gates(gates + row * G, H, j0, m, q);
             const V tc = load(tanh_c + row * H + j0, m);
             const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
-            const V dpo = _mm512_mul_ps(_mm512_mul_ps(gh, tc), _mm512_mul_ps(og, _mm512_sub_ps(one, og)));
-            V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one), gc);
-            if (Peep) dct = _mm512_fmadd_ps(dpo, load(o.peep + 2 * H + j0, m), dct);
-            const V di = _mm512_mul_ps(_mm512_mul_ps(dct, n), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-            const V df = _mm512_mul_ps(_mm512_mul_ps(dct, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-            store(d, di, m), store(d + H, df, m);
-            store(d + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(n, n, one)), m);
-            store(d + 3 * H, dpo, m);
-            V dcp = Zone ? _mm512_fmadd_ps(dct, f, keep_c) : _mm512_mul_ps(dct, f);
-            if (Peep)
-              dcp = _mm512_fmadd_ps(di, load(o.peep + j0, m), _mm512_fmadd_ps(df, load(o.peep + H + j0, m), dcp));
-            store(dc + b * H + j0, dcp, m);
+            const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, q[3]), _mm512_fnmadd_ps(tc, tc, one), gc);
+            store(dc + b * H + j0, gate_grads<Peep, Zone>(q, gh, tc, c_prev, dct, keep_c, wc, d, H, m), m);
             store(next + b * H + j0, keep_h, m);
           }
-        },
-        [&](int64_t s, int64_t jb) {
+        }),
+        each_block([&](int64_t s, int64_t jb) {
           const int64_t t = Tn - 1 - s;
-          float* next = dh[(s + 1) % 2].data_ptr<float>();
-          const float* dg_t = dg + t * B * G;
-          by_row_tiles(B, [&](auto rows, int64_t b0) {
-            constexpr int R = decltype(rows)::value;
-            const float* mr[R] = {};
-            for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-            dh_tile<R, Drop>(dg_t + b0 * G, G, wn, H, jb, next + b0 * H, mr);
-          });
+          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dh[(s + 1) % 2].data_ptr<float>());
+        }));
+  });
+  return dh[Tn % 2];
+}
+
+// Backward of the layer-normalised LSTM (backward_impl's math), fused.  ln: [dp, dx, dn, c_hat]
+// (the header's; here dp (B, 4H) and dn (B, H) are workspaces of one step); dg receives d_rec.
+// Before the loop c_hat of all rows (c~ is saved); per step t = T-1 .. 0 four phases, a wait
+// after each but the last (owned_blocks), each phase writing only its thread's units and
+// computing the row sums it needs for all B rows:
+//   carried  dh_t (+ d_out[t], clipped; zoneout's direct part to dh_{t-1}) into gh (in place),
+//            dc_t clipped, dn = gh o (1 - tanh_c^2);
+//   cell     per row, the means of LN'(dn g_c); dp = d pre (gate_grads), dc_{t-1};
+//   rec      per row, the means of LN'(dp g_hh) and LN'(dp g_ih) of the four gate blocks; d_rec
+//            into dg[t], d_xp into dx[t];
+//   dh       dh_{t-1}[:, its units] += dg[t] W_hh[:, its units] (dh_block), while the saved rows
+//            of step t-1 are fetched into the cache (the loop is bound by their memory traffic).
+// The sums over rows that lstm_backward takes after the loop otherwise (LnSums) are taken in the
+// cell and rec phases, each thread on its own units, while the rows are in cache.
+struct LnSums {
+  float *db_hh, *dg_ih, *dg_hh, *dg_c, *db_c, *dw_ch;         // db_hh, db_c, dw_ch: nullptr when None
+};
+Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t, const Tensors& lnb,
+                         const LnSums& sums) {
+  using namespace simd;
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const auto opt = a.states[0].options();
+  const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
+  const float* wn = packed.data_ptr<float>();
+  const LnParams<float> ln(sp, a.rec, H, opt);
+  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, opt)};   // dh_t in dh[(Tn-1-t) % 2]
+  float* dhs[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const Tensor c_rstd_t = at::empty({Tn * B}, opt);
+  const Mask mask(a.mask, B);
+  const GradOut<float> d_out(a.d_out);
+  const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
+  const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
+  const float *x_hat = a.saved[2].data_ptr<float>(), *x_rstd = a.saved[3].data_ptr<float>();
+  const float *h_hat = a.saved[4].data_ptr<float>(), *h_rstd = a.saved[5].data_ptr<float>();
+  const float* c_new = cell_computed(sp, a).data_ptr<float>();
+  float *dp = lnb[0].data_ptr<float>(), *dx = lnb[1].data_ptr<float>(), *dn = lnb[2].data_ptr<float>();
+  float *c_hat = lnb[3].data_ptr<float>(), *c_rstd = c_rstd_t.data_ptr<float>();
+  float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
+  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (mask.valid(r / B, r % B)) c_rstd[r] = normalise(H, c_new + r * H, c_hat + r * H);
+      else std::fill_n(c_hat + r * H, H, 0.0f);
+    }
+  });
+  for (float* p : {sums.db_hh, sums.dg_ih, sums.dg_hh})
+    if (p != nullptr) std::fill_n(p, G, 0.0f);
+  for (float* p : {sums.dg_c, sums.db_c})
+    if (p != nullptr) std::fill_n(p, H, 0.0f);
+  if (sums.dw_ch != nullptr) std::fill_n(sums.dw_ch, 3 * H, 0.0f);
+  const auto add = [](float* sum, __mmask16 m, V x) { store(sum, _mm512_add_ps(load(sum, m), x), m); };
+  // the rows (n floats each) of step t of a (T, B, n) tensor into the cache; only where a step's
+  // rows are small beside the packed weights that the cache must keep
+  const bool fetch = B * (3 * G + 2 * H) * int64_t(sizeof(float)) <= (64 << 10);
+  const auto prefetch = [&](const float* p, int64_t t, int64_t n) {
+    const char* q = reinterpret_cast<const char*>(p + t * B * n);
+    for (int64_t k = 0; k < B * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
+  };
+  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const V one = splat(1.0f), zero = _mm512_setzero_ps();
+  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
+                float(sp.clip)};
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_blocks(
+        Tn, nb, threads,
+        each_block([&](int64_t s, int64_t jb) {                  // carried (step s of the loop is t = Tn-1-s)
+          const int64_t t = Tn - 1 - s, j = jb * kLanes;
+          const __mmask16 m = lanes(H - j);
+          float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            V gh, gc;
+            carried(o, d_out, t, b, H, j, m, cur, dc, gh, gc);
+            if (!mask.valid(t, b)) {
+              for (float* z : {dg, dx})
+                for (int g = 0; g < 4; ++g) store(z + row * G + g * H + j, zero, m);
+              store(next + b * H + j, gh, m);
+              continue;
+            }
+            const V keep_h = Zone ? zone_keep(o, t, 0, b, H, j, m, gh) : zero;
+            store(cur + b * H + j, gh, m), store(next + b * H + j, keep_h, m);
+            const V og = load(gates + row * G + 3 * H + j, m), tc = load(tanh_c + row * H + j, m);
+            store(dn + b * H + j, _mm512_mul_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one)), m);
+          }
+        }),
+        [&](int64_t s, int64_t j0, int64_t j1) {                 // cell
+          const int64_t t = Tn - 1 - s;
+          const float* cur = dhs[s % 2];
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            if (!mask.valid(t, b)) continue;
+            float m1, m2;
+            ln_back_means(H, dn + b * H, ln.g_c, c_hat + row * H, m1, m2);
+            const float* cp = (t ? cs + (row - B) * H : c0 + b * H);
+            for (int64_t jb = j0; jb < j1; ++jb) {
+              const int64_t j = jb * kLanes;
+              const __mmask16 m = lanes(H - j);
+              V gc = load(dc + b * H + j, m), q[4], wc[3];
+              const V keep_c = Zone ? zone_keep(o, t, 1, b, H, j, m, gc) : zero;
+              const V dnv = load(dn + b * H + j, m), ch = load(c_hat + row * H + j, m), c_prev = load(cp + j, m);
+              const V dcn = ln_back(dnv, load(ln.g_c + j, m), ch, m1, m2, c_rstd[row]);
+              saved_gates(gates + row * G, H, j, m, q);
+              peep_weights<Peep>(o, H, j, m, wc);
+              float* d = dp + b * G + j;
+              const V dcp = gate_grads<Peep, Zone>(q, load(cur + b * H + j, m), load(tanh_c + row * H + j, m), c_prev,
+                                                   _mm512_add_ps(gc, dcn), keep_c, wc, d, H, m);
+              store(dc + b * H + j, dcp, m);
+              add(sums.dg_c + j, m, _mm512_mul_ps(dnv, ch));
+              if (sums.db_c != nullptr) add(sums.db_c + j, m, dnv);
+              if (Peep) {                                        // dw_ch: di c_{t-1}, df c_{t-1}, do c~_t
+                add(sums.dw_ch + j, m, _mm512_mul_ps(load(d, m), c_prev));
+                add(sums.dw_ch + H + j, m, _mm512_mul_ps(load(d + H, m), c_prev));
+                add(sums.dw_ch + 2 * H + j, m, _mm512_mul_ps(load(d + 3 * H, m), load(c_new + row * H + j, m)));
+              }
+            }
+          }
+        },
+        [&](int64_t s, int64_t j0, int64_t j1) {                 // rec
+          const int64_t t = Tn - 1 - s;
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = t * B + b;
+            if (!mask.valid(t, b)) continue;
+            const float *d = dp + b * G, *hh = h_hat + row * G, *xh = x_hat + row * G;
+            float m1[4], m2[4], n1[4], n2[4];                    // the means of LN'(dp g_hh), LN'(dp g_ih)
+            for (int g = 0; g < 4; ++g) {
+              ln_back_means(H, d + g * H, ln.g_hh + g * H, hh + g * H, m1[g], m2[g]);
+              ln_back_means(H, d + g * H, ln.g_ih + g * H, xh + g * H, n1[g], n2[g]);
+            }
+            for (int64_t jb = j0; jb < j1; ++jb)
+              for (int g = 0; g < 4; ++g) {
+                const int64_t k = g * H + jb * kLanes;
+                const __mmask16 m = lanes(H - jb * kLanes);
+                const V dpv = load(d + k, m), hv = load(hh + k, m), xv = load(xh + k, m);
+                store(dg + row * G + k, ln_back(dpv, load(ln.g_hh + k, m), hv, m1[g], m2[g], h_rstd[row * 4 + g]), m);
+                store(dx + row * G + k, ln_back(dpv, load(ln.g_ih + k, m), xv, n1[g], n2[g], x_rstd[row * 4 + g]), m);
+                add(sums.dg_hh + k, m, _mm512_mul_ps(dpv, hv));
+                add(sums.dg_ih + k, m, _mm512_mul_ps(dpv, xv));
+                if (sums.db_hh != nullptr) add(sums.db_hh + k, m, dpv);
+              }
+          }
+        },
+        [&](int64_t s, int64_t j0, int64_t j1) {                 // dh
+          const int64_t t = Tn - 1 - s;
+          if (fetch && t > 0) {
+            for (const float* p : {gates, h_hat, x_hat}) prefetch(p, t - 1, G);
+            for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H);
+          }
+          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dhs[(s + 1) % 2]);
         });
   });
   return dh[Tn % 2];
 }
 #endif
-
-// c~_t (T, B, H): the cell the step computed (before zoneout), c_t itself without zoneout.
-const Tensor& cell_computed(const Spec& sp, const BwdArgs& a) {
-  return sp.zoneout > 0 ? a.saved[sp.layer_norm ? 7 : 3] : a.states[1];
-}
 
 // Returns dh_0; dc_t carries dc back in place to dc_0; dh_all (projection: (T, B, P), else
 // undefined) receives every step's dh_t.  Layer norm: ln holds [dp, dx, dn, c_hat] (the header's;
@@ -647,7 +1024,7 @@ Tensors lstm_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptT
 
 void lstm_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 #ifdef RNNKIT_AVX512
-  if (use_fused(sp, a)) return forward_fused(sp, a, bufs);
+  if (use_fused(sp, a)) return sp.layer_norm ? forward_fused_ln(sp, a, bufs) : forward_fused(sp, a, bufs);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward", [&] { forward_impl<scalar_t>(sp, a, bufs); });
 }
@@ -665,6 +1042,15 @@ FwdResult lstm_forward(const Spec& sp, const FwdArgs& a) {
   return {{bufs[0], bufs[1]}, saved};
 }
 
+// Whether lstm_backward runs the fused float32 loops.
+bool fused_backward(const Spec& sp, const BwdArgs& a) {
+#ifdef RNNKIT_AVX512
+  return use_fused_backward(sp, a);
+#else
+  return false;
+#endif
+}
+
 BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
   const int64_t Tn = hs.size(0), B = hs.size(1), P = hs.size(2), H = a.states[1].size(2);
@@ -677,10 +1063,12 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   if (sp.proj > 0) dw_hr = at::empty({P, H}, opt);
   if (a.rec[1].has_value()) db = at::empty({4 * H}, opt);
   if (sp.peephole) dw_ch = at::empty({3 * H}, opt);
+  // The fused loops take layer norm's sums over rows inside the loop (dp and dn: one step's rows).
+  const bool in_loop = sp.layer_norm && fused_backward(sp, a);
   Tensors ln, d_ln;                                           // [dp, dx, dn, c_hat]; d g_ih, g_hh, g_c
   if (sp.layer_norm) {
-    ln = {empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, H}, opt),
-          empty_seq({Tn, B, H}, opt)};
+    ln = {in_loop ? at::empty({B, 4 * H}, opt) : empty_seq({Tn, B, 4 * H}, opt), empty_seq({Tn, B, 4 * H}, opt),
+          in_loop ? at::empty({B, H}, opt) : empty_seq({Tn, B, H}, opt), empty_seq({Tn, B, H}, opt)};
     d_ln = {at::empty({4 * H}, opt), at::empty({4 * H}, opt), at::empty({H}, opt)};
     if (a.rec.back().has_value()) db_c = at::empty({H}, opt);
   }
@@ -688,7 +1076,15 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
 #ifdef RNNKIT_AVX512
-    dh = use_fused_backward(sp, a) ? backward_fused(sp, a, dg, dc) : backward_impl<T>(sp, a, dg, dc, dh_all, ln);
+    const auto ptr = [](const c10::optional<Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; };
+    if (!use_fused_backward(sp, a))
+      dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
+    else if (!sp.layer_norm)
+      dh = backward_fused(sp, a, dg, dc);
+    else
+      dh = backward_fused_ln(sp, a, dg, dc, ln,
+                             {ptr(db), d_ln[0].data_ptr<float>(), d_ln[1].data_ptr<float>(), d_ln[2].data_ptr<float>(),
+                              ptr(db_c), ptr(dw_ch)});
 #else
     dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
 #endif
@@ -700,6 +1096,7 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
     if (dw_hr)
       projection_grad<T>(Tn * B, H, P, dh_all.data_ptr<T>(), a.saved[0].data_ptr<T>(), a.saved[1].data_ptr<T>(),
                          dw_hr->data_ptr<T>());
+    if (in_loop) return;
     const int64_t R = Tn * B;
     const T* dp = dpre.data_ptr<T>();
     if (db) col_sum<T>(R, 4 * H, dp, 4 * H, db->data_ptr<T>());

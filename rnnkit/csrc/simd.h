@@ -8,12 +8,15 @@
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define RNNKIT_AVX512 1
 
+#include "norm.h"
+
 #include <immintrin.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 
@@ -80,41 +83,117 @@ inline V tanh(V x) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, splat(0.625f), _CMP_LT_OQ), big, small);
 }
 
+// ---- layer normalisation of a block of n features (norm.h's norm_block and norm_block_backward;
+// the sums run in 16 lanes, so results agree with norm.h's to float32 rounding) ------------------
+// sum over j < n of f(j, lanes) (a vector of the 16 features from j; lanes past n are not added).
+template <typename F>
+inline float lane_total(int64_t n, const F& f) {
+  V acc = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes(n - j);
+    acc = _mm512_mask_add_ps(acc, m, acc, f(j, m));
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// mean(a) and rstd = 1 / sqrt(var(a) + eps) (biased variance, two passes as norm_block).
+inline void block_stats(int64_t n, const float* a, float& mean, float& rstd) {
+  mean = lane_total(n, [&](int64_t j, __mmask16 m) { return load(a + j, m); }) / float(n);
+  const V mu = splat(mean);
+  const float var = lane_total(n, [&](int64_t j, __mmask16 m) {
+                      const V x = _mm512_sub_ps(load(a + j, m), mu);
+                      return _mm512_mul_ps(x, x);
+                    }) / float(n);
+  rstd = 1.0f / std::sqrt(var + float(kLnEps));
+}
+
+// a_hat (n) = (a - mean(a)) * rstd; returns rstd (norm_block).
+inline float normalise(int64_t n, const float* a, float* a_hat) {
+  float mean, rstd;
+  block_stats(n, a, mean, rstd);
+  const V mu = splat(mean), r = splat(rstd);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes(n - j);
+    store(a_hat + j, _mm512_mul_ps(_mm512_sub_ps(load(a + j, m), mu), r), m);
+  }
+  return rstd;
+}
+
+// The means of LN'(d w) (norm_block_backward): m1 = mean(d w), m2 = mean(d w a_hat).
+inline void ln_back_means(int64_t n, const float* d, const float* w, const float* a_hat, float& m1, float& m2) {
+  V s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes(n - j);
+    const V e = _mm512_mul_ps(load(d + j, m), load(w + j, m));   // zero past n
+    s1 = _mm512_add_ps(s1, e);
+    s2 = _mm512_fmadd_ps(e, load(a_hat + j, m), s2);
+  }
+  m1 = _mm512_reduce_add_ps(s1) / float(n), m2 = _mm512_reduce_add_ps(s2) / float(n);
+}
+
+// 16 lanes of LN'(d w) = rstd (d w - m1 - a_hat m2).
+inline V ln_back(V d, V w, V a_hat, float m1, float m2, float rstd) {
+  return _mm512_mul_ps(splat(rstd), _mm512_fnmadd_ps(a_hat, splat(m2), _mm512_sub_ps(_mm512_mul_ps(d, w), splat(m1))));
+}
+
+// da (n) = LN'(d w) (norm_block_backward).
+inline void normalise_backward(int64_t n, const float* d, const float* w, const float* a_hat, float rstd, float* da) {
+  float m1, m2;
+  ln_back_means(n, d, w, a_hat, m1, m2);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes(n - j);
+    store(da + j, ln_back(load(d + j, m), load(w + j, m), load(a_hat + j, m), m1, m2, rstd), m);
+  }
+}
+
 }  // namespace simd
 
 // The time loop of a fused kernel with a step's hidden units split over threads, in blocks of
-// 16: for t = 0 .. Tn-1, every block j runs first(t, j); once every block of step t has done
-// so (all threads wait: spin, then yield), every block runs second(t, j).  Each thread keeps
-// the same blocks at every step and in both phases (their weights stay in its cache, and a
-// phase may read what the same thread's blocks wrote in the phase before).  One pass over the
-// sequence, not a fork per step.  Blocks are claimed by virtual worker ids, so it is correct
-// whatever number of threads at::parallel_for actually runs (also one, or nested).
-template <typename First, typename Second>
-void owned_blocks(int64_t Tn, int64_t blocks, int64_t threads, const First& first, const Second& second) {
+// 16: for t = 0 .. Tn-1, each thread runs every phase in turn on the blocks it owns,
+// phase(t, j0, j1) for its blocks j0 <= j < j1, and between two phases of a step waits until
+// every thread has finished the first (spin, then yield).  There is no wait between a step's
+// last phase and the next step's first, so that phase may read only what the same thread's
+// blocks wrote in the last one (a loop that needs a wait there ends its steps with an empty
+// phase).  Each thread keeps the same blocks at every step and in every phase (their weights
+// stay in its cache); a phase gets the whole range so that it can compute what its blocks share
+// (a row statistic) once.  One pass over the sequence, not a fork per step.  Blocks are claimed
+// by virtual worker ids, so it is correct whatever number of threads at::parallel_for actually
+// runs (also one, or nested).
+template <typename... Phases>
+void owned_blocks(int64_t Tn, int64_t blocks, int64_t threads, const Phases&... phases) {
+  constexpr int kPhases = sizeof...(Phases);
   threads = std::max<int64_t>(1, std::min(threads, blocks));
   if (threads == 1) {
-    for (int64_t t = 0; t < Tn; ++t) {
-      for (int64_t j = 0; j < blocks; ++j) first(t, j);
-      for (int64_t j = 0; j < blocks; ++j) second(t, j);
-    }
+    for (int64_t t = 0; t < Tn; ++t) (phases(t, int64_t(0), blocks), ...);
     return;
   }
   std::atomic<int64_t> done{0};
   at::parallel_for(0, threads, 1, [&](int64_t w0, int64_t w1) {
     const int64_t j0 = w0 * blocks / threads, j1 = w1 * blocks / threads;
-    for (int64_t t = 0; t < Tn; ++t) {
-      for (int64_t j = j0; j < j1; ++j) first(t, j);
+    int64_t waits = 0;                                       // the barriers this worker passed
+    const auto wait = [&] {
       done.fetch_add(j1 - j0, std::memory_order_acq_rel);
-      const int64_t target = (t + 1) * blocks;
+      const int64_t target = ++waits * blocks;
       for (int spins = 0; done.load(std::memory_order_acquire) < target; ++spins) {
         if (spins < 256)
           _mm_pause();
         else
           std::this_thread::yield();                       // a loaded machine: give the core back
       }
-      for (int64_t j = j0; j < j1; ++j) second(t, j);
+    };
+    for (int64_t t = 0; t < Tn; ++t) {
+      int k = 0;
+      ((phases(t, j0, j1), ++k < kPhases ? wait() : void()), ...);
     }
   });
+}
+
+// A phase of owned_blocks from f(t, j), run on each block of the range.
+template <typename F>
+auto each_block(F f) {
+  return [f](int64_t t, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) f(t, j);
+  };
 }
 
 }  // namespace rnnkit

@@ -35,6 +35,7 @@ CELLS = {
     "lstm_proj": lambda H, **kw: LSTMCell(H, proj_size=3, **kw),
     "lstm_proj_peephole": lambda H, **kw: LSTMCell(H, proj_size=H + 2, peephole=True, **kw),
     "lstm_ln": lambda H, **kw: LSTMCell(H, layer_norm=True, **kw),
+    "lstm_ln_peephole": lambda H, **kw: LSTMCell(H, peephole=True, layer_norm=True, **kw),
     "lstm_ln_proj_peephole": lambda H, **kw: LSTMCell(H, proj_size=3, peephole=True, layer_norm=True, **kw),
     "gru": lambda H, **kw: GRUCell(H, **kw),
     "gru_cho": lambda H, **kw: GRUCell(H, reset_after=False, **kw),
@@ -45,7 +46,8 @@ CELLS = {
 def cases():
     found = [pytest.param(cell, kw, id=f"{cell}-{opt}") for cell in CELLS for opt, kw in OPTIONS.items()
              if not (cell.startswith("jordan") and "zoneout" in kw)]
-    alone = ("lstm_peephole", "lstm_proj", "lstm_proj_peephole", "lstm_ln", "lstm_ln_proj_peephole", "gru_ln")
+    alone = ("lstm_peephole", "lstm_proj", "lstm_proj_peephole", "lstm_ln", "lstm_ln_peephole", "lstm_ln_proj_peephole",
+             "gru_ln")
     return found + [pytest.param(c, {}, id=f"{c}-alone") for c in alone]
 
 
@@ -106,6 +108,24 @@ def test_float32_lstm_loops_at_block_and_tile_edges(name, options, threads):
     # float64), so the two may differ by that much.
     tol = 5e-4 if "proj" in name else 2e-5
     assert_all_close(got, ref, torch.float32, atol=tol, rtol=tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name, options", [p for p in cases() if p.values[0] in ("lstm_ln", "lstm_ln_peephole")])
+def test_float32_layer_norm_lstm_split_over_threads(name, options, threads):
+    """Layer norm's fused float32 loops run a step in phases with a wait between them, each thread
+    computing the row statistics of all units and writing its own: at H = 52 (three blocks of 16
+    units and a tail of 4), B = 13 (tiles of 4 rows and one), T = 6 a step has the work to be split
+    over 2 threads (B * 4H * H >= 2**17), so one thread's units depend on the other's."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lengths = [6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3]
+        ref, got = both(CELLS[name](52, **options), 6, 13, torch.float32, lengths, True)
+    finally:
+        torch.set_num_threads(old)
+    assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
 @needs_cpu
