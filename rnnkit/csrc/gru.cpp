@@ -337,7 +337,7 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
 // ---- float32 AVX-512: the step's products and the gate math fused (torch form) ---------------
 // Per block of 16 hidden units (tiles.h), with W_hh packed once per sequence:
 //   forward   wp (nb, H, 3, 16) (pack_gate_blocks): the block's three gate sums h W_hr^T,
-//             h W_hz^T, h W_hn^T of up to kRows batch rows stay in registers from the first FMA
+//             h W_hz^T, h W_hn^T of up to kGruRows batch rows stay in registers from the first FMA
 //             to r, z, n and h_t; the (B, 3H) product hw is never written;
 //   backward  phase 1, the block's gate gradients from dh_t: dx[t] = [dar, daz, dan], drn[t] =
 //             dan r, and dh_{t-1} set to dh_t z (zoneout: plus its direct part; a padded row:
@@ -348,17 +348,24 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
 // A step's blocks are split over threads (owned_blocks, simd.h).  They write what
 // forward_after and backward_impl write (without layer norm), to float32 rounding.
 
-// Where the fused loops win (measured on this 2-core Zen 4, T = 128): they pay for packing W_hh
-// once they run several steps (the stream's T = 1 keeps the GEMM path), and they stream a
-// block's weights once per tile of rows, so with many rows each thread's share of W_hh must
-// stay in its L2 (512 KiB here).
+// Where the fused loops win (measured on this 2-core Zen 4, L2 1 MiB a core, T = 128, I = H, one
+// thread, against the GEMM path): they pay for packing W_hh once they run several steps (the
+// stream's T = 1 keeps the GEMM path).  With up to 16 rows they win at every H measured (fwd
+// 1.1-1.4x, fwd+bwd 1.0-1.2x at H = 128, 256, 512); with more rows they read a block's weights
+// once per tile of 8 rows, and win while each thread's share of W_hh fits its L2 ((32, 256):
+// 1.03-1.09x); past it they are level with MKL's blocked GEMM or behind ((32, 512) fwd+bwd 0.95x,
+// (64, 512) 0.96x), which keeps those sizes.
 bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   const int64_t share = 3 * H * H * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
-  return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
+  return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (1 << 20));
 }
 bool use_fused(const Spec& sp, const Tensor& hs) {
   return sp.reset_after && !sp.layer_norm && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
+
+// Batch rows per register tile: with three gate blocks, 8 rows' sums (24 vectors) and a k's
+// weights fit the 32 registers, and a block's weights are read once per 8 rows.
+constexpr int kGruRows = 8;
 
 // Threads for a step of B rows: one below about 2^17 multiply-adds (a barrier costs more).
 int64_t step_threads(int64_t B, int64_t H) { return B * 3 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
@@ -436,7 +443,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
         owned_blocks(
             Tn, nb, step_threads(B, H),
             [&](int64_t t, int64_t jb) {
-              by_row_tiles(B, [&](auto rows, int64_t b0) {
+              by_row_tiles<kGruRows>(B, [&](auto rows, int64_t b0) {
                 gru_tile<decltype(rows)::value, Drop, Zone>(a, o, wp, bias, t, jb, b0, bufs);
               });
             },
@@ -510,7 +517,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
             [&](int64_t s, int64_t jb) {
               const int64_t t = Tn - 1 - s;
               float* next = dh[(s + 1) % 2].data_ptr<float>();
-              by_row_tiles(B, [&](auto rows, int64_t b0) {
+              by_row_tiles<kGruRows>(B, [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
                 for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);

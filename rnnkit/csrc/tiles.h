@@ -24,17 +24,23 @@ namespace rnnkit {
 
 constexpr int64_t kRows = 4;                                   // batch rows per register tile
 
-// f(std::integral_constant<int, R>, b0) for the tiles of R <= kRows rows that cover B rows.
-template <typename F>
+// f(std::integral_constant<int, R>, b0) for the tile of the last n < R rows from b0, if any.
+template <int R, typename F>
+void last_rows(int64_t n, int64_t b0, const F& f) {
+  if constexpr (R > 0) {
+    if (n == R)
+      f(std::integral_constant<int, R>(), b0);
+    else
+      last_rows<R - 1>(n, b0, f);
+  }
+}
+
+// f(std::integral_constant<int, R>, b0) for the tiles of R <= Max rows that cover B rows.
+template <int Max = kRows, typename F>
 void by_row_tiles(int64_t B, const F& f) {
   int64_t b0 = 0;
-  for (; b0 + kRows <= B; b0 += kRows) f(std::integral_constant<int, kRows>(), b0);
-  switch (B - b0) {
-    case 3: f(std::integral_constant<int, 3>(), b0); break;
-    case 2: f(std::integral_constant<int, 2>(), b0); break;
-    case 1: f(std::integral_constant<int, 1>(), b0); break;
-    default: break;
-  }
+  for (; b0 + Max <= B; b0 += Max) f(std::integral_constant<int, Max>(), b0);
+  last_rows<Max - 1>(B - b0, b0, f);
 }
 
 // f(c...) with one std::bool_constant per flag: a loop's options chosen once per call, so that
@@ -80,26 +86,33 @@ inline at::Tensor pack_gate_blocks(const float* w, int64_t H, int64_t NG) {
 template <int R, int NG, bool Drop>
 inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* const* mr, simd::V (&acc)[R][NG]) {
   using namespace simd;
-  constexpr int kSets = R * NG >= 4 ? 1 : 2;
-  V more[R][NG];                                               // the second set (kSets = 2)
-  for (int r = 0; kSets > 1 && r < R; ++r)
-    for (int g = 0; g < NG; ++g) more[r][g] = _mm512_setzero_ps();
+  constexpr int S = R * NG >= 4 ? 1 : 2;                       // sets of sums
+  V sums[S][R][NG];
+  for (int s = 0; s < S; ++s)
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < NG; ++g) sums[s][r][g] = s == 0 ? acc[r][g] : _mm512_setzero_ps();
   const float* w = wp;
   int64_t k = 0;
-  const auto step = [&](V(&sums)[R][NG]) {
-    V wg[NG];
-    for (int g = 0; g < NG; ++g) wg[g] = _mm512_loadu_ps(w + g * kLanes), keep_in_register(wg[g]);
+  for (; k + S <= H; k += S, w += S * NG * kLanes)
+    for (int s = 0; s < S; ++s) {
+      V wg[NG];
+      for (int g = 0; g < NG; ++g) wg[g] = _mm512_loadu_ps(w + (s * NG + g) * kLanes);
+      for (int g = 0; g < NG; ++g) keep_in_register(wg[g]);
+      for (int r = 0; r < R; ++r) {
+        const V h = splat(Drop ? hp[r * H + k + s] * mr[r][k + s] : hp[r * H + k + s]);
+        for (int g = 0; g < NG; ++g) sums[s][r][g] = _mm512_fmadd_ps(h, wg[g], sums[s][r][g]);
+      }
+    }
+  for (; k < H; ++k, w += NG * kLanes)                         // S = 2 and H odd: the last k
     for (int r = 0; r < R; ++r) {
       const V h = splat(Drop ? hp[r * H + k] * mr[r][k] : hp[r * H + k]);
-      for (int g = 0; g < NG; ++g) sums[r][g] = _mm512_fmadd_ps(h, wg[g], sums[r][g]);
+      for (int g = 0; g < NG; ++g) sums[0][r][g] = _mm512_fmadd_ps(h, _mm512_loadu_ps(w + g * kLanes), sums[0][r][g]);
     }
-    ++k, w += NG * kLanes;
-  };
-  if (kSets > 1)
-    while (k + 2 <= H) step(acc), step(more);
-  while (k < H) step(acc);
-  for (int r = 0; kSets > 1 && r < R; ++r)
-    for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_add_ps(acc[r][g], more[r][g]);
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < NG; ++g) {
+      acc[r][g] = sums[0][r][g];
+      for (int s = 1; s < S; ++s) acc[r][g] = _mm512_add_ps(acc[r][g], sums[s][r][g]);
+    }
 }
 
 // The recurrent weights w (G, H) packed per block of 16 hidden units (columns of w):
