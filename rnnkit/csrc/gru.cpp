@@ -378,44 +378,50 @@ struct Fused {
   float clip;
 };
 
+// The rows a fused run reads and writes, as raw pointers (data_ptr once per call: once per tile
+// it cost a tenth of the forward loop's time).  gates and hn: nullptr in a forward without save.
+struct Seq {
+  int64_t B, H;
+  const float *xp, *h0;                                        // xp: forward only
+  float *hs, *gates, *hn;
+  Mask mask;
+  const float* h_prev(int64_t t) const { return t ? hs + (t - 1) * B * H : h0; }
+};
+
 // z's lanes of row b, step t, units j0.. (its draws, or p), as a vector.
 inline simd::V zone_at(const Fused& o, int64_t t, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
   const float* z = o.nz.z(t, 0, b, H);
   return z != nullptr ? simd::load(z + j0, m) : simd::splat(o.nz.p);
 }
 
-// Forward of block jb, rows b0 .. b0+R-1 of step t (after_row's math, then zoneout).  bufs:
-// gru_buffers' [hs, gates, hn, ...]; gates and hn are written with save only.
+// Forward of block jb, rows b0 .. b0+R-1 of step t (after_row's math, then zoneout).
 template <int R, bool Drop, bool Zone>
-void gru_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b_hh, int64_t t, int64_t jb,
-              int64_t b0, const Tensors& bufs) {
+void gru_tile(const Seq& q, const Fused& o, const float* wp, const float* b_hh, int64_t t, int64_t jb, int64_t b0) {
   using namespace simd;
-  const int64_t B = a.xp.size(1), H = a.xp.size(2) / 3, G = 3 * H, j0 = jb * kLanes;
+  const int64_t B = q.B, H = q.H, G = 3 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  float* hs = bufs[0].data_ptr<float>();
-  const float* hp = (t ? hs + (t - 1) * B * H : a.state0[0].data_ptr<float>()) + b0 * H;
+  const float* hp = q.h_prev(t) + b0 * H;
   V acc[R][3];
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 3; ++g) acc[r][g] = _mm512_setzero_ps();
   const float* mr[R] = {};                                     // the rows' recurrent masks
   for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
   gate_sums<R, 3, Drop>(wp + jb * H * 3 * kLanes, H, hp, mr, acc);
-  const Mask mask(a.mask, B);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const V br = load(b_hh + j0, m), bz = load(b_hh + H + j0, m), bn = load(b_hh + 2 * H + j0, m);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
-    float* h = hs + row * H + j0;
-    float* gt = a.save ? bufs[1].data_ptr<float>() + row * G + j0 : nullptr;
-    float* hn = a.save ? bufs[2].data_ptr<float>() + row * H + j0 : nullptr;
+    float* h = q.hs + row * H + j0;
+    float* gt = q.gates != nullptr ? q.gates + row * G + j0 : nullptr;
+    float* hn = q.hn != nullptr ? q.hn + row * H + j0 : nullptr;
     const V h_prev = load(hp + r * H + j0, m);
-    if (!mask.valid(t, b)) {                                   // padded: the state stays
+    if (!q.mask.valid(t, b)) {                                   // padded: the state stays
       store(h, h_prev, m);
       if (gt != nullptr) store(gt, zero, m), store(gt + H, zero, m), store(gt + 2 * H, zero, m), store(hn, zero, m);
       if (Zone && o.upd != nullptr) store(o.upd + row * H + j0, zero, m);
       continue;
     }
-    const float* x = a.xp.data_ptr<float>() + row * G + j0;
+    const float* x = q.xp + row * G + j0;
     const V rg = sigmoid(_mm512_add_ps(_mm512_add_ps(load(x, m), acc[r][0]), br));
     const V zg = sigmoid(_mm512_add_ps(_mm512_add_ps(load(x + H, m), acc[r][1]), bz));
     const V hn_v = _mm512_add_ps(acc[r][2], bn);
@@ -436,6 +442,9 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor b_hh = or_zeros(a.rec[1], 3 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = b_hh.data_ptr<float>();
   const Fused o{Noise<float>(sp, a.noise), bufs[6].defined() ? bufs[6].data_ptr<float>() : nullptr, 0.0f};
+  const Seq q{B, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), bufs[0].data_ptr<float>(),
+              a.save ? bufs[1].data_ptr<float>() : nullptr, a.save ? bufs[2].data_ptr<float>() : nullptr,
+              Mask(a.mask, B)};
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   with_flags(
       [&](auto drop, auto zone) {
@@ -444,7 +453,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
             Tn, nb, step_threads(B, H),
             [&](int64_t t, int64_t jb) {
               by_row_tiles<kGruRows>(B, [&](auto rows, int64_t b0) {
-                gru_tile<decltype(rows)::value, Drop, Zone>(a, o, wp, bias, t, jb, b0, bufs);
+                gru_tile<decltype(rows)::value, Drop, Zone>(q, o, wp, bias, t, jb, b0);
               });
             },
             [](int64_t, int64_t) {});
@@ -455,15 +464,12 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 // Phase 1 of step t for block jb, every row (zn_grads' and after_r_grads' math): cur (B, H) holds
 // the carried dh_t (d_out[t] is added here), next (B, H) receives dh_{t-1}'s direct part.
 template <bool Zone>
-void grad_rows(const BwdArgs& a, const Fused& o, const GradOut<float>& d_out, int64_t t, int64_t jb, float* cur,
+void grad_rows(const Seq& q, const Fused& o, const GradOut<float>& d_out, int64_t t, int64_t jb, float* cur,
                float* next, float* dx, float* drn) {
   using namespace simd;
-  const int64_t B = a.states[0].size(1), H = a.states[0].size(2), G = 3 * H, j0 = jb * kLanes;
+  const int64_t B = q.B, H = q.H, G = 3 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  const Mask mask(a.mask, B);
-  const float *gates = a.saved[0].data_ptr<float>(), *hn = a.saved[1].data_ptr<float>();
-  const float* hs = a.states[0].data_ptr<float>();
-  const float* hp = t ? hs + (t - 1) * B * H : a.state0[0].data_ptr<float>();
+  const float *gates = q.gates, *hn = q.hn, *hp = q.h_prev(t);
   const V one = splat(1.0f), zero = _mm512_setzero_ps(), lo = splat(-o.clip), hi = splat(o.clip);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t row = t * B + b;
@@ -472,7 +478,7 @@ void grad_rows(const BwdArgs& a, const Fused& o, const GradOut<float>& d_out, in
     V gh = load(gh_p, m);
     if (o.clip > 0.0f) gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh));
     float *d = dx + row * G + j0, *dn = drn + row * H + j0;
-    if (!mask.valid(t, b)) {
+    if (!q.mask.valid(t, b)) {
       store(d, zero, m), store(d + H, zero, m), store(d + 2 * H, zero, m), store(dn, zero, m);
       store(next + b * H + j0, gh, m);
       continue;
@@ -502,21 +508,23 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
   Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
+  float* dhp[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
   const GradOut<float> d_out(a.d_out);
   float *dx = dx_t.data_ptr<float>(), *drn = drn_t.data_ptr<float>();
   const Fused o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
+  const Seq q{B, H, nullptr, a.state0[0].data_ptr<float>(), a.states[0].data_ptr<float>(),
+              a.saved[0].data_ptr<float>(), a.saved[1].data_ptr<float>(), Mask(a.mask, B)};
   with_flags(
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
         owned_blocks(
             Tn, nb, step_threads(B, H),
             [&](int64_t s, int64_t jb) {                         // step s of the loop is t = Tn-1-s
-              grad_rows<Zone>(a, o, d_out, Tn - 1 - s, jb, dh[s % 2].data_ptr<float>(),
-                              dh[(s + 1) % 2].data_ptr<float>(), dx, drn);
+              grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
             },
             [&](int64_t s, int64_t jb) {
               const int64_t t = Tn - 1 - s;
-              float* next = dh[(s + 1) % 2].data_ptr<float>();
+              float* next = dhp[(s + 1) % 2];
               by_row_tiles<kGruRows>(B, [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
