@@ -47,8 +47,8 @@
 //                            the (B, 3H) product h_{t-1} W_hh^T stays in registers, never written;
 //                            recurrent dropout multiplies h_{t-1} by m_t as it is read
 //   wn       (nb, 3H, 16)    backward: W_hh packed per block of 16 columns (tiles.h)
-//   dh[2]    (B, H) each     backward: dh_t and dh_{t-1}, alternating; d_out[t] is added into
-//                            dh_t in place, and dh_{t-1} is set by phase 1 (dh_t z, its direct
+//   dh[2]    (B, H) each     backward: the carried dh_t (d_out[t] is added as it is read) and
+//                            dh_{t-1}, alternating; dh_{t-1} is set by phase 1 (dh_t z, its direct
 //                            part) before phase 2 adds [dx_r, dx_z, drn] W_hh (times m_t) to it
 #include "activations.h"
 #include "gemm.h"
@@ -461,8 +461,21 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
       o.nz.drop != nullptr, o.nz.zoneout());
 }
 
+// d_out[t, b, j0 .. j0+15] as a vector (zeros without d_out), read in place: out.sum() hands an
+// expanded scalar (stride 0), which GradOut::add would add one lane at a time.
+inline simd::V out_grad(const GradOut<float>& d, int64_t t, int64_t b, int64_t j0, __mmask16 m) {
+  if (d.p == nullptr) return _mm512_setzero_ps();
+  const float* row = d.p + t * d.s0 + b * d.s1 + j0 * d.s2;
+  if (d.s2 == 1) return simd::load(row, m);
+  if (d.s2 == 0) return simd::splat(row[0]);
+  alignas(64) float v[simd::kLanes] = {};
+  for (int64_t j = 0; j < simd::kLanes && ((m >> j) & 1); ++j) v[j] = row[j * d.s2];
+  return _mm512_load_ps(v);
+}
+
 // Phase 1 of step t for block jb, every row (zn_grads' and after_r_grads' math): cur (B, H) holds
-// the carried dh_t (d_out[t] is added here), next (B, H) receives dh_{t-1}'s direct part.
+// the carried dh_t (without d_out[t], added here in registers), next (B, H) receives dh_{t-1}'s
+// direct part.
 template <bool Zone>
 void grad_rows(const Seq& q, const Fused& o, const GradOut<float>& d_out, int64_t t, int64_t jb, float* cur,
                float* next, float* dx, float* drn) {
@@ -473,9 +486,7 @@ void grad_rows(const Seq& q, const Fused& o, const GradOut<float>& d_out, int64_
   const V one = splat(1.0f), zero = _mm512_setzero_ps(), lo = splat(-o.clip), hi = splat(o.clip);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t row = t * B + b;
-    float* gh_p = cur + b * H + j0;
-    d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
-    V gh = load(gh_p, m);
+    V gh = _mm512_add_ps(load(cur + b * H + j0, m), out_grad(d_out, t, b, j0, m));
     if (o.clip > 0.0f) gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh));
     float *d = dx + row * G + j0, *dn = drn + row * H + j0;
     if (!q.mask.valid(t, b)) {

@@ -141,6 +141,33 @@ def test_float32_gru_loops_at_block_and_tile_edges(options, lengths, H, threads)
     assert_all_close(found[1], found[0], torch.float64, atol=4e-4, rtol=4e-4)
 
 
+@needs_cpu
+@pytest.mark.parametrize("layout", ["dense", "expanded", "strided"])
+def test_float32_gru_reads_the_output_gradient_in_place(layout):
+    """The fused float32 backward reads d_out as it comes: dense, expanded (what out.sum() hands
+    backward: stride 0 everywhere) or with a feature stride of 2 (a view); the same results as
+    the float64 reference given a dense copy."""
+    cell = CELLS["gru"](20)
+    xp, mask, state0, rec, _, d_final = inputs(cell, 7, 5, torch.float64, [7, 3, 7, 1, 5])
+    dense = torch.randn(7, 5, 20, generator=torch.Generator().manual_seed(3))
+    if layout == "expanded":
+        d_out = torch.tensor(0.7).expand(7, 5, 20)
+    elif layout == "strided":
+        d_out = torch.zeros(7, 5, 40)
+        d_out[..., ::2] = dense
+        d_out = d_out[..., ::2]
+    else:
+        d_out = dense
+    found = []
+    for backend, dtype, d in ((reference.BACKEND, torch.float64, d_out.double().contiguous()),
+                              (cpu.BACKEND, torch.float32, d_out)):
+        xp_, state0_, rec_, d_final_ = _cast([xp, list(state0), list(rec), list(d_final)], dtype)
+        states, saved = backend.forward(cell, xp_, mask, state0_, rec_, True, None)
+        d_xp, d_state0, d_rec = backend.backward(cell, d, d_final_, mask, state0_, states, saved, rec_, None)
+        found.append([t.double() for t in [d_xp, *d_state0, *d_rec]])
+    assert_all_close(found[1], found[0], torch.float64, atol=4e-4, rtol=4e-4)
+
+
 def _cast(value, dtype):
     """Floating tensors (in nested lists) in dtype; everything else as it is."""
     if isinstance(value, (list, tuple)):
