@@ -6,7 +6,7 @@ The shared matrices (tests/layers/test_noise.py, test_clip_recurrent.py, the reg
 the cpu backend once it ``supports`` a form; here the backend itself is held to the reference
 backend with the same noise tensors -- states, saved tensors, the gradients of xp, of the initial
 states and of every recurrent parameter, with lengths, in float64 (the portable loops) and float32
-(on AVX-512 machines the fused LSTM loops, at block and tile edges, on 1 and 2 threads) -- and to
+(on AVX-512 machines the fused LSTM and GRU loops, at block and tile edges, on 1 and 2 threads) -- and to
 gradcheck in float64 with the masks held; ``step`` and ``stream`` (eval: zoneout's expected value)
 to the reference's; bad noise is a clear error; the options the kernels do not take are declined.
 """
@@ -126,6 +126,73 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, threads):
     finally:
         torch.set_num_threads(old)
     assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
+
+
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [72, 80], ids=["tail", "blocks"])
+@pytest.mark.parametrize("lengths", [[7, 3, 7, 1, 5, 2, 7, 4, 2], [7, 2, 5, 7, 1, 6]], ids=["B9", "B6"])
+@pytest.mark.parametrize("options", [{}, *OPTIONS.values()], ids=["plain", *OPTIONS])
+def test_float32_gru_loops_at_block_and_tile_edges(options, lengths, H, threads):
+    """The GRU's torch form in float32: on AVX-512 machines the fused loops (T = 7 steps; B = 9: a
+    tile of 8 rows and one of 1, or B = 6: one of 6; H = 72: four blocks of 16 units and a tail of
+    8, or H = 80: five whole blocks), on 2 threads split over the blocks where a step has the work,
+    with lengths and training noise.  The oracle is the reference backend in float64 on the same inputs and noise
+    (two float32 results may differ by more than their distance to the exact one): with 3H terms
+    in a row of dh_{t-1} and 63 in dW_hh, the GEMM path's float32 lies up to 1.9e-4 from it
+    (measured, dW_hh under dropout; dh_0 5e-5), the fused loops' up to 1.5e-4."""
+    cell = CELLS["gru"](H, **options)
+    xp, mask, state0, rec, d_out, d_final = inputs(cell, 7, len(lengths), torch.float64, lengths)
+    noise = cell.draw_noise(7, len(lengths), xp)
+    valid = mask.to(torch.float64)
+    found = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for backend, dtype in ((reference.BACKEND, torch.float64), (cpu.BACKEND, torch.float32)):
+            args = [xp, mask, list(state0), list(rec), d_out, list(d_final), noise]
+            xp_, mask_, state0_, rec_, d_out_, d_final_, noise_ = _cast(args, dtype)
+            states, saved = backend.forward(cell, xp_, mask_, state0_, rec_, True, noise_)
+            d_xp, d_state0, d_rec = backend.backward(cell, d_out_, d_final_, mask_, state0_, states, saved, rec_,
+                                                     noise_)
+            found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
+    finally:
+        torch.set_num_threads(old)
+    assert_all_close(found[1], found[0], torch.float64, atol=4e-4, rtol=4e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("layout", ["dense", "expanded", "strided"])
+def test_float32_gru_reads_the_output_gradient_in_place(layout):
+    """The fused float32 backward reads d_out as it comes: dense, expanded (what out.sum() hands
+    backward: stride 0 everywhere) or with a feature stride of 2 (a view); the same results as
+    the float64 reference given a dense copy."""
+    cell = CELLS["gru"](20)
+    xp, mask, state0, rec, _, d_final = inputs(cell, 7, 5, torch.float64, [7, 3, 7, 1, 5])
+    dense = torch.randn(7, 5, 20, generator=torch.Generator().manual_seed(3))
+    if layout == "expanded":
+        d_out = torch.tensor(0.7).expand(7, 5, 20)
+    elif layout == "strided":
+        d_out = torch.zeros(7, 5, 40)
+        d_out[..., ::2] = dense
+        d_out = d_out[..., ::2]
+    else:
+        d_out = dense
+    found = []
+    for backend, dtype, d in ((reference.BACKEND, torch.float64, d_out.double().contiguous()),
+                              (cpu.BACKEND, torch.float32, d_out)):
+        xp_, state0_, rec_, d_final_ = _cast([xp, list(state0), list(rec), list(d_final)], dtype)
+        states, saved = backend.forward(cell, xp_, mask, state0_, rec_, True, None)
+        d_xp, d_state0, d_rec = backend.backward(cell, d, d_final_, mask, state0_, states, saved, rec_, None)
+        found.append([t.double() for t in [d_xp, *d_state0, *d_rec]])
+    assert_all_close(found[1], found[0], torch.float64, atol=4e-4, rtol=4e-4)
+
+
+def _cast(value, dtype):
+    """Floating tensors (in nested lists) in dtype; everything else as it is."""
+    if isinstance(value, (list, tuple)):
+        return [_cast(v, dtype) for v in value]
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 @needs_cpu

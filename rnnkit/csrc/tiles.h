@@ -1,0 +1,194 @@
+// Register tiles of the fused float32 AVX-512 time loops, generic over a cell's number of gate
+// blocks NG (GRU 3, LSTM 4).  A step's hidden units are split into blocks of 16 (one vector);
+// per block and per tile of up to kRows batch rows:
+//   forward   gate_sums: the NG gate sums h_{t-1} W_hh^T of the block stay in registers from the
+//             first FMA to the cell's activations, from W_hh packed once per sequence by
+//             pack_gate_blocks;
+//   backward  dh_tile: dh_{t-1}[:, block] += d_rec W_hh[:, block], from W_hh packed once per
+//             sequence by pack_unit_blocks (d_rec may come in parts: RowsPart).
+// The cells' gate math stays in their files; the time loop is owned_blocks (simd.h).
+#pragma once
+
+#include "simd.h"
+
+#ifdef RNNKIT_AVX512
+
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace rnnkit {
+
+constexpr int64_t kRows = 4;                                   // batch rows per register tile
+
+// f(std::integral_constant<int, R>, b0) for the tile of the last n < R rows from b0, if any.
+template <int R, typename F>
+void last_rows(int64_t n, int64_t b0, const F& f) {
+  if constexpr (R > 0) {
+    if (n == R)
+      f(std::integral_constant<int, R>(), b0);
+    else
+      last_rows<R - 1>(n, b0, f);
+  }
+}
+
+// f(std::integral_constant<int, R>, b0) for the tiles of R <= Max rows that cover B rows.
+template <int Max = kRows, typename F>
+void by_row_tiles(int64_t B, const F& f) {
+  int64_t b0 = 0;
+  for (; b0 + Max <= B; b0 += Max) f(std::integral_constant<int, Max>(), b0);
+  last_rows<Max - 1>(B - b0, b0, f);
+}
+
+// f(c...) with one std::bool_constant per flag: a loop's options chosen once per call, so that
+// each combination is its own instance and the absent ones cost nothing inside the loop.
+template <typename F>
+void with_flags(const F& f) {
+  f();
+}
+template <typename F, typename... Rest>
+void with_flags(const F& f, bool first, Rest... rest) {
+  if (first)
+    with_flags([&](auto... c) { f(std::true_type(), c...); }, rest...);
+  else
+    with_flags([&](auto... c) { f(std::false_type(), c...); }, rest...);
+}
+
+// One operand kept in a register (simd.h's keep_in_registers, for one).
+inline void keep_in_register(simd::V& a) { asm("" : "+v"(a)); }
+
+// The recurrent weights w (NG*H, H) packed per block of 16 hidden units, the NG gates' rows of a
+// block next to each other:
+//   wp  (nb, H, NG, 16)   wp[jb, k, g, u] = w[g*H + 16*jb + u, k] (zero past H).
+inline at::Tensor pack_gate_blocks(const float* w, int64_t H, int64_t NG) {
+  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
+  at::Tensor packed = at::zeros({nb * H * NG * simd::kLanes}, at::kFloat);
+  float* p = packed.data_ptr<float>();
+  for (int64_t jb = 0; jb < nb; ++jb) {                     // row by row of w: contiguous reads
+    const int64_t n = std::min(simd::kLanes, H - jb * simd::kLanes);
+    for (int64_t g = 0; g < NG; ++g)
+      for (int64_t u = 0; u < n; ++u) {
+        const float* row = w + (g * H + jb * simd::kLanes + u) * H;
+        float* out = p + (jb * H * NG + g) * simd::kLanes + u;
+        for (int64_t k = 0; k < H; ++k) out[k * NG * simd::kLanes] = row[k];
+      }
+  }
+  return packed;
+}
+
+// acc[r][g] += sum_k h[r, k] (* m[r, k]) wp[k, g]: a block's NG gate sums of R rows (hp: R rows,
+// ld H; mr: the rows' recurrent masks with Drop; wp: the block's (H, NG, 16) of pack_gate_blocks).
+// An FMA waits about 4 cycles for the one before it on the same sum, so fewer than 4 sums in
+// flight (a GRU's single row) also keep a second set for odd k.
+template <int R, int NG, bool Drop>
+inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* const* mr, simd::V (&acc)[R][NG]) {
+  using namespace simd;
+  constexpr int S = R * NG >= 4 ? 1 : 2;                       // sets of sums
+  V sums[S][R][NG];
+  for (int s = 0; s < S; ++s)
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < NG; ++g) sums[s][r][g] = s == 0 ? acc[r][g] : _mm512_setzero_ps();
+  const float* w = wp;
+  int64_t k = 0;
+  for (; k + S <= H; k += S, w += S * NG * kLanes)
+    for (int s = 0; s < S; ++s) {
+      V wg[NG];
+      for (int g = 0; g < NG; ++g) wg[g] = _mm512_loadu_ps(w + (s * NG + g) * kLanes);
+      for (int g = 0; g < NG; ++g) keep_in_register(wg[g]);
+      for (int r = 0; r < R; ++r) {
+        const V h = splat(Drop ? hp[r * H + k + s] * mr[r][k + s] : hp[r * H + k + s]);
+        for (int g = 0; g < NG; ++g) sums[s][r][g] = _mm512_fmadd_ps(h, wg[g], sums[s][r][g]);
+      }
+    }
+  for (; k < H; ++k, w += NG * kLanes)                         // S = 2 and H odd: the last k
+    for (int r = 0; r < R; ++r) {
+      const V h = splat(Drop ? hp[r * H + k] * mr[r][k] : hp[r * H + k]);
+      for (int g = 0; g < NG; ++g) sums[0][r][g] = _mm512_fmadd_ps(h, _mm512_loadu_ps(w + g * kLanes), sums[0][r][g]);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < NG; ++g) {
+      acc[r][g] = sums[0][r][g];
+      for (int s = 1; s < S; ++s) acc[r][g] = _mm512_add_ps(acc[r][g], sums[s][r][g]);
+    }
+}
+
+// The recurrent weights w (G, H) packed per block of 16 hidden units (columns of w):
+//   wn  (nb, G, 16)   wn[jb, k, u] = w[k, 16*jb + u] (zero past H).
+inline at::Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
+  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
+  at::Tensor packed = at::zeros({nb * G * simd::kLanes}, at::kFloat);
+  float* p = packed.data_ptr<float>();
+  for (int64_t jb = 0; jb < nb; ++jb)
+    for (int64_t k = 0; k < G; ++k)
+      for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
+        p[(jb * G + k) * simd::kLanes + u] = w[k * H + jb * simd::kLanes + u];
+  return packed;
+}
+
+// Columns k0 .. k0+K-1 of the gradient rows d_rec (R rows from d, ld apart): a part of d_rec that
+// is not stored as one row (a GRU's dx_r, dx_z in one buffer, its drn in another).
+struct RowsPart {
+  const float* d;
+  int64_t ld, k0, K;
+};
+
+// acc[a][r] += sum_k d[r, k] w[k] over a part (w: the block's (G, 16) of pack_unit_blocks), the
+// k spread over the A sums of a row (A R sums in flight: an FMA waits about 4 cycles for the one
+// before it on the same sum; shorter sums also round less).
+template <int A, int R>
+inline void part_products(const RowsPart& p, const float* w, simd::V (&acc)[A][R]) {
+  using namespace simd;
+  w += p.k0 * kLanes;
+  int64_t k = 0;
+  for (; k + 4 <= p.K; k += 4, w += 4 * kLanes) {             // four k at a time: four weight loads per R rows
+    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+    keep_in_registers(w0, w1, w2, w3);
+    for (int r = 0; r < R; ++r) {
+      const float* d = p.d + r * p.ld + k;
+      acc[0][r] = _mm512_fmadd_ps(splat(d[0]), w0, acc[0][r]);
+      acc[1 % A][r] = _mm512_fmadd_ps(splat(d[1]), w1, acc[1 % A][r]);
+      acc[2 % A][r] = _mm512_fmadd_ps(splat(d[2]), w2, acc[2 % A][r]);
+      acc[3 % A][r] = _mm512_fmadd_ps(splat(d[3]), w3, acc[3 % A][r]);
+    }
+  }
+  for (; k < p.K; ++k, w += kLanes) {
+    const V w0 = _mm512_loadu_ps(w);
+    for (int r = 0; r < R; ++r) acc[k % A][r] = _mm512_fmadd_ps(splat(p.d[r * p.ld + k]), w0, acc[k % A][r]);
+  }
+}
+
+// out (R rows, ld H) [block jb] += d_rec wn[jb] with d_rec (R, G) given in parts, times the rows'
+// recurrent masks mr[r] (ld H) with Drop (recurrent dropout).
+template <int R, bool Drop, size_t NP>
+void dh_tile(const RowsPart (&parts)[NP], const float* wn, int64_t G, int64_t H, int64_t jb, float* out,
+             const float* const* mr) {
+  using namespace simd;
+  const int64_t j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  constexpr int A = R == 1 ? 4 : 2;                              // sums per row
+  V acc[A][R];
+  for (int a = 0; a < A; ++a)
+    for (int r = 0; r < R; ++r) acc[a][r] = Drop || a > 0 ? _mm512_setzero_ps() : load(out + r * H + j0, m);
+  for (const RowsPart& p : parts) part_products<A, R>(p, wn + jb * G * kLanes, acc);
+  for (int r = 0; r < R; ++r) {
+    V sum = acc[0][r];
+    for (int a = 1; a < A; ++a) sum = _mm512_add_ps(sum, acc[a][r]);
+    if (Drop) sum = _mm512_fmadd_ps(sum, load(mr[r] + j0, m), load(out + r * H + j0, m));
+    store(out + r * H + j0, sum, m);
+  }
+}
+
+// The same with d_rec one buffer dg (R rows, ld G).
+template <int R, bool Drop>
+void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb, float* out,
+             const float* const* mr) {
+  const RowsPart parts[1] = {{dg, G, 0, G}};
+  dh_tile<R, Drop>(parts, wn, G, H, jb, out, mr);
+}
+
+}  // namespace rnnkit
+
+#endif
