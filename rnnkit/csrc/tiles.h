@@ -1,6 +1,7 @@
 // Register tiles of the fused float32 AVX-512 time loops, generic over a cell's number of gate
 // blocks NG (GRU 3, LSTM 4).  A step's hidden units are split into blocks of 16 (one vector);
-// per block and per tile of up to kRows batch rows:
+// per block and per tile of batch rows (by_row_tiles: up to kRows = 4, or the cell's own maximum;
+// the GRU's 8 rows of 3 sums fill 24 of the 32 vector registers):
 //   forward   gate_sums: the NG gate sums h_{t-1} W_hh^T of the block stay in registers from the
 //             first FMA to the cell's activations, from W_hh packed once per sequence by
 //             pack_gate_blocks;
