@@ -58,6 +58,7 @@
 #include "norm.h"
 #include "rnn.h"
 #include "simd.h"
+#include "tiles.h"
 
 #include <ATen/Dispatch.h>
 
@@ -221,23 +222,6 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 // and a block's 4 x 16 gate sums of up to 4 batch rows stay in registers from the first FMA
 // to the activations: the (B, 4H) product is never written, and a step's blocks run on
 // several threads (owned_blocks, simd.h).  Writes what forward_impl writes.
-constexpr int64_t kRows = 4;                                   // batch rows per register tile
-
-// f(std::integral_constant<int, R>, b0) for the tiles of R <= kRows rows that cover B rows.
-template <typename F>
-void by_row_tiles(int64_t B, const F& f) {
-  int64_t b0 = 0;
-  for (; b0 + kRows <= B; b0 += kRows) f(std::integral_constant<int, kRows>(), b0);
-  switch (B - b0) {
-    case 5: f(std::integral_constant<int, 5>(), b0); break;
-    case 4: f(std::integral_constant<int, 4>(), b0); break;
-    case 3: f(std::integral_constant<int, 3>(), b0); break;
-    case 2: f(std::integral_constant<int, 2>(), b0); break;
-    case 1: f(std::integral_constant<int, 1>(), b0); break;
-    default: break;
-  }
-}
-
 // What the fused loops read besides the plain LSTM's: the peephole weights (3H, rec[2] as the
 // loops run unprojected; nullptr without peepholes), the noise, zoneout's update buffers (forward
 // with save; else nullptr) and the clip.  The loops take the options present as compile-time
@@ -253,40 +237,13 @@ struct Fused {
 // f(Peep, Drop, Zone) as std::bool_constant values: the options of the call, chosen once.
 template <typename F>
 void with_options(const Fused& o, const F& f) {
-  const auto zone = [&](auto p, auto d) {
-    if (o.nz.zoneout()) f(p, d, std::true_type());
-    else f(p, d, std::false_type());
-  };
-  const auto drop = [&](auto p) {
-    if (o.nz.drop != nullptr) zone(p, std::true_type());
-    else zone(p, std::false_type());
-  };
-  if (o.peep != nullptr) drop(std::true_type());
-  else drop(std::false_type());
+  with_flags(f, o.peep != nullptr, o.nz.drop != nullptr, o.nz.zoneout());
 }
 
 // z's lanes of state k, row b, step t, units j0.. (its draws, or p), as a vector.
 inline simd::V zone_at(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
   const float* z = o.nz.z(t, k, b, H);
   return z != nullptr ? simd::load(z + j0, m) : simd::splat(o.nz.p);
-}
-
-// acc[r][g] += sum_k h[r, k] (* m[r, k]) wp[k, g]: the block's four gate sums of R rows.
-template <int R, bool Drop>
-inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* const* mr, simd::V (&acc)[R][4]) {
-  using namespace simd;
-  const float* w = wp;
-  for (int64_t k = 0; k < H; ++k, w += 4 * kLanes) {
-    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
-    keep_in_registers(w0, w1, w2, w3);
-    for (int r = 0; r < R; ++r) {
-      const V h = splat(Drop ? hp[r * H + k] * mr[r][k] : hp[r * H + k]);
-      acc[r][0] = _mm512_fmadd_ps(h, w0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(h, w1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(h, w2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(h, w3, acc[r][3]);
-    }
-  }
 }
 
 // acc: the four gate sums h_{t-1} (* m_t) W_hh^T of block jb for rows b0 .. b0+R-1 (hp: their
@@ -298,7 +255,7 @@ inline void tile_sums(const Fused& o, const float* wp, int64_t H, int64_t t, int
     for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
   const float* mr[R] = {};                                     // the rows' recurrent masks
   for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  gate_sums<R, Drop>(wp + jb * H * 4 * simd::kLanes, H, hp, mr, acc);
+  gate_sums<R, 4, Drop>(wp + jb * H * 4 * simd::kLanes, H, hp, mr, acc);
 }
 
 // The peephole weights w_ci, w_cf, w_co of the 16 units from j0 (zeros, unread, without Peep).
@@ -381,23 +338,6 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
   }
 }
 
-// The recurrent weights (4H, H) packed as wp above.
-Tensor pack_gate_blocks(const float* w, int64_t H) {
-  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  Tensor packed = at::zeros({nb * H * 4 * simd::kLanes}, at::kFloat);
-  float* p = packed.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb) {                     // row by row of w: contiguous reads
-    const int64_t n = std::min(simd::kLanes, H - jb * simd::kLanes);
-    for (int64_t g = 0; g < 4; ++g)
-      for (int64_t u = 0; u < n; ++u) {
-        const float* row = w + (g * H + jb * simd::kLanes + u) * H;
-        float* out = p + (jb * H * 4 + g) * simd::kLanes + u;
-        for (int64_t k = 0; k < H; ++k) out[k * 4 * simd::kLanes] = row[k];
-      }
-  }
-  return packed;
-}
-
 // Where the fused loops win (measured on Zen 4, 2 cores): they pay for packing the weights once
 // they run several steps (the steps of a stream, T = 1, keep the GEMM path), and they stream a
 // block's weights once per tile of rows, so with many rows they need each thread's share of
@@ -414,7 +354,7 @@ bool use_fused(const Spec& sp, const FwdArgs& a) {
 void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor &hs = bufs[0], &cs = bufs[1], &gates = bufs[2], &tanh_c = bufs[3];
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4;
-  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 4);
   const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
   const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
@@ -454,7 +394,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
   const int64_t nb = (H + kLanes - 1) / kLanes;
   const auto opt = a.xp.options();
-  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H);
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 4);
   const Tensor bias_t = or_zeros(a.rec[1], G, opt);
   const LnParams<float> ln(sp, a.rec, H, opt);
   const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
@@ -585,50 +525,6 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 //   second  (once all of dg[t] is written) dh_{t-1}[:, its units] += dg[t] W_hh[:, its units],
 //           from W_hh packed per block as wn (nb, 4H, 16): wn[jb, k, u] = W_hh[k, 16*jb + u].
 // dh_t and dh_{t-1} alternate between two (B, H) buffers.
-Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
-  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  Tensor packed = at::zeros({nb * G * simd::kLanes}, at::kFloat);
-  float* p = packed.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb)
-    for (int64_t k = 0; k < G; ++k)
-      for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
-        p[(jb * G + k) * simd::kLanes + u] = w[k * H + jb * simd::kLanes + u];
-  return packed;
-}
-
-// out (R rows, ld H) [block jb] += dg (R rows, ld G) wn[jb], times the rows' recurrent masks
-// mr[r] (ld H) with Drop (recurrent dropout)
-template <int R, bool Drop>
-void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb, float* out,
-             const float* const* mr) {
-  using namespace simd;
-  const int64_t j0 = jb * kLanes;
-  const __mmask16 m = lanes(H - j0);
-  V acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = Drop ? _mm512_setzero_ps() : load(out + r * H + j0, m);
-  const float* w = wn + jb * G * kLanes;
-  int64_t k = 0;
-  for (; k + 4 <= G; k += 4, w += 4 * kLanes) {                // four k at a time: four weight loads per R rows
-    V w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
-    keep_in_registers(w0, w1, w2, w3);
-    for (int r = 0; r < R; ++r) {
-      const float* d = dg + r * G + k;
-      acc[r] = _mm512_fmadd_ps(splat(d[0]), w0, acc[r]);
-      acc[r] = _mm512_fmadd_ps(splat(d[1]), w1, acc[r]);
-      acc[r] = _mm512_fmadd_ps(splat(d[2]), w2, acc[r]);
-      acc[r] = _mm512_fmadd_ps(splat(d[3]), w3, acc[r]);
-    }
-  }
-  for (; k < G; ++k, w += kLanes) {
-    const V w0 = _mm512_loadu_ps(w);
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(splat(dg[r * G + k]), w0, acc[r]);
-  }
-  for (int r = 0; r < R; ++r) {
-    if (Drop) acc[r] = _mm512_fmadd_ps(acc[r], load(mr[r] + j0, m), load(out + r * H + j0, m));
-    store(out + r * H + j0, acc[r], m);
-  }
-}
-
 bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
   return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
