@@ -38,6 +38,24 @@ def test_extension_builds():
     assert "cpu" in backends.available()
 
 
+def test_the_native_build_is_the_one_loaded():
+    """The -march=native build (the fused AVX-512 loops where the CPU has them) is what runs: a
+    compile error in it would otherwise fall back to the portable build and pass every test."""
+    assert BUILT
+    assert _build.native_error() is None, f"the native build failed: {_build.native_error()}"
+
+
+def test_a_failing_native_build_is_reported(monkeypatch):
+    def compile_(native, verbose):
+        if native:
+            raise RuntimeError("error: planted\nexit status 1")
+        return "portable module"
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setattr(_build, "_compile", compile_)
+    assert _build.load() == "portable module"
+    assert "RuntimeError: exit status 1" in _build.native_error()
+
+
 # -- against torch.nn (the full dense matrix is in test_layers_parity.py) --------------------
 def check_torch(cell, dtype, *, num_layers=1, bidirectional=False, batch_first=False, bias=True,
                 with_hx=False, lengths=None):

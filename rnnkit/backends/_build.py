@@ -250,6 +250,8 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
     for native in (True, False):        # -march=native first; a compiler without it gets plain -O3
         try:
             _state["module"] = _compile(native, verbose)
+            if not native:                  # kept, so that a failing native build is not silent
+                _state["native_error"] = errors[-1] if errors else "not tried"
             return _state["module"]
         except BuildLockTimeout as e:    # another build holds the folder: not a reason to build plain
             errors.append(f"{type(e).__name__}: {e}")
@@ -265,6 +267,12 @@ def error() -> Optional[str]:
     return _state.get("error")
 
 
+def native_error() -> Optional[str]:
+    """Why the loaded extension is the portable build (plain -O3: no AVX-512 loops) rather than
+    the -march=native one; None when the native build loaded or nothing was loaded."""
+    return _state.get("native_error")
+
+
 # -- `rnnkit build` ------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the compiler's command lines")
@@ -278,5 +286,8 @@ def run(args) -> int:
         return 1
     print(f"rnnkit: C++ CPU kernels ready in {time.perf_counter() - t0:.1f} s "
           f"({module.__file__}; direct BLAS: {module.has_blas()})")
+    if native_error():
+        print(f"rnnkit: the -march=native build failed, so the portable one (slower) runs: {native_error()}",
+              file=sys.stderr)
     return 0
 
