@@ -129,9 +129,18 @@ constexpr int64_t kUnits = 2;                                  // blocks of 16 u
 constexpr int kElmanRows = 8;                                  // batch rows per register tile
 constexpr int64_t kGroup = kUnits * simd::kLanes;              // hidden units per group
 
+// Where the fused loops win (measured on this 2-core Zen 4, L2 1 MiB a core, T = 128, I = H,
+// against the GEMM path in one process, best of 7): they pay for packing W_hh once they run several
+// steps (the stream's T = 1 keeps the GEMM path).  One thread: fwd 1.33x, 1.25x, 1.14x, 1.07x at
+// (B, H) = (1, 64), (8, 128), (16, 256), (32, 256), fwd+bwd 1.11x, 1.10x, 1.05x, 1.03x; at
+// (32, 512) and (16, 1024), (32, 1024) level (1.00-1.02x); past 32 rows they keep 1.02-1.07x while
+// each thread's share of W_hh is under its L2 ((64, 256), (128, 256)), and fall behind MKL's
+// blocked GEMM at (64, 512) (0.97-0.99x), which keeps those sizes.  The (tiles of) rows and the
+// groups of blocks measured level at 1 and 2 threads: (1, 8), (2, 8), (4, 4), (2, 12), (1, 16),
+// (3, 8), (2, 4) within 5% at every size but B = 1, where a group of one block is 5% slower.
 bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   const int64_t share = H * H * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
-  return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (1 << 20));
+  return dtype == at::kFloat && Tn >= 4 && (B <= 32 || share < (1 << 20));
 }
 
 // Threads for a step of B rows: one below about 2^17 multiply-adds (a barrier costs more).

@@ -306,6 +306,7 @@ LAYERS = {
     "gru": (rnnkit.GRU, {}),
     "gru_cho": (rnnkit.GRU, {"reset_after": False}),
     "gru_ln": (rnnkit.GRU, {"layer_norm": True}),
+    "elman": (rnnkit.Elman, {}),
     "elman_relu": (rnnkit.Elman, {"nonlinearity": "relu"}),
     "jordan": (rnnkit.Jordan, {"output_size": 3, "output_activation": "softmax"}),
 }
