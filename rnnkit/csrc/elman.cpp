@@ -20,10 +20,10 @@
 // Fused float32 path (AVX-512 builds, where fused_pays: see "float32 AVX-512" below; float64 and
 // other builds keep the loops above).  It writes the same hs, h_update and da, and the post-loop
 // GEMMs are the same; instead of hd, dhd and the (B, H) dh, dh_prev:
-//   wp       (ng, H, U, 16)  forward: W_hh packed per group of U blocks of 16 units (pack_groups),
-//                            ng = ceil(H / 16U); the product h_{t-1} W_hh^T stays in registers and
-//                            is never written; recurrent dropout multiplies h_{t-1} by m_t as it
-//                            is read
+//   wp       (ng, H, U, 16)  forward: W_hh packed per group of U = 2 blocks of 16 units
+//                            (pack_groups), ng = ceil(H / 16U); the product h_{t-1} W_hh^T stays
+//                            in registers and is never written; recurrent dropout multiplies
+//                            h_{t-1} by m_t as it is read
 //   wn       (nb, H, 16)     backward: W_hh packed per block of 16 columns (tiles.h), nb = ceil(H/16)
 //   dh[2]    (B, H) each     backward: dh_t and dh_{t-1}, alternating; d_out[t] is added into dh_t
 //                            in place, dh_{t-1} is set by phase 1 (zoneout's direct part dh_t z, or
@@ -135,9 +135,13 @@ constexpr int64_t kGroup = kUnits * simd::kLanes;              // hidden units p
 // (B, H) = (1, 64), (8, 128), (16, 256), (32, 256), fwd+bwd 1.11x, 1.10x, 1.05x, 1.03x; at
 // (32, 512) and (16, 1024), (32, 1024) level (1.00-1.02x); past 32 rows they keep 1.02-1.07x while
 // each thread's share of W_hh is under its L2 ((64, 256), (128, 256)), and fall behind MKL's
-// blocked GEMM at (64, 512) (0.97-0.99x), which keeps those sizes.  The (tiles of) rows and the
-// groups of blocks measured level at 1 and 2 threads: (1, 8), (2, 8), (4, 4), (2, 12), (1, 16),
-// (3, 8), (2, 4) within 5% at every size but B = 1, where a group of one block is 5% slower.
+// blocked GEMM at (64, 512) (0.97-0.99x), which keeps those sizes.  Two threads (a loaded
+// machine, load average 4 on 2 cores: only the direction is trusted): 1.0-1.9x wherever the rule
+// picks the fused loops with B > 1 (one row runs one thread either way), level at (64, 1024).
+// Near the ceiling either way (the forward's recurrent part runs at about the machine's sgemm
+// rate), the forward's (blocks per group, rows per tile) measured level on one thread: (1, 8),
+// (2, 8), (4, 4), (2, 12), (1, 16), (3, 8), (2, 4) within 5% at every size but B = 1, where a
+// group of one block (two sums in flight) is 5% slower; the backward's tiles of 4, 8, 12 rows too.
 bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   const int64_t share = H * H * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
   return dtype == at::kFloat && Tn >= 4 && (B <= 32 || share < (1 << 20));
@@ -181,7 +185,8 @@ inline simd::V act(simd::V a) {
 }
 template <bool Relu>
 inline simd::V act_grad(simd::V h, simd::V dh) {
-  if (Relu) return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_LE_OQ), dh, _mm512_setzero_ps());
+  const simd::V zero = _mm512_setzero_ps();
+  if (Relu) return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, zero, _CMP_LE_OQ), dh, zero);
   return _mm512_mul_ps(dh, _mm512_fnmadd_ps(h, h, simd::splat(1.0f)));
 }
 
