@@ -39,7 +39,7 @@
 // Post-loop GEMMs: dW_hh[:2H] = dx[:, :2H]^T [h0; hs[:-1]] and dW_hh[2H:] = drn^T [h0; hs[:-1]]
 // (torch form) or dan^T rhs (original form); hd_all in place of [h0; hs[:-1]] under recurrent
 // dropout.  Nothing aliases.
-// Fused float32 path (AVX-512 builds, torch form without layer norm, where fused_pays: see
+// FusedOpts float32 path (AVX-512 builds, torch form without layer norm, where fused_pays: see
 // "float32 AVX-512" below; the original form, layer norm, float64 and other builds keep the
 // loops above).  It writes the same hs, gates, hn, h_update, dx and drn, and the post-loop GEMMs
 // are the same; instead of hw, hd, hd_all's per-step use, dhd and the (B, H) dh, dh_prev:
@@ -370,14 +370,6 @@ constexpr int kGruRows = 8;
 // Threads for a step of B rows: one below about 2^17 multiply-adds (a barrier costs more).
 int64_t step_threads(int64_t B, int64_t H) { return B * 3 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
 
-// What the fused loops read besides the plain GRU's: the noise, zoneout's h_update buffer
-// (forward with save; else nullptr) and the clip (backward).
-struct Fused {
-  Noise<float> nz;
-  float* upd;
-  float clip;
-};
-
 // The rows a fused run reads and writes, as raw pointers (data_ptr once per call: once per tile
 // it cost a tenth of the forward loop's time).  gates and hn: nullptr in a forward without save.
 struct Seq {
@@ -388,15 +380,9 @@ struct Seq {
   const float* h_prev(int64_t t) const { return t ? hs + (t - 1) * B * H : h0; }
 };
 
-// z's lanes of row b, step t, units j0.. (its draws, or p), as a vector.
-inline simd::V zone_at(const Fused& o, int64_t t, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
-  const float* z = o.nz.z(t, 0, b, H);
-  return z != nullptr ? simd::load(z + j0, m) : simd::splat(o.nz.p);
-}
-
 // Forward of block jb, rows b0 .. b0+R-1 of step t (after_row's math, then zoneout).
 template <int R, bool Drop, bool Zone>
-void gru_tile(const Seq& q, const Fused& o, const float* wp, const float* b_hh, int64_t t, int64_t jb, int64_t b0) {
+void gru_tile(const Seq& q, const FusedOpts& o, const float* wp, const float* b_hh, int64_t t, int64_t jb, int64_t b0) {
   using namespace simd;
   const int64_t B = q.B, H = q.H, G = 3 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
@@ -441,7 +427,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 3);
   const Tensor b_hh = or_zeros(a.rec[1], 3 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = b_hh.data_ptr<float>();
-  const Fused o{Noise<float>(sp, a.noise), bufs[6].defined() ? bufs[6].data_ptr<float>() : nullptr, 0.0f};
+  const FusedOpts o{Noise<float>(sp, a.noise), bufs[6].defined() ? bufs[6].data_ptr<float>() : nullptr, 0.0f};
   const Seq q{B, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), bufs[0].data_ptr<float>(),
               a.save ? bufs[1].data_ptr<float>() : nullptr, a.save ? bufs[2].data_ptr<float>() : nullptr,
               Mask(a.mask, B)};
@@ -477,7 +463,7 @@ inline simd::V out_grad(const GradOut<float>& d, int64_t t, int64_t b, int64_t j
 // the carried dh_t (without d_out[t], added here in registers), next (B, H) receives dh_{t-1}'s
 // direct part.
 template <bool Zone>
-void grad_rows(const Seq& q, const Fused& o, const GradOut<float>& d_out, int64_t t, int64_t jb, float* cur,
+void grad_rows(const Seq& q, const FusedOpts& o, const GradOut<float>& d_out, int64_t t, int64_t jb, float* cur,
                float* next, float* dx, float* drn) {
   using namespace simd;
   const int64_t B = q.B, H = q.H, G = 3 * H, j0 = jb * kLanes;
@@ -522,7 +508,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
   float* dhp[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
   const GradOut<float> d_out(a.d_out);
   float *dx = dx_t.data_ptr<float>(), *drn = drn_t.data_ptr<float>();
-  const Fused o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
+  const FusedOpts o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
   const Seq q{B, H, nullptr, a.state0[0].data_ptr<float>(), a.states[0].data_ptr<float>(),
               a.saved[0].data_ptr<float>(), a.saved[1].data_ptr<float>(), Mask(a.mask, B)};
   with_flags(

@@ -10,6 +10,7 @@
 // The cells' gate math stays in their files; the time loop is owned_blocks (simd.h).
 #pragma once
 
+#include "loop.h"
 #include "simd.h"
 
 #ifdef RNNKIT_AVX512
@@ -56,6 +57,25 @@ void with_flags(const F& f, bool first, Rest... rest) {
     with_flags([&](auto... c) { f(std::true_type(), c...); }, rest...);
   else
     with_flags([&](auto... c) { f(std::false_type(), c...); }, rest...);
+}
+
+// z_t's lanes of state k, row b, units j0.. (its draws; the constant p in eval), as a vector.
+inline simd::V zone_lanes(const Noise<float>& nz, int64_t t, int k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
+  const float* z = nz.z(t, k, b, H);
+  return z != nullptr ? simd::load(z + j0, m) : simd::splat(nz.p);
+}
+
+// What the fused loops of a one-state cell (Elman, GRU) read besides the weights and rows: the
+// noise, zoneout's buffer of the h the cell computed (forward with save; else nullptr), the clip.
+struct FusedOpts {
+  Noise<float> nz;
+  float* upd;
+  float clip;
+};
+
+// zone_lanes of a one-state cell's h.
+inline simd::V zone_at(const FusedOpts& o, int64_t t, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
+  return zone_lanes(o.nz, t, 0, b, H, j0, m);
 }
 
 // One operand kept in a register (simd.h's keep_in_registers, for one).

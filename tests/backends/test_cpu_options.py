@@ -6,7 +6,7 @@ The shared matrices (tests/layers/test_noise.py, test_clip_recurrent.py, the reg
 the cpu backend once it ``supports`` a form; here the backend itself is held to the reference
 backend with the same noise tensors -- states, saved tensors, the gradients of xp, of the initial
 states and of every recurrent parameter, with lengths, in float64 (the portable loops) and float32
-(on AVX-512 machines the fused LSTM and GRU loops, at block and tile edges, on 1 and 2 threads) -- and to
+(on AVX-512 machines the fused LSTM, GRU and Elman loops, at block and tile edges, on 1 and 2 threads) -- and to
 gradcheck in float64 with the masks held; ``step`` and ``stream`` (eval: zoneout's expected value)
 to the reference's; bad noise is a clear error; the options the kernels do not take are declined.
 """
@@ -128,21 +128,35 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, threads):
     assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
+# Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (72: four and a tail of 8;
+# 80: five whole ones); Elman's groups of two blocks (152: four whole groups and one of a block
+# and a tail of 8; 176: five and one of a single block), large enough that a step of 6 or 9 rows
+# has the work to split over 2 threads.
+EDGE_H = {"gru": (72, 80), "elman": (152, 176), "elman_relu": (152, 176)}
+
+
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("H", [72, 80], ids=["tail", "blocks"])
+@pytest.mark.parametrize("edge", [0, 1], ids=["tail", "blocks"])
 @pytest.mark.parametrize("lengths", [[7, 3, 7, 1, 5, 2, 7, 4, 2], [7, 2, 5, 7, 1, 6]], ids=["B9", "B6"])
 @pytest.mark.parametrize("options", [{}, *OPTIONS.values()], ids=["plain", *OPTIONS])
-def test_float32_gru_loops_at_block_and_tile_edges(options, lengths, H, threads):
-    """The GRU's torch form in float32: on AVX-512 machines the fused loops (T = 7 steps; B = 9: a
-    tile of 8 rows and one of 1, or B = 6: one of 6; H = 72: four blocks of 16 units and a tail of
-    8, or H = 80: five whole blocks), on 2 threads split over the blocks where a step has the work,
-    with lengths and training noise.  The oracle is the reference backend in float64 on the same inputs and noise
-    (two float32 results may differ by more than their distance to the exact one): with 3H terms
-    in a row of dh_{t-1} and 63 in dW_hh, the GEMM path's float32 lies up to 1.9e-4 from it
-    (measured, dW_hh under dropout; dh_0 5e-5), the fused loops' up to 1.5e-4."""
-    cell = CELLS["gru"](H, **options)
+@pytest.mark.parametrize("name", list(EDGE_H))
+def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, lengths, edge, threads):
+    """The GRU's torch form and Elman (tanh, relu) in float32: on AVX-512 machines the fused loops
+    (T = 7 steps; B = 9: a tile of 8 rows and one of 1, or B = 6: one of 6; H of EDGE_H), on 2
+    threads split over the blocks where a step has the work, with lengths and training noise.  The
+    oracle is the reference backend in float64 on the same inputs and noise (two float32 results
+    may differ by more than their distance to the exact one): with 3H terms in a row of dh_{t-1}
+    and 63 in dW_hh, the GRU's GEMM path's float32 lies up to 1.9e-4 from it (measured, dW_hh
+    under dropout; dh_0 5e-5), the fused loops' up to 1.5e-4.  Elman's W_hh is scaled by
+    sqrt(8 / H): at inputs' 0.5 its tanh saturates (1 - h^2 keeps few digits in float32) and its
+    relu under dropout grows to thousands, and both of its paths lie up to 5e-2 from float64
+    (measured); scaled, both lie within 2.5e-4 (dW_hh, relu with dropout)."""
+    H = EDGE_H[name][edge]
+    cell = CELLS[name](H, **options)
     xp, mask, state0, rec, d_out, d_final = inputs(cell, 7, len(lengths), torch.float64, lengths)
+    if name.startswith("elman"):
+        rec = tuple(r * (8 / H) ** 0.5 for r in rec)
     noise = cell.draw_noise(7, len(lengths), xp)
     valid = mask.to(torch.float64)
     found = []
@@ -339,6 +353,7 @@ LAYERS = {
     "gru": (rnnkit.GRU, {}),
     "gru_cho": (rnnkit.GRU, {"reset_after": False}),
     "gru_ln": (rnnkit.GRU, {"layer_norm": True}),
+    "elman": (rnnkit.Elman, {}),
     "elman_relu": (rnnkit.Elman, {"nonlinearity": "relu"}),
     "jordan": (rnnkit.Jordan, {"output_size": 3, "output_activation": "softmax"}),
 }
