@@ -286,27 +286,35 @@ inline simd::V zone_mix(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t
   return _mm512_fmadd_ps(zone_at(o, t, k, b, H, j0, m), _mm512_sub_ps(s_prev, s), s);
 }
 
+// The rows the plain fused forward reads and writes, as raw pointers taken once per call (per
+// tile, data_ptr and its checks cost several percent of the loop): xp (T, B, 4H), h0, c0 (B, H),
+// hs, cs (T, B, H), gates (T, B, 4H) and tanh_c (T, B, H) (nullptr in a forward without save).
+struct LstmRows {
+  int64_t B, H;
+  const float *xp, *h0, *c0;
+  float *hs, *cs, *gates, *tanh_c;
+  Mask mask;
+};
+
 template <int R, bool Peep, bool Drop, bool Zone>
-void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
-               int64_t b0, const Tensor& hs, const Tensor& cs, const Tensor& gates, const Tensor& tanh_c) {
+void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
+               int64_t b0) {
   using namespace simd;
-  const int64_t B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H, j0 = jb * kLanes;
+  const int64_t B = io.B, H = io.H, G = 4 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  const float* H_ = hs.data_ptr<float>();
-  const float* C_ = cs.data_ptr<float>();
-  const float* hp = (t ? H_ + (t - 1) * B * H : a.state0[0].data_ptr<float>()) + b0 * H;
-  const float* cp = (t ? C_ + (t - 1) * B * H : a.state0[1].data_ptr<float>()) + b0 * H;
+  const float* hp = (t ? io.hs + (t - 1) * B * H : io.h0) + b0 * H;
+  const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
   V acc[R][4];
   tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp, acc);
-  const Mask mask(a.mask, B);
+  const Mask& mask = io.mask;
   V wc[3];
   peep_weights<Peep>(o, H, j0, m, wc);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
-    float* h = hs.data_ptr<float>() + row * H + j0;
-    float* c = cs.data_ptr<float>() + row * H + j0;
-    float* gt = a.save ? gates.data_ptr<float>() + row * G + j0 : nullptr;
-    float* tc = a.save ? tanh_c.data_ptr<float>() + row * H + j0 : nullptr;
+    float* h = io.hs + row * H + j0;
+    float* c = io.cs + row * H + j0;
+    float* gt = io.gates != nullptr ? io.gates + row * G + j0 : nullptr;
+    float* tc = io.tanh_c != nullptr ? io.tanh_c + row * H + j0 : nullptr;
     const V c_prev = load(cp + r * H + j0, m);
     if (!mask.valid(t, b)) {                                   // padded: the state stays
       store(h, load(hp + r * H + j0, m), m), store(c, c_prev, m);
@@ -318,7 +326,7 @@ void lstm_tile(const FwdArgs& a, const Fused& o, const float* wp, const float* b
         if (Zone && u != nullptr) store(u + row * H + j0, _mm512_setzero_ps(), m);
       continue;
     }
-    const float* x = a.xp.data_ptr<float>() + row * G + j0;
+    const float* x = io.xp + row * G + j0;
     V pre[4];
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
@@ -363,13 +371,16 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
                 0.0f};
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   const int64_t threads = B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const LstmRows q{B, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
+                   hs.data_ptr<float>(), cs.data_ptr<float>(), a.save ? gates.data_ptr<float>() : nullptr,
+                   a.save ? tanh_c.data_ptr<float>() : nullptr, Mask(a.mask, B)};
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
         Tn, nb, threads,
         each_block([&](int64_t t, int64_t jb) {
           by_row_tiles(B, [&](auto rows, int64_t b0) {
-            lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(a, o, wp, bias, t, jb, b0, hs, cs, gates, tanh_c);
+            lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0);
           });
         }),
         [](int64_t, int64_t, int64_t) {});
@@ -602,6 +613,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
   Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
+  float* dhs[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
   const Mask mask(a.mask, B);
   const GradOut<float> d_out(a.d_out);
   const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
@@ -618,7 +630,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
         each_block([&](int64_t s, int64_t jb) {                  // step s of the loop is t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
-          float *cur = dh[s % 2].data_ptr<float>(), *next = dh[(s + 1) % 2].data_ptr<float>();
+          float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
           V wc[3];
           peep_weights<Peep>(o, H, j0, m, wc);
           for (int64_t b = 0; b < B; ++b) {
@@ -644,7 +656,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
         }),
         each_block([&](int64_t s, int64_t jb) {
           const int64_t t = Tn - 1 - s;
-          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dh[(s + 1) % 2].data_ptr<float>());
+          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dhs[(s + 1) % 2]);
         }));
   });
   return dh[Tn % 2];
