@@ -240,6 +240,22 @@ void with_options(const Fused& o, const F& f) {
   with_flags(f, o.peep != nullptr, o.nz.drop != nullptr, o.nz.zoneout());
 }
 
+// The options of a fused forward (bufs: lstm_buffers', zoneout's update buffers at 4 and 5) and of
+// a fused backward (the clip; no update buffers).
+Fused forward_options(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  return {sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
+          {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
+           bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
+          0.0f};
+}
+Fused backward_options(const Spec& sp, const BwdArgs& a) {
+  return {sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
+          float(sp.clip)};
+}
+
+// Threads for a step of B rows: one below about 2^17 multiply-adds (a wait costs more).
+int64_t step_threads(int64_t B, int64_t H) { return B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
+
 // z's lanes of state k, row b, step t, units j0.. (its draws, or p), as a vector.
 inline simd::V zone_at(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
   const float* z = o.nz.z(t, k, b, H);
@@ -365,12 +381,9 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 4);
   const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
-  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
-                {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
-                 bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
-                0.0f};
+  const Fused o = forward_options(sp, a, bufs);
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  const int64_t threads = B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const int64_t threads = step_threads(B, H);
   const LstmRows q{B, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
                    hs.data_ptr<float>(), cs.data_ptr<float>(), a.save ? gates.data_ptr<float>() : nullptr,
                    a.save ? tanh_c.data_ptr<float>() : nullptr, Mask(a.mask, B)};
@@ -408,10 +421,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 4);
   const Tensor bias_t = or_zeros(a.rec[1], G, opt);
   const LnParams<float> ln(sp, a.rec, H, opt);
-  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
-                {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
-                 bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
-                0.0f};
+  const Fused o = forward_options(sp, a, bufs);
   const Tensor raw_t = at::empty({B, G}, opt);                 // h_{t-1} W_hh^T of the step
   const Tensor x_st = at::empty({Tn * B, 8}, opt);             // xp's 4 block means, then 4 rstds
   const Tensor cn_t = o.nz.zoneout() && !a.save ? at::empty({B, H}, opt) : Tensor();
@@ -433,7 +443,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     if (!o.nz.zoneout()) return C_ + t * B * H;
     return a.save ? o.upd[1] + t * B * H : cn_t.data_ptr<float>();
   };
-  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const int64_t threads = step_threads(B, H);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
@@ -619,10 +629,9 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
   const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
   float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
-  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const int64_t threads = step_threads(B, H);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
-  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
-                float(sp.clip)};
+  const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
@@ -720,10 +729,9 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
     const char* q = reinterpret_cast<const char*>(p + t * B * n);
     for (int64_t k = 0; k < B * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
   };
-  const int64_t threads = B * G * H >= (1 << 17) ? at::get_num_threads() : 1;
+  const int64_t threads = step_threads(B, H);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
-  const Fused o{sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
-                float(sp.clip)};
+  const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_blocks(
