@@ -32,6 +32,7 @@ import triton.language as tl
 
 from .common import clip, dh_add, emit, grid_sync, keep_row, mm_gates, store_gates, tanh, tile, zone
 from .gru import torch_form_tile
+from .lstm import cell_update, keep_cell
 
 EPS = 1e-5                                          # rnnkit.cells.base.LN_EPS
 
@@ -124,24 +125,9 @@ def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd,
             pre1 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 1, rb, rh, m2, B, H, BB, BH, ACC)
             pre2 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 2, rb, rh, m2, B, H, BB, BH, ACC)
             pre3 = _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, 3, rb, rh, m2, B, H, BB, BH, ACC)
-            if PEEP:
-                pre0 += tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
-                pre1 += tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
-            i = tl.sigmoid(pre0)
-            f = tl.sigmoid(pre1)
-            g = tanh(pre2)
-            c = f * c_prev + i * g
-            if PEEP:
-                pre3 += tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c
-            o = tl.sigmoid(pre3)
+            i, f, g, c, o = cell_update(pre0, pre1, pre2, pre3, c_prev, wc, rh, H, PEEP, ACC)
             tl.store(ct + step, c, mask=m2)
-            if ZONE != 0:
-                if SAVE:
-                    tl.store(ctz + step, c.to(ctz.dtype.element_ty), mask=m2)
-                c = c + zone(zc, step, m2, zp, ZONE, ACC) * (c_prev - c)
-            c = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), c, c_prev)
-            tl.store(c32 + own, c, mask=m2)
-            tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
+            keep_cell(c, c_prev, ctz, zc, c32, cs, mask, t64, rb, m2, own, step, B, zp, HAS_MASK, SAVE, ZONE, ACC)
             g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             store_gates(g_at, H, m2, i, f, g, o, 4)
         nsync += 1

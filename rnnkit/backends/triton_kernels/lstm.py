@@ -35,6 +35,36 @@ import triton.language as tl
 from .common import clip, dh_add, emit, grid_sync, keep_row, mm_gates, mm_tile, store_gates, tanh, tile, zone
 
 
+@triton.jit
+def cell_update(pi, pf, pg, po, c_prev, wc, rh, H, PEEP: tl.constexpr, ACC: tl.constexpr):
+    """The gates i, f, g, o of a tile from their pre-activations and the new cell c~ = f c_{t-1} + i g
+    (peepholes: c_{t-1} into i and f, c~ into o)."""
+    if PEEP:
+        pi += tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
+        pf += tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
+    i = tl.sigmoid(pi)
+    f = tl.sigmoid(pf)
+    g = tanh(pg)
+    c = f * c_prev + i * g
+    if PEEP:
+        po += tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c
+    return i, f, g, c, tl.sigmoid(po)
+
+
+@triton.jit
+def keep_cell(c, c_prev, ct, zc, c32, cs, mask, t64, rb, m2, own, step, B, zp, HAS_MASK: tl.constexpr,
+              SAVE: tl.constexpr, ZONE: tl.constexpr, ACC: tl.constexpr):
+    """The cell the step keeps: zoneout's mix (the computed c~ saved in ct), a padded step keeping
+    c_{t-1}; into the carry c32 and the saved cs."""
+    if ZONE != 0:
+        if SAVE:
+            tl.store(ct + step, c.to(ct.dtype.element_ty), mask=m2)
+        c = c + zone(zc, step, m2, zp, ZONE, ACC) * (c_prev - c)
+    c = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), c, c_prev)     # a padded step keeps the state
+    tl.store(c32 + own, c, mask=m2)
+    tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
+
+
 @triton.jit(do_not_specialize=["T", "B", "H", "P", "zp"])
 def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, wr, ms, m, hd, zh, zc, ht, ct, mask, sem,
                  T, B, H, P, zp,
@@ -65,24 +95,9 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, wr, ms, m, hd, z
                 po += tl.load(b + 3 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :]
             step = t64 * B * H + own
             c_prev = tl.load(c32 + own, mask=m2, other=0.0)
-            if PEEP:
-                pi += tl.load(wc + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
-                pf += tl.load(wc + H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c_prev
-            i = tl.sigmoid(pi)
-            f = tl.sigmoid(pf)
-            g = tanh(pg)
-            c = f * c_prev + i * g
-            if PEEP:
-                po += tl.load(wc + 2 * H + rh, mask=rh < H, other=0.0).to(ACC)[None, :] * c
-            o = tl.sigmoid(po)
+            i, f, g, c, o = cell_update(pi, pf, pg, po, c_prev, wc, rh, H, PEEP, ACC)
             tc = tanh(c)
-            if ZONE != 0:
-                if SAVE:
-                    tl.store(ct + step, c.to(ct.dtype.element_ty), mask=m2)
-                c = c + zone(zc, step, m2, zp, ZONE, ACC) * (c_prev - c)
-            c = tl.where(keep_row(mask, t64, B, rb, HAS_MASK), c, c_prev)     # a padded step keeps the state
-            tl.store(c32 + own, c, mask=m2)
-            tl.store(cs + step, c.to(cs.dtype.element_ty), mask=m2)
+            keep_cell(c, c_prev, ct, zc, c32, cs, mask, t64, rb, m2, own, step, B, zp, HAS_MASK, SAVE, ZONE, ACC)
             if PROJ:                                      # m_t for the projection, after the barrier
                 tl.store(ms + step, (o * tc).to(ms.dtype.element_ty), mask=m2)
             else:
