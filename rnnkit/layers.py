@@ -285,9 +285,13 @@ class _Recurrent(nn.Module):
             full.append(h.unsqueeze(1) if unbatched else h)
         return tuple(full)
 
-    def _initial_states(self, hx, B: int, unbatched: bool, ref: Tensor) -> List[Tuple[Tensor, ...]]:
-        """Per layer-direction tuple of (B, S_k) initial states."""
+    def _initial_states(self, hx, B: int, unbatched: bool, ref: Tensor,
+                        order: Optional[Tensor] = None) -> List[Tuple[Tensor, ...]]:
+        """Per layer-direction tuple of (B, S_k) initial states, rows in ``order`` (the user's rows
+        order[0], order[1], ...; None: as given)."""
         full = self.initial_state(hx, B, unbatched, ref)
+        if order is not None and hx is not None:
+            full = tuple(h.index_select(1, order.to(h.device)) for h in full)
         return [tuple(h[i] for h in full) for i in range(self.num_layers * self._D)]
 
     # -- sequence --------------------------------------------------------
@@ -310,9 +314,11 @@ class _Recurrent(nn.Module):
         who = type(self).__name__
         dtype = self._dtype
         packed = isinstance(input, PackedSequence)
+        order = None                    # row i of the run is the user's row order[i] (None: the same)
         if packed:
             validation.no_conflict(who, lengths)
-            x, lengths = pad_packed_sequence(input)                     # (T, B, I), batch order kept
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))   # (T, B, I), longest first
+            order = input.sorted_indices
             validation.input_tensor(who, x, self.input_size, dtype)
             unbatched = False
         else:
@@ -325,22 +331,28 @@ class _Recurrent(nn.Module):
         if T == 0:
             raise validation.MismatchError(f"{who}: input: expected at least one time step, "
                                            f"got shape {tuple(x.shape)}")
-        if lengths is not None:
+        if lengths is not None and not packed:
             lengths = validation.lengths_tensor(who, lengths, T, B)
-        state0 = self._initial_states(hx, B, unbatched, x)
+            order = sequence.longest_first(lengths)
+            if order is not None:
+                x, lengths = x.index_select(1, order.to(x.device)), lengths[order]
+        state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace)
         h_n = tuple(torch.stack(f) for f in finals)                     # (D*L, B, S_k)
+        back = sequence.user_order(order, x.device)                     # the run's rows back to the user's
         if packed:
-            out = self._repack(out, lengths, input)
+            out = PackedSequence(pack_padded_sequence(out, lengths, enforce_sorted=True).data, input.batch_sizes,
+                                 input.sorted_indices, input.unsorted_indices)
         else:
-            out = self._layout(out, unbatched)
+            out = self._layout(sequence.batch_rows(out, back), unbatched)
+        h_n = tuple(sequence.batch_rows(h, back) for h in h_n)
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n)
         result = (out, self.pack_state(h_n))
         if return_trace:
-            result += (Trace([[{k: self._layout(v, unbatched) for k, v in tr.items()} for tr in lay]
-                              for lay in trace]),)
+            result += (Trace([[{k: self._layout(sequence.batch_rows(v, back), unbatched) for k, v in tr.items()}
+                               for tr in lay] for lay in trace]),)
         return result
 
     # -- autocast --------------------------------------------------------
@@ -378,9 +390,18 @@ class _Recurrent(nn.Module):
             return t.squeeze(1)
         return t.transpose(0, 1) if self.batch_first else t
 
+    def _padding_zeroed(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """The input with zeros on padded steps where a backward pass will follow: there, padding
+        must not enter the math (a NaN times a zero gradient is NaN in the weight gradients).  A
+        forward without a graph only computes the padded rows' projections, which every backend
+        leaves unread, so the copy is skipped."""
+        if mask is None or not ops.needs_graph((x, *self.parameters())):
+            return x
+        return x.masked_fill(~mask, 0.0)
+
     def _run(self, x, mask, rev, state0, want_trace):
         backend = self.backend_for(x)
-        layer_in = x if mask is None else x.masked_fill(~mask, 0.0)     # padding never enters the math
+        layer_in = self._padding_zeroed(x, mask)
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
         traces = []
         for layer in range(self.num_layers):
@@ -403,15 +424,6 @@ class _Recurrent(nn.Module):
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
             traces.append(layer_trace)
         return layer_in, finals, traces
-
-    @staticmethod
-    def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
-        """Padded (T, B, .) output in original batch order to a PackedSequence shaped like the input."""
-        if like.sorted_indices is not None:
-            out = out.index_select(1, like.sorted_indices)
-            lengths = lengths[like.sorted_indices.cpu()]
-        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
-        return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
     # -- streaming -------------------------------------------------------
     def step(self, input: Tensor, hx=None):

@@ -73,9 +73,12 @@ def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih,
         states, saved = backend.forward(cell, xp, mask, state0, rec, save, noise)
     else:
         states, saved = library.forward(backend, cell, xp, mask, state0, rec, save, noise)
-    out = _zero_padded(mask, states[0])                                # (T, B, S_0)
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
     trace = _trace(cell, mask, saved, states) if want_trace else {}
+    if mask is not None and not save and not backend.differentiable:   # states[0] is ours: zero it in place
+        out = states[0].masked_fill_(~mask, 0.0)                       # (T, B, S_0)
+    else:
+        out = _zero_padded(mask, states[0])
     return out, finals, trace, states, saved
 
 

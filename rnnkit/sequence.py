@@ -2,6 +2,9 @@
 
 Symbols: T steps, B batch, L layers, S_k the size of carried state k.
 
+    longest_first(lengths)            -> the order that sorts a batch longest first, or None
+    user_order(order, device)         -> the inverse order (None for None)
+    batch_rows(t, order)              t's batch rows (dim 1) in ``order``
     length_mask(lengths, T, device)   -> mask (T, B, 1) bool, rev (T, B, 1) index, or (None, None)
     reverse(t, rev)                   each sequence reversed within its own length (an involution)
     zero_padded(mask, t)              zeros on padded steps
@@ -20,6 +23,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cells.base import Cell
+
+
+def longest_first(lengths: Tensor) -> Optional[Tensor]:
+    """The batch order (B,) that sorts ``lengths`` longest first (stable: ties keep their order),
+    or None when they already are.  The layers run a batch in this order, as torch.nn's packed
+    sequences do: a step's finished sequences are then its last rows, which the CPU kernels skip."""
+    if lengths.numel() < 2 or bool((lengths[:-1] >= lengths[1:]).all()):
+        return None
+    return torch.argsort(lengths, descending=True, stable=True)
+
+
+def user_order(order: Optional[Tensor], device) -> Optional[Tensor]:
+    """The inverse of a batch order: rows run in ``order`` back to the user's (None for None)."""
+    if order is None:
+        return None
+    back = torch.empty_like(order)
+    back[order] = torch.arange(order.numel(), device=order.device)
+    return back.to(device)
+
+
+def batch_rows(t: Tensor, order: Optional[Tensor]) -> Tensor:
+    """t (N, B, ...) with its batch rows in ``order`` (None: t itself)."""
+    return t if order is None else t.index_select(1, order)
 
 
 def length_mask(lengths: Optional[Tensor], T: int, device) -> Tuple[Optional[Tensor], Optional[Tensor]]:

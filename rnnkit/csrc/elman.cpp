@@ -71,9 +71,10 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensor& hs_t, const Te
   for (int64_t t = 0; t < Tn; ++t) {
     const T* prev = t ? hs + (t - 1) * B * H : h0;
     T* ht = hs + t * B * H;                                   // (B, H)
+    const int64_t n = mask.live(t);                           // rows past n: padded, copied below
     if (hd != nullptr)
-      for (int64_t b = 0; b < B; ++b) mul_to(H, hd + b * H, prev + b * H, nz.mask(t, b, H));
-    w_t.mul(hd != nullptr ? hd : prev, H, T(0), ht, H);
+      for (int64_t b = 0; b < n; ++b) mul_to(H, hd + b * H, prev + b * H, nz.mask(t, b, H));
+    w_t.mul(hd != nullptr ? hd : prev, H, T(0), ht, H, n);
     for_rows(B, H, [&](int64_t b) {
       T* u = upd != nullptr ? upd + (t * B + b) * H : nullptr;
       if (mask.valid(t, b)) {
@@ -97,17 +98,19 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
   T* da = da_t.data_ptr<T>();
   const Tensor dhd_t = opt.noise.drop ? at::empty({B, H}, da_t.options()) : Tensor();
   const StepWeight<T> w_n(Op::N, B, H, H, a.rec[0]->data_ptr<T>(), H);   // da W_hh
+  const Mask mask(a.mask, B);
   return backward_steps<T>(
       a, opt, H, {{da, H}},
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
         const int64_t r = (t * B + b) * H;
         backward_row(H, is_relu, hs + r, dh, da + r, dh_prev);
       },
-      [&](int64_t t, T* dh_prev) {
-        if (!opt.noise.drop) return w_n.mul(da + t * B * H, H, T(1), dh_prev, H);   // += da_t W_hh
+      [&](int64_t t, T* dh_prev) {                            // padded rows: da = 0, nothing to add
+        const int64_t n = mask.live(t);
+        if (!opt.noise.drop) return w_n.mul(da + t * B * H, H, T(1), dh_prev, H, n);   // += da_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
-        w_n.mul(da + t * B * H, H, T(0), dhd, H);
-        for (int64_t b = 0; b < B; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
+        w_n.mul(da + t * B * H, H, T(0), dhd, H, n);
+        for (int64_t b = 0; b < n; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
       });
 }
 
@@ -177,9 +180,10 @@ inline simd::V act_grad(simd::V h, simd::V dh) {
 }
 
 // Forward of group jg, rows b0 .. b0+R-1 of step t (forward_row's math, then zoneout).
+// sums: false on a tile of padded rows only (by_live_tiles), which needs no product.
 template <int R, bool Drop, bool Zone, bool Relu>
 void elman_tile(const FwdArgs& a, const FusedOpts& o, const float* wp, const float* b_hh, int64_t t, int64_t jg,
-                int64_t b0, float* hs) {
+                int64_t b0, bool sums, float* hs) {
   using namespace simd;
   const int64_t B = a.xp.size(1), H = a.xp.size(2);
   const float* hp = (t ? hs + (t - 1) * B * H : a.state0[0].data_ptr<float>()) + b0 * H;
@@ -188,7 +192,7 @@ void elman_tile(const FwdArgs& a, const FusedOpts& o, const float* wp, const flo
     for (int v = 0; v < kUnits; ++v) acc[r][v] = _mm512_setzero_ps();
   const float* mr[R] = {};                                     // the rows' recurrent masks
   for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  gate_sums<R, kUnits, Drop>(wp + jg * H * kGroup, H, hp, mr, acc);
+  if (sums) gate_sums<R, kUnits, Drop>(wp + jg * H * kGroup, H, hp, mr, acc);
   const Mask mask(a.mask, B);
   const float* xp = a.xp.data_ptr<float>();
   for (int v = 0; v < kUnits; ++v) {
@@ -222,14 +226,15 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensor& hs_t, const T
   const float *wp = packed.data_ptr<float>(), *bias = b_hh.data_ptr<float>();
   float* hs = hs_t.data_ptr<float>();
   const FusedOpts o{Noise<float>(sp, a.noise), upd_t.defined() ? upd_t.data_ptr<float>() : nullptr, 0.0f};
+  const Mask mask(a.mask, B);
   with_flags(
       [&](auto drop, auto zone, auto relu) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value, Relu = decltype(relu)::value;
         owned_blocks(
             Tn, (H + kGroup - 1) / kGroup, step_threads(B, H),
             each_block([&](int64_t t, int64_t jg) {
-              by_row_tiles<kElmanRows>(B, [&](auto rows, int64_t b0) {
-                elman_tile<decltype(rows)::value, Drop, Zone, Relu>(a, o, wp, bias, t, jg, b0, hs);
+              by_live_tiles<kElmanRows>(mask.live(t), B, [&](auto rows, int64_t b0, bool sums) {
+                elman_tile<decltype(rows)::value, Drop, Zone, Relu>(a, o, wp, bias, t, jg, b0, sums, hs);
               });
             }),
             [](int64_t, int64_t, int64_t) {});
@@ -280,6 +285,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
   const GradOut<float> d_out(a.d_out);
   float* da = da_t.data_ptr<float>();
   const FusedOpts o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
+  const Mask mask(a.mask, B);
   with_flags(
       [&](auto drop, auto zone, auto relu) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value, Relu = decltype(relu)::value;
@@ -288,10 +294,10 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
             each_block([&](int64_t s, int64_t jb) {             // step s of the loop is t = Tn-1-s
               grad_rows<Zone, Relu>(a, o, d_out, h, Tn - 1 - s, jb, dhs[s % 2], dhs[(s + 1) % 2], da);
             }),
-            each_block([&](int64_t s, int64_t jb) {
+            each_block([&](int64_t s, int64_t jb) {             // padded rows: da = 0, nothing to add
               const int64_t t = Tn - 1 - s;
               float* next = dhs[(s + 1) % 2];
-              by_row_tiles<kElmanRows>(B, [&](auto rows, int64_t b0) {
+              by_row_tiles<kElmanRows>(mask.live(t), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
                 for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);

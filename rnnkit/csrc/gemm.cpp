@@ -142,8 +142,8 @@ StepWeight<T>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, in
     : op_(op), M_(M), N_(N), K_(K), ldw_(ldw), w_(w) {}
 
 template <typename T>
-void StepWeight<T>::mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
-  gemm(Op::N, op_, M_, N_, K_, A, lda, w_, ldw_, beta, C, ldc);
+void StepWeight<T>::mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc, int64_t rows) const {
+  gemm(Op::N, op_, rows < 0 ? M_ : rows, N_, K_, A, lda, w_, ldw_, beta, C, ldc);
 }
 
 // float: pack W as the first operand of the column-major call (see gemm_blas).
@@ -172,13 +172,15 @@ StepWeight<float>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const floa
 }
 
 template <>
-void StepWeight<float>::mul(const float* A, int64_t lda, float beta, float* C, int64_t ldc) const {
+void StepWeight<float>::mul(const float* A, int64_t lda, float beta, float* C, int64_t ldc, int64_t rows) const {
+  const int64_t M = rows < 0 ? M_ : rows;
+  if (M == 0) return;
   if (dnnl_.defined()) {
-    const Tensor a = at::from_blob(const_cast<float*>(A), {M_, K_}, {lda, 1}, at::kFloat);
+    const Tensor a = at::from_blob(const_cast<float*>(A), {M, K_}, {lda, 1}, at::kFloat);
     const Tensor y = dnnl_ops().linear->call(a.contiguous(), dnnl_, c10::nullopt, "none",
                                              c10::List<c10::optional<at::Scalar>>(), c10::nullopt);
     const float* yp = y.data_ptr<float>();                    // (M, N)
-    for (int64_t i = 0; i < M_; ++i) {
+    for (int64_t i = 0; i < M; ++i) {
       float* __restrict c = C + i * ldc;
       const float* __restrict r = yp + i * N_;
       if (beta == 0.0f)
@@ -188,8 +190,8 @@ void StepWeight<float>::mul(const float* A, int64_t lda, float beta, float* C, i
     }
     return;
   }
-  if (!packed_.defined()) {
-    gemm(Op::N, op_, M_, N_, K_, A, lda, w_, ldw_, beta, C, ldc);
+  if (!packed_.defined() || M != M_) {                        // W was packed for M_ rows
+    gemm(Op::N, op_, M, N_, K_, A, lda, w_, ldw_, beta, C, ldc);
     return;
   }
   const char ta = 'P', tb = 'N';

@@ -201,7 +201,7 @@ void forward_after(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tensor
     const T* h_prev = s.h_prev(t);
     T* gates_t = a.save ? gates + t * B * G : gates;
     T* hn_t = a.save ? hn + t * B * H : hn;
-    w_hh.mul(o.entering(t, B, H, h_prev), H, T(0), hw, G);    // (B, 3H)
+    w_hh.mul(o.entering(t, B, H, h_prev), H, T(0), hw, G, mask.live(t));   // (B, 3H); padded rows copied below
     T* lnt[4];                                                // (B, .) each: x_hat, x_rstd, h_hat, h_rstd
     for (int k = 0; ln && k < 4; ++k) lnt[k] = a.save ? LN[k] + t * B * ln_n[k] : LN[k];
     for_rows(B, G, [&](int64_t b) {
@@ -241,11 +241,12 @@ void forward_before(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tenso
     const T* h_prev = s.h_prev(t);
     const T* h_in = o.entering(t, B, H, h_prev);
     T* gates_t = a.save ? gates + t * B * G : gates;
-    w_hrz.mul(h_in, H, T(0), hw, 2 * H);                      // r, z rows (B, 2H)
-    for_rows(B, G, [&](int64_t b) {
+    const int64_t n = mask.live(t);                           // rows past n: padded, copied below
+    w_hrz.mul(h_in, H, T(0), hw, 2 * H, n);                   // r, z rows (B, 2H)
+    for_rows(n, G, [&](int64_t b) {
       before_row_rz(H, xp + (t * B + b) * G, hw + b * 2 * H, b_hh, h_in + b * H, gates_t + b * G, rh + b * H);
     });
-    w_hn.mul(rh, H, T(0), hwn, H);                            // (r * h) W_hn^T
+    w_hn.mul(rh, H, T(0), hwn, H, n);                         // (r * h) W_hn^T
     for_rows(B, G, [&](int64_t b) {
       T* h = hs + (t * B + b) * H;
       if (mask.valid(t, b)) {
@@ -312,24 +313,25 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
         norm_blocks_backward(3, H, dx + row * G, g_ih, x_hat + row * G, x_rstd + row * 3, dxp + row * G);
         norm_blocks_backward(3, H, static_cast<const T*>(d_h), g_hh, h_hat + row * G, h_rstd + row * 3, d_h);
       },
-      [&](int64_t t, T* dh_prev) {
+      [&](int64_t t, T* dh_prev) {                            // padded rows: zero gradients, nothing to add
+        const int64_t n = mask.live(t);
         T* dx_s = dx + t * B * G;
         T* acc = drop ? dhd : dh_prev;                        // where the recurrent terms are summed
-        if (drop) std::fill_n(dhd, B * H, T(0));
+        if (drop) std::fill_n(dhd, n * H, T(0));
         if (sp.layer_norm) {
-          w_all.mul(drec + t * B * G, G, T(1), acc, H);
+          w_all.mul(drec + t * B * G, G, T(1), acc, H, n);
         } else if (after) {
-          w_hrz.mul(dx_s, G, T(1), acc, H);                   // r, z rows
-          w_hn.mul(drn + t * B * H, H, T(1), acc, H);         // n rows
+          w_hrz.mul(dx_s, G, T(1), acc, H, n);                // r, z rows
+          w_hn.mul(drn + t * B * H, H, T(1), acc, H, n);      // n rows
         } else {
-          w_hn.mul(dx_s + 2 * H, G, T(0), du, H);             // du = dan W_hn
-          for_rows(B, G, [&](int64_t b) {
+          w_hn.mul(dx_s + 2 * H, G, T(0), du, H, n);          // du = dan W_hn
+          for_rows(n, G, [&](int64_t b) {
             if (mask.valid(t, b))
               before_r_grads(H, gates + (t * B + b) * G, h_in(t, b), du + b * H, dx_s + b * G, acc + b * H);
           });
-          w_hrz.mul(dx_s, G, T(1), acc, H);                   // r, z rows
+          w_hrz.mul(dx_s, G, T(1), acc, H, n);                // r, z rows
         }
-        for (int64_t b = 0; drop && b < B; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
+        for (int64_t b = 0; drop && b < n; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
       });
 }
 
@@ -380,9 +382,11 @@ struct Seq {
   const float* h_prev(int64_t t) const { return t ? hs + (t - 1) * B * H : h0; }
 };
 
-// Forward of block jb, rows b0 .. b0+R-1 of step t (after_row's math, then zoneout).
+// Forward of block jb, rows b0 .. b0+R-1 of step t (after_row's math, then zoneout); sums:
+// false on a tile of padded rows only (by_live_tiles), which needs no product.
 template <int R, bool Drop, bool Zone>
-void gru_tile(const Seq& q, const FusedOpts& o, const float* wp, const float* b_hh, int64_t t, int64_t jb, int64_t b0) {
+void gru_tile(const Seq& q, const FusedOpts& o, const float* wp, const float* b_hh, int64_t t, int64_t jb, int64_t b0,
+              bool sums) {
   using namespace simd;
   const int64_t B = q.B, H = q.H, G = 3 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
@@ -392,7 +396,7 @@ void gru_tile(const Seq& q, const FusedOpts& o, const float* wp, const float* b_
     for (int g = 0; g < 3; ++g) acc[r][g] = _mm512_setzero_ps();
   const float* mr[R] = {};                                     // the rows' recurrent masks
   for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  gate_sums<R, 3, Drop>(wp + jb * H * 3 * kLanes, H, hp, mr, acc);
+  if (sums) gate_sums<R, 3, Drop>(wp + jb * H * 3 * kLanes, H, hp, mr, acc);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const V br = load(b_hh + j0, m), bz = load(b_hh + H + j0, m), bn = load(b_hh + 2 * H + j0, m);
   for (int r = 0; r < R; ++r) {
@@ -438,8 +442,8 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
         owned_blocks(
             Tn, nb, step_threads(B, H),
             each_block([&](int64_t t, int64_t jb) {
-              by_row_tiles<kGruRows>(B, [&](auto rows, int64_t b0) {
-                gru_tile<decltype(rows)::value, Drop, Zone>(q, o, wp, bias, t, jb, b0);
+              by_live_tiles<kGruRows>(q.mask.live(t), B, [&](auto rows, int64_t b0, bool sums) {
+                gru_tile<decltype(rows)::value, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
               });
             }),
             [](int64_t, int64_t, int64_t) {});
@@ -519,10 +523,10 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
             each_block([&](int64_t s, int64_t jb) {             // step s of the loop is t = Tn-1-s
               grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
             }),
-            each_block([&](int64_t s, int64_t jb) {
+            each_block([&](int64_t s, int64_t jb) {             // padded rows: zero gradients, nothing to add
               const int64_t t = Tn - 1 - s;
               float* next = dhp[(s + 1) % 2];
-              by_row_tiles<kGruRows>(B, [&](auto rows, int64_t b0) {
+              by_row_tiles<kGruRows>(q.mask.live(t), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
                 for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);

@@ -86,11 +86,12 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor&
     const T* yp = t ? Y + (t - 1) * B * O : y0;
     T* ht = a.save ? H_ + t * B * H : H_;                     // (B, H)
     T* yt = Y + t * B * O;                                    // (B, O)
+    const int64_t n = mask.live(t);                           // rows past n: padded, copied below
     if (yd != nullptr)
-      for (int64_t b = 0; b < B; ++b) mul_to(O, yd + b * O, yp + b * O, nz.mask(t, b, O));
-    yh.mul(yd != nullptr ? yd : yp, O, T(0), ht, H);
-    for_rows(B, H, [&](int64_t b) { hidden_row(H, is_relu, ht + b * H, xp + (t * B + b) * H); });
-    hy.mul(ht, H, T(0), yt, O);
+      for (int64_t b = 0; b < n; ++b) mul_to(O, yd + b * O, yp + b * O, nz.mask(t, b, O));
+    yh.mul(yd != nullptr ? yd : yp, O, T(0), ht, H, n);
+    for_rows(n, H, [&](int64_t b) { hidden_row(H, is_relu, ht + b * H, xp + (t * B + b) * H); });
+    hy.mul(ht, H, T(0), yt, O, n);
     for_rows(B, O, [&](int64_t b) {
       if (mask.valid(t, b)) {
         out_forward(sp.out, O, yt + b * O, bias);

@@ -65,6 +65,15 @@ struct Mask {
       : m(mask.defined() ? mask.data_ptr<bool>() : nullptr), B(batch) {}
   bool valid(int64_t t, int64_t b) const { return m == nullptr || m[t * B + b]; }
   bool any() const { return m != nullptr; }
+  // Rows [0, live(t)) hold every valid row of step t; the rows after them are all padded.  The
+  // layers sort a batch by length (longest first), so a step's finished sequences are its last
+  // rows and the loops skip their recurrent products (torch.nn's packed path does the same).
+  int64_t live(int64_t t) const {
+    if (m == nullptr) return B;
+    int64_t n = B;
+    while (n > 0 && !m[t * B + n - 1]) --n;
+    return n;
+  }
 };
 
 // y += x over n elements.

@@ -178,9 +178,10 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     T* tct = a.save ? TC + t * B * H : TC;                    // (B, H)
     T* lnt[4];                                                // (B, .) each
     for (int k = 0; ln && k < 4; ++k) lnt[k] = a.save ? LN[k] + t * B * ln_n[k] : LN[k];
+    const int64_t n = mask.live(t);                           // rows past n: padded, copied below
     if (hd != nullptr)
-      for (int64_t b = 0; b < B; ++b) mul_to(P, hd + b * P, hp + b * P, nz.mask(t, b, P));
-    w_t.mul(hd != nullptr ? hd : hp, P, T(0), gt, G);
+      for (int64_t b = 0; b < n; ++b) mul_to(P, hd + b * P, hp + b * P, nz.mask(t, b, P));
+    w_t.mul(hd != nullptr ? hd : hp, P, T(0), gt, G, n);
     for_rows(B, G, [&](int64_t b) {
       const int64_t row = t * B + b;
       T* h = H_ + row * P;
@@ -205,7 +206,7 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     });
     if (!proj) continue;
     T* ht = H_ + t * B * P;
-    w_r->mul(M, H, T(0), ht, P);                              // h_t = m W_hr^T, then zoneout
+    w_r->mul(M, H, T(0), ht, P, n);                           // h_t = m W_hr^T, then zoneout
     for (int64_t b = 0; b < B; ++b) {
       if (!mask.valid(t, b))
         std::memcpy(ht + b * P, hp + b * P, P * sizeof(T));
@@ -312,16 +313,17 @@ struct LstmRows {
   Mask mask;
 };
 
+// sums: false on a tile of padded rows only (by_live_tiles), which needs no product.
 template <int R, bool Peep, bool Drop, bool Zone>
 void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
-               int64_t b0) {
+               int64_t b0, bool sums) {
   using namespace simd;
   const int64_t B = io.B, H = io.H, G = 4 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
   const float* hp = (t ? io.hs + (t - 1) * B * H : io.h0) + b0 * H;
   const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
   V acc[R][4];
-  tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp, acc);
+  if (sums) tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp, acc);
   const Mask& mask = io.mask;
   V wc[3];
   peep_weights<Peep>(o, H, j0, m, wc);
@@ -392,8 +394,8 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     owned_blocks(
         Tn, nb, threads,
         each_block([&](int64_t t, int64_t jb) {
-          by_row_tiles(B, [&](auto rows, int64_t b0) {
-            lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0);
+          by_live_tiles(q.mask.live(t), B, [&](auto rows, int64_t b0, bool sums) {
+            lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
           });
         }),
         [](int64_t, int64_t, int64_t) {});
@@ -451,7 +453,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
         each_block([&](int64_t t, int64_t jb) {                  // sums
           const float* hp = t ? H_ + (t - 1) * B * H : h0;
           const __mmask16 m = lanes(H - jb * kLanes);
-          by_row_tiles(B, [&](auto rows, int64_t b0) {
+          by_row_tiles(mask.live(t), [&](auto rows, int64_t b0) {   // padded rows' raw is not read
             constexpr int R = decltype(rows)::value;
             V acc[R][4];
             tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp + b0 * H, acc);
@@ -603,6 +605,7 @@ inline void saved_gates(const float* gt, int64_t H, int64_t j0, __mmask16 m, sim
 
 // dh_{t-1}[:, block jb] (next, (B, H)) += dg_t (B, 4H) W_hh[:, block jb], times the recurrent
 // mask with Drop.
+// B: the step's live rows (Mask::live): the padded rows after them have dg = 0.
 template <bool Drop>
 void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t B, int64_t H, int64_t t, int64_t jb,
               float* next) {
@@ -665,7 +668,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
         }),
         each_block([&](int64_t s, int64_t jb) {
           const int64_t t = Tn - 1 - s;
-          dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dhs[(s + 1) % 2]);
+          dh_block<Drop>(o, dg + t * B * G, wn, mask.live(t), H, t, jb, dhs[(s + 1) % 2]);
         }));
   });
   return dh[Tn % 2];
@@ -818,7 +821,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
             for (const float* p : {gates, h_hat, x_hat}) prefetch(p, t - 1, G);
             for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H);
           }
-          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, B, H, t, jb, dhs[(s + 1) % 2]);
+          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, mask.live(t), H, t, jb, dhs[(s + 1) % 2]);
         });
   });
   return dh[Tn % 2];
@@ -877,15 +880,16 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const
         norm_blocks_backward(4, H, dp + row * G, lnp->g_ih, x_hat + row * G, x_rstd + row * 4, dx + row * G);
         norm_blocks_backward(4, H, dp + row * G, lnp->g_hh, h_hat + row * G, h_rstd + row * 4, dg + row * G);
       },
-      [&](int64_t t, T* dh_prev) {
-        if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P);   // += dg_t W_hh
+      [&](int64_t t, T* dh_prev) {                            // padded rows: dg = 0, nothing to add
+        const int64_t n = mask.live(t);
+        if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P, n);   // += dg_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
-        w_n.mul(dg + t * B * G, G, T(0), dhd, P);
-        for (int64_t b = 0; b < B; ++b) add_masked(P, dh_prev + b * P, dhd + b * P, opt.noise.mask(t, b, P));
+        w_n.mul(dg + t * B * G, G, T(0), dhd, P, n);
+        for (int64_t b = 0; b < n; ++b) add_masked(P, dh_prev + b * P, dhd + b * P, opt.noise.mask(t, b, P));
       },
       [&](int64_t t, const T* dh) {                           // projection: dm = dh_t W_hr, dh_t kept
         if (!proj) return;
-        w_r->mul(dh, P, T(0), dm, H);
+        w_r->mul(dh, P, T(0), dm, H, mask.live(t));
         T* keep = dh_all.data_ptr<T>() + t * B * P;
         for (int64_t b = 0; b < B; ++b) {
           if (mask.valid(t, b))

@@ -45,6 +45,16 @@ void by_row_tiles(int64_t B, const F& f) {
   last_rows<Max - 1>(B - b0, b0, f);
 }
 
+// by_row_tiles over the B rows of a step whose rows from n on are all padded (Mask::live):
+// f(rows, b0, true) on the tiles of rows 0 .. n-1, f(rows, b0, false) on the padded rest, whose
+// tiles skip the recurrent products (the layers sort a batch by length, so a step's finished
+// sequences are its last rows).
+template <int Max = kRows, typename F>
+void by_live_tiles(int64_t n, int64_t B, const F& f) {
+  by_row_tiles<Max>(n, [&](auto rows, int64_t b0) { f(rows, b0, true); });
+  by_row_tiles<Max>(B - n, [&](auto rows, int64_t b0) { f(rows, n + b0, false); });
+}
+
 // f(c...) with one std::bool_constant per flag: a loop's options chosen once per call, so that
 // each combination is its own instance and the absent ones cost nothing inside the loop.
 template <typename F>

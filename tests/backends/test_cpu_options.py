@@ -91,16 +91,23 @@ def test_float64_equals_the_reference_with_the_same_noise(name, options, lengths
     assert_all_close(got, ref, torch.float64)
 
 
+# Lengths of 9 sequences as a user gives them, and longest first as the layers run them: then a
+# step's finished sequences are its last rows, whose tiles skip the recurrent products (a step of
+# 9 rows with 4 live: a tile of 4 live rows, then padded tiles of 4 and 1).
+LENGTHS_9 = {"unsorted": [7, 3, 7, 1, 5, 2, 7, 4, 2], "longest_first": [7, 7, 7, 5, 4, 3, 2, 2, 1]}
+
+
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("order", list(LENGTHS_9))
 @pytest.mark.parametrize("name, options", [p for p in cases() if p.values[0].startswith("lstm")])
-def test_float32_lstm_loops_at_block_and_tile_edges(name, options, threads):
+def test_float32_lstm_loops_at_block_and_tile_edges(name, options, order, threads):
     """H = 20 (a block of 16 units and a tail of 4), B = 9 (two tiles of 4 rows and one), T = 7:
     the fused float32 loops where the CPU has AVX-512, with lengths and training noise."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ref, got = both(CELLS[name](20, **options), 7, 9, torch.float32, [7, 3, 7, 1, 5, 2, 7, 4, 2], True)
+        ref, got = both(CELLS[name](20, **options), 7, 9, torch.float32, LENGTHS_9[order], True)
     finally:
         torch.set_num_threads(old)
     # Both float32 results are rounded: with a projection (P = 22 here) the gradients reach 45 and
@@ -121,11 +128,11 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        lengths = [6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3]
-        ref, got = both(CELLS[name](52, **options), 6, 13, torch.float32, lengths, True)
+        for lengths in ([6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3], [6, 6, 6, 6, 6, 5, 5, 4, 3, 3, 2, 2, 1]):
+            ref, got = both(CELLS[name](52, **options), 6, 13, torch.float32, lengths, True)
+            assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
     finally:
         torch.set_num_threads(old)
-    assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
 # Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (72: four and a tail of 8;
@@ -138,7 +145,8 @@ EDGE_H = {"gru": (72, 80), "elman": (152, 176), "elman_relu": (152, 176)}
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("edge", [0, 1], ids=["tail", "blocks"])
-@pytest.mark.parametrize("lengths", [[7, 3, 7, 1, 5, 2, 7, 4, 2], [7, 2, 5, 7, 1, 6]], ids=["B9", "B6"])
+@pytest.mark.parametrize("lengths", [LENGTHS_9["unsorted"], LENGTHS_9["longest_first"], [7, 2, 5, 7, 1, 6]],
+                         ids=["B9", "B9_longest_first", "B6"])
 @pytest.mark.parametrize("options", [{}, *OPTIONS.values()], ids=["plain", *OPTIONS])
 @pytest.mark.parametrize("name", list(EDGE_H))
 def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, lengths, edge, threads):
@@ -382,3 +390,33 @@ def test_deep_bidirectional_training_with_every_option_equals_the_oracle(form, d
         found[backend] = [out, *finals, x.grad, *(h.grad for h in hx), *(p.grad for p in model.parameters())]
     tol = {} if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-5)
     assert_all_close(found["cpu"], found["autograd"], dtype, **tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl_packed"])
+@pytest.mark.parametrize("name", ["lstm", "gru_cho", "jordan"])
+def test_float32_step_gemms_over_the_live_rows(name, onednn):
+    """The per-step GEMM path (B = 20 rows, too many for the fused loops at this width on one
+    thread) with the batch longest first: each step multiplies only its live rows, through
+    oneDNN's GEMM or MKL's packed weights (those were packed for all 20 rows, so fewer take the
+    plain GEMM).  Against the reference backend in float64 on the same inputs."""
+    cell = CELLS[name](256)
+    lengths = [5] * 6 + [4] * 5 + [3] * 4 + [2] * 3 + [1] * 2
+    T, B = 5, len(lengths)
+    xp, mask, state0, rec, d_out, d_final = inputs(cell, T, B, torch.float64, lengths)
+    rec = tuple(r / 16 for r in rec)                           # W ~ 0.5 / sqrt(H): unsaturated gates
+    valid = mask.to(torch.float64)
+    found = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            for backend, dtype in ((reference.BACKEND, torch.float64), (cpu.BACKEND, torch.float32)):
+                args = [xp, mask, list(state0), list(rec), d_out, list(d_final)]
+                xp_, mask_, state0_, rec_, d_out_, d_final_ = _cast(args, dtype)
+                states, saved = backend.forward(cell, xp_, mask_, state0_, rec_, True, None)
+                d_xp, d_state0, d_rec = backend.backward(cell, d_out_, d_final_, mask_, state0_, states, saved, rec_)
+                found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
+    finally:
+        torch.set_num_threads(old)
+    assert_all_close(found[1], found[0], torch.float64, atol=5e-4, rtol=5e-4)

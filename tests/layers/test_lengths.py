@@ -119,6 +119,22 @@ def test_padding_values_do_not_matter(cell, backend, pad):
     assert_all_close(results[1], results[0])
 
 
+@pytest.mark.parametrize("pad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("cell, backend", cell_backends())
+def test_padding_values_do_not_matter_without_a_graph(cell, backend, pad):
+    """Inference (no graph) does not zero the padding first: every backend must leave the padded
+    rows' projections unread, in the trace too."""
+    model = make(cell, num_layers=2, bidirectional=True, backend=backend)
+    results = []
+    with torch.no_grad():
+        for value in [0.0, pad]:
+            out, state, trace = model(padded_input(LENGTHS, pad=value), lengths=LENGTHS, return_trace=True)
+            results.append(flat((out, state)) + [v for lay in trace for d in lay for v in d.values()])
+    for t in results[1]:
+        assert torch.isfinite(t).all()
+    assert_all_close(results[1], results[0])
+
+
 @pytest.mark.parametrize("cell, backend", cell_backends())
 def test_packed_output_and_full_lengths(cell, backend):
     """Packed in, packed out (for cells torch.nn lacks); lengths all == T is the plain call."""
