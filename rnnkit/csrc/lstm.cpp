@@ -403,9 +403,11 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 }
 
 // ---- layer normalisation, fused (forward_row_ln's math) ----------------------------------------
-// The statistics of a row need all its units, so a step runs in three phases with a wait after
-// each (owned_blocks); a phase that needs a row's statistics computes them for all B rows on
-// every thread (about 1/H of the step's FMAs) and writes only its own units:
+// The statistics of a row need all its units, so a step runs in three phases.  Threads own
+// batch rows where that pays (owned_units_or_rows, simd.h): no waits.  Else they own blocks of
+// units with a wait after each phase (owned_blocks), and a phase that needs a row's statistics
+// computes them for all B rows on every thread (about 1/H of the step's FMAs) and writes only its
+// own units:
 //   sums   raw (B, 4H) = h_{t-1} (* m_t) W_hh^T of its blocks (tile_sums);
 //   gates  per row, the mean and rstd of raw's four gate blocks (xp's were taken for all T*B rows
 //          before the loop: they do not depend on the recurrence); of its units x_hat, h_hat,
@@ -448,22 +450,26 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const int64_t threads = step_threads(B, H);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_blocks(
-        Tn, nb, threads,
-        each_block([&](int64_t t, int64_t jb) {                  // sums
+    owned_units_or_rows(
+        Tn, nb, B, threads, kRows, G * H * int64_t(sizeof(float)),
+        [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // sums
           const float* hp = t ? H_ + (t - 1) * B * H : h0;
-          const __mmask16 m = lanes(H - jb * kLanes);
-          by_row_tiles(mask.live(t), [&](auto rows, int64_t b0) {   // padded rows' raw is not read
-            constexpr int R = decltype(rows)::value;
-            V acc[R][4];
-            tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp + b0 * H, acc);
-            for (int r = 0; r < R; ++r)
-              for (int g = 0; g < 4; ++g) store(raw + (b0 + r) * G + g * H + jb * kLanes, acc[r][g], m);
-          });
-        }),
-        [&](int64_t t, int64_t j0, int64_t j1) {                 // gates
+          const int64_t live = std::max<int64_t>(0, std::min(r1, mask.live(t)) - r0);   // padded rows' raw is not read
+          for (int64_t jb = j0; jb < j1; ++jb) {
+            const __mmask16 m = lanes(H - jb * kLanes);
+            by_row_tiles(live, [&](auto rows, int64_t k) {
+              constexpr int R = decltype(rows)::value;
+              const int64_t b0 = r0 + k;
+              V acc[R][4];
+              tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp + b0 * H, acc);
+              for (int r = 0; r < R; ++r)
+                for (int g = 0; g < 4; ++g) store(raw + (b0 + r) * G + g * H + jb * kLanes, acc[r][g], m);
+            });
+          }
+        },
+        [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // gates
           float* cn = cn_of(t);
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = r0; b < r1; ++b) {
             const int64_t row = t * B + b;
             const float* cp = (t ? C_ + (t - 1) * B * H : c0) + b * H;
             float* gt = G_ + (a.save ? row : b) * G;
@@ -503,9 +509,9 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
             }
           }
         },
-        [&](int64_t t, int64_t j0, int64_t j1) {                 // cell
+        [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // cell
           const float* cn = cn_of(t);
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = r0; b < r1; ++b) {
             const int64_t row = t * B + b;
             const float* hp = (t ? H_ + (t - 1) * B * H : h0) + b * H;
             const float* cp = (t ? C_ + (t - 1) * B * H : c0) + b * H;
@@ -536,7 +542,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
             }
           }
         },
-        [](int64_t, int64_t, int64_t) {});
+        [](int64_t, int64_t, int64_t, int64_t, int64_t) {});
   });
 }
 
@@ -605,11 +611,12 @@ inline void saved_gates(const float* gt, int64_t H, int64_t j0, __mmask16 m, sim
 
 // dh_{t-1}[:, block jb] (next, (B, H)) += dg_t (B, 4H) W_hh[:, block jb], times the recurrent
 // mask with Drop.
-// B: the step's live rows (Mask::live): the padded rows after them have dg = 0.
+// Rows b0 .. b1-1 (b1 at most the step's live rows, Mask::live: the padded rows after them have dg = 0).
 template <bool Drop>
-void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t B, int64_t H, int64_t t, int64_t jb,
-              float* next) {
-  by_row_tiles(B, [&](auto rows, int64_t b0) {
+void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t r0, int64_t r1, int64_t H, int64_t t,
+              int64_t jb, float* next) {
+  by_row_tiles(std::max<int64_t>(0, r1 - r0), [&](auto rows, int64_t k) {
+    const int64_t b0 = r0 + k;
     constexpr int R = decltype(rows)::value;
     const float* mr[R] = {};
     for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
@@ -668,7 +675,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
         }),
         each_block([&](int64_t s, int64_t jb) {
           const int64_t t = Tn - 1 - s;
-          dh_block<Drop>(o, dg + t * B * G, wn, mask.live(t), H, t, jb, dhs[(s + 1) % 2]);
+          dh_block<Drop>(o, dg + t * B * G, wn, 0, mask.live(t), H, t, jb, dhs[(s + 1) % 2]);
         }));
   });
   return dh[Tn % 2];
@@ -676,9 +683,10 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
 
 // Backward of the layer-normalised LSTM (backward_impl's math), fused.  ln: [dp, dx, dn, c_hat]
 // (the header's; here dp (B, 4H) and dn (B, H) are workspaces of one step); dg receives d_rec.
-// Before the loop c_hat of all rows (c~ is saved); per step t = T-1 .. 0 four phases, a wait
-// after each but the last (owned_blocks), each phase writing only its thread's units and
-// computing the row sums it needs for all B rows:
+// Before the loop c_hat of all rows (c~ is saved); per step t = T-1 .. 0 four phases.  Threads
+// own batch rows where that pays (owned_units_or_rows, simd.h: no waits); else they own units,
+// with a wait after each phase but the last (owned_blocks), each phase writing only its thread's
+// units and computing the row sums it needs for all B rows:
 //   carried  dh_t (+ d_out[t], clipped; zoneout's direct part to dh_{t-1}) into gh (in place),
 //            dc_t clipped, dn = gh o (1 - tanh_c^2);
 //   cell     per row, the means of LN'(dn g_c); dp = d pre (gate_grads), dc_{t-1};
@@ -687,7 +695,8 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
 //   dh       dh_{t-1}[:, its units] += dg[t] W_hh[:, its units] (dh_block), while the saved rows
 //            of step t-1 are fetched into the cache (the loop is bound by their memory traffic).
 // The sums over rows that lstm_backward takes after the loop otherwise (LnSums) are taken in the
-// cell and rec phases, each thread on its own units, while the rows are in cache.
+// cell and rec phases while the rows are in cache: each thread on its own units, or each chunk
+// of rows into its own set, the sets added up after the loop.
 struct LnSums {
   float *db_hh, *dg_ih, *dg_hh, *dg_c, *db_c, *dw_ch;         // db_hh, db_c, dw_ch: nullptr when None
 };
@@ -719,50 +728,56 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
       else std::fill_n(c_hat + r * H, H, 0.0f);
     }
   });
-  for (float* p : {sums.db_hh, sums.dg_ih, sums.dg_hh})
-    if (p != nullptr) std::fill_n(p, G, 0.0f);
-  for (float* p : {sums.dg_c, sums.db_c})
-    if (p != nullptr) std::fill_n(p, H, 0.0f);
-  if (sums.dw_ch != nullptr) std::fill_n(sums.dw_ch, 3 * H, 0.0f);
+  // The sums, one set per chunk of rows where threads own rows (a chunk starts at a multiple of
+  // kRows: set r0 / kRows), added up after the loop; one set where they own units.
+  const int64_t n_sets = (B + kRows - 1) / kRows, set_n = 3 * G + 5 * H;   // db_hh, dg_ih, dg_hh, dg_c, db_c, dw_ch (3H)
+  const Tensor sets_t = at::zeros({std::max<int64_t>(1, n_sets), set_n}, opt);
+  const auto set_of = [&](int64_t r0) {
+    float* p = sets_t.data_ptr<float>() + r0 / kRows * set_n;
+    return LnSums{p, p + G, p + 2 * G, p + 3 * G, p + 3 * G + H, p + 3 * G + 2 * H};
+  };
   const auto add = [](float* sum, __mmask16 m, V x) { store(sum, _mm512_add_ps(load(sum, m), x), m); };
-  // the rows (n floats each) of step t of a (T, B, n) tensor into the cache; only where a step's
-  // rows are small beside the packed weights that the cache must keep
+  // rows r0 .. r1-1 (n floats each) of step t of a (T, B, n) tensor into the cache; only where a
+  // step's rows are small beside the packed weights that the cache must keep
   const bool fetch = B * (3 * G + 2 * H) * int64_t(sizeof(float)) <= (64 << 10);
-  const auto prefetch = [&](const float* p, int64_t t, int64_t n) {
-    const char* q = reinterpret_cast<const char*>(p + t * B * n);
-    for (int64_t k = 0; k < B * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
+  const auto prefetch = [&](const float* p, int64_t t, int64_t n, int64_t r0, int64_t r1) {
+    const char* q = reinterpret_cast<const char*>(p + (t * B + r0) * n);
+    for (int64_t k = 0; k < (r1 - r0) * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
   };
   const int64_t threads = step_threads(B, H);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_blocks(
-        Tn, nb, threads,
-        each_block([&](int64_t s, int64_t jb) {                  // carried (step s of the loop is t = Tn-1-s)
-          const int64_t t = Tn - 1 - s, j = jb * kLanes;
-          const __mmask16 m = lanes(H - j);
-          float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
-          for (int64_t b = 0; b < B; ++b) {
-            const int64_t row = t * B + b;
-            V gh, gc;
-            carried(o, d_out, t, b, H, j, m, cur, dc, gh, gc);
-            if (!mask.valid(t, b)) {
-              for (float* z : {dg, dx})
-                for (int g = 0; g < 4; ++g) store(z + row * G + g * H + j, zero, m);
-              store(next + b * H + j, gh, m);
-              continue;
+    owned_units_or_rows(
+        Tn, nb, B, threads, kRows, G * H * int64_t(sizeof(float)),
+        [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // carried (step s: t = Tn-1-s)
+          for (int64_t jb = j0; jb < j1; ++jb) {
+            const int64_t t = Tn - 1 - s, j = jb * kLanes;
+            const __mmask16 m = lanes(H - j);
+            float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
+            for (int64_t b = r0; b < r1; ++b) {
+              const int64_t row = t * B + b;
+              V gh, gc;
+              carried(o, d_out, t, b, H, j, m, cur, dc, gh, gc);
+              if (!mask.valid(t, b)) {
+                for (float* z : {dg, dx})
+                  for (int g = 0; g < 4; ++g) store(z + row * G + g * H + j, zero, m);
+                store(next + b * H + j, gh, m);
+                continue;
+              }
+              const V keep_h = Zone ? zone_keep(o, t, 0, b, H, j, m, gh) : zero;
+              store(cur + b * H + j, gh, m), store(next + b * H + j, keep_h, m);
+              const V og = load(gates + row * G + 3 * H + j, m), tc = load(tanh_c + row * H + j, m);
+              store(dn + b * H + j, _mm512_mul_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one)), m);
             }
-            const V keep_h = Zone ? zone_keep(o, t, 0, b, H, j, m, gh) : zero;
-            store(cur + b * H + j, gh, m), store(next + b * H + j, keep_h, m);
-            const V og = load(gates + row * G + 3 * H + j, m), tc = load(tanh_c + row * H + j, m);
-            store(dn + b * H + j, _mm512_mul_ps(_mm512_mul_ps(gh, og), _mm512_fnmadd_ps(tc, tc, one)), m);
           }
-        }),
-        [&](int64_t s, int64_t j0, int64_t j1) {                 // cell
+        },
+        [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // cell
           const int64_t t = Tn - 1 - s;
           const float* cur = dhs[s % 2];
-          for (int64_t b = 0; b < B; ++b) {
+          const LnSums mine = set_of(r0);
+          for (int64_t b = r0; b < r1; ++b) {
             const int64_t row = t * B + b;
             if (!mask.valid(t, b)) continue;
             float m1, m2;
@@ -781,19 +796,20 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
               const V dcp = gate_grads<Peep, Zone>(q, load(cur + b * H + j, m), load(tanh_c + row * H + j, m), c_prev,
                                                    _mm512_add_ps(gc, dcn), keep_c, wc, d, H, m);
               store(dc + b * H + j, dcp, m);
-              add(sums.dg_c + j, m, _mm512_mul_ps(dnv, ch));
-              if (sums.db_c != nullptr) add(sums.db_c + j, m, dnv);
+              add(mine.dg_c + j, m, _mm512_mul_ps(dnv, ch));
+              add(mine.db_c + j, m, dnv);
               if (Peep) {                                        // dw_ch: di c_{t-1}, df c_{t-1}, do c~_t
-                add(sums.dw_ch + j, m, _mm512_mul_ps(load(d, m), c_prev));
-                add(sums.dw_ch + H + j, m, _mm512_mul_ps(load(d + H, m), c_prev));
-                add(sums.dw_ch + 2 * H + j, m, _mm512_mul_ps(load(d + 3 * H, m), load(c_new + row * H + j, m)));
+                add(mine.dw_ch + j, m, _mm512_mul_ps(load(d, m), c_prev));
+                add(mine.dw_ch + H + j, m, _mm512_mul_ps(load(d + H, m), c_prev));
+                add(mine.dw_ch + 2 * H + j, m, _mm512_mul_ps(load(d + 3 * H, m), load(c_new + row * H + j, m)));
               }
             }
           }
         },
-        [&](int64_t s, int64_t j0, int64_t j1) {                 // rec
+        [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // rec
           const int64_t t = Tn - 1 - s;
-          for (int64_t b = 0; b < B; ++b) {
+          const LnSums mine = set_of(r0);
+          for (int64_t b = r0; b < r1; ++b) {
             const int64_t row = t * B + b;
             if (!mask.valid(t, b)) continue;
             const float *d = dp + b * G, *hh = h_hat + row * G, *xh = x_hat + row * G;
@@ -809,21 +825,30 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
                 const V dpv = load(d + k, m), hv = load(hh + k, m), xv = load(xh + k, m);
                 store(dg + row * G + k, ln_back(dpv, load(ln.g_hh + k, m), hv, m1[g], m2[g], h_rstd[row * 4 + g]), m);
                 store(dx + row * G + k, ln_back(dpv, load(ln.g_ih + k, m), xv, n1[g], n2[g], x_rstd[row * 4 + g]), m);
-                add(sums.dg_hh + k, m, _mm512_mul_ps(dpv, hv));
-                add(sums.dg_ih + k, m, _mm512_mul_ps(dpv, xv));
-                if (sums.db_hh != nullptr) add(sums.db_hh + k, m, dpv);
+                add(mine.dg_hh + k, m, _mm512_mul_ps(dpv, hv));
+                add(mine.dg_ih + k, m, _mm512_mul_ps(dpv, xv));
+                add(mine.db_hh + k, m, dpv);
               }
           }
         },
-        [&](int64_t s, int64_t j0, int64_t j1) {                 // dh
+        [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // dh
           const int64_t t = Tn - 1 - s;
           if (fetch && t > 0) {
-            for (const float* p : {gates, h_hat, x_hat}) prefetch(p, t - 1, G);
-            for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H);
+            for (const float* p : {gates, h_hat, x_hat}) prefetch(p, t - 1, G, r0, r1);
+            for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H, r0, r1);
           }
-          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, mask.live(t), H, t, jb, dhs[(s + 1) % 2]);
+          const int64_t live = std::min(r1, mask.live(t));
+          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, r0, live, H, t, jb, dhs[(s + 1) % 2]);
         });
   });
+  const float* sets = sets_t.data_ptr<float>();
+  const int64_t widths[6] = {G, G, G, H, H, 3 * H}, at_[6] = {0, G, 2 * G, 3 * G, 3 * G + H, 3 * G + 2 * H};
+  float* outs[6] = {sums.db_hh, sums.dg_ih, sums.dg_hh, sums.dg_c, sums.db_c, sums.dw_ch};
+  for (int k = 0; k < 6; ++k) {
+    if (outs[k] == nullptr) continue;
+    std::fill_n(outs[k], widths[k], 0.0f);
+    for (int64_t q = 0; q < n_sets; ++q) add_to(widths[k], outs[k], sets + q * set_n + at_[k]);
+  }
   return dh[Tn % 2];
 }
 #endif

@@ -119,20 +119,27 @@ def test_float32_lstm_loops_at_block_and_tile_edges(name, options, order, thread
 
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("split, H, lengths", [
+    ("rows", 52, [6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3]),
+    ("rows", 52, [6, 6, 6, 6, 6, 5, 5, 4, 3, 3, 2, 2, 1]),
+    ("units", 84, [6, 3, 6, 1, 5, 2, 4]),
+    ("units", 84, [6, 6, 5, 4, 3, 2, 1])], ids=["rows", "rows_longest_first", "units", "units_longest_first"])
 @pytest.mark.parametrize("name, options", [p for p in cases() if p.values[0] in ("lstm_ln", "lstm_ln_peephole")])
-def test_float32_layer_norm_lstm_split_over_threads(name, options, threads):
-    """Layer norm's fused float32 loops run a step in phases with a wait between them, each thread
-    computing the row statistics of all units and writing its own: at H = 52 (three blocks of 16
-    units and a tail of 4), B = 13 (tiles of 4 rows and one), T = 6 a step has the work to be split
-    over 2 threads (B * 4H * H >= 2**17), so one thread's units depend on the other's."""
+def test_float32_layer_norm_lstm_split_over_threads(name, options, split, H, lengths, threads):
+    """Layer norm's fused float32 loops run a step in phases; on 2 threads a step of T = 6 has the
+    work to be split (B * 4H * H >= 2**17).  B = 13 rows (a tile of 4 for each thread) and
+    H = 52 (three blocks of 16 units and a tail of 4): threads own rows, each its own sums of
+    the gains' gradients, added up after the loop.  B = 7 (fewer than a tile per thread) and
+    H = 84 (five blocks and a tail of 4): threads own units, each computing the row statistics
+    of all units and writing its own, with a wait between phases (one thread's units depend on
+    the other's)."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for lengths in ([6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3], [6, 6, 6, 6, 6, 5, 5, 4, 3, 3, 2, 2, 1]):
-            ref, got = both(CELLS[name](52, **options), 6, 13, torch.float32, lengths, True)
-            assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
+        ref, got = both(CELLS[name](H, **options), 6, len(lengths), torch.float32, lengths, True)
     finally:
         torch.set_num_threads(old)
+    assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
 # Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (72: four and a tail of 8;
