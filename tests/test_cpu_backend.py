@@ -401,20 +401,22 @@ def test_saved_tensors_of_padded_steps_are_zero_and_reproducible(form):
 
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("lengths", [None, [6, 3, 6, 1, 5, 2, 6, 4, 2]], ids=["full", "lengths"])
+@pytest.mark.parametrize("B, lengths", [(9, None), (9, [6, 3, 6, 1, 5, 2, 6, 4, 2]), (7, [6, 3, 6, 1, 5, 2, 4])],
+                         ids=["full", "lengths", "B7_lengths"])
 @pytest.mark.parametrize("form", kernel_forms())
-def test_float32_time_loops_at_block_and_tile_edges(form, lengths, threads):
+def test_float32_time_loops_at_block_and_tile_edges(form, B, lengths, threads):
     """The float32 kernels (fused, split over threads where a step has the work) at sizes past
     their register tiles: H = 72 (4 blocks of 16 units and a tail of 8), B = 9 (two tiles of 4
-    rows and one), T = 6; outputs, final states, trace and every gradient against the reference."""
+    rows and one; on 2 threads the LSTM's threads own rows) or 7 (they own units), T = 6;
+    outputs, final states, trace and every gradient against the reference."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         results = {}
         for backend in ("reference", "cpu"):
             model = make(form, dtype=torch.float32, input_size=5, hidden_size=72, backend=backend)
-            x = randn(6, 9, 5, dtype=torch.float32, requires_grad=True)
-            hx = random_state(model, 9)
+            x = randn(6, B, 5, dtype=torch.float32, requires_grad=True)
+            hx = random_state(model, B)
             outs, traced = run_with_trace(model, x, hx, lengths)
             leaves = [x, *state_tensors(hx), *model.parameters()]
             results[backend] = outs + traced + grads(outs, leaves)

@@ -230,30 +230,33 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensor& hs_t, const T
   with_flags(
       [&](auto drop, auto zone, auto relu) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value, Relu = decltype(relu)::value;
-        owned_blocks(
-            Tn, (H + kGroup - 1) / kGroup, step_threads(B, H),
-            each_block([&](int64_t t, int64_t jg) {
-              by_live_tiles<kElmanRows>(mask.live(t), B, [&](auto rows, int64_t b0, bool sums) {
-                elman_tile<decltype(rows)::value, Drop, Zone, Relu>(a, o, wp, bias, t, jg, b0, sums, hs);
-              });
+        owned_units_or_rows(
+            Tn, (H + kGroup - 1) / kGroup, B, step_threads(B, H), kElmanRows, H * H * int64_t(sizeof(float)),
+            each_block_of_rows([&](int64_t t, int64_t jg, int64_t r0, int64_t r1) {
+              by_live_tiles<kElmanRows>(
+                  mask.live(t), B,
+                  [&](auto rows, int64_t b0, bool sums) {
+                    elman_tile<decltype(rows)::value, Drop, Zone, Relu>(a, o, wp, bias, t, jg, b0, sums, hs);
+                  },
+                  r0, r1);
             }),
-            [](int64_t, int64_t, int64_t) {});
+            no_phase);
       },
       o.nz.drop != nullptr, o.nz.zoneout(), sp.act == kRelu);
 }
 
-// Phase 1 of step t for block jb, every row (backward_steps' options, then backward_row's math):
+// Phase 1 of step t for block jb, rows r0 .. r1-1 (backward_steps' options, then backward_row's math):
 // cur (B, H) holds the carried dh_t (d_out[t] is added here), next (B, H) receives dh_{t-1}'s
 // direct part; h: act(a_t) (before zoneout).
 template <bool Zone, bool Relu>
 void grad_rows(const BwdArgs& a, const FusedOpts& o, const GradOut<float>& d_out, const float* h, int64_t t, int64_t jb,
-               float* cur, float* next, float* da) {
+               int64_t r0, int64_t r1, float* cur, float* next, float* da) {
   using namespace simd;
   const int64_t B = a.states[0].size(1), H = a.states[0].size(2), j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
   const Mask mask(a.mask, B);
   const V zero = _mm512_setzero_ps(), lo = splat(-o.clip), hi = splat(o.clip);
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = r0; b < r1; ++b) {
     const int64_t row = (t * B + b) * H + j0;
     float* gh_p = cur + b * H + j0;
     d_out.add(t, b, std::min(kLanes, H - j0), gh_p, j0);
@@ -289,15 +292,16 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
   with_flags(
       [&](auto drop, auto zone, auto relu) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value, Relu = decltype(relu)::value;
-        owned_blocks(
-            Tn, (H + simd::kLanes - 1) / simd::kLanes, step_threads(B, H),
-            each_block([&](int64_t s, int64_t jb) {             // step s of the loop is t = Tn-1-s
-              grad_rows<Zone, Relu>(a, o, d_out, h, Tn - 1 - s, jb, dhs[s % 2], dhs[(s + 1) % 2], da);
+        owned_units_or_rows(
+            Tn, (H + simd::kLanes - 1) / simd::kLanes, B, step_threads(B, H), kElmanRows,
+            H * H * int64_t(sizeof(float)),
+            each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
+              grad_rows<Zone, Relu>(a, o, d_out, h, Tn - 1 - s, jb, r0, r1, dhs[s % 2], dhs[(s + 1) % 2], da);
             }),
-            each_block([&](int64_t s, int64_t jb) {             // padded rows: da = 0, nothing to add
+            each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // padded rows: nothing to add
               const int64_t t = Tn - 1 - s;
               float* next = dhs[(s + 1) % 2];
-              by_row_tiles<kElmanRows>(mask.live(t), [&](auto rows, int64_t b0) {
+              by_row_tiles<kElmanRows>(r0, std::min(r1, mask.live(t)), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
                 for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);

@@ -439,14 +439,17 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   with_flags(
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-        owned_blocks(
-            Tn, nb, step_threads(B, H),
-            each_block([&](int64_t t, int64_t jb) {
-              by_live_tiles<kGruRows>(q.mask.live(t), B, [&](auto rows, int64_t b0, bool sums) {
-                gru_tile<decltype(rows)::value, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
-              });
+        owned_units_or_rows(
+            Tn, nb, B, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
+            each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
+              by_live_tiles<kGruRows>(
+                  q.mask.live(t), B,
+                  [&](auto rows, int64_t b0, bool sums) {
+                    gru_tile<decltype(rows)::value, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
+                  },
+                  r0, r1);
             }),
-            [](int64_t, int64_t, int64_t) {});
+            no_phase);
       },
       o.nz.drop != nullptr, o.nz.zoneout());
 }
@@ -463,18 +466,18 @@ inline simd::V out_grad(const GradOut<float>& d, int64_t t, int64_t b, int64_t j
   return _mm512_load_ps(v);
 }
 
-// Phase 1 of step t for block jb, every row (zn_grads' and after_r_grads' math): cur (B, H) holds
-// the carried dh_t (without d_out[t], added here in registers), next (B, H) receives dh_{t-1}'s
-// direct part.
+// Phase 1 of step t for block jb, rows r0 .. r1-1 (zn_grads' and after_r_grads' math): cur (B, H)
+// holds the carried dh_t (without d_out[t], added here in registers), next (B, H) receives
+// dh_{t-1}'s direct part.
 template <bool Zone>
-void grad_rows(const Seq& q, const FusedOpts& o, const GradOut<float>& d_out, int64_t t, int64_t jb, float* cur,
-               float* next, float* dx, float* drn) {
+void grad_rows(const Seq& q, const FusedOpts& o, const GradOut<float>& d_out, int64_t t, int64_t jb, int64_t r0,
+               int64_t r1, float* cur, float* next, float* dx, float* drn) {
   using namespace simd;
   const int64_t B = q.B, H = q.H, G = 3 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
   const float *gates = q.gates, *hn = q.hn, *hp = q.h_prev(t);
   const V one = splat(1.0f), zero = _mm512_setzero_ps(), lo = splat(-o.clip), hi = splat(o.clip);
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = r0; b < r1; ++b) {
     const int64_t row = t * B + b;
     V gh = _mm512_add_ps(load(cur + b * H + j0, m), out_grad(d_out, t, b, j0, m));
     if (o.clip > 0.0f) gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh));
@@ -518,15 +521,15 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
   with_flags(
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-        owned_blocks(
-            Tn, nb, step_threads(B, H),
-            each_block([&](int64_t s, int64_t jb) {             // step s of the loop is t = Tn-1-s
-              grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
+        owned_units_or_rows(
+            Tn, nb, B, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
+            each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
+              grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, r0, r1, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
             }),
-            each_block([&](int64_t s, int64_t jb) {             // padded rows: zero gradients, nothing to add
+            each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // padded rows: nothing to add
               const int64_t t = Tn - 1 - s;
               float* next = dhp[(s + 1) % 2];
-              by_row_tiles<kGruRows>(q.mask.live(t), [&](auto rows, int64_t b0) {
+              by_row_tiles<kGruRows>(r0, std::min(r1, q.mask.live(t)), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
                 for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);

@@ -391,14 +391,17 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
                    a.save ? tanh_c.data_ptr<float>() : nullptr, Mask(a.mask, B)};
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_blocks(
-        Tn, nb, threads,
-        each_block([&](int64_t t, int64_t jb) {
-          by_live_tiles(q.mask.live(t), B, [&](auto rows, int64_t b0, bool sums) {
-            lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
-          });
+    owned_units_or_rows(
+        Tn, nb, B, threads, kRows, 4 * H * H * int64_t(sizeof(float)),
+        each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
+          by_live_tiles(
+              q.mask.live(t), B,
+              [&](auto rows, int64_t b0, bool sums) {
+                lstm_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
+              },
+              r0, r1);
         }),
-        [](int64_t, int64_t, int64_t) {});
+        no_phase);
   });
 }
 
@@ -644,15 +647,15 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_blocks(
-        Tn, nb, threads,
-        each_block([&](int64_t s, int64_t jb) {                  // step s of the loop is t = Tn-1-s
+    owned_units_or_rows(
+        Tn, nb, B, threads, kRows, G * H * int64_t(sizeof(float)),
+        each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
           float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
           V wc[3];
           peep_weights<Peep>(o, H, j0, m, wc);
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = r0; b < r1; ++b) {
             const int64_t row = t * B + b;
             V gh, gc;
             carried(o, d_out, t, b, H, j0, m, cur, dc, gh, gc);
@@ -673,9 +676,9 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
             store(next + b * H + j0, keep_h, m);
           }
         }),
-        each_block([&](int64_t s, int64_t jb) {
+        each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
           const int64_t t = Tn - 1 - s;
-          dh_block<Drop>(o, dg + t * B * G, wn, 0, mask.live(t), H, t, jb, dhs[(s + 1) % 2]);
+          dh_block<Drop>(o, dg + t * B * G, wn, r0, std::min(r1, mask.live(t)), H, t, jb, dhs[(s + 1) % 2]);
         }));
   });
   return dh[Tn % 2];

@@ -228,6 +228,17 @@ auto each_block(F f) {
   };
 }
 
+// A phase of owned_units_or_rows from f(t, j, b0, b1), run on each block of the range.
+template <typename F>
+auto each_block_of_rows(F f) {
+  return [f](int64_t t, int64_t j0, int64_t j1, int64_t b0, int64_t b1) {
+    for (int64_t j = j0; j < j1; ++j) f(t, j, b0, b1);
+  };
+}
+
+// owned_units_or_rows' empty last phase (the wait before the next step, on owned_blocks).
+inline void no_phase(int64_t, int64_t, int64_t, int64_t, int64_t) {}
+
 }  // namespace rnnkit
 
 #endif

@@ -48,11 +48,19 @@ void by_row_tiles(int64_t B, const F& f) {
 // by_row_tiles over the B rows of a step whose rows from n on are all padded (Mask::live):
 // f(rows, b0, true) on the tiles of rows 0 .. n-1, f(rows, b0, false) on the padded rest, whose
 // tiles skip the recurrent products (the layers sort a batch by length, so a step's finished
-// sequences are its last rows).
+// sequences are its last rows).  Given r0 and r1, only rows r0 .. r1-1 (a thread's, owned_rows).
 template <int Max = kRows, typename F>
-void by_live_tiles(int64_t n, int64_t B, const F& f) {
-  by_row_tiles<Max>(n, [&](auto rows, int64_t b0) { f(rows, b0, true); });
-  by_row_tiles<Max>(B - n, [&](auto rows, int64_t b0) { f(rows, n + b0, false); });
+void by_live_tiles(int64_t n, int64_t B, const F& f, int64_t r0 = 0, int64_t r1 = -1) {
+  if (r1 < 0) r1 = B;
+  const int64_t live = std::min(std::max(n, r0), r1);
+  by_row_tiles<Max>(live - r0, [&](auto rows, int64_t k) { f(rows, r0 + k, true); });
+  by_row_tiles<Max>(r1 - live, [&](auto rows, int64_t k) { f(rows, live + k, false); });
+}
+
+// by_row_tiles over rows r0 .. r1-1.
+template <int Max = kRows, typename F>
+void by_row_tiles(int64_t r0, int64_t r1, const F& f) {
+  by_row_tiles<Max>(std::max<int64_t>(0, r1 - r0), [&](auto rows, int64_t k) { f(rows, r0 + k); });
 }
 
 // f(c...) with one std::bool_constant per flag: a loop's options chosen once per call, so that

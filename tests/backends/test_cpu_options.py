@@ -143,30 +143,35 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, split, H, len
 
 
 # Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (72: four and a tail of 8;
-# 80: five whole ones); Elman's groups of two blocks (152: four whole groups and one of a block
-# and a tail of 8; 176: five and one of a single block), large enough that a step of 6 or 9 rows
-# has the work to split over 2 threads.
-EDGE_H = {"gru": (72, 80), "elman": (152, 176), "elman_relu": (152, 176)}
+# 96: six whole ones); Elman's groups of two blocks (152: four whole groups and one of a block
+# and a tail of 8; 176: five and one of a single block), large enough that a step of 9 rows (all
+# but the GRU at 72 also 6) has the work to split over 2 threads: with 17 rows (a tile of 8 for
+# each) threads own rows (owned_rows), with fewer units (owned_blocks).
+EDGE_H = {"gru": (72, 96), "elman": (152, 176), "elman_relu": (152, 176)}
 
 
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("edge", [0, 1], ids=["tail", "blocks"])
-@pytest.mark.parametrize("lengths", [LENGTHS_9["unsorted"], LENGTHS_9["longest_first"], [7, 2, 5, 7, 1, 6]],
-                         ids=["B9", "B9_longest_first", "B6"])
+@pytest.mark.parametrize("lengths", [LENGTHS_9["unsorted"], LENGTHS_9["longest_first"], [7, 2, 5, 7, 1, 6],
+                                     [7, 7, 7, 7, 7, 6, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1]],
+                         ids=["B9", "B9_longest_first", "B6", "B17_longest_first"])
 @pytest.mark.parametrize("options", [{}, *OPTIONS.values()], ids=["plain", *OPTIONS])
 @pytest.mark.parametrize("name", list(EDGE_H))
 def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, lengths, edge, threads):
     """The GRU's torch form and Elman (tanh, relu) in float32: on AVX-512 machines the fused loops
-    (T = 7 steps; B = 9: a tile of 8 rows and one of 1, or B = 6: one of 6; H of EDGE_H), on 2
-    threads split over the blocks where a step has the work, with lengths and training noise.  The
+    (T = 7 steps; B = 9: a tile of 8 rows and one of 1, B = 6: one of 6, or B = 17: two of 8 and
+    one; H of EDGE_H), on 2 threads split where a step has the work, with lengths and training
+    noise.  The
     oracle is the reference backend in float64 on the same inputs and noise (two float32 results
     may differ by more than their distance to the exact one): with 3H terms in a row of dh_{t-1}
     and 63 in dW_hh, the GRU's GEMM path's float32 lies up to 1.9e-4 from it (measured, dW_hh
     under dropout; dh_0 5e-5), the fused loops' up to 1.5e-4.  Elman's W_hh is scaled by
     sqrt(8 / H): at inputs' 0.5 its tanh saturates (1 - h^2 keeps few digits in float32) and its
     relu under dropout grows to thousands, and both of its paths lie up to 5e-2 from float64
-    (measured); scaled, both lie within 2.5e-4 (dW_hh, relu with dropout)."""
+    (measured); scaled, both lie within 2.5e-4 (dW_hh, relu with dropout).  With 17 rows dW_hh
+    sums 119 terms: the GRU's float32 under dropout lies up to 5.1e-4 from float64 (measured, on
+    one thread as on two)."""
     H = EDGE_H[name][edge]
     cell = CELLS[name](H, **options)
     xp, mask, state0, rec, d_out, d_final = inputs(cell, 7, len(lengths), torch.float64, lengths)
@@ -187,7 +192,8 @@ def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, leng
             found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
     finally:
         torch.set_num_threads(old)
-    assert_all_close(found[1], found[0], torch.float64, atol=4e-4, rtol=4e-4)
+    tol = 4e-4 if len(lengths) < 17 else 7e-4
+    assert_all_close(found[1], found[0], torch.float64, atol=tol, rtol=tol)
 
 
 @needs_cpu
