@@ -39,9 +39,8 @@
 // Post-loop GEMMs: dW_hh[:2H] = dx[:, :2H]^T [h0; hs[:-1]] and dW_hh[2H:] = drn^T [h0; hs[:-1]]
 // (torch form) or dan^T rhs (original form); hd_all in place of [h0; hs[:-1]] under recurrent
 // dropout.  Nothing aliases.
-// FusedOpts float32 path (AVX-512 builds, torch form without layer norm, where fused_pays: see
-// "float32 AVX-512" below; the original form, layer norm, float64 and other builds keep the
-// loops above).  It writes the same hs, gates, hn, h_update, dx and drn, and the post-loop GEMMs
+// FusedOpts float32 path (AVX-512 builds, torch form, where fused_pays: see "float32 AVX-512"
+// below; the original form, float64 and other builds keep the loops above).  It writes the same hs, gates, hn, h_update, dx and drn, and the post-loop GEMMs
 // are the same; instead of hw, hd, hd_all's per-step use, dhd and the (B, H) dh, dh_prev:
 //   wp       (nb, H, 3, 16)  forward: W_hh packed per block of 16 units (tiles.h), nb = ceil(H/16);
 //                            the (B, 3H) product h_{t-1} W_hh^T stays in registers, never written;
@@ -50,6 +49,8 @@
 //   dh[2]    (B, H) each     backward: the carried dh_t (d_out[t] is added as it is read) and
 //                            dh_{t-1}, alternating; dh_{t-1} is set by phase 1 (dh_t z, its direct
 //                            part) before phase 2 adds [dx_r, dx_z, drn] W_hh (times m_t) to it
+//   With layer norm it uses hw as raw (B, 3H), h_{t-1} W_hh^T before normalisation, and writes
+//   the same x_hat, x_rstd, h_hat, h_rstd, dxp and drec (drec in place of [dx_r, dx_z, drn] above).
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
@@ -347,8 +348,9 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
 //             dh_{t-1}[:, block] += [dar, daz, drn] W_hh[:, block] (times m_t under recurrent
 //             dropout), from wn (nb, 3H, 16) (pack_unit_blocks); dh_t and dh_{t-1} alternate
 //             between two (B, H) buffers.
-// A step's blocks are split over threads (owned_blocks, simd.h).  They write what
-// forward_after and backward_impl write (without layer norm), to float32 rounding.
+// A step's blocks or rows are split over threads (owned_units_or_rows, simd.h).  They write what
+// forward_after and backward_impl write, to float32 rounding (layer norm: forward_fused_ln and
+// backward_fused_ln below).
 
 // Where the fused loops win (measured on this 2-core Zen 4, L2 1 MiB a core, T = 128, I = H, one
 // thread, against the GEMM path): they pay for packing W_hh once they run several steps (the
@@ -362,7 +364,7 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (1 << 20));
 }
 bool use_fused(const Spec& sp, const Tensor& hs) {
-  return sp.reset_after && !sp.layer_norm && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return sp.reset_after && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
 }
 
 // Batch rows per register tile: with three gate blocks, 8 rows' sums (24 vectors) and a k's
@@ -542,6 +544,188 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
       o.nz.drop != nullptr, o.nz.zoneout());
   return dh[Tn % 2];
 }
+
+// ---- layer normalisation, fused (forward_after's and backward_impl's math with layer norm) -----
+// A row's statistics need all its units, so a step runs in phases (owned_units_or_rows: threads
+// own rows where that pays, else units with a wait after each phase; a phase that needs a row's
+// statistics then computes them for all rows on every thread and writes only its own units):
+//   forward   sums: raw (B, 3H) = h_{t-1} (* m_t) W_hh^T of the blocks (gate_sums); gates: per
+//             row the means and rstds of raw's three gate blocks (xp's were taken for all T*B
+//             rows before the loop), of the own units x_hat, h_hat, r, z, n, hn and h_t (zoneout);
+//   backward  carried: dx[t] = [dar, daz, dan] and drn[t] of the own units (grad_rows' math) and
+//             dh_{t-1}'s direct part; norm: per row the means of LN'(dx g_ih) and of
+//             LN'([dx_r, dx_z, drn] g_hh) per gate block, d_xp into dxp[t] and d_rec into drec[t];
+//             dh: dh_{t-1}[:, own units] += drec[t] W_hh[:, own units].
+// bufs as gru_buffers: raw is hw (bufs[3]); x_hat, x_rstd, h_hat, h_rstd are bufs[7..10] (save).
+void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  using namespace simd;
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 3, G = 3 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const auto opt = a.xp.options();
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 3);
+  const Tensor b_hh_t = or_zeros(a.rec[1], G, opt);
+  const Tensor x_st = at::empty({Tn * B, 6}, opt);             // xp's 3 block means, then 3 rstds
+  const float *wp = packed.data_ptr<float>(), *b_hh = b_hh_t.data_ptr<float>(), *xp = a.xp.data_ptr<float>();
+  const float *g_ih = a.rec[2]->data_ptr<float>(), *g_hh = a.rec[3]->data_ptr<float>();
+  const float* h0 = a.state0[0].data_ptr<float>();
+  float *hs = bufs[0].data_ptr<float>(), *raw = bufs[3].data_ptr<float>(), *xs = x_st.data_ptr<float>();
+  float* gates = a.save ? bufs[1].data_ptr<float>() : nullptr;
+  float* hn = a.save ? bufs[2].data_ptr<float>() : nullptr;
+  float* LN[4] = {nullptr, nullptr, nullptr, nullptr};         // x_hat, x_rstd, h_hat, h_rstd (save)
+  for (int k = 0; a.save && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<float>();
+  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int k = 0; k < 3; ++k) block_stats(H, xp + r * G + k * H, xs[r * 6 + k], xs[r * 6 + 3 + k]);
+  });
+  const FusedOpts o{Noise<float>(sp, a.noise), bufs[6].defined() ? bufs[6].data_ptr<float>() : nullptr, 0.0f};
+  const Mask mask(a.mask, B);
+  const V one = splat(1.0f), zero = _mm512_setzero_ps();
+  with_flags(
+      [&](auto drop, auto zone) {
+        constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+        owned_units_or_rows(
+            Tn, nb, B, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
+            [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // sums
+              const float* hp = t ? hs + (t - 1) * B * H : h0;
+              for (int64_t jb = j0; jb < j1; ++jb) {
+                const __mmask16 m = lanes(H - jb * kLanes);
+                by_row_tiles<kGruRows>(r0, std::min(r1, mask.live(t)), [&](auto rows, int64_t b0) {
+                  constexpr int R = decltype(rows)::value;
+                  V acc[R][3];
+                  for (int r = 0; r < R; ++r)
+                    for (int g = 0; g < 3; ++g) acc[r][g] = zero;
+                  const float* mr[R] = {};
+                  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+                  gate_sums<R, 3, Drop>(wp + jb * H * 3 * kLanes, H, hp + b0 * H, mr, acc);
+                  for (int r = 0; r < R; ++r)
+                    for (int g = 0; g < 3; ++g) store(raw + (b0 + r) * G + g * H + jb * kLanes, acc[r][g], m);
+                });
+              }
+            },
+            [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // gates
+              for (int64_t b = r0; b < r1; ++b) {
+                const int64_t row = t * B + b;
+                const float* hp = (t ? hs + (t - 1) * B * H : h0) + b * H;
+                if (!mask.valid(t, b)) {                             // padded: h stays, saved rows zero
+                  for (int64_t jb = j0; jb < j1; ++jb) {
+                    const int64_t j = jb * kLanes;
+                    const __mmask16 m = lanes(H - j);
+                    store(hs + row * H + j, load(hp + j, m), m);
+                    for (int g = 0; a.save && g < 3; ++g)
+                      for (float* z : {gates, LN[0], LN[2]}) store(z + row * G + g * H + j, zero, m);
+                    if (a.save) store(hn + row * H + j, zero, m);
+                    if (Zone && o.upd != nullptr) store(o.upd + row * H + j, zero, m);
+                  }
+                  if (a.save && j0 == 0) std::fill_n(LN[1] + row * 3, 3, 0.0f), std::fill_n(LN[3] + row * 3, 3, 0.0f);
+                  continue;
+                }
+                const float *r_ = raw + b * G, *x = xp + row * G, *x_mean = xs + row * 6, *x_rstd = x_mean + 3;
+                float h_mean[3], h_rstd[3];
+                for (int g = 0; g < 3; ++g) block_stats(H, r_ + g * H, h_mean[g], h_rstd[g]);
+                if (a.save && j0 == 0) std::copy_n(x_rstd, 3, LN[1] + row * 3), std::copy_n(h_rstd, 3, LN[3] + row * 3);
+                for (int64_t jb = j0; jb < j1; ++jb) {
+                  const int64_t j = jb * kLanes;
+                  const __mmask16 m = lanes(H - j);
+                  V xg[3], hg[3];                                    // g_ih x_hat, g_hh h_hat + b_hh per gate
+                  for (int g = 0; g < 3; ++g) {
+                    const int64_t k = g * H + j;
+                    const V xh = _mm512_mul_ps(_mm512_sub_ps(load(x + k, m), splat(x_mean[g])), splat(x_rstd[g]));
+                    const V hh = _mm512_mul_ps(_mm512_sub_ps(load(r_ + k, m), splat(h_mean[g])), splat(h_rstd[g]));
+                    if (a.save) store(LN[0] + row * G + k, xh, m), store(LN[2] + row * G + k, hh, m);
+                    xg[g] = _mm512_mul_ps(load(g_ih + k, m), xh);
+                    hg[g] = _mm512_fmadd_ps(load(g_hh + k, m), hh, load(b_hh + k, m));
+                  }
+                  const V rg = sigmoid(_mm512_add_ps(xg[0], hg[0])), zg = sigmoid(_mm512_add_ps(xg[1], hg[1]));
+                  const V ng = tanh(_mm512_fmadd_ps(rg, hg[2], xg[2]));
+                  const V h_prev = load(hp + j, m);
+                  V hv = _mm512_fmadd_ps(zg, h_prev, _mm512_mul_ps(_mm512_sub_ps(one, zg), ng));
+                  if (Zone) {                                        // h = h~ + z (h_{t-1} - h~)
+                    if (o.upd != nullptr) store(o.upd + row * H + j, hv, m);
+                    hv = _mm512_fmadd_ps(zone_at(o, t, b, H, j, m), _mm512_sub_ps(h_prev, hv), hv);
+                  }
+                  store(hs + row * H + j, hv, m);
+                  if (a.save) {
+                    float* gt = gates + row * G + j;
+                    store(gt, rg, m), store(gt + H, zg, m), store(gt + 2 * H, ng, m), store(hn + row * H + j, hg[2], m);
+                  }
+                }
+              }
+            },
+            no_phase);
+      },
+      o.nz.drop != nullptr, o.nz.zoneout());
+}
+
+// Returns dh_0; writes dx, drn (of the gains' outputs) and ln = [dxp, drec] as backward_impl does.
+Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const Tensor& drn_t, const Tensors& ln) {
+  using namespace simd;
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 3 * H;
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
+  const float* wn = packed.data_ptr<float>();
+  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
+  float* dhp[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const GradOut<float> d_out(a.d_out);
+  float *dx = dx_t.data_ptr<float>(), *drn = drn_t.data_ptr<float>();
+  float *dxp = ln[0].data_ptr<float>(), *drec = ln[1].data_ptr<float>();
+  const float *g_ih = a.rec[2]->data_ptr<float>(), *g_hh = a.rec[3]->data_ptr<float>();
+  const float *x_hat = a.saved[2].data_ptr<float>(), *x_rstd = a.saved[3].data_ptr<float>();
+  const float *h_hat = a.saved[4].data_ptr<float>(), *h_rstd = a.saved[5].data_ptr<float>();
+  const FusedOpts o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
+  const Seq q{B, H, nullptr, a.state0[0].data_ptr<float>(), a.states[0].data_ptr<float>(),
+              a.saved[0].data_ptr<float>(), a.saved[1].data_ptr<float>(), Mask(a.mask, B)};
+  const V zero = _mm512_setzero_ps();
+  with_flags(
+      [&](auto drop, auto zone) {
+        constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+        owned_units_or_rows(
+            Tn, nb, B, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
+            each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // carried (t = Tn-1-s)
+              const int64_t t = Tn - 1 - s, j = jb * kLanes;
+              grad_rows<Zone>(q, o, d_out, t, jb, r0, r1, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
+              const __mmask16 m = lanes(H - j);
+              for (int64_t b = r0; b < r1; ++b)                      // padded: their LN rows zero too
+                if (!q.mask.valid(t, b))
+                  for (float* z : {dxp, drec})
+                    for (int g = 0; g < 3; ++g) store(z + (t * B + b) * G + g * H + j, zero, m);
+            }),
+            [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // norm
+              const int64_t t = Tn - 1 - s;
+              for (int64_t b = r0; b < r1; ++b) {
+                const int64_t row = t * B + b;
+                if (!q.mask.valid(t, b)) continue;
+                // d of the gains' outputs per gate block: dx for x; [dx_r, dx_z, drn] for h
+                const float* dh_of[3] = {dx + row * G, dx + row * G + H, drn + row * H};
+                float m1[3], m2[3], n1[3], n2[3];                    // the means of LN'(. g_hh), LN'(dx g_ih)
+                for (int g = 0; g < 3; ++g) {
+                  ln_back_means(H, dh_of[g], g_hh + g * H, h_hat + row * G + g * H, m1[g], m2[g]);
+                  ln_back_means(H, dx + row * G + g * H, g_ih + g * H, x_hat + row * G + g * H, n1[g], n2[g]);
+                }
+                for (int64_t jb = j0; jb < j1; ++jb)
+                  for (int g = 0; g < 3; ++g) {
+                    const int64_t j = jb * kLanes, k = g * H + j;
+                    const __mmask16 m = lanes(H - j);
+                    store(drec + row * G + k, ln_back(load(dh_of[g] + j, m), load(g_hh + k, m), load(h_hat + row * G + k, m),
+                                                      m1[g], m2[g], h_rstd[row * 3 + g]), m);
+                    store(dxp + row * G + k, ln_back(load(dx + row * G + k, m), load(g_ih + k, m), load(x_hat + row * G + k, m),
+                                                     n1[g], n2[g], x_rstd[row * 3 + g]), m);
+                  }
+              }
+            },
+            each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // dh
+              const int64_t t = Tn - 1 - s;
+              float* next = dhp[(s + 1) % 2];
+              by_row_tiles<kGruRows>(r0, std::min(r1, q.mask.live(t)), [&](auto rows, int64_t b0) {
+                constexpr int R = decltype(rows)::value;
+                const float* mr[R] = {};
+                for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
+                dh_tile<R, Drop>(drec + (t * B + b0) * G, G, wn, H, jb, next + b0 * H, mr);
+              });
+            }));
+      },
+      o.nz.drop != nullptr, o.nz.zoneout());
+  return dh[Tn % 2];
+}
 #endif
 
 // [hs, gates, hn | undefined, hw, rh | undefined, hwn | undefined, h_update | undefined, and with
@@ -563,7 +747,7 @@ Tensors gru_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptTe
 void gru_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor b_hh = or_zeros(a.rec[1], a.xp.size(2), a.xp.options());
 #ifdef RNNKIT_AVX512
-  if (use_fused(sp, bufs[0])) return forward_fused(sp, a, bufs);
+  if (use_fused(sp, bufs[0])) return sp.layer_norm ? forward_fused_ln(sp, a, bufs) : forward_fused(sp, a, bufs);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "gru_forward", [&] {
     if (sp.reset_after)
@@ -608,7 +792,10 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
     const T* hs_p = nz.drop ? hd_all.data_ptr<T>() + B * H : hs.data_ptr<T>();      // they entered W_hh
     T* dw_hn = dw.data_ptr<T>() + 2 * H * H;
 #ifdef RNNKIT_AVX512
-    dh = use_fused(sp, hs) ? backward_fused(sp, a, dx, drn) : backward_impl<T>(sp, a, dx, drn, rhs, hd_all, ln);
+    if (!use_fused(sp, hs))
+      dh = backward_impl<T>(sp, a, dx, drn, rhs, hd_all, ln);
+    else
+      dh = sp.layer_norm ? backward_fused_ln(sp, a, dx, drn, ln) : backward_fused(sp, a, dx, drn);
 #else
     dh = backward_impl<T>(sp, a, dx, drn, rhs, hd_all, ln);
 #endif

@@ -142,12 +142,13 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, split, H, len
     assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
-# Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (72: four and a tail of 8;
+# Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (with and without layer
+# norm; 72: four and a tail of 8;
 # 96: six whole ones); Elman's groups of two blocks (152: four whole groups and one of a block
 # and a tail of 8; 176: five and one of a single block), large enough that a step of 9 rows (all
 # but the GRU at 72 also 6) has the work to split over 2 threads: with 17 rows (a tile of 8 for
 # each) threads own rows (owned_rows), with fewer units (owned_blocks).
-EDGE_H = {"gru": (72, 96), "elman": (152, 176), "elman_relu": (152, 176)}
+EDGE_H = {"gru": (72, 96), "gru_ln": (72, 96), "elman": (152, 176), "elman_relu": (152, 176)}
 
 
 @needs_cpu
