@@ -283,8 +283,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), H, H);
   const float* wn = packed.data_ptr<float>();
   const float* h = (sp.zoneout > 0 ? a.saved[0] : a.states[0]).data_ptr<float>();   // act(a_t) before zoneout
-  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
-  float* dhs[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const Carried dh(a);
   const GradOut<float> d_out(a.d_out);
   float* da = da_t.data_ptr<float>();
   const FusedOpts o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
@@ -296,11 +295,11 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
             Tn, (H + simd::kLanes - 1) / simd::kLanes, B, step_threads(B, H), kElmanRows,
             H * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
-              grad_rows<Zone, Relu>(a, o, d_out, h, Tn - 1 - s, jb, r0, r1, dhs[s % 2], dhs[(s + 1) % 2], da);
+              grad_rows<Zone, Relu>(a, o, d_out, h, Tn - 1 - s, jb, r0, r1, dh.cur(s), dh.next(s), da);
             }),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // padded rows: nothing to add
               const int64_t t = Tn - 1 - s;
-              float* next = dhs[(s + 1) % 2];
+              float* next = dh.next(s);
               by_row_tiles<kElmanRows>(r0, std::min(r1, mask.live(t)), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
@@ -310,7 +309,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
             }));
       },
       o.nz.drop != nullptr, o.nz.zoneout(), sp.act == kRelu);
-  return dh[Tn % 2];
+  return dh.grad0(Tn);
 }
 #endif
 

@@ -513,8 +513,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
-  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
-  float* dhp[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const Carried dh(a);
   const GradOut<float> d_out(a.d_out);
   float *dx = dx_t.data_ptr<float>(), *drn = drn_t.data_ptr<float>();
   const FusedOpts o{Noise<float>(sp, a.noise), nullptr, float(sp.clip)};
@@ -526,11 +525,11 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
         owned_units_or_rows(
             Tn, nb, B, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
-              grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, r0, r1, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
+              grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, r0, r1, dh.cur(s), dh.next(s), dx, drn);
             }),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // padded rows: nothing to add
               const int64_t t = Tn - 1 - s;
-              float* next = dhp[(s + 1) % 2];
+              float* next = dh.next(s);
               by_row_tiles<kGruRows>(r0, std::min(r1, q.mask.live(t)), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
@@ -542,7 +541,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
             }));
       },
       o.nz.drop != nullptr, o.nz.zoneout());
-  return dh[Tn % 2];
+  return dh.grad0(Tn);
 }
 
 // ---- layer normalisation, fused (forward_after's and backward_impl's math with layer norm) -----
@@ -564,19 +563,15 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const auto opt = a.xp.options();
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 3);
   const Tensor b_hh_t = or_zeros(a.rec[1], G, opt);
-  const Tensor x_st = at::empty({Tn * B, 6}, opt);             // xp's 3 block means, then 3 rstds
   const float *wp = packed.data_ptr<float>(), *b_hh = b_hh_t.data_ptr<float>(), *xp = a.xp.data_ptr<float>();
   const float *g_ih = a.rec[2]->data_ptr<float>(), *g_hh = a.rec[3]->data_ptr<float>();
   const float* h0 = a.state0[0].data_ptr<float>();
+  const Tensor x_st = xp_block_stats(xp, Tn * B, 3, H);
   float *hs = bufs[0].data_ptr<float>(), *raw = bufs[3].data_ptr<float>(), *xs = x_st.data_ptr<float>();
   float* gates = a.save ? bufs[1].data_ptr<float>() : nullptr;
   float* hn = a.save ? bufs[2].data_ptr<float>() : nullptr;
   float* LN[4] = {nullptr, nullptr, nullptr, nullptr};         // x_hat, x_rstd, h_hat, h_rstd (save)
   for (int k = 0; a.save && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<float>();
-  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int k = 0; k < 3; ++k) block_stats(H, xp + r * G + k * H, xs[r * 6 + k], xs[r * 6 + 3 + k]);
-  });
   const FusedOpts o{Noise<float>(sp, a.noise), bufs[6].defined() ? bufs[6].data_ptr<float>() : nullptr, 0.0f};
   const Mask mask(a.mask, B);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
@@ -619,18 +614,16 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
                   if (a.save && j0 == 0) std::fill_n(LN[1] + row * 3, 3, 0.0f), std::fill_n(LN[3] + row * 3, 3, 0.0f);
                   continue;
                 }
-                const float *r_ = raw + b * G, *x = xp + row * G, *x_mean = xs + row * 6, *x_rstd = x_mean + 3;
-                float h_mean[3], h_rstd[3];
-                for (int g = 0; g < 3; ++g) block_stats(H, r_ + g * H, h_mean[g], h_rstd[g]);
-                if (a.save && j0 == 0) std::copy_n(x_rstd, 3, LN[1] + row * 3), std::copy_n(h_rstd, 3, LN[3] + row * 3);
+                const float *r_ = raw + b * G, *x = xp + row * G;
+                const LnRow<3> st(H, xs + row * 6, r_);
+                if (a.save && j0 == 0) st.save(LN[1] + row * 3, LN[3] + row * 3);
                 for (int64_t jb = j0; jb < j1; ++jb) {
                   const int64_t j = jb * kLanes;
                   const __mmask16 m = lanes(H - j);
                   V xg[3], hg[3];                                    // g_ih x_hat, g_hh h_hat + b_hh per gate
                   for (int g = 0; g < 3; ++g) {
                     const int64_t k = g * H + j;
-                    const V xh = _mm512_mul_ps(_mm512_sub_ps(load(x + k, m), splat(x_mean[g])), splat(x_rstd[g]));
-                    const V hh = _mm512_mul_ps(_mm512_sub_ps(load(r_ + k, m), splat(h_mean[g])), splat(h_rstd[g]));
+                    const V xh = st.x_hat(g, load(x + k, m)), hh = st.h_hat(g, load(r_ + k, m));
                     if (a.save) store(LN[0] + row * G + k, xh, m), store(LN[2] + row * G + k, hh, m);
                     xg[g] = _mm512_mul_ps(load(g_ih + k, m), xh);
                     hg[g] = _mm512_fmadd_ps(load(g_hh + k, m), hh, load(b_hh + k, m));
@@ -663,8 +656,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, c
   const int64_t nb = (H + kLanes - 1) / kLanes;
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
-  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
-  float* dhp[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const Carried dh(a);
   const GradOut<float> d_out(a.d_out);
   float *dx = dx_t.data_ptr<float>(), *drn = drn_t.data_ptr<float>();
   float *dxp = ln[0].data_ptr<float>(), *drec = ln[1].data_ptr<float>();
@@ -682,7 +674,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, c
             Tn, nb, B, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // carried (t = Tn-1-s)
               const int64_t t = Tn - 1 - s, j = jb * kLanes;
-              grad_rows<Zone>(q, o, d_out, t, jb, r0, r1, dhp[s % 2], dhp[(s + 1) % 2], dx, drn);
+              grad_rows<Zone>(q, o, d_out, t, jb, r0, r1, dh.cur(s), dh.next(s), dx, drn);
               const __mmask16 m = lanes(H - j);
               for (int64_t b = r0; b < r1; ++b)                      // padded: their LN rows zero too
                 if (!q.mask.valid(t, b))
@@ -714,7 +706,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, c
             },
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // dh
               const int64_t t = Tn - 1 - s;
-              float* next = dhp[(s + 1) % 2];
+              float* next = dh.next(s);
               by_row_tiles<kGruRows>(r0, std::min(r1, q.mask.live(t)), [&](auto rows, int64_t b0) {
                 constexpr int R = decltype(rows)::value;
                 const float* mr[R] = {};
@@ -724,7 +716,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, c
             }));
       },
       o.nz.drop != nullptr, o.nz.zoneout());
-  return dh[Tn % 2];
+  return dh.grad0(Tn);
 }
 #endif
 

@@ -430,19 +430,15 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const LnParams<float> ln(sp, a.rec, H, opt);
   const Fused o = forward_options(sp, a, bufs);
   const Tensor raw_t = at::empty({B, G}, opt);                 // h_{t-1} W_hh^T of the step
-  const Tensor x_st = at::empty({Tn * B, 8}, opt);             // xp's 4 block means, then 4 rstds
   const Tensor cn_t = o.nz.zoneout() && !a.save ? at::empty({B, H}, opt) : Tensor();
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>(), *xp = a.xp.data_ptr<float>();
   const float *h0 = a.state0[0].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
   float *H_ = bufs[0].data_ptr<float>(), *C_ = bufs[1].data_ptr<float>(), *G_ = bufs[2].data_ptr<float>();
+  const Tensor x_st = xp_block_stats(xp, Tn * B, 4, H);
   float *raw = raw_t.data_ptr<float>(), *xs = x_st.data_ptr<float>();
   float* TC = a.save ? bufs[3].data_ptr<float>() : nullptr;
   float* LN[4] = {nullptr, nullptr, nullptr, nullptr};         // x_hat, x_rstd, h_hat, h_rstd (save)
   for (int k = 0; a.save && k < 4; ++k) LN[k] = bufs[7 + k].data_ptr<float>();
-  at::parallel_for(0, Tn * B, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int k = 0; k < 4; ++k) block_stats(H, xp + r * G + k * H, xs[r * 8 + k], xs[r * 8 + 4 + k]);
-  });
   const Mask mask(a.mask, B);
   const V zero = _mm512_setzero_ps();
   // the step's c~ rows (B, H)
@@ -489,18 +485,16 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
               if (a.save && j0 == 0) std::fill_n(LN[1] + row * 4, 4, 0.0f), std::fill_n(LN[3] + row * 4, 4, 0.0f);
               continue;
             }
-            const float *r = raw + b * G, *x = xp + row * G, *x_mean = xs + row * 8, *x_rstd = x_mean + 4;
-            float h_mean[4], h_rstd[4];
-            for (int g = 0; g < 4; ++g) block_stats(H, r + g * H, h_mean[g], h_rstd[g]);
-            if (a.save && j0 == 0) std::copy_n(x_rstd, 4, LN[1] + row * 4), std::copy_n(h_rstd, 4, LN[3] + row * 4);
+            const float *r = raw + b * G, *x = xp + row * G;
+            const LnRow<4> st(H, xs + row * 8, r);
+            if (a.save && j0 == 0) st.save(LN[1] + row * 4, LN[3] + row * 4);
             for (int64_t jb = j0; jb < j1; ++jb) {
               const int64_t j = jb * kLanes;
               const __mmask16 m = lanes(H - j);
               V pre[4], wc[3];
               for (int g = 0; g < 4; ++g) {
                 const int64_t k = g * H + j;
-                const V xh = _mm512_mul_ps(_mm512_sub_ps(load(x + k, m), splat(x_mean[g])), splat(x_rstd[g]));
-                const V hh = _mm512_mul_ps(_mm512_sub_ps(load(r + k, m), splat(h_mean[g])), splat(h_rstd[g]));
+                const V xh = st.x_hat(g, load(x + k, m)), hh = st.h_hat(g, load(r + k, m));
                 if (a.save) store(LN[0] + row * G + k, xh, m), store(LN[2] + row * G + k, hh, m);
                 pre[g] = _mm512_add_ps(_mm512_fmadd_ps(load(ln.g_hh + k, m), hh, _mm512_mul_ps(load(ln.g_ih + k, m), xh)),
                                        load(bias + k, m));
@@ -635,8 +629,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const int64_t nb = (H + kLanes - 1) / kLanes;
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
-  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, a.states[0].options())};   // dh_t in dh[(Tn-1-t) % 2]
-  float* dhs[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const Carried dh(a);
   const Mask mask(a.mask, B);
   const GradOut<float> d_out(a.d_out);
   const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
@@ -652,7 +645,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
         each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
-          float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
+          float *cur = dh.cur(s), *next = dh.next(s);
           V wc[3];
           peep_weights<Peep>(o, H, j0, m, wc);
           for (int64_t b = r0; b < r1; ++b) {
@@ -678,10 +671,10 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
         }),
         each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
           const int64_t t = Tn - 1 - s;
-          dh_block<Drop>(o, dg + t * B * G, wn, r0, std::min(r1, mask.live(t)), H, t, jb, dhs[(s + 1) % 2]);
+          dh_block<Drop>(o, dg + t * B * G, wn, r0, std::min(r1, mask.live(t)), H, t, jb, dh.next(s));
         }));
   });
-  return dh[Tn % 2];
+  return dh.grad0(Tn);
 }
 
 // Backward of the layer-normalised LSTM (backward_impl's math), fused.  ln: [dp, dx, dn, c_hat]
@@ -712,8 +705,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
   const LnParams<float> ln(sp, a.rec, H, opt);
-  Tensor dh[2] = {final_grad(a, 0), at::empty({B, H}, opt)};   // dh_t in dh[(Tn-1-t) % 2]
-  float* dhs[2] = {dh[0].data_ptr<float>(), dh[1].data_ptr<float>()};
+  const Carried dh(a);
   const Tensor c_rstd_t = at::empty({Tn * B}, opt);
   const Mask mask(a.mask, B);
   const GradOut<float> d_out(a.d_out);
@@ -758,7 +750,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
           for (int64_t jb = j0; jb < j1; ++jb) {
             const int64_t t = Tn - 1 - s, j = jb * kLanes;
             const __mmask16 m = lanes(H - j);
-            float *cur = dhs[s % 2], *next = dhs[(s + 1) % 2];
+            float *cur = dh.cur(s), *next = dh.next(s);
             for (int64_t b = r0; b < r1; ++b) {
               const int64_t row = t * B + b;
               V gh, gc;
@@ -778,7 +770,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
         },
         [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // cell
           const int64_t t = Tn - 1 - s;
-          const float* cur = dhs[s % 2];
+          const float* cur = dh.cur(s);
           const LnSums mine = set_of(r0);
           for (int64_t b = r0; b < r1; ++b) {
             const int64_t row = t * B + b;
@@ -841,7 +833,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
             for (const float* p : {tanh_c, static_cast<const float*>(c_hat)}) prefetch(p, t - 1, H, r0, r1);
           }
           const int64_t live = std::min(r1, mask.live(t));
-          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, r0, live, H, t, jb, dhs[(s + 1) % 2]);
+          for (int64_t jb = j0; jb < j1; ++jb) dh_block<Drop>(o, dg + t * B * G, wn, r0, live, H, t, jb, dh.next(s));
         });
   });
   const float* sets = sets_t.data_ptr<float>();
@@ -852,7 +844,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
     std::fill_n(outs[k], widths[k], 0.0f);
     for (int64_t q = 0; q < n_sets; ++q) add_to(widths[k], outs[k], sets + q * set_n + at_[k]);
   }
-  return dh[Tn % 2];
+  return dh.grad0(Tn);
 }
 #endif
 

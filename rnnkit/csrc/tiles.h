@@ -228,6 +228,50 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
   dh_tile<R, Drop>(parts, wn, G, H, jb, out, mr);
 }
 
+// dh_t and dh_{t-1} of a fused backward loop, two (B, S_0) buffers that alternate: step s of the
+// loop (t = T-1-s) reads dh_t from cur(s) and sets dh_{t-1} in next(s); the first cur is d_final
+// (or zeros).  After the loop's Tn steps, grad0(Tn) is dh_0.
+struct Carried {
+  at::Tensor buf[2];
+  float* p[2];
+  explicit Carried(const BwdArgs& a)
+      : buf{final_grad(a, 0), at::empty(a.state0[0].sizes(), a.states[0].options())},
+        p{buf[0].data_ptr<float>(), buf[1].data_ptr<float>()} {}
+  float* cur(int64_t s) const { return p[s % 2]; }
+  float* next(int64_t s) const { return p[(s + 1) % 2]; }
+  const at::Tensor& grad0(int64_t Tn) const { return buf[Tn % 2]; }
+};
+
+// Layer norm's statistics of xp (rows, NG*H), taken for all T*B rows before a fused loop (they do
+// not depend on the recurrence): (rows, 2 NG), each row's NG block means, then their rstds.
+inline at::Tensor xp_block_stats(const float* xp, int64_t rows, int64_t NG, int64_t H) {
+  at::Tensor st = at::empty({rows, 2 * NG}, at::kFloat);
+  float* s = st.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t k = 0; k < NG; ++k) simd::block_stats(H, xp + (r * NG + k) * H, s[r * 2 * NG + k], s[r * 2 * NG + NG + k]);
+  });
+  return st;
+}
+
+// One row's statistics in a step of a fused layer-norm loop: xp's (its row of xp_block_stats)
+// and those of raw, the row's h_{t-1} W_hh^T (NG blocks of H), and the normalised vectors.
+template <int NG>
+struct LnRow {
+  const float *x_mean, *x_rstd;
+  float h_mean[NG], h_rstd[NG];
+  LnRow(int64_t H, const float* x_stats, const float* raw) : x_mean(x_stats), x_rstd(x_stats + NG) {
+    for (int g = 0; g < NG; ++g) simd::block_stats(H, raw + g * H, h_mean[g], h_rstd[g]);
+  }
+  // the rstds into the saved rows x_rstd, h_rstd (NG each)
+  void save(float* xr, float* hr) const { std::copy_n(x_rstd, NG, xr), std::copy_n(h_rstd, NG, hr); }
+  simd::V x_hat(int g, simd::V x) const { return norm(x, x_mean[g], x_rstd[g]); }
+  simd::V h_hat(int g, simd::V r) const { return norm(r, h_mean[g], h_rstd[g]); }
+  static simd::V norm(simd::V a, float mean, float rstd) {
+    return _mm512_mul_ps(_mm512_sub_ps(a, simd::splat(mean)), simd::splat(rstd));
+  }
+};
+
 }  // namespace rnnkit
 
 #endif
