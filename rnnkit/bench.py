@@ -191,6 +191,10 @@ class OrtModel(nn.Module):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            # ORT's pool threads spin after a run by default: on a machine with as many cores as
+            # threads they take the cores from whatever is timed next (an interleaved rnnkit or
+            # torch.nn call at (B, H) = (1, 64) measured 30x slower after it)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.names = [o.name for o in self.session.get_outputs()]
 

@@ -289,3 +289,11 @@ def test_threads_give_a_table_each(tmp_path):
     assert "### 2 threads" in text and "### 1 thread\n" in text and "load average" in text
     with pytest.raises(SystemExit, match="--threads"):
         bench.run(cli.build_parser().parse_args(["bench", "--quick", "--threads", "0"]))
+
+
+def test_onnxruntime_threads_do_not_spin_after_a_run():
+    """ORT's pool threads spinning after a run would take the cores from the next side timed."""
+    if bench._onnxruntime() is None:
+        pytest.skip("onnxruntime is not installed")
+    model = bench.OrtModel(rnnkit.GRU(4, 4), threads=2)
+    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
