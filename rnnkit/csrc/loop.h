@@ -18,25 +18,14 @@
 #include <utility>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace rnnkit {
 
-// at::empty for the (T, B, .) buffers.  A large fresh allocation is new pages, and faulting
-// them in 4 KiB at a time costs several times the kernel's writes to them; where the kernel
-// allows it, transparent huge pages are asked for on its 2 MiB-aligned interior.
-inline Tensor empty_seq(at::IntArrayRef sizes, const at::TensorOptions& opt) {
-  Tensor t = at::empty(sizes, opt);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t huge = uintptr_t(1) << 21;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + huge - 1) & ~(huge - 1), end = (p + t.nbytes()) & ~(huge - 1);
-  if (end > begin + huge) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-  return t;
-}
+// at::empty for the (T, B, .) buffers: the one place that decides how they are allocated.
+// Transparent huge pages (madvise) were asked for here until 2026-11-28: measured in the bench,
+// interleaved with torch.nn, they made an LSTM's (64, 512) fwd+bwd 1.4-2x slower (time in the
+// kernel's page handling after torch.nn's run freed its memory) and gained nothing elsewhere.
+inline Tensor empty_seq(at::IntArrayRef sizes, const at::TensorOptions& opt) { return at::empty(sizes, opt); }
 
 // An optional bias, or n zeros where it is None.
 inline Tensor or_zeros(const c10::optional<Tensor>& bias, int64_t n, const at::TensorOptions& opt) {
