@@ -299,13 +299,8 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
             }),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // padded rows: nothing to add
               const int64_t t = Tn - 1 - s;
-              float* next = dh.next(s);
-              by_row_tiles<kElmanRows>(r0, std::min(r1, mask.live(t)), [&](auto rows, int64_t b0) {
-                constexpr int R = decltype(rows)::value;
-                const float* mr[R] = {};
-                for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-                dh_tile<R, Drop>(da + (t * B + b0) * H, H, wn, H, jb, next + b0 * H, mr);
-              });
+              const RowsPart step[1] = {{da + t * B * H, H, 0, H}};
+              dh_rows<kElmanRows, Drop>(step, o.nz, wn, H, H, t, jb, r0, std::min(r1, mask.live(t)), dh.next(s));
             }));
       },
       o.nz.drop != nullptr, o.nz.zoneout(), sp.act == kRelu);

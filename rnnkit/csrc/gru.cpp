@@ -529,15 +529,8 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
             }),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // padded rows: nothing to add
               const int64_t t = Tn - 1 - s;
-              float* next = dh.next(s);
-              by_row_tiles<kGruRows>(r0, std::min(r1, q.mask.live(t)), [&](auto rows, int64_t b0) {
-                constexpr int R = decltype(rows)::value;
-                const float* mr[R] = {};
-                for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-                const int64_t row = t * B + b0;
-                const RowsPart parts[2] = {{dx + row * G, G, 0, 2 * H}, {drn + row * H, H, 2 * H, H}};
-                dh_tile<R, Drop>(parts, wn, G, H, jb, next + b0 * H, mr);
-              });
+              const RowsPart step[2] = {{dx + t * B * G, G, 0, 2 * H}, {drn + t * B * H, H, 2 * H, H}};
+              dh_rows<kGruRows, Drop>(step, o.nz, wn, G, H, t, jb, r0, std::min(r1, q.mask.live(t)), dh.next(s));
             }));
       },
       o.nz.drop != nullptr, o.nz.zoneout());
@@ -706,13 +699,8 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, c
             },
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // dh
               const int64_t t = Tn - 1 - s;
-              float* next = dh.next(s);
-              by_row_tiles<kGruRows>(r0, std::min(r1, q.mask.live(t)), [&](auto rows, int64_t b0) {
-                constexpr int R = decltype(rows)::value;
-                const float* mr[R] = {};
-                for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-                dh_tile<R, Drop>(drec + (t * B + b0) * G, G, wn, H, jb, next + b0 * H, mr);
-              });
+              const RowsPart step[1] = {{drec + t * B * G, G, 0, G}};
+              dh_rows<kGruRows, Drop>(step, o.nz, wn, G, H, t, jb, r0, std::min(r1, q.mask.live(t)), dh.next(s));
             }));
       },
       o.nz.drop != nullptr, o.nz.zoneout());

@@ -257,6 +257,14 @@ Fused backward_options(const Spec& sp, const BwdArgs& a) {
 // Threads for a step of B rows: one below about 2^17 multiply-adds (a wait costs more).
 int64_t step_threads(int64_t B, int64_t H) { return B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
 
+// The fused LSTM loops' time loop: owned_units_or_rows over the blocks of H units, with the
+// threads a step of B rows pays for, tiles of kRows rows and W_hh's size.
+template <typename... Phases>
+void lstm_loop(int64_t Tn, int64_t B, int64_t H, const Phases&... phases) {
+  owned_units_or_rows(Tn, (H + simd::kLanes - 1) / simd::kLanes, B, step_threads(B, H), kRows,
+                      4 * H * H * int64_t(sizeof(float)), phases...);
+}
+
 // z's lanes of state k, row b, step t, units j0.. (its draws, or p), as a vector.
 inline simd::V zone_at(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
   const float* z = o.nz.z(t, k, b, H);
@@ -384,15 +392,13 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
   const Fused o = forward_options(sp, a, bufs);
-  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  const int64_t threads = step_threads(B, H);
   const LstmRows q{B, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
                    hs.data_ptr<float>(), cs.data_ptr<float>(), a.save ? gates.data_ptr<float>() : nullptr,
                    a.save ? tanh_c.data_ptr<float>() : nullptr, Mask(a.mask, B)};
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_units_or_rows(
-        Tn, nb, B, threads, kRows, 4 * H * H * int64_t(sizeof(float)),
+    lstm_loop(
+        Tn, B, H,
         each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
           by_live_tiles(
               q.mask.live(t), B,
@@ -423,7 +429,6 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   using namespace simd;
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, G = 4 * H;
-  const int64_t nb = (H + kLanes - 1) / kLanes;
   const auto opt = a.xp.options();
   const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 4);
   const Tensor bias_t = or_zeros(a.rec[1], G, opt);
@@ -446,11 +451,10 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
     if (!o.nz.zoneout()) return C_ + t * B * H;
     return a.save ? o.upd[1] + t * B * H : cn_t.data_ptr<float>();
   };
-  const int64_t threads = step_threads(B, H);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_units_or_rows(
-        Tn, nb, B, threads, kRows, G * H * int64_t(sizeof(float)),
+    lstm_loop(
+        Tn, B, H,
         [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // sums
           const float* hp = t ? H_ + (t - 1) * B * H : h0;
           const int64_t live = std::max<int64_t>(0, std::min(r1, mask.live(t)) - r0);   // padded rows' raw is not read
@@ -606,19 +610,13 @@ inline void saved_gates(const float* gt, int64_t H, int64_t j0, __mmask16 m, sim
   for (int g = 0; g < 4; ++g) q[g] = simd::load(gt + g * H + j0, m);
 }
 
-// dh_{t-1}[:, block jb] (next, (B, H)) += dg_t (B, 4H) W_hh[:, block jb], times the recurrent
-// mask with Drop.
-// Rows b0 .. b1-1 (b1 at most the step's live rows, Mask::live: the padded rows after them have dg = 0).
+// dh_{t-1}[rows r0 .. r1-1, block jb] (next, (B, H)) += dg_t (B, 4H) W_hh[:, block jb], times the
+// recurrent mask with Drop (dh_rows; r1 at most the step's live rows).
 template <bool Drop>
 void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t r0, int64_t r1, int64_t H, int64_t t,
               int64_t jb, float* next) {
-  by_row_tiles(std::max<int64_t>(0, r1 - r0), [&](auto rows, int64_t k) {
-    const int64_t b0 = r0 + k;
-    constexpr int R = decltype(rows)::value;
-    const float* mr[R] = {};
-    for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-    dh_tile<R, Drop>(dg_t + b0 * 4 * H, 4 * H, wn, H, jb, next + b0 * H, mr);
-  });
+  const RowsPart step[1] = {{dg_t, 4 * H, 0, 4 * H}};
+  dh_rows<kRows, Drop>(step, o.nz, wn, 4 * H, H, t, jb, r0, r1, next);
 }
 
 // Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
@@ -626,7 +624,6 @@ void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t r0, in
 Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
   using namespace simd;
   const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
-  const int64_t nb = (H + kLanes - 1) / kLanes;
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
   const Carried dh(a);
@@ -635,13 +632,12 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
   const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
   float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
-  const int64_t threads = step_threads(B, H);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_units_or_rows(
-        Tn, nb, B, threads, kRows, G * H * int64_t(sizeof(float)),
+    lstm_loop(
+        Tn, B, H,
         each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
@@ -700,7 +696,6 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
                          const LnSums& sums) {
   using namespace simd;
   const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), H = a.states[0].size(2), G = 4 * H;
-  const int64_t nb = (H + kLanes - 1) / kLanes;
   const auto opt = a.states[0].options();
   const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, H);
   const float* wn = packed.data_ptr<float>();
@@ -739,13 +734,12 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
     const char* q = reinterpret_cast<const char*>(p + (t * B + r0) * n);
     for (int64_t k = 0; k < (r1 - r0) * n * int64_t(sizeof(float)); k += 64) _mm_prefetch(q + k, _MM_HINT_T1);
   };
-  const int64_t threads = step_threads(B, H);
   const V one = splat(1.0f), zero = _mm512_setzero_ps();
   const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
-    owned_units_or_rows(
-        Tn, nb, B, threads, kRows, G * H * int64_t(sizeof(float)),
+    lstm_loop(
+        Tn, B, H,
         [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // carried (step s: t = Tn-1-s)
           for (int64_t jb = j0; jb < j1; ++jb) {
             const int64_t t = Tn - 1 - s, j = jb * kLanes;

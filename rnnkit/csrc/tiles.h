@@ -228,6 +228,23 @@ void dh_tile(const float* dg, int64_t G, const float* wn, int64_t H, int64_t jb,
   dh_tile<R, Drop>(parts, wn, G, H, jb, out, mr);
 }
 
+// The dh phase of a fused backward step t: dh_{t-1}[rows r0 .. r1-1, block jb] (out, (B, H)) +=
+// d_rec W_hh[:, block jb], times the rows' recurrent masks m_t with Drop, in tiles of up to Max
+// rows; step: d_rec's parts at row 0 of the step (a tile reads them from its first row on).  The
+// caller ends r1 at the step's live rows (Mask::live): the padded rows after them have d_rec = 0.
+template <int Max, bool Drop, size_t NP>
+void dh_rows(const RowsPart (&step)[NP], const Noise<float>& nz, const float* wn, int64_t G, int64_t H, int64_t t,
+             int64_t jb, int64_t r0, int64_t r1, float* out) {
+  by_row_tiles<Max>(r0, r1, [&](auto rows, int64_t b0) {
+    constexpr int R = decltype(rows)::value;
+    const float* mr[R] = {};
+    for (int r = 0; Drop && r < R; ++r) mr[r] = nz.mask(t, b0 + r, H);
+    RowsPart parts[NP];
+    for (size_t k = 0; k < NP; ++k) parts[k] = {step[k].d + b0 * step[k].ld, step[k].ld, step[k].k0, step[k].K};
+    dh_tile<R, Drop>(parts, wn, G, H, jb, out + b0 * H, mr);
+  });
+}
+
 // dh_t and dh_{t-1} of a fused backward loop, two (B, S_0) buffers that alternate: step s of the
 // loop (t = T-1-s) reads dh_t from cur(s) and sets dh_{t-1} in next(s); the first cur is d_final
 // (or zeros).  After the loop's Tn steps, grad0(Tn) is dh_0.
