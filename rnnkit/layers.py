@@ -206,7 +206,7 @@ class _Recurrent(nn.Module):
         """A parameter as the module holds it now (parametrizations computed), checked against its
         registered shape and the data's dtype and device before any kernel reads it; None for an
         absent bias."""
-        t = getattr(self, name, None)
+        t = self._held(name)
         if t is None:
             if name in self._shapes:
                 raise RuntimeError(f"{type(self).__name__}: {name}: expected a tensor of shape "
@@ -216,11 +216,18 @@ class _Recurrent(nn.Module):
             raise TypeError(f"{type(self).__name__}: {name}: expected a Tensor, got {type(t).__name__}")
         cast = like.dtype == self.__dict__.get("_run_dtype")    # autocast: stored in another dtype
         dtype = self._param_dtype if cast else like.dtype
-        if tuple(t.shape) != self._shapes[name] or t.dtype != dtype or t.device != like.device:
+        if t.shape != self._shapes[name] or t.dtype != dtype or t.device != like.device:
             raise RuntimeError(f"{type(self).__name__}: {name}: expected shape {self._shapes[name]}, "
                                f"dtype {dtype}, device {like.device}; got shape {tuple(t.shape)}, "
                                f"dtype {t.dtype}, device {t.device}")
         return t.to(like.dtype) if cast else t
+
+    def _held(self, name: str):
+        """The attribute ``name`` as ``getattr`` finds it: a registered parameter straight from
+        ``_parameters`` (nn.Module's ``__getattr__`` is the slow way to the same object; a
+        parametrized or replicated module holds none there and takes ``getattr``)."""
+        t = self._parameters.get(name)
+        return t if t is not None else getattr(self, name, None)
 
     def _direction_params(self, layer: int, d: int, like: Tensor):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
@@ -236,7 +243,7 @@ class _Recurrent(nn.Module):
         (``torch.nn.utils.parametrize``, pruning's re-computed weights) and rebound parameters
         are seen.
         """
-        like = getattr(self, self._param_names[0][0])
+        like = self._held(self._param_names[0][0])
         return [[self._param(n, like) for n in names] for names in self._step_names]
 
     @property
@@ -247,7 +254,7 @@ class _Recurrent(nn.Module):
 
     @property
     def _param_dtype(self) -> torch.dtype:
-        return getattr(self, self._param_names[0][0]).dtype
+        return self._held(self._param_names[0][0]).dtype
 
     def backend_for(self, x: Tensor) -> backends.Backend:
         """The backend that runs this layer on tensors like ``x`` (see rnnkit.backends)."""
@@ -289,8 +296,11 @@ class _Recurrent(nn.Module):
                         order: Optional[Tensor] = None) -> List[Tuple[Tensor, ...]]:
         """Per layer-direction tuple of (B, S_k) initial states, rows in ``order`` (the user's rows
         order[0], order[1], ...; None: as given)."""
+        if hx is None:                  # zeros made per layer-direction: no (D*L, B, S_k) to index
+            sizes = self.cell.state_sizes()
+            return [tuple(ref.new_zeros(B, s) for s in sizes) for _ in range(self.num_layers * self._D)]
         full = self.initial_state(hx, B, unbatched, ref)
-        if order is not None and hx is not None:
+        if order is not None:
             full = tuple(h.index_select(1, order.to(h.device)) for h in full)
         return [tuple(h[i] for h in full) for i in range(self.num_layers * self._D)]
 
@@ -339,7 +349,9 @@ class _Recurrent(nn.Module):
         state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace)
-        h_n = tuple(torch.stack(f) for f in finals)                     # (D*L, B, S_k)
+        # (D*L, B, S_k); finals are fresh tensors (clones or the op's own outputs), so one of them
+        # needs no copy
+        h_n = tuple(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals)
         back = sequence.user_order(order, x.device)                     # the run's rows back to the user's
         if packed:
             out = PackedSequence(pack_padded_sequence(out, lengths, enforce_sorted=True).data, input.batch_sizes,
