@@ -104,6 +104,8 @@ class Row:
     baseline_gflops: Optional[float] = None
     rnnkit_gflops: Optional[float] = None
     threads: int = 0                      # intra-op threads of both sides (step rows: 1)
+    plain_ms: Optional[float] = None      # variant rows: our plain cell and plain LSTM, same turns
+    lstm_ms: Optional[float] = None
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -287,10 +289,11 @@ def _seeded(f: Callable[[], None], seed: int = 0) -> Callable[[], None]:
     return run
 
 
-def variant_model(case: Case, backend: Optional[str] = None) -> nn.Module:
-    """The layer of a variant row (weights from seed 0; a Jordan network with O = H)."""
-    kw = VARIANTS[case.variant][0](case.H)
-    entry = _ENTRIES[case.cell]
+def variant_model(case: Case, backend: Optional[str] = None, cell: Optional[str] = None) -> nn.Module:
+    """The layer of a variant row (weights from seed 0; a Jordan network with O = H); ``cell``: that
+    plain cell at the row's size instead (the variant's options left out)."""
+    kw = VARIANTS[case.variant][0](case.H) if cell is None else {}
+    entry = _ENTRIES[cell or case.cell]
     extra = {"output_size": case.H} if entry.name == "jordan" else {}
     torch.manual_seed(0)
     return entry.layer(case.H, case.H, backend=backend, **extra, **kw)
@@ -298,10 +301,15 @@ def variant_model(case: Case, backend: Optional[str] = None) -> nn.Module:
 
 def bench_variant(case: Case, repeats: int) -> List[Row]:
     """fwd and fwd+bwd of a variant: ``auto`` (the fused kernel) against the same layer on the
-    autograd backend (the plain PyTorch loop), same weights, input and noise, training mode."""
+    autograd backend (the plain PyTorch loop), same weights, input and noise, training mode.  Our
+    plain cell and plain LSTM of the same size are timed in the same turns (``plain_ms``,
+    ``lstm_ms``): issue 11's cost of a variant is a ratio measured side by side."""
     rk = variant_model(case)
     loop = variant_model(case, backends.ORACLE)
     loop.load_state_dict(rk.state_dict())
+    plains = {"plain cell": variant_model(case, cell=case.cell)}
+    if case.cell != "lstm":
+        plains["plain lstm"] = variant_model(case, cell="lstm")
     x = torch.randn(case.T, case.B, case.H)
     P = getattr(rk, "proj_size", 0)
     # with a projection: W_hh is (4H, P) and each step adds h = m W_hr^T
@@ -310,10 +318,12 @@ def bench_variant(case: Case, repeats: int) -> List[Row]:
     for mode, make, f in (("fwd", _fwd, fl), ("fwd+bwd", _fwd_bwd, 3 * fl)):
         xin = x.clone().requires_grad_(mode == "fwd+bwd")
         ms = interleaved_medians({"plain loop (autograd)": _seeded(make(loop, (xin,))),
-                                  "rnnkit": _seeded(make(rk, (xin,)))}, repeats)
+                                  "rnnkit": _seeded(make(rk, (xin,))),
+                                  **{k: make(m, (xin,)) for k, m in plains.items()}}, repeats)
         base = ms["plain loop (autograd)"]
         rows.append(Row(case.label, case.cell, mode, "plain loop (autograd)", base, ms["rnnkit"], base / ms["rnnkit"],
-                        _gflops(f, base), _gflops(f, ms["rnnkit"]), torch.get_num_threads()))
+                        _gflops(f, base), _gflops(f, ms["rnnkit"]), torch.get_num_threads(),
+                        ms["plain cell"], ms.get("plain lstm", ms["plain cell"])))
     return rows
 
 
@@ -502,11 +512,12 @@ def markdown(result: dict) -> str:
     costs = variant_costs(result["rows"])
     if costs:
         lines += ["", "### variants against our plain cell and our plain LSTM",
-                  "", "rnnkit ms of each variant row over rnnkit ms of the plain cell's and the plain LSTM's rows of "
-                  "the same size, mode and threads in this run (not interleaved: each from its own row)", "",
+                  "", "rnnkit ms of each variant row over rnnkit ms of our plain cell and plain LSTM of the same "
+                  "size, mode and threads, timed in the same turns as the variant (rows marked * come from a run "
+                  "without them: over the plain rows of the table, each from its own row)", "",
                   "| variant | mode | threads | rnnkit ms | x plain cell | x plain LSTM |", "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {c['case']} | {c['mode']} | {c['threads']} | {_ms(c['ms'])} | {c['x_plain']:.2f} | "
-                  f"{c['x_lstm']:.2f} |" for c in costs]
+        lines += [f"| {c['case']}{'' if c['side_by_side'] else ' *'} | {c['mode']} | {c['threads']} | {_ms(c['ms'])} | "
+                  f"{c['x_plain']:.2f} | {c['x_lstm']:.2f} |" for c in costs]
     for title, rows in groups:
         if not rows:
             continue
@@ -521,9 +532,9 @@ def markdown(result: dict) -> str:
 
 
 def variant_costs(rows: List[dict]) -> List[dict]:
-    """Each variant row's rnnkit time as a multiple of the plain cell's and the plain LSTM's (rnnkit
-    side of the rows with the same T, B, H, mode and threads; the variant rows left out when the
-    run has no such plain rows)."""
+    """Each variant row's rnnkit time as a multiple of our plain cell's and plain LSTM's, timed in
+    the same turns (``plain_ms``, ``lstm_ms``); rows of an older run without them: over the rnnkit
+    side of the plain rows with the same T, B, H, mode and threads (left out when there are none)."""
     def key(r, cell):
         size = re.findall(r"\b[TBH]\d+\b", r["case"])
         return (cell, *size, r["mode"], r.get("threads", 0))
@@ -531,11 +542,16 @@ def variant_costs(rows: List[dict]) -> List[dict]:
              if r["mode"] in ("fwd", "fwd+bwd") and re.fullmatch(r"\w+ T\d+ B\d+ H\d+", r["case"])}
     found = []
     for r in rows:
-        if r["baseline"] != "plain loop (autograd)" or key(r, r["cell"]) not in plain or key(r, "lstm") not in plain:
+        if r["baseline"] != "plain loop (autograd)":
+            continue
+        if r.get("plain_ms") is not None:
+            cell_ms, lstm_ms, side = r["plain_ms"], r["lstm_ms"], True
+        elif key(r, r["cell"]) in plain and key(r, "lstm") in plain:
+            cell_ms, lstm_ms, side = plain[key(r, r["cell"])], plain[key(r, "lstm")], False
+        else:
             continue
         found.append({"case": r["case"], "mode": r["mode"], "threads": r.get("threads", 0), "ms": r["rnnkit_ms"],
-                      "x_plain": r["rnnkit_ms"] / plain[key(r, r["cell"])],
-                      "x_lstm": r["rnnkit_ms"] / plain[key(r, "lstm")]})
+                      "x_plain": r["rnnkit_ms"] / cell_ms, "x_lstm": r["rnnkit_ms"] / lstm_ms, "side_by_side": side})
     return found
 
 

@@ -2,7 +2,7 @@
 cycle, and nothing outside rnnkit/backends/ knows a backend by name or by its private names.
 
 Layers, lowest first (a module may import its own rank or lower):
-    0 cells, validation, data, _version   1 sequence   2 backends   3 ops, stream   4 layers, cell_modules
+    0 cells, validation, data, _version, noise   1 sequence   2 backends   3 ops, stream   4 layers, cell_modules
     5 registry, convert, export, diagnostics   6 train, bench   7 experiments, view, export_cli   8 cli, __main__, the package
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import rnnkit
 from rnnkit import backends
 
 ROOT = Path(rnnkit.__file__).parent
-RANKS = [("rnnkit.cells", 0), ("rnnkit.validation", 0), ("rnnkit.data", 0), ("rnnkit._version", 0),
+RANKS = [("rnnkit.cells", 0), ("rnnkit.validation", 0), ("rnnkit.data", 0), ("rnnkit._version", 0), ("rnnkit.noise", 0),
          ("rnnkit.sequence", 1), ("rnnkit.backends", 2), ("rnnkit.ops", 3), ("rnnkit.stream", 3),
          ("rnnkit.layers", 4), ("rnnkit.cell_modules", 4), ("rnnkit.registry", 5), ("rnnkit.convert", 5), ("rnnkit.export", 5),
          ("rnnkit.diagnostics", 5),

@@ -39,6 +39,10 @@ def test_quick_run_rows(tmp_path):
         assert {(cell, "step"), (cell, "stream")} <= modes
     variants = {r["case"].split(" T")[0] for r in rows if r["baseline"] == "plain loop (autograd)"}
     assert variants == {f"{c} {v}" for v, (_, on) in bench.VARIANTS.items() for c in on}
+    for r in rows:                                     # our plain cell and LSTM timed in the variant's turns
+        if r["baseline"] == "plain loop (autograd)":
+            assert math.isfinite(r["plain_ms"]) and r["plain_ms"] > 0 and math.isfinite(r["lstm_ms"]), r
+            assert (r["plain_ms"] == r["lstm_ms"]) == (r["cell"] == "lstm"), r
     assert {r["baseline"] for r in rows if r["cell"] == "lstm"} >= {"torch.nn", "torch.nn (no oneDNN)"}
     assert any("bidir" in r["case"] for r in rows) and any("varlen" in r["case"] for r in rows)
     for r in rows:
@@ -56,6 +60,21 @@ def test_memory_rows_of_the_quick_run_measure_the_step(cell, gates):
     row = bench.bench_memory(cell, T, B, H)
     assert row.mode == "memory MiB" and floor >= 0.75
     assert row.baseline_ms >= 0.5 * floor and row.rnnkit_ms >= 0.5 * floor, (row, floor)
+
+
+def test_variant_costs_are_side_by_side_where_the_row_has_them():
+    def row(case, cell, ms, baseline="torch.nn", **kw):
+        return {"case": case, "cell": cell, "mode": "fwd", "baseline": baseline, "baseline_ms": 1.0, "rnnkit_ms": ms,
+                "ratio": 1.0 / ms, "baseline_gflops": None, "rnnkit_gflops": None, "threads": 2, **kw}
+    rows = [row("gru T8 B2 H4", "gru", 2.0), row("lstm T8 B2 H4", "lstm", 4.0),
+            row("gru zoneout T8 B2 H4", "gru", 3.0, "plain loop (autograd)", plain_ms=1.5, lstm_ms=2.5),
+            row("gru clip T8 B2 H4", "gru", 3.0, "plain loop (autograd)", plain_ms=None, lstm_ms=None)]
+    side, table = bench.variant_costs(rows)
+    assert (side["x_plain"], side["x_lstm"], side["side_by_side"]) == (2.0, 1.2, True)
+    assert (table["x_plain"], table["x_lstm"], table["side_by_side"]) == (1.5, 0.75, False)
+    text = bench.markdown({"machine": {"cpu": "c", "cores": 2, "torch": "t", "python": "p"}, "repeats": 7,
+                           "rows": rows})
+    assert "| gru zoneout T8 B2 H4 | fwd | 2 |" in text and "| gru clip T8 B2 H4 * | fwd | 2 |" in text
 
 
 def test_bad_cells_argument_is_an_error():
@@ -175,10 +194,15 @@ def recorded():
     return rows, recorder.calls
 
 
+PLAIN_SIDES = ("plain cell", "plain lstm")        # variant rows: our plain layers, timed in the same turns
+
+
 def rows_with_sides(recorded):
     """(row, sides of the timer call it came from): a call gives a row per side but one, in order
-    (rnnkit's side, or for step rows the torch.nn cell's, is the one shared)."""
+    (rnnkit's side, or for step rows the torch.nn cell's, is the one shared); the plain layers a
+    variant row times beside it are not sides of the row."""
     rows, calls = recorded
+    calls = [{k: v for k, v in sides.items() if k not in PLAIN_SIDES} for sides in calls]
     assert len(rows) == sum(len(sides) - 1 for sides in calls)
     it = iter(rows)
     return [(next(it), sides) for sides in calls for _ in range(len(sides) - 1)]
@@ -189,6 +213,21 @@ def test_every_side_of_every_row_ran_one_model_call(recorded):
         assert row["mode"] in ("fwd", "fwd+bwd", "step", "stream"), row
         for name, side in sides.items():
             assert side.module is not None, (row["case"], name)
+
+
+def test_variant_rows_time_our_plain_layers_on_their_input(recorded):
+    _, calls = recorded
+    variants = [sides for sides in calls if "plain loop (autograd)" in sides]
+    assert variants
+    for sides in variants:
+        rk = sides["rnnkit"]
+        plain = [sides[k] for k in PLAIN_SIDES if k in sides]
+        assert [type(p.module) for p in plain][-1] is rnnkit.LSTM
+        assert type(plain[0].module) is type(rk.module)
+        for p in plain:
+            assert torch.equal(p.x, rk.x) and p.module.hidden_size == rk.module.hidden_size
+            assert not any(getattr(p.module, k, 0) for k in ("zoneout", "recurrent_dropout", "layer_norm",
+                                                               "peephole", "proj_size", "clip_recurrent"))
 
 
 def test_the_row_label_names_the_work(recorded):

@@ -34,6 +34,8 @@ from typing import List, Optional
 
 import torch
 
+from .. import noise
+
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _NAME = "rnnkit_cpu"
 _state: dict = {}            # "module" or "error", set by the first load()
@@ -250,6 +252,7 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
     for native in (True, False):        # -march=native first; a compiler without it gets plain -O3
         try:
             _state["module"] = _compile(native, verbose)
+            noise.use_cpu_fill(getattr(_state["module"], "bernoulli_hash", None))   # the masks' fast form
             if not native:                  # kept, so that a failing native build is not silent
                 _state["native_error"] = errors[-1] if errors else "not tried"
             return _state["module"]

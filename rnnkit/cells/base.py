@@ -30,9 +30,10 @@ previous value with probability p::
     s_t = z_t * s_{t-1} + (1 - z_t) * s~_t        s~_t: the state the cell computed
     backward: ds~_t = ds_t (1 - z_t),   ds_{t-1} += ds_t z_t
 
-The random tensors ("noise": the mask m expanded over time, the z_t) are drawn by the layer from
-torch's RNG once per forward (``draw_noise``) and handed to the time loop as per-step inputs, so
-backward uses the same ones; ``noise=None`` means eval: their expected values.
+The random tensors ("noise": the mask m expanded over time, the z_t) are drawn by the layer once
+per forward (``draw_noise``; rnnkit.noise: a hash keyed by one draw of torch's generator) and
+handed to the time loop as per-step inputs, so backward uses the same ones; ``noise=None`` means
+eval: their expected values.
 
 clip_recurrent x (backward only): the time loop bounds the gradient of every carried state to
 [-x, x] at every step of BPTT (``rnnkit.backends.reference.backward``); ``step_backward`` itself is
@@ -46,6 +47,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from .. import noise
 
 State = Tuple[Tensor, ...]
 Params = Tuple[Optional[Tensor], ...]
@@ -219,9 +222,9 @@ class Cell:
         if self.recurrent_dropout:
             keep = 1.0 - self.recurrent_dropout
             S = self.state_sizes()[0]
-            found.append(like.new_empty(B, S).bernoulli_(keep).div_(keep).expand(T, B, S))
+            found.append(noise.bernoulli((B, S), keep, like, 1.0 / keep).expand(T, B, S))
         if self.zoneout:
-            found += [like.new_empty(T, B, s).bernoulli_(self.zoneout) for s in self.state_sizes()]
+            found += [noise.bernoulli((T, B, s), self.zoneout, like) for s in self.state_sizes()]
         return tuple(found)
 
     def _noise(self, noise):

@@ -16,6 +16,7 @@
 
 #include "check.h"
 #include "gemm.h"
+#include "noise.h"
 #include "rnn.h"
 #include "stream.h"
 
@@ -169,5 +170,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_state", &rnnkit::Stepper::set_state, "copy (L, B, S_k) tensors into the current states")
       .def("set_params", &rnnkit::Stepper::set_params,
            "set_params(params): bind the parameters read again (the sizes and dtype of creation)");
+  m.def("bernoulli_hash", &rnnkit::bernoulli_hash, arg("out"), arg("threshold"), arg("k0"), arg("k1"), arg("value"),
+        "bernoulli_hash(out, threshold, k0, k1, value): out[i] = value where the hash of i and the keys is below "
+        "threshold (of 2^24), else 0; in place (rnnkit/noise.py)");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
 }

@@ -172,7 +172,10 @@ def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, leng
     relu under dropout grows to thousands, and both of its paths lie up to 5e-2 from float64
     (measured); scaled, both lie within 2.5e-4 (dW_hh, relu with dropout).  With 17 rows dW_hh
     sums 119 terms: the GRU's float32 under dropout lies up to 5.1e-4 from float64 (measured, on
-    one thread as on two)."""
+    one thread as on two).  Some draws of the masks make the gradients reach hundreds (dropout's
+    1/(1-q) through the recurrence): there both float32 results lie up to 6.5e-5 of the tensor's
+    largest magnitude from float64 (measured; the reference's own float32 2.4e-5), so the absolute
+    tolerance scales with that magnitude."""
     H = EDGE_H[name][edge]
     cell = CELLS[name](H, **options)
     xp, mask, state0, rec, d_out, d_final = inputs(cell, 7, len(lengths), torch.float64, lengths)
@@ -194,7 +197,9 @@ def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, leng
     finally:
         torch.set_num_threads(old)
     tol = 4e-4 if len(lengths) < 17 else 7e-4
-    assert_all_close(found[1], found[0], torch.float64, atol=tol, rtol=tol)
+    for k, (got, want) in enumerate(zip(found[1], found[0])):     # float32's error grows with the magnitudes
+        scale = max(1.0, want.abs().max().item())                  # summed (gradients reach hundreds here)
+        torch.testing.assert_close(got, want, atol=tol * scale, rtol=tol, msg=lambda m, k=k: f"tensor {k}: {m}")
 
 
 @needs_cpu
