@@ -30,6 +30,14 @@ def extension():
     return _build.load()
 
 
+def empty_cache() -> int:
+    """Free the large buffers the C++ kernels keep for their next call (csrc/pool.h: at most
+    RNNKIT_CPU_POOL_MB, default 256 MiB, of freed (T, B, .) buffers; 0 turns the cache off), as
+    torch.cuda.empty_cache() does for CUDA memory.  Returns the bytes freed (0 without the kernels)."""
+    ext = _build.load() if _build.error() is None else None
+    return ext.pool_release() if ext is not None else 0
+
+
 class CPU(Backend):
     name = "cpu"
 

@@ -17,6 +17,7 @@
 #include "check.h"
 #include "gemm.h"
 #include "noise.h"
+#include "pool.h"
 #include "rnn.h"
 #include "stream.h"
 
@@ -173,5 +174,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bernoulli_hash", &rnnkit::bernoulli_hash, arg("out"), arg("threshold"), arg("k0"), arg("k1"), arg("value"),
         "bernoulli_hash(out, threshold, k0, k1, value): out[i] = value where the hash of i and the keys is below "
         "threshold (of 2^24), else 0; in place (rnnkit/noise.py)");
+  m.def("pool_release", &rnnkit::pool_release, "bytes = pool_release(): free the buffers cached by pool.h");
+  m.def("pool_cached", &rnnkit::pool_cached, "the bytes of buffers pool.h caches now");
+  m.def("pool_limit", &rnnkit::pool_limit, "the bytes pool.h may cache (RNNKIT_CPU_POOL_MB)");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
 }

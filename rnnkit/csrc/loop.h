@@ -5,6 +5,7 @@
 #pragma once
 
 #include "rnn.h"
+#include "pool.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -18,14 +19,13 @@
 #include <utility>
 #include <vector>
 
-
 namespace rnnkit {
 
-// at::empty for the (T, B, .) buffers: the one place that decides how they are allocated.
-// Transparent huge pages (madvise) were asked for here until 2026-11-28: measured in the bench,
-// interleaved with torch.nn, they made an LSTM's (64, 512) fwd+bwd 1.4-2x slower (time in the
-// kernel's page handling after torch.nn's run freed its memory) and gained nothing elsewhere.
-inline Tensor empty_seq(at::IntArrayRef sizes, const at::TensorOptions& opt) { return at::empty(sizes, opt); }
+// at::empty for the (T, B, .) buffers: the one place that decides how they are allocated.  Large
+// ones come from the pool of pool.h (no page faults on the next call).  Transparent huge pages
+// (madvise) were asked for here until 2026-11-28: measured in the bench, interleaved with
+// torch.nn, they made an LSTM's (64, 512) fwd+bwd 1.4-2x slower and gained nothing elsewhere.
+inline Tensor empty_seq(at::IntArrayRef sizes, const at::TensorOptions& opt) { return pooled_empty(sizes, opt); }
 
 // An optional bias, or n zeros where it is None.
 inline Tensor or_zeros(const c10::optional<Tensor>& bias, int64_t n, const at::TensorOptions& opt) {

@@ -1,0 +1,90 @@
+"""The C++ kernels' buffer cache (csrc/pool.h): freed (T, B, .) buffers are kept for the next call
+up to a limit, dropped oldest first, released by rnnkit.backends.cpu.empty_cache(); the tensors
+are ordinary (resizable) CPU tensors; the cache changes no number."""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.backends import cpu
+
+pytestmark = pytest.mark.skipif(cpu.extension() is None, reason="the C++ kernels did not build")
+T, B, H = 64, 8, 64                       # (T, B, 4H) float32 = 512 KiB: above the pool's 64 KiB floor
+
+
+def step(model, x):
+    model(x)[0].sum().backward()
+
+
+def test_freed_buffers_are_kept_and_released():
+    ext = cpu.extension()
+    cpu.empty_cache()
+    assert ext.pool_cached() == 0
+    model, x = rnnkit.LSTM(H, H, backend="cpu"), torch.randn(T, B, H)
+    step(model, x)
+    kept = ext.pool_cached()
+    assert kept >= T * B * 4 * H * 4                      # at least the gates' buffer came back
+    step(model, x)
+    assert ext.pool_cached() == kept                      # the next call took the same blocks again
+    assert cpu.empty_cache() == kept and ext.pool_cached() == 0
+
+
+def test_outputs_are_ordinary_resizable_tensors():
+    cpu.empty_cache()
+    with torch.no_grad():
+        out, _ = rnnkit.LSTM(H, H, backend="cpu")(torch.randn(T, B, H))
+        want = out.clone()
+    out.resize_(2 * T, B, H)                               # grows through the same allocator
+    assert torch.equal(out[:T], want)
+    out.resize_(1, B, H)
+    assert torch.equal(out[0], want[0])
+    del out
+    assert cpu.extension().pool_cached() > 0
+
+
+def test_buffers_freed_on_other_threads():
+    cpu.empty_cache()
+    with torch.no_grad():
+        outs = [rnnkit.Elman(H, H, backend="cpu")(torch.randn(T, B, H))[0] for _ in range(16)]
+    size = outs[0].numel() * 4
+    workers = [threading.Thread(target=lambda k=k: outs.__setitem__(k, None)) for k in range(16)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert cpu.extension().pool_cached() % 4096 == 0 and cpu.extension().pool_cached() >= size
+
+
+def _run(env_mb: str) -> dict:
+    code = """
+import json, torch, rnnkit
+from rnnkit.backends import cpu
+ext = cpu.extension()
+seen, outs = [], []
+torch.manual_seed(0)
+model = rnnkit.GRU(64, 64, backend="cpu")
+for T in (64, 96, 128, 160, 192):            # new sizes: blocks of older ones dropped oldest first
+    x = torch.randn(T, 8, 64)
+    out = model(x)[0]
+    out.sum().backward()
+    outs.append(out.detach()[-1, 0, :4].tolist())
+    seen.append(ext.pool_cached())
+print(json.dumps({"limit": ext.pool_limit(), "seen": seen, "outs": outs}))
+"""
+    env = {**os.environ, "RNNKIT_CPU_POOL_MB": env_mb}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_limit_holds_and_the_numbers_do_not_depend_on_the_cache():
+    small, off = _run("1"), _run("0")
+    assert small["limit"] == 1 << 20 and off["limit"] == 0
+    assert max(small["seen"]) <= 1 << 20 and max(small["seen"]) > 0
+    assert off["seen"] == [0] * 5
+    assert small["outs"] == off["outs"]
