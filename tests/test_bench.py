@@ -77,6 +77,15 @@ def test_variant_costs_are_side_by_side_where_the_row_has_them():
     assert "| gru zoneout T8 B2 H4 | fwd | 2 |" in text and "| gru clip T8 B2 H4 * | fwd | 2 |" in text
 
 
+def test_no_side_always_runs_after_the_same_one():
+    seen = []
+    fns = {k: (lambda k=k: seen.append(k)) for k in "abc"}
+    ms = bench.interleaved_medians(fns, repeats=6, warmup=0)
+    assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
+    turns = ["".join(seen[i:i + 3]) for i in range(0, 18, 3)]
+    assert turns == ["abc", "bca", "cab", "abc", "bca", "cab"]
+
+
 def test_bad_cells_argument_is_an_error():
     args = cli.build_parser().parse_args(["bench", "--quick", "--cells", "lstm,transformer"])
     with pytest.raises(SystemExit, match="--cells"):
