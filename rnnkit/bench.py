@@ -104,8 +104,8 @@ class Row:
     baseline_gflops: Optional[float] = None
     rnnkit_gflops: Optional[float] = None
     threads: int = 0                      # intra-op threads of both sides (step rows: 1)
-    plain_ms: Optional[float] = None      # variant rows: our plain cell and plain LSTM, same turns
-    lstm_ms: Optional[float] = None
+    x_plain: Optional[float] = None       # variant rows: time over our plain cell's, same turns
+    x_lstm: Optional[float] = None        # ... and over our plain LSTM's
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -288,9 +288,11 @@ def bench_jordan(case: Case, repeats: int) -> List[Row]:
 
 
 def _seeded(f: Callable[[], None], seed: int = 0) -> Callable[[], None]:
-    """f after torch.manual_seed(seed): every call (either side of a row) draws the same noise."""
+    """f after seeding torch's CPU generator (every call, either side of a row, draws the same noise:
+    rnnkit.noise takes its keys from that generator).  Not torch.manual_seed, which seeds every
+    device's generator and costs about 0.11 ms here: a tenth of a small forward."""
     def run():
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         f()
     return run
 
@@ -307,9 +309,9 @@ def variant_model(case: Case, backend: Optional[str] = None, cell: Optional[str]
 
 def bench_variant(case: Case, repeats: int) -> List[Row]:
     """fwd and fwd+bwd of a variant: ``auto`` (the fused kernel) against the same layer on the
-    autograd backend (the plain PyTorch loop), same weights, input and noise, training mode.  Our
-    plain cell and plain LSTM of the same size are timed in the same turns (``plain_ms``,
-    ``lstm_ms``): issue 11's cost of a variant is a ratio measured side by side."""
+    autograd backend (the plain PyTorch loop), same weights, input and noise, training mode.  The
+    variant's cost, ``x_plain`` and ``x_lstm`` (issue 11: its time over our plain cell's and plain
+    LSTM's of the same size), is measured side by side too, in turns of its own."""
     rk = variant_model(case)
     loop = variant_model(case, backends.ORACLE)
     loop.load_state_dict(rk.state_dict())
@@ -324,12 +326,15 @@ def bench_variant(case: Case, repeats: int) -> List[Row]:
     for mode, make, f in (("fwd", _fwd, fl), ("fwd+bwd", _fwd_bwd, 3 * fl)):
         xin = x.clone().requires_grad_(mode == "fwd+bwd")
         ms = interleaved_medians({"plain loop (autograd)": _seeded(make(loop, (xin,))),
-                                  "rnnkit": _seeded(make(rk, (xin,))),
-                                  **{k: make(m, (xin,)) for k, m in plains.items()}}, repeats)
+                                  "rnnkit": _seeded(make(rk, (xin,)))}, repeats)
+        # the cost against our plain layers in turns of their own: the slow loop leaves caches
+        # and pages cold for whichever side follows it
+        cost = interleaved_medians({"rnnkit": _seeded(make(rk, (xin,))),
+                                    **{k: _seeded(make(m, (xin,))) for k, m in plains.items()}}, repeats)
         base = ms["plain loop (autograd)"]
         rows.append(Row(case.label, case.cell, mode, "plain loop (autograd)", base, ms["rnnkit"], base / ms["rnnkit"],
                         _gflops(f, base), _gflops(f, ms["rnnkit"]), torch.get_num_threads(),
-                        ms["plain cell"], ms.get("plain lstm", ms["plain cell"])))
+                        cost["rnnkit"] / cost["plain cell"], cost["rnnkit"] / cost.get("plain lstm", cost["plain cell"])))
     return rows
 
 
@@ -519,8 +524,8 @@ def markdown(result: dict) -> str:
     if costs:
         lines += ["", "### variants against our plain cell and our plain LSTM",
                   "", "rnnkit ms of each variant row over rnnkit ms of our plain cell and plain LSTM of the same "
-                  "size, mode and threads, timed in the same turns as the variant (rows marked * come from a run "
-                  "without them: over the plain rows of the table, each from its own row)", "",
+                  "size, mode and threads, timed side by side with the variant in turns of their own (rows marked * "
+                  "come from a run without them: over the plain rows of the table, each from its own row)", "",
                   "| variant | mode | threads | rnnkit ms | x plain cell | x plain LSTM |", "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {c['case']}{'' if c['side_by_side'] else ' *'} | {c['mode']} | {c['threads']} | {_ms(c['ms'])} | "
                   f"{c['x_plain']:.2f} | {c['x_lstm']:.2f} |" for c in costs]
@@ -538,9 +543,9 @@ def markdown(result: dict) -> str:
 
 
 def variant_costs(rows: List[dict]) -> List[dict]:
-    """Each variant row's rnnkit time as a multiple of our plain cell's and plain LSTM's, timed in
-    the same turns (``plain_ms``, ``lstm_ms``); rows of an older run without them: over the rnnkit
-    side of the plain rows with the same T, B, H, mode and threads (left out when there are none)."""
+    """Each variant row's cost: its rnnkit time over our plain cell's and plain LSTM's, as measured
+    side by side (``x_plain``, ``x_lstm``); rows of an older run without them: over the rnnkit side
+    of the plain rows with the same T, B, H, mode and threads (left out when there are none)."""
     def key(r, cell):
         size = re.findall(r"\b[TBH]\d+\b", r["case"])
         return (cell, *size, r["mode"], r.get("threads", 0))
@@ -550,14 +555,14 @@ def variant_costs(rows: List[dict]) -> List[dict]:
     for r in rows:
         if r["baseline"] != "plain loop (autograd)":
             continue
-        if r.get("plain_ms") is not None:
-            cell_ms, lstm_ms, side = r["plain_ms"], r["lstm_ms"], True
+        if r.get("x_plain") is not None:
+            x_plain, x_lstm, side = r["x_plain"], r["x_lstm"], True
         elif key(r, r["cell"]) in plain and key(r, "lstm") in plain:
-            cell_ms, lstm_ms, side = plain[key(r, r["cell"])], plain[key(r, "lstm")], False
+            x_plain, x_lstm, side = r["rnnkit_ms"] / plain[key(r, r["cell"])], r["rnnkit_ms"] / plain[key(r, "lstm")], False
         else:
             continue
         found.append({"case": r["case"], "mode": r["mode"], "threads": r.get("threads", 0), "ms": r["rnnkit_ms"],
-                      "x_plain": r["rnnkit_ms"] / cell_ms, "x_lstm": r["rnnkit_ms"] / lstm_ms, "side_by_side": side})
+                      "x_plain": x_plain, "x_lstm": x_lstm, "side_by_side": side})
     return found
 
 
