@@ -409,7 +409,7 @@ class _Recurrent(nn.Module):
         leaves unread, so the copy is skipped."""
         if mask is None or not ops.needs_graph((x, *self.parameters())):
             return x
-        return x.masked_fill(~mask, 0.0)
+        return sequence.zero_padded(mask, x)
 
     def _run(self, x, mask, rev, state0, want_trace):
         backend = self.backend_for(x)

@@ -29,6 +29,7 @@ from .backends import library
 from .backends.base import Backend
 from .cells.base import Cell
 from .sequence import zero_padded as _zero_padded
+from .sequence import zero_padded_
 
 
 # oneDNN's GEMM (behind torch.nn.LSTM) beats MKL's (behind F.linear) on the large float32
@@ -57,7 +58,9 @@ def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
 
 def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
     full = cell.trace(saved, states)
-    return {k: _zero_padded(mask, full[k].detach()).clone() for k in cell.trace_names}
+    # new tensors (zero_padded copies where there is a mask), never views of the saved buffers
+    return {k: _zero_padded(mask, full[k].detach()) if mask is not None else full[k].detach().clone()
+            for k in cell.trace_names}
 
 
 def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec, noise,
@@ -76,7 +79,7 @@ def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih,
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
     trace = _trace(cell, mask, saved, states) if want_trace else {}
     if mask is not None and not save and not backend.differentiable:   # states[0] is ours: zero it in place
-        out = states[0].masked_fill_(~mask, 0.0)                       # (T, B, S_0)
+        out = zero_padded_(mask, states[0])                            # (T, B, S_0)
     else:
         out = _zero_padded(mask, states[0])
     return out, finals, trace, states, saved

