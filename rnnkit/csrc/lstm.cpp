@@ -44,6 +44,8 @@
 // and take the post-loop sums above (and dw_ch) inside the loop, so that their backward's dp is a
 // (B, 4H) and dn a (B, H) workspace of one step; dx = d_xp is written in the loop, not used as a
 // workspace of LN'(dn g_c).
+// The fused float32 forward with a projection (forward_fused_proj) writes what forward_impl
+// writes, m its (B, H) workspace shared by the step's two phases; its backward is the GEMM path.
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
 // Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
@@ -106,9 +108,12 @@ void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, cons
   }
 }
 
+// Where the rec params hold the peephole weights: after weight_hh, bias_hh (and weight_hr).
+inline size_t peep_index(const Spec& sp) { return sp.proj > 0 ? 3 : 2; }
+
 // The peephole weights (3H), or 3H zeros without peepholes (the rows then add nothing).
 Tensor peep_or_zeros(const Spec& sp, const OptTensors& rec, int64_t H, const at::TensorOptions& opt) {
-  return sp.peephole ? *rec[sp.proj > 0 ? 3 : 2] : at::zeros({3 * H}, opt);
+  return sp.peephole ? *rec[peep_index(sp)] : at::zeros({3 * H}, opt);
 }
 
 // Layer normalisation's parameters: the gains g_ih, g_hh (4H), g_c (H) and b_c (H; zeros when None).
@@ -223,8 +228,8 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 // and a block's 4 x 16 gate sums of up to 4 batch rows stay in registers from the first FMA
 // to the activations: the (B, 4H) product is never written, and a step's blocks run on
 // several threads (owned_blocks, simd.h).  Writes what forward_impl writes.
-// What the fused loops read besides the plain LSTM's: the peephole weights (3H, rec[2] as the
-// loops run unprojected; nullptr without peepholes), the noise, zoneout's update buffers (forward
+// What the fused loops read besides the plain LSTM's: the peephole weights (3H, rec[peep_index];
+// nullptr without peepholes), the noise, zoneout's update buffers (forward
 // with save; else nullptr) and the clip.  The loops take the options present as compile-time
 // flags (with_options), so that the plain LSTM's instance does none of their loads, FMAs or
 // per-row look-ups.
@@ -244,13 +249,13 @@ void with_options(const Fused& o, const F& f) {
 // The options of a fused forward (bufs: lstm_buffers', zoneout's update buffers at 4 and 5) and of
 // a fused backward (the clip; no update buffers).
 Fused forward_options(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
-  return {sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
+  return {sp.peephole ? a.rec[peep_index(sp)]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise),
           {bufs[4].defined() ? bufs[4].data_ptr<float>() : nullptr,
            bufs[5].defined() ? bufs[5].data_ptr<float>() : nullptr},
           0.0f};
 }
 Fused backward_options(const Spec& sp, const BwdArgs& a) {
-  return {sp.peephole ? a.rec[2]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
+  return {sp.peephole ? a.rec[peep_index(sp)]->data_ptr<float>() : nullptr, Noise<float>(sp, a.noise), {nullptr, nullptr},
           float(sp.clip)};
 }
 
@@ -382,7 +387,7 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   return dtype == at::kFloat && Tn >= 4 && (B <= 16 || share <= (512 << 10));
 }
 bool use_fused(const Spec& sp, const FwdArgs& a) {
-  return sp.proj == 0 && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
+  return !(sp.proj > 0 && sp.layer_norm) && fused_pays(a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2) / 4);
 }
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
@@ -407,6 +412,147 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
               },
               r0, r1);
         }),
+        no_phase);
+  });
+}
+
+// ---- projection (proj_size = P), fused (forward_impl's math with proj) -------------------------
+// h_t = m_t W_hr^T needs all H units of m_t = o tanh(c_t), so a step runs in two phases:
+//   gates  per block of 16 units: the gate sums h_{t-1} (* m_t) W_hh^T over P (W_hh packed as
+//          wp (nb, P, 4, 16)), the gates, c (zoneout on c), m into the (B, H) workspace;
+//   proj   per block of 16 of the P outputs: h_t = m W_hr^T (W_hr packed as wr (nbp, H, 1, 16)),
+//          zoneout on h.
+// Threads own rows where that pays (owned_units_or_rows: no wait), else blocks: a thread's blocks
+// of H in the first phase, the same share of P's blocks in the second, an empty third phase
+// making the wait before the next step's sums (they read all of h_t).  Writes what forward_impl
+// writes (m is its workspace, not saved).
+struct ProjRows {
+  int64_t B, H, P;
+  const float *xp, *h0, *c0;
+  float *hs, *cs, *m, *gates, *tanh_c;                        // gates, tanh_c: nullptr without save
+  Mask mask;
+};
+
+template <int R, bool Peep, bool Drop, bool Zone>
+void proj_gates_tile(const ProjRows& io, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
+                     int64_t b0, bool sums) {
+  using namespace simd;
+  const int64_t B = io.B, H = io.H, P = io.P, G = 4 * H, j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  const float* hp = (t ? io.hs + (t - 1) * B * P : io.h0) + b0 * P;
+  const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
+  V acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
+  if (sums) {
+    const float* mr[R] = {};                                   // the rows' recurrent masks (width P)
+    for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, P);
+    gate_sums<R, 4, Drop>(wp + jb * P * 4 * kLanes, P, hp, mr, acc);
+  }
+  V wc[3];
+  peep_weights<Peep>(o, H, j0, m, wc);
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r, row = t * B + b;
+    float* c = io.cs + row * H + j0;
+    float* gt = io.gates != nullptr ? io.gates + row * G + j0 : nullptr;
+    float* tc = io.tanh_c != nullptr ? io.tanh_c + row * H + j0 : nullptr;
+    const V c_prev = load(cp + r * H + j0, m);
+    if (!io.mask.valid(t, b)) {                                // padded: the state stays
+      store(c, c_prev, m);
+      if (gt != nullptr) {
+        for (int g = 0; g < 4; ++g) store(gt + g * H, _mm512_setzero_ps(), m);
+        store(tc, _mm512_setzero_ps(), m);
+      }
+      if (Zone && o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, _mm512_setzero_ps(), m);
+      continue;
+    }
+    const float* x = io.xp + row * G + j0;
+    V pre[4];
+    for (int g = 0; g < 4; ++g)
+      pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
+    const Cell16 q = cell_gates<Peep>(pre, c_prev, wc);
+    const V tcn = tanh(q.c);
+    store(io.m + b * H + j0, _mm512_mul_ps(q.o, tcn), m);
+    V cz = q.c;
+    if (Zone) {
+      if (o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, q.c, m);
+      cz = zone_mix(o, t, 1, b, H, j0, m, c_prev, q.c);
+    }
+    store(c, cz, m);
+    if (gt != nullptr) {
+      store(gt, q.i, m), store(gt + H, q.f, m), store(gt + 2 * H, q.n, m), store(gt + 3 * H, q.o, m);
+      store(tc, tcn, m);
+    }
+  }
+}
+
+template <int R, bool Zone>
+void proj_out_tile(const ProjRows& io, const Fused& o, const float* wr, int64_t t, int64_t pb, int64_t b0,
+                   bool sums) {
+  using namespace simd;
+  const int64_t B = io.B, H = io.H, P = io.P, p0 = pb * kLanes;
+  const __mmask16 m = lanes(P - p0);
+  const float* hp = (t ? io.hs + (t - 1) * B * P : io.h0) + b0 * P;
+  V acc[R][1];
+  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
+  if (sums) {
+    const float* none[R] = {};
+    gate_sums<R, 1, false>(wr + pb * H * kLanes, H, io.m + b0 * H, none, acc);
+  }
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r, row = t * B + b;
+    float* h = io.hs + row * P + p0;
+    const V h_prev = load(hp + r * P + p0, m);
+    if (!io.mask.valid(t, b)) {                                // padded: the state stays
+      store(h, h_prev, m);
+      if (Zone && o.upd[0] != nullptr) store(o.upd[0] + row * P + p0, _mm512_setzero_ps(), m);
+      continue;
+    }
+    V hn = acc[r][0];
+    if (Zone) {
+      if (o.upd[0] != nullptr) store(o.upd[0] + row * P + p0, hn, m);
+      hn = zone_mix(o, t, 0, b, P, p0, m, h_prev, hn);
+    }
+    store(h, hn, m);
+  }
+}
+
+void forward_fused_proj(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
+  const Tensor &hs = bufs[0], &cs = bufs[1], &gates = bufs[2], &tanh_c = bufs[3], &m_t = bufs[6];
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2) / 4, P = hs.size(2);
+  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes, nbp = (P + simd::kLanes - 1) / simd::kLanes;
+  const Tensor packed = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 4, P);     // W_hh (4H, P)
+  const Tensor packed_r = pack_gate_blocks(a.rec[2]->data_ptr<float>(), P, 1, H);   // W_hr (P, H)
+  const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
+  const float *wp = packed.data_ptr<float>(), *wr = packed_r.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
+  const Fused o = forward_options(sp, a, bufs);
+  const ProjRows q{B, H, P, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
+                   hs.data_ptr<float>(), cs.data_ptr<float>(), m_t.data_ptr<float>(),
+                   a.save ? gates.data_ptr<float>() : nullptr, a.save ? tanh_c.data_ptr<float>() : nullptr,
+                   Mask(a.mask, B)};
+  const int64_t macs = 4 * H * P + P * H;                     // a row's multiply-adds per step
+  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_units_or_rows(
+        Tn, nb, B, threads, kRows, macs * int64_t(sizeof(float)),
+        each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
+          by_live_tiles(
+              q.mask.live(t), B,
+              [&](auto rows, int64_t b0, bool sums) {
+                proj_gates_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
+              },
+              r0, r1);
+        }),
+        [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {
+          for (int64_t pb = j0 * nbp / nb; pb < j1 * nbp / nb; ++pb)   // this thread's share of P's blocks
+            by_live_tiles(
+                q.mask.live(t), B,
+                [&](auto rows, int64_t b0, bool sums) {
+                  proj_out_tile<decltype(rows)::value, Zone>(q, o, wr, t, pb, b0, sums);
+                },
+                r0, r1);
+        },
         no_phase);
   });
 }
@@ -958,7 +1104,9 @@ Tensors lstm_buffers(const Spec& sp, int64_t T, int64_t B, int64_t H, const OptT
 
 void lstm_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 #ifdef RNNKIT_AVX512
-  if (use_fused(sp, a)) return sp.layer_norm ? forward_fused_ln(sp, a, bufs) : forward_fused(sp, a, bufs);
+  if (use_fused(sp, a))
+    return sp.layer_norm ? forward_fused_ln(sp, a, bufs)
+                         : sp.proj > 0 ? forward_fused_proj(sp, a, bufs) : forward_fused(sp, a, bufs);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "lstm_forward", [&] { forward_impl<scalar_t>(sp, a, bufs); });
 }

@@ -99,27 +99,29 @@ inline simd::V zone_at(const FusedOpts& o, int64_t t, int64_t b, int64_t H, int6
 // One operand kept in a register (simd.h's keep_in_registers, for one).
 inline void keep_in_register(simd::V& a) { asm("" : "+v"(a)); }
 
-// The recurrent weights w (NG*H, H) packed per block of 16 hidden units, the NG gates' rows of a
-// block next to each other:
-//   wp  (nb, H, NG, 16)   wp[jb, k, g, u] = w[g*H + 16*jb + u, k] (zero past H).
-inline at::Tensor pack_gate_blocks(const float* w, int64_t H, int64_t NG) {
+// The recurrent weights w (NG*H, K) packed per block of 16 of the H output units, the NG gates'
+// rows of a block next to each other (K, the length of the sums, is H but for a projected LSTM):
+//   wp  (nb, K, NG, 16)   wp[jb, k, g, u] = w[g*H + 16*jb + u, k] (zero past H).
+inline at::Tensor pack_gate_blocks(const float* w, int64_t H, int64_t NG, int64_t K = -1) {
+  if (K < 0) K = H;
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  at::Tensor packed = at::zeros({nb * H * NG * simd::kLanes}, at::kFloat);
+  at::Tensor packed = at::zeros({nb * K * NG * simd::kLanes}, at::kFloat);
   float* p = packed.data_ptr<float>();
   for (int64_t jb = 0; jb < nb; ++jb) {                     // row by row of w: contiguous reads
     const int64_t n = std::min(simd::kLanes, H - jb * simd::kLanes);
     for (int64_t g = 0; g < NG; ++g)
       for (int64_t u = 0; u < n; ++u) {
-        const float* row = w + (g * H + jb * simd::kLanes + u) * H;
-        float* out = p + (jb * H * NG + g) * simd::kLanes + u;
-        for (int64_t k = 0; k < H; ++k) out[k * NG * simd::kLanes] = row[k];
+        const float* row = w + (g * H + jb * simd::kLanes + u) * K;
+        float* out = p + (jb * K * NG + g) * simd::kLanes + u;
+        for (int64_t k = 0; k < K; ++k) out[k * NG * simd::kLanes] = row[k];
       }
   }
   return packed;
 }
 
 // acc[r][g] += sum_k h[r, k] (* m[r, k]) wp[k, g]: a block's NG gate sums of R rows (hp: R rows,
-// ld H; mr: the rows' recurrent masks with Drop; wp: the block's (H, NG, 16) of pack_gate_blocks).
+// ld H; mr: the rows' recurrent masks with Drop; wp: the block's (H, NG, 16) of pack_gate_blocks;
+// H is the sums' length K there).
 // An FMA waits about 4 cycles for the one before it on the same sum, so fewer than 4 sums in
 // flight (a GRU's single row) also keep a second set for odd k.
 template <int R, int NG, bool Drop>

@@ -142,6 +142,44 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, split, H, len
     assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("split, H, P, lengths", [
+    ("rows", 84, 37, [6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3]),
+    ("rows", 84, 37, [6, 6, 6, 6, 6, 5, 5, 4, 3, 3, 2, 2, 1]),
+    ("units", 100, 45, [6, 3, 6, 1, 5, 2, 4]),
+    ("units", 100, 45, [6, 6, 5, 4, 3, 2, 1])], ids=["rows", "rows_longest_first", "units", "units_longest_first"])
+@pytest.mark.parametrize("options", [{}, {"peephole": True}, *OPTIONS.values(), {"peephole": True, **OPTIONS["all"]}],
+                         ids=["plain", "peephole", *OPTIONS, "peephole_all"])
+def test_float32_projected_lstm_split_over_threads(options, split, H, P, lengths, threads):
+    """The projected LSTM's fused float32 loop (gates, then h = m W_hr^T) against the reference in
+    float64 on the same inputs and noise, T = 6.  On 2 threads: B = 13 rows, H = 84 (five blocks
+    of 16 units and a tail of 4), P = 37 (two blocks and a tail of 5): threads own rows; B = 7 and
+    H = 100, P = 45: threads own units, the second phase taking the same share of P's blocks, a
+    wait after each phase.  The gradients reach thousands here; the kernels' float32 lies up to
+    1.3e-4 of a tensor's largest magnitude from float64 (the reference's own float32 7.2e-5;
+    measured), so the tolerance scales with that magnitude."""
+    cell = LSTMCell(H, proj_size=P, **options)
+    xp, mask, state0, rec, d_out, d_final = inputs(cell, 6, len(lengths), torch.float64, lengths)
+    noise = cell.draw_noise(6, len(lengths), xp)
+    valid = mask.to(torch.float64)
+    found = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for backend, dtype in ((reference.BACKEND, torch.float64), (cpu.BACKEND, torch.float32)):
+            args = _cast([xp, mask, list(state0), list(rec), d_out, list(d_final), noise], dtype)
+            states, saved = backend.forward(cell, args[0], args[1], args[2], args[3], True, args[6])
+            d_xp, d_state0, d_rec = backend.backward(cell, args[4], args[5], args[1], args[2], states, saved, args[3],
+                                                     args[6])
+            found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
+    finally:
+        torch.set_num_threads(old)
+    for k, (got, want) in enumerate(zip(found[1], found[0])):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got, want, atol=4e-4 * scale, rtol=4e-4, msg=lambda m, k=k: f"tensor {k}: {m}")
+
+
 # Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (with and without layer
 # norm; 72: four and a tail of 8;
 # 96: six whole ones); Elman's groups of two blocks (152: four whole groups and one of a block
