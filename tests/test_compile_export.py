@@ -114,3 +114,28 @@ def test_flat_weights_follow_torch():
     ours, ref = rnnkit.LSTM(I, H, num_layers=2, bidirectional=True), torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
     assert ours._flat_weights_names == ref._flat_weights_names
     assert all(a is getattr(ours, n) for a, n in zip(ours._flat_weights, ours._flat_weights_names))
+
+
+def test_compiled_training_draws_the_eager_masks(monkeypatch):
+    """Recurrent dropout and zoneout under torch.compile(fullgraph=True): the masks come from
+    rnnkit.noise's torch-ops form there (the C++ fill outside), with the same keys from torch's
+    generator, so a seed gives the eager numbers (inductor told to keep torch's random ops)."""
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    from rnnkit import noise
+    from rnnkit.backends import cpu
+    assert cpu.extension() is None or noise._cpu_fill is not None     # eager draws with the C++ fill
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = rnnkit.LSTM(I, H, num_layers=2, recurrent_dropout=0.3, zoneout=0.2).train()
+    x = torch.randn(T, B, I, requires_grad=True)
+    torch.manual_seed(7)
+    out, state = model(x)
+    expected = [out, *model.unpack_state(state), *torch.autograd.grad(out.sum(), [x, *model.parameters()])]
+    compiled = torch.compile(model, fullgraph=True)
+    torch.manual_seed(7)
+    out, state = compiled(x)
+    got = [out, *model.unpack_state(state), *torch.autograd.grad(out.sum(), [x, *model.parameters()])]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(8)
+    assert not torch.equal(compiled(x)[0], got[0])               # another seed, other masks
