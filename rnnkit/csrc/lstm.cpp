@@ -277,15 +277,15 @@ inline simd::V zone_at(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t 
 }
 
 // acc: the four gate sums h_{t-1} (* m_t) W_hh^T of block jb for rows b0 .. b0+R-1 (hp: their
-// h_{t-1}, ld H).
+// h_{t-1}, ld K; K: h's size, H or with a projection P; wp packed (nb, K, 4, 16)).
 template <int R, bool Drop>
-inline void tile_sums(const Fused& o, const float* wp, int64_t H, int64_t t, int64_t jb, int64_t b0, const float* hp,
+inline void tile_sums(const Fused& o, const float* wp, int64_t K, int64_t t, int64_t jb, int64_t b0, const float* hp,
                       simd::V (&acc)[R][4]) {
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
   const float* mr[R] = {};                                     // the rows' recurrent masks
-  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  gate_sums<R, 4, Drop>(wp + jb * H * 4 * simd::kLanes, H, hp, mr, acc);
+  for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, K);
+  gate_sums<R, 4, Drop>(wp + jb * K * 4 * simd::kLanes, K, hp, mr, acc);
 }
 
 // The peephole weights w_ci, w_cf, w_co of the 16 units from j0 (zeros, unread, without Peep).
@@ -316,45 +316,49 @@ inline simd::V zone_mix(const Fused& o, int64_t t, int64_t k, int64_t b, int64_t
   return _mm512_fmadd_ps(zone_at(o, t, k, b, H, j0, m), _mm512_sub_ps(s_prev, s), s);
 }
 
-// The rows the plain fused forward reads and writes, as raw pointers taken once per call (per
-// tile, data_ptr and its checks cost several percent of the loop): xp (T, B, 4H), h0, c0 (B, H),
-// hs, cs (T, B, H), gates (T, B, 4H) and tanh_c (T, B, H) (nullptr in a forward without save).
+// The rows the fused forwards read and write, as raw pointers taken once per call (per tile,
+// data_ptr and its checks cost several percent of the loop): xp (T, B, 4H), h0 (B, P), c0 (B, H),
+// hs (T, B, P), cs (T, B, H), gates (T, B, 4H) and tanh_c (T, B, H) (nullptr in a forward without
+// save); with a projection m, the (B, H) workspace of m_t = o tanh(c_t) (P = H and nullptr without).
 struct LstmRows {
-  int64_t B, H;
+  int64_t B, H, P;
   const float *xp, *h0, *c0;
-  float *hs, *cs, *gates, *tanh_c;
+  float *hs, *cs, *gates, *tanh_c, *m;
   Mask mask;
 };
 
-// sums: false on a tile of padded rows only (by_live_tiles), which needs no product.
-template <int R, bool Peep, bool Drop, bool Zone>
+// The gates of 16 units for R rows: c, and h = o tanh(c) or, with Proj, m into io.m (h then comes
+// from proj_out_tile; zoneout on c only here).  sums: false on a tile of padded rows only
+// (by_live_tiles), which needs no product.
+template <int R, bool Peep, bool Drop, bool Zone, bool Proj = false>
 void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
                int64_t b0, bool sums) {
   using namespace simd;
-  const int64_t B = io.B, H = io.H, G = 4 * H, j0 = jb * kLanes;
+  const int64_t B = io.B, H = io.H, P = io.P, G = 4 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  const float* hp = (t ? io.hs + (t - 1) * B * H : io.h0) + b0 * H;
+  const float* hp = (t ? io.hs + (t - 1) * B * P : io.h0) + b0 * P;
   const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
   V acc[R][4];
-  if (sums) tile_sums<R, Drop>(o, wp, H, t, jb, b0, hp, acc);
+  if (sums) tile_sums<R, Drop>(o, wp, P, t, jb, b0, hp, acc);
   const Mask& mask = io.mask;
   V wc[3];
   peep_weights<Peep>(o, H, j0, m, wc);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
-    float* h = io.hs + row * H + j0;
+    float* h = io.hs + row * P + j0;                           // without Proj, P = H
     float* c = io.cs + row * H + j0;
     float* gt = io.gates != nullptr ? io.gates + row * G + j0 : nullptr;
     float* tc = io.tanh_c != nullptr ? io.tanh_c + row * H + j0 : nullptr;
     const V c_prev = load(cp + r * H + j0, m);
     if (!mask.valid(t, b)) {                                   // padded: the state stays
-      store(h, load(hp + r * H + j0, m), m), store(c, c_prev, m);
+      if (!Proj) store(h, load(hp + r * H + j0, m), m);
+      store(c, c_prev, m);
       if (gt != nullptr) {
         for (int g = 0; g < 4; ++g) store(gt + g * H, _mm512_setzero_ps(), m);
         store(tc, _mm512_setzero_ps(), m);
       }
-      for (float* u : o.upd)
-        if (Zone && u != nullptr) store(u + row * H + j0, _mm512_setzero_ps(), m);
+      for (int k = Proj ? 1 : 0; Zone && k < 2; ++k)
+        if (o.upd[k] != nullptr) store(o.upd[k] + row * H + j0, _mm512_setzero_ps(), m);
       continue;
     }
     const float* x = io.xp + row * G + j0;
@@ -365,11 +369,12 @@ void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float*
     const V tcn = tanh(q.c);
     V hn = _mm512_mul_ps(q.o, tcn), cz = q.c;
     if (Zone) {                                                // s = s~ + z (s_prev - s~)
-      if (o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m), store(o.upd[1] + row * H + j0, q.c, m);
-      hn = zone_mix(o, t, 0, b, H, j0, m, load(hp + r * H + j0, m), hn);
+      if (o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, q.c, m);
+      if (!Proj && o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m);
+      if (!Proj) hn = zone_mix(o, t, 0, b, H, j0, m, load(hp + r * H + j0, m), hn);
       cz = zone_mix(o, t, 1, b, H, j0, m, c_prev, q.c);
     }
-    store(c, cz, m), store(h, hn, m);
+    store(c, cz, m), store(Proj ? io.m + b * H + j0 : h, hn, m);
     if (gt != nullptr) {
       store(gt, q.i, m), store(gt + H, q.f, m), store(gt + 2 * H, q.n, m), store(gt + 3 * H, q.o, m);
       store(tc, tcn, m);
@@ -397,9 +402,9 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
   const Fused o = forward_options(sp, a, bufs);
-  const LstmRows q{B, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
+  const LstmRows q{B, H, H, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
                    hs.data_ptr<float>(), cs.data_ptr<float>(), a.save ? gates.data_ptr<float>() : nullptr,
-                   a.save ? tanh_c.data_ptr<float>() : nullptr, Mask(a.mask, B)};
+                   a.save ? tanh_c.data_ptr<float>() : nullptr, nullptr, Mask(a.mask, B)};
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     lstm_loop(
@@ -418,76 +423,17 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 
 // ---- projection (proj_size = P), fused (forward_impl's math with proj) -------------------------
 // h_t = m_t W_hr^T needs all H units of m_t = o tanh(c_t), so a step runs in two phases:
-//   gates  per block of 16 units: the gate sums h_{t-1} (* m_t) W_hh^T over P (W_hh packed as
-//          wp (nb, P, 4, 16)), the gates, c (zoneout on c), m into the (B, H) workspace;
+//   gates  per block of 16 units (lstm_tile with Proj): the gate sums h_{t-1} (* m_t) W_hh^T over
+//          P (W_hh packed as wp (nb, P, 4, 16)), the gates, c (zoneout on c), m into the (B, H)
+//          workspace;
 //   proj   per block of 16 of the P outputs: h_t = m W_hr^T (W_hr packed as wr (nbp, H, 1, 16)),
 //          zoneout on h.
 // Threads own rows where that pays (owned_units_or_rows: no wait), else blocks: a thread's blocks
 // of H in the first phase, the same share of P's blocks in the second, an empty third phase
 // making the wait before the next step's sums (they read all of h_t).  Writes what forward_impl
 // writes (m is its workspace, not saved).
-struct ProjRows {
-  int64_t B, H, P;
-  const float *xp, *h0, *c0;
-  float *hs, *cs, *m, *gates, *tanh_c;                        // gates, tanh_c: nullptr without save
-  Mask mask;
-};
-
-template <int R, bool Peep, bool Drop, bool Zone>
-void proj_gates_tile(const ProjRows& io, const Fused& o, const float* wp, const float* bias, int64_t t, int64_t jb,
-                     int64_t b0, bool sums) {
-  using namespace simd;
-  const int64_t B = io.B, H = io.H, P = io.P, G = 4 * H, j0 = jb * kLanes;
-  const __mmask16 m = lanes(H - j0);
-  const float* hp = (t ? io.hs + (t - 1) * B * P : io.h0) + b0 * P;
-  const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
-  V acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_setzero_ps();
-  if (sums) {
-    const float* mr[R] = {};                                   // the rows' recurrent masks (width P)
-    for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, P);
-    gate_sums<R, 4, Drop>(wp + jb * P * 4 * kLanes, P, hp, mr, acc);
-  }
-  V wc[3];
-  peep_weights<Peep>(o, H, j0, m, wc);
-  for (int r = 0; r < R; ++r) {
-    const int64_t b = b0 + r, row = t * B + b;
-    float* c = io.cs + row * H + j0;
-    float* gt = io.gates != nullptr ? io.gates + row * G + j0 : nullptr;
-    float* tc = io.tanh_c != nullptr ? io.tanh_c + row * H + j0 : nullptr;
-    const V c_prev = load(cp + r * H + j0, m);
-    if (!io.mask.valid(t, b)) {                                // padded: the state stays
-      store(c, c_prev, m);
-      if (gt != nullptr) {
-        for (int g = 0; g < 4; ++g) store(gt + g * H, _mm512_setzero_ps(), m);
-        store(tc, _mm512_setzero_ps(), m);
-      }
-      if (Zone && o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, _mm512_setzero_ps(), m);
-      continue;
-    }
-    const float* x = io.xp + row * G + j0;
-    V pre[4];
-    for (int g = 0; g < 4; ++g)
-      pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
-    const Cell16 q = cell_gates<Peep>(pre, c_prev, wc);
-    const V tcn = tanh(q.c);
-    store(io.m + b * H + j0, _mm512_mul_ps(q.o, tcn), m);
-    V cz = q.c;
-    if (Zone) {
-      if (o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, q.c, m);
-      cz = zone_mix(o, t, 1, b, H, j0, m, c_prev, q.c);
-    }
-    store(c, cz, m);
-    if (gt != nullptr) {
-      store(gt, q.i, m), store(gt + H, q.f, m), store(gt + 2 * H, q.n, m), store(gt + 3 * H, q.o, m);
-      store(tc, tcn, m);
-    }
-  }
-}
-
 template <int R, bool Zone>
-void proj_out_tile(const ProjRows& io, const Fused& o, const float* wr, int64_t t, int64_t pb, int64_t b0,
+void proj_out_tile(const LstmRows& io, const Fused& o, const float* wr, int64_t t, int64_t pb, int64_t b0,
                    bool sums) {
   using namespace simd;
   const int64_t B = io.B, H = io.H, P = io.P, p0 = pb * kLanes;
@@ -526,10 +472,9 @@ void forward_fused_proj(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor bias_t = or_zeros(a.rec[1], 4 * H, a.xp.options());
   const float *wp = packed.data_ptr<float>(), *wr = packed_r.data_ptr<float>(), *bias = bias_t.data_ptr<float>();
   const Fused o = forward_options(sp, a, bufs);
-  const ProjRows q{B, H, P, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
-                   hs.data_ptr<float>(), cs.data_ptr<float>(), m_t.data_ptr<float>(),
-                   a.save ? gates.data_ptr<float>() : nullptr, a.save ? tanh_c.data_ptr<float>() : nullptr,
-                   Mask(a.mask, B)};
+  const LstmRows q{B, H, P, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), a.state0[1].data_ptr<float>(),
+                   hs.data_ptr<float>(), cs.data_ptr<float>(), a.save ? gates.data_ptr<float>() : nullptr,
+                   a.save ? tanh_c.data_ptr<float>() : nullptr, m_t.data_ptr<float>(), Mask(a.mask, B)};
   const int64_t macs = 4 * H * P + P * H;                     // a row's multiply-adds per step
   const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
   with_options(o, [&](auto peep, auto drop, auto zone) {
@@ -540,7 +485,7 @@ void forward_fused_proj(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
           by_live_tiles(
               q.mask.live(t), B,
               [&](auto rows, int64_t b0, bool sums) {
-                proj_gates_tile<decltype(rows)::value, Peep, Drop, Zone>(q, o, wp, bias, t, jb, b0, sums);
+                lstm_tile<decltype(rows)::value, Peep, Drop, Zone, true>(q, o, wp, bias, t, jb, b0, sums);
               },
               r0, r1);
         }),
