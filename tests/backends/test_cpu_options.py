@@ -142,6 +142,33 @@ def test_float32_layer_norm_lstm_split_over_threads(name, options, split, H, len
     assert_all_close(got, ref, torch.float32, atol=2e-5, rtol=2e-5)
 
 
+def float32_against_float64(cell, T, lengths, threads, tol, scale_rec=1.0):
+    """The cpu backend in float32 against the reference in float64 on the same inputs and noise
+    (forward with save, then backward) on ``threads`` threads: states, saved tensors on valid rows,
+    d_xp, d_state0, d_rec, each within ``tol`` of its largest magnitude (float32's error grows with
+    the magnitudes summed) and ``tol`` relative."""
+    xp, mask, state0, rec, d_out, d_final = inputs(cell, T, len(lengths), torch.float64, lengths)
+    rec = tuple(r * scale_rec for r in rec)
+    noise = cell.draw_noise(T, len(lengths), xp)
+    valid = mask.to(torch.float64)
+    found = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for backend, dtype in ((reference.BACKEND, torch.float64), (cpu.BACKEND, torch.float32)):
+            xp_, mask_, state0_, rec_, d_out_, d_final_, noise_ = _cast(
+                [xp, mask, list(state0), list(rec), d_out, list(d_final), noise], dtype)
+            states, saved = backend.forward(cell, xp_, mask_, state0_, rec_, True, noise_)
+            d_xp, d_state0, d_rec = backend.backward(cell, d_out_, d_final_, mask_, state0_, states, saved, rec_,
+                                                     noise_)
+            found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
+    finally:
+        torch.set_num_threads(old)
+    for k, (got, want) in enumerate(zip(found[1], found[0])):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got, want, atol=tol * scale, rtol=tol, msg=lambda m, k=k: f"tensor {k}: {m}")
+
+
 @needs_cpu
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("split, H, P, lengths", [
@@ -159,25 +186,7 @@ def test_float32_projected_lstm_split_over_threads(options, split, H, P, lengths
     wait after each phase.  The gradients reach thousands here; the kernels' float32 lies up to
     1.3e-4 of a tensor's largest magnitude from float64 (the reference's own float32 7.2e-5;
     measured), so the tolerance scales with that magnitude."""
-    cell = LSTMCell(H, proj_size=P, **options)
-    xp, mask, state0, rec, d_out, d_final = inputs(cell, 6, len(lengths), torch.float64, lengths)
-    noise = cell.draw_noise(6, len(lengths), xp)
-    valid = mask.to(torch.float64)
-    found = []
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for backend, dtype in ((reference.BACKEND, torch.float64), (cpu.BACKEND, torch.float32)):
-            args = _cast([xp, mask, list(state0), list(rec), d_out, list(d_final), noise], dtype)
-            states, saved = backend.forward(cell, args[0], args[1], args[2], args[3], True, args[6])
-            d_xp, d_state0, d_rec = backend.backward(cell, args[4], args[5], args[1], args[2], states, saved, args[3],
-                                                     args[6])
-            found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
-    finally:
-        torch.set_num_threads(old)
-    for k, (got, want) in enumerate(zip(found[1], found[0])):
-        scale = max(1.0, want.abs().max().item())
-        torch.testing.assert_close(got, want, atol=4e-4 * scale, rtol=4e-4, msg=lambda m, k=k: f"tensor {k}: {m}")
+    float32_against_float64(LSTMCell(H, proj_size=P, **options), 6, lengths, threads, 4e-4)
 
 
 # Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (with and without layer
@@ -215,29 +224,9 @@ def test_float32_gru_and_elman_loops_at_block_and_tile_edges(name, options, leng
     largest magnitude from float64 (measured; the reference's own float32 2.4e-5), so the absolute
     tolerance scales with that magnitude."""
     H = EDGE_H[name][edge]
-    cell = CELLS[name](H, **options)
-    xp, mask, state0, rec, d_out, d_final = inputs(cell, 7, len(lengths), torch.float64, lengths)
-    if name.startswith("elman"):
-        rec = tuple(r * (8 / H) ** 0.5 for r in rec)
-    noise = cell.draw_noise(7, len(lengths), xp)
-    valid = mask.to(torch.float64)
-    found = []
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for backend, dtype in ((reference.BACKEND, torch.float64), (cpu.BACKEND, torch.float32)):
-            args = [xp, mask, list(state0), list(rec), d_out, list(d_final), noise]
-            xp_, mask_, state0_, rec_, d_out_, d_final_, noise_ = _cast(args, dtype)
-            states, saved = backend.forward(cell, xp_, mask_, state0_, rec_, True, noise_)
-            d_xp, d_state0, d_rec = backend.backward(cell, d_out_, d_final_, mask_, state0_, states, saved, rec_,
-                                                     noise_)
-            found.append([t.double() for t in [*states, *(s * valid for s in saved), d_xp, *d_state0, *d_rec]])
-    finally:
-        torch.set_num_threads(old)
-    tol = 4e-4 if len(lengths) < 17 else 7e-4
-    for k, (got, want) in enumerate(zip(found[1], found[0])):     # float32's error grows with the magnitudes
-        scale = max(1.0, want.abs().max().item())                  # summed (gradients reach hundreds here)
-        torch.testing.assert_close(got, want, atol=tol * scale, rtol=tol, msg=lambda m, k=k: f"tensor {k}: {m}")
+    scale = (8 / H) ** 0.5 if name.startswith("elman") else 1.0
+    float32_against_float64(CELLS[name](H, **options), 7, lengths, threads, 4e-4 if len(lengths) < 17 else 7e-4,
+                            scale)
 
 
 @needs_cpu
