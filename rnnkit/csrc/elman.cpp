@@ -166,19 +166,6 @@ at::Tensor pack_groups(const float* w, int64_t H) {
   return packed;
 }
 
-// act(a) and act'(h) dh (activations.h's hidden_act, hidden_grad): relu keeps NaN (max returns
-// its second operand when one is NaN), and its gradient is zero only where h <= 0.
-template <bool Relu>
-inline simd::V act(simd::V a) {
-  return Relu ? _mm512_max_ps(_mm512_setzero_ps(), a) : simd::tanh(a);
-}
-template <bool Relu>
-inline simd::V act_grad(simd::V h, simd::V dh) {
-  const simd::V zero = _mm512_setzero_ps();
-  if (Relu) return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, zero, _CMP_LE_OQ), dh, zero);
-  return _mm512_mul_ps(dh, _mm512_fnmadd_ps(h, h, simd::splat(1.0f)));
-}
-
 // Forward of group jg, rows b0 .. b0+R-1 of step t (forward_row's math, then zoneout).
 // sums: false on a tile of padded rows only (by_live_tiles), which needs no product.
 template <int R, bool Drop, bool Zone, bool Relu>

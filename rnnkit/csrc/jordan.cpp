@@ -19,10 +19,15 @@
 // Aliasing: the step GEMMs write y_{t-1} W_yh^T into hs[t] and h_t W_hy^T into ys[t], which
 // the activation passes overwrite in place; in backward dz_t W_hy is written into da[t] and
 // scaled there by act'(h_t).
+// The fused float32 forward (forward_fused, AVX-512; every output activation but softmax, which
+// needs a row's every output at once) writes what forward_impl writes, from W_yh and W_hy packed
+// per block of 16 of their output units once per sequence (pack_gate_blocks, tiles.h).
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
 #include "rnn.h"
+#include "simd.h"
+#include "tiles.h"
 
 #include <ATen/Dispatch.h>
 
@@ -103,6 +108,133 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor&
   }
 }
 
+#ifdef RNNKIT_AVX512
+// ---- float32, fused -----------------------------------------------------------------------------
+// A step in two phases, since h_t reads all of y_{t-1} and y_t all of h_t:
+//   hidden  per block of 16 hidden units: a = y_{t-1} (* m_t) W_yh^T + xp (W_yh packed as
+//           (nbh, O, 1, 16)), h = act(a) (a padded row's h: zero with save);
+//   output  per block of 16 outputs: y = out(h W_hy^T + b_hy) (W_hy packed as (nbo, H, 1, 16)),
+//           a padded row keeping y_{t-1}.
+// Threads own rows where that pays (owned_units_or_rows: no wait), else blocks: a thread's blocks
+// of H in the first phase, the same share of O's in the second, a wait after each (the empty third
+// phase makes the one before the next step's sums, which read all of y_t).
+constexpr int kJordanRows = 8;                                 // batch rows per register tile
+
+struct JordanRows {
+  int64_t B, H, O;
+  const float *xp, *y0, *b_hy;
+  float *hs, *ys;                                             // hs: (T, B, H) with save, else (B, H)
+  bool save;
+  Noise<float> nz;
+  Mask mask;
+  float* h_row(int64_t t, int64_t b) const { return hs + ((save ? t * B : 0) + b) * H; }
+};
+
+template <int R, bool Drop, bool Relu>
+void hidden_tile(const JordanRows& io, const float* wyh, int64_t t, int64_t jb, int64_t b0, bool sums) {
+  using namespace simd;
+  const int64_t B = io.B, H = io.H, O = io.O, j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  const float* yp = (t ? io.ys + (t - 1) * B * O : io.y0) + b0 * O;
+  V acc[R][1];
+  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
+  if (sums) {
+    const float* mr[R] = {};                                   // the rows' recurrent masks (width O)
+    for (int r = 0; Drop && r < R; ++r) mr[r] = io.nz.mask(t, b0 + r, O);
+    gate_sums<R, 1, Drop>(wyh + jb * O * kLanes, O, yp, mr, acc);
+  }
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    float* h = io.h_row(t, b) + j0;
+    if (!io.mask.valid(t, b)) {                                // padded: h is zero where it is saved
+      if (io.save) store(h, _mm512_setzero_ps(), m);
+      continue;
+    }
+    store(h, act<Relu>(_mm512_add_ps(acc[r][0], load(io.xp + (t * B + b) * H + j0, m))), m);
+  }
+}
+
+template <int R, int64_t Out>
+void output_tile(const JordanRows& io, const float* why, int64_t t, int64_t ob, int64_t b0, bool sums) {
+  using namespace simd;
+  const int64_t B = io.B, H = io.H, O = io.O, o0 = ob * kLanes;
+  const __mmask16 m = lanes(O - o0);
+  const float* yp = (t ? io.ys + (t - 1) * B * O : io.y0) + b0 * O;
+  V acc[R][1];
+  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
+  if (sums) {
+    const float* none[R] = {};
+    gate_sums<R, 1, false>(why + ob * H * kLanes, H, io.h_row(t, b0), none, acc);
+  }
+  const V bias = load(io.b_hy + o0, m);
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    float* y = io.ys + (t * B + b) * O + o0;
+    if (!io.mask.valid(t, b)) {                                // padded: the state stays
+      store(y, load(yp + r * O + o0, m), m);
+      continue;
+    }
+    const V z = _mm512_add_ps(acc[r][0], bias);
+    store(y, Out == kTanh ? tanh(z) : Out == kSigmoid ? sigmoid(z) : z, m);
+  }
+}
+
+// f(std::integral_constant<int64_t, kind>) for the output activations the fused loop takes.
+template <typename F>
+void with_output(int64_t kind, const F& f) {
+  if (kind == kTanh) return f(std::integral_constant<int64_t, kTanh>());
+  if (kind == kSigmoid) return f(std::integral_constant<int64_t, kSigmoid>());
+  f(std::integral_constant<int64_t, kIdentity>());
+}
+
+void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Tensor& hs, const Tensor& ys) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = ys.size(2);
+  const int64_t nbh = (H + simd::kLanes - 1) / simd::kLanes, nbo = (O + simd::kLanes - 1) / simd::kLanes;
+  const Tensor packed_yh = pack_gate_blocks(a.rec[0]->data_ptr<float>(), H, 1, O);   // W_yh (H, O)
+  const Tensor packed_hy = pack_gate_blocks(a.rec[1]->data_ptr<float>(), O, 1, H);   // W_hy (O, H)
+  const float *wyh = packed_yh.data_ptr<float>(), *why = packed_hy.data_ptr<float>();
+  const JordanRows q{B, H, O, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), b_hy,
+                     hs.data_ptr<float>(), ys.data_ptr<float>(), a.save, Noise<float>(sp, a.noise), Mask(a.mask, B)};
+  const int64_t macs = 2 * H * O;                             // a row's multiply-adds per step
+  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
+  with_output(sp.out, [&](auto out) {
+    with_flags(
+        [&](auto drop, auto relu) {
+          constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
+          owned_units_or_rows(
+              Tn, nbh, B, threads, kJordanRows, macs * int64_t(sizeof(float)),
+              each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
+                by_live_tiles<kJordanRows>(
+                    q.mask.live(t), B,
+                    [&](auto rows, int64_t b0, bool sums) {
+                      hidden_tile<decltype(rows)::value, Drop, Relu>(q, wyh, t, jb, b0, sums);
+                    },
+                    r0, r1);
+              }),
+              [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {
+                for (int64_t ob = j0 * nbo / nbh; ob < j1 * nbo / nbh; ++ob)   // this thread's share of O's blocks
+                  by_live_tiles<kJordanRows>(
+                      q.mask.live(t), B,
+                      [&](auto rows, int64_t b0, bool sums) {
+                        output_tile<decltype(rows)::value, decltype(out)::value>(q, why, t, ob, b0, sums);
+                      },
+                      r0, r1);
+              },
+              no_phase);
+        },
+        q.nz.drop != nullptr, sp.act == kRelu);
+  });
+}
+
+// Where the fused loop pays (as Elman's, elman.cpp): float32, several steps (it packs the weights
+// once per sequence), each thread's share of the weights within its L2 unless the batch is small.
+bool use_fused(const Spec& sp, const FwdArgs& a, int64_t O) {
+  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2);
+  const int64_t share = 2 * H * O * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
+  return a.xp.scalar_type() == at::kFloat && sp.out != kSoftmax && Tn >= 4 && (B <= 32 || share < (1 << 20));
+}
+#endif
+
 // Returns dy_0.
 template <typename T>
 Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, const Tensor& da_t) {
@@ -140,6 +272,9 @@ Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTe
 
 void jordan_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor bias_t = or_zeros(a.rec[2], a.rec[1]->size(0), a.xp.options());
+#ifdef RNNKIT_AVX512
+  if (use_fused(sp, a, bufs[0].size(2))) return forward_fused(sp, a, bias_t.data_ptr<float>(), bufs[1], bufs[0]);
+#endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "jordan_forward",
                              [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), bufs[1], bufs[0]); });
 }

@@ -77,6 +77,20 @@ void with_flags(const F& f, bool first, Rest... rest) {
     with_flags([&](auto... c) { f(std::false_type(), c...); }, rest...);
 }
 
+// act(a) and act'(h) dh of 16 lanes of Elman's and Jordan's hidden units (activations.h's
+// hidden_act, hidden_grad): relu keeps NaN (max returns its second operand when one is NaN), and
+// its gradient is zero only where h <= 0.
+template <bool Relu>
+inline simd::V act(simd::V a) {
+  return Relu ? _mm512_max_ps(_mm512_setzero_ps(), a) : simd::tanh(a);
+}
+template <bool Relu>
+inline simd::V act_grad(simd::V h, simd::V dh) {
+  const simd::V zero = _mm512_setzero_ps();
+  if (Relu) return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, zero, _CMP_LE_OQ), dh, zero);
+  return _mm512_mul_ps(dh, _mm512_fnmadd_ps(h, h, simd::splat(1.0f)));
+}
+
 // z_t's lanes of state k, row b, units j0.. (its draws; the constant p in eval), as a vector.
 inline simd::V zone_lanes(const Noise<float>& nz, int64_t t, int k, int64_t b, int64_t H, int64_t j0, __mmask16 m) {
   const float* z = nz.z(t, k, b, H);

@@ -189,6 +189,30 @@ def test_float32_projected_lstm_split_over_threads(options, split, H, P, lengths
     float32_against_float64(LSTMCell(H, proj_size=P, **options), 6, lengths, threads, 4e-4)
 
 
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("split, H, O, lengths", [
+    ("one", 20, 7, [7, 2, 5, 7, 1, 6, 3, 7, 4]),
+    ("rows", 100, 45, [7, 3, 7, 1, 5, 2, 7, 4, 2, 6, 7, 5, 3, 7, 6, 1, 2]),
+    ("rows", 100, 45, [7, 7, 7, 7, 7, 6, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1]),
+    ("units", 164, 50, [7, 3, 7, 1, 5, 2, 4, 6, 7]),
+    ("units", 164, 50, [7, 7, 6, 5, 4, 3, 2, 1, 1])],
+    ids=["one", "rows", "rows_longest_first", "units", "units_longest_first"])
+@pytest.mark.parametrize("out", ["identity", "tanh", "sigmoid", "softmax"])
+@pytest.mark.parametrize("hidden, options", [("tanh", {}), ("relu", {}), ("tanh", OPTIONS["dropout"]),
+                                             ("relu", OPTIONS["all"] | {"zoneout": 0.0})],
+                         ids=["tanh", "relu", "tanh_dropout", "relu_all"])
+def test_float32_jordan_loop_at_block_and_tile_edges(hidden, options, out, split, H, O, lengths, threads):
+    """Jordan's fused float32 forward (hidden units, then outputs; softmax keeps the GEMM path) with
+    the backward reading what it saved, against the reference in float64, T = 7.  H and O end in
+    a tail of a block of 16 (20, 7; 100, 45; 164, 50).  On 2 threads a step of these has the work
+    to split (B * 2HO >= 2**17): 17 rows (two tiles of 8 and one), threads own rows; 9 rows (a
+    tile of 8 and one: fewer than a tile for each thread), threads own units, the second phase
+    taking the same share of O's blocks, a wait after each phase."""
+    cell = JordanCell(H, O, nonlinearity=hidden, output_activation=out, **options)
+    float32_against_float64(cell, 7, lengths, threads, 4e-4, (8 / H) ** 0.5)
+
+
 # Hidden sizes at the fused loops' edges: the GRU's blocks of 16 units (with and without layer
 # norm; 72: four and a tail of 8;
 # 96: six whole ones); Elman's groups of two blocks (152: four whole groups and one of a block
