@@ -756,8 +756,8 @@ BwdResult gru_backward(const Spec& sp, const BwdArgs& a) {
   const int64_t Tn = hs.size(0), B = hs.size(1), H = hs.size(2), G = 3 * H, R = Tn * B;
   const auto opt = hs.options();
   const Tensor dx = empty_seq({Tn, B, G}, opt);
-  const Tensor drn = sp.reset_after ? empty_seq({Tn, B, H}, opt) : Tensor();
-  const Tensor rhs = sp.reset_after ? Tensor() : empty_seq({Tn, B, H}, opt);
+  const Tensor drn = sp.reset_after ? empty_temp({Tn, B, H}, opt) : Tensor();
+  const Tensor rhs = sp.reset_after ? Tensor() : empty_temp({Tn, B, H}, opt);
   Tensor dh, dw = at::empty({G, H}, opt);
   c10::optional<Tensor> db;
   if (a.rec[1].has_value()) db = at::empty({G}, opt);

@@ -290,7 +290,7 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor &ys = a.states[0], &hs = a.saved[0];
   const int64_t Tn = ys.size(0), B = ys.size(1), O = ys.size(2), H = hs.size(2);
   const auto opt = ys.options();
-  const Tensor dz = empty_seq({Tn, B, O}, opt), da = empty_seq({Tn, B, H}, opt);
+  const Tensor dz = empty_temp({Tn, B, O}, opt), da = empty_seq({Tn, B, H}, opt);
   Tensor dy;
   Tensor dw_yh = at::empty({H, O}, opt), dw_hy = at::empty({O, H}, opt);
   c10::optional<Tensor> db;

@@ -1083,7 +1083,7 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
   const int64_t Tn = hs.size(0), B = hs.size(1), P = hs.size(2), H = a.states[1].size(2);
   const auto opt = hs.options();
   const Tensor dg = empty_seq({Tn, B, 4 * H}, opt), dc = final_grad(a, 1);
-  const Tensor dh_all = sp.proj > 0 ? empty_seq({Tn, B, P}, opt) : Tensor();
+  const Tensor dh_all = sp.proj > 0 ? empty_temp({Tn, B, P}, opt) : Tensor();
   Tensor dh;
   Tensor dw = at::empty({4 * H, P}, opt);
   c10::optional<Tensor> db, dw_ch, dw_hr, db_c;
