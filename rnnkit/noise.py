@@ -10,7 +10,7 @@ and every element is a hash of its index and the keys::
     mask_i = value  if (x_i >> 8) < round(p * 2^24)  else 0
 
 ``mix`` is a 32-bit integer finaliser (xor-shift, multiply, xor-shift, multiply, xor-shift).  The
-C++ kernels compute it (``bernoulli_hash``, csrc/noise.cpp) once the process has loaded them; torch ops give
+C++ kernels compute it (``bernoulli_hash``, csrc/noise.cpp; float32 and float64) once the process has loaded them; torch ops give
 the same numbers elsewhere (CUDA tensors, a machine without a compiler, torch.compile), so a seed
 gives the same masks on every backend and device.  p is resolved to 2^-24.
 """
@@ -48,7 +48,8 @@ def bernoulli(shape: Sequence[int], p: float, like: Tensor, value: float = 1.0) 
     if out.numel() > MAX_ELEMENTS:
         raise ValueError(f"rnnkit.noise.bernoulli: shape: expected at most 2^32 elements, got {shape}")
     keys = torch.randint(1 << 32, (2,), dtype=torch.int64)
-    if _cpu_fill is not None and out.device.type == "cpu" and not torch.compiler.is_compiling():
+    if (_cpu_fill is not None and out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling()):
         k0, k1 = keys.tolist()
         _cpu_fill(out, threshold(p), k0, k1, value)
         return out

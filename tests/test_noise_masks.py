@@ -70,6 +70,19 @@ def test_frequency_and_independence(p):
     assert abs((m * other).mean().item() - p * p) < 5 * (p * p * (1 - p * p) / n) ** 0.5
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_masks_are_the_same_draws(dtype):
+    """A model run in bfloat16 or float16 (the reference backend) draws through the torch-ops form."""
+    torch.manual_seed(2)
+    want = noise.bernoulli((5, 3, 9), 0.4, torch.empty(0), 2.0)
+    torch.manual_seed(2)
+    got = noise.bernoulli((5, 3, 9), 0.4, torch.empty(0, dtype=dtype), 2.0)
+    assert got.dtype == dtype and torch.equal(got.float(), want)
+    model = rnnkit.LSTM(3, 4, zoneout=0.3, recurrent_dropout=0.2).to(dtype)
+    out, _ = model(torch.randn(5, 2, 3, dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
 def test_dtype_and_edges():
     like = torch.empty(0, dtype=torch.float64)
     assert noise.bernoulli((3, 4), 0.5, like).dtype == torch.float64
