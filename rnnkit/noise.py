@@ -2,17 +2,18 @@
 
 A training forward draws a zoneout mask per carried state of shape (T, B, S_k); torch's
 ``bernoulli_`` takes about 6 ns per element on this project's CPU, which made a zoneout LSTM's
-forward 1.4x the plain one's at (B, H) = (8, 128).  Here one draw from torch's generator gives two 32-bit keys,
-and every element is a hash of its index and the keys::
+forward 1.4x the plain one's at (B, H) = (8, 128).  Here one draw from torch's generator gives two
+32-bit keys, and every element is a hash of its index and the keys::
 
     k0, k1 = torch.randint(2**32, (2,))                    # torch's (CPU) generator: seeds hold
     x_i = mix(mix((i + k0) mod 2^32) xor k1)               # i: the element's flat index
     mask_i = value  if (x_i >> 8) < round(p * 2^24)  else 0
 
 ``mix`` is a 32-bit integer finaliser (xor-shift, multiply, xor-shift, multiply, xor-shift).  The
-C++ kernels compute it (``bernoulli_hash``, csrc/noise.cpp; float32 and float64) once the process has loaded them; torch ops give
-the same numbers elsewhere (CUDA tensors, a machine without a compiler, torch.compile), so a seed
-gives the same masks on every backend and device.  p is resolved to 2^-24.
+C++ kernels compute it (``bernoulli_hash``, csrc/noise.cpp; float32 and float64) once the process
+has loaded them; torch ops give the same numbers elsewhere (CUDA tensors, 16-bit dtypes, a machine
+without a compiler, torch.compile), so a seed gives the same masks on every backend and device.
+p is resolved to 2^-24.
 """
 from __future__ import annotations
 
@@ -74,4 +75,3 @@ def _mix(x: Tensor) -> Tensor:
 def _mul32(x: Tensor, c: int) -> Tensor:
     """(x * c) mod 2^32 for 0 <= x < 2^32 without overflowing int64: c in 16-bit halves."""
     return (x * (c & 0xFFFF) + ((x * (c >> 16)) & 0xFFFF) * 65536) & _LOW32
-

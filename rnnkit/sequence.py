@@ -72,30 +72,31 @@ def reverse(t: Tensor, rev: Optional[Tensor]) -> Tensor:
 def zero_padded(mask: Optional[Tensor], t: Tensor) -> Tensor:
     """t with zeros on padded steps (mask (T, B, 1) or (B, 1); None = nothing padded), a new tensor.
 
-    Where no graph is recorded: a copy with the padded rows filled (``zero_padded_``), about 6x
-    faster than ``torch.where`` with the mask broadcast over the features (0.11 against 0.63 ms at
-    (128, 32, 256), one thread); under autograd or torch.compile (no data-dependent row count)
-    ``torch.where``."""
+    On CPU where no graph is recorded: a copy with the padded rows filled (``zero_padded_``), about
+    6x faster than ``torch.where`` with the mask broadcast over the features (0.11 against 0.63 ms
+    at (128, 32, 256), one thread); under autograd, torch.compile (no data-dependent row count) or
+    on another device (finding the rows would wait for it) ``torch.where``."""
     if mask is None:
         return t
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and t.requires_grad) or not _rows_of(mask, t):
+    if (torch.is_grad_enabled() and t.requires_grad) or not _rows_fill(mask, t):
         return torch.where(mask, t, 0.0)
     return zero_padded_(mask, t.clone())
 
 
 def zero_padded_(mask: Tensor, t: Tensor) -> Tensor:
-    """``zero_padded`` in place: t (contiguous, its leading dims those of mask) is returned; the
-    padded rows are filled, so what they held (NaN included) is gone."""
-    if torch.compiler.is_compiling() or not _rows_of(mask, t) or not t.is_contiguous():
+    """``zero_padded`` in place, t returned: what the padded rows held (NaN included) is gone."""
+    if not (_rows_fill(mask, t) and t.is_contiguous()):
         return t.masked_fill_(~mask, 0.0)
     rows = (~mask).reshape(-1).nonzero().squeeze(1)                    # the padded (step, row) pairs
     t.view(-1, t.shape[-1]).index_fill_(0, rows, 0.0)
     return t
 
 
-def _rows_of(mask: Tensor, t: Tensor) -> bool:
-    """Whether mask (..., 1) has t's leading dims exactly (no broadcasting)."""
-    return mask.dim() == t.dim() and mask.shape[:-1] == t.shape[:-1] and mask.shape[-1] == 1
+def _rows_fill(mask: Tensor, t: Tensor) -> bool:
+    """Whether the padded rows of t can be filled by index: a CPU tensor outside torch.compile, and
+    mask (..., 1) with t's leading dims exactly (no broadcasting)."""
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling() and mask.dim() == t.dim()
+            and mask.shape[:-1] == t.shape[:-1] and mask.shape[-1] == 1)
 
 
 def keep(mask_t: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:

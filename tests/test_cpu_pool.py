@@ -88,3 +88,13 @@ def test_the_limit_holds_and_the_numbers_do_not_depend_on_the_cache():
     assert max(small["seen"]) <= 1 << 20 and max(small["seen"]) > 0
     assert off["seen"] == [0] * 5
     assert small["outs"] == off["outs"]
+
+
+def test_empty_cache_never_builds_the_kernels(monkeypatch):
+    from rnnkit.backends import _build
+
+    def compile_(native, verbose):
+        raise AssertionError("empty_cache started a build")
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setattr(_build, "_compile", compile_)
+    assert cpu.empty_cache() == 0

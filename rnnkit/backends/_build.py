@@ -265,6 +265,11 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
     return None
 
 
+def loaded() -> Optional[ModuleType]:
+    """The extension if this process has loaded it; never builds."""
+    return _state.get("module")
+
+
 def error() -> Optional[str]:
     """Why the extension is not available (None when it loaded or was not tried)."""
     return _state.get("error")

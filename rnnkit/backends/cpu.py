@@ -33,8 +33,9 @@ def extension():
 def empty_cache() -> int:
     """Free the large buffers the C++ kernels keep for their next call (csrc/pool.h: at most
     RNNKIT_CPU_POOL_MB, default 256 MiB, of freed (T, B, .) buffers; 0 turns the cache off), as
-    torch.cuda.empty_cache() does for CUDA memory.  Returns the bytes freed (0 without the kernels)."""
-    ext = _build.load() if _build.error() is None else None
+    torch.cuda.empty_cache() does for CUDA memory.  Returns the bytes freed (0 when this process has
+    not loaded the kernels: it never builds them)."""
+    ext = _build.loaded()
     return ext.pool_release() if ext is not None else 0
 
 

@@ -128,6 +128,7 @@ struct JordanRows {
   Noise<float> nz;
   Mask mask;
   float* h_row(int64_t t, int64_t b) const { return hs + ((save ? t * B : 0) + b) * H; }
+  const float* y_prev(int64_t t, int64_t b) const { return (t ? ys + (t - 1) * B * O : y0) + b * O; }
 };
 
 template <int R, bool Drop, bool Relu>
@@ -135,14 +136,11 @@ void hidden_tile(const JordanRows& io, const float* wyh, int64_t t, int64_t jb, 
   using namespace simd;
   const int64_t B = io.B, H = io.H, O = io.O, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  const float* yp = (t ? io.ys + (t - 1) * B * O : io.y0) + b0 * O;
+  const float* yp = io.y_prev(t, b0);
   V acc[R][1];
-  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
-  if (sums) {
-    const float* mr[R] = {};                                   // the rows' recurrent masks (width O)
-    for (int r = 0; Drop && r < R; ++r) mr[r] = io.nz.mask(t, b0 + r, O);
-    gate_sums<R, 1, Drop>(wyh + jb * O * kLanes, O, yp, mr, acc);
-  }
+  const float* mr[R] = {};                                     // the rows' recurrent masks (width O)
+  for (int r = 0; Drop && sums && r < R; ++r) mr[r] = io.nz.mask(t, b0 + r, O);
+  block_sums<R, Drop>(wyh, jb, O, yp, mr, sums, acc);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r;
     float* h = io.h_row(t, b) + j0;
@@ -159,13 +157,10 @@ void output_tile(const JordanRows& io, const float* why, int64_t t, int64_t ob, 
   using namespace simd;
   const int64_t B = io.B, H = io.H, O = io.O, o0 = ob * kLanes;
   const __mmask16 m = lanes(O - o0);
-  const float* yp = (t ? io.ys + (t - 1) * B * O : io.y0) + b0 * O;
+  const float* yp = io.y_prev(t, b0);
   V acc[R][1];
-  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
-  if (sums) {
-    const float* none[R] = {};
-    gate_sums<R, 1, false>(why + ob * H * kLanes, H, io.h_row(t, b0), none, acc);
-  }
+  const float* none[R] = {};
+  block_sums<R, false>(why, ob, H, io.h_row(t, b0), none, sums, acc);
   const V bias = load(io.b_hy + o0, m);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r;
@@ -211,15 +206,14 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Te
                     },
                     r0, r1);
               }),
-              [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {
-                for (int64_t ob = j0 * nbo / nbh; ob < j1 * nbo / nbh; ++ob)   // this thread's share of O's blocks
-                  by_live_tiles<kJordanRows>(
-                      q.mask.live(t), B,
-                      [&](auto rows, int64_t b0, bool sums) {
-                        output_tile<decltype(rows)::value, decltype(out)::value>(q, why, t, ob, b0, sums);
-                      },
-                      r0, r1);
-              },
+              each_share_of_blocks(nbh, nbo, [&](int64_t t, int64_t ob, int64_t r0, int64_t r1) {
+                by_live_tiles<kJordanRows>(
+                    q.mask.live(t), B,
+                    [&](auto rows, int64_t b0, bool sums) {
+                      output_tile<decltype(rows)::value, decltype(out)::value>(q, why, t, ob, b0, sums);
+                    },
+                    r0, r1);
+              }),
               no_phase);
         },
         q.nz.drop != nullptr, sp.act == kRelu);

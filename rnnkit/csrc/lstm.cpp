@@ -325,6 +325,7 @@ struct LstmRows {
   const float *xp, *h0, *c0;
   float *hs, *cs, *gates, *tanh_c, *m;
   Mask mask;
+  const float* h_prev(int64_t t, int64_t b) const { return (t ? hs + (t - 1) * B * P : h0) + b * P; }
 };
 
 // The gates of 16 units for R rows: c, and h = o tanh(c) or, with Proj, m into io.m (h then comes
@@ -336,7 +337,7 @@ void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float*
   using namespace simd;
   const int64_t B = io.B, H = io.H, P = io.P, G = 4 * H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  const float* hp = (t ? io.hs + (t - 1) * B * P : io.h0) + b0 * P;
+  const float* hp = io.h_prev(t, b0);
   const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
   V acc[R][4];
   if (sums) tile_sums<R, Drop>(o, wp, P, t, jb, b0, hp, acc);
@@ -438,13 +439,10 @@ void proj_out_tile(const LstmRows& io, const Fused& o, const float* wr, int64_t 
   using namespace simd;
   const int64_t B = io.B, H = io.H, P = io.P, p0 = pb * kLanes;
   const __mmask16 m = lanes(P - p0);
-  const float* hp = (t ? io.hs + (t - 1) * B * P : io.h0) + b0 * P;
+  const float* hp = io.h_prev(t, b0);
   V acc[R][1];
-  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
-  if (sums) {
-    const float* none[R] = {};
-    gate_sums<R, 1, false>(wr + pb * H * kLanes, H, io.m + b0 * H, none, acc);
-  }
+  const float* none[R] = {};
+  block_sums<R, false>(wr, pb, H, io.m + b0 * H, none, sums, acc);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
     float* h = io.hs + row * P + p0;
@@ -489,15 +487,14 @@ void forward_fused_proj(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
               },
               r0, r1);
         }),
-        [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {
-          for (int64_t pb = j0 * nbp / nb; pb < j1 * nbp / nb; ++pb)   // this thread's share of P's blocks
-            by_live_tiles(
-                q.mask.live(t), B,
-                [&](auto rows, int64_t b0, bool sums) {
-                  proj_out_tile<decltype(rows)::value, Zone>(q, o, wr, t, pb, b0, sums);
-                },
-                r0, r1);
-        },
+        each_share_of_blocks(nb, nbp, [&](int64_t t, int64_t pb, int64_t r0, int64_t r1) {
+          by_live_tiles(
+              q.mask.live(t), B,
+              [&](auto rows, int64_t b0, bool sums) {
+                proj_out_tile<decltype(rows)::value, Zone>(q, o, wr, t, pb, b0, sums);
+              },
+              r0, r1);
+        }),
         no_phase);
   });
 }

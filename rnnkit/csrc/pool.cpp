@@ -39,7 +39,7 @@ class Pool final : public c10::Allocator {
     Block* b = take(bytes);
     if (b == nullptr) {
       void* data = std::aligned_alloc(kAlign, bytes);
-      if (data == nullptr) TORCH_CHECK(false, "rnnkit: out of memory allocating ", bytes, " bytes");
+      TORCH_CHECK(data != nullptr, "rnnkit: out of memory allocating ", bytes, " bytes");
       b = new Block{data, bytes};
     }
     return {b->data, b, &Pool::give_back, c10::Device(c10::DeviceType::CPU)};

@@ -238,6 +238,16 @@ auto each_block_of_rows(F f) {
   };
 }
 
+// A phase over another count of blocks (a second matrix's outputs, nb2 of them) from f(t, j, b0,
+// b1): a thread owning blocks j0 .. j1-1 of the loop's nb runs the same share of the nb2, so that
+// every block of nb2 has one owner whatever the split.
+template <typename F>
+auto each_share_of_blocks(int64_t nb, int64_t nb2, F f) {
+  return [nb, nb2, f](int64_t t, int64_t j0, int64_t j1, int64_t b0, int64_t b1) {
+    for (int64_t j = j0 * nb2 / nb; j < j1 * nb2 / nb; ++j) f(t, j, b0, b1);
+  };
+}
+
 // owned_units_or_rows' empty last phase (the wait before the next step, on owned_blocks).
 inline void no_phase(int64_t, int64_t, int64_t, int64_t, int64_t) {}
 

@@ -170,6 +170,16 @@ inline void gate_sums(const float* wp, int64_t H, const float* hp, const float* 
     }
 }
 
+// acc[r] = sum_k h[r, k] (* m[r, k]) w[16*jb + u, k] for one block of a single matrix packed by
+// pack_gate_blocks with NG = 1 ((nb, K, 1, 16)), K the sums' length and hp's ld; zero without sums
+// (a tile of padded rows only); mr: the rows' recurrent masks with Drop.
+template <int R, bool Drop>
+inline void block_sums(const float* wp, int64_t jb, int64_t K, const float* hp, const float* const* mr, bool sums,
+                       simd::V (&acc)[R][1]) {
+  for (int r = 0; r < R; ++r) acc[r][0] = _mm512_setzero_ps();
+  if (sums) gate_sums<R, 1, Drop>(wp + jb * K * simd::kLanes, K, hp, mr, acc);
+}
+
 // The recurrent weights w (G, H) packed per block of 16 hidden units (columns of w):
 //   wn  (nb, G, 16)   wn[jb, k, u] = w[k, 16*jb + u] (zero past H).
 inline at::Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
