@@ -19,9 +19,10 @@
 // Aliasing: the step GEMMs write y_{t-1} W_yh^T into hs[t] and h_t W_hy^T into ys[t], which
 // the activation passes overwrite in place; in backward dz_t W_hy is written into da[t] and
 // scaled there by act'(h_t).
-// The fused float32 forward (forward_fused, AVX-512; every output activation but softmax, which
-// needs a row's every output at once) writes what forward_impl writes, from W_yh and W_hy packed
-// per block of 16 of their output units once per sequence (pack_gate_blocks, tiles.h).
+// The fused float32 loops (AVX-512; every output activation but softmax, which needs a row's every
+// output at once) write what the GEMM paths write: forward_fused from W_yh and W_hy packed per
+// block of 16 of their output units once per sequence (pack_gate_blocks, tiles.h), backward_fused
+// from them packed per block of 16 of their input units (pack_unit_blocks).
 #include "activations.h"
 #include "gemm.h"
 #include "loop.h"
@@ -222,10 +223,115 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Te
 
 // Where the fused loop pays (as Elman's, elman.cpp): float32, several steps (it packs the weights
 // once per sequence), each thread's share of the weights within its L2 unless the batch is small.
-bool use_fused(const Spec& sp, const FwdArgs& a, int64_t O) {
-  const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2);
+// Backward takes the same rule.
+bool use_fused(const Spec& sp, at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H, int64_t O) {
   const int64_t share = 2 * H * O * int64_t(sizeof(float)) / std::max<int64_t>(1, at::get_num_threads());
-  return a.xp.scalar_type() == at::kFloat && sp.out != kSoftmax && Tn >= 4 && (B <= 32 || share < (1 << 20));
+  return dtype == at::kFloat && sp.out != kSoftmax && Tn >= 4 && (B <= 32 || share < (1 << 20));
+}
+
+// ---- float32, fused backward --------------------------------------------------------------------
+// A step t (carried dy_t in cur, dy_{t-1} built in next, both (B, O)) in three phases:
+//   output  per block of 16 outputs: g = dy_t + d_out[t] (clipped), dz_t = out'(y_t) g and next's
+//           direct part zero; a padded row: dz_t = 0 and g passes to next;
+//   hidden  per block of 16 hidden units: da_t = act'(h_t) (dz_t W_hy) (W_hy packed as (nbh, O, 16)
+//           by pack_unit_blocks), zero on padded rows;
+//   carry   per block of 16 outputs: next += da_t W_yh (W_yh packed as (nbo, H, 16)), times m_t
+//           under recurrent dropout (dh_rows, tiles.h), on the live rows only (da is zero after).
+// Threads own rows where that pays, else hidden blocks, and the same share of the output blocks
+// in the first and last phases (each_share_of_blocks): a thread's next step reads the blocks of
+// next it wrote itself, and the waits come after the first and second phases.
+
+// Phase 1 of step t for output block ob, rows r0 .. r1-1.
+template <int64_t Out>
+void output_grad_rows(const BwdArgs& a, const GradOut<float>& d_out, float clip, int64_t t, int64_t ob, int64_t r0,
+                      int64_t r1, float* cur, float* next, float* dz) {
+  using namespace simd;
+  const int64_t B = a.states[0].size(1), O = a.states[0].size(2), o0 = ob * kLanes;
+  const __mmask16 m = lanes(O - o0);
+  const Mask mask(a.mask, B);
+  const float* ys = a.states[0].data_ptr<float>();
+  const V zero = _mm512_setzero_ps(), lo = splat(-clip), hi = splat(clip), one = splat(1.0f);
+  for (int64_t b = r0; b < r1; ++b) {
+    const int64_t row = (t * B + b) * O + o0;
+    float* g_p = cur + b * O + o0;
+    d_out.add(t, b, std::min(kLanes, O - o0), g_p, o0);
+    V g = load(g_p, m);
+    if (clip > 0.0f) g = _mm512_min_ps(hi, _mm512_max_ps(lo, g));
+    if (!mask.valid(t, b)) {                                   // padded: dy passes, dz is zero
+      store(dz + row, zero, m);
+      store(next + b * O + o0, g, m);
+      continue;
+    }
+    const V y = load(ys + row, m);
+    if (Out == kTanh) g = _mm512_mul_ps(g, _mm512_fnmadd_ps(y, y, one));
+    if (Out == kSigmoid) g = _mm512_mul_ps(g, _mm512_mul_ps(y, _mm512_sub_ps(one, y)));
+    store(dz + row, g, m);
+    store(next + b * O + o0, zero, m);
+  }
+}
+
+// da (R rows, ld H) [block jb] = act'(h) (dz W_hy[:, block jb]) with dz (R rows, ld O), h (R rows,
+// ld H) and wn the (nbh, O, 16) of pack_unit_blocks.
+template <int R, bool Relu>
+void hidden_grad_tile(const float* dz, int64_t O, const float* wn, int64_t H, int64_t jb, const float* h, float* da) {
+  using namespace simd;
+  const int64_t j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  constexpr int A = R == 1 ? 4 : 2;                              // sums per row (dh_tile's)
+  V acc[A][R];
+  for (int s = 0; s < A; ++s)
+    for (int r = 0; r < R; ++r) acc[s][r] = _mm512_setzero_ps();
+  part_products<A, R>(RowsPart{dz, O, 0, O}, wn + jb * O * kLanes, acc);
+  for (int r = 0; r < R; ++r) {
+    V sum = acc[0][r];
+    for (int s = 1; s < A; ++s) sum = _mm512_add_ps(sum, acc[s][r]);
+    store(da + r * H + j0, act_grad<Relu>(load(h + r * H + j0, m), sum), m);
+  }
+}
+
+// Returns dy_0; writes dz (T, B, O) and da (T, B, H) as backward_impl does.
+Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, const Tensor& da_t) {
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), O = a.states[0].size(2), H = a.saved[0].size(2);
+  const int64_t nbh = (H + simd::kLanes - 1) / simd::kLanes, nbo = (O + simd::kLanes - 1) / simd::kLanes;
+  const Tensor packed_hy = pack_unit_blocks(a.rec[1]->data_ptr<float>(), O, H);   // W_hy (O, H)
+  const Tensor packed_yh = pack_unit_blocks(a.rec[0]->data_ptr<float>(), H, O);   // W_yh (H, O)
+  const float *why = packed_hy.data_ptr<float>(), *wyh = packed_yh.data_ptr<float>();
+  const float* hs = a.saved[0].data_ptr<float>();
+  float *dz = dz_t.data_ptr<float>(), *da = da_t.data_ptr<float>();
+  const Carried dy(a);
+  const GradOut<float> d_out(a.d_out);
+  const Noise<float> nz(sp, a.noise);
+  const Mask mask(a.mask, B);
+  const float clip = float(sp.clip);
+  const int64_t macs = 2 * H * O;                             // a row's multiply-adds per step
+  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
+  with_output(sp.out, [&](auto out) {
+    with_flags(
+        [&](auto drop, auto relu) {
+          constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
+          owned_units_or_rows(
+              Tn, nbh, B, threads, kJordanRows, macs * int64_t(sizeof(float)),
+              each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {   // t = Tn-1-s
+                output_grad_rows<decltype(out)::value>(a, d_out, clip, Tn - 1 - s, ob, r0, r1, dy.cur(s), dy.next(s), dz);
+              }),
+              each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
+                const int64_t t = Tn - 1 - s, live = std::min(std::max(mask.live(t), r0), r1);
+                by_row_tiles<kJordanRows>(r0, live, [&](auto rows, int64_t b0) {
+                  const int64_t row = t * B + b0;
+                  hidden_grad_tile<decltype(rows)::value, Relu>(dz + row * O, O, why, H, jb, hs + row * H, da + row * H);
+                });
+                const __mmask16 m = simd::lanes(H - jb * simd::kLanes);
+                for (int64_t b = live; b < r1; ++b) simd::store(da + (t * B + b) * H + jb * simd::kLanes, _mm512_setzero_ps(), m);
+              }),
+              each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {
+                const int64_t t = Tn - 1 - s;
+                const RowsPart step[1] = {{da + t * B * H, H, 0, H}};
+                dh_rows<kJordanRows, Drop>(step, nz, wyh, H, O, t, ob, r0, std::min(r1, mask.live(t)), dy.next(s));
+              }));
+        },
+        nz.drop != nullptr, sp.act == kRelu);
+  });
+  return dy.grad0(Tn);
 }
 #endif
 
@@ -267,7 +373,7 @@ Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTe
 void jordan_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor bias_t = or_zeros(a.rec[2], a.rec[1]->size(0), a.xp.options());
 #ifdef RNNKIT_AVX512
-  if (use_fused(sp, a, bufs[0].size(2))) return forward_fused(sp, a, bias_t.data_ptr<float>(), bufs[1], bufs[0]);
+  if (use_fused(sp, a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2), bufs[0].size(2))) return forward_fused(sp, a, bias_t.data_ptr<float>(), bufs[1], bufs[0]);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "jordan_forward",
                              [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), bufs[1], bufs[0]); });
@@ -291,7 +397,11 @@ BwdResult jordan_backward(const Spec& sp, const BwdArgs& a) {
   if (a.rec[2].has_value()) db = at::empty({O}, opt);
   AT_DISPATCH_FLOATING_TYPES(ys.scalar_type(), "jordan_backward", [&] {
     using T = scalar_t;
+#ifdef RNNKIT_AVX512
+    dy = use_fused(sp, ys.scalar_type(), Tn, B, H, O) ? backward_fused(sp, a, dz, da) : backward_impl<T>(sp, a, dz, da);
+#else
     dy = backward_impl<T>(sp, a, dz, da);
+#endif
     const T *Z = dz.data_ptr<T>(), *A = da.data_ptr<T>();
     gemm(Op::T, Op::N, O, H, Tn * B, Z, O, hs.data_ptr<T>(), H, T(0), dw_hy.data_ptr<T>(), H);
     const Noise<T> nz(sp, a.noise);
