@@ -45,7 +45,8 @@
 // (B, 4H) and dn a (B, H) workspace of one step; dx = d_xp is written in the loop, not used as a
 // workspace of LN'(dn g_c).
 // The fused float32 forward with a projection (forward_fused_proj) writes what forward_impl
-// writes, m its (B, H) workspace shared by the step's two phases; its backward is the GEMM path.
+// writes, m its (B, H) workspace shared by the step's two phases; the fused backward
+// (backward_fused_proj) writes what backward_impl writes, dm of a tile of rows kept in registers.
 //   dhd      (B, H)       recurrent dropout, backward workspace of the GEMM path: dg_t W_hh, added
 //                         to dh_{t-1} times m_t
 // Post-loop: dW_hh = dg^T [h0; hs[:-1]] (recurrent dropout: the masked previous states), dW_hr,
@@ -645,7 +646,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
 // dh_t and dh_{t-1} alternate between two (B, H) buffers.
 bool use_fused_backward(const Spec& sp, const BwdArgs& a) {
   const Tensor& hs = a.states[0];
-  return sp.proj == 0 && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), hs.size(2));
+  return !(sp.proj > 0 && sp.layer_norm) && fused_pays(hs.scalar_type(), hs.size(0), hs.size(1), a.states[1].size(2));
 }
 
 // dh_t and dc_t of the 16 units from j0 of row b as step t reads them: d_out[t] added to the
@@ -707,6 +708,53 @@ void dh_block(const Fused& o, const float* dg_t, const float* wn, int64_t r0, in
   dh_rows<kRows, Drop>(step, o.nz, wn, 4 * H, H, t, jb, r0, r1, next);
 }
 
+// The rows a fused backward reads and writes: cs (T, B, H), c0 (B, H), the saved gates (T, B, 4H)
+// and tanh_c (T, B, H); dg (T, B, 4H) and the carried dc (B, H).
+struct LstmGrads {
+  int64_t B, H;
+  const float *cs, *c0, *gates, *tanh_c;
+  float *dg, *dc;
+  LstmGrads(const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t)
+      : B(a.states[1].size(1)), H(a.states[1].size(2)), cs(a.states[1].data_ptr<float>()),
+        c0(a.state0[1].data_ptr<float>()), gates(a.saved[0].data_ptr<float>()), tanh_c(a.saved[1].data_ptr<float>()),
+        dg(dg_t.data_ptr<float>()), dc(dc_t.data_ptr<float>()) {}
+};
+
+// Valid row b of step t, the 16 units from j0: dg[t, b] (gate_grads) from gh, the gradient
+// reaching h~_t = o tanh_c (after zoneout's split of h), and gc, the carried dc_t (clipped);
+// dc[b] becomes dc_{t-1} (zoneout's direct part of c included).
+template <bool Peep, bool Zone>
+inline void cell_grads(const Fused& o, const LstmGrads& g, int64_t t, int64_t b, int64_t j0, __mmask16 m,
+                       const simd::V (&wc)[3], simd::V gh, simd::V gc) {
+  using namespace simd;
+  const int64_t H = g.H, row = t * g.B + b;
+  const V keep_c = Zone ? zone_keep(o, t, 1, b, H, j0, m, gc) : _mm512_setzero_ps();
+  V q[4];
+  saved_gates(g.gates + row * 4 * H, H, j0, m, q);
+  const V tc = load(g.tanh_c + row * H + j0, m);
+  const V c_prev = load((t ? g.cs + (row - g.B) * H : g.c0 + b * H) + j0, m);
+  const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, q[3]), _mm512_fnmadd_ps(tc, tc, splat(1.0f)), gc);
+  store(g.dc + b * H + j0, gate_grads<Peep, Zone>(q, gh, tc, c_prev, dct, keep_c, wc, g.dg + row * 4 * H + j0, H, m), m);
+}
+
+// dc_t of row b, the 16 units from j0, clamped in place with clip_recurrent.
+inline simd::V clipped_dc(const Fused& o, const LstmGrads& g, int64_t b, int64_t j0, __mmask16 m) {
+  using namespace simd;
+  float* p = g.dc + b * g.H + j0;
+  V gc = load(p, m);
+  if (o.clip > 0.0f) {
+    gc = _mm512_min_ps(splat(o.clip), _mm512_max_ps(splat(-o.clip), gc));
+    store(p, gc, m);
+  }
+  return gc;
+}
+
+// A padded row's gate gradients (the 16 units from j0 of each gate): zero.
+inline void zero_gate_grads(const LstmGrads& g, int64_t t, int64_t b, int64_t j0, __mmask16 m) {
+  float* d = g.dg + (t * g.B + b) * 4 * g.H + j0;
+  for (int k = 0; k < 4; ++k) simd::store(d + k * g.H, _mm512_setzero_ps(), m);
+}
+
 // Returns dh_0; dc_t carries dc back in place to dc_0.  With clip_recurrent, dh_t and dc_t are
 // clamped first (padded rows too); under zoneout their direct parts dh_t z, dc_t z go to step t-1.
 Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t) {
@@ -717,10 +765,9 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   const Carried dh(a);
   const Mask mask(a.mask, B);
   const GradOut<float> d_out(a.d_out);
-  const float *cs = a.states[1].data_ptr<float>(), *c0 = a.state0[1].data_ptr<float>();
-  const float *gates = a.saved[0].data_ptr<float>(), *tanh_c = a.saved[1].data_ptr<float>();
-  float *dg = dg_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>();
-  const V one = splat(1.0f), zero = _mm512_setzero_ps();
+  const LstmGrads g(a, dg_t, dc_t);
+  float *dg = g.dg, *dc = g.dc;
+  const V zero = _mm512_setzero_ps();
   const Fused o = backward_options(sp, a);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
@@ -738,24 +785,122 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
             carried(o, d_out, t, b, H, j0, m, cur, dc, gh, gc);
             float* d = dg + row * G + j0;
             if (!mask.valid(t, b)) {
-              for (int g = 0; g < 4; ++g) store(d + g * H, zero, m);
+              for (int k = 0; k < 4; ++k) store(d + k * H, zero, m);
               store(next + b * H + j0, gh, m);
               continue;
             }
-            V keep_h = zero, keep_c = zero;                      // zoneout's direct parts
-            if (Zone) keep_h = zone_keep(o, t, 0, b, H, j0, m, gh), keep_c = zone_keep(o, t, 1, b, H, j0, m, gc);
-            V q[4];
-            saved_gates(gates + row * G, H, j0, m, q);
-            const V tc = load(tanh_c + row * H + j0, m);
-            const V c_prev = load((t ? cs + (row - B) * H : c0 + b * H) + j0, m);
-            const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, q[3]), _mm512_fnmadd_ps(tc, tc, one), gc);
-            store(dc + b * H + j0, gate_grads<Peep, Zone>(q, gh, tc, c_prev, dct, keep_c, wc, d, H, m), m);
+            const V keep_h = Zone ? zone_keep(o, t, 0, b, H, j0, m, gh) : zero;   // zoneout's direct part
+            cell_grads<Peep, Zone>(o, g, t, b, j0, m, wc, gh, gc);
             store(next + b * H + j0, keep_h, m);
           }
         }),
         each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
           const int64_t t = Tn - 1 - s;
           dh_block<Drop>(o, dg + t * B * G, wn, r0, std::min(r1, mask.live(t)), H, t, jb, dh.next(s));
+        }));
+  });
+  return dh.grad0(Tn);
+}
+
+// ---- projection, fused backward (backward_impl's math with proj) -------------------------------
+// The carried dh_t is (B, P) and the gates read dm = dh_t W_hr (all of dh_t), so a step runs in
+// three phases:
+//   carried per block of 16 of the P units: dh_t + d_out[t], clipped; zoneout's direct part
+//           dh_t z to dh_{t-1} (else zero); what reaches h~_t written back into dh_t and kept in
+//           dh_all[t] (for dW_hr after the loop); a padded row: dh_t passes to dh_{t-1}, dh_all
+//           zero;
+//   gates   per block of 16 hidden units: dm = dh_t W_hr[:, block] (W_hr packed as (nb, P, 16) by
+//           pack_unit_blocks) for a tile of rows, then the rows' gate gradients (cell_grads);
+//           dc_t clipped on every row, a padded row's dg zero;
+//   carry   per block of 16 of P: dh_{t-1} += dg[t] W_hh[:, block] (W_hh packed as (nbp, 4H, 16)),
+//           times m_t under recurrent dropout, on the live rows.
+// Threads own rows where that pays, else blocks of H in the gates phase and the same share of
+// P's blocks in the other two (each_share_of_blocks): a thread's carried phase reads the blocks of
+// dh_{t-1} that its carry phase wrote; the waits come after the first two phases.
+template <int R, bool Peep, bool Zone>
+void proj_gates_tile(const Fused& o, const LstmGrads& g, const float* wr, int64_t P, int64_t t, int64_t jb,
+                     int64_t b0, const float* dh, const Mask& mask) {
+  using namespace simd;
+  const int64_t H = g.H, j0 = jb * kLanes;
+  const __mmask16 m = lanes(H - j0);
+  constexpr int A = R == 1 ? 4 : 2;                              // sums per row (dh_tile's)
+  V acc[A][R];
+  for (int s = 0; s < A; ++s)
+    for (int r = 0; r < R; ++r) acc[s][r] = _mm512_setzero_ps();
+  part_products<A, R>(RowsPart{dh + b0 * P, P, 0, P}, wr + jb * P * kLanes, acc);
+  V wc[3];
+  peep_weights<Peep>(o, H, j0, m, wc);
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    const V gc = clipped_dc(o, g, b, j0, m);
+    if (!mask.valid(t, b)) {
+      zero_gate_grads(g, t, b, j0, m);
+      continue;
+    }
+    V gh = acc[0][r];
+    for (int s = 1; s < A; ++s) gh = _mm512_add_ps(gh, acc[s][r]);
+    cell_grads<Peep, Zone>(o, g, t, b, j0, m, wc, gh, gc);
+  }
+}
+
+// Returns dh_0 (B, P); writes dg, dc and dh_all (T, B, P) as backward_impl does.
+Tensor backward_fused_proj(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const Tensor& dc_t,
+                           const Tensor& dh_all_t) {
+  using namespace simd;
+  const int64_t Tn = a.states[0].size(0), B = a.states[0].size(1), P = a.states[0].size(2), H = a.states[1].size(2);
+  const int64_t G = 4 * H, nb = (H + kLanes - 1) / kLanes, nbp = (P + kLanes - 1) / kLanes;
+  const Tensor packed = pack_unit_blocks(a.rec[0]->data_ptr<float>(), G, P);     // W_hh (4H, P)
+  const Tensor packed_r = pack_unit_blocks(a.rec[2]->data_ptr<float>(), P, H);   // W_hr (P, H)
+  const float *wn = packed.data_ptr<float>(), *wr = packed_r.data_ptr<float>();
+  const Carried dh(a);
+  const Mask mask(a.mask, B);
+  const GradOut<float> d_out(a.d_out);
+  const LstmGrads g(a, dg_t, dc_t);
+  float* dh_all = dh_all_t.data_ptr<float>();
+  const Fused o = backward_options(sp, a);
+  const int64_t macs = 4 * H * P + P * H;                     // a row's multiply-adds per step
+  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
+  with_options(o, [&](auto peep, auto drop, auto zone) {
+    constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
+    owned_units_or_rows(
+        Tn, nb, B, threads, kRows, macs * int64_t(sizeof(float)),
+        each_share_of_blocks(nb, nbp, [&](int64_t s, int64_t pb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
+          const int64_t t = Tn - 1 - s, p0 = pb * kLanes;
+          const __mmask16 m = lanes(P - p0);
+          float *cur = dh.cur(s), *next = dh.next(s);
+          const V lo = splat(-o.clip), hi = splat(o.clip), zero = _mm512_setzero_ps();
+          for (int64_t b = r0; b < r1; ++b) {
+            float* gh_p = cur + b * P + p0;
+            float* kept = dh_all + (t * B + b) * P + p0;
+            d_out.add(t, b, std::min(kLanes, P - p0), gh_p, p0);
+            V gh = load(gh_p, m);
+            if (o.clip > 0.0f) gh = _mm512_min_ps(hi, _mm512_max_ps(lo, gh));
+            if (!mask.valid(t, b)) {                             // padded: dh passes
+              store(kept, zero, m);
+              store(next + b * P + p0, gh, m);
+              continue;
+            }
+            const V keep_h = Zone ? zone_keep(o, t, 0, b, P, p0, m, gh) : zero;
+            store(gh_p, gh, m), store(kept, gh, m);
+            store(next + b * P + p0, keep_h, m);
+          }
+        }),
+        each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
+          const int64_t t = Tn - 1 - s, live = std::min(std::max(mask.live(t), r0), r1);
+          const float* cur = dh.cur(s);
+          by_row_tiles(r0, live, [&](auto rows, int64_t b0) {
+            proj_gates_tile<decltype(rows)::value, Peep, Zone>(o, g, wr, P, t, jb, b0, cur, mask);
+          });
+          const __mmask16 m = lanes(H - jb * kLanes);
+          for (int64_t b = live; b < r1; ++b) {                  // padded rows
+            clipped_dc(o, g, b, jb * kLanes, m);
+            zero_gate_grads(g, t, b, jb * kLanes, m);
+          }
+        }),
+        each_share_of_blocks(nb, nbp, [&](int64_t s, int64_t pb, int64_t r0, int64_t r1) {
+          const int64_t t = Tn - 1 - s;
+          const RowsPart step[1] = {{g.dg + t * B * G, G, 0, G}};
+          dh_rows<kRows, Drop>(step, o.nz, wn, G, P, t, pb, r0, std::min(r1, mask.live(t)), dh.next(s));
         }));
   });
   return dh.grad0(Tn);
@@ -1103,6 +1248,8 @@ BwdResult lstm_backward(const Spec& sp, const BwdArgs& a) {
     const auto ptr = [](const c10::optional<Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; };
     if (!use_fused_backward(sp, a))
       dh = backward_impl<T>(sp, a, dg, dc, dh_all, ln);
+    else if (sp.proj > 0)
+      dh = backward_fused_proj(sp, a, dg, dc, dh_all);
     else if (!sp.layer_norm)
       dh = backward_fused(sp, a, dg, dc);
     else
