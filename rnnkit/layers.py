@@ -345,7 +345,7 @@ class _Recurrent(nn.Module):
             lengths = validation.lengths_tensor(who, lengths, T, B)
             order = sequence.longest_first(lengths)
             if order is not None:
-                x, lengths = x.index_select(1, order.to(x.device)), lengths[order]
+                x, lengths = sequence.batch_rows(x, order.to(x.device)), lengths[order]
         state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace)

@@ -16,7 +16,7 @@ back (as flax's ``flip_sequences``): padding stays at the end, so the same masks
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,53 @@ def user_order(order: Optional[Tensor], device) -> Optional[Tensor]:
     return back.to(device)
 
 
+# Where a CPU copy's buffer comes from: the C++ kernels' cache of large buffers (csrc/pool.h),
+# registered by the cpu backend when its kernels load; None: torch's allocator.
+_cpu_empty: Optional[Callable[[List[int], torch.dtype], Tensor]] = None
+
+
+def use_cpu_empty(empty: Optional[Callable[[List[int], torch.dtype], Tensor]]) -> None:
+    """Let ``batch_rows`` take its CPU outputs from ``empty(sizes, dtype)`` (None: torch's)."""
+    global _cpu_empty
+    _cpu_empty = empty
+
+
+def _rows_into(t: Tensor, order: Tensor) -> Tensor:
+    """t.index_select(1, order) into a buffer of ``_cpu_empty`` (CPU) or a new tensor."""
+    if _cpu_empty is not None and t.device.type == "cpu":
+        return torch.index_select(t, 1, order, out=_cpu_empty(list(t.shape), t.dtype))
+    return t.index_select(1, order)
+
+
+class _BatchRows(torch.autograd.Function):
+    """A permutation of the batch rows; its gradient is the inverse permutation (not the scatter
+    of index_select's backward into a zeroed tensor)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, order: Tensor, back: Tensor) -> Tensor:
+        ctx.save_for_backward(back)
+        return _rows_into(t, order)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (back,) = ctx.saved_tensors
+        return _rows_into(grad, back), None, None
+
+
 def batch_rows(t: Tensor, order: Optional[Tensor]) -> Tensor:
-    """t (N, B, ...) with its batch rows in ``order`` (None: t itself)."""
-    return t if order is None else t.index_select(1, order)
+    """t (N, B, ...) with its batch rows in ``order`` (None: t itself; order a permutation).
+
+    On CPU the copy goes into a buffer of the kernels' cache: a new multi-MiB tensor at every call
+    faults its pages in again once glibc has handed a freed one back to the OS (measured, Elman
+    (T, B, H) = (128, 32, 256) with lengths, forward: 10.7 ms with new tensors, 7.7 with the
+    output's reordering into the cache, against 6.6 for the same batch without lengths)."""
+    if order is None:
+        return t
+    if torch.compiler.is_compiling():
+        return t.index_select(1, order)
+    if torch.is_grad_enabled() and t.requires_grad:
+        return _BatchRows.apply(t, order, user_order(order, order.device))
+    return _rows_into(t, order)
 
 
 def length_mask(lengths: Optional[Tensor], T: int, device) -> Tuple[Optional[Tensor], Optional[Tensor]]:

@@ -98,3 +98,33 @@ def test_empty_cache_never_builds_the_kernels(monkeypatch):
     monkeypatch.setattr(_build, "_state", {})
     monkeypatch.setattr(_build, "_compile", compile_)
     assert cpu.empty_cache() == 0
+
+
+def test_reordered_batches_come_from_the_cache_and_differentiate():
+    """A batch with lengths runs longest first: its input and output are reordered into buffers of
+    the cache (sequence.batch_rows), with the same numbers, and the reordering's gradient is the
+    inverse reordering (gradcheck in float64)."""
+    from rnnkit import sequence
+    cpu.extension()
+    assert sequence._cpu_empty is not None                # registered when the kernels loaded
+    x = torch.randn(T, B, H, dtype=torch.float64)
+    order = torch.randperm(B)
+    cpu.empty_cache()
+    got = sequence.batch_rows(x, order)
+    assert torch.equal(got, x.index_select(1, order))
+    del got
+    assert cpu.extension().pool_cached() >= x.numel() * 8  # its buffer came back to the cache
+    xs = x[:3, :, :5].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: sequence.batch_rows(t, order), (xs,))
+    lengths = torch.randint(1, T + 1, (B,))
+    model = rnnkit.GRU(H, H, backend="cpu").double()
+    xg = x.clone().requires_grad_()
+    out, h = model(xg, lengths=lengths)
+    (out.square().sum() + h.sum()).backward()
+    ref = rnnkit.GRU(H, H, backend="reference").double()
+    ref.load_state_dict(model.state_dict())
+    xr = x.clone().requires_grad_()
+    out_r, h_r = ref(xr, lengths=lengths)
+    (out_r.square().sum() + h_r.sum()).backward()
+    torch.testing.assert_close(out, out_r)
+    torch.testing.assert_close(xg.grad, xr.grad)

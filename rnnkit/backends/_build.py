@@ -34,7 +34,7 @@ from typing import List, Optional
 
 import torch
 
-from .. import noise
+from .. import noise, sequence
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _NAME = "rnnkit_cpu"
@@ -253,6 +253,7 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
         try:
             _state["module"] = _compile(native, verbose)
             noise.use_cpu_fill(getattr(_state["module"], "bernoulli_hash", None))   # the masks' fast form
+            sequence.use_cpu_empty(getattr(_state["module"], "pooled_empty", None))  # reordered batches
             if not native:                  # kept, so that a failing native build is not silent
                 _state["native_error"] = errors[-1] if errors else "not tried"
             return _state["module"]

@@ -177,5 +177,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pool_release", &rnnkit::pool_release, "bytes = pool_release(): free the buffers cached by pool.h");
   m.def("pool_cached", &rnnkit::pool_cached, "the bytes of buffers pool.h caches now");
   m.def("pool_limit", &rnnkit::pool_limit, "the bytes pool.h may cache (RNNKIT_CPU_POOL_MB)");
+  m.def(
+      "pooled_empty",
+      [](const std::vector<int64_t>& sizes, at::ScalarType dtype) {
+        return rnnkit::pooled_empty(sizes, at::TensorOptions().dtype(dtype));
+      },
+      arg("sizes"), arg("dtype"),
+      "pooled_empty(sizes, dtype): an uninitialised CPU tensor, from pool.h's cache when it is large");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
 }
