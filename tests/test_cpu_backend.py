@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, grads, make, make_torch_pair,
                       needs_cpu, randn, random_state, state_tensors)
-from rnnkit import backends, noise
+from rnnkit import backends, noise, sequence
 from rnnkit.backends import _build, cpu
 from rnnkit.cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, LSTMCell
 
@@ -53,6 +53,7 @@ def test_a_failing_native_build_is_reported(monkeypatch):
     monkeypatch.setattr(_build, "_state", {})
     monkeypatch.setattr(_build, "_compile", compile_)
     monkeypatch.setattr(noise, "_cpu_fill", noise._cpu_fill)       # restored after the planted module
+    monkeypatch.setattr(sequence, "_cpu_empty", sequence._cpu_empty)
     assert _build.load() == "portable module"
     assert "RuntimeError: exit status 1" in _build.native_error()
 

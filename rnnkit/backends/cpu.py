@@ -101,6 +101,17 @@ class CPU(Backend):
         out, h_n = extension().step(self._spec(cell), x, list(state0), layers)   # out: a view of h_n[0][-1]
         return out, tuple(h_n)
 
+    # Up to this many multiply-adds in a layer's input projection the one-call path projects through
+    # the same BLAS as F.linear; above, the layer-by-layer path takes oneDNN's GEMM, faster there
+    # (ops._linear).
+    INFER_MAX_MACS = 1 << 29
+
+    def infer(self, cell, x, state0, layers):
+        if x.shape[0] * x.shape[1] * max(w[0].shape[0] * w[0].shape[1] for w in layers) >= self.INFER_MAX_MACS:
+            return None
+        out, h_n = extension().infer(self._spec(cell), x, list(state0), layers)
+        return out, tuple(h_n)
+
     def stepper(self, cell, layers, batch_size, who):
         return extension().Stepper(who, self._spec(cell), layers, batch_size)
 

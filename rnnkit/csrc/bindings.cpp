@@ -16,6 +16,7 @@
 
 #include "check.h"
 #include "gemm.h"
+#include "loop.h"
 #include "noise.h"
 #include "pool.h"
 #include "rnn.h"
@@ -116,6 +117,48 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   return {h_n[0].select(0, L - 1), h_n};
 }
 
+// Inference over a whole sequence in one call: a stack of L layers, one direction, no lengths, no
+// noise, nothing saved (what a layer's forward does without autograd, less its Python per layer).
+//   x (T, B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
+//   returns out (T, B, S_0), the last layer's states, and h_n (L, B, S_k) (new tensors).
+// xp (T, B, GH) is the projection workspace of every layer in turn (the weights' sizes checked
+// equal across layers by the Checker); layer l reads layer l-1's states[0].
+std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
+                                  const std::vector<OptTensors>& layers) {
+  const Spec sp = decode_spec(spec);
+  const Cell& cell = *sp.cell;
+  Checker c("rnnkit.infer", sp);
+  c.tensor({"x"}, x, {kT, kB, kI});
+  TORCH_CHECK(!layers.empty(), "rnnkit.infer: layers: expected at least one layer, got none");
+  c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
+  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
+  c.tensors("state0", state0, {kL, kB}, c.states());
+  const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
+  const Tensors s0 = dense(state0);
+  Tensors h_n;
+  for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
+  const Tensor xp = empty_seq({Tn, B, GH}, x.options());
+  Tensor inp = x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_infer", [&] {
+    using T = scalar_t;
+    for (int64_t l = 0; l < L; ++l) {
+      const OptTensors& p = layers[l];
+      const Tensor w = p[0]->contiguous();
+      const bool bias = p[1].has_value() && p[1]->defined();
+      const Tensor b = bias ? p[1]->contiguous() : Tensor();
+      project_into<T>(inp.data_ptr<T>(), Tn * B, w.size(1), w.data_ptr<T>(), bias ? b.data_ptr<T>() : nullptr, GH,
+                      xp.data_ptr<T>());
+      Tensors in;
+      for (const Tensor& s : s0) in.push_back(s.select(0, l));
+      const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false});
+      for (size_t k = 0; k < h_n.size(); ++k) h_n[k].select(0, l).copy_(r.states[k].select(0, Tn - 1));
+      inp = r.states[0];
+    }
+  });
+  return {inp, h_n};
+}
+
 std::tuple<Tensor, Tensors, OptTensors> backward(
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_final,
     const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
@@ -160,6 +203,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("states"), arg("saved"), arg("rec"), arg("noise") = rnnkit::Tensors{}, arg("names") = pybind11::none(),
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, noise=[], "
         "names=None)");
+  m.def("infer", &rnnkit::infer, "out, h_n = infer(spec, x, state0, layers): a stack's forward, no autograd");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   pybind11::class_<rnnkit::Stepper>(m, "Stepper",
                                     "Streaming inference into preallocated buffers (see stream.h)")

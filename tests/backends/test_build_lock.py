@@ -19,6 +19,7 @@ import time
 import pytest
 from torch.utils import cpp_extension
 
+from rnnkit import noise, sequence
 from rnnkit.backends import _build
 
 DEADLINE = 30.0          # s; the cases take well under a second when the lock works
@@ -30,6 +31,8 @@ def cache(monkeypatch, tmp_path):
     monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(_build, "_state", {})
     monkeypatch.setattr(_build, "POLL", 0.01)
+    monkeypatch.setattr(noise, "_cpu_fill", noise._cpu_fill)       # load() registers the fake module's
+    monkeypatch.setattr(sequence, "_cpu_empty", sequence._cpu_empty)   # (absent) functions: restored
     monkeypatch.setattr(cpp_extension, "JIT_EXTENSION_VERSIONER", cpp_extension.ExtensionVersioner())
     built = []
 

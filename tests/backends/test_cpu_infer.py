@@ -1,0 +1,126 @@
+"""Inference in one call (Backend.infer; the cpu backend's C++ ``infer``): a layer's forward without
+autograd, one direction, no lengths and no random draws runs its whole stack in one C++ call.  It
+returns what the layer-by-layer path returns (the same kernels), and every other call keeps that
+path: a graph to record, both directions, lengths, a trace, noise in training, another backend."""
+import pytest
+import torch
+
+import rnnkit
+from helpers import needs_cpu
+from rnnkit.backends import cpu
+
+T, B, I, H = 7, 3, 5, 6
+FORMS = {
+    "rnn_relu": lambda **kw: rnnkit.RNN(I, H, nonlinearity="relu", **kw),
+    "jordan": lambda **kw: rnnkit.Jordan(I, H, output_size=4, output_activation="sigmoid", **kw),
+    "lstm": lambda **kw: rnnkit.LSTM(I, H, **kw),
+    "lstm_proj_peephole": lambda **kw: rnnkit.LSTM(I, H, proj_size=4, peephole=True, **kw),
+    "lstm_ln": lambda **kw: rnnkit.LSTM(I, H, layer_norm=True, **kw),
+    "gru": lambda **kw: rnnkit.GRU(I, H, **kw),
+    "gru_options": lambda **kw: rnnkit.GRU(I, H, zoneout=0.2, recurrent_dropout=0.3, clip_recurrent=0.5, **kw),
+}
+
+
+def layer_by_layer(model, *args, **kwargs):
+    """The model's forward with the one-call path switched off."""
+    found = []
+    original = cpu.CPU.infer
+    cpu.CPU.infer = lambda self, *a: found.append(a) and None
+    try:
+        return model(*args, **kwargs)
+    finally:
+        cpu.CPU.infer = original
+
+
+def calls(model, *args, **kwargs):
+    """How many times the forward reached the backend's one-call path."""
+    seen = []
+    original = cpu.CPU.infer
+
+    def spy(self, *a):
+        seen.append(a)
+        return original(self, *a)
+    cpu.CPU.infer = spy
+    try:
+        model(*args, **kwargs)
+    finally:
+        cpu.CPU.infer = original
+    return len(seen)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_one_call_equals_the_layer_by_layer_path(form, with_hx, layout, dtype):
+    torch.manual_seed(0)
+    model = FORMS[form](num_layers=3, batch_first=layout == "batch_first", dropout=0.4,
+                        backend="cpu").to(dtype).eval()
+    x = torch.randn((T, I) if layout == "unbatched" else (B, T, I) if layout == "batch_first" else (T, B, I),
+                    dtype=dtype)
+    hx = None
+    if with_hx:
+        _, hx = layer_by_layer(model, x)                 # a state of the right form, nonzero
+    with torch.no_grad():
+        assert calls(model, x, hx) == 1
+        out, h_n = model(x, hx)
+        ref_out, ref_h = layer_by_layer(model, x, hx)
+    assert out.shape == ref_out.shape                         # the same kernels; the projection's
+    torch.testing.assert_close(out, ref_out)                  # sums may round in another order
+    for got, want in zip(*(h if isinstance(h, tuple) else (h,) for h in (h_n, ref_h))):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+
+
+@needs_cpu
+def test_the_one_call_outputs_are_new_tensors_and_the_state_is_left_alone():
+    model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu").eval()
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(2, B, H), torch.randn(2, B, H)
+    keep = (h0.clone(), c0.clone())
+    with torch.no_grad():
+        out, (h, c) = model(x, (h0, c0))
+        out2, _ = model(x, (h0, c0))
+    torch.testing.assert_close(out, out2, rtol=0, atol=0)     # the second call did not write into the first's
+    assert torch.equal(h0, keep[0]) and torch.equal(c0, keep[1])
+    torch.testing.assert_close(h[-1], out[-1], rtol=0, atol=0)
+    out.add_(1.0)                                             # an ordinary tensor, writable
+    h.resize_(0)
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", ["grad", "bidirectional", "lengths", "trace", "training_noise",
+                                  "training_dropout", "reference"])
+def test_every_other_call_keeps_the_layer_by_layer_path(case):
+    kw = {"num_layers": 2, "backend": "reference" if case == "reference" else "cpu"}
+    if case == "bidirectional":
+        kw["bidirectional"] = True
+    if case == "training_noise":
+        kw["zoneout"] = 0.3
+    if case == "training_dropout":
+        kw["dropout"] = 0.3
+    model = rnnkit.GRU(I, H, **kw)
+    model.train(case.startswith("training"))
+    x = torch.randn(T, B, I)
+    args, kwargs = (x,), {}
+    if case == "lengths":
+        kwargs["lengths"] = torch.tensor([T, 2, 4])
+    if case == "trace":
+        kwargs["return_trace"] = True
+    with torch.set_grad_enabled(case == "grad"):
+        assert calls(model, *args, **kwargs) == 0
+
+
+@needs_cpu
+def test_training_without_noise_and_frozen_weights_take_the_one_call_path():
+    """No graph is needed when nothing requires grad, in training mode too (no random draws)."""
+    model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu").train()
+    model.requires_grad_(False)
+    assert calls(model, torch.randn(T, B, I)) == 1
+
+
+@needs_cpu
+def test_bad_initial_state_is_named_before_the_one_call():
+    model = rnnkit.GRU(I, H, num_layers=2, backend="cpu").eval()
+    with torch.no_grad(), pytest.raises(Exception, match="hx"):
+        model(torch.randn(T, B, I), torch.randn(1, B, H))
