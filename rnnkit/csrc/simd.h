@@ -193,21 +193,15 @@ void owned_blocks(int64_t Tn, int64_t blocks, int64_t threads, const Phases&... 
 // waits for another (a wait costs a step a scheduler tick when another process takes the core),
 // and a row statistic is computed once; but each thread reads all of the weights at every step,
 // so it pays where they fit a core's L2 and the batch has a tile of rows for every thread
-// (rows_pay).  phase(t, j0, j1, b0, b1) runs blocks j0 <= j < j1 on rows b0 <= b < b1, a tile
-// of ``tile`` rows (the last may be shorter); virtual worker w owns tiles w, w + threads, ...:
-// a batch sorted longest first (the layers' order under lengths) then gives each thread a share
-// of the long and of the short sequences, not one thread the long ones while the other idles.
+// (rows_pay).  phase(t, j0, j1, b0, b1) runs blocks j0 <= j < j1 on rows b0 <= b < b1; the
+// rows are cut at multiples of ``tile``.
 template <typename... Phases>
 void owned_rows(int64_t Tn, int64_t blocks, int64_t B, int64_t threads, int64_t tile, const Phases&... phases) {
   const int64_t tiles = (B + tile - 1) / tile;
   threads = std::max<int64_t>(1, std::min(threads, tiles));
   at::parallel_for(0, threads, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t t = 0; t < Tn; ++t)
-      for (int64_t w = w0; w < w1; ++w)
-        for (int64_t k = w; k < tiles; k += threads) {
-          const int64_t b0 = k * tile, b1 = std::min(B, b0 + tile);
-          (phases(t, int64_t(0), blocks, b0, b1), ...);
-        }
+    const int64_t b0 = std::min(B, w0 * tiles / threads * tile), b1 = std::min(B, w1 * tiles / threads * tile);
+    for (int64_t t = 0; t < Tn; ++t) (phases(t, int64_t(0), blocks, b0, b1), ...);
   });
 }
 
