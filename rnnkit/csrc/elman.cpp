@@ -218,7 +218,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensor& hs_t, const T
       [&](auto drop, auto zone, auto relu) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value, Relu = decltype(relu)::value;
         owned_units_or_rows(
-            Tn, (H + kGroup - 1) / kGroup, B, step_threads(B, H), kElmanRows, H * H * int64_t(sizeof(float)),
+            Tn, (H + kGroup - 1) / kGroup, mask, step_threads(B, H), kElmanRows, H * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t t, int64_t jg, int64_t r0, int64_t r1) {
               by_live_tiles<kElmanRows>(
                   mask.live(t), B,
@@ -279,7 +279,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
       [&](auto drop, auto zone, auto relu) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value, Relu = decltype(relu)::value;
         owned_units_or_rows(
-            Tn, (H + simd::kLanes - 1) / simd::kLanes, B, step_threads(B, H), kElmanRows,
+            Tn, (H + simd::kLanes - 1) / simd::kLanes, mask, step_threads(B, H), kElmanRows,
             H * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
               grad_rows<Zone, Relu>(a, o, d_out, h, Tn - 1 - s, jb, r0, r1, dh.cur(s), dh.next(s), da);

@@ -442,7 +442,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
         owned_units_or_rows(
-            Tn, nb, B, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
+            Tn, nb, q.mask, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
               by_live_tiles<kGruRows>(
                   q.mask.live(t), B,
@@ -523,7 +523,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, cons
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
         owned_units_or_rows(
-            Tn, nb, B, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
+            Tn, nb, q.mask, step_threads(B, H), kGruRows, 3 * H * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
               grad_rows<Zone>(q, o, d_out, Tn - 1 - s, jb, r0, r1, dh.cur(s), dh.next(s), dx, drn);
             }),
@@ -572,7 +572,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
         owned_units_or_rows(
-            Tn, nb, B, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
+            Tn, nb, mask, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
             [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // sums
               const float* hp = t ? hs + (t - 1) * B * H : h0;
               for (int64_t jb = j0; jb < j1; ++jb) {
@@ -664,7 +664,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, c
       [&](auto drop, auto zone) {
         constexpr bool Drop = decltype(drop)::value, Zone = decltype(zone)::value;
         owned_units_or_rows(
-            Tn, nb, B, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
+            Tn, nb, q.mask, step_threads(B, H), kGruRows, G * H * int64_t(sizeof(float)),
             each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // carried (t = Tn-1-s)
               const int64_t t = Tn - 1 - s, j = jb * kLanes;
               grad_rows<Zone>(q, o, d_out, t, jb, r0, r1, dh.cur(s), dh.next(s), dx, drn);

@@ -198,7 +198,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Te
         [&](auto drop, auto relu) {
           constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
           owned_units_or_rows(
-              Tn, nbh, B, threads, kJordanRows, macs * int64_t(sizeof(float)),
+              Tn, nbh, q.mask, threads, kJordanRows, macs * int64_t(sizeof(float)),
               each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
                 by_live_tiles<kJordanRows>(
                     q.mask.live(t), B,
@@ -310,7 +310,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, cons
         [&](auto drop, auto relu) {
           constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
           owned_units_or_rows(
-              Tn, nbh, B, threads, kJordanRows, macs * int64_t(sizeof(float)),
+              Tn, nbh, mask, threads, kJordanRows, macs * int64_t(sizeof(float)),
               each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {   // t = Tn-1-s
                 output_grad_rows<decltype(out)::value>(a, d_out, clip, Tn - 1 - s, ob, r0, r1, dy.cur(s), dy.next(s), dz);
               }),

@@ -71,6 +71,26 @@ struct Mask {
   }
 };
 
+// The first tile of each of n threads' contiguous shares of a batch's tiles of ``tile`` rows, and
+// the number of tiles last (n + 1 entries), balanced by the rows' valid steps: the layers sort a
+// batch with lengths longest first, so an even split of its rows gives the first thread the
+// most steps while the others wait at the end.  Without a mask: the even split.
+inline std::vector<int64_t> balanced_shares(const Mask& mask, int64_t Tn, int64_t tile, int64_t n) {
+  const int64_t tiles = (mask.B + tile - 1) / tile;
+  std::vector<int64_t> first(n + 1), work(tiles + 1, 0);    // work: prefix sums over tiles
+  for (int64_t k = 0; k < tiles; ++k) {
+    int64_t w = 0;
+    for (int64_t b = k * tile; b < std::min(mask.B, (k + 1) * tile); ++b)
+      for (int64_t t = 0; mask.any() && t < Tn; ++t) w += mask.valid(t, b);
+    work[k + 1] = work[k] + (mask.any() ? std::max<int64_t>(w, 1) : 1);
+  }
+  for (int64_t w = 0, k = 0; w <= n; ++w) {                 // the first tile past w/n of the work
+    while (k < tiles && work[k] * n < work[tiles] * w) ++k;
+    first[w] = k;
+  }
+  return first;
+}
+
 // y += x over n elements.
 template <typename T>
 inline void add_to(int64_t n, T* __restrict y, const T* __restrict x) {

@@ -266,8 +266,8 @@ int64_t step_threads(int64_t B, int64_t H) { return B * 4 * H * H >= (1 << 17) ?
 // The fused LSTM loops' time loop: owned_units_or_rows over the blocks of H units, with the
 // threads a step of B rows pays for, tiles of kRows rows and W_hh's size.
 template <typename... Phases>
-void lstm_loop(int64_t Tn, int64_t B, int64_t H, const Phases&... phases) {
-  owned_units_or_rows(Tn, (H + simd::kLanes - 1) / simd::kLanes, B, step_threads(B, H), kRows,
+void lstm_loop(int64_t Tn, const Mask& rows, int64_t H, const Phases&... phases) {
+  owned_units_or_rows(Tn, (H + simd::kLanes - 1) / simd::kLanes, rows, step_threads(rows.B, H), kRows,
                       4 * H * H * int64_t(sizeof(float)), phases...);
 }
 
@@ -410,7 +410,7 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     lstm_loop(
-        Tn, B, H,
+        Tn, q.mask, H,
         each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
           by_live_tiles(
               q.mask.live(t), B,
@@ -479,7 +479,7 @@ void forward_fused_proj(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_units_or_rows(
-        Tn, nb, B, threads, kRows, macs * int64_t(sizeof(float)),
+        Tn, nb, q.mask, threads, kRows, macs * int64_t(sizeof(float)),
         each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
           by_live_tiles(
               q.mask.live(t), B,
@@ -543,7 +543,7 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     lstm_loop(
-        Tn, B, H,
+        Tn, mask, H,
         [&](int64_t t, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // sums
           const float* hp = t ? H_ + (t - 1) * B * H : h0;
           const int64_t live = std::max<int64_t>(0, std::min(r1, mask.live(t)) - r0);   // padded rows' raw is not read
@@ -772,7 +772,7 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, cons
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     lstm_loop(
-        Tn, B, H,
+        Tn, mask, H,
         each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
           const int64_t t = Tn - 1 - s, j0 = jb * kLanes;
           const __mmask16 m = lanes(H - j0);
@@ -863,7 +863,7 @@ Tensor backward_fused_proj(const Spec& sp, const BwdArgs& a, const Tensor& dg_t,
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_units_or_rows(
-        Tn, nb, B, threads, kRows, macs * int64_t(sizeof(float)),
+        Tn, nb, mask, threads, kRows, macs * int64_t(sizeof(float)),
         each_share_of_blocks(nb, nbp, [&](int64_t s, int64_t pb, int64_t r0, int64_t r1) {   // step s: t = Tn-1-s
           const int64_t t = Tn - 1 - s, p0 = pb * kLanes;
           const __mmask16 m = lanes(P - p0);
@@ -972,7 +972,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     lstm_loop(
-        Tn, B, H,
+        Tn, mask, H,
         [&](int64_t s, int64_t j0, int64_t j1, int64_t r0, int64_t r1) {   // carried (step s: t = Tn-1-s)
           for (int64_t jb = j0; jb < j1; ++jb) {
             const int64_t t = Tn - 1 - s, j = jb * kLanes;

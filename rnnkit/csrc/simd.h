@@ -8,6 +8,7 @@
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define RNNKIT_AVX512 1
 
+#include "loop.h"
 #include "norm.h"
 
 #include <immintrin.h>
@@ -194,13 +195,14 @@ void owned_blocks(int64_t Tn, int64_t blocks, int64_t threads, const Phases&... 
 // and a row statistic is computed once; but each thread reads all of the weights at every step,
 // so it pays where they fit a core's L2 and the batch has a tile of rows for every thread
 // (rows_pay).  phase(t, j0, j1, b0, b1) runs blocks j0 <= j < j1 on rows b0 <= b < b1; the
-// rows are cut at multiples of ``tile``.
+// rows are cut at multiples of ``tile``, each thread's share balanced by its rows' valid steps.
 template <typename... Phases>
-void owned_rows(int64_t Tn, int64_t blocks, int64_t B, int64_t threads, int64_t tile, const Phases&... phases) {
-  const int64_t tiles = (B + tile - 1) / tile;
+void owned_rows(int64_t Tn, int64_t blocks, const Mask& rows, int64_t threads, int64_t tile, const Phases&... phases) {
+  const int64_t B = rows.B, tiles = (B + tile - 1) / tile;
   threads = std::max<int64_t>(1, std::min(threads, tiles));
+  const std::vector<int64_t> first = balanced_shares(rows, Tn, tile, threads);
   at::parallel_for(0, threads, 1, [&](int64_t w0, int64_t w1) {
-    const int64_t b0 = std::min(B, w0 * tiles / threads * tile), b1 = std::min(B, w1 * tiles / threads * tile);
+    const int64_t b0 = std::min(B, first[w0] * tile), b1 = std::min(B, first[w1] * tile);
     for (int64_t t = 0; t < Tn; ++t) (phases(t, int64_t(0), blocks, b0, b1), ...);
   });
 }
@@ -215,10 +217,12 @@ inline bool rows_pay(int64_t B, int64_t threads, int64_t tile, int64_t weight_by
 
 // A fused time loop with phases phase(t, j0, j1, b0, b1): on owned_rows where rows_pay, else
 // on owned_blocks (each phase then on all B rows).
+// rows: the batch's rows and their valid steps (Mask, without one: all B rows, every step).
 template <typename... Phases>
-void owned_units_or_rows(int64_t Tn, int64_t blocks, int64_t B, int64_t threads, int64_t tile, int64_t weight_bytes,
-                         const Phases&... phases) {
-  if (rows_pay(B, threads, tile, weight_bytes)) return owned_rows(Tn, blocks, B, threads, tile, phases...);
+void owned_units_or_rows(int64_t Tn, int64_t blocks, const Mask& rows, int64_t threads, int64_t tile,
+                         int64_t weight_bytes, const Phases&... phases) {
+  const int64_t B = rows.B;
+  if (rows_pay(B, threads, tile, weight_bytes)) return owned_rows(Tn, blocks, rows, threads, tile, phases...);
   owned_blocks(Tn, blocks, threads, [&phases, B](int64_t t, int64_t j0, int64_t j1) { phases(t, j0, j1, 0, B); }...);
 }
 
