@@ -73,6 +73,24 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
   return {r.states, r.saved};
 }
 
+// The layers and initial states of a stack (step, infer), after its input: L layers of [w_ih,
+// b_ih | None, rec params...], state0 (L, B, S_k) each.
+void check_stack(Checker& c, const char* who, const std::vector<OptTensors>& layers, const Tensors& state0) {
+  TORCH_CHECK(!layers.empty(), who, ": layers: expected at least one layer, got none");
+  c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
+  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
+  c.tensors("state0", state0, {kL, kB}, c.states());
+}
+
+// xp (rows, GH) = inp (rows, I) W_ih^T + b_ih, with p a layer's [w_ih, b_ih | None, ...].
+template <typename T>
+void project_layer(const OptTensors& p, const T* inp, int64_t rows, int64_t GH, T* xp) {
+  const Tensor w = p[0]->contiguous();
+  const bool bias = p[1].has_value() && p[1]->defined();
+  const Tensor b = bias ? p[1]->contiguous() : Tensor();
+  project_into<T>(inp, rows, w.size(1), w.data_ptr<T>(), bias ? b.data_ptr<T>() : nullptr, GH, xp);
+}
+
 // Streaming inference, functional: one step of a stack of L layers (one direction) in one call,
 // into new state tensors (the inputs are left as they are).
 //   x (B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
@@ -86,10 +104,7 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.step", sp);
   c.tensor({"x"}, x, {kB, kI});
-  TORCH_CHECK(!layers.empty(), "rnnkit.step: layers: expected at least one layer, got none");
-  c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
-  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
-  c.tensors("state0", state0, {kL, kB}, c.states());
+  check_stack(c, "rnnkit.step", layers, state0);
   const int64_t L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   const Tensor xc = x.contiguous();
   const Tensors s0 = dense(state0);
@@ -100,11 +115,8 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
     using T = scalar_t;
     for (int64_t l = 0; l < L; ++l) {
       const OptTensors& p = layers[l];
-      const Tensor w = p[0]->contiguous();
-      const bool bias = p[1].has_value() && p[1]->defined();
-      const Tensor b = bias ? p[1]->contiguous() : Tensor();
       const T* inp = l == 0 ? xc.data_ptr<T>() : bufs[0].data_ptr<T>() + (l - 1) * B * bufs[0].size(2);
-      project_into<T>(inp, B, w.size(1), w.data_ptr<T>(), bias ? b.data_ptr<T>() : nullptr, GH, xp.data_ptr<T>());
+      project_layer<T>(p, inp, B, GH, xp.data_ptr<T>());
       Tensors in, out = bufs;
       for (size_t k = 0; k < s0.size(); ++k) {
         in.push_back(s0[k].select(0, l));
@@ -129,10 +141,7 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.infer", sp);
   c.tensor({"x"}, x, {kT, kB, kI});
-  TORCH_CHECK(!layers.empty(), "rnnkit.infer: layers: expected at least one layer, got none");
-  c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
-  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
-  c.tensors("state0", state0, {kL, kB}, c.states());
+  check_stack(c, "rnnkit.infer", layers, state0);
   const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
   const Tensors s0 = dense(state0);
@@ -144,11 +153,7 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
     using T = scalar_t;
     for (int64_t l = 0; l < L; ++l) {
       const OptTensors& p = layers[l];
-      const Tensor w = p[0]->contiguous();
-      const bool bias = p[1].has_value() && p[1]->defined();
-      const Tensor b = bias ? p[1]->contiguous() : Tensor();
-      project_into<T>(inp.data_ptr<T>(), Tn * B, w.size(1), w.data_ptr<T>(), bias ? b.data_ptr<T>() : nullptr, GH,
-                      xp.data_ptr<T>());
+      project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xp.data_ptr<T>());
       Tensors in;
       for (const Tensor& s : s0) in.push_back(s.select(0, l));
       const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false});

@@ -175,12 +175,19 @@ void output_tile(const JordanRows& io, const float* why, int64_t t, int64_t ob, 
   }
 }
 
-// f(std::integral_constant<int64_t, kind>) for the output activations the fused loop takes.
+// f(Out, Drop, Relu) as compile-time constants: the output activation (std::integral_constant of
+// its kind, of those the fused loops take), recurrent dropout, a relu hidden activation.
 template <typename F>
-void with_output(int64_t kind, const F& f) {
-  if (kind == kTanh) return f(std::integral_constant<int64_t, kTanh>());
-  if (kind == kSigmoid) return f(std::integral_constant<int64_t, kSigmoid>());
-  f(std::integral_constant<int64_t, kIdentity>());
+void with_jordan_options(const Spec& sp, bool drop, const F& f) {
+  const auto flags = [&](auto out) { with_flags([&](auto d, auto relu) { f(out, d, relu); }, drop, sp.act == kRelu); };
+  if (sp.out == kTanh) return flags(std::integral_constant<int64_t, kTanh>());
+  if (sp.out == kSigmoid) return flags(std::integral_constant<int64_t, kSigmoid>());
+  flags(std::integral_constant<int64_t, kIdentity>());
+}
+
+// Threads for a step of B rows of 2 H O multiply-adds: one below about 2^17 (a wait costs more).
+int64_t jordan_threads(int64_t B, int64_t H, int64_t O) {
+  return B * 2 * H * O >= (1 << 17) ? at::get_num_threads() : 1;
 }
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Tensor& hs, const Tensor& ys) {
@@ -191,33 +198,27 @@ void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Te
   const float *wyh = packed_yh.data_ptr<float>(), *why = packed_hy.data_ptr<float>();
   const JordanRows q{B, H, O, a.xp.data_ptr<float>(), a.state0[0].data_ptr<float>(), b_hy,
                      hs.data_ptr<float>(), ys.data_ptr<float>(), a.save, Noise<float>(sp, a.noise), Mask(a.mask, B)};
-  const int64_t macs = 2 * H * O;                             // a row's multiply-adds per step
-  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
-  with_output(sp.out, [&](auto out) {
-    with_flags(
-        [&](auto drop, auto relu) {
-          constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
-          owned_units_or_rows(
-              Tn, nbh, q.mask, threads, kJordanRows, macs * int64_t(sizeof(float)),
-              each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
-                by_live_tiles<kJordanRows>(
-                    q.mask.live(t), B,
-                    [&](auto rows, int64_t b0, bool sums) {
-                      hidden_tile<decltype(rows)::value, Drop, Relu>(q, wyh, t, jb, b0, sums);
-                    },
-                    r0, r1);
-              }),
-              each_share_of_blocks(nbh, nbo, [&](int64_t t, int64_t ob, int64_t r0, int64_t r1) {
-                by_live_tiles<kJordanRows>(
-                    q.mask.live(t), B,
-                    [&](auto rows, int64_t b0, bool sums) {
-                      output_tile<decltype(rows)::value, decltype(out)::value>(q, why, t, ob, b0, sums);
-                    },
-                    r0, r1);
-              }),
-              no_phase);
-        },
-        q.nz.drop != nullptr, sp.act == kRelu);
+  with_jordan_options(sp, q.nz.drop != nullptr, [&](auto out, auto drop, auto relu) {
+    constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
+    owned_units_or_rows(
+        Tn, nbh, q.mask, jordan_threads(B, H, O), kJordanRows, 2 * H * O * int64_t(sizeof(float)),
+        each_block_of_rows([&](int64_t t, int64_t jb, int64_t r0, int64_t r1) {
+          by_live_tiles<kJordanRows>(
+              q.mask.live(t), B,
+              [&](auto rows, int64_t b0, bool sums) {
+                hidden_tile<decltype(rows)::value, Drop, Relu>(q, wyh, t, jb, b0, sums);
+              },
+              r0, r1);
+        }),
+        each_share_of_blocks(nbh, nbo, [&](int64_t t, int64_t ob, int64_t r0, int64_t r1) {
+          by_live_tiles<kJordanRows>(
+              q.mask.live(t), B,
+              [&](auto rows, int64_t b0, bool sums) {
+                output_tile<decltype(rows)::value, decltype(out)::value>(q, why, t, ob, b0, sums);
+              },
+              r0, r1);
+        }),
+        no_phase);
   });
 }
 
@@ -303,33 +304,28 @@ Tensor backward_fused(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, cons
   const Noise<float> nz(sp, a.noise);
   const Mask mask(a.mask, B);
   const float clip = float(sp.clip);
-  const int64_t macs = 2 * H * O;                             // a row's multiply-adds per step
-  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
-  with_output(sp.out, [&](auto out) {
-    with_flags(
-        [&](auto drop, auto relu) {
-          constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
-          owned_units_or_rows(
-              Tn, nbh, mask, threads, kJordanRows, macs * int64_t(sizeof(float)),
-              each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {   // t = Tn-1-s
-                output_grad_rows<decltype(out)::value>(a, d_out, clip, Tn - 1 - s, ob, r0, r1, dy.cur(s), dy.next(s), dz);
-              }),
-              each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
-                const int64_t t = Tn - 1 - s, live = std::min(std::max(mask.live(t), r0), r1);
-                by_row_tiles<kJordanRows>(r0, live, [&](auto rows, int64_t b0) {
-                  const int64_t row = t * B + b0;
-                  hidden_grad_tile<decltype(rows)::value, Relu>(dz + row * O, O, why, H, jb, hs + row * H, da + row * H);
-                });
-                const __mmask16 m = simd::lanes(H - jb * simd::kLanes);
-                for (int64_t b = live; b < r1; ++b) simd::store(da + (t * B + b) * H + jb * simd::kLanes, _mm512_setzero_ps(), m);
-              }),
-              each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {
-                const int64_t t = Tn - 1 - s;
-                const RowsPart step[1] = {{da + t * B * H, H, 0, H}};
-                dh_rows<kJordanRows, Drop>(step, nz, wyh, H, O, t, ob, r0, std::min(r1, mask.live(t)), dy.next(s));
-              }));
-        },
-        nz.drop != nullptr, sp.act == kRelu);
+  with_jordan_options(sp, nz.drop != nullptr, [&](auto out, auto drop, auto relu) {
+    constexpr bool Drop = decltype(drop)::value, Relu = decltype(relu)::value;
+    owned_units_or_rows(
+        Tn, nbh, mask, jordan_threads(B, H, O), kJordanRows, 2 * H * O * int64_t(sizeof(float)),
+        each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {   // t = Tn-1-s
+          output_grad_rows<decltype(out)::value>(a, d_out, clip, Tn - 1 - s, ob, r0, r1, dy.cur(s), dy.next(s), dz);
+        }),
+        each_block_of_rows([&](int64_t s, int64_t jb, int64_t r0, int64_t r1) {
+          const int64_t t = Tn - 1 - s, live = std::min(std::max(mask.live(t), r0), r1);
+          by_row_tiles<kJordanRows>(r0, live, [&](auto rows, int64_t b0) {
+            const int64_t row = t * B + b0;
+            hidden_grad_tile<decltype(rows)::value, Relu>(dz + row * O, O, why, H, jb, hs + row * H, da + row * H);
+          });
+          const int64_t j0 = jb * simd::kLanes;
+          const __mmask16 m = simd::lanes(H - j0);
+          for (int64_t b = live; b < r1; ++b) simd::store(da + (t * B + b) * H + j0, _mm512_setzero_ps(), m);
+        }),
+        each_share_of_blocks(nbh, nbo, [&](int64_t s, int64_t ob, int64_t r0, int64_t r1) {
+          const int64_t t = Tn - 1 - s;
+          const RowsPart step[1] = {{da + t * B * H, H, 0, H}};
+          dh_rows<kJordanRows, Drop>(step, nz, wyh, H, O, t, ob, r0, std::min(r1, mask.live(t)), dy.next(s));
+        }));
   });
   return dy.grad0(Tn);
 }
@@ -373,7 +369,8 @@ Tensors jordan_buffers(const Spec&, int64_t T, int64_t B, int64_t H, const OptTe
 void jordan_run(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   const Tensor bias_t = or_zeros(a.rec[2], a.rec[1]->size(0), a.xp.options());
 #ifdef RNNKIT_AVX512
-  if (use_fused(sp, a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2), bufs[0].size(2))) return forward_fused(sp, a, bias_t.data_ptr<float>(), bufs[1], bufs[0]);
+  if (use_fused(sp, a.xp.scalar_type(), a.xp.size(0), a.xp.size(1), a.xp.size(2), bufs[0].size(2)))
+    return forward_fused(sp, a, bias_t.data_ptr<float>(), bufs[1], bufs[0]);
 #endif
   AT_DISPATCH_FLOATING_TYPES(a.xp.scalar_type(), "jordan_forward",
                              [&] { forward_impl<scalar_t>(sp, a, bias_t.data_ptr<scalar_t>(), bufs[1], bufs[0]); });

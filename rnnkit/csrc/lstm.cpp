@@ -734,7 +734,8 @@ inline void cell_grads(const Fused& o, const LstmGrads& g, int64_t t, int64_t b,
   const V tc = load(g.tanh_c + row * H + j0, m);
   const V c_prev = load((t ? g.cs + (row - g.B) * H : g.c0 + b * H) + j0, m);
   const V dct = _mm512_fmadd_ps(_mm512_mul_ps(gh, q[3]), _mm512_fnmadd_ps(tc, tc, splat(1.0f)), gc);
-  store(g.dc + b * H + j0, gate_grads<Peep, Zone>(q, gh, tc, c_prev, dct, keep_c, wc, g.dg + row * 4 * H + j0, H, m), m);
+  float* d = g.dg + row * 4 * H + j0;
+  store(g.dc + b * H + j0, gate_grads<Peep, Zone>(q, gh, tc, c_prev, dct, keep_c, wc, d, H, m), m);
 }
 
 // dc_t of row b, the 16 units from j0, clamped in place with clip_recurrent.
