@@ -175,7 +175,9 @@ def float32_against_float64(cell, T, lengths, threads, tol, scale_rec=1.0):
     ("rows", 84, 37, [6, 3, 6, 1, 5, 2, 6, 4, 2, 6, 6, 5, 3]),
     ("rows", 84, 37, [6, 6, 6, 6, 6, 5, 5, 4, 3, 3, 2, 2, 1]),
     ("units", 100, 45, [6, 3, 6, 1, 5, 2, 4]),
-    ("units", 100, 45, [6, 6, 5, 4, 3, 2, 1])], ids=["rows", "rows_longest_first", "units", "units_longest_first"])
+    ("units", 100, 45, [6, 6, 5, 4, 3, 2, 1]),
+    ("units", 752, 5, [6, 3, 6, 1, 5, 2, 4])],
+    ids=["rows", "rows_longest_first", "units", "units_longest_first", "units_one_block_of_p"])
 @pytest.mark.parametrize("options", [{}, {"peephole": True}, *OPTIONS.values(), {"peephole": True, **OPTIONS["all"]}],
                          ids=["plain", "peephole", *OPTIONS, "peephole_all"])
 def test_float32_projected_lstm_split_over_threads(options, split, H, P, lengths, threads):
@@ -183,9 +185,10 @@ def test_float32_projected_lstm_split_over_threads(options, split, H, P, lengths
     float64 on the same inputs and noise, T = 6.  On 2 threads: B = 13 rows, H = 84 (five blocks
     of 16 units and a tail of 4), P = 37 (two blocks and a tail of 5): threads own rows; B = 7 and
     H = 100, P = 45: threads own units, the second phase taking the same share of P's blocks, a
-    wait after each phase.  The gradients reach thousands here; the kernels' float32 lies up to
-    1.3e-4 of a tensor's largest magnitude from float64 (the reference's own float32 7.2e-5;
-    measured), so the tolerance scales with that magnitude."""
+    wait after each phase; H = 752, P = 5: P's single block has one owner (the other thread's
+    first and last phases have none of it).  The gradients reach thousands here; the kernels'
+    float32 lies up to 1.3e-4 of a tensor's largest magnitude from float64 (the reference's own
+    float32 7.2e-5; measured), so the tolerance scales with that magnitude."""
     float32_against_float64(LSTMCell(H, proj_size=P, **options), 6, lengths, threads, 4e-4)
 
 
@@ -196,8 +199,9 @@ def test_float32_projected_lstm_split_over_threads(options, split, H, P, lengths
     ("rows", 100, 45, [7, 3, 7, 1, 5, 2, 7, 4, 2, 6, 7, 5, 3, 7, 6, 1, 2]),
     ("rows", 100, 45, [7, 7, 7, 7, 7, 6, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1]),
     ("units", 164, 50, [7, 3, 7, 1, 5, 2, 4, 6, 7]),
-    ("units", 164, 50, [7, 7, 6, 5, 4, 3, 2, 1, 1])],
-    ids=["one", "rows", "rows_longest_first", "units", "units_longest_first"])
+    ("units", 164, 50, [7, 7, 6, 5, 4, 3, 2, 1, 1]),
+    ("units", 1040, 7, [7, 3, 7, 1, 5, 2, 4, 6, 7])],
+    ids=["one", "rows", "rows_longest_first", "units", "units_longest_first", "units_one_block_of_o"])
 @pytest.mark.parametrize("out", ["identity", "tanh", "sigmoid", "softmax"])
 @pytest.mark.parametrize("hidden, options", [("tanh", {}), ("relu", {}), ("tanh", OPTIONS["dropout"]),
                                              ("relu", OPTIONS["all"] | {"zoneout": 0.0})],
@@ -208,7 +212,8 @@ def test_float32_jordan_loop_at_block_and_tile_edges(hidden, options, out, split
     a tail of a block of 16 (20, 7; 100, 45; 164, 50).  On 2 threads a step of these has the work
     to split (B * 2HO >= 2**17): 17 rows (two tiles of 8 and one), threads own rows; 9 rows (a
     tile of 8 and one: fewer than a tile for each thread), threads own units, the second phase
-    taking the same share of O's blocks, a wait after each phase."""
+    taking the same share of O's blocks, a wait after each phase; H = 1040, O = 7: O's single block
+    has one owner (the backward's output phases run on one thread, its hidden phase on both)."""
     cell = JordanCell(H, O, nonlinearity=hidden, output_activation=out, **options)
     float32_against_float64(cell, 7, lengths, threads, 4e-4, (8 / H) ** 0.5)
 
