@@ -278,16 +278,11 @@ void hidden_grad_tile(const float* dz, int64_t O, const float* wn, int64_t H, in
   using namespace simd;
   const int64_t j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  constexpr int A = R == 1 ? 4 : 2;                              // sums per row (dh_tile's)
-  V acc[A][R];
-  for (int s = 0; s < A; ++s)
-    for (int r = 0; r < R; ++r) acc[s][r] = _mm512_setzero_ps();
-  part_products<A, R>(RowsPart{dz, O, 0, O}, wn + jb * O * kLanes, acc);
-  for (int r = 0; r < R; ++r) {
-    V sum = acc[0][r];
-    for (int s = 1; s < A; ++s) sum = _mm512_add_ps(sum, acc[s][r]);
-    store(da + r * H + j0, act_grad<Relu>(load(h + r * H + j0, m), sum), m);
-  }
+  V sum[R];
+  for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
+  const RowsPart parts[1] = {{dz, O, 0, O}};
+  unit_sums<R>(parts, wn + jb * O * kLanes, sum);
+  for (int r = 0; r < R; ++r) store(da + r * H + j0, act_grad<Relu>(load(h + r * H + j0, m), sum[r]), m);
 }
 
 // Returns dy_0; writes dz (T, B, O) and da (T, B, H) as backward_impl does.

@@ -824,11 +824,10 @@ void proj_gates_tile(const Fused& o, const LstmGrads& g, const float* wr, int64_
   using namespace simd;
   const int64_t H = g.H, j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  constexpr int A = R == 1 ? 4 : 2;                              // sums per row (dh_tile's)
-  V acc[A][R];
-  for (int s = 0; s < A; ++s)
-    for (int r = 0; r < R; ++r) acc[s][r] = _mm512_setzero_ps();
-  part_products<A, R>(RowsPart{dh + b0 * P, P, 0, P}, wr + jb * P * kLanes, acc);
+  V dm[R];                                                       // dh_t W_hr[:, block jb]
+  for (int r = 0; r < R; ++r) dm[r] = _mm512_setzero_ps();
+  const RowsPart parts[1] = {{dh + b0 * P, P, 0, P}};
+  unit_sums<R>(parts, wr + jb * P * kLanes, dm);
   V wc[3];
   peep_weights<Peep>(o, H, j0, m, wc);
   for (int r = 0; r < R; ++r) {
@@ -838,9 +837,7 @@ void proj_gates_tile(const Fused& o, const LstmGrads& g, const float* wr, int64_
       zero_gate_grads(g, t, b, j0, m);
       continue;
     }
-    V gh = acc[0][r];
-    for (int s = 1; s < A; ++s) gh = _mm512_add_ps(gh, acc[s][r]);
-    cell_grads<Peep, Zone>(o, g, t, b, j0, m, wc, gh, gc);
+    cell_grads<Peep, Zone>(o, g, t, b, j0, m, wc, dm[r], gc);
   }
 }
 

@@ -225,6 +225,21 @@ inline void part_products(const RowsPart& p, const float* w, simd::V (&acc)[A][R
   }
 }
 
+// sum[r] += d[r] w over the parts of R rows of gradients (w: one block's (G, 16) of
+// pack_unit_blocks), the k spread over A partial sums of a row (part_products).
+template <int R, size_t NP>
+inline void unit_sums(const RowsPart (&parts)[NP], const float* w, simd::V (&sum)[R]) {
+  constexpr int A = R == 1 ? 4 : 2;                              // sums per row
+  simd::V acc[A][R];
+  for (int a = 0; a < A; ++a)
+    for (int r = 0; r < R; ++r) acc[a][r] = a == 0 ? sum[r] : _mm512_setzero_ps();
+  for (const RowsPart& p : parts) part_products<A, R>(p, w, acc);
+  for (int r = 0; r < R; ++r) {
+    sum[r] = acc[0][r];
+    for (int a = 1; a < A; ++a) sum[r] = _mm512_add_ps(sum[r], acc[a][r]);
+  }
+}
+
 // out (R rows, ld H) [block jb] += d_rec wn[jb] with d_rec (R, G) given in parts, times the rows'
 // recurrent masks mr[r] (ld H) with Drop (recurrent dropout).
 template <int R, bool Drop, size_t NP>
@@ -233,16 +248,12 @@ void dh_tile(const RowsPart (&parts)[NP], const float* wn, int64_t G, int64_t H,
   using namespace simd;
   const int64_t j0 = jb * kLanes;
   const __mmask16 m = lanes(H - j0);
-  constexpr int A = R == 1 ? 4 : 2;                              // sums per row
-  V acc[A][R];
-  for (int a = 0; a < A; ++a)
-    for (int r = 0; r < R; ++r) acc[a][r] = Drop || a > 0 ? _mm512_setzero_ps() : load(out + r * H + j0, m);
-  for (const RowsPart& p : parts) part_products<A, R>(p, wn + jb * G * kLanes, acc);
+  V sum[R];
+  for (int r = 0; r < R; ++r) sum[r] = Drop ? _mm512_setzero_ps() : load(out + r * H + j0, m);
+  unit_sums<R>(parts, wn + jb * G * kLanes, sum);
   for (int r = 0; r < R; ++r) {
-    V sum = acc[0][r];
-    for (int a = 1; a < A; ++a) sum = _mm512_add_ps(sum, acc[a][r]);
-    if (Drop) sum = _mm512_fmadd_ps(sum, load(mr[r] + j0, m), load(out + r * H + j0, m));
-    store(out + r * H + j0, sum, m);
+    if (Drop) sum[r] = _mm512_fmadd_ps(sum[r], load(mr[r] + j0, m), load(out + r * H + j0, m));
+    store(out + r * H + j0, sum[r], m);
   }
 }
 
