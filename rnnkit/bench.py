@@ -23,6 +23,10 @@ same model, when ``onnxruntime`` is installed (else those rows are left out and 
 says so).  ``--threads 2,1`` runs every sequence row once per intra-op thread count (a table
 each); step rows always run on one thread and, like the memory rows, once.  FLOPs count the GEMMs only: 2*B*G*H*(I+H) per step and layer
 direction forward (Jordan 2*B*H*(I+2*O)), three times that for fwd+bwd.
+
+Each thread count's table also gives the machine's measured sgemm throughput (``torch.mm`` of two
+square float32 matrices, SGEMM_N = 2048 a side, on that many threads, median of the repeats) and
+every row's rnnkit GFLOP/s as a share of it: the ceiling a recurrent layer's GEMMs can approach.
 """
 from __future__ import annotations
 
@@ -129,6 +133,23 @@ def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup
                 f()
             times[k].append((time.perf_counter() - t0) * 1e3 / inner)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+SGEMM_N = 2048                        # the side of sgemm_gflops' matrices (QUICK_SGEMM_N with --quick)
+QUICK_SGEMM_N = 64
+
+
+def sgemm_gflops(repeats: int, n: int = SGEMM_N) -> float:
+    """The machine's float32 GEMM throughput on torch's current intra-op threads: GFLOP/s of
+    ``torch.mm`` of two (n, n) matrices (2 n^3 FLOPs), median of ``repeats`` calls after warm-up."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(max(repeats, 3)):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return _gflops(2.0 * n ** 3, statistics.median(times))
 
 
 def flops(case: Case, jordan_out: int = 0) -> float:
@@ -459,10 +480,13 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
     """Every row of the benchmark; returns {"machine": ..., "rows": [...]}.  threads: the intra-op
     thread counts to run the sequence rows with (default: torch's current one)."""
     rows: List[Row] = []
+    sgemm: Dict[str, float] = {}
     before = torch.get_num_threads()
     try:
         for n in threads or (before,):
             torch.set_num_threads(n)
+            sgemm[str(n)] = sgemm_gflops(repeats, QUICK_SGEMM_N if quick else SGEMM_N)
+            log(f"sgemm on {n} thread{'s' if n != 1 else ''}: {sgemm[str(n)]:.1f} GFLOP/s")
             for case in cases(quick, cells):
                 new = _bench(case, repeats)
                 rows += new
@@ -481,7 +505,8 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
             for T, B, H in (QUICK_MEMORY_SIZES if quick else FULL_SIZES[2:]):
                 rows.append(bench_memory(cell, T, B, H))
                 log(format_row(rows[-1]))
-    return {"machine": machine(), "repeats": repeats, "rows": [asdict(r) for r in rows]}
+    return {"machine": machine(), "repeats": repeats, "rows": [asdict(r) for r in rows],
+            "sgemm": {"n": QUICK_SGEMM_N if quick else SGEMM_N, "gflops": sgemm}}
 
 
 def _thread_counts(text: str) -> List[int]:
@@ -531,16 +556,26 @@ def markdown(result: dict) -> str:
                   "| variant | mode | threads | rnnkit ms | x plain cell | x plain LSTM |", "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {c['case']}{'' if c['side_by_side'] else ' *'} | {c['mode']} | {c['threads']} | {_ms(c['ms'])} | "
                   f"{c['x_plain']:.2f} | {c['x_lstm']:.2f} |" for c in costs]
+    sgemm = result.get("sgemm", {})
     for title, rows in groups:
         if not rows:
             continue
-        lines += ["", f"### {title}", "", "| case | mode | baseline | baseline ms | rnnkit ms | baseline GFLOP/s "
-                  "| rnnkit GFLOP/s | ratio baseline/rnnkit |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", f"### {title}"]
+        peak = sgemm.get("gflops", {}).get(str(rows[0].get("threads", 0))) if rows[0]["mode"] in ("fwd", "fwd+bwd") \
+            else None
+        if peak is not None:
+            lines += ["", f"sgemm (torch.mm, {sgemm['n']} x {sgemm['n']} float32) on these threads: {peak:.1f} GFLOP/s; "
+                      "the last column is rnnkit's GFLOP/s as a share of it."]
+        lines += ["", "| case | mode | baseline | baseline ms | rnnkit ms | baseline GFLOP/s "
+                  "| rnnkit GFLOP/s | ratio baseline/rnnkit |" + (" rnnkit / sgemm |" if peak else ""),
+                  "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if peak else "")]
         for r in rows:
             gf = (f"{r['baseline_gflops']:.1f} | {r['rnnkit_gflops']:.1f}" if r["baseline_gflops"] is not None
                   else " | ")
+            share = "" if not peak else (f" {r['rnnkit_gflops'] / peak:.0%} |" if r["rnnkit_gflops"] is not None
+                                         else " |")
             lines.append(f"| {r['case']} | {r['mode']} | {r['baseline']} | {_ms(r['baseline_ms'])} | "
-                         f"{_ms(r['rnnkit_ms'])} | {gf} | {r['ratio']:.2f} |")
+                         f"{_ms(r['rnnkit_ms'])} | {gf} | {r['ratio']:.2f} |{share}")
     return "\n".join(lines) + "\n"
 
 

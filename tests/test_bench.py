@@ -330,11 +330,20 @@ def test_threads_give_a_table_each(tmp_path):
     args = cli.build_parser().parse_args(["bench", "--quick", "--repeats", "1", "--no-memory", "--cells", "gru",
                                           "--threads", "2,1", "--markdown", str(md), "--json", str(tmp_path / "b.json")])
     assert bench.run(args) == 0
-    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = result["rows"]
     assert {r["threads"] for r in rows if r["mode"] in ("fwd", "fwd+bwd")} == {1, 2}
     assert {r["threads"] for r in rows if r["mode"] in ("step", "stream")} == {1}
     text = md.read_text()
     assert "### 2 threads" in text and "### 1 thread\n" in text and "load average" in text
+    # the machine's sgemm throughput per thread count, and every sequence row's share of it
+    assert set(result["sgemm"]["gflops"]) == {"1", "2"}
+    assert all(math.isfinite(v) and v > 0 for v in result["sgemm"]["gflops"].values())
+    assert text.count("sgemm (torch.mm") == 2
+    shares = [line.rstrip(" |").rsplit("| ", 1)[1] for line in text.splitlines() if line.startswith("| gru T")]
+    seq = [r for n in (2, 1) for r in rows if r["mode"] in ("fwd", "fwd+bwd") and r["threads"] == n
+           and r["case"].startswith("gru T")]
+    assert shares == [f"{r['rnnkit_gflops'] / result['sgemm']['gflops'][str(r['threads'])]:.0%}" for r in seq]
     with pytest.raises(SystemExit, match="--threads"):
         bench.run(cli.build_parser().parse_args(["bench", "--quick", "--threads", "0"]))
 
