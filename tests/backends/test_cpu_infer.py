@@ -123,3 +123,79 @@ def test_bad_initial_state_is_named_before_the_one_call():
     model = rnnkit.GRU(I, H, num_layers=2, backend="cpu").eval()
     with torch.no_grad(), pytest.raises(Exception, match="hx"):
         model(torch.randn(T, B, I), torch.randn(1, B, H))
+
+
+# -- plain LSTM inference on oneDNN's primitive (CPU._onednn_pays) -----------------------------
+def onednn_calls(monkeypatch):
+    """The list that records each call of the oneDNN route."""
+    seen = []
+    original = cpu._onednn_lstm
+
+    def spy(*a):
+        seen.append(a)
+        return original(*a)
+    monkeypatch.setattr(cpu, "_onednn_lstm", spy)
+    return seen
+
+
+@needs_cpu
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_large_plain_lstm_inference_runs_on_onednn_with_torchs_results(monkeypatch, bias, with_hx):
+    monkeypatch.setattr(cpu.CPU, "ONEDNN_STEP_MACS", 1)         # every size counts as large
+    monkeypatch.setattr(cpu.CPU, "ONEDNN_CALL_MACS", 1)
+    seen = onednn_calls(monkeypatch)
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H, num_layers=3, bias=bias)
+    model = rnnkit.convert.from_torch(ref, backend="cpu").eval()
+    x = torch.randn(T, B, I)
+    hx = (torch.randn(3, B, H), torch.randn(3, B, H)) if with_hx else None
+    with torch.no_grad():
+        out, (h_n, c_n) = model(x, hx)
+        want_out, (want_h, want_c) = ref(x, hx)
+        mine_out, (mine_h, mine_c) = layer_by_layer(model, x, hx)
+    assert len(seen) == 1
+    for got, want, mine in ((out, want_out, mine_out), (h_n, want_h, mine_h), (c_n, want_c, mine_c)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, mine, atol=1e-5, rtol=1e-4)   # our kernels, other rounding
+
+
+@needs_cpu
+@pytest.mark.parametrize("case", ["small", "variant", "float64", "onednn_off", "training_graph"])
+def test_other_lstm_inference_keeps_our_kernels(monkeypatch, case):
+    """The route takes only what oneDNN's primitive computes the same and faster: a plain float32
+    LSTM with large steps, oneDNN switched on, no graph."""
+    if case != "small":
+        monkeypatch.setattr(cpu.CPU, "ONEDNN_STEP_MACS", 1)
+        monkeypatch.setattr(cpu.CPU, "ONEDNN_CALL_MACS", 1)
+    seen = onednn_calls(monkeypatch)
+    model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu", peephole=case == "variant").eval()
+    x = torch.randn(T, B, I)
+    if case == "float64":
+        model, x = model.double(), x.double()
+    if case == "training_graph":
+        model(x)[0].sum().backward()
+    elif case == "onednn_off":
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+            model(x)
+    else:
+        with torch.no_grad():
+            assert calls(model, x) == 1                       # the one-call path, our kernels
+    assert seen == []
+
+
+@needs_cpu
+def test_onednn_route_thresholds_follow_the_threads(monkeypatch):
+    """(8, 128) at T = 128: large on one thread, ours on two (its rows split over them)."""
+    cell = rnnkit.LSTM(128, 128).cell
+    x = torch.empty(128, 8, 128)
+    found = {}
+    for n in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
+        found[n] = cpu.BACKEND._onednn_pays(cell, x, None)
+    assert found == {1: torch.backends.mkldnn.is_available(), 2: False}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not cpu.BACKEND._onednn_pays(cell, torch.empty(8, 8, 128), None)      # a short call
+    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(64, 64).cell, torch.empty(128, 1, 64), None)
