@@ -119,13 +119,14 @@ class CPU(Backend):
     ONEDNN_CALL_MACS = 1 << 25
 
     def _onednn_pays(self, cell, x, layers) -> bool:
-        if cell.name != "lstm" or cell.options() or x.dtype != torch.float32:
+        if x.dtype != torch.float32 or cell.key != ("lstm", ()):
             return False                                   # oneDNN's primitive has no variants
-        if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            return False                                   # torch would run its slower native loop
         T, B, I = x.shape
         H, n = cell.hidden_size, torch.get_num_threads()
-        return B * 4 * H * H >= self.ONEDNN_STEP_MACS * n * n and T * B * 4 * H * (I + H) >= self.ONEDNN_CALL_MACS
+        if B * 4 * H * H < self.ONEDNN_STEP_MACS * n * n or T * B * 4 * H * (I + H) < self.ONEDNN_CALL_MACS:
+            return False
+        # without oneDNN torch would run its native loop, slower than ours
+        return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
     def infer(self, cell, x, state0, layers):
         if self._onednn_pays(cell, x, layers):
