@@ -374,20 +374,25 @@ class _Recurrent(nn.Module):
     def _inferred(self, x: Tensor, hx, B: int, unbatched: bool):
         """forward's result from the backend's one-call inference (Backend.infer), or None where it
         does not apply: a graph to record, random draws (training with noise or dropout between
-        layers), both directions, or a backend without it for these tensors.  The layer-by-layer
-        path costs about 25 us more per call in Python (measured, LSTM (1, 64), T = 1)."""
-        if self.bidirectional or torch.compiler.is_compiling():
+        layers), or a backend without it for these tensors (the cpu backend's takes both
+        directions only on oneDNN's LSTM).  The layer-by-layer path costs about 25 us more per call
+        in Python (measured, LSTM (1, 64), T = 1)."""
+        if torch.compiler.is_compiling():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None
         backend = self.backend_for(x)
         if type(backend).infer is backends.Backend.infer:
             return None
-        state0 = self.initial_state(hx, B, unbatched, x)                   # (L, B, S_k)
-        layers = self.step_parameters()
+        state0 = self.initial_state(hx, B, unbatched, x)                   # (D*L, B, S_k)
+        if self.bidirectional:                                             # (layer, direction) order
+            layers = [[w_ih, b_ih, *rec] for k in range(self.num_layers) for d in range(2)
+                      for w_ih, b_ih, rec in (self._direction_params(k, d, x),)]
+        else:
+            layers = self.step_parameters()
         if ops.needs_graph((x, *state0, *(w for layer in layers for w in layer))):
             return None
-        found = backend.infer(self.cell, x, state0, layers)
+        found = backend.infer(self.cell, x, state0, layers, self.bidirectional)
         if found is None:
             return None
         out, h_n = found

@@ -110,12 +110,13 @@ class Backend:
     def step(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:
         raise NotImplementedError
 
-    def infer(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...],
-              layers) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
+    def infer(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers,
+              bidirectional: bool = False) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
         """A stack's forward without autograd in one call, or None where the backend has none for
-        these tensors (the layers then run layer by layer).  x (T, B, I) with T >= 1; state0
-        (L, B, S_k) each; layers[l] = [w_ih, b_ih, *rec_params] (None where absent); one direction,
-        no lengths, no noise.  Returns (out (T, B, S_0), h_n (L, B, S_k) each), new tensors."""
+        these tensors (the layers then run layer by layer).  x (T, B, I) with T >= 1; D directions
+        (2 when ``bidirectional``); state0 (D*L, B, S_k) each; layers[l*D + d] = [w_ih, b_ih,
+        *rec_params] of layer l, direction d (None where absent); no lengths, no noise.  Returns
+        (out (T, B, D*S_0), h_n (D*L, B, S_k) each), new tensors."""
         return None
 
     def stepper(self, cell: Cell, layers, batch_size: int, who: str) -> Stepper:

@@ -128,9 +128,11 @@ class CPU(Backend):
         # without oneDNN torch would run its native loop, slower than ours
         return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
-    def infer(self, cell, x, state0, layers):
+    def infer(self, cell, x, state0, layers, bidirectional=False):
         if self._onednn_pays(cell, x, layers):
-            return _onednn_lstm(x, state0, layers)
+            return _onednn_lstm(x, state0, layers, bidirectional)
+        if bidirectional:                                  # the C++ infer runs one direction
+            return None
         if x.shape[0] * x.shape[1] * max(w[0].shape[0] * w[0].shape[1] for w in layers) >= self.INFER_MAX_MACS:
             return None
         out, h_n = extension().infer(self._spec(cell), x, list(state0), layers)
@@ -140,15 +142,16 @@ class CPU(Backend):
         return extension().Stepper(who, self._spec(cell), layers, batch_size)
 
 
-def _onednn_lstm(x: Tensor, state0, layers) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-    """A plain LSTM stack's inference on torch's LSTM (oneDNN's primitive on the CPU): x (T, B, I),
-    state0 (h0, c0) (L, B, H) each, layers[l] = [w_ih, b_ih, w_hh, b_hh] (biases None or all
-    present) -> (out (T, B, H), (h_n, c_n) (L, B, H) each)."""
+def _onednn_lstm(x: Tensor, state0, layers, bidirectional: bool) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """A plain LSTM stack's inference on torch's LSTM (oneDNN's primitive on the CPU), D directions:
+    x (T, B, I), state0 (h0, c0) (D*L, B, H) each, layers[l*D + d] = [w_ih, b_ih, w_hh, b_hh]
+    (biases None or all present; torch's order of flat weights) -> (out (T, B, D*H), (h_n, c_n)
+    (D*L, B, H) each)."""
     has_biases = layers[0][1] is not None
     flat = [w for w_ih, b_ih, w_hh, b_hh in layers
             for w in ((w_ih, w_hh, b_ih, b_hh) if has_biases else (w_ih, w_hh))]
-    out, h_n, c_n = torch._VF.lstm(x, tuple(s.contiguous() for s in state0), flat, has_biases, len(layers),
-                                   0.0, False, False, False)
+    out, h_n, c_n = torch._VF.lstm(x, tuple(s.contiguous() for s in state0), flat, has_biases,
+                                   len(layers) // (2 if bidirectional else 1), 0.0, False, bidirectional, False)
     return out, (h_n, c_n)
 
 

@@ -24,7 +24,7 @@ FORMS = {
 def layer_by_layer(model, *args, **kwargs):
     """The model's forward with the one-call path switched off."""
     original = cpu.CPU.infer
-    cpu.CPU.infer = lambda self, *a: None
+    cpu.CPU.infer = lambda self, *a, **kw: None
     try:
         return model(*args, **kwargs)
     finally:
@@ -32,13 +32,15 @@ def layer_by_layer(model, *args, **kwargs):
 
 
 def calls(model, *args, **kwargs):
-    """How many times the forward reached the backend's one-call path."""
+    """How many times the forward took the backend's one-call path (asked, and it answered)."""
     seen = []
     original = cpu.CPU.infer
 
-    def spy(self, *a):
-        seen.append(a)
-        return original(self, *a)
+    def spy(self, *a, **kw):
+        found = original(self, *a, **kw)
+        if found is not None:
+            seen.append(a)
+        return found
     cpu.CPU.infer = spy
     try:
         model(*args, **kwargs)
@@ -142,15 +144,17 @@ def onednn_calls(monkeypatch):
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_large_plain_lstm_inference_runs_on_onednn_with_torchs_results(monkeypatch, bias, with_hx):
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_large_plain_lstm_inference_runs_on_onednn_with_torchs_results(monkeypatch, bias, with_hx, bidirectional):
     monkeypatch.setattr(cpu.CPU, "ONEDNN_STEP_MACS", 1)         # every size counts as large
     monkeypatch.setattr(cpu.CPU, "ONEDNN_CALL_MACS", 1)
     seen = onednn_calls(monkeypatch)
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H, num_layers=3, bias=bias)
+    ref = torch.nn.LSTM(I, H, num_layers=3, bias=bias, bidirectional=bidirectional)
     model = rnnkit.convert.from_torch(ref, backend="cpu").eval()
     x = torch.randn(T, B, I)
-    hx = (torch.randn(3, B, H), torch.randn(3, B, H)) if with_hx else None
+    D = 2 if bidirectional else 1
+    hx = (torch.randn(3 * D, B, H), torch.randn(3 * D, B, H)) if with_hx else None
     with torch.no_grad():
         out, (h_n, c_n) = model(x, hx)
         want_out, (want_h, want_c) = ref(x, hx)
