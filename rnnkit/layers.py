@@ -381,6 +381,8 @@ class _Recurrent(nn.Module):
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None
+        if ops.needs_graph((x, *self._parameters.values())):
+            return None                                 # a training step: decided before gathering anything
         backend = self.backend_for(x)
         if type(backend).infer is backends.Backend.infer:
             return None
