@@ -19,10 +19,9 @@ CPU tensors run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set befo
 imported (correctness checks without a GPU: one program walks every tile, programs run in turn).
 Cell options in the kernels: every one the cells have -- clip_recurrent, recurrent dropout and
 zoneout (every cell; Jordan has no zoneout), LSTM peepholes and projection, layer normalisation of
-the LSTM and the GRU's torch form (triton_kernels/layer_norm.py; not with a projection, which
-``supports`` declines).  The masks come from the contract's ``noise`` (drawn once per forward;
-backward reads the same ones).  ``step``/``stepper`` are the Python
-ones (one step of a stack is a handful of small products).
+the LSTM (with or without a projection) and the GRU's torch form (triton_kernels/layer_norm.py).
+The masks come from the contract's ``noise`` (drawn once per forward; backward reads the same
+ones).  ``step``/``stepper`` are the Python ones (one step of a stack is a handful of small products).
 """
 from __future__ import annotations
 
@@ -194,8 +193,6 @@ class Triton(Reference):
         extra = sorted(set(cell.options()) - known)
         if extra:
             return Support(False, f"its {cell.name!r} kernel does not take {', '.join(extra)}")
-        if cell.name == "lstm" and cell.layer_norm and cell.proj_size:
-            return Support(False, "its layer-normalised 'lstm' kernel does not take proj_size")
         return self.available()
 
     def float32_state(self, dtype):
@@ -279,10 +276,10 @@ class Triton(Reference):
     # -- layer-normalised LSTM (triton_kernels/layer_norm.py) ------------------------------------------
     def _lstm_ln_forward(self, cell, xp, mask, state0, params, save, noise):
         T, B, H4 = xp.shape
-        H = H4 // 4
-        w, b, _, wc = self._lstm_params(cell, params)
+        H, P = H4 // 4, state0[0].shape[-1]
+        w, b, wr, wc = self._lstm_params(cell, params)
         g_ih, g_hh, g_c, b_c = params[-4:]
-        plan = Plan(B, (H,), xp.dtype, xp.device)
+        plan = Plan(B, (H, P), xp.dtype, xp.device)
         acc = plan.acc_dtype
         x_hat, x_rstd = (t.reshape(T, B, -1) for t in block_norm(xp.reshape(T * B, H4), 4))
         xn = g_ih * x_hat + (0.0 if b is None else b)                # the input side of every step at once
@@ -292,29 +289,32 @@ class Triton(Reference):
         rec, ct = xp.new_empty(T, B, H4, dtype=acc), xp.new_empty(T, B, H, dtype=acc)
         gates, tanh_c = xp.new_empty(T, B, H4), xp.new_empty(T, B, H)
         h_hat, h_rstd = xp.new_empty(T, B, H4), xp.new_empty(T, B, 4)
+        ms = xp.new_empty(T, B, H) if wr is not None else _dummy(xp)
         drop, zones, zflags = _noise(cell, noise, xp)
         hd = _seq_with(state0[0] * drop, T) if drop is not None else _dummy(xp)
-        computed = (xp.new_empty(T, B, H), xp.new_empty(T, B, H)) if save and cell.zoneout else (_dummy(xp),) * 2
+        computed = (xp.new_empty(T, B, P), xp.new_empty(T, B, H)) if save and cell.zoneout else (_dummy(xp),) * 2
         plan.launch(_kernel("layer_norm", "lstm_ln_forward"), xn.contiguous(), hs, cs, h32, c32, rec, ct, gates, tanh_c,
                     h_hat, h_rstd, w.contiguous(), g_hh.contiguous(), g_c.contiguous(),
                     _dummy(g_c) if b_c is None else b_c.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
+                    _dummy(w) if wr is None else wr.contiguous(), ms,
                     _dummy(xp) if drop is None else drop, hd, *zones, *computed, _mask(mask, xp),
-                    (T, B, H, cell.zoneout), HAS_BC=b_c is not None, HAS_MASK=mask is not None, SAVE=save,
-                    PEEP=wc is not None, DROP=drop is not None, **zflags)
+                    (T, B, H, P, cell.zoneout), HAS_BC=b_c is not None, HAS_MASK=mask is not None, SAVE=save,
+                    PEEP=wc is not None, PROJ=wr is not None, DROP=drop is not None, **zflags)
         saved = (gates, tanh_c, x_hat, x_rstd, h_hat, h_rstd) + (computed if cell.zoneout else ())
         return (hs[1:], cs), (saved if save else ())
 
     def _lstm_ln_backward(self, cell, d_out, d_final, mask, state0, states, saved, params, noise):
-        w, b, _, wc = self._lstm_params(cell, params)
+        w, b, wr, wc = self._lstm_params(cell, params)
         g_ih, g_hh, g_c, b_c = params[-4:]
         gates, tanh_c, x_hat, x_rstd, h_hat, h_rstd = saved[:6]
         T, B, H4 = gates.shape
-        H = H4 // 4
-        plan = Plan(B, (H,), gates.dtype, gates.device)
+        H, P = H4 // 4, state0[0].shape[-1]
+        plan = Plan(B, (H, P), gates.dtype, gates.device)
         acc = plan.acc_dtype
         dh, dc = (_carry(d, s, acc) for d, s in zip(d_final, state0))
         dp, drec = gates.new_empty(T, B, H4), gates.new_empty(T, B, H4)
         e, dn = gates.new_empty(2, T, B, H, dtype=acc), gates.new_empty(T, B, H, dtype=acc)
+        g_proj = gates.new_empty(T, B, P) if wr is not None else _dummy(dp)
         c_new = saved[7] if cell.zoneout else states[1]          # the cell each step computed
         flags, bound = _clip(cell)
         drop, zones, zflags = _noise(cell, noise, gates)
@@ -322,13 +322,16 @@ class Triton(Reference):
                     dn, drec, gates.contiguous(), tanh_c.contiguous(), c_new.contiguous(), states[1].contiguous(),
                     state0[1].contiguous(), h_hat.contiguous(), h_rstd.contiguous(), w.contiguous(),
                     g_hh.contiguous(), g_c.contiguous(), _dummy(w) if wc is None else wc.contiguous(),
-                    _dummy(dp) if drop is None else drop, *zones, _mask(mask, dp), (T, B, H, bound, cell.zoneout),
+                    _dummy(w) if wr is None else wr.contiguous(), g_proj,
+                    _dummy(dp) if drop is None else drop, *zones, _mask(mask, dp), (T, B, H, P, bound, cell.zoneout),
                     HAS_DOUT=d_out is not None, HAS_MASK=mask is not None, PEEP=wc is not None,
-                    DROP=drop is not None, **flags, **zflags)
+                    PROJ=wr is not None, DROP=drop is not None, **flags, **zflags)
         d_xp = block_norm_backward((dp * g_ih).reshape(T * B, H4), x_hat.reshape(T * B, H4),
                                    x_rstd.reshape(T * B, 4)).reshape(T, B, H4)
         h_prev = _prev_seq(state0[0], states[0])
         d_params = (_wgrad(drec, h_prev if drop is None else h_prev * drop), None if b is None else dp.sum((0, 1)))
+        if wr is not None:                          # dW_hr = sum_t g_proj_t^T m_t, m = o tanh(g_c LN(c) + b_c)
+            d_params += (_wgrad(g_proj, gates[..., 3 * H:] * tanh_c),)
         if wc is not None:
             c_prev = _prev_seq(state0[1], states[1])
             dpi, dpf, _, dpo = dp.chunk(4, dim=-1)

@@ -1,5 +1,7 @@
 """The triton backend against the reference backend: every cell form it runs, directions, stacks,
 lengths, initial states and clip_recurrent, outputs and every gradient; a float64 gradcheck per cell.
+Besides the registry's forms, the matrix runs the layer-normalised LSTM with a projection (alone, and
+with every other option and no biases).
 
 Runs where Triton can run kernels: on a CUDA device, or on CPU tensors in Triton's interpreter,
 which must be switched on before Triton is imported (``make test`` runs this folder a second time
@@ -12,7 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import FORMS, cotangents, flat, grads, random_state, randn
+import rnnkit
+from helpers import FORMS as REGISTRY_FORMS, cotangents, flat, grads, random_state, randn
 from rnnkit import backends
 
 TRITON = backends.get("triton")
@@ -23,6 +26,13 @@ pytestmark = pytest.mark.skipif(not RUNS, reason="needs a CUDA device, or TRITON
                                                  "is imported (`make test` runs tests/triton that way)")
 
 I = 3
+# the registry's forms and layer norm together with a projection (P below every H of CASES; the
+# combined tests below take P across a tile edge)
+FORMS = {**REGISTRY_FORMS,
+         "lstm_layer_norm_proj": (REGISTRY_FORMS["lstm"][0], dict(layer_norm=True, proj_size=2)),
+         "lstm_layer_norm_proj_all": (REGISTRY_FORMS["lstm"][0],
+                                      dict(layer_norm=True, proj_size=3, peephole=True, recurrent_dropout=0.25,
+                                           zoneout=0.25, clip_recurrent=0.05, bias=False))}
 # (layers, bidirectional, lengths, H, B): one plain case, one stacked bidirectional with lengths,
 # one whose H and B cross the interpreter's tile edges
 CASES = [(1, False, False, 4, 3), (2, True, True, 5, 4), (1, True, True, 20, 18)]
@@ -93,7 +103,9 @@ COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(
             ("LSTM", dict(proj_size=17, zoneout=0.2)),
             ("LSTM", dict(proj_size=13, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)), ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2)),
             ("LSTM", dict(layer_norm=True, peephole=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)),
-            ("LSTM", dict(layer_norm=True, bias=False)),
+            ("LSTM", dict(layer_norm=True, bias=False)), ("LSTM", dict(layer_norm=True, proj_size=7)),
+            ("LSTM", dict(layer_norm=True, proj_size=17, peephole=True, recurrent_dropout=0.3, zoneout=0.2,
+                          clip_recurrent=0.05, bias=False)),
             ("GRU", dict(layer_norm=True, recurrent_dropout=0.3, zoneout=0.2, clip_recurrent=0.05)),
             ("GRU", dict(layer_norm=True, bias=False)),
             ("GRU", dict(recurrent_dropout=0.3, zoneout=0.2, reset_after=False)),
@@ -105,7 +117,6 @@ COMBINED = [("Elman", dict(recurrent_dropout=0.3, zoneout=0.2)), ("Elman", dict(
 @pytest.mark.parametrize("layer, kw", COMBINED, ids=[f"{n}-{'-'.join(k)}" for n, k in COMBINED])
 def test_combined_options_match_reference(layer, kw):
     """Training mode (the same drawn masks on both sides), stacked, both directions, lengths."""
-    import rnnkit
     cls = getattr(rnnkit, layer)
     if not TRITON.supports(cls(I, 20, **kw).cell, DEVICE, torch.float64):
         pytest.skip(f"the triton backend does not run {kw} here")
@@ -119,6 +130,15 @@ def test_combined_options_match_reference(layer, kw):
     want, got = _run(ref, x, None, lengths), _run(tri, x, None, lengths)
     for k, (a, e) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10, msg=lambda m, k=k: f"{kw}: tensor {k}: {m}")
+
+
+def test_layer_norm_with_projection_is_supported():
+    """The layer-normalised LSTM kernels take a projection: the matrix above leaves out (and the
+    combined test skips) what ``supports`` declines, so a refusal would pass there unnoticed."""
+    for kw in (dict(proj_size=7), dict(proj_size=17, peephole=True, zoneout=0.2, bias=False)):
+        cell = rnnkit.LSTM(I, 20, layer_norm=True, **kw).cell
+        assert TRITON.supports(cell, DEVICE, torch.float32), kw
+    assert "lstm_layer_norm_proj" in FORMS_RUN and "lstm_layer_norm_proj_all" in NOISY_FORMS
 
 
 GRADCHECK_FORMS = ["elman_relu", "jordan_softmax", "lstm", "gru_cho", "lstm_peephole", "lstm_dropout_zoneout",

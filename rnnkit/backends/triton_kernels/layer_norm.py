@@ -3,36 +3,43 @@ placements): each gate block of h W_hh^T normalised over its H units, the cell n
 its tanh.  The input side, g_ih LN_4(x W_ih^T + b_ih) + b_hh, is normalised for all steps at once
 before the kernel (``xn``), and its gradient LN_4' after it; the kernels run the recurrence.
 
-Shapes (T steps, B batch, H hidden; ACC the accumulator dtype):
+Shapes (T steps, B batch, H hidden, P the emitted h's size: proj_size with a projection, else H;
+ACC the accumulator dtype):
 
-    xn     (T, B, 4H)     g_ih x_hat + b_hh                 w (4H, H) W_hh
+    xn     (T, B, 4H)     g_ih x_hat + b_hh                 w (4H, P) W_hh
     gh, gc (4H,), (H,)    gains of the recurrent block norm and of the cell norm; bc (H,) its bias
-    hs     (T+1, B, H)    the exchanged h (hd = hs * m under recurrent dropout, DROP)
-    cs     (T, B, H)      c_t carried                       h32, c32 (B, H) ACC carries
+    hs     (T+1, B, P)    the exchanged h (hd = hs * m under recurrent dropout, DROP)
+    cs     (T, B, H)      c_t carried                       h32 (B, P), c32 (B, H) ACC carries
     rec    (T, B, 4H) ACC h_{t-1} W_hh^T, exchanged for its row statistics
     ct     (T, B, H) ACC  the cell the step computed (before zoneout), exchanged for its statistics
     gates  (T, B, 4H)     i, f, g, o      tanh_c (T, B, H)  tanh(g_c LN(c~) + b_c)
     h_hat  (T, B, 4H)     LN_4(h W_hh^T)  h_rstd (T, B, 4)  its 1 / std per gate block
-    wc (3H,) peepholes (PEEP); m (B, H) dropout mask; zh, zc (T, B, H) zoneout (ZONE 1) or zp (2)
+    wc (3H,) peepholes (PEEP); m (B, P) dropout mask; zh, zc (T, B, P), (T, B, H) zoneout (ZONE 1) or zp (2)
+    wr     (P, H)         W_hr with a projection (PROJ): h = m W_hr^T, m = o tanh_c; ms (T, B, H) the
+                          m exchanged for it
   backward:
-    dh, dc (B, H) ACC     carries          dp (T, B, 4H) gradient of the gates' pre-activations
+    dh (B, P), dc (B, H) ACC carries       dp (T, B, 4H) gradient of the gates' pre-activations
     e, dn  (T, B, H) ACC  dn = d of (g_c c_hat + b_c); e = dn g_c, exchanged for LN_1'
     drec   (T, B, 4H)     LN_4'(dp g_hh) = d of h_{t-1} W_hh^T (rows of dW_hh; dh_{t-1} = drec W_hh)
+    g_proj (T, B, P)      d of the computed projected h (PROJ; padded rows 0), exchanged for
+                          dm = g_proj W_hr (and the rows of dW_hr = sum g_proj^T m after the kernel)
 
 Forward step: A) rec = h W_hh^T; barrier; B) the row statistics of rec, h_hat, gates, c~ and the
-carried c; barrier; C) the statistics of c~, tanh_c, h; barrier.  Backward step: 1) d of the
-output gate and dn; barrier; 2) LN_1' of the cell, the other gates' d; barrier; 3) LN_4' of the
-recurrent block; barrier; 4) dh_{t-1} = drec W_hh.  Padded steps keep the state and pass the
-gradients on (their rows of dp, dn and drec are zero).
+carried c; barrier; C) the statistics of c~, tanh_c, h (with a projection m); barrier; D) with a
+projection only: h = m W_hr^T over tiles of (B, P); barrier.  Backward step: 0) with a projection
+only: g_proj over tiles of (B, P); barrier; 1) d of the output gate and dn (from dm = g_proj W_hr
+with a projection); barrier; 2) LN_1' of the cell, the other gates' d; barrier; 3) LN_4' of the
+recurrent block; barrier; 4) dh_{t-1} = drec W_hh over tiles of (B, P).  Padded steps keep the
+state and pass the gradients on (their rows of dp, dn, drec and g_proj are zero).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .common import clip, dh_add, emit, grid_sync, keep_row, mm_gates, store_gates, tanh, tile, zone
+from .common import dh_add, emit, grid_sync, keep_row, mm_gates, mm_tile, store_gates, tanh, tile
 from .gru import torch_form_tile
-from .lstm import cell_update, keep_cell
+from .lstm import cell_update, dh_total, keep_cell, project, proj_grad
 
 EPS = 1e-5                                          # rnnkit.cells.base.LN_EPS
 
@@ -95,11 +102,11 @@ def _ln_back_tile(d, hat, rstd, g, out, t64, rb, rh, m2, B, H, K: tl.constexpr, 
                  mask=m2)
 
 
-@triton.jit(do_not_specialize=["T", "B", "H", "zp"])
-def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd, w, gh, gc, bc, wc, m, hd,
-                    zh, zc, ht, ctz, mask, sem, T, B, H, zp,
+@triton.jit(do_not_specialize=["T", "B", "H", "P", "zp"])
+def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd, w, gh, gc, bc, wc, wr, ms, m, hd,
+                    zh, zc, ht, ctz, mask, sem, T, B, H, P, zp,
                     HAS_BC: tl.constexpr, HAS_MASK: tl.constexpr, SAVE: tl.constexpr, PEEP: tl.constexpr,
-                    DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                    PROJ: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
                     BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     n_h = tl.cdiv(H, BH)
@@ -110,7 +117,7 @@ def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd,
         t64 = tl.cast(t, tl.int64)
         for s in range(pid, tiles, tl.num_programs(0)):          # A: h_{t-1} W_hh^T
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            ri, rf, rg, ro = mm_gates((hd if DROP else hs) + t64 * B * H, H, w, H, rb, rh, B, H, H, 4, BB, BH, BK,
+            ri, rf, rg, ro = mm_gates((hd if DROP else hs) + t64 * B * P, P, w, H, rb, rh, B, H, P, 4, BB, BH, BK,
                                       PREC, ACC)
             at = rec + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             store_gates(at, H, m2, ri, rf, rg, ro, 4)
@@ -132,7 +139,7 @@ def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd,
             store_gates(g_at, H, m2, i, f, g, o, 4)
         nsync += 1
         grid_sync(sem, nsync)
-        for s in range(pid, tiles, tl.num_programs(0)):          # C: the cell's norm, tanh, h
+        for s in range(pid, tiles, tl.num_programs(0)):          # C: the cell's norm, tanh, m (h unprojected)
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             step = t64 * B * H + own
             mean, rstd = _row_stats(ct + t64 * B * H, H, 0, rb, B, H, BB, BH, ACC)
@@ -143,10 +150,18 @@ def lstm_ln_forward(xn, hs, cs, h32, c32, rec, ct, gates, tanh_c, h_hat, h_rstd,
             tc = tanh(a)
             tl.store(tanh_c + step, tc.to(tanh_c.dtype.element_ty), mask=m2)
             o = tl.load(gates + t64 * B * H4 + rb[:, None] * H4 + 3 * H + rh[None, :], mask=m2, other=0.0).to(ACC)
-            emit(o * tc, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
-                 B, H, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
+            if PROJ:                                              # m_t for the projection, after the barrier
+                tl.store(ms + step, (o * tc).to(ms.dtype.element_ty), mask=m2)
+            else:
+                emit(o * tc, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
+                     B, H, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
         nsync += 1
         grid_sync(sem, nsync)
+        if PROJ:                                                  # D: h_t = m_t W_hr^T over tiles of (B, P)
+            project(ms, wr, hs, h32, m, hd, zh, ht, mask, t64, B, H, P, zp, HAS_MASK, SAVE, DROP, ZONE, BB, BH, BK,
+                    PREC, ACC)
+            nsync += 1
+            grid_sync(sem, nsync)
 
 
 @triton.jit
@@ -164,11 +179,11 @@ def _gate_pre(xn, r_t, h_hat, h_rstd, gh, t64, k, rb, rh, m2, B, H, BB: tl.const
     return tl.load(xn + t64 * B * H4 + at, mask=m2, other=0.0).to(ACC) + g * hat
 
 
-@triton.jit(do_not_specialize=["T", "B", "H", "bound", "zp"])
-def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, h_hat, h_rstd, w, gh, gc, wc, m,
-                     zh, zc, mask, sem, T, B, H, bound, zp,
+@triton.jit(do_not_specialize=["T", "B", "H", "P", "bound", "zp"])
+def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, h_hat, h_rstd, w, gh, gc, wc, wr,
+                     g_proj, m, zh, zc, mask, sem, T, B, H, P, bound, zp,
                      HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr, CLIP: tl.constexpr, PEEP: tl.constexpr,
-                     DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                     PROJ: tl.constexpr, DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
                      BK: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     n_h = tl.cdiv(H, BH)
@@ -178,24 +193,23 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
     for back in range(0, T):
         t = T - 1 - back
         t64 = tl.cast(t, tl.int64)
+        if PROJ:                                                  # 0: the projected h's gradient g_proj
+            proj_grad(dh, d_out, g_proj, zh, mask, t64, B, P, bound, zp, HAS_DOUT, HAS_MASK, CLIP, ZONE, BB, BH, ACC)
+            nsync += 1
+            grid_sync(sem, nsync)
         for s in range(pid, tiles, tl.num_programs(0)):          # 1: d of o, dn; the carries' direct parts
             rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
             step = t64 * B * H + own
             keep = keep_row(mask, t64, B, rb, HAS_MASK)
-            g_h = tl.load(dh + own, mask=m2, other=0.0)
-            if HAS_DOUT:
-                g_h += tl.load(d_out + step, mask=m2, other=0.0).to(ACC)
-            g_h = clip(g_h, CLIP, bound)
-            g_c = clip(tl.load(dc + own, mask=m2, other=0.0), CLIP, bound)
-            pass_h = tl.zeros_like(g_h)
-            pass_c = tl.zeros_like(g_c)
-            if ZONE != 0:
-                pass_h = zone(zh, step, m2, zp, ZONE, ACC) * g_h
-                pass_c = zone(zc, step, m2, zp, ZONE, ACC) * g_c
+            if PROJ:                                              # dm = g_proj W_hr; phase 0 has set dh
+                dm = mm_tile(tl.zeros((BB, BH), ACC), g_proj + t64 * B * P, P, 1, wr, 1, H, rb, rh, B, H, P, BK,
+                             PREC)
+            else:
+                dm, pass_h, g_h = dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
+            g_cell, pass_c, g_c = dh_total(dc, d_out, zc, step, own, m2, bound, zp, False, CLIP, ZONE, ACC)
             g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             o = tl.load(g_at + 3 * H, mask=m2, other=0.0).to(ACC)
             tc = tl.load(tanh_c + step, mask=m2, other=0.0).to(ACC)
-            dm = g_h - pass_h
             d_n = tl.where(keep, dm * o * (1.0 - tc * tc), 0.0)
             tl.store(dn + step, d_n, mask=m2)
             tl.store(e + step, d_n * tl.load(gc + rh, mask=rh < H, other=0.0).to(ACC)[None, :], mask=m2)
@@ -203,8 +217,9 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
             tl.store(d_at + 3 * H, tl.where(keep, dm * tc * o * (1.0 - o), 0.0).to(dp.dtype.element_ty), mask=m2)
             # the carries now hold what passes straight to step t-1 (all of it on a padded step);
             # dc's cell part (g_c - pass_c) is kept in dc's place until phase 2 adds the carousel
-            tl.store(dh + own, tl.where(keep, pass_h, g_h), mask=m2)
-            tl.store(dc + own, tl.where(keep, g_c - pass_c, g_c), mask=m2)
+            if not PROJ:
+                tl.store(dh + own, tl.where(keep, pass_h, g_h), mask=m2)
+            tl.store(dc + own, tl.where(keep, g_cell, g_c), mask=m2)
             tl.store(e + step + T * B * H, tl.where(keep, pass_c, 0.0), mask=m2)   # pass_c, kept for phase 2
         nsync += 1
         grid_sync(sem, nsync)
@@ -260,9 +275,10 @@ def lstm_ln_backward(d_out, dh, dc, dp, e, dn, drec, gates, tanh_c, ct, cs, c0, 
             _ln_back_tile(dp, h_hat, h_rstd, gh, drec, t64, rb, rh, m2, B, H, 4, BB, BH, ACC)
         nsync += 1
         grid_sync(sem, nsync)
-        for s in range(pid, tiles, tl.num_programs(0)):          # 4: dh_{t-1} += drec W_hh (* m)
-            rb, rh, m2, own = tile(s, n_h, B, H, BB, BH)
-            dh_add(dh, drec + t64 * B * H4, H4, H4, w, m, rb, rh, m2, own, B, H, BB, BH, BK, PREC, DROP, ACC)
+        n_p = tl.cdiv(P, BH)
+        for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):   # 4: dh_{t-1} += drec W_hh (* m), (B, P)
+            rb, rh, m2, own = tile(s, n_p, B, P, BB, BH)
+            dh_add(dh, drec + t64 * B * H4, H4, H4, w, m, rb, rh, m2, own, B, P, BB, BH, BK, PREC, DROP, ACC)
 
 
 # -- the layer-normalised GRU (torch's form; math: rnnkit/cells/gru.py) ------------------------------

@@ -110,19 +110,29 @@ def lstm_forward(xp, hs, cs, h32, c32, gates, tanh_c, w, b, wc, wr, ms, m, hd, z
         nsync += 1
         grid_sync(sem, nsync)
         if PROJ:                                          # h_t = m_t W_hr^T over tiles of (B, P)
-            n_p = tl.cdiv(P, BH)
-            for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
-                rb, rp, m2, own = tile(s, n_p, B, P, BB, BH)
-                h = mm_tile(tl.zeros((BB, BH), ACC), ms + t64 * B * H, H, 1, wr, H, 1, rb, rp, B, P, H, BK, PREC)
-                emit(h, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
-                     B, P, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
+            project(ms, wr, hs, h32, m, hd, zh, ht, mask, t64, B, H, P, zp, HAS_MASK, SAVE, DROP, ZONE, BB, BH, BK,
+                    PREC, ACC)
             nsync += 1
             grid_sync(sem, nsync)
 
 
 @triton.jit
-def _dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT: tl.constexpr, CLIP: tl.constexpr,
-              ZONE: tl.constexpr, ACC: tl.constexpr):
+def project(ms, wr, hs, h32, m, hd, zh, ht, mask, t64, B, H, P, zp, HAS_MASK: tl.constexpr, SAVE: tl.constexpr,
+            DROP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+            PREC: tl.constexpr, ACC: tl.constexpr):
+    """The projection phase of forward step t (after the barrier that completes ms[t]): h_t = m_t W_hr^T
+    (B, P) over tiles of (B, P), emitted."""
+    n_p = tl.cdiv(P, BH)
+    for s in range(tl.program_id(0), tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
+        rb, rp, m2, own = tile(s, n_p, B, P, BB, BH)
+        h = mm_tile(tl.zeros((BB, BH), ACC), ms + t64 * B * H, H, 1, wr, H, 1, rb, rp, B, P, H, BK, PREC)
+        emit(h, tl.load(h32 + own, mask=m2, other=0.0), hs, h32, m, hd, zh, ht, mask, t64, rb, m2, own,
+             B, P, zp, HAS_MASK, SAVE, DROP, ZONE, ACC)
+
+
+@triton.jit
+def dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT: tl.constexpr, CLIP: tl.constexpr,
+             ZONE: tl.constexpr, ACC: tl.constexpr):
     """(the gradient of the cell's computed h, the part zoneout passes straight to h_{t-1}, the
     whole clipped dh_t) of a tile: carry + the output's gradient, clipped, split by zoneout."""
     g = tl.load(dh + own, mask=m2, other=0.0)
@@ -133,6 +143,21 @@ def _dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT: tl.constexpr, C
     if ZONE != 0:                                         # s = s~ + z (s_prev - s~)
         passed = zone(zh, step, m2, zp, ZONE, ACC) * g
     return g - passed, passed, g
+
+
+@triton.jit
+def proj_grad(dh, d_out, gh, zh, mask, t64, B, P, bound, zp, HAS_DOUT: tl.constexpr, HAS_MASK: tl.constexpr,
+              CLIP: tl.constexpr, ZONE: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr):
+    """Phase 0 of a projected backward step t, over tiles of (B, P): gh_t, the gradient of the computed
+    (projected) h, kept for dm = gh_t W_hr and dW_hr (0 on padded rows); dh keeps what passes
+    straight to h_{t-1} (all of it on a padded step)."""
+    n_p = tl.cdiv(P, BH)
+    for s in range(tl.program_id(0), tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
+        rb, rp, m2, own = tile(s, n_p, B, P, BB, BH)
+        g_h, pass_h, g_all = dh_total(dh, d_out, zh, t64 * B * P + own, own, m2, bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
+        keep = keep_row(mask, t64, B, rb, HAS_MASK)
+        tl.store(gh + t64 * B * P + own, tl.where(keep, g_h, 0.0).to(gh.dtype.element_ty), mask=m2)
+        tl.store(dh + own, tl.where(keep, pass_h, g_all), mask=m2)
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "P", "bound", "zp"])
@@ -151,14 +176,8 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, wr, gh, m, zh
         t = T - 1 - back
         t64 = tl.cast(t, tl.int64)
         n_p = tl.cdiv(P, BH)
-        if PROJ:          # phase 0 over tiles of (B, P): the projected h's gradient, kept for dm = gh W_hr
-            for s in range(pid, tl.cdiv(B, BB) * n_p, tl.num_programs(0)):
-                rb, rp, m2, own = tile(s, n_p, B, P, BB, BH)
-                g_h, pass_h, g_all = _dh_total(dh, d_out, zh, t64 * B * P + own, own, m2, bound, zp,
-                                               HAS_DOUT, CLIP, ZONE, ACC)
-                keep = keep_row(mask, t64, B, rb, HAS_MASK)
-                tl.store(gh + t64 * B * P + own, tl.where(keep, g_h, 0.0).to(gh.dtype.element_ty), mask=m2)
-                tl.store(dh + own, tl.where(keep, pass_h, g_all), mask=m2)    # a padded step passes dh on
+        if PROJ:          # phase 0: the projected h's gradient gh
+            proj_grad(dh, d_out, gh, zh, mask, t64, B, P, bound, zp, HAS_DOUT, HAS_MASK, CLIP, ZONE, BB, BH, ACC)
             nsync += 1
             grid_sync(sem, nsync)
         # phase 1: the gates' gradients of the own tile, and the cell's carry
@@ -169,8 +188,8 @@ def lstm_backward(d_out, dh, dc, dp, gates, tanh_c, cs, c0, w, wc, wr, gh, m, zh
                 # dm = gh_t W_hr (B, H): the gradient of m_t = o tanh(c_t); phase 0 has set dh
                 g_h = mm_tile(tl.zeros((BB, BH), ACC), gh + t64 * B * P, P, 1, wr, 1, H, rb, rh, B, H, P, BK, PREC)
             else:
-                g_h, pass_h, g_all = _dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
-            g_c, pass_c, g_c_all = _dh_total(dc, d_out, zc, step, own, m2, bound, zp, False, CLIP, ZONE, ACC)
+                g_h, pass_h, g_all = dh_total(dh, d_out, zh, step, own, m2, bound, zp, HAS_DOUT, CLIP, ZONE, ACC)
+            g_c, pass_c, g_c_all = dh_total(dc, d_out, zc, step, own, m2, bound, zp, False, CLIP, ZONE, ACC)
             g_at = gates + t64 * B * H4 + rb[:, None] * H4 + rh[None, :]
             i = tl.load(g_at, mask=m2, other=0.0).to(ACC)
             f = tl.load(g_at + H, mask=m2, other=0.0).to(ACC)
