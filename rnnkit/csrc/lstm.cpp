@@ -295,20 +295,36 @@ inline void peep_weights(const Fused& o, int64_t H, int64_t j0, __mmask16 m, sim
   for (int k = 0; k < 3; ++k) wc[k] = Peep ? simd::load(o.peep + k * H + j0, m) : _mm512_setzero_ps();
 }
 
-// The gates of 16 units from their pre-activations (i, f, g, o) (forward_row's math): i, f, n,
-// c~ = f c_{t-1} + i n and o; peepholes: c_{t-1} into i and f, c~ into o.
+// The gates of 16 units of R rows from their pre-activations (i, f, g, o) (forward_row's math):
+// i, f, n, c~ = f c_{t-1} + i n and o; peepholes: c_{t-1} into i and f, c~ into o.  The rows'
+// activations run in lockstep (simd.h: sigmoid_n, tanh_n).
 struct Cell16 {
   simd::V i, f, n, c, o;
 };
-template <bool Peep>
-inline Cell16 cell_gates(const simd::V (&pre)[4], simd::V c_prev, const simd::V (&wc)[3]) {
+template <int R, bool Peep>
+inline void cell_gates(const simd::V (&pre)[R][4], const simd::V (&c_prev)[R], const simd::V (&wc)[3],
+                       Cell16 (&q)[R]) {
   using namespace simd;
   const auto peep = [&](int k, V s, V p) { return Peep ? _mm512_fmadd_ps(wc[k], s, p) : p; };
-  Cell16 q;
-  q.i = sigmoid(peep(0, c_prev, pre[0])), q.f = sigmoid(peep(1, c_prev, pre[1])), q.n = tanh(pre[2]);
-  q.c = _mm512_fmadd_ps(q.f, c_prev, _mm512_mul_ps(q.i, q.n));
-  q.o = sigmoid(peep(2, q.c, pre[3]));
-  return q;
+  V s[3 * R], n[R];                                            // i, f (and o without Peep); n
+  for (int r = 0; r < R; ++r) {
+    s[r] = peep(0, c_prev[r], pre[r][0]), s[R + r] = peep(1, c_prev[r], pre[r][1]), s[2 * R + r] = pre[r][3];
+    n[r] = pre[r][2];
+  }
+  sigmoid_n<Peep ? 2 * R : 3 * R>(s);                          // with peepholes o waits for c~
+  tanh_n<R>(n);
+  for (int r = 0; r < R; ++r) {
+    q[r].i = s[r], q[r].f = s[R + r], q[r].n = n[r];
+    q[r].c = _mm512_fmadd_ps(q[r].f, c_prev[r], _mm512_mul_ps(q[r].i, q[r].n));
+  }
+  if (Peep) {
+    V o[R];
+    for (int r = 0; r < R; ++r) o[r] = peep(2, q[r].c, pre[r][3]);
+    sigmoid_n<R>(o);
+    for (int r = 0; r < R; ++r) q[r].o = o[r];
+  } else {
+    for (int r = 0; r < R; ++r) q[r].o = s[2 * R + r];
+  }
 }
 
 // Zoneout of 16 units of state k (0: h, 1: c) of row b: s + z (s_prev - s).
@@ -340,21 +356,33 @@ void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float*
   const __mmask16 m = lanes(H - j0);
   const float* hp = io.h_prev(t, b0);
   const float* cp = (t ? io.cs + (t - 1) * B * H : io.c0) + b0 * H;
-  V acc[R][4];
-  if (sums) tile_sums<R, Drop>(o, wp, P, t, jb, b0, hp, acc);
-  const Mask& mask = io.mask;
+  V acc[R][4], c_prev[R], tcn[R];
+  Cell16 q[R];
+  for (int r = 0; r < R; ++r) c_prev[r] = load(cp + r * H + j0, m);
   V wc[3];
   peep_weights<Peep>(o, H, j0, m, wc);
+  if (sums) {                                                  // else every row is padded
+    tile_sums<R, Drop>(o, wp, P, t, jb, b0, hp, acc);
+    V pre[R][4];
+    for (int r = 0; r < R; ++r) {
+      const float* x = io.xp + (t * B + b0 + r) * G + j0;
+      for (int g = 0; g < 4; ++g)
+        pre[r][g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
+    }
+    cell_gates<R, Peep>(pre, c_prev, wc, q);
+    for (int r = 0; r < R; ++r) tcn[r] = q[r].c;
+    tanh_n<R>(tcn);
+  }
+  const Mask& mask = io.mask;
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * B + b;
     float* h = io.hs + row * P + j0;                           // without Proj, P = H
     float* c = io.cs + row * H + j0;
     float* gt = io.gates != nullptr ? io.gates + row * G + j0 : nullptr;
     float* tc = io.tanh_c != nullptr ? io.tanh_c + row * H + j0 : nullptr;
-    const V c_prev = load(cp + r * H + j0, m);
     if (!mask.valid(t, b)) {                                   // padded: the state stays
       if (!Proj) store(h, load(hp + r * H + j0, m), m);
-      store(c, c_prev, m);
+      store(c, c_prev[r], m);
       if (gt != nullptr) {
         for (int g = 0; g < 4; ++g) store(gt + g * H, _mm512_setzero_ps(), m);
         store(tc, _mm512_setzero_ps(), m);
@@ -363,23 +391,17 @@ void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float*
         if (o.upd[k] != nullptr) store(o.upd[k] + row * H + j0, _mm512_setzero_ps(), m);
       continue;
     }
-    const float* x = io.xp + row * G + j0;
-    V pre[4];
-    for (int g = 0; g < 4; ++g)
-      pre[g] = _mm512_add_ps(acc[r][g], _mm512_add_ps(load(x + g * H, m), load(bias + g * H + j0, m)));
-    const Cell16 q = cell_gates<Peep>(pre, c_prev, wc);
-    const V tcn = tanh(q.c);
-    V hn = _mm512_mul_ps(q.o, tcn), cz = q.c;
+    V hn = _mm512_mul_ps(q[r].o, tcn[r]), cz = q[r].c;
     if (Zone) {                                                // s = s~ + z (s_prev - s~)
-      if (o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, q.c, m);
+      if (o.upd[1] != nullptr) store(o.upd[1] + row * H + j0, q[r].c, m);
       if (!Proj && o.upd[0] != nullptr) store(o.upd[0] + row * H + j0, hn, m);
       if (!Proj) hn = zone_mix(o, t, 0, b, H, j0, m, load(hp + r * H + j0, m), hn);
-      cz = zone_mix(o, t, 1, b, H, j0, m, c_prev, q.c);
+      cz = zone_mix(o, t, 1, b, H, j0, m, c_prev[r], q[r].c);
     }
     store(c, cz, m), store(Proj ? io.m + b * H + j0 : h, hn, m);
     if (gt != nullptr) {
-      store(gt, q.i, m), store(gt + H, q.f, m), store(gt + 2 * H, q.n, m), store(gt + 3 * H, q.o, m);
-      store(tc, tcn, m);
+      store(gt, q[r].i, m), store(gt + H, q[r].f, m), store(gt + 2 * H, q[r].n, m), store(gt + 3 * H, q[r].o, m);
+      store(tc, tcn[r], m);
     }
   }
 }
@@ -593,7 +615,9 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
                                        load(bias + k, m));
               }
               peep_weights<Peep>(o, H, j, m, wc);
-              const Cell16 q = cell_gates<Peep>(pre, load(cp + j, m), wc);
+              Cell16 qs[1];
+              cell_gates<1, Peep>({{pre[0], pre[1], pre[2], pre[3]}}, {load(cp + j, m)}, wc, qs);
+              const Cell16& q = qs[0];
               store(gt + j, q.i, m), store(gt + H + j, q.f, m), store(gt + 2 * H + j, q.n, m), store(gt + 3 * H + j, q.o, m);
               store(cn + b * H + j, q.c, m);
             }
