@@ -34,10 +34,11 @@ from .sequence import zero_padded_
 
 # oneDNN's GEMM (behind torch.nn.LSTM) beats MKL's (behind F.linear) on the float32 projections
 # over all T*B rows, forward (x W_ih^T) and backward (dx = dG W_ih), from about this many
-# multiply-adds; below, its call costs more.  Measured on Zen 4, one thread, (T*B, H) x (H, 4H):
-# 2^23 (4, 64) 0.176 / 0.174 ms (MKL / oneDNN), 2^25 (4, 128) 0.676 / 0.641, 2^26 (8, 128) 1.40 /
-# 1.33 (dx 1.48 / 1.36), 2^27 (16, 128) 3.06 / 2.77; 2^21 (1, 64) 0.052 / 0.062.
-_DNNL_MIN_MACS = 1 << 25
+# multiply-adds; below, its call costs more.  Measured on Zen 4, (T*B, H) x (H, 4H), ms MKL /
+# oneDNN, one thread: 2^25 (B, H) = (4, 128) 0.676 / 0.641 (dx 0.689 / 0.678), 2^26 (8, 128)
+# 1.40 / 1.33 (dx 1.48 / 1.36), 2^27 (16, 128) 3.06 / 2.77, 2^21 (1, 64) 0.052 / 0.062; two
+# threads: 2^25 0.444 / 0.407 but dx 0.445 / 0.485, 2^26 0.819 / 0.720 (dx 0.807 / 0.762).
+_DNNL_MIN_MACS = 1 << 26
 
 
 def _has_dnnl_linear() -> bool:
