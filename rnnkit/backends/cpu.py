@@ -109,13 +109,17 @@ class CPU(Backend):
 
     # A plain float32 LSTM stack whose steps are large runs faster on oneDNN's LSTM primitive (what
     # torch.nn.LSTM calls on the CPU) than on our loops, so its inference goes there: measured on
-    # Zen 4, forward under no_grad, torch.nn / rnnkit at T = 128, one thread: (B, H) = (8, 128)
-    # 0.92, (4, 256) 0.91, (16, 128) 0.79, (32, 256) 0.86 (two layers 0.85); two threads (bench):
-    # (8, 128) 1.10 (ours ahead: its rows split over the threads), (32, 256) 0.86, (64, 512) 0.87.
-    # Ours stays ahead on short calls (T = 1 at (8, 128): 1.33; T = 8: 1.07), where the
-    # primitive's set-up dominates, and on small steps ((1, 64): 1.27).  Hence: at least
-    # ONEDNN_STEP_MACS * threads^2 multiply-adds in a step's recurrent product (B * 4H * H) and
-    # ONEDNN_CALL_MACS in the first layer's whole run (T * B * 4H * (I + H)).
+    # Zen 4, forward under no_grad, torch.nn / rnnkit at T = 128 (ratios move by 10-20% between
+    # runs), one thread: (B, H) = (8, 128) 0.75-0.92, (16, 128) 0.79-0.82, (32, 256) 0.85-0.86
+    # (two layers 0.85); two threads: (16, 128) 0.86, (32, 256) 0.86-0.89, (64, 512) 0.87-0.90.
+    # Ours stays ahead with few rows, where the primitive's per-step GEMM has too few to fill its
+    # tiles ((2, 256) 1.26 on one thread, 1.28 on two; (4, 128) 1.01, 1.29; (4, 256) 0.91-0.97 on
+    # one; (8, 128) on two 0.95-1.21 over four runs), on short calls (T = 1 at (8, 128): 1.33;
+    # T = 8: 1.07), where its set-up dominates, and on small steps ((1, 64): 1.27).  Hence: at
+    # least ONEDNN_ROWS rows per thread, ONEDNN_STEP_MACS multiply-adds per thread in a step's
+    # recurrent product (B * 4H * H / threads) and ONEDNN_CALL_MACS in the first layer's whole run
+    # (T * B * 4H * (I + H)).
+    ONEDNN_ROWS = 8
     ONEDNN_STEP_MACS = 1 << 18
     ONEDNN_CALL_MACS = 1 << 25
 
@@ -124,7 +128,8 @@ class CPU(Backend):
             return False                                   # oneDNN's primitive has no variants
         T, B, I = x.shape
         H, n = cell.hidden_size, torch.get_num_threads()
-        if B * 4 * H * H < self.ONEDNN_STEP_MACS * n * n or T * B * 4 * H * (I + H) < self.ONEDNN_CALL_MACS:
+        if B < self.ONEDNN_ROWS * n or B * 4 * H * H < self.ONEDNN_STEP_MACS * n \
+                or T * B * 4 * H * (I + H) < self.ONEDNN_CALL_MACS:
             return False
         # without oneDNN torch would run its native loop, slower than ours
         return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled

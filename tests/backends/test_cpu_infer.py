@@ -146,8 +146,8 @@ def onednn_calls(monkeypatch):
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_large_plain_lstm_inference_runs_on_onednn_with_torchs_results(monkeypatch, bias, with_hx, bidirectional):
-    monkeypatch.setattr(cpu.CPU, "ONEDNN_STEP_MACS", 1)         # every size counts as large
-    monkeypatch.setattr(cpu.CPU, "ONEDNN_CALL_MACS", 1)
+    for name in ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS"):   # every size counts as large
+        monkeypatch.setattr(cpu.CPU, name, 1)
     seen = onednn_calls(monkeypatch)
     torch.manual_seed(0)
     ref = torch.nn.LSTM(I, H, num_layers=3, bias=bias, bidirectional=bidirectional)
@@ -172,8 +172,8 @@ def test_other_lstm_inference_keeps_our_kernels(monkeypatch, case):
     """The route takes only what oneDNN's primitive computes the same and faster: a plain float32
     LSTM with large steps, oneDNN switched on, no graph."""
     if case != "small":
-        monkeypatch.setattr(cpu.CPU, "ONEDNN_STEP_MACS", 1)
-        monkeypatch.setattr(cpu.CPU, "ONEDNN_CALL_MACS", 1)
+        for name in ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS"):
+            monkeypatch.setattr(cpu.CPU, name, 1)
     seen = onednn_calls(monkeypatch)
     model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu", peephole=case == "variant").eval()
     x = torch.randn(T, B, I)
@@ -192,7 +192,8 @@ def test_other_lstm_inference_keeps_our_kernels(monkeypatch, case):
 
 @needs_cpu
 def test_onednn_route_thresholds_follow_the_threads(monkeypatch):
-    """(8, 128) at T = 128: large on one thread, ours on two (its rows split over them)."""
+    """(8, 128) at T = 128: large on one thread, ours on two (too few rows per thread); ours
+    with few rows, on short calls and on small steps."""
     cell = rnnkit.LSTM(128, 128).cell
     x = torch.empty(128, 8, 128)
     found = {}
@@ -201,5 +202,6 @@ def test_onednn_route_thresholds_follow_the_threads(monkeypatch):
         found[n] = cpu.BACKEND._onednn_pays(cell, x, None)
     assert found == {1: torch.backends.mkldnn.is_available(), 2: False}
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(256, 256).cell, torch.empty(128, 2, 256), None)
     assert not cpu.BACKEND._onednn_pays(cell, torch.empty(8, 8, 128), None)      # a short call
-    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(64, 64).cell, torch.empty(128, 1, 64), None)
+    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(64, 64).cell, torch.empty(128, 8, 64), None)
