@@ -386,6 +386,8 @@ class _Recurrent(nn.Module):
         backend = self.backend_for(x)
         if type(backend).infer is backends.Backend.infer:
             return None
+        if self.bidirectional and not backend.infers_both_directions(self.cell, x):
+            return None
         state0 = self.initial_state(hx, B, unbatched, x)                   # (D*L, B, S_k)
         if self.bidirectional:                                             # (layer, direction) order
             layers = [[w_ih, b_ih, *rec] for k in range(self.num_layers) for d in range(2)

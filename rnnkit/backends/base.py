@@ -110,6 +110,12 @@ class Backend:
     def step(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:
         raise NotImplementedError
 
+    def infers_both_directions(self, cell: Cell, x: Tensor) -> bool:
+        """Whether ``infer`` can take a bidirectional stack of ``cell`` on tensors like ``x``: the
+        layers ask before gathering both directions' weights, which a call it declines would waste
+        (measured 35 us of a 200 us call, a small bidirectional GRU)."""
+        return False
+
     def infer(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers,
               bidirectional: bool = False) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
         """A stack's forward without autograd in one call, or None where the backend has none for

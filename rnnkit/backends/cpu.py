@@ -123,7 +123,7 @@ class CPU(Backend):
     ONEDNN_STEP_MACS = 1 << 18
     ONEDNN_CALL_MACS = 1 << 25
 
-    def _onednn_pays(self, cell, x, layers) -> bool:
+    def _onednn_pays(self, cell, x) -> bool:
         if x.dtype != torch.float32 or cell.key != ("lstm", ()):
             return False                                   # oneDNN's primitive has no variants
         T, B, I = x.shape
@@ -134,10 +134,13 @@ class CPU(Backend):
         # without oneDNN torch would run its native loop, slower than ours
         return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
+    def infers_both_directions(self, cell, x):
+        return self._onednn_pays(cell, x)                  # the C++ infer runs one direction
+
     def infer(self, cell, x, state0, layers, bidirectional=False):
-        if self._onednn_pays(cell, x, layers):
+        if self._onednn_pays(cell, x):
             return _onednn_lstm(x, state0, layers, bidirectional)
-        if bidirectional:                                  # the C++ infer runs one direction
+        if bidirectional:
             return None
         if x.shape[0] * x.shape[1] * max(w[0].shape[0] * w[0].shape[1] for w in layers) >= self.INFER_MAX_MACS:
             return None

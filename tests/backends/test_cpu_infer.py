@@ -113,6 +113,24 @@ def test_every_other_call_keeps_the_layer_by_layer_path(case):
 
 
 @needs_cpu
+def test_a_bidirectional_stack_the_backend_declines_is_not_offered_to_it(monkeypatch):
+    """Both directions' weights are gathered only when the backend takes them (oneDNN's LSTM):
+    a declined call would pay for the gathering and then go layer by layer anyway."""
+    asked = []
+    monkeypatch.setattr(cpu.CPU, "infer", lambda self, *a, **kw: asked.append(a))
+    x = torch.randn(T, B, I)
+    with torch.no_grad():
+        rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu").eval()(x)
+        rnnkit.LSTM(I, H, bidirectional=True, backend="cpu", peephole=True).eval()(x)
+    assert asked == []
+    for name in ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS"):
+        monkeypatch.setattr(cpu.CPU, name, 1)
+    with torch.no_grad():
+        rnnkit.LSTM(I, H, bidirectional=True, backend="cpu").eval()(x)
+    assert len(asked) == int(torch.backends.mkldnn.is_available())
+
+
+@needs_cpu
 def test_training_without_noise_and_frozen_weights_take_the_one_call_path():
     """No graph is needed when nothing requires grad, in training mode too (no random draws)."""
     model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu").train()
@@ -199,9 +217,9 @@ def test_onednn_route_thresholds_follow_the_threads(monkeypatch):
     found = {}
     for n in (1, 2):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
-        found[n] = cpu.BACKEND._onednn_pays(cell, x, None)
+        found[n] = cpu.BACKEND._onednn_pays(cell, x)
     assert found == {1: torch.backends.mkldnn.is_available(), 2: False}
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(256, 256).cell, torch.empty(128, 2, 256), None)
-    assert not cpu.BACKEND._onednn_pays(cell, torch.empty(8, 8, 128), None)      # a short call
-    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(64, 64).cell, torch.empty(128, 8, 64), None)
+    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(256, 256).cell, torch.empty(128, 2, 256))
+    assert not cpu.BACKEND._onednn_pays(cell, torch.empty(8, 8, 128))      # a short call
+    assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(64, 64).cell, torch.empty(128, 8, 64))
