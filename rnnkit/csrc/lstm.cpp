@@ -606,17 +606,18 @@ void forward_fused_ln(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
             for (int64_t jb = j0; jb < j1; ++jb) {
               const int64_t j = jb * kLanes;
               const __mmask16 m = lanes(H - j);
-              V pre[4], wc[3];
+              V pre[1][4], wc[3];                                // one row: cell_gates with R = 1
               for (int g = 0; g < 4; ++g) {
                 const int64_t k = g * H + j;
                 const V xh = st.x_hat(g, load(x + k, m)), hh = st.h_hat(g, load(r + k, m));
                 if (a.save) store(LN[0] + row * G + k, xh, m), store(LN[2] + row * G + k, hh, m);
-                pre[g] = _mm512_add_ps(_mm512_fmadd_ps(load(ln.g_hh + k, m), hh, _mm512_mul_ps(load(ln.g_ih + k, m), xh)),
-                                       load(bias + k, m));
+                pre[0][g] = _mm512_add_ps(
+                    _mm512_fmadd_ps(load(ln.g_hh + k, m), hh, _mm512_mul_ps(load(ln.g_ih + k, m), xh)), load(bias + k, m));
               }
               peep_weights<Peep>(o, H, j, m, wc);
+              const V c_prev[1] = {load(cp + j, m)};
               Cell16 qs[1];
-              cell_gates<1, Peep>({{pre[0], pre[1], pre[2], pre[3]}}, {load(cp + j, m)}, wc, qs);
+              cell_gates<1, Peep>(pre, c_prev, wc, qs);
               const Cell16& q = qs[0];
               store(gt + j, q.i, m), store(gt + H + j, q.f, m), store(gt + 2 * H + j, q.n, m), store(gt + 3 * H + j, q.o, m);
               store(cn + b * H + j, q.c, m);
