@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -229,11 +229,27 @@ class _Recurrent(nn.Module):
         t = self._parameters.get(name)
         return t if t is not None else getattr(self, name, None)
 
+    def _params(self, names: Sequence[str], like: Tensor) -> List[Optional[Tensor]]:
+        """``[self._param(n, like) for n in names]`` in one pass: a parameter held in
+        ``_parameters`` with its registered shape and like's dtype and device is taken as it is
+        (the per-call cost of ``step`` and ``forward`` at streaming sizes); any other (absent,
+        parametrized, replicated, mismatched, under autocast) goes through ``_param``."""
+        if like.dtype == self.__dict__.get("_run_dtype"):
+            return [self._param(n, like) for n in names]
+        held, shapes, dtype, device = self._parameters, self._shapes, like.dtype, like.device
+        out = []
+        for n in names:
+            t = held.get(n)
+            if t is None or t.shape != shapes[n] or t.dtype != dtype or t.device != device:
+                t = self._param(n, like)
+            out.append(t)
+        return out
+
     def _direction_params(self, layer: int, d: int, like: Tensor):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
-        w_ih, b_ih = self._param("weight_ih" + sfx, like), self._param("bias_ih" + sfx, like)
-        rec = tuple(self._param(n + sfx, like) for n in self.cell.rec_params)
-        return w_ih, b_ih, rec
+        w_ih, b_ih, *rec = self._params(["weight_ih" + sfx, "bias_ih" + sfx] + [n + sfx for n in self.cell.rec_params],
+                                        like)
+        return w_ih, b_ih, tuple(rec)
 
     def step_parameters(self) -> List[List[Optional[Tensor]]]:
         """Per layer of the forward direction [weight_ih, bias_ih, *rec_params] (None where absent),
@@ -244,7 +260,7 @@ class _Recurrent(nn.Module):
         are seen.
         """
         like = self._held(self._param_names[0][0])
-        return [[self._param(n, like) for n in names] for names in self._step_names]
+        return [self._params(names, like) for names in self._step_names]
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -284,13 +300,13 @@ class _Recurrent(nn.Module):
         if hx is None:
             return tuple(ref.new_zeros(LD, B, s) for s in sizes)
         hs = self.unpack_state(hx)
-        full = []
+        dtype, device = ref.dtype, ref.device
         for k, (h, s) in enumerate(zip(hs, sizes)):
-            name = self._hx_name if len(hs) == 1 else f"{self._hx_name}[{k}]"
             shape = (LD, s) if unbatched else (LD, B, s)
-            validation.state_tensor(who, name, h, shape, ref.dtype, ref.device)
-            full.append(h.unsqueeze(1) if unbatched else h)
-        return tuple(full)
+            if not (isinstance(h, Tensor) and h.shape == shape and h.dtype == dtype and h.device == device):
+                name = self._hx_name if len(hs) == 1 else f"{self._hx_name}[{k}]"
+                validation.state_tensor(who, name, h, shape, dtype, device)      # raises: says what differs
+        return tuple(h.unsqueeze(1) for h in hs) if unbatched else tuple(hs)
 
     def _initial_states(self, hx, B: int, unbatched: bool, ref: Tensor,
                         order: Optional[Tensor] = None) -> List[Tuple[Tensor, ...]]:

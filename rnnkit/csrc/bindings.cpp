@@ -12,6 +12,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <ATen/Dispatch.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 
 #include "check.h"
@@ -98,8 +99,14 @@ void project_layer(const OptTensors& p, const T* inp, int64_t rows, int64_t GH, 
 // h_n are the state slots of <cell>_buffers(T = L, save = false), whose workspaces (B, .) serve
 // every layer; layer l writes slice l of h_n and reads slice l-1 as its input; xp (1, B, GH) is
 // the projection workspace shared by the layers.
-std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
-                                 const std::vector<OptTensors>& layers) {
+//
+// step_states computes h_n below autograd's dispatch keys (the step records no graph, and its
+// temporary views need no autograd view tracking; through the autograd kernels each view and
+// empty tensor cost about a microsecond, most of a small step); step makes the returned view
+// above them, as a view of h_n for autograd too.
+Tensors step_states(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
+                    const std::vector<OptTensors>& layers) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.step", sp);
@@ -125,8 +132,13 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
       cell.run(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false}, out);
     }
   });
-  Tensors h_n(bufs.begin(), bufs.begin() + static_cast<int64_t>(s0.size()));
-  return {h_n[0].select(0, L - 1), h_n};
+  return Tensors(bufs.begin(), bufs.begin() + static_cast<int64_t>(s0.size()));
+}
+
+std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
+                                 const std::vector<OptTensors>& layers) {
+  Tensors h_n = step_states(spec, x, state0, layers);
+  return {h_n[0].select(0, static_cast<int64_t>(layers.size()) - 1), h_n};
 }
 
 // Inference over a whole sequence in one call: a stack of L layers, one direction, no lengths, no
@@ -134,9 +146,12 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 //   x (T, B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
 //   returns out (T, B, S_0), the last layer's states, and h_n (L, B, S_k) (new tensors).
 // xp (T, B, GH) is the projection workspace of every layer in turn (the weights' sizes checked
-// equal across layers by the Checker); layer l reads layer l-1's states[0].
+// equal across layers by the Checker); layer l reads layer l-1's states[0].  Below autograd's
+// dispatch keys, as step_states: the results are new tensors (the last layer's states, h_n), and
+// the views made on the way are of tensors the caller never sees.
 std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
                                   const std::vector<OptTensors>& layers) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.infer", sp);
