@@ -274,7 +274,7 @@ class _Recurrent(nn.Module):
 
     def backend_for(self, x: Tensor) -> backends.Backend:
         """The backend that runs this layer on tensors like ``x`` (see rnnkit.backends)."""
-        return backends.resolve(self.backend, self.cell, x.device, x.dtype)
+        return backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
 
     @property
     def _D(self) -> int:
@@ -404,13 +404,13 @@ class _Recurrent(nn.Module):
             return None
         if self.bidirectional and not backend.infers_both_directions(self.cell, x):
             return None
-        state0 = self.initial_state(hx, B, unbatched, x)                   # (D*L, B, S_k)
+        state0 = None if hx is None else self.initial_state(hx, B, unbatched, x)   # (D*L, B, S_k)
         if self.bidirectional:                                             # (layer, direction) order
             layers = [[w_ih, b_ih, *rec] for k in range(self.num_layers) for d in range(2)
                       for w_ih, b_ih, rec in (self._direction_params(k, d, x),)]
         else:
             layers = self.step_parameters()
-        if ops.needs_graph((x, *state0, *(w for layer in layers for w in layer))):
+        if ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
             return None
         found = backend.infer(self.cell, x, state0, layers, self.bidirectional)
         if found is None:

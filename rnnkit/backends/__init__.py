@@ -129,7 +129,8 @@ _resolved: Dict[tuple, Backend] = {}
 
 
 def resolve_cached(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
-    """``resolve`` memoised for per-step callers (``model.step``).
+    """``resolve`` memoised for per-call callers (a layer's ``forward`` and ``step``: resolving
+    anew cost about 1.7 us of a 30 us one-step forward).
 
     The key holds everything the answer depends on: the argument, RNNKIT_BACKEND (read on every
     call, so a changed variable is seen), the cell's kind, device and dtype.  Failures are not

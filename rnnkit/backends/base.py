@@ -116,11 +116,11 @@ class Backend:
         (measured 35 us of a 200 us call, a small bidirectional GRU)."""
         return False
 
-    def infer(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers,
+    def infer(self, cell: Cell, x: Tensor, state0: Optional[Tuple[Tensor, ...]], layers,
               bidirectional: bool = False) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
         """A stack's forward without autograd in one call, or None where the backend has none for
         these tensors (the layers then run layer by layer).  x (T, B, I) with T >= 1; D directions
-        (2 when ``bidirectional``); state0 (D*L, B, S_k) each; layers[l*D + d] = [w_ih, b_ih,
+        (2 when ``bidirectional``); state0 (D*L, B, S_k) each, or None for zeros; layers[l*D + d] = [w_ih, b_ih,
         *rec_params] of layer l, direction d (None where absent); no lengths, no noise.  Returns
         (out (T, B, D*S_0), h_n (D*L, B, S_k) each), new tensors."""
         return None

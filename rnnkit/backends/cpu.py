@@ -139,12 +139,16 @@ class CPU(Backend):
 
     def infer(self, cell, x, state0, layers, bidirectional=False):
         if self._onednn_pays(cell, x):
+            if state0 is None:
+                state0 = tuple(x.new_zeros(len(layers), x.shape[1], s) for s in cell.state_sizes())
             return _onednn_lstm(x, state0, layers, bidirectional)
         if bidirectional:
             return None
-        if x.shape[0] * x.shape[1] * max(w[0].shape[0] * w[0].shape[1] for w in layers) >= self.INFER_MAX_MACS:
-            return None
-        out, h_n = extension().infer(self._spec(cell), x, list(state0), layers)
+        rows = x.shape[0] * x.shape[1]
+        for w in layers:
+            if rows * w[0].shape[0] * w[0].shape[1] >= self.INFER_MAX_MACS:
+                return None
+        out, h_n = extension().infer(self._spec(cell), x, [] if state0 is None else list(state0), layers)
         return out, tuple(h_n)
 
     def stepper(self, cell, layers, batch_size, who):

@@ -14,6 +14,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include "check.h"
 #include "gemm.h"
@@ -76,11 +77,13 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
 
 // The layers and initial states of a stack (step, infer), after its input: L layers of [w_ih,
 // b_ih | None, rec params...], state0 (L, B, S_k) each.
-void check_stack(Checker& c, const char* who, const std::vector<OptTensors>& layers, const Tensors& state0) {
+// zeros: state0 may be empty, meaning zeros (infer).
+void check_stack(Checker& c, const char* who, const std::vector<OptTensors>& layers, const Tensors& state0,
+                 bool zeros = false) {
   TORCH_CHECK(!layers.empty(), who, ": layers: expected at least one layer, got none");
   c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
   for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
-  c.tensors("state0", state0, {kL, kB}, c.states());
+  if (!(zeros && state0.empty())) c.tensors("state0", state0, {kL, kB}, c.states());
 }
 
 // xp (rows, GH) = inp (rows, I) W_ih^T + b_ih, with p a layer's [w_ih, b_ih | None, ...].
@@ -143,8 +146,9 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 
 // Inference over a whole sequence in one call: a stack of L layers, one direction, no lengths, no
 // noise, nothing saved (what a layer's forward does without autograd, less its Python per layer).
-//   x (T, B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
-//   returns out (T, B, S_0), the last layer's states, and h_n (L, B, S_k) (new tensors).
+//   x (T, B, I); state0 (L, B, S_k) each, or none for zeros; layers[l] = [w_ih, b_ih | None,
+//   rec params...]; returns out (T, B, S_0), the last layer's states, and h_n (L, B, S_k) (new
+//   tensors).
 // xp (T, B, GH) is the projection workspace of every layer in turn (the weights' sizes checked
 // equal across layers by the Checker); layer l reads layer l-1's states[0].  Below autograd's
 // dispatch keys, as step_states: the results are new tensors (the last layer's states, h_n), and
@@ -156,10 +160,12 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.infer", sp);
   c.tensor({"x"}, x, {kT, kB, kI});
-  check_stack(c, "rnnkit.infer", layers, state0);
+  check_stack(c, "rnnkit.infer", layers, state0, true);
   const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
-  const Tensors s0 = dense(state0);
+  Tensors s0 = dense(state0);
+  if (state0.empty())
+    for (const Sym k : c.states()) s0.push_back(at::zeros({L, B, c.size(k)}, x.options()));
   Tensors h_n;
   for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
   const Tensor xp = empty_seq({Tn, B, GH}, x.options());
