@@ -397,7 +397,8 @@ class _Recurrent(nn.Module):
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None
-        if ops.needs_graph((x, *self._parameters.values())):
+        grad = torch.is_grad_enabled()                  # (checked first: no tuples built under no_grad)
+        if grad and ops.needs_graph((x, *self._parameters.values())):
             return None                                 # a training step: decided before gathering anything
         backend = self.backend_for(x)
         if type(backend).infer is backends.Backend.infer:
@@ -410,7 +411,7 @@ class _Recurrent(nn.Module):
                       for w_ih, b_ih, rec in (self._direction_params(k, d, x),)]
         else:
             layers = self.step_parameters()
-        if ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
+        if grad and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
             return None
         found = backend.infer(self.cell, x, state0, layers, self.bidirectional)
         if found is None:
@@ -509,16 +510,17 @@ class _Recurrent(nn.Module):
         if not isinstance(input, Tensor) or input.dim() not in (1, 2):
             got = f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__
             raise ValueError(f"{who}.step: input: expected (B, I) or (I,), got {got}")
-        validation.input_tensor(who + ".step", input.unsqueeze(0) if input.dim() == 1 else input,
-                                self.input_size, self._dtype)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input                  # (B, I)
+        validation.input_tensor(who + ".step", x, self.input_size, self._dtype)
         full = self.initial_state(hx, x.shape[0], unbatched, x)         # (L, B, S_k)
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
         noisy = self.training and bool(self.cell.noise_names)
         params = self.step_parameters()
-        # The weights as read (a DataParallel replica holds them as attributes, not parameters).
-        if ops.needs_graph((x, *full, *(w for layer in params for w in layer))) or dropout or noisy:
+        # The weights as read (a DataParallel replica holds them as attributes, not parameters);
+        # under no_grad nothing is gathered for the test.
+        graph = torch.is_grad_enabled() and ops.needs_graph((x, *full, *(w for layer in params for w in layer)))
+        if graph or dropout or noisy:
             out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy)   # differentiable
         else:
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
