@@ -428,20 +428,12 @@ def test_float32_time_loops_at_block_and_tile_edges(form, B, lengths, threads):
     assert_all_close(results["cpu"], results["reference"], torch.float32, **tol)
 
 
-@needs_cpu
-@pytest.mark.parametrize("Tn, B", [(1, 1), (1, 3), (2, 4), (3, 5), (1, 8), (1, 9)])
-@pytest.mark.parametrize("form", kernel_forms())
-def test_float32_few_rows_against_reference(form, Tn, B):
-    """Calls of fewer than 4 steps run the plain loops (not the fused ones), whose products of a
-    few rows (up to 8: a step, a short call's projection, its backward) run on gemm.cpp's
-    small-row loops rather than BLAS.  At I = 21 and H = 37 (vectors of 16 with tails): outputs,
-    final states, every gradient, the inference path, ``step`` and a stream against the
-    reference backend in float32."""
+def _few_rows_against_reference(form, Tn, B, I, H):
     results = {}
     for backend in ("reference", "cpu"):
         torch.manual_seed(0)
-        model = make(form, dtype=torch.float32, input_size=21, hidden_size=37, num_layers=2, backend=backend)
-        x = randn(Tn, B, 21, dtype=torch.float32, requires_grad=True)
+        model = make(form, dtype=torch.float32, input_size=I, hidden_size=H, num_layers=2, backend=backend)
+        x = randn(Tn, B, I, dtype=torch.float32, requires_grad=True)
         hx = random_state(model, B)
         out, state = model(x, hx)
         outs = [out, *state_tensors(state)]
@@ -453,3 +445,29 @@ def test_float32_few_rows_against_reference(form, Tn, B):
         results[backend] = result
     tol = LAYER_NORM_F32 if "layer_norm" in form else dict(atol=2e-5, rtol=2e-5)
     assert_all_close(results["cpu"], results["reference"], torch.float32, **tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("Tn, B", [(1, 1), (1, 3), (2, 4), (3, 5), (1, 8), (1, 9)])
+@pytest.mark.parametrize("form", kernel_forms())
+def test_float32_few_rows_against_reference(form, Tn, B):
+    """Calls of fewer than 4 steps run the plain loops (not the fused ones), whose products of a
+    few rows (up to 8: a step, a short call's projection, its backward) run on gemm.cpp's
+    small-row loops rather than BLAS.  At I = 21 and H = 37 (vectors of 16 with tails): outputs,
+    final states, every gradient, the inference path, ``step`` and a stream against the
+    reference backend in float32."""
+    _few_rows_against_reference(form, Tn, B, 21, 37)
+
+
+@needs_cpu
+@pytest.mark.parametrize("B", [3, 8])
+@pytest.mark.parametrize("form", ["elman_tanh", "lstm", "gru"])
+def test_float32_few_rows_split_over_threads(form, B):
+    """On two threads the small-row loops split their outputs in blocks of 64 once a thread gets
+    2^17 multiply-adds: I = H = 200 (the LSTM's 800 outputs in 13 blocks, the last one partial)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _few_rows_against_reference(form, 1, B, 200, 200)
+    finally:
+        torch.set_num_threads(old)
