@@ -143,6 +143,7 @@ class _Recurrent(nn.Module):
         # Per layer, forward direction: [weight_ih, bias_ih, *rec_params], as step's C++ call takes them.
         self._step_names = [[n + f"_l{k}" for n in ("weight_ih", "bias_ih") + cell.rec_params]
                             for k in range(self.num_layers)]
+        self._step_absent = sum(n not in self._shapes for names in self._step_names for n in names)
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------
@@ -424,7 +425,7 @@ class _Recurrent(nn.Module):
     # -- autocast --------------------------------------------------------
     def _autocast_dtype(self, x) -> Optional[torch.dtype]:
         """The autocast dtype in force for x's device when it differs from the parameters', else None."""
-        if not isinstance(x, Tensor) or not torch.is_autocast_enabled(x.device.type):
+        if not isinstance(x, Tensor) or not torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
             return None
         amp = torch.get_autocast_dtype(x.device.type)
         return amp if amp != self._dtype else None
@@ -500,6 +501,9 @@ class _Recurrent(nn.Module):
         hx       state as returned by ``forward``/``step`` (zeros when None)
         returns  (output (B, S), new state); differentiable
         """
+        found = self._unchecked_step(input, hx)
+        if found is not None:
+            return found
         amp = self._autocast_dtype(input)
         if amp is not None:
             return self._under_autocast(amp, self.step, input, hx)
@@ -527,6 +531,29 @@ class _Recurrent(nn.Module):
             out, h_n = backend.step(self.cell, x, full, params)
         if unbatched:
             out, h_n = out.squeeze(0), tuple(h.squeeze(1) for h in h_n)
+        return out, self.pack_state(h_n)
+
+    def _unchecked_step(self, x, hx):
+        """``step``'s result straight from a backend that checks its own arguments
+        (``Backend.checks_arguments``), without the layer's checks in Python (about half of a
+        small step's time): for inference only (no grad mode, eval, no autocast) on a (B, I) input
+        with a given state and every parameter held as the module's own.  None where that does not
+        apply, or where the backend rejects an argument: ``step`` then runs its own checks, whose
+        errors name the argument."""
+        if torch.is_grad_enabled() or self.training or hx is None or type(x) is not Tensor or x.dim() != 2:
+            return None
+        backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
+        if not backend.checks_arguments or self.bidirectional or torch.is_autocast_enabled(x.device.type):
+            return None
+        held = self._parameters
+        layers = [[held.get(n) for n in names] for names in self._step_names]
+        # a parametrized or replaced parameter is not in _parameters: the checked path reads it
+        if sum(p is None for layer in layers for p in layer) != self._step_absent:
+            return None
+        try:
+            out, h_n = backend.step(self.cell, x, self.unpack_state(hx), layers)
+        except (RuntimeError, TypeError, ValueError):
+            return None
         return out, self.pack_state(h_n)
 
     def stream(self, batch_size: int = 1, hx=None) -> Stream:

@@ -195,6 +195,83 @@ def test_step_with_grad_stays_differentiable():
     assert model.weight_hh_l0.grad is not None
 
 
+
+def _step_case(form="lstm"):
+    model = make(form, num_layers=2, backend="cpu").eval()
+    hx = random_state(model, B)
+    hx = tuple(h.detach() for h in hx) if isinstance(hx, tuple) else hx.detach()
+    return model, randn(B, INPUT_SIZE), hx
+
+
+@needs_cpu
+def test_unchecked_step_runs_only_plain_inference():
+    """Under no_grad in eval, a step on the cpu backend (whose C++ checks every tensor) skips the
+    layer's checks in Python; with a graph to record, random draws, autocast, no state or an
+    unbatched input it does not."""
+    model, x, hx = _step_case()
+    with torch.no_grad():
+        assert model._unchecked_step(x, hx) is not None
+        assert model._unchecked_step(x, None) is None
+        assert model._unchecked_step(x[0], tuple(h[:, 0] for h in hx)) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model._unchecked_step(x, hx) is None
+        model.train()
+        assert model._unchecked_step(x, hx) is None
+    model.eval()
+    assert model._unchecked_step(x, hx) is None                       # grad mode: step records a graph
+    model.backend = "reference"
+    with torch.no_grad():
+        assert model._unchecked_step(x, hx) is None
+
+
+@needs_cpu
+@pytest.mark.parametrize("form", CELLS)
+def test_unchecked_step_matches_forward(form):
+    model, x, hx = _step_case(form)
+    with torch.no_grad():
+        expected = flat(model(x[None], hx))
+        got = flat(model.step(x, hx))
+    assert_all_close(got[0], expected[0][0])
+    assert_all_close(got[1:], expected[1:])
+
+
+@needs_cpu
+@pytest.mark.parametrize("spoil, match", [
+    (lambda m, x, hx: (x, (hx[0][:, :1], hx[1])), r"hx\[0\]"),
+    (lambda m, x, hx: (x, (hx[0], hx[1].float())), r"hx\[1\]"),
+    (lambda m, x, hx: (x, hx[0]), r"hx"),
+    (lambda m, x, hx: (randn(B, INPUT_SIZE + 1), hx), r"LSTM.step: input"),
+    (lambda m, x, hx: (x.float(), hx), r"LSTM.step: input"),
+    (lambda m, x, hx: (setattr(m.weight_hh_l1, "data", randn(8, 4)) or x, hx), r"weight_hh_l1: expected shape"),
+], ids=["hx-rows", "c-dtype", "no-tuple", "input-size", "input-dtype", "rebound-weight"])
+def test_unchecked_step_errors_name_the_argument(spoil, match):
+    """What the C++ step rejects is rejected with the layer's own message, naming the argument."""
+    model, x, hx = _step_case()
+    x, hx = spoil(model, x, hx)
+    with torch.no_grad(), pytest.raises((RuntimeError, TypeError, ValueError), match=match):
+        model.step(x, hx)
+
+
+@needs_cpu
+def test_unchecked_step_reads_parametrized_parameters():
+    """A parametrized bias is not among the module's own parameters: the step must not run it as
+    absent (it would, were the gathered Nones not counted against the absent biases)."""
+    import torch.nn.utils.parametrize as parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, b):
+            return 2 * b
+
+    for name in ("bias_hh_l1", "weight_hh_l1"):
+        model, x, hx = _step_case()
+        parametrize.register_parametrization(model, name, Double())
+        with torch.no_grad():
+            expected = flat(model(x[None], hx))
+            got = flat(model.step(x, hx))
+        assert_all_close(got[0], expected[0][0])
+        assert_all_close(got[1:], expected[1:])
+
+
 # -- selection --------------------------------------------------------------------------------------
 @pytest.fixture
 def kernel_calls(monkeypatch):

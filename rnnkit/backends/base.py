@@ -81,6 +81,10 @@ class Backend:
 
     name: str = ""
     differentiable: bool = False
+    # Whether ``step`` checks every tensor it reads (presence, shape, dtype, device) and raises
+    # before reading any out of bounds: the layers then call it without their own checks and run
+    # those (whose errors name the argument) only when it raises.
+    checks_arguments: bool = False
 
     def available(self) -> Support:
         """Whether the backend can run at all on this machine (e.g. its kernels are built)."""

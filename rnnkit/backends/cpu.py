@@ -41,6 +41,7 @@ def empty_cache() -> int:
 
 class CPU(Backend):
     name = "cpu"
+    checks_arguments = True          # csrc/check.h: nothing from Python is trusted
 
     def __init__(self):
         self._specs: Dict[tuple, Union[List[int], str]] = {}          # cell.key -> spec, or why none
