@@ -4,7 +4,9 @@ torch.nn's Cell surface (``torch.nn.RNNCell(input_size, hidden_size, bias=True,
 nonlinearity='tanh')``, ``forward(input, hx=None)``; parameters weight_ih, weight_hh, bias_ih,
 bias_hh, so state_dicts move both ways), computed by the cell math of ``rnnkit.cells`` through
 ``sequence.step_stack`` -- the one-step code that the layers' ``step`` runs -- and differentiated by
-autograd.  (``rnnkit.cells.LSTMCell`` & co. are the math classes; these are the modules.)
+autograd.  A step without a graph to record (under no_grad, a (B, I) input) runs on the
+``backend`` (``auto`` by default: the C++ kernels on the CPU) as the layers' ``step`` does.
+(``rnnkit.cells.LSTMCell`` & co. are the math classes; these are the modules.)
 
 Symbols: B batch, I input_size, H hidden_size, O output_size (Jordan).
 
@@ -21,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import sequence, validation
+from . import backends, sequence, validation
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell
 from .cells import ElmanCell as _ElmanMath
 from .cells import GRUCell as _GRUMath
@@ -35,17 +37,23 @@ class _CellModule(nn.Module):
     as torch.nn does), input and state checks, one step of the cell's math.
 
     ``torch_twin``: the torch.nn Cell class with the same parameters and semantics (None if none).
+    ``backend``: what runs a step without a graph to record, as the layers' argument (None: auto).
     """
 
     torch_twin: Optional[type] = None
     _bias_names: Tuple[str, ...] = ("bias_ih", "bias_hh")
+    backend: Optional[str] = None                 # (a module pickled before it had one: auto)
 
-    def __init__(self, cell: Cell, input_size: int, bias: bool, device, dtype):
+    def __init__(self, cell: Cell, input_size: int, bias: bool, device, dtype, backend: Optional[str] = None):
         super().__init__()
         self.input_size = validation.positive_int("input_size", input_size)
         self.hidden_size = validation.positive_int("hidden_size", cell.hidden_size)
         self.bias = bool(bias)
         self.cell = cell
+        if backend is not None:
+            validation.choice("backend", backend, backends.BACKENDS)
+            backends.check_name(backend)
+        self.backend = backend
         for name, shape in cell.param_shapes(self.input_size, self.bias):
             self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         if not self.bias:
@@ -69,6 +77,9 @@ class _CellModule(nn.Module):
         return new[0]
 
     def forward(self, input: Tensor, hx=None):
+        found = self._unchecked(input, hx)
+        if found is not None:
+            return found
         who = type(self).__name__
         if not isinstance(input, Tensor) or input.dim() not in (1, 2):
             got = f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__
@@ -92,6 +103,31 @@ class _CellModule(nn.Module):
         new = tuple(s[0].squeeze(0) if unbatched else s[0] for s in new)         # (B, S_k) or (S_k,)
         return self.pack_state(new)
 
+    def _unchecked(self, x, hx):
+        """forward's result straight from a backend that checks its own arguments
+        (``Backend.checks_arguments``), without the checks in Python: a (B, I) input under no_grad,
+        outside autocast, every parameter the module's own.  None where that does not apply or
+        where the backend rejects an argument: forward then runs its checks, whose errors name it."""
+        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2:
+            return None
+        backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
+        if not backend.checks_arguments or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
+            return None
+        held = self._parameters
+        layer = [held.get(n) for n in ("weight_ih", "bias_ih") + self.cell.rec_params]
+        # absent biases are None; a parametrized parameter is None too: the checked path reads it
+        if sum(p is None for p in layer) != (0 if self.bias else len(self._bias_names)):
+            return None
+        try:
+            if hx is None:
+                state = [x.new_zeros(1, x.shape[0], s) for s in self.cell.state_sizes()]
+            else:
+                state = [h.unsqueeze(0) for h in self.unpack_state(hx)]          # (1, B, S_k)
+            _, h_n = backend.step(self.cell, x, state, [layer])
+        except (RuntimeError, TypeError, ValueError, AttributeError):
+            return None
+        return self.pack_state(tuple(h[0] for h in h_n))
+
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 
@@ -103,10 +139,10 @@ class ElmanCell(_CellModule):
     torch_twin = nn.RNNCell
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 device=None, dtype=None):
+                 device=None, dtype=None, backend: Optional[str] = None):
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.nonlinearity = nonlinearity
-        super().__init__(_ElmanMath(hidden_size, nonlinearity), input_size, bias, device, dtype)
+        super().__init__(_ElmanMath(hidden_size, nonlinearity), input_size, bias, device, dtype, backend)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.nonlinearity == "tanh" else f", nonlinearity={self.nonlinearity}")
@@ -121,8 +157,9 @@ class LSTMCell(_CellModule):
 
     torch_twin = nn.LSTMCell
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None):
-        super().__init__(_LSTMMath(hidden_size), input_size, bias, device, dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 backend: Optional[str] = None):
+        super().__init__(_LSTMMath(hidden_size), input_size, bias, device, dtype, backend)
 
     def unpack_state(self, hx):
         return state_pair("LSTMCell", hx, "(h, c)")
@@ -138,11 +175,11 @@ class GRUCell(_CellModule):
     torch_twin = nn.GRUCell
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
-                 reset_after: bool = True):
+                 reset_after: bool = True, backend: Optional[str] = None):
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after: expected True or False, got {reset_after!r}")
         self.reset_after = reset_after
-        super().__init__(_GRUMath(hidden_size, reset_after), input_size, bias, device, dtype)
+        super().__init__(_GRUMath(hidden_size, reset_after), input_size, bias, device, dtype, backend)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
@@ -157,7 +194,8 @@ class JordanCell(_CellModule):
     _bias_names = ("bias_ih", "bias_hy")
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int, bias: bool = True,
-                 nonlinearity: str = "tanh", output_activation: str = "identity", device=None, dtype=None):
+                 nonlinearity: str = "tanh", output_activation: str = "identity", device=None, dtype=None,
+                 backend: Optional[str] = None):
         validation.positive_int("output_size", output_size)
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         validation.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
@@ -165,7 +203,7 @@ class JordanCell(_CellModule):
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
         super().__init__(_JordanMath(hidden_size, output_size, nonlinearity, output_activation), input_size,
-                         bias, device, dtype)
+                         bias, device, dtype, backend)
 
     def forward(self, input: Tensor, y=None):
         return super().forward(input, y)

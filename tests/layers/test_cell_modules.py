@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import rnnkit
-from helpers import assert_all_close, grads, randn
+from helpers import assert_all_close, grads, needs_cpu, randn
 
 I, H, O, B = 3, 4, 2, 2
 
@@ -103,6 +103,27 @@ def test_same_math_as_the_layer_step(form, bias):
     assert_all_close(grads(out, leaves), grads(expected, [x, *state, *layer.parameters()]))
 
 
+@needs_cpu
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zero_hx", "hx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("form", ["rnn_tanh", *LAYERS])
+def test_no_grad_step_on_the_cpu_backend(form, bias, with_hx):
+    """Without a graph to record, a step runs on the backend (the C++ kernels, without the checks
+    in Python): the same numbers as the cell's Python step."""
+    cell_cls, _, kw = LAYERS.get(form, (rnnkit.RNNCell, None, {}))
+    torch.manual_seed(0)
+    fused = cell_cls(I, H, bias=bias, dtype=torch.float64, backend="cpu", **kw)
+    python = cell_cls(I, H, bias=bias, dtype=torch.float64, backend="reference", **kw)
+    python.load_state_dict(fused.state_dict())
+    x = randn(B, I)
+    hx = as_list(fused(x)) if with_hx else None                # some non-zero state
+    hx = (tuple(hx) if len(hx) > 1 else hx[0]) if with_hx else None
+    with torch.no_grad():
+        assert fused._unchecked(x, hx) is not None and python._unchecked(x, hx) is None
+        assert_all_close(as_list(fused(x, hx)), as_list(python(x, hx)))
+    assert fused._unchecked(x, hx) is None                     # grad mode: the Python step, differentiable
+
+
 def test_jordan_cell_surface():
     cell = rnnkit.JordanCell(I, H, O, dtype=torch.float64)
     assert [n for n, _ in cell.named_parameters()] == ["weight_ih", "weight_yh", "bias_ih", "weight_hy", "bias_hy"]
@@ -133,9 +154,13 @@ def test_names():
     (lambda: rnnkit.JordanCell(I, H, O), lambda c: c(torch.randn(B, I), torch.randn(B, H)), ValueError,
      "JordanCell: y: expected shape"),
 ])
-def test_bad_input_is_a_clear_error(build, call, exc, name):
+@pytest.mark.parametrize("backend", [None, pytest.param("cpu", marks=needs_cpu)])
+def test_bad_input_is_a_clear_error(build, call, exc, name, backend):
+    """The same errors on the cpu backend's unchecked steps (no_grad): what its C++ rejects is
+    checked again in Python, whose message names the argument."""
     cell = build()
-    with pytest.raises(exc, match=name.replace("[", r"\[").replace("]", r"\]")):
+    cell.backend = backend
+    with torch.set_grad_enabled(backend is None), pytest.raises(exc, match=name.replace("[", r"\[").replace("]", r"\]")):
         call(cell)
 
 
@@ -145,6 +170,7 @@ def test_bad_input_is_a_clear_error(build, call, exc, name):
     (lambda: rnnkit.LSTMCell(I, 0), "hidden_size"),
     (lambda: rnnkit.JordanCell(I, H, 0), "output_size"),
     (lambda: rnnkit.GRUCell(I, H, reset_after=1), "reset_after"),
+    (lambda: rnnkit.LSTMCell(I, H, backend="fused"), "backend"),
 ])
 def test_bad_arguments_are_clear_errors(build, name):
     with pytest.raises((ValueError, TypeError), match=name):
