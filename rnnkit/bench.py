@@ -8,6 +8,9 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
     fwd+bwd    forward, sum of the output, backward
     step       one streaming step (B=1, one thread) under no_grad: torch.nn.*Cell against ``model.step``
     stream     the same, against ``model.stream()`` (state kept inside, no allocation per step)
+    cell       the same, against rnnkit's Cell module (rnnkit.RNNCell, LSTMCell, GRUCell)
+    cell+bwd   a Cell module's step with grad, sum of the new state, backward: torch.nn.*Cell
+               against rnnkit's (a training loop over single steps)
     memory     peak resident memory (MiB, in the ms columns) of one training step, each in a
                fresh subprocess; ratio above 1: rnnkit needs less
 
@@ -49,6 +52,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import backends, registry
+from . import cell_modules as rnnkit_cells
 from .cells import LSTMCell
 from .convert import from_torch
 from .layers import Jordan
@@ -360,11 +364,13 @@ def bench_variant(case: Case, repeats: int) -> List[Row]:
 
 
 def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
-    """Streaming at B=1 on one thread: torch.nn.{RNN,GRU,LSTM}Cell against ``model.step`` and ``Stream``.
+    """Streaming at B=1 on one thread: torch.nn.{RNN,GRU,LSTM}Cell against ``model.step``, ``Stream``
+    and rnnkit's Cell module of the same weights, then both Cell modules' steps with backward.
 
-    Two rows (modes step and stream), timed interleaved in one run: per-step time over ``steps``
-    calls, median of at least 5 repeats.  One intra-op thread for all three, since at these
-    sizes a second thread only adds wake-ups (and the machine's other load hits it).
+    Rows step, stream and cell timed interleaved in one run under no_grad, and cell+bwd in
+    another: per-step time over ``steps`` calls, median of at least 5 repeats.  One intra-op
+    thread for all, since at these sizes a second thread only adds wake-ups (and the machine's
+    other load hits it).
     """
     torch.manual_seed(0)
     tm = _TORCH[cell](H, H)
@@ -376,17 +382,31 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     t_state = (h,) * n_states if n_states > 1 else h
     r_state = rk.pack_state((h[None],) * n_states)
     stream = rk.stream(1)
+    rc = getattr(rnnkit_cells, type(tc).__name__)(H, H)
+    rc.load_state_dict(tc.state_dict())
     name = type(tc).__name__
-    fns = {name: lambda: tc(x, t_state), "step": lambda: rk.step(x, r_state), "stream": lambda: stream(x)}
+    fns = {name: lambda: tc(x, t_state), "step": lambda: rk.step(x, r_state), "stream": lambda: stream(x),
+           "cell": lambda: rc(x, t_state)}
+
+    def trained(module):                 # one step of a training loop: the new state's sum, backward
+        def run():
+            new = module(x, t_state)
+            (new[0] if isinstance(new, tuple) else new).sum().backward()
+        return run
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
             ms = interleaved_medians(fns, max(repeats, 5), warmup=20, inner=steps)
+        ms_bwd = interleaved_medians({name: trained(tc), "cell+bwd": trained(rc)}, max(repeats, 5), warmup=20,
+                                     inner=max(steps // 10, 1))
     finally:
         torch.set_num_threads(threads)
-    return [Row(f"{cell} step B1 H{H} 1 thread", cell, mode, f"torch.nn.{name}", ms[name], ms[mode],
-                ms[name] / ms[mode], threads=1) for mode in ("step", "stream")]
+    label = f"{cell} step B1 H{H} 1 thread"
+    return [Row(label, cell, mode, f"torch.nn.{name}", ms[name], ms[mode], ms[name] / ms[mode], threads=1)
+            for mode in ("step", "stream", "cell")] + \
+        [Row(label, cell, "cell+bwd", f"torch.nn.{name}", ms_bwd[name], ms_bwd["cell+bwd"],
+             ms_bwd[name] / ms_bwd["cell+bwd"], threads=1)]
 
 
 _MEMORY_SCRIPT = """

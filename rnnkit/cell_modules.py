@@ -2,10 +2,11 @@
 
 torch.nn's Cell surface (``torch.nn.RNNCell(input_size, hidden_size, bias=True,
 nonlinearity='tanh')``, ``forward(input, hx=None)``; parameters weight_ih, weight_hh, bias_ih,
-bias_hh, so state_dicts move both ways), computed by the cell math of ``rnnkit.cells`` through
-``sequence.step_stack`` -- the one-step code that the layers' ``step`` runs -- and differentiated by
-autograd.  A step without a graph to record (under no_grad, a (B, I) input) runs on the
-``backend`` (``auto`` by default: the C++ kernels on the CPU) as the layers' ``step`` does.
+bias_hh, so state_dicts move both ways), computed by the cell math of ``rnnkit.cells`` (its
+``step``, which the layers' ``step`` runs for each layer through ``sequence.step_stack``) and
+differentiated by autograd.  A step without a graph to record (under no_grad, a (B, I) input)
+runs on the ``backend`` (``auto`` by default: the C++ kernels on the CPU) as the layers' ``step``
+does.
 (``rnnkit.cells.LSTMCell`` & co. are the math classes; these are the modules.)
 
 Symbols: B batch, I input_size, H hidden_size, O output_size (Jordan).
@@ -21,9 +22,10 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, sequence, validation
+from . import backends, validation
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell
 from .cells import ElmanCell as _ElmanMath
 from .cells import GRUCell as _GRUMath
@@ -98,10 +100,10 @@ class _CellModule(nn.Module):
                 shape = (s,) if unbatched else (x.shape[0], s)
                 validation.state_tensor(who, name, h, shape, x.dtype, x.device)
                 state.append(h.unsqueeze(0) if unbatched else h)
-        layer = [self.weight_ih, self.bias_ih, *(getattr(self, n) for n in self.cell.rec_params)]
-        _, new = sequence.step_stack(self.cell, x, tuple(s.unsqueeze(0) for s in state), [layer])
-        new = tuple(s[0].squeeze(0) if unbatched else s[0] for s in new)         # (B, S_k) or (S_k,)
-        return self.pack_state(new)
+        rec = tuple(getattr(self, n) for n in self.cell.rec_params)
+        # step_stack's one layer, without its (L, B, S_k) stacking (three autograd nodes more a step)
+        new, _ = self.cell.step(F.linear(x, self.weight_ih, self.bias_ih), tuple(state), rec)   # (B, S_k) each
+        return self.pack_state(tuple(s.squeeze(0) for s in new) if unbatched else tuple(new))
 
     def _unchecked(self, x, hx):
         """forward's result straight from a backend that checks its own arguments

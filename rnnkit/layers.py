@@ -536,12 +536,14 @@ class _Recurrent(nn.Module):
     def _unchecked_step(self, x, hx):
         """``step``'s result straight from a backend that checks its own arguments
         (``Backend.checks_arguments``), without the layer's checks in Python (about half of a
-        small step's time): for inference only (no grad mode, eval, no autocast) on a (B, I) input
+        small step's time): for inference only (no grad mode, no random draws, no autocast) on a (B, I) input
         with a given state and every parameter held as the module's own.  None where that does not
         apply, or where the backend rejects an argument: ``step`` then runs its own checks, whose
         errors name the argument."""
-        if torch.is_grad_enabled() or self.training or hx is None or type(x) is not Tensor or x.dim() != 2:
+        if torch.is_grad_enabled() or hx is None or type(x) is not Tensor or x.dim() != 2:
             return None
+        if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
+            return None                                                 # random draws
         backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
         if not backend.checks_arguments or self.bidirectional or torch.is_autocast_enabled(x.device.type):
             return None

@@ -36,7 +36,7 @@ def test_quick_run_rows(tmp_path):
     for cell in ("rnn", "gru", "lstm", "jordan"):
         assert {(cell, "fwd"), (cell, "fwd+bwd")} <= modes
     for cell in ("rnn", "gru", "lstm"):
-        assert {(cell, "step"), (cell, "stream")} <= modes
+        assert {(cell, "step"), (cell, "stream"), (cell, "cell"), (cell, "cell+bwd")} <= modes
     variants = {r["case"].split(" T")[0] for r in rows if r["baseline"] == "plain loop (autograd)"}
     assert variants == {f"{c} {v}" for v, (_, on) in bench.VARIANTS.items() for c in on}
     for r in rows:                                     # our plain cell and LSTM timed in the variant's turns
@@ -219,7 +219,7 @@ def rows_with_sides(recorded):
 
 def test_every_side_of_every_row_ran_one_model_call(recorded):
     for row, sides in rows_with_sides(recorded):
-        assert row["mode"] in ("fwd", "fwd+bwd", "step", "stream"), row
+        assert row["mode"] in ("fwd", "fwd+bwd", "step", "stream", "cell", "cell+bwd"), row
         for name, side in sides.items():
             assert side.module is not None, (row["case"], name)
 
@@ -247,7 +247,7 @@ def test_the_row_label_names_the_work(recorded):
         for side in sides.values():
             H, layers, bidirectional = side.config
             assert (H, layers, bidirectional) == (size["H"], size.get("L", 1), " bidir" in label), label
-            if row["mode"] in ("step", "stream"):
+            if row["mode"] in ("step", "stream", "cell", "cell+bwd"):
                 assert tuple(side.x.shape) == (size["B"], H), label
             else:
                 assert tuple(side.x.shape) == (size["T"], size["B"], H), label
@@ -284,12 +284,13 @@ def test_both_sides_compute_the_same_numbers(recorded):
     """Sequence rows: baseline and rnnkit on the same weights and input.  Step rows: the two rnnkit
     sides (model.step and model.stream()); the torch.nn cell's side is the known gap below."""
     for row, sides in rows_with_sides(recorded):
-        if row["mode"] in ("fwd", "fwd+bwd"):
+        if row["mode"] in ("fwd", "fwd+bwd", "cell+bwd"):
             first, *others = sides.values()
             for side in others:
                 assert_same_numbers(side, first)
         else:
             assert_same_numbers(sides["stream"], sides["step"])
+            assert_same_numbers(next(iter(sides.values())), sides["cell"])       # torch.nn's Cell, ours
 
 
 def test_step_rows_torch_cell_has_the_models_weights(recorded):
@@ -333,7 +334,7 @@ def test_threads_give_a_table_each(tmp_path):
     result = json.loads((tmp_path / "b.json").read_text())
     rows = result["rows"]
     assert {r["threads"] for r in rows if r["mode"] in ("fwd", "fwd+bwd")} == {1, 2}
-    assert {r["threads"] for r in rows if r["mode"] in ("step", "stream")} == {1}
+    assert {r["threads"] for r in rows if r["mode"] in ("step", "stream", "cell", "cell+bwd")} == {1}
     text = md.read_text()
     assert "### 2 threads" in text and "### 1 thread\n" in text and "load average" in text
     # the machine's sgemm throughput per thread count, and every sequence row's share of it

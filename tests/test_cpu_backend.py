@@ -215,8 +215,13 @@ def test_unchecked_step_runs_only_plain_inference():
         assert model._unchecked_step(x[0], tuple(h[:, 0] for h in hx)) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert model._unchecked_step(x, hx) is None
-        model.train()
+        model.train()                                                 # no random draws: the same step
+        assert model._unchecked_step(x, hx) is not None
+        model.dropout = 0.5                                           # dropout between its two layers
         assert model._unchecked_step(x, hx) is None
+        noisy, x1, hx1 = _step_case("lstm_dropout_zoneout")        # recurrent dropout and zoneout draw
+        assert noisy._unchecked_step(x1, hx1) is not None
+        assert noisy.train()._unchecked_step(x1, hx1) is None
     model.eval()
     assert model._unchecked_step(x, hx) is None                       # grad mode: step records a graph
     model.backend = "reference"
