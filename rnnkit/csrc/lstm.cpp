@@ -976,6 +976,7 @@ Tensor backward_fused_ln(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, c
   });
   // The sums, one set per chunk of rows where threads own rows (a chunk starts at a multiple of
   // kRows: set r0 / kRows), added up after the loop; one set where they own units.
+  static_assert(kShareRows % kRows == 0, "a thread's rows start at a multiple of kRows");
   const int64_t n_sets = (B + kRows - 1) / kRows, set_n = 3 * G + 5 * H;   // db_hh, dg_ih, dg_hh, dg_c, db_c, dw_ch (3H)
   const Tensor sets_t = at::zeros({std::max<int64_t>(1, n_sets), set_n}, opt);
   const auto set_of = [&](int64_t r0) {
