@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, validation
+from . import backends, ops, validation
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell
 from .cells import ElmanCell as _ElmanMath
 from .cells import GRUCell as _GRUMath
@@ -110,8 +110,8 @@ class _CellModule(nn.Module):
         (``Backend.checks_arguments``), without the checks in Python: a (B, I) input under no_grad,
         outside autocast, every parameter the module's own.  None where that does not apply or
         where the backend rejects an argument: forward then runs its checks, whose errors name it."""
-        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2:
-            return None
+        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or ops.forward_ad_active():
+            return None                                  # (forward-mode AD: tangents need torch's ops)
         backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
         if not backend.checks_arguments or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
             return None

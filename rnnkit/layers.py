@@ -394,7 +394,7 @@ class _Recurrent(nn.Module):
         layers), or a backend without it for these tensors (the cpu backend's takes both
         directions only on oneDNN's LSTM).  The layer-by-layer path costs about 25 us more per call
         in Python (measured, LSTM (1, 64), T = 1)."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or ops.forward_ad_active():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None
@@ -523,7 +523,8 @@ class _Recurrent(nn.Module):
         params = self.step_parameters()
         # The weights as read (a DataParallel replica holds them as attributes, not parameters);
         # under no_grad nothing is gathered for the test.
-        graph = torch.is_grad_enabled() and ops.needs_graph((x, *full, *(w for layer in params for w in layer)))
+        graph = ops.forward_ad_active() or (    # (forward-mode AD: tangents need torch's ops)
+            torch.is_grad_enabled() and ops.needs_graph((x, *full, *(w for layer in params for w in layer))))
         if graph or dropout or noisy:
             out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy)   # differentiable
         else:
@@ -540,7 +541,7 @@ class _Recurrent(nn.Module):
         with a given state and every parameter held as the module's own.  None where that does not
         apply, or where the backend rejects an argument: ``step`` then runs its own checks, whose
         errors name the argument."""
-        if torch.is_grad_enabled() or hx is None or type(x) is not Tensor or x.dim() != 2:
+        if torch.is_grad_enabled() or hx is None or type(x) is not Tensor or x.dim() != 2 or ops.forward_ad_active():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None                                                 # random draws

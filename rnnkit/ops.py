@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -161,11 +162,21 @@ def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
     return tuple(grads)
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``): inputs
+    may then carry tangents, which only torch's own ops carry on; a backend's kernels and our
+    hand-derived backward have no jvp, and would drop them silently."""
+    return getattr(forward_ad, "_current_level", -1) >= 0
+
+
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False,
                   noise: Optional[Tuple[Tensor, ...]] = None):
-    """Run one layer and direction over the sequence: (out, finals, trace)."""
+    """Run one layer and direction over the sequence: (out, finals, trace).  Under forward-mode
+    AD the oracle's plain loop runs it (the same math in torch ops, which carry the tangents)."""
+    if not backend.differentiable and forward_ad_active():
+        backend = backends.get(backends.ORACLE)
     if backend.differentiable:                               # the plain loop, under autograd
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,
                                         rec, noise, project=F.linear)

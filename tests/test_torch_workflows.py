@@ -144,3 +144,30 @@ def test_rebound_parameter_of_the_wrong_shape_is_an_error_naming_it(backend):
         model(torch.randn(5, 2, 3))
     with pytest.raises(RuntimeError, match="weight_hh_l0"), torch.no_grad():
         model.step(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("backend", [None, "cpu"], ids=["auto", "cpu"])
+def test_forward_mode_ad_carries_the_tangents_as_torch_nn(backend, grad):
+    """Under torch.autograd.forward_ad the kernels (no jvp) step aside for torch's own ops: forward,
+    step and the Cell modules give torch.nn's tangents, never outputs without one."""
+    import torch.autograd.forward_ad as fwAD
+    if backend == "cpu" and "cpu" not in backends.available():
+        pytest.skip("the C++ kernels did not build")
+    torch.manual_seed(0)
+    model = rnnkit.GRU(3, 5, num_layers=2, backend=backend, dtype=F64).eval()
+    twin = model.to_torch()
+    cell = rnnkit.GRUCell(3, 5, backend=backend, dtype=F64)
+    twin_cell = nn.GRUCell(3, 5, dtype=F64)
+    twin_cell.load_state_dict(cell.state_dict())
+    x, v = torch.randn(4, 2, 3, dtype=F64), torch.randn(4, 2, 3, dtype=F64)
+    h = torch.randn(2, 2, 5, dtype=F64)
+    with fwAD.dual_level(), torch.set_grad_enabled(grad):
+        dual = fwAD.make_dual(x, v)
+        calls = [(model(dual, h)[0], twin(dual, h)[0]),
+                 (model.step(dual[0], h)[0], twin(dual[:1], h)[0][0]),
+                 (cell(dual[0], h[0]), twin_cell(dual[0], h[0]))]
+        for ours, theirs in calls:
+            got, want = fwAD.unpack_dual(ours).tangent, fwAD.unpack_dual(theirs).tangent
+            assert got is not None
+            torch.testing.assert_close(got, want)
