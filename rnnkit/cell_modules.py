@@ -106,29 +106,17 @@ class _CellModule(nn.Module):
         return self.pack_state(tuple(s.squeeze(0) for s in new) if unbatched else tuple(new))
 
     def _unchecked(self, x, hx):
-        """forward's result straight from a backend that checks its own arguments
-        (``Backend.checks_arguments``), without the checks in Python: a (B, I) input under no_grad,
-        outside autocast, every parameter the module's own.  None where that does not apply or
-        where the backend rejects an argument: forward then runs its checks, whose errors name it."""
-        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or ops.forward_ad_active():
-            return None                                  # (forward-mode AD: tangents need torch's ops)
-        backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
-        if not backend.checks_arguments or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
-            return None
-        held = self._parameters
-        layer = [held.get(n) for n in ("weight_ih", "bias_ih") + self.cell.rec_params]
-        # absent biases are None; a parametrized parameter is None too: the checked path reads it
-        if sum(p is None for p in layer) != (0 if self.bias else len(self._bias_names)):
-            return None
-        try:
+        """forward's result from ``ops.unchecked_step`` (the backend's own checks only, a (B, I)
+        input under no_grad), or None: forward then runs its checks, whose errors name the argument."""
+        names = [("weight_ih", "bias_ih") + self.cell.rec_params]
+        absent = 0 if self.bias else len(self._bias_names)
+
+        def state0():                                                    # (1, B, S_k) each
             if hx is None:
-                state = [x.new_zeros(1, x.shape[0], s) for s in self.cell.state_sizes()]
-            else:
-                state = [h.unsqueeze(0) for h in self.unpack_state(hx)]          # (1, B, S_k)
-            _, h_n = backend.step(self.cell, x, state, [layer])
-        except (RuntimeError, TypeError, ValueError, AttributeError):
-            return None
-        return self.pack_state(tuple(h[0] for h in h_n))
+                return [x.new_zeros(1, x.shape[0], s) for s in self.cell.state_sizes()]
+            return [h.unsqueeze(0) for h in self.unpack_state(hx)]
+        found = ops.unchecked_step(self.backend, self.cell, x, self._parameters, names, absent, state0)
+        return None if found is None else self.pack_state(tuple(h[0] for h in found[1]))
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")

@@ -535,29 +535,14 @@ class _Recurrent(nn.Module):
         return out, self.pack_state(h_n)
 
     def _unchecked_step(self, x, hx):
-        """``step``'s result straight from a backend that checks its own arguments
-        (``Backend.checks_arguments``), without the layer's checks in Python (about half of a
-        small step's time): for inference only (no grad mode, no random draws, no autocast) on a (B, I) input
-        with a given state and every parameter held as the module's own.  None where that does not
-        apply, or where the backend rejects an argument: ``step`` then runs its own checks, whose
-        errors name the argument."""
-        if torch.is_grad_enabled() or hx is None or type(x) is not Tensor or x.dim() != 2 or ops.forward_ad_active():
+        """``step``'s result from ``ops.unchecked_step`` (the backend's own checks only), or None:
+        a given state, no random draws, one direction."""
+        if hx is None or self.bidirectional or (
+                self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1))):
             return None
-        if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
-            return None                                                 # random draws
-        backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
-        if not backend.checks_arguments or self.bidirectional or torch.is_autocast_enabled(x.device.type):
-            return None
-        held = self._parameters
-        layers = [[held.get(n) for n in names] for names in self._step_names]
-        # a parametrized or replaced parameter is not in _parameters: the checked path reads it
-        if sum(p is None for layer in layers for p in layer) != self._step_absent:
-            return None
-        try:
-            out, h_n = backend.step(self.cell, x, self.unpack_state(hx), layers)
-        except (RuntimeError, TypeError, ValueError):
-            return None
-        return out, self.pack_state(h_n)
+        found = ops.unchecked_step(self.backend, self.cell, x, self._parameters, self._step_names,
+                                   self._step_absent, lambda: self.unpack_state(hx))
+        return None if found is None else (found[0], self.pack_state(found[1]))
 
     def stream(self, batch_size: int = 1, hx=None) -> Stream:
         """A stateful stream for online inference: ``y_t = stream(x_t)``, state updated in place.

@@ -169,6 +169,28 @@ def forward_ad_active() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
+def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
+    """One inference step of a stack straight from a backend that checks its own arguments
+    (``Backend.checks_arguments``), without the callers' checks in Python (about half of a small
+    step's time): x (B, I) under no_grad, outside autocast and forward-mode AD; the parameters
+    ``held[n]`` for n in each layer's ``step_names``, of which exactly ``absent`` are None (absent
+    biases: a parametrized or replaced parameter is not held and leaves the checked path to read
+    it); ``state0()`` the (L, B, S_k) states.  Returns the backend's (out, h_n), or None where this
+    does not apply or the backend rejects an argument (the caller's checks then name it)."""
+    if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or forward_ad_active():
+        return None
+    backend = backends.resolve_cached(name, cell, x.device, x.dtype)
+    if not backend.checks_arguments or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
+        return None
+    layers = [[held.get(n) for n in names] for names in step_names]
+    if sum(p is None for layer in layers for p in layer) != absent:
+        return None
+    try:
+        return backend.step(cell, x, state0(), layers)
+    except (RuntimeError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False,
