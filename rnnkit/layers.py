@@ -430,9 +430,15 @@ class _Recurrent(nn.Module):
         amp = torch.get_autocast_dtype(x.device.type)
         return amp if amp != self._dtype else None
 
+    def _amp_result_dtypes(self, amp: torch.dtype, device_type: str, packed: bool, n_state: int):
+        """Under autocast to ``amp``: the dtypes of (output, the n_state state parts) as torch.nn's
+        layer returns them.  On CUDA every torch.nn RNN comes back in ``amp``; on the CPU the dtype
+        follows which of torch's kernels ran (see the subclasses).  This one: ``amp`` for all."""
+        return amp, (amp,) * n_state
+
     def _under_autocast(self, amp: torch.dtype, run, input, hx, *rest, native: bool = False):
-        """Autocast: the output and final state come back in the autocast dtype, as torch.nn's RNN
-        and LSTM return them.  ``native``: the backend keeps float32 states while running 16-bit
+        """Autocast: the output and final state come back in the dtypes torch.nn's layer returns
+        (``_amp_result_dtypes``: the autocast dtype but for a few CPU cases).  ``native``: the backend keeps float32 states while running 16-bit
         tensors, so the input, state and (cast copies of the) parameters go in as ``amp`` and the
         products run in it; otherwise the recurrence runs in the parameters' precision (float32
         state and memory cell: the fused CPU kernels stay usable) and the inputs are cast to it."""
@@ -448,7 +454,12 @@ class _Recurrent(nn.Module):
                 result = run(input, hx, *rest)
             finally:
                 self.__dict__.pop("_run_dtype", None)
-        out, state = result[0].to(amp), self.pack_state(tuple(h.to(amp) for h in self.unpack_state(result[1])))
+        packed = isinstance(input, PackedSequence)
+        finals = self.unpack_state(result[1])
+        out_dtype, state_dtypes = self._amp_result_dtypes(amp, (input.data if packed else input).device.type,
+                                                          packed, len(finals))
+        state = self.pack_state(tuple(h.to(t) for h, t in zip(finals, state_dtypes)))
+        out = result[0].to(out_dtype)
         return (out, state) + tuple(result[2:])
 
     def _layout(self, t: Tensor, unbatched: bool) -> Tensor:
@@ -751,6 +762,19 @@ class LSTM(_Recurrent, _TorchRNNBase):
     def pack_state(self, finals):
         return finals[0], finals[1]
 
+    def _amp_result_dtypes(self, amp, device_type, packed, n_state):
+        """torch.nn.LSTM on the CPU: a padded batch runs oneDNN's LSTM, which autocast lowers to
+        ``amp``; a PackedSequence runs torch's fused cell on the float32 input, so all comes back
+        in the parameters' dtype; with proj_size (padded or packed) a loop of matmuls runs in
+        ``amp``, but c_n sums into the float32 c_0 and stays in the parameters' dtype."""
+        if device_type != "cpu":
+            return amp, (amp, amp)
+        if self.proj_size:
+            return amp, (amp, self._dtype)
+        if packed:
+            return self._dtype, (self._dtype, self._dtype)
+        return amp, (amp, amp)
+
     def _size_repr(self) -> str:
         return super()._size_repr() + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
@@ -779,6 +803,12 @@ class GRU(_Recurrent, _TorchRNNBase):
     """
 
     torch_twin = nn.GRU
+
+    def _amp_result_dtypes(self, amp, device_type, packed, n_state):
+        """torch.nn.GRU on the CPU has no kernel autocast lowers: output and h_n come back in the
+        parameters' dtype (on CUDA, cuDNN's, in ``amp``)."""
+        dtype = amp if device_type != "cpu" else self._dtype
+        return dtype, (dtype,)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

@@ -84,17 +84,36 @@ def test_second_order_gradients_match(form, backend):
             torch.testing.assert_close(b, a, atol=1e-9, rtol=1e-9)
 
 
+def _amp_dtypes(result, model):
+    """(output dtype, state parts' dtypes) of a layer's (output, state) result."""
+    out, state = result[:2]
+    out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    return out.dtype, tuple(s.dtype for s in model.unpack_state(state))
+
+
 @pytest.mark.parametrize("form", list(registry.forms()))
-def test_autocast_runs_in_float32_and_returns_the_autocast_dtype(form):
+def test_autocast_runs_in_float32_and_returns_torch_nns_dtypes(form):
+    """Under CPU bf16 autocast the recurrence runs in float32 and the results come back in the
+    dtypes torch.nn's layer returns (bf16 but for GRU, LSTM on a PackedSequence and c_n with
+    proj_size); the variants torch.nn lacks follow their plain cell, cells torch lacks bf16."""
     model = _layer(form, None, dtype=torch.float32)
+    plain = registry.forms()[form][0].layer(3, 4, proj_size=model.proj_size) if model.torch_twin else None
     x = _x(dtype=torch.float32)
+    packed = pack_padded_sequence(x, torch.tensor([5, 3]))
     expected_out, expected_state = model(x)[:2]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, state = model(x)
         out16, _ = model(x.detach().bfloat16())                 # a bf16 input, as autocast layers emit
-        step_out, _ = model.step(x[0]) if not model.bidirectional else (out[0], None)
-    assert out.dtype == out16.dtype == step_out.dtype == torch.bfloat16
-    assert all(s.dtype == torch.bfloat16 for s in model.unpack_state(state))
+        step = model.step(x[0]) if not model.bidirectional else None
+        runs = {"padded": (model(x), plain and plain.to_torch()(x)),
+                "packed": (model(packed), plain and plain.to_torch()(packed))}
+    bf16 = torch.bfloat16
+    for kind, (ours, theirs) in runs.items():
+        expected = _amp_dtypes(theirs, model) if theirs else (bf16, (bf16,) * len(model.unpack_state(ours[1])))
+        assert _amp_dtypes(ours, model) == expected, kind
+    assert out16.dtype == out.dtype == runs["padded"][0][0].dtype
+    if step is not None:
+        assert _amp_dtypes(step, model) == _amp_dtypes((out, state), model)
     torch.testing.assert_close(out.float(), expected_out, atol=1e-2, rtol=1e-2)
     out.float().sum().backward()
     assert x.grad is not None and all(p.grad.dtype == torch.float32 for p in model.parameters())

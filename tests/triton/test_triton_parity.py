@@ -227,8 +227,9 @@ def test_autocast_runs_the_kernels_in_the_autocast_dtype(form, amp):
     with torch.autocast(DEVICE.type, dtype=amp):
         out, _ = m(x)
     want, _ = half(x.to(amp))
-    assert out.dtype == amp
-    torch.testing.assert_close(out, want, atol=0, rtol=0)
+    # torch.nn's dtypes (tests/test_torch_workflows.py): its GRU on the CPU returns float32
+    assert out.dtype == (torch.float32 if DEVICE.type == "cpu" and form == "gru" else amp)
+    torch.testing.assert_close(out.to(amp), want, atol=0, rtol=0)
     full, _ = m(x)
     assert (out.float() - full).abs().max() > 0, "autocast ran the recurrence in float32"
     out.float().square().sum().backward()
