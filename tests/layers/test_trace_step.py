@@ -230,6 +230,19 @@ def test_step_from_zero_state_and_unbatched(cell, backend):
     assert_all_close([y_u] + state_tensors(s_u), [out_u[0]] + state_tensors(state_u))
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("cell, backend", cell_backends())
+def test_step_output_is_not_the_state(cell, backend, grad):
+    """Editing the step's output in place (a mask, a residual) leaves the returned state alone,
+    as with torch.nn's separate output and h_n."""
+    model = make(cell, num_layers=2, backend=backend)
+    with torch.set_grad_enabled(grad):
+        y_t, s = model.step(randn(B, INPUT_SIZE), random_state(model, B))
+        kept = [t.clone() for t in state_tensors(s)]
+        y_t.detach().fill_(7.0)
+    assert_all_close(state_tensors(s), kept)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_step_refuses_bidirectional(cell):
     model = make(cell, bidirectional=True)
