@@ -394,7 +394,7 @@ class _Recurrent(nn.Module):
         layers), or a backend without it for these tensors (the cpu backend's takes both
         directions only on oneDNN's LSTM).  The layer-by-layer path costs about 25 us more per call
         in Python (measured, LSTM (1, 64), T = 1)."""
-        if torch.compiler.is_compiling() or ops.forward_ad_active():
+        if torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None
@@ -534,7 +534,7 @@ class _Recurrent(nn.Module):
         params = self.step_parameters()
         # The weights as read (a DataParallel replica holds them as attributes, not parameters);
         # under no_grad nothing is gathered for the test.
-        graph = ops.forward_ad_active() or (    # (forward-mode AD: tangents need torch's ops)
+        graph = ops.torch_ops_only() or (    # (forward-mode AD: tangents need torch's ops)
             torch.is_grad_enabled() and ops.needs_graph((x, *full, *(w for layer in params for w in layer))))
         if graph or dropout or noisy:
             out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy)   # differentiable

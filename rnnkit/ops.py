@@ -162,11 +162,17 @@ def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
     return tuple(grads)
 
 
-def forward_ad_active() -> bool:
-    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``): inputs
-    may then carry tangents, which only torch's own ops carry on; a backend's kernels and our
-    hand-derived backward have no jvp, and would drop them silently."""
-    return getattr(forward_ad, "_current_level", -1) >= 0
+def torch_ops_only() -> bool:
+    """Whether only torch's own ops may run the recurrence: under forward-mode AD (an open
+    ``torch.autograd.forward_ad.dual_level``) inputs may carry tangents, and under a torch.func
+    transform (grad, vjp, jacrev, jvp, vmap) they are functorch's wrapper tensors.  A backend's
+    kernels read raw data and our hand-derived backward has no jvp and no batching rule: they
+    would drop tangents silently or fail on the wrappers."""
+    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active()
+
+
+def _functorch_active() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
@@ -177,7 +183,7 @@ def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
     biases: a parametrized or replaced parameter is not held and leaves the checked path to read
     it); ``state0()`` the (L, B, S_k) states.  Returns the backend's (out, h_n), or None where this
     does not apply or the backend rejects an argument (the caller's checks then name it)."""
-    if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or forward_ad_active():
+    if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or torch_ops_only():
         return None
     backend = backends.resolve_cached(name, cell, x.device, x.dtype)
     if not backend.checks_arguments or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
@@ -197,7 +203,7 @@ def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor
                   noise: Optional[Tuple[Tensor, ...]] = None):
     """Run one layer and direction over the sequence: (out, finals, trace).  Under forward-mode
     AD the oracle's plain loop runs it (the same math in torch ops, which carry the tangents)."""
-    if not backend.differentiable and forward_ad_active():
+    if not backend.differentiable and torch_ops_only():
         backend = backends.get(backends.ORACLE)
     if backend.differentiable:                               # the plain loop, under autograd
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,

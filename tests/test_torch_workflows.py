@@ -190,3 +190,64 @@ def test_forward_mode_ad_carries_the_tangents_as_torch_nn(backend, grad):
             got, want = fwAD.unpack_dual(ours).tangent, fwAD.unpack_dual(theirs).tangent
             assert got is not None
             torch.testing.assert_close(got, want)
+
+
+def _loss(out):
+    return out.square().sum() + out.sum()
+
+
+@pytest.mark.parametrize("form, backend", CASES)
+def test_torch_func_grad_vjp_and_jacrev_give_autograds_gradients(form, backend):
+    """torch.func's transforms (whose wrapper tensors the kernels cannot read) run torch's own ops
+    and give the gradients ordinary autograd gives through the hand-derived backward: over the
+    parameters by functional_call, over the input, on a deep bidirectional stack with lengths."""
+    from torch.func import functional_call, grad, jacrev, vjp
+    model = _layer(form, backend, num_layers=2, bidirectional=True)
+    x, lengths = _x(), torch.tensor([5, 3])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    _loss(model(x, lengths=lengths)[0]).backward()
+    got = grad(lambda p: _loss(functional_call(model, p, (x.detach(),), {"lengths": lengths})[0]))(params)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, msg=name)
+    out, pull = vjp(lambda xx: model(xx, lengths=lengths)[0], x.detach())
+    torch.testing.assert_close(pull(2 * out + 1)[0], x.grad)
+    jac = jacrev(lambda xx: _loss(model(xx, lengths=lengths)[0]))(x.detach())
+    torch.testing.assert_close(jac, x.grad)
+
+
+@pytest.mark.parametrize("form", list(registry.forms()))
+def test_vmap_runs_each_sequence_set_as_its_own_call(form):
+    """torch.func.vmap over a leading dimension of (T, B, I) inputs (torch.nn's layers have no
+    batching rule) gives the separate calls' outputs and states."""
+    model = _layer(form, None, num_layers=2)
+    xs = torch.randn(3, 5, 2, 3, dtype=F64)
+    out, state = torch.func.vmap(model)(xs)
+    for k, x in enumerate(xs):
+        want_out, want_state = model(x)
+        torch.testing.assert_close(out[k], want_out)
+        for a, b in zip(model.unpack_state(state), model.unpack_state(want_state)):
+            torch.testing.assert_close(a[k], b)
+
+
+@pytest.mark.parametrize("backend", [None, "cpu"], ids=["auto", "cpu"])
+def test_torch_func_grad_of_step_and_cell_modules(backend):
+    """torch.func.grad through model.step (input and state) and a Cell module (input and, by
+    functional_call, parameters) gives autograd's gradients: the unchecked and kernel paths
+    step aside for functorch's wrappers."""
+    from torch.func import functional_call, grad
+    if backend == "cpu" and "cpu" not in backends.available():
+        pytest.skip("the C++ kernels did not build")
+    torch.manual_seed(0)
+    model = rnnkit.LSTM(3, 5, num_layers=2, backend=backend, dtype=F64)
+    cell = rnnkit.LSTMCell(3, 5, backend=backend, dtype=F64)
+    x, h, c = (torch.randn(*shape, dtype=F64) for shape in ((2, 3), (2, 2, 5), (2, 2, 5)))
+    step = lambda xx, hh: _loss(model.step(xx, (hh, c))[0])
+    xg, hg = x.clone().requires_grad_(), h.clone().requires_grad_()
+    step(xg, hg).backward()
+    for got, want in zip(grad(step, argnums=(0, 1))(x, h), (xg.grad, hg.grad)):
+        torch.testing.assert_close(got, want)
+    params = {k: v.detach() for k, v in cell.named_parameters()}
+    _loss(cell(xg, (h[0], c[0]))[0]).backward()
+    got = grad(lambda p: _loss(functional_call(cell, p, (x, (h[0], c[0])))[0]))(params)
+    for name, p in cell.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, msg=name)
