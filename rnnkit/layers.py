@@ -425,7 +425,7 @@ class _Recurrent(nn.Module):
     # -- autocast --------------------------------------------------------
     def _autocast_dtype(self, x) -> Optional[torch.dtype]:
         """The autocast dtype in force for x's device when it differs from the parameters', else None."""
-        if not isinstance(x, Tensor) or not torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
+        if not isinstance(x, Tensor) or not ops.autocast_enabled(x):
             return None
         amp = torch.get_autocast_dtype(x.device.type)
         return amp if amp != self._dtype else None

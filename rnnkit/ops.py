@@ -24,6 +24,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
+from torch.amp.autocast_mode import is_autocast_available
 
 from . import backends
 from .backends import library
@@ -175,6 +176,14 @@ def _functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+def autocast_enabled(x: Tensor) -> bool:
+    """Whether autocast is on for x's device (never on a device without autocast, e.g. meta)."""
+    if x.is_cpu:
+        return torch.is_autocast_enabled("cpu")
+    kind = x.device.type
+    return is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+
+
 def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
     """One inference step of a stack straight from a backend that checks its own arguments
     (``Backend.checks_arguments``), without the callers' checks in Python (about half of a small
@@ -186,7 +195,7 @@ def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
     if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or torch_ops_only():
         return None
     backend = backends.resolve_cached(name, cell, x.device, x.dtype)
-    if not backend.checks_arguments or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
+    if not backend.checks_arguments or autocast_enabled(x):
         return None
     layers = [[held.get(n) for n in names] for names in step_names]
     if sum(p is None for layer in layers for p in layer) != absent:

@@ -251,3 +251,30 @@ def test_torch_func_grad_of_step_and_cell_modules(backend):
     got = grad(lambda p: _loss(functional_call(cell, p, (x, (h[0], c[0])))[0]))(params)
     for name, p in cell.named_parameters():
         torch.testing.assert_close(got[name], p.grad, msg=name)
+
+
+@pytest.mark.parametrize("form", list(registry.forms()))
+def test_meta_device_shapes_and_deferred_initialisation(form):
+    """On the meta device (shape inference, deferred initialisation as under
+    ``with torch.device("meta")``) forward, backward, step and the Cell modules run as torch.nn's
+    do, and ``to_empty`` + ``reset_parameters`` gives a working CPU model."""
+    entry, kwargs = registry.forms()[form]
+    with torch.device("meta"):
+        model = entry.layer(3, 4, num_layers=2, **kwargs).eval()
+        x = torch.randn(5, 2, 3)
+    out, state = model(x)
+    assert out.device.type == "meta" and out.shape == (5, 2, model.cell.out_size)
+    out.sum().backward()
+    assert all(p.grad.device.type == "meta" for p in model.parameters())
+    y, _ = model.step(x[0])
+    assert y.shape == (2, model.cell.out_size)
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    assert torch.isfinite(model(torch.randn(5, 2, 3))[0]).all()
+
+
+def test_meta_device_cell_modules():
+    for cls in (rnnkit.RNNCell, rnnkit.LSTMCell, rnnkit.GRUCell):
+        cell = cls(3, 4, device="meta")
+        out = cell(torch.randn(2, 3, device="meta"))
+        assert all(t.device.type == "meta" and t.shape == (2, 4) for t in (out if isinstance(out, tuple) else (out,)))
