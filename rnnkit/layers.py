@@ -330,7 +330,30 @@ class _Recurrent(nn.Module):
         lengths  optional 1-D integers (B,): valid steps of each sequence
         returns  (output (T, B, D*S), final state) [+ Trace if return_trace]
         """
+        if torch.jit.is_tracing():
+            return self._traced(input, hx, lengths, return_trace)
         return self._forward(input, hx, lengths, return_trace)
+
+    def _traced(self, input, hx, lengths, return_trace):
+        """Under ``torch.jit.trace`` (and the TorchScript ONNX exporter): torch.nn's forward on
+        this module's parameters, so that the trace records torch's RNN op, which serves any T
+        and B and runs in libtorch without Python; the tracer cannot see into our kernels, and
+        the Python loop would record one fixed T.  Only where torch.nn computes the same
+        function; elsewhere a clear error."""
+        who = type(self).__name__
+        try:
+            self._check_torch_equivalent()
+        except (TypeError, ValueError) as e:
+            raise RuntimeError(f"{who}: torch.jit.trace records torch.nn's RNN op in place of rnnkit's kernels "
+                               f"(which it cannot see), and this layer has none: {e}. Trace the cells "
+                               f"torch.nn has, or use torch.export.export / rnnkit.export_onnx") from None
+        if lengths is not None:
+            raise ValueError(f"{who}: lengths: under torch.jit.trace give variable lengths as a PackedSequence "
+                             f"(torch.nn's form), got lengths={lengths!r}")
+        if return_trace:
+            raise ValueError(f"{who}: return_trace: the trace is not recorded under torch.jit.trace, "
+                             f"got return_trace=True")
+        return self.torch_twin.forward(self, input, hx)
 
     def _forward(self, input, hx, lengths, return_trace):
         data = input.data if isinstance(input, PackedSequence) else input
@@ -604,12 +627,17 @@ class _Recurrent(nn.Module):
         """Inverse of ``torch_kwargs``: our constructor arguments for a ``torch_twin`` module."""
         return cls._common_args(module)
 
-    def to_torch(self) -> nn.Module:
-        """The equivalent torch.nn module (``torch_twin``) with a copy of the weights."""
+    def _check_torch_equivalent(self) -> None:
+        """Raise (TypeError: no twin class; ValueError: an option the twin lacks) unless torch.nn's
+        ``torch_twin`` computes exactly this module's function."""
         if self.torch_twin is None:
             raise TypeError(f"{type(self).__name__}: torch.nn has no equivalent module to convert to")
         for name, value in self._not_in_torch().items():
             raise ValueError(f"module: torch.nn.{self.torch_twin.__name__} has no {name}, got {name}={value!r}")
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent torch.nn module (``torch_twin``) with a copy of the weights."""
+        self._check_torch_equivalent()
         new = self.torch_twin(**self.torch_kwargs())
         new.load_state_dict(self.state_dict())
         new.train(self.training)
@@ -830,10 +858,10 @@ class GRU(_Recurrent, _TorchRNNBase):
         super().__init__(cell, input_size, num_layers, bias, batch_first, dropout, bidirectional, backend,
                          device, dtype)
 
-    def to_torch(self) -> nn.Module:
+    def _check_torch_equivalent(self) -> None:
         if not self.reset_after:
             raise ValueError("module: torch.nn.GRU has only the reset_after=True form, got reset_after=False")
-        return super().to_torch()
+        super()._check_torch_equivalent()
 
     def _not_in_torch(self) -> dict:
         return {**({"layer_norm": True} if self.layer_norm else {}), **super()._not_in_torch()}
@@ -875,7 +903,7 @@ class Jordan(_Recurrent):
 
     def forward(self, input, y0=None, lengths=None, return_trace: bool = False):
         """As the other layers; the state is the previous output y, (D*L, B, O)."""
-        return self._forward(input, y0, lengths, return_trace)
+        return super().forward(input, y0, lengths, return_trace)
 
     def step(self, input: Tensor, y0=None):
         return super().step(input, y0)

@@ -168,8 +168,9 @@ def torch_ops_only() -> bool:
     ``torch.autograd.forward_ad.dual_level``) inputs may carry tangents, and under a torch.func
     transform (grad, vjp, jacrev, jvp, vmap) they are functorch's wrapper tensors.  A backend's
     kernels read raw data and our hand-derived backward has no jvp and no batching rule: they
-    would drop tangents silently or fail on the wrappers."""
-    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active()
+    would drop tangents silently or fail on the wrappers.  Under torch.jit.trace only torch's
+    ops are recorded: a single step (model.step, the Cell modules) traces as torch's ops."""
+    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active() or torch.jit.is_tracing()
 
 
 def _functorch_active() -> bool:

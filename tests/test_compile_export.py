@@ -110,6 +110,88 @@ def test_torchscript_is_a_clear_error():
         torch.jit.script(rnnkit.LSTM(I, H))
 
 
+TWINS = [f for f in FORMS if _layer(f).torch_twin is not None and not _layer(f)._not_in_torch()
+         and getattr(_layer(f), "reset_after", True)]
+
+
+def _save_load(traced):
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    return torch.jit.load(buf)
+
+
+class _Padded(torch.nn.Module):
+    """A layer on a padded batch and its lengths through a PackedSequence, as traced code packs."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, lengths):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        out, _ = self.layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return pad_packed_sequence(out)[0]
+
+
+class _Step(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, h, c):
+        y, (h, c) = self.layer.step(x, (h, c))
+        return y, h, c
+
+
+@pytest.mark.parametrize("form", TWINS)
+def test_jit_trace_records_torchs_op_for_any_length_and_batch(form):
+    """torch.jit.trace of a layer torch.nn has records torch's RNN op: the saved and reloaded
+    trace gives the layer's outputs and states at other T and B, with an initial state, and on a
+    PackedSequence (the tracer cannot see the kernels: they once gave stale buffers)."""
+    model = _layer(form, num_layers=2, bidirectional=True).eval()
+    D, L = 2, 2
+    state = lambda b: tuple(torch.randn(D * L, b, s) for s in model.cell.state_sizes())
+    pack = lambda st: st if len(st) > 1 else st[0]
+    with torch.no_grad():
+        traced = _save_load(torch.jit.trace(model, (torch.randn(T, B, I), pack(state(B)))))
+        for t, b in ((T, B), (9, 5), (1, 1)):
+            x, h = torch.randn(t, b, I), pack(state(b))
+            for got, want in zip(traced(x, h), model(x, h)):
+                for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                    torch.testing.assert_close(g, w)
+        padded = _Padded(model)
+        traced = _save_load(torch.jit.trace(padded, (torch.randn(6, 3, I), torch.tensor([6, 4, 2]))))
+        x, lengths = torch.randn(8, 4, I), torch.tensor([8, 3, 5, 1])
+        torch.testing.assert_close(traced(x, lengths), padded(x, lengths))
+
+
+@pytest.mark.parametrize("form", [f for f in FORMS if f not in TWINS])
+def test_jit_trace_of_a_layer_torch_lacks_is_a_clear_error(form):
+    with pytest.raises(RuntimeError, match="torch.jit.trace .* torch.export"):
+        torch.jit.trace(_layer(form), (torch.randn(T, B, I),))
+
+
+def test_jit_trace_of_cells_and_step_records_the_steps_math():
+    """A Cell module's and model.step's trace is torch's ops of one step: right at another B."""
+    cell, model = rnnkit.GRUCell(I, H).eval(), rnnkit.LSTM(I, H, num_layers=2).eval()
+    h = (torch.randn(2, B, H), torch.randn(2, B, H))
+    with torch.no_grad():
+        traced_cell = _save_load(torch.jit.trace(cell, (torch.randn(B, I),)))
+        traced_step = _save_load(torch.jit.trace(_Step(model), (torch.randn(B, I), *h)))
+        x, h5 = torch.randn(5, I), (torch.randn(2, 5, H), torch.randn(2, 5, H))
+        torch.testing.assert_close(traced_cell(x), cell(x))
+        torch.testing.assert_close(traced_step(x, *h5), _Step(model)(x, *h5))
+
+
+def test_jit_trace_refuses_lengths_and_trace():
+    model = rnnkit.GRU(I, H)
+    with pytest.raises(ValueError, match="lengths: .*PackedSequence"):
+        torch.jit.trace(lambda x: model(x, lengths=torch.tensor([T, 2]))[0], (torch.randn(T, B, I),))
+    with pytest.raises(ValueError, match="return_trace"):
+        torch.jit.trace(lambda x: model(x, return_trace=True)[0], (torch.randn(T, B, I),))
+
+
 def test_flat_weights_follow_torch():
     ours, ref = rnnkit.LSTM(I, H, num_layers=2, bidirectional=True), torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
     assert ours._flat_weights_names == ref._flat_weights_names
