@@ -330,7 +330,7 @@ class _Recurrent(nn.Module):
         lengths  optional 1-D integers (B,): valid steps of each sequence
         returns  (output (T, B, D*S), final state) [+ Trace if return_trace]
         """
-        if torch.jit.is_tracing():
+        if torch._C._is_tracing():                     # torch.jit.is_tracing(), without its Python
             return self._traced(input, hx, lengths, return_trace)
         return self._forward(input, hx, lengths, return_trace)
 
