@@ -102,7 +102,8 @@ class _CellModule(nn.Module):
                 state.append(h.unsqueeze(0) if unbatched else h)
         rec = tuple(getattr(self, n) for n in self.cell.rec_params)
         # step_stack's one layer, without its (L, B, S_k) stacking (three autograd nodes more a step)
-        new, _ = self.cell.step(F.linear(x, self.weight_ih, self.bias_ih), tuple(state), rec)   # (B, S_k) each
+        new, _ = self.cell.step(F.linear(x, self.weight_ih, self.bias_ih), tuple(state), rec,   # (B, S_k) each
+                                save=False)
         return self.pack_state(tuple(s.squeeze(0) for s in new) if unbatched else tuple(new))
 
     def _unchecked(self, x, hx):

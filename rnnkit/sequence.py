@@ -164,7 +164,7 @@ def step_stack(cell: Cell, x: Tensor, state0: Sequence[Tensor], layers: Sequence
             x = F.dropout(x, dropout, training=True)
         noise = cell.draw_noise(1, x.shape[0], x) if noisy else None
         new, _ = cell.step(F.linear(x, w_ih, b_ih), tuple(s[layer] for s in state0), tuple(rec),
-                           None if noise is None else tuple(n[0] for n in noise))
+                           None if noise is None else tuple(n[0] for n in noise), save=False)
         new_states.append(new)
         x = new[0]
     if len(new_states) == 1:                      # a view, not stack's copy: one autograd node less to run

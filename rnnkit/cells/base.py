@@ -177,16 +177,18 @@ class Cell:
 
     # -- math ------------------------------------------------------------
     def step(self, xp: Tensor, state: State, p: Params,
-             noise: Optional[Sequence[Tensor]] = None) -> Tuple[State, Tuple[Tensor, ...]]:
+             noise: Optional[Sequence[Tensor]] = None, save: bool = True) -> Tuple[State, Tuple[Tensor, ...]]:
         """One step forward: xp (B, G*H) = x W_ih^T + b_ih; returns (new state, saved).
 
         noise: this step's noise tensors (B, N_k) in ``noise_names`` order; None = eval (their
-        expected values: no recurrent dropout, zoneout by its probability).
+        expected values: no recurrent dropout, zoneout by its probability).  save=False: a step
+        whose saved tensors nobody reads (a differentiated single step): saved may then be
+        incomplete, and what only it needs is not computed (a cat and its autograd node).
         """
         drop, zones = self._noise(noise)
-        new, saved = self._step(xp, state, p, drop)
+        new, saved = self._step(xp, state, p, drop, save)
         if self.zoneout:
-            saved = tuple(saved) + tuple(new)
+            saved = tuple(saved) + tuple(new) if save else ()
             new = tuple(n + z * (s - n) for n, s, z in zip(new, state, zones))     # z s + (1-z) n
         return new, saved
 
@@ -235,8 +237,10 @@ class Cell:
         return drop, tuple(noise[1:] if self.recurrent_dropout else noise)
 
     # -- the subclass's own math -------------------------------------------
-    def _step(self, xp: Tensor, state: State, p: Params, drop: Optional[Tensor]) -> Tuple[State, Tuple[Tensor, ...]]:
-        """The cell's step; ``drop`` (B, S_0) multiplies state[0] where it enters the recurrence."""
+    def _step(self, xp: Tensor, state: State, p: Params, drop: Optional[Tensor],
+              save: bool = True) -> Tuple[State, Tuple[Tensor, ...]]:
+        """The cell's step; ``drop`` (B, S_0) multiplies state[0] where it enters the recurrence.
+        save=False: the saved tensors are not read (``step``), those costing extra ops may be left out."""
         raise NotImplementedError
 
     def _step_backward(self, d_new, saved, prev, new, p, drop):

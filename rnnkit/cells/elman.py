@@ -49,7 +49,7 @@ class ElmanCell(Cell):
     def recurrent_matrix(self, params):
         return params["weight_hh"]                                          # (H, H)
 
-    def _step(self, xp, state, p, drop):
+    def _step(self, xp, state, p, drop, save=True):
         w_hh, b_hh = p
         h = act_forward(self.nonlinearity, xp + F.linear(dropped(state[0], drop), w_hh, b_hh))  # (B, H)
         return (h,), ()

@@ -86,7 +86,7 @@ class GRUCell(Cell):
         extra = [("weight_ln_ih", (3 * self.hidden_size,)), ("weight_ln_hh", (3 * self.hidden_size,))]
         return super().param_shapes(input_size, bias) + (extra if self.layer_norm else [])
 
-    def _step(self, xp, state, p, drop):
+    def _step(self, xp, state, p, drop, save=True):
         if self.layer_norm:
             return self._step_ln(xp, state, p, drop)
         w_hh, b_hh = p
@@ -105,6 +105,8 @@ class GRUCell(Cell):
             r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
             n = torch.tanh(xn + F.linear(r * hd, w_hh[2 * H:], b_n))
         h_new = (1.0 - z) * n + z * h
+        if not save:
+            return (h_new,), ()
         gates = torch.cat([r, z, n], dim=1)                          # (B, 3H)
         return (h_new,), ((gates, hn) if self.reset_after else (gates,))
 

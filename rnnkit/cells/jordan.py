@@ -94,7 +94,7 @@ class JordanCell(Cell):
     def state_sizes(self):
         return (self.output_size,)
 
-    def _step(self, xp, state, p, drop):
+    def _step(self, xp, state, p, drop, save=True):
         w_yh, w_hy, b_hy = p
         h = act_forward(self.nonlinearity, xp + F.linear(dropped(state[0], drop), w_yh))    # (B, H)
         y = out_forward(self.output_activation, F.linear(h, w_hy, b_hy))                  # (B, O)

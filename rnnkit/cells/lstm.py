@@ -125,7 +125,7 @@ class LSTMCell(Cell):
         peep = rest.pop(0).chunk(3) if self.peephole else None
         return w_hh, b_hh, w_hr, peep, (tuple(rest) if self.layer_norm else None)
 
-    def _step(self, xp, state, p, drop):
+    def _step(self, xp, state, p, drop, save=True):
         w_hh, b_hh, w_hr, peep, ln = self._split(p)
         h, c = state
         if ln is None:
@@ -148,6 +148,8 @@ class LSTMCell(Cell):
         h_new = o * tanh_c
         if w_hr is not None:
             h_new = F.linear(h_new, w_hr)                      # (B, P)
+        if not save:
+            return (h_new, c_new), ()
         return (h_new, c_new), (torch.cat([i, f, g, o], dim=1), tanh_c) + ln_saved
 
     @staticmethod
