@@ -278,3 +278,22 @@ def test_meta_device_cell_modules():
         cell = cls(3, 4, device="meta")
         out = cell(torch.randn(2, 3, device="meta"))
         assert all(t.device.type == "meta" and t.shape == (2, 4) for t in (out if isinstance(out, tuple) else (out,)))
+
+
+@pytest.mark.parametrize("form", ["lstm_proj", "gru", "jordan_tanh", "elman_relu"])
+def test_vmap_over_stacked_parameters_runs_an_ensemble(form):
+    """torch.func's model ensembling (stack_module_state + functional_call under vmap over the
+    weights) gives each member's own outputs; torch.nn's RNNs have no batching rule for it."""
+    import copy
+    from torch.func import functional_call, stack_module_state, vmap
+    members = [_layer(form, None, num_layers=2) for _ in range(3)]
+    for k, m in enumerate(members):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * k)                                   # different members
+    params, buffers = stack_module_state(members)
+    base = copy.deepcopy(members[0]).to("meta")
+    x = torch.randn(5, 2, 3, dtype=F64)
+    out = vmap(lambda p, b: functional_call(base, (p, b), (x,))[0])(params, buffers)
+    for k, m in enumerate(members):
+        torch.testing.assert_close(out[k], m(x)[0])
