@@ -330,7 +330,7 @@ class _Recurrent(nn.Module):
         lengths  optional 1-D integers (B,): valid steps of each sequence
         returns  (output (T, B, D*S), final state) [+ Trace if return_trace]
         """
-        if torch._C._is_tracing():                     # torch.jit.is_tracing(), without its Python
+        if torch.jit.is_tracing():                      # (dynamo knows this one; not torch._C._is_tracing)
             return self._traced(input, hx, lengths, return_trace)
         return self._forward(input, hx, lengths, return_trace)
 
@@ -412,22 +412,23 @@ class _Recurrent(nn.Module):
         return result
 
     def _inferred(self, x: Tensor, hx, B: int, unbatched: bool):
-        """forward's result from the backend's one-call inference (Backend.infer), or None where it
-        does not apply: a graph to record, random draws (training with noise or dropout between
-        layers), or a backend without it for these tensors (the cpu backend's takes both
-        directions only on oneDNN's LSTM).  The layer-by-layer path costs about 25 us more per call
+        """forward's result from the backend's one-call inference (Backend.infer) or, with a graph
+        to record, its one-call training (Backend.train), or None where neither applies: random
+        draws (training with noise or dropout between layers), or a backend without it for these
+        tensors (the cpu backend's inference takes both directions only on oneDNN's LSTM; its
+        training is oneDNN's LSTM only).  The layer-by-layer path costs about 25 us more per call
         in Python (measured, LSTM (1, 64), T = 1)."""
         if torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
             return None
         grad = torch.is_grad_enabled()                  # (checked first: no tuples built under no_grad)
-        if grad and ops.needs_graph((x, *self._parameters.values())):
-            return None                                 # a training step: decided before gathering anything
+        # a training step (decided before gathering anything) goes to the backend's ``train``
+        training = grad and ops.needs_graph((x, *self._parameters.values()))
         backend = self.backend_for(x)
-        if type(backend).infer is backends.Backend.infer:
+        if not self._has_whole_stack(backend, training):
             return None
-        if self.bidirectional and not backend.infers_both_directions(self.cell, x):
+        if self.bidirectional and not training and not backend.infers_both_directions(self.cell, x):
             return None
         state0 = None if hx is None else self.initial_state(hx, B, unbatched, x)   # (D*L, B, S_k)
         if self.bidirectional:                                             # (layer, direction) order
@@ -435,15 +436,24 @@ class _Recurrent(nn.Module):
                       for w_ih, b_ih, rec in (self._direction_params(k, d, x),)]
         else:
             layers = self.step_parameters()
-        if grad and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
-            return None
-        found = backend.infer(self.cell, x, state0, layers, self.bidirectional)
+        if grad and not training and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
+            training = True                             # only the state (or a parametrized weight) requires grad
+            if not self._has_whole_stack(backend, training):
+                return None
+        run = backend.train if training else backend.infer
+        found = run(self.cell, x, state0, layers, self.bidirectional)
         if found is None:
             return None
         out, h_n = found
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n)
         return self._layout(out, unbatched), self.pack_state(h_n)
+
+    @staticmethod
+    def _has_whole_stack(backend, training: bool) -> bool:
+        """Whether the backend overrides Backend.train (training) or Backend.infer (inference)."""
+        kind = "train" if training else "infer"
+        return getattr(type(backend), kind) is not getattr(backends.Backend, kind)
 
     # -- autocast --------------------------------------------------------
     def _autocast_dtype(self, x) -> Optional[torch.dtype]:

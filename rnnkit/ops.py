@@ -170,7 +170,7 @@ def torch_ops_only() -> bool:
     kernels read raw data and our hand-derived backward has no jvp and no batching rule: they
     would drop tangents silently or fail on the wrappers.  Under torch.jit.trace only torch's
     ops are recorded: a single step (model.step, the Cell modules) traces as torch's ops."""
-    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active() or torch._C._is_tracing()
+    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active() or torch.jit.is_tracing()
 
 
 def _functorch_active() -> bool:
