@@ -586,9 +586,7 @@ class _Recurrent(nn.Module):
             return None
         found = ops.unchecked_step(self.backend, self.cell, x, self._parameters, self._step_names,
                                    self._step_absent, lambda: self.unpack_state(hx))
-        # the backend's out is a view of the last layer's state: a copy, so that editing the
-        # output in place (as torch.nn's separate tensors allow) leaves the state alone
-        return None if found is None else (found[0].clone(), self.pack_state(found[1]))
+        return None if found is None else (found[0], self.pack_state(found[1]))
 
     def stream(self, batch_size: int = 1, hx=None) -> Stream:
         """A stateful stream for online inference: ``y_t = stream(x_t)``, state updated in place.

@@ -112,6 +112,9 @@ class Backend:
         raise NotImplementedError
 
     def step(self, cell: Cell, x: Tensor, state0: Tuple[Tensor, ...], layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        """One inference step of a stack: x (B, I), state0 (L, B, S_k) each, layers[l] = [w_ih, b_ih,
+        *rec_params] -> (out (B, S_0), h_n (L, B, S_k) each), new tensors; out is not a view of h_n
+        (the user may edit it in place)."""
         raise NotImplementedError
 
     def infers_both_directions(self, cell: Cell, x: Tensor) -> bool:

@@ -99,7 +99,7 @@ class CPU(Backend):
         return d_xp, tuple(d_state0), tuple(d_params)
 
     def step(self, cell: Cell, x: Tensor, state0, layers) -> Tuple[Tensor, Tuple[Tensor, ...]]:
-        out, h_n = extension().step(self._spec(cell), x, list(state0), layers)   # out: a view of h_n[0][-1]
+        out, h_n = extension().step(self._spec(cell), x, list(state0), layers)   # out: a copy of h_n[0][-1]
         return out, tuple(h_n)
 
     # Up to this many multiply-adds in a layer's input projection the one-call path projects through

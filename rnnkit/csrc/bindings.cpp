@@ -16,6 +16,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <cstring>
+
 #include "check.h"
 #include "gemm.h"
 #include "loop.h"
@@ -98,7 +100,7 @@ void project_layer(const OptTensors& p, const T* inp, int64_t rows, int64_t GH, 
 // Streaming inference, functional: one step of a stack of L layers (one direction) in one call,
 // into new state tensors (the inputs are left as they are).
 //   x (B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...]
-//   returns the last layer's output (B, S_0), a view of h_n[0][L-1], and h_n (L, B, S_k).
+//   returns the last layer's output (B, S_0), a copy of h_n[0][L-1], and h_n (L, B, S_k).
 // h_n are the state slots of <cell>_buffers(T = L, save = false), whose workspaces (B, .) serve
 // every layer; layer l writes slice l of h_n and reads slice l-1 as its input; xp (1, B, GH) is
 // the projection workspace shared by the layers.
@@ -141,7 +143,14 @@ Tensors step_states(const std::vector<int64_t>& spec, const Tensor& x, const Ten
 std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
                                  const std::vector<OptTensors>& layers) {
   Tensors h_n = step_states(spec, x, state0, layers);
-  return {h_n[0].select(0, static_cast<int64_t>(layers.size()) - 1), h_n};
+  // the output is a copy of the last layer's state, not a view: editing it in place must leave
+  // the returned state alone (as torch.nn's separate output and h_n); made below autograd, where
+  // a new tensor costs a fraction of a microsecond
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor last = h_n[0].select(0, static_cast<int64_t>(layers.size()) - 1);   // contiguous (B, S_0)
+  Tensor out = at::empty(last.sizes(), last.options());
+  std::memcpy(out.data_ptr(), last.data_ptr(), last.nbytes());
+  return {out, h_n};
 }
 
 // Inference over a whole sequence in one call: a stack of L layers, one direction, no lengths, no
