@@ -124,16 +124,25 @@ class CPU(Backend):
     ONEDNN_STEP_MACS = 1 << 18
     ONEDNN_CALL_MACS = 1 << 25
 
-    def _onednn_pays(self, cell, x) -> bool:
+    @staticmethod
+    def _onednn_case(cell, x):
+        """(B, a step's recurrent multiply-adds B * 4H * H, the first layer's T * B * 4H * (I + H),
+        threads) of a call on x that oneDNN's LSTM primitive could take (a plain float32 LSTM, torch
+        with oneDNN switched on: without it torch runs its native loop, slower than ours), else None."""
         if x.dtype != torch.float32 or cell.key != ("lstm", ()):
-            return False                                   # oneDNN's primitive has no variants
+            return None                                    # oneDNN's primitive has no variants
+        if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            return None
         T, B, I = x.shape
-        H, n = cell.hidden_size, torch.get_num_threads()
-        if B < self.ONEDNN_ROWS * n or B * 4 * H * H < self.ONEDNN_STEP_MACS * n \
-                or T * B * 4 * H * (I + H) < self.ONEDNN_CALL_MACS:
+        H = cell.hidden_size
+        return B, B * 4 * H * H, T * B * 4 * H * (I + H), torch.get_num_threads()
+
+    def _onednn_pays(self, cell, x) -> bool:
+        case = self._onednn_case(cell, x)
+        if case is None:
             return False
-        # without oneDNN torch would run its native loop, slower than ours
-        return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        B, step, call, n = case
+        return B >= self.ONEDNN_ROWS * n and step >= self.ONEDNN_STEP_MACS * n and call >= self.ONEDNN_CALL_MACS
 
     def infers_both_directions(self, cell, x):
         return self._onednn_pays(cell, x)                  # the C++ infer runs one direction
@@ -170,25 +179,19 @@ class CPU(Backend):
     ONEDNN_TRAIN_CALL_MACS = 1 << 26
 
     def _onednn_trains(self, cell, x) -> bool:
-        if x.dtype != torch.float32 or cell.key != ("lstm", ()):
-            return False                                   # oneDNN's primitive has no variants
-        T, B, I = x.shape
-        H, n = cell.hidden_size, torch.get_num_threads()
-        step = B * 4 * H * H
-        if not self.ONEDNN_TRAIN_ROWS <= B <= self.ONEDNN_TRAIN_MAX_ROWS \
-                or not self.ONEDNN_TRAIN_STEP_MACS * n <= step <= self.ONEDNN_TRAIN_MAX_STEP_MACS \
-                or T * B * 4 * H * (I + H) < self.ONEDNN_TRAIN_CALL_MACS:
+        case = self._onednn_case(cell, x)
+        if case is None:
             return False
-        return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        B, step, call, n = case
+        return (self.ONEDNN_TRAIN_ROWS <= B <= self.ONEDNN_TRAIN_MAX_ROWS and call >= self.ONEDNN_TRAIN_CALL_MACS
+                and self.ONEDNN_TRAIN_STEP_MACS * n <= step <= self.ONEDNN_TRAIN_MAX_STEP_MACS)
 
     def train(self, cell, x, state0, layers, bidirectional=False):
         if not self._onednn_trains(cell, x):
             return None
         if state0 is None:
             state0 = tuple(x.new_zeros(len(layers), x.shape[1], s) for s in cell.state_sizes())
-        has_biases = layers[0][1] is not None
-        flat = [w for w_ih, b_ih, w_hh, b_hh in layers
-                for w in ((w_ih, w_hh, b_ih, b_hh) if has_biases else (w_ih, w_hh))]
+        has_biases, flat = _flat_weights(layers)
         out, h_n, c_n = _OneDNNTraining.apply(has_biases, len(layers) // (2 if bidirectional else 1), bidirectional,
                                               x, state0[0], state0[1], *flat)
         return out, (h_n, c_n)
@@ -197,22 +200,28 @@ class CPU(Backend):
         return extension().Stepper(who, self._spec(cell), layers, batch_size)
 
 
+def _flat_weights(layers) -> Tuple[bool, List[Tensor]]:
+    """(has_biases, torch's flat weights) of an LSTM stack, layers[l*D + d] = [w_ih, b_ih, w_hh, b_hh]
+    (biases None or all present)."""
+    has_biases = layers[0][1] is not None
+    return has_biases, [w for w_ih, b_ih, w_hh, b_hh in layers
+                        for w in ((w_ih, w_hh, b_ih, b_hh) if has_biases else (w_ih, w_hh))]
+
+
 def _onednn_lstm(x: Tensor, state0, layers, bidirectional: bool) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """A plain LSTM stack's inference on torch's LSTM (oneDNN's primitive on the CPU), D directions:
     x (T, B, I), state0 (h0, c0) (D*L, B, H) each, layers[l*D + d] = [w_ih, b_ih, w_hh, b_hh]
-    (biases None or all present; torch's order of flat weights) -> (out (T, B, D*H), (h_n, c_n)
-    (D*L, B, H) each)."""
-    has_biases = layers[0][1] is not None
-    flat = [w for w_ih, b_ih, w_hh, b_hh in layers
-            for w in ((w_ih, w_hh, b_ih, b_hh) if has_biases else (w_ih, w_hh))]
-    out, h_n, c_n = torch._VF.lstm(x, tuple(s.contiguous() for s in state0), flat, has_biases,
-                                   len(layers) // (2 if bidirectional else 1), 0.0, False, bidirectional, False)
+    -> (out (T, B, D*H), (h_n, c_n) (D*L, B, H) each)."""
+    has_biases, flat = _flat_weights(layers)
+    out, h_n, c_n = _lstm_stack(x, *(s.contiguous() for s in state0), flat, has_biases,
+                                len(layers) // (2 if bidirectional else 1), bidirectional, train=False)
     return out, (h_n, c_n)
 
 
-def _lstm_stack(x, h0, c0, flat, has_biases: bool, num_layers: int, bidirectional: bool):
-    """torch's LSTM over a stack (flat: torch's order of flat weights): (out, h_n, c_n)."""
-    return torch._VF.lstm(x, (h0, c0), flat, has_biases, num_layers, 0.0, True, bidirectional, False)
+def _lstm_stack(x, h0, c0, flat, has_biases: bool, num_layers: int, bidirectional: bool, train: bool = True):
+    """torch's LSTM over a stack (flat: torch's order of flat weights): (out, h_n, c_n); train=False
+    is inference (oneDNN then keeps no workspace for a backward)."""
+    return torch._VF.lstm(x, (h0, c0), flat, has_biases, num_layers, 0.0, train, bidirectional, False)
 
 
 class _OneDNNTraining(torch.autograd.Function):
