@@ -42,8 +42,8 @@ class _ProbeCell(Cell):
     def param_shapes(self, input_size, bias):
         return self.inner.param_shapes(input_size, bias)
 
-    def step(self, xp, state, p, noise=None):
-        new, saved = self.inner.step(xp, state, p, noise)
+    def step(self, xp, state, p, noise=None, save=True):
+        new, saved = self.inner.step(xp, state, p, noise, save)
         probes = tuple(torch.zeros_like(s, requires_grad=True) for s in new)
         self.probes.append(probes)
         return tuple(s + q for s, q in zip(new, probes)), saved
