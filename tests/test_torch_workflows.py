@@ -197,11 +197,11 @@ def _loss(out):
 
 
 @pytest.mark.parametrize("form, backend", CASES)
-def test_torch_func_grad_vjp_and_jacrev_give_autograds_gradients(form, backend):
+def test_torch_func_grad_vjp_jacrev_and_jvp_give_autograds_gradients(form, backend):
     """torch.func's transforms (whose wrapper tensors the kernels cannot read) run torch's own ops
     and give the gradients ordinary autograd gives through the hand-derived backward: over the
     parameters by functional_call, over the input, on a deep bidirectional stack with lengths."""
-    from torch.func import functional_call, grad, jacrev, vjp
+    from torch.func import functional_call, grad, jacrev, jvp, vjp
     model = _layer(form, backend, num_layers=2, bidirectional=True)
     x, lengths = _x(), torch.tensor([5, 3])
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -213,6 +213,11 @@ def test_torch_func_grad_vjp_and_jacrev_give_autograds_gradients(form, backend):
     torch.testing.assert_close(pull(2 * out + 1)[0], x.grad)
     jac = jacrev(lambda xx: _loss(model(xx, lengths=lengths)[0]))(x.detach())
     torch.testing.assert_close(jac, x.grad)
+    # jvp against vjp: <u, J v> = <J^T u, v>
+    v = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+    _, jv = jvp(lambda xx: model(xx, lengths=lengths)[0], (x.detach(),), (v,))
+    u = torch.randn(jv.shape, dtype=F64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close((u * jv).sum(), (pull(u)[0] * v).sum())
 
 
 @pytest.mark.parametrize("form", list(registry.forms()))
