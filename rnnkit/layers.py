@@ -426,9 +426,10 @@ class _Recurrent(nn.Module):
         # a training step (decided before gathering anything) goes to the backend's ``train``
         training = grad and ops.needs_graph((x, *self._parameters.values()))
         backend = self.backend_for(x)
-        if not self._has_whole_stack(backend, training):
+        if training and not backend.trains(self.cell, x):
             return None
-        if self.bidirectional and not training and not backend.infers_both_directions(self.cell, x):
+        if not training and (type(backend).infer is backends.Backend.infer
+                             or self.bidirectional and not backend.infers_both_directions(self.cell, x)):
             return None
         state0 = None if hx is None else self.initial_state(hx, B, unbatched, x)   # (D*L, B, S_k)
         if self.bidirectional:                                             # (layer, direction) order
@@ -438,7 +439,7 @@ class _Recurrent(nn.Module):
             layers = self.step_parameters()
         if grad and not training and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
             training = True                             # only the state (or a parametrized weight) requires grad
-            if not self._has_whole_stack(backend, training):
+            if not backend.trains(self.cell, x):
                 return None
         run = backend.train if training else backend.infer
         found = run(self.cell, x, state0, layers, self.bidirectional)
@@ -448,12 +449,6 @@ class _Recurrent(nn.Module):
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n)
         return self._layout(out, unbatched), self.pack_state(h_n)
-
-    @staticmethod
-    def _has_whole_stack(backend, training: bool) -> bool:
-        """Whether the backend overrides Backend.train (training) or Backend.infer (inference)."""
-        kind = "train" if training else "infer"
-        return getattr(type(backend), kind) is not getattr(backends.Backend, kind)
 
     # -- autocast --------------------------------------------------------
     def _autocast_dtype(self, x) -> Optional[torch.dtype]:

@@ -132,12 +132,18 @@ class Backend:
         (out (T, B, D*S_0), h_n (D*L, B, S_k) each), new tensors."""
         return None
 
+    def trains(self, cell: Cell, x: Tensor) -> bool:
+        """Whether ``train`` takes a stack of ``cell`` on inputs like ``x`` (T, B, I), either
+        direction: the layers ask before gathering the weights, which a training call that
+        ``train`` declines would waste (every small training step)."""
+        return False
+
     def train(self, cell: Cell, x: Tensor, state0: Optional[Tuple[Tensor, ...]], layers,
               bidirectional: bool = False) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
-        """``infer``'s training counterpart: the same arguments and results, differentiable (first
-        and second order) with respect to x, state0 and every weight, or None where the backend has
-        no whole-stack training for these tensors (the layers then run layer by layer through the
-        hand-derived BPTT).  Never asked with noise or dropout between layers."""
+        """``infer``'s training counterpart where ``trains`` says so: the same arguments and
+        results, differentiable (first and second order) with respect to x, state0 and every
+        weight, or None (the layers then run layer by layer through the hand-derived BPTT).
+        Never asked with noise or dropout between layers."""
         return None
 
     def stepper(self, cell: Cell, layers, batch_size: int, who: str) -> Stepper:

@@ -186,6 +186,9 @@ class CPU(Backend):
         return (self.ONEDNN_TRAIN_ROWS <= B <= self.ONEDNN_TRAIN_MAX_ROWS and call >= self.ONEDNN_TRAIN_CALL_MACS
                 and self.ONEDNN_TRAIN_STEP_MACS * n <= step <= self.ONEDNN_TRAIN_MAX_STEP_MACS)
 
+    def trains(self, cell, x):
+        return self._onednn_trains(cell, x)
+
     def train(self, cell, x, state0, layers, bidirectional=False):
         if not self._onednn_trains(cell, x):
             return None
