@@ -562,7 +562,7 @@ class _Recurrent(nn.Module):
         params = self.step_parameters()
         # The weights as read (a DataParallel replica holds them as attributes, not parameters);
         # under no_grad nothing is gathered for the test.
-        graph = ops.torch_ops_only() or (    # (forward-mode AD: tangents need torch's ops)
+        graph = ops.torch_ops_only() or (    # (forward AD, torch.func, jit.trace: torch's ops only)
             torch.is_grad_enabled() and ops.needs_graph((x, *full, *(w for layer in params for w in layer))))
         if graph or dropout or noisy:
             out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy)   # differentiable

@@ -119,9 +119,17 @@ def test_retain_graph_allows_a_second_backward(every_size):
 
 
 @pytest.mark.parametrize("case", ["variant", "float64", "dropout", "lengths", "trace", "onednn_off", "no_graph"])
-def test_other_training_keeps_our_kernels(every_size, case):
+def test_other_training_keeps_our_kernels(every_size, monkeypatch, case):
     """The route takes only what oneDNN's primitive trains the same: a plain float32 LSTM, oneDNN
     on, no lengths, no trace, no dropout draws; and only calls that record a graph."""
+    taken = []
+    original = cpu.CPU.train
+
+    def spy(self, *a, **kw):
+        found = original(self, *a, **kw)
+        taken.append(found is not None)
+        return found
+    monkeypatch.setattr(cpu.CPU, "train", spy)
     model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu", peephole=case == "variant",
                         dropout=0.5 if case == "dropout" else 0.0)
     x = torch.randn(T, B, I, requires_grad=True)
@@ -132,7 +140,10 @@ def test_other_training_keeps_our_kernels(every_size, case):
         kwargs["return_trace"] = True
     with torch.backends.mkldnn.flags(enabled=case != "onednn_off"), torch.set_grad_enabled(case != "no_graph"):
         out = model(x, **kwargs)[0]
+    assert not any(taken)
     assert out.grad_fn is None or type(out.grad_fn).__name__ != "_OneDNNTrainingBackward"
+    if case == "no_graph":                                      # the same call with a graph takes it
+        assert routed(rnnkit.LSTM(I, H, num_layers=2, backend="cpu"), x)[2]
 
 
 def test_training_route_thresholds():
