@@ -15,6 +15,7 @@ case is an error, never a silent fallback.  A new backend registers in ``_REGIST
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Dict, Optional
 
@@ -98,7 +99,21 @@ def resolve(name: Optional[str], cell, device, dtype: torch.dtype) -> Backend:
     return _resolve(name, cell, device, dtype)
 
 
-@torch.compiler.assume_constant_result
+def _constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing torch._dynamo for it.
+
+    The public decorator imports torch._dynamo, 1.4 s of a 3.4 s first run here (``import rnnkit``
+    and one call), which a program that never compiles should not pay.  Dynamo reads the mark
+    when it meets the call, so setting the same mark as its decorator is the same; a test checks
+    that the two marks agree, and once torch._dynamo is loaded anyway the decorator itself is used.
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_result
 def _resolve_while_tracing(name: Optional[str], spec: str, device: str, dtype: torch.dtype) -> str:
     return _resolve(name, Cell.from_spec(spec), device, dtype).name
 

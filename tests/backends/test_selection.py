@@ -76,3 +76,37 @@ def test_step_follows_the_environment(monkeypatch):
     monkeypatch.setenv("RNNKIT_BACKEND", "bogus")
     with pytest.raises(ValueError, match="RNNKIT_BACKEND: expected one of"):
         backends.resolve_cached(None, model.cell, x.device, x.dtype)
+
+
+def test_import_and_eager_calls_leave_torch_dynamo_unloaded():
+    """torch._dynamo costs 1.4 s to import here: a program that never compiles must not pay it
+    (the backend choice's constant mark under torch.compile once imported it).  The mark set
+    before torch._dynamo was loaded still holds: a later torch.compile(fullgraph=True) traces
+    the choice as a constant."""
+    import subprocess
+    import sys
+    code = ("import sys, torch, rnnkit\n"
+            "for cls in (rnnkit.LSTM, rnnkit.GRU, rnnkit.Elman):\n"
+            "    m = cls(4, 3, num_layers=2)\n"
+            "    m(torch.randn(5, 2, 4))[0].sum().backward()\n"
+            "    m.step(torch.randn(2, 4))\n"
+            "print('torch._dynamo' in sys.modules)\n"
+            "x = torch.randn(5, 2, 4)\n"
+            "compiled = torch.compile(m, fullgraph=True, backend='eager')\n"
+            "print(torch.allclose(compiled(x)[0], m(x)[0]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+
+
+def test_constant_mark_is_torch_compilers_own():
+    """The mark set without importing torch._dynamo is the one its public decorator sets."""
+    def ours():
+        return 0
+
+    def public():
+        return 0
+
+    backends._constant_result(ours)
+    torch.compiler.assume_constant_result(public)
+    assert ours.__dict__ == public.__dict__ != {}
+    assert backends._resolve_while_tracing.__dict__ == public.__dict__
