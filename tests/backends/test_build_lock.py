@@ -163,3 +163,28 @@ def test_the_owner_touches_its_lock_while_it_builds(tmp_path, monkeypatch):
         time.sleep(0.3)
         assert time.time() - path.stat().st_mtime < 5  # not stale while its owner builds
     assert not path.exists()
+
+
+@pytest.mark.parametrize("user_jobs", [None, "3"])
+def test_the_build_runs_one_compiler_per_core_largest_source_first(cache, monkeypatch, user_jobs):
+    """Torch's default of cores + 2 compilers was slower on two cores; the user's MAX_JOBS wins,
+    and the environment is left as it was."""
+    if user_jobs is None:
+        monkeypatch.delenv("MAX_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("MAX_JOBS", user_jobs)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    seen = {}
+    inner = cpp_extension._write_ninja_file_and_build_library
+
+    def spy(name, sources, *args, **kwargs):
+        seen.update(jobs=os.environ.get("MAX_JOBS"), sources=list(sources))
+        return inner(name, sources, *args, **kwargs)
+
+    monkeypatch.setattr(cpp_extension, "_write_ninja_file_and_build_library", spy)
+    _build.load()
+    assert seen["jobs"] == (user_jobs or "2")
+    assert os.environ.get("MAX_JOBS") == user_jobs
+    sizes = [os.path.getsize(s) for s in seen["sources"]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sorted(map(os.path.basename, seen["sources"])) == sorted(p.name for p in _build.CSRC.glob("*.cpp"))
