@@ -428,8 +428,7 @@ class _Recurrent(nn.Module):
         backend = self.backend_for(x)
         if training and not backend.trains(self.cell, x):
             return None
-        if not training and (type(backend).infer is backends.Backend.infer
-                             or self.bidirectional and not backend.infers_both_directions(self.cell, x)):
+        if not training and not backend.infers(self.cell, x, self.bidirectional):
             return None
         state0 = None if hx is None else self.initial_state(hx, B, unbatched, x)   # (D*L, B, S_k)
         if self.bidirectional:                                             # (layer, direction) order

@@ -144,8 +144,8 @@ class CPU(Backend):
         B, step, call, n = case
         return B >= self.ONEDNN_ROWS * n and step >= self.ONEDNN_STEP_MACS * n and call >= self.ONEDNN_CALL_MACS
 
-    def infers_both_directions(self, cell, x):
-        return self._onednn_pays(cell, x)                  # the C++ infer runs one direction
+    def infers(self, cell, x, bidirectional):
+        return not bidirectional or self._onednn_pays(cell, x)    # the C++ infer runs one direction
 
     def infer(self, cell, x, state0, layers, bidirectional=False):
         if self._onednn_pays(cell, x):
