@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import math
 from pathlib import Path
 from typing import List, Tuple
@@ -38,19 +39,53 @@ def open_text(path: str, what: str) -> str:
     return text
 
 
+DELIMITERS = ",\t;|"      # tried in this order on the first row: comma, tab, semicolon, bar
+
+
+def delimiter(first_line: str) -> str:
+    """The field separator of a CSV from its first row: the first of ``DELIMITERS`` it contains
+    outside quotes, else a comma (a one-column file).  Tab- and semicolon-separated exports
+    (spreadsheets in locales with a decimal comma) then read as their columns, not as one."""
+    bare = "".join(part for k, part in enumerate(first_line.split('"')) if k % 2 == 0)
+    return next((d for d in DELIMITERS if d in bare), ",")
+
+
+def csv_rows(text: str, path: str, blank_inside: str) -> List[Tuple[int, List[str]]]:
+    """The CSV's rows that hold anything, each with its line number in the file (what the error
+    messages name).  Blank rows before the first and after the last are dropped; one between
+    rows with data is dropped when ``blank_inside`` is "skip" and is an error when it is "error"
+    (in a series it is a missing value, and dropping it would join the steps on either side)."""
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(first))
+    rows, blank = [], None
+    try:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                blank = blank if blank is not None or not rows else reader.line_num
+                continue
+            if blank is not None and blank_inside == "error":
+                raise UserError(f"--csv {path}: row {blank} is empty, between rows with data (a missing "
+                                f"value?); every step needs a number: fill the gap or remove the row")
+            blank = None
+            rows.append((reader.line_num, row))
+    except csv.Error as e:
+        raise UserError(f"--csv {path}: malformed CSV ({e})") from None
+    if not rows:
+        raise UserError(f"--csv {path}: has no row with a value")
+    return rows
+
+
 def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str]]:
     """One numeric column of a CSV with a header row: (values (N,) float64, labels (N,)).
 
     Labels are the first column (e.g. dates) unless that is the column read; then row numbers.
 
-    ``column`` may be None when the file has exactly one column.
+    ``column`` may be None when the file has exactly one column.  Fields are separated by a
+    comma, tab, semicolon or bar (``delimiter``); an empty row between data rows is an error.
     """
-    text = open_text(path, "--csv")
-    try:
-        rows = [r for r in csv.reader(text.splitlines()) if any(cell.strip() for cell in r)]
-    except csv.Error as e:
-        raise UserError(f"--csv {path}: malformed CSV ({e})") from None
-    header = [h.strip() for h in rows[0]]
+    rows = csv_rows(open_text(path, "--csv"), path, blank_inside="error")
+    header = [h.strip() for h in rows[0][1]]
     if column is None:
         if len(header) != 1:
             raise UserError(f"--csv {path}: has {len(header)} columns; choose one with --target "
@@ -62,11 +97,11 @@ def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str
     if len(rows) < 2:
         raise UserError(f"--csv {path}: has a header but no data rows")
     values, labels = [], []
-    for line, row in enumerate(rows[1:], start=2):
+    for n, (line, row) in enumerate(rows[1:], start=1):
         if len(row) != len(header):
             raise UserError(f"--csv {path}: row {line} has {len(row)} fields, the header has {len(header)}")
         values.append(number(row[j], f"--csv {path}: row {line}, column {column!r}"))
-        labels.append(row[0].strip() if j != 0 else str(line - 1))     # else the data row number
+        labels.append(row[0].strip() if j != 0 else str(n))     # else the data row number
     return np.asarray(values, dtype=np.float64), labels
 
 
@@ -78,13 +113,22 @@ def number(cell: str, where: str) -> float:
     try:
         v = float(cell)
     except ValueError:
-        raise UserError(f"{where}: {cell.strip()!r} is not a number") from None
+        hint = " (a decimal comma? write the number with a point)" if _decimal_comma(cell) else ""
+        raise UserError(f"{where}: {cell.strip()!r} is not a number{hint}") from None
     if not math.isfinite(v):
         raise UserError(f"{where}: {cell.strip()!r} is not a finite number (NaN or infinity)")
     if abs(v) > FLOAT32_MAX:
         raise UserError(f"{where}: {cell.strip()!r} is beyond float32's range (about 3.4e38), "
                         f"which the network computes in")
     return v
+
+
+def _decimal_comma(cell: str) -> bool:
+    try:
+        float(cell.replace(",", "."))
+    except ValueError:
+        return False
+    return cell.count(",") == 1 and "." not in cell
 
 
 def sunspots() -> Tuple[np.ndarray, np.ndarray]:

@@ -146,17 +146,17 @@ def _pad(cases: List[np.ndarray], labels: List[int], T: int) -> Split:
 
 
 def read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
-    """Numeric CSV rows as (T_i, channels) arrays; a non-numeric first row is skipped as a header."""
-    text = data.open_text(csv_path, "--csv")
-    rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
+    """Numeric CSV rows as (T_i, channels) arrays; a non-numeric first row is skipped as a header.
+    Fields are separated as ``data.csv_rows`` finds; empty rows are skipped (each row is a case)."""
+    rows = data.csv_rows(data.open_text(csv_path, "--csv"), csv_path, blank_inside="skip")
     try:
-        [float(c) for c in rows[0] if c.strip()]
+        [float(c) for c in rows[0][1] if c.strip()]
     except ValueError:
         rows = rows[1:]
     if not rows:
         raise UserError(f"--csv {csv_path}: no data rows")
     cases = []
-    for n, row in enumerate(rows, start=1):
+    for n, row in rows:
         vals = [data.number(c, f"--csv {csv_path}: row {n}") for c in row if c.strip()]
         if not vals or len(vals) % channels:
             raise UserError(f"--csv {csv_path}: row {n} has {len(vals)} values; the model reads "
