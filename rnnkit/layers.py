@@ -175,6 +175,12 @@ class _Recurrent(nn.Module):
         """No-op, kept so code written for torch.nn (cuDNN) runs unchanged."""
 
     @property
+    def _all_weights(self) -> List[List[str]]:
+        """The parameter names per layer and direction, as torch.nn's attribute of that name
+        (pruning and weight-drop code walks it)."""
+        return [list(names) for names in self._param_names]
+
+    @property
     def _flat_weights_names(self) -> List[str]:
         """Every parameter name in torch.nn's order (as weight-drop / AWD-LSTM code reads it)."""
         return [n for names in self._param_names for n in names]

@@ -76,6 +76,7 @@ def test_rnnbase_attributes_as_torch(case):
     for name in nn.RNNBase.__constants__:                           # mode, input_size, ..., proj_size
         assert getattr(ours, name) == getattr(ref, name), name
     assert ours._flat_weights_names == ref._flat_weights_names
+    assert ours._all_weights == ref._all_weights                   # names per layer and direction
     assert [[p.shape for p in ws] for ws in ours.all_weights] == [[p.shape for p in ws] for ws in ref.all_weights]
     assert all(a is getattr(ours, n) for a, n in zip(ours._flat_weights, ours._flat_weights_names))
     assert list(ours.state_dict()) == list(ref.state_dict())
