@@ -659,7 +659,7 @@ class _TorchRNNBase(nn.RNNBase):
 
     Listed after ``_Recurrent`` in a layer's bases, so ``_Recurrent``'s methods win where both
     define one (forward, reset_parameters, extra_repr, flatten_parameters -- a no-op --,
-    all_weights, ``_flat_weights_names``).  torch's constructor is skipped: it would register
+    all_weights, ``_all_weights``, ``_flat_weights_names``).  torch's constructor is skipped: it would register
     torch's own parameters.  torch keeps a cached ``_flat_weights`` list with weak references
     that its forward refreshes; here ``_flat_weights`` is read from the module's attributes at
     every access, so the RNNBase methods that maintain that cache are replaced by the plain
