@@ -391,14 +391,20 @@ class _Recurrent(nn.Module):
             fast = self._inferred(x, hx, B, unbatched)
             if fast is not None:
                 return fast
+        first_project = None            # the first layer's projection straight from the user's rows
         if lengths is not None and not packed:
             lengths = validation.lengths_tensor(who, lengths, T, B)
             order = sequence.longest_first(lengths)
             if order is not None:
-                x, lengths = sequence.batch_rows(x, order.to(x.device)), lengths[order]
+                first_project = self._row_projection(x, hx, order, lengths[order])
+                if first_project is None:
+                    x = sequence.batch_rows(x, order.to(x.device))
+                lengths = lengths[order]
+        elif packed:                    # x is in the run's order already: only padded steps to skip
+            first_project = self._row_projection(x, hx, torch.arange(B), lengths)
         state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
-        out, finals, trace = self._run(x, mask, rev, state0, return_trace)
+        out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project)
         # (D*L, B, S_k); finals are fresh tensors (clones or the op's own outputs), so one of them
         # needs no copy
         h_n = tuple(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals)
@@ -510,7 +516,21 @@ class _Recurrent(nn.Module):
             return x
         return sequence.zero_padded(mask, x)
 
-    def _run(self, x, mask, rev, state0, want_trace):
+    def _row_projection(self, x: Tensor, hx, order: Tensor, lengths: Tensor):
+        """The backend's projection of the first layer from the user's rows (``Backend.row_projection``)
+        where it applies: one direction, no graph to record (nothing differentiates it), no
+        compile or functorch transform; else None (x is then copied into the run's order)."""
+        if self._D != 1 or torch.compiler.is_compiling() or ops.torch_ops_only():
+            return None
+        states = hx if isinstance(hx, tuple) else (hx,)
+        if ops.needs_graph((x, *states, *self.parameters())):
+            return None
+        backend = self.backend_for(x)
+        return None if backend.differentiable else backend.row_projection(x, order, lengths)
+
+    def _run(self, x, mask, rev, state0, want_trace, first_project=None):
+        """The stack over the sequence; ``first_project``: the first layer's projection where x is
+        still in the user's row order (``_row_projection``), else None."""
         backend = self.backend_for(x)
         layer_in = self._padding_zeroed(x, mask)
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
@@ -522,7 +542,8 @@ class _Recurrent(nn.Module):
                 xin = layer_in if d == 0 else sequence.reverse(layer_in, rev)
                 noise = self.cell.draw_noise(x.shape[0], x.shape[1], x) if self.training else None
                 out, fin, tr = ops.run_direction(self.cell, backend, xin, mask, state0[layer * self._D + d],
-                                                 w_ih, b_ih, rec, want_trace, noise)
+                                                 w_ih, b_ih, rec, want_trace, noise,
+                                                 project=first_project if layer == 0 else None)
                 if d == 1:
                     out = sequence.reverse(out, rev)
                     tr = {k: sequence.reverse(v, rev) for k, v in tr.items()}

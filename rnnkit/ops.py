@@ -210,17 +210,22 @@ def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False,
-                  noise: Optional[Tuple[Tensor, ...]] = None):
+                  noise: Optional[Tuple[Tensor, ...]] = None, project=None):
     """Run one layer and direction over the sequence: (out, finals, trace).  Under forward-mode
-    AD the oracle's plain loop runs it (the same math in torch ops, which carry the tangents)."""
+    AD the oracle's plain loop runs it (the same math in torch ops, which carry the tangents).
+    ``project``: the backend's input projection (``Backend.row_projection``), only given for a
+    forward without a graph."""
     if not backend.differentiable and torch_ops_only():
         backend = backends.get(backends.ORACLE)
+    if project is not None and (backend.differentiable or needs_graph((x, w_ih, b_ih, *state0, *rec))):
+        raise RuntimeError("run_direction: a backend's row projection is for its own forwards without a graph")
     if backend.differentiable:                               # the plain loop, under autograd
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,
                                         rec, noise, project=F.linear)
         return out, finals, trace
     if not needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
-        out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec, noise)
+        out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec, noise,
+                                        project=project or _linear)
         return out, finals, trace
     noise = tuple(noise or ())
     res = RecurrentFunction.apply(cell, backend, want_trace,

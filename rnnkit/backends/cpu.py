@@ -186,6 +186,22 @@ class CPU(Backend):
         return (self.ONEDNN_TRAIN_ROWS <= B <= self.ONEDNN_TRAIN_MAX_ROWS and call >= self.ONEDNN_TRAIN_CALL_MACS
                 and self.ONEDNN_TRAIN_STEP_MACS * n <= step <= self.ONEDNN_TRAIN_MAX_STEP_MACS)
 
+    def row_projection(self, x, order, lengths):
+        # saves the copy of x into the run's order and the padded steps' share of the projection:
+        # (T, B, H) = (128, 32, 256), 73% of the steps valid, forward without a graph, interleaved
+        # in one process: Elman 9.05 -> 7.62 ms (two threads), 15.36 -> 12.83 (one); GRU 19.26 ->
+        # 18.48 and 31.96 -> 30.78; LSTM (two threads) 25.39 -> 24.95; a PackedSequence, only the
+        # padded steps (its rows come in the run's order): Elman 8.78 -> 7.87, LSTM 26.96 -> 25.35
+        I = x.shape[-1]
+        if (x.device.type != "cpu" or x.dtype not in DTYPES or x.stride(-1) != 1
+                or min(x.stride(0), x.stride(1)) < I):
+            return None
+        ext = extension()
+        order = order.to(torch.long).contiguous()
+        lengths = lengths.to(torch.long).contiguous()
+        return lambda x, w, b: ext.project_rows(x, order, lengths, w.contiguous(),
+                                                None if b is None else b.contiguous())
+
     def trains(self, cell, x):
         return self._onednn_trains(cell, x)
 

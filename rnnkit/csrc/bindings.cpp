@@ -264,4 +264,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       arg("sizes"), arg("dtype"),
       "pooled_empty(sizes, dtype): an uninitialised CPU tensor, from pool.h's cache when it is large");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
+  m.def("project_rows", &rnnkit::project_rows, arg("x"), arg("order"), arg("lengths"), arg("w"), arg("bias"),
+        "xp = project_rows(x, order, lengths, w, bias): the first layer's input projection of a batch "
+        "with lengths in the run's row order, padded steps skipped (gemm.h)");
 }

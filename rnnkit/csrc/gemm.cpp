@@ -7,7 +7,10 @@
 // and calls addmm_, slower but the same math.
 #include "gemm.h"
 
+#include "pool.h"
 #include "simd.h"
+
+#include <ATen/Dispatch.h>
 
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -224,6 +227,55 @@ void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64
 void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
           const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   gemm_with(dgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+namespace {
+
+template <typename T>
+void project_rows_impl(const Tensor& x, const int64_t* order, const int64_t* lengths, const Tensor& w,
+                       const T* bias, Tensor& xp) {
+  const int64_t B = x.size(1), I = x.size(2), GH = w.size(0), st = x.stride(0), sb = x.stride(1);
+  const T *px = x.data_ptr<T>(), *pw = w.data_ptr<T>();
+  T* out = xp.data_ptr<T>();
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+  at::parallel_for(0, n, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t i = k; i < B; i += n) {                   // every n-th row: long and short ones
+        T* c = out + i * GH;                                  // (lengths[i], GH), leading dim B*GH
+        for (int64_t t = 0; bias != nullptr && t < lengths[i]; ++t)
+          std::memcpy(c + t * B * GH, bias, GH * sizeof(T));
+        gemm(Op::N, Op::T, lengths[i], GH, I, px + order[i] * sb, st, pw, I, T(bias != nullptr ? 1 : 0), c, B * GH);
+      }
+  });
+}
+
+}  // namespace
+
+Tensor project_rows(const Tensor& x, const Tensor& order, const Tensor& lengths, const Tensor& w,
+                    const c10::optional<Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.stride(2) == 1 && x.stride(0) >= x.size(2) &&
+                  x.stride(1) >= x.size(2),
+              "project_rows: x: expected a (T, B, I) CPU tensor with its features contiguous");
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == I && w.is_contiguous() && w.scalar_type() == x.scalar_type(),
+              "project_rows: w: expected a contiguous (GH, ", I, ") tensor of x's dtype");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == w.size(0) && bias->is_contiguous() &&
+                            bias->scalar_type() == x.scalar_type()),
+              "project_rows: bias: expected a contiguous (", w.size(0), ") tensor of x's dtype");
+  for (const Tensor* idx : {&order, &lengths})
+    TORCH_CHECK(idx->dim() == 1 && idx->size(0) == B && idx->scalar_type() == at::kLong && idx->is_contiguous() &&
+                idx->device().is_cpu(), "project_rows: order and lengths: expected contiguous (", B, ") int64 CPU tensors");
+  const int64_t *po = order.data_ptr<int64_t>(), *pl = lengths.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B; ++i) {                    // never a read outside x or a write outside xp
+    TORCH_CHECK(po[i] >= 0 && po[i] < B, "project_rows: order[", i, "] = ", po[i], " is not a row of x");
+    TORCH_CHECK(pl[i] >= 0 && pl[i] <= T_, "project_rows: lengths[", i, "] = ", pl[i], " is outside [0, ", T_, "]");
+  }
+  Tensor xp = pooled_empty({T_, B, w.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project_rows", [&] {
+    project_rows_impl<scalar_t>(x, po, pl, w, has_bias ? bias->data_ptr<scalar_t>() : nullptr, xp);
+  });
+  return xp;
 }
 
 namespace {

@@ -25,6 +25,20 @@ void project_into(const T* x, int64_t B, int64_t I, const T* w, const T* bias, i
   gemm(Op::N, Op::T, B, GH, I, x, I, w, I, T(bias != nullptr ? 1 : 0), xp, GH);
 }
 
+// The first layer's input projection of a batch with lengths, its rows gathered in the run's
+// order (longest first) without copying the input, and no padded step computed:
+//   x        (T, B, I)    the user's batch, read only: any strides with the features contiguous
+//                         (a batch_first input's transposed view needs no copy)
+//   order    (B,) int64   row i of the run is the user's row order[i]
+//   lengths  (B,) int64   valid steps of the run's row i (non-increasing, each in [0, T])
+//   w        (GH, I), bias (GH) | None
+//   returns  xp (T, B, GH): xp[t, i] = x[t, order[i]] w^T + bias for t < lengths[i]; the padded
+//            rows (t >= lengths[i]) are left uninitialised (no backend reads them).
+// One GEMM per row (M = lengths[i] steps, leading dimensions B*I and B*GH), rows dealt out to the
+// threads in turn so that each gets long and short ones.
+Tensor project_rows(const Tensor& x, const Tensor& order, const Tensor& lengths, const Tensor& w,
+                    const c10::optional<Tensor>& bias);
+
 // True when the BLAS that ships inside libtorch_cpu is reachable (else ATen's addmm is used).
 bool has_blas();
 
