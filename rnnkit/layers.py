@@ -400,8 +400,10 @@ class _Recurrent(nn.Module):
                 if first_project is None:
                     x = sequence.batch_rows(x, order.to(x.device))
                 lengths = lengths[order]
-        elif packed:                    # x is in the run's order already: only padded steps to skip
-            first_project = self._row_projection(x, hx, torch.arange(B), lengths)
+            elif x.device.type == "cpu" and int(lengths.min()) < T:    # in the run's order already:
+                first_project = self._row_projection(x, hx, torch.arange(B), lengths)   # padded steps to skip
+        elif packed and x.device.type == "cpu" and int(lengths.min()) < T:   # in the run's order already:
+            first_project = self._row_projection(x, hx, torch.arange(B), lengths)   # padded steps to skip
         state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project)
@@ -526,7 +528,7 @@ class _Recurrent(nn.Module):
         if ops.needs_graph((x, *states, *self.parameters())):
             return None
         backend = self.backend_for(x)
-        return None if backend.differentiable else backend.row_projection(x, order, lengths)
+        return None if backend.differentiable else backend.row_projection(self.cell, x, order, lengths)
 
     def _run(self, x, mask, rev, state0, want_trace, first_project=None):
         """The stack over the sequence; ``first_project``: the first layer's projection where x is

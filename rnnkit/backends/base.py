@@ -133,9 +133,9 @@ class Backend:
         (out (T, B, D*S_0), h_n (D*L, B, S_k) each), new tensors."""
         return None
 
-    def row_projection(self, x: Tensor, order: Tensor, lengths: Tensor):
+    def row_projection(self, cell: Cell, x: Tensor, order: Tensor, lengths: Tensor):
         """For a batch with lengths whose rows the layers would copy into the run's order (longest
-        first) for the first layer: a function ``project(x, w_ih, b_ih) -> xp (T, B, G*H)`` that
+        first) for the first layer of ``cell``: a function ``project(x, w_ih, b_ih) -> xp (T, B, G*H)`` that
         reads ``x`` (T, B, I) in the user's order and writes the projection in the run's (row i =
         the user's row order[i]; ``lengths`` (B,) the run's rows', non-increasing), where padded
         steps may be left unset; or None, and the layers copy x.  Asked only for a forward without

@@ -24,7 +24,9 @@ FORMS = {
 
 @pytest.fixture
 def used(monkeypatch):
-    """How many row projections the forwards asked for and got (the spy counts the C++ calls)."""
+    """How many row projections the forwards asked for and got (the spy counts the C++ calls);
+    the size rule lowered so that these small cases take it."""
+    monkeypatch.setattr(cpu.CPU, "ROW_PROJECTION_MACS", 1)
     seen = []
     original = cpu.CPU.row_projection
 
@@ -89,6 +91,18 @@ def test_a_packed_batch_skips_its_padded_steps_with_the_same_results(used, form)
 
 
 @needs_cpu
+def test_sorted_lengths_skip_their_padded_steps_too(used):
+    model = rnnkit.GRU(I, H, backend="cpu").eval()
+    x, lengths = torch.randn(T, B, I), LENGTHS.sort(descending=True).values
+    with torch.no_grad():
+        ours = flat(model(x, None, lengths))
+        assert len(used) == 1
+        want = flat(copying(model, x, None, lengths))
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b)
+
+
+@needs_cpu
 def test_padded_steps_are_never_read(used):
     """NaN on every padded step of the input: the outputs are those of a zero padding."""
     model = rnnkit.LSTM(I, H, backend="cpu").eval()
@@ -103,12 +117,13 @@ def test_padded_steps_are_never_read(used):
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", ["graph", "hx graph", "bidirectional", "sorted", "no lengths", "autograd backend"])
+@pytest.mark.parametrize("case", ["graph", "hx graph", "bidirectional", "full lengths", "no lengths",
+                                  "autograd backend"])
 def test_other_calls_copy_or_need_no_order(used, case):
     model = rnnkit.GRU(I, H, bidirectional=case == "bidirectional",
                        backend="autograd" if case == "autograd backend" else "cpu").eval()
     x = torch.randn(T, B, I)
-    lengths = LENGTHS.sort(descending=True).values if case == "sorted" else LENGTHS
+    lengths = torch.full((B,), T) if case == "full lengths" else LENGTHS
     hx = torch.randn(2 if case == "bidirectional" else 1, B, H, requires_grad=case == "hx graph")
     with torch.set_grad_enabled(case in ("graph", "hx graph")):
         if case == "no lengths":
@@ -116,8 +131,19 @@ def test_other_calls_copy_or_need_no_order(used, case):
         else:
             model(x, hx, lengths)
     assert used == []
-    assert cpu.CPU().row_projection(x, torch.arange(B), LENGTHS) is not None    # a positive control
-    assert cpu.CPU().row_projection(x.expand(T, B, I)[:, :1].expand(T, B, I), torch.arange(B), LENGTHS) is None
+    cell = model.cell
+    assert cpu.CPU().row_projection(cell, x, torch.arange(B), LENGTHS) is not None    # a positive control
+    assert cpu.CPU().row_projection(cell, x[:, :1].expand(T, B, I), torch.arange(B), LENGTHS) is None
+
+
+@needs_cpu
+@pytest.mark.parametrize("T_, B_, H_, taken", [(8, 64, 256, True), (12, 128, 64, False), (4, 512, 128, False)])
+def test_one_gemm_per_sequence_only_where_a_sequences_product_is_large(T_, B_, H_, taken):
+    """The rule measured on Elman: a sequence's mean valid steps x I x G*H of at least 2^19."""
+    cell = rnnkit.RNN(H_, H_).cell
+    lengths = torch.full((B_,), T_)
+    project = cpu.CPU().row_projection(cell, torch.randn(T_, B_, H_), torch.arange(B_), lengths)
+    assert (project is not None) == taken
 
 
 @needs_cpu
