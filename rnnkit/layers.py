@@ -400,9 +400,9 @@ class _Recurrent(nn.Module):
                 if first_project is None:
                     x = sequence.batch_rows(x, order.to(x.device))
                 lengths = lengths[order]
-            elif x.device.type == "cpu" and int(lengths.min()) < T:    # in the run's order already:
+            elif x.device.type == "cpu" and bool((lengths < T).any()):    # in the run's order already:
                 first_project = self._row_projection(x, hx, torch.arange(B), lengths)   # padded steps to skip
-        elif packed and x.device.type == "cpu" and int(lengths.min()) < T:   # in the run's order already:
+        elif packed and x.device.type == "cpu" and bool((lengths < T).any()):   # in the run's order already:
             first_project = self._row_projection(x, hx, torch.arange(B), lengths)   # padded steps to skip
         state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
