@@ -391,19 +391,16 @@ class _Recurrent(nn.Module):
             fast = self._inferred(x, hx, B, unbatched)
             if fast is not None:
                 return fast
-        first_project = None            # the first layer's projection straight from the user's rows
         if lengths is not None and not packed:
             lengths = validation.lengths_tensor(who, lengths, T, B)
             order = sequence.longest_first(lengths)
             if order is not None:
-                first_project = self._row_projection(x, hx, order, lengths[order])
-                if first_project is None:
-                    x = sequence.batch_rows(x, order.to(x.device))
                 lengths = lengths[order]
-            elif x.device.type == "cpu" and bool((lengths < T).any()):    # in the run's order already:
-                first_project = self._row_projection(x, hx, torch.arange(B), lengths)   # padded steps to skip
-        elif packed and x.device.type == "cpu" and bool((lengths < T).any()):   # in the run's order already:
-            first_project = self._row_projection(x, hx, torch.arange(B), lengths)   # padded steps to skip
+        # the first layer's projection from the user's rows where they are (a packed batch's are in
+        # the run's order already), else None and x is copied into the run's order
+        first_project = None if lengths is None else self._row_projection(x, hx, None if packed else order, lengths)
+        if first_project is None and order is not None and not packed:
+            x = sequence.batch_rows(x, order.to(x.device))
         state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project)
@@ -518,7 +515,7 @@ class _Recurrent(nn.Module):
             return x
         return sequence.zero_padded(mask, x)
 
-    def _row_projection(self, x: Tensor, hx, order: Tensor, lengths: Tensor):
+    def _row_projection(self, x: Tensor, hx, order: Optional[Tensor], lengths: Tensor):
         """The backend's projection of the first layer from the user's rows (``Backend.row_projection``)
         where it applies: one direction, no graph to record (nothing differentiates it), no
         compile or functorch transform; else None (x is then copied into the run's order)."""

@@ -133,13 +133,14 @@ class Backend:
         (out (T, B, D*S_0), h_n (D*L, B, S_k) each), new tensors."""
         return None
 
-    def row_projection(self, cell: Cell, x: Tensor, order: Tensor, lengths: Tensor):
-        """For a batch with lengths whose rows the layers would copy into the run's order (longest
-        first) for the first layer of ``cell``: a function ``project(x, w_ih, b_ih) -> xp (T, B, G*H)`` that
-        reads ``x`` (T, B, I) in the user's order and writes the projection in the run's (row i =
-        the user's row order[i]; ``lengths`` (B,) the run's rows', non-increasing), where padded
-        steps may be left unset; or None, and the layers copy x.  Asked only for a forward without
-        a graph (the projection is then never differentiated) and one direction."""
+    def row_projection(self, cell: Cell, x: Tensor, order: Optional[Tensor], lengths: Tensor):
+        """For a batch with lengths, the first layer of ``cell``: a function ``project(x, w_ih,
+        b_ih) -> xp (T, B, G*H)`` that reads ``x`` (T, B, I) in the user's order and writes the
+        projection in the run's, longest first (row i = the user's row order[i]; order None: the
+        rows are in the run's order already; ``lengths`` (B,) the run's rows', non-increasing),
+        where padded steps may be left unset; or None, and the layers copy x into the run's order
+        (where order is given) and project every step.  Asked only for a forward without a graph
+        (the projection is then never differentiated) and one direction."""
         return None
 
     def trains(self, cell: Cell, x: Tensor) -> bool:

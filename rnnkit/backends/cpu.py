@@ -199,15 +199,16 @@ class CPU(Backend):
         # in one process: Elman 9.05 -> 7.62 ms (two threads), 15.36 -> 12.83 (one); GRU 19.26 ->
         # 18.48 and 31.96 -> 30.78; LSTM (two threads) 25.39 -> 24.95; a PackedSequence, only the
         # padded steps (its rows come in the run's order): Elman 8.78 -> 7.87, LSTM 26.96 -> 25.35
-        I = x.shape[-1]
+        T, B, I = x.shape
         if (x.device.type != "cpu" or x.dtype not in DTYPES or x.stride(-1) != 1
-                or min(x.stride(0), x.stride(1)) < I):
+                or min(x.stride(0), x.stride(1)) < I or B == 0):
             return None
-        mean_steps = int(lengths.sum()) / max(1, lengths.numel())
-        if mean_steps * I * cell.n_gates * cell.hidden_size < self.ROW_PROJECTION_MACS:
+        if order is None and int(lengths.min()) >= T:        # in the run's order and no padding
+            return None
+        if int(lengths.sum()) / B * I * cell.n_gates * cell.hidden_size < self.ROW_PROJECTION_MACS:
             return None
         ext = extension()
-        order = order.to(torch.long).contiguous()
+        order = torch.arange(B) if order is None else order.to(torch.long).contiguous()
         lengths = lengths.to(torch.long).contiguous()
         return lambda x, w, b: ext.project_rows(x, order, lengths, w.contiguous(),
                                                 None if b is None else b.contiguous())

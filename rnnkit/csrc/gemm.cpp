@@ -10,9 +10,8 @@
 #include "pool.h"
 #include "simd.h"
 
-#include <ATen/Dispatch.h>
-
 #include <ATen/Context.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>

@@ -50,21 +50,21 @@ def delimiter(first_line: str) -> str:
     return next((d for d in DELIMITERS if d in bare), ",")
 
 
-def csv_rows(text: str, path: str, blank_inside: str) -> List[Tuple[int, List[str]]]:
+def csv_rows(text: str, path: str, gaps_are_errors: bool) -> List[Tuple[int, List[str]]]:
     """The CSV's rows that hold anything, each with its line number in the file (what the error
     messages name).  Blank rows before the first and after the last are dropped; one between
-    rows with data is dropped when ``blank_inside`` is "skip" and is an error when it is "error"
-    (in a series it is a missing value, and dropping it would join the steps on either side)."""
-    lines = text.splitlines()
-    first = next((line for line in lines if line.strip()), "")
+    rows with data is dropped too, or is an error with ``gaps_are_errors`` (in a series it is a
+    missing value, and dropping it would join the steps on either side)."""
+    first = next((line for line in io.StringIO(text) if line.strip()), "")     # (lazily: no list of lines)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(first))
-    rows, blank = [], None
+    rows, blank = [], None              # blank: the line of the first empty row after data
     try:
         for row in reader:
             if not any(cell.strip() for cell in row):
-                blank = blank if blank is not None or not rows else reader.line_num
+                if rows and blank is None:
+                    blank = reader.line_num
                 continue
-            if blank is not None and blank_inside == "error":
+            if blank is not None and gaps_are_errors:
                 raise UserError(f"--csv {path}: row {blank} is empty, between rows with data (a missing "
                                 f"value?); every step needs a number: fill the gap or remove the row")
             blank = None
@@ -84,7 +84,7 @@ def read_csv_column(path: str, column: str | None) -> Tuple[np.ndarray, List[str
     ``column`` may be None when the file has exactly one column.  Fields are separated by a
     comma, tab, semicolon or bar (``delimiter``); an empty row between data rows is an error.
     """
-    rows = csv_rows(open_text(path, "--csv"), path, blank_inside="error")
+    rows = csv_rows(open_text(path, "--csv"), path, gaps_are_errors=True)
     header = [h.strip() for h in rows[0][1]]
     if column is None:
         if len(header) != 1:

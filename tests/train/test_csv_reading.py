@@ -71,3 +71,11 @@ def test_a_file_of_empty_cells_has_no_rows(tmp_path):
         data.read_csv_column(_file(tmp_path, ",,\n ,\n"), None)
     with pytest.raises(UserError, match="has no row with a value"):
         classify.read_rows(_file(tmp_path, ",,\n", "rows.csv"), 1)
+
+
+def test_a_header_that_starts_with_its_separator(tmp_path):
+    """An index column without a name (pandas' to_csv with sep='\\t'): the first row starts
+    with the separator, which must not be taken for leading space."""
+    values, labels = data.read_csv_column(_file(tmp_path, "\tlevel\n0\t1.5\n1\t2.5\n"), "level")
+    np.testing.assert_array_equal(values, [1.5, 2.5])
+    assert labels == ["0", "1"]

@@ -148,7 +148,7 @@ def _pad(cases: List[np.ndarray], labels: List[int], T: int) -> Split:
 def read_rows(csv_path: str, channels: int) -> List[np.ndarray]:
     """Numeric CSV rows as (T_i, channels) arrays; a non-numeric first row is skipped as a header.
     Fields are separated as ``data.csv_rows`` finds; empty rows are skipped (each row is a case)."""
-    rows = data.csv_rows(data.open_text(csv_path, "--csv"), csv_path, blank_inside="skip")
+    rows = data.csv_rows(data.open_text(csv_path, "--csv"), csv_path, gaps_are_errors=False)
     try:
         [float(c) for c in rows[0][1] if c.strip()]
     except ValueError:
