@@ -387,12 +387,18 @@ class _Recurrent(nn.Module):
         if T == 0:
             raise validation.MismatchError(f"{who}: input: expected at least one time step, "
                                            f"got shape {tuple(x.shape)}")
-        if lengths is None and not packed and not return_trace:
-            fast = self._inferred(x, hx, B, unbatched)
-            if fast is not None:
-                return fast
         if lengths is not None and not packed:
             lengths = validation.lengths_tensor(who, lengths, T, B)
+        fast = None if return_trace else self._inferred(x, hx, B, unbatched, lengths, order)
+        if fast is not None:
+            out, h_n = fast
+            if packed:
+                out = PackedSequence(pack_padded_sequence(out, lengths, enforce_sorted=True).data, input.batch_sizes,
+                                     input.sorted_indices, input.unsorted_indices)
+            else:
+                out = self._layout(out, unbatched)
+            return out, self.pack_state(h_n)
+        if lengths is not None and not packed:
             order = sequence.longest_first(lengths)
             if order is not None:
                 lengths = lengths[order]
@@ -402,7 +408,7 @@ class _Recurrent(nn.Module):
         if first_project is None and order is not None and not packed:
             x = sequence.batch_rows(x, order.to(x.device))
         state0 = self._initial_states(hx, B, unbatched, x, order)
-        mask, rev = sequence.length_mask(lengths, T, x.device)
+        mask, rev = sequence.length_mask(lengths, T, x.device, reversal=self._D == 2)
         out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project)
         # (D*L, B, S_k); finals are fresh tensors (clones or the op's own outputs), so one of them
         # needs no copy
@@ -422,13 +428,18 @@ class _Recurrent(nn.Module):
                                for tr in lay] for lay in trace]),)
         return result
 
-    def _inferred(self, x: Tensor, hx, B: int, unbatched: bool):
-        """forward's result from the backend's one-call inference (Backend.infer) or, with a graph
-        to record, its one-call training (Backend.train), or None where neither applies: random
-        draws (training with noise or dropout between layers), or a backend without it for these
-        tensors (the cpu backend's inference takes both directions only on oneDNN's LSTM; its
-        training is oneDNN's LSTM only).  The layer-by-layer path costs about 25 us more per call
-        in Python (measured, LSTM (1, 64), T = 1)."""
+    def _inferred(self, x: Tensor, hx, B: int, unbatched: bool, lengths: Optional[Tensor] = None,
+                  order: Optional[Tensor] = None):
+        """(out (T, B, D*S_0), h_n (D*L, B, S_k) each, unbatched squeezed) from the backend's one-call
+        inference (Backend.infer, also with ``lengths``) or, with a graph to record and no lengths,
+        its one-call training (Backend.train); ``order``: x's row i is the user's row order[i] (a
+        padded PackedSequence: hx and h_n are in the user's order).  None where neither applies:
+        random draws (training with noise or
+        dropout between layers), or a backend without it for these tensors (the cpu backend's
+        inference takes both directions only on oneDNN's LSTM, without lengths; its training is
+        oneDNN's LSTM only).  The layer-by-layer path costs about 25 us more per call in Python
+        (measured, LSTM (1, 64), T = 1), and with lengths about 150 us more (Elman (8, 128), T = 4:
+        the run's order, mask and copies in tensor ops)."""
         if torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
@@ -436,12 +447,16 @@ class _Recurrent(nn.Module):
         grad = torch.is_grad_enabled()                  # (checked first: no tuples built under no_grad)
         # a training step (decided before gathering anything) goes to the backend's ``train``
         training = grad and ops.needs_graph((x, *self._parameters.values()))
+        if training and lengths is not None:
+            return None
         backend = self.backend_for(x)
         if training and not backend.trains(self.cell, x):
             return None
-        if not training and not backend.infers(self.cell, x, self.bidirectional):
+        if not training and not backend.infers(self.cell, x, self.bidirectional, lengths):
             return None
         state0 = None if hx is None else self.initial_state(hx, B, unbatched, x)   # (D*L, B, S_k)
+        if state0 is not None and order is not None:
+            state0 = tuple(h.index_select(1, order.to(h.device)) for h in state0)
         if self.bidirectional:                                             # (layer, direction) order
             layers = [[w_ih, b_ih, *rec] for k in range(self.num_layers) for d in range(2)
                       for w_ih, b_ih, rec in (self._direction_params(k, d, x),)]
@@ -449,16 +464,21 @@ class _Recurrent(nn.Module):
             layers = self.step_parameters()
         if grad and not training and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
             training = True                             # only the state (or a parametrized weight) requires grad
-            if not backend.trains(self.cell, x):
+            if lengths is not None or not backend.trains(self.cell, x):
                 return None
-        run = backend.train if training else backend.infer
-        found = run(self.cell, x, state0, layers, self.bidirectional)
+        if training:
+            found = backend.train(self.cell, x, state0, layers, self.bidirectional)
+        else:
+            found = backend.infer(self.cell, x, state0, layers, self.bidirectional, lengths=lengths)
         if found is None:
             return None
         out, h_n = found
+        if order is not None:
+            back = sequence.user_order(order, x.device)
+            h_n = tuple(h.index_select(1, back) for h in h_n)
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n)
-        return self._layout(out, unbatched), self.pack_state(h_n)
+        return out, h_n
 
     # -- autocast --------------------------------------------------------
     def _autocast_dtype(self, x) -> Optional[torch.dtype]:
@@ -511,8 +531,8 @@ class _Recurrent(nn.Module):
         must not enter the math (a NaN times a zero gradient is NaN in the weight gradients).  A
         forward without a graph only computes the padded rows' projections, which every backend
         leaves unread, so the copy is skipped."""
-        if mask is None or not ops.needs_graph((x, *self.parameters())):
-            return x
+        if mask is None or not torch.is_grad_enabled() or not ops.needs_graph((x, *self.parameters())):
+            return x                    # (grad mode first: no walk over the parameters under no_grad)
         return sequence.zero_padded(mask, x)
 
     def _row_projection(self, x: Tensor, hx, order: Optional[Tensor], lengths: Tensor):
@@ -522,7 +542,7 @@ class _Recurrent(nn.Module):
         if self._D != 1 or torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         states = hx if isinstance(hx, tuple) else (hx,)
-        if ops.needs_graph((x, *states, *self.parameters())):
+        if torch.is_grad_enabled() and ops.needs_graph((x, *states, *self.parameters())):
             return None
         backend = self.backend_for(x)
         return None if backend.differentiable else backend.row_projection(self.cell, x, order, lengths)

@@ -29,18 +29,18 @@ def longest_first(lengths: Tensor) -> Optional[Tensor]:
     """The batch order (B,) that sorts ``lengths`` longest first (stable: ties keep their order),
     or None when they already are.  The layers run a batch in this order, as torch.nn's packed
     sequences do: a step's finished sequences are then its last rows, which the CPU kernels skip."""
-    if lengths.numel() < 2 or bool((lengths[:-1] >= lengths[1:]).all()):
+    # on the host as a list: the batch's handful of tensor ops cost more than the values' walk
+    vals = lengths.tolist()
+    if all(a >= b for a, b in zip(vals, vals[1:])):
         return None
-    return torch.argsort(lengths, descending=True, stable=True)
+    return torch.tensor(sorted(range(len(vals)), key=vals.__getitem__, reverse=True), dtype=torch.long)
 
 
 def user_order(order: Optional[Tensor], device) -> Optional[Tensor]:
     """The inverse of a batch order: rows run in ``order`` back to the user's (None for None)."""
     if order is None:
         return None
-    back = torch.empty_like(order)
-    back[order] = torch.arange(order.numel(), device=order.device)
-    return back.to(device)
+    return torch.argsort(order).to(device)                    # a permutation's sort is its inverse
 
 
 # Where a CPU copy's buffer comes from: the C++ kernels' cache of large buffers (csrc/pool.h),
@@ -92,17 +92,19 @@ def batch_rows(t: Tensor, order: Optional[Tensor]) -> Tensor:
     return _rows_into(t, order)
 
 
-def length_mask(lengths: Optional[Tensor], T: int, device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """mask (T, B, 1) bool (True inside sequence b) and the reversal index (T, B, 1) for ``reverse``.
+def length_mask(lengths: Optional[Tensor], T: int, device,
+                reversal: bool = True) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """mask (T, B, 1) bool (True inside sequence b) and the reversal index (T, B, 1) for ``reverse``
+    (None unless ``reversal``: only a backward direction needs it).
 
     (None, None) when there are no lengths or every sequence is full: the dense fast path.
     """
     if lengths is None or lengths.numel() == 0 or int(lengths.min()) == T:
         return None, None
     t = torch.arange(T).unsqueeze(1)                                    # (T, 1)
-    n = lengths.unsqueeze(0)                                            # (1, B)
-    mask = (t < n).unsqueeze(-1).to(device)
-    rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1).to(device)
+    inside = t < lengths                                                # (T, B)
+    mask = inside.unsqueeze(-1).to(device)
+    rev = torch.where(inside, lengths - 1 - t, t).unsqueeze(-1).to(device) if reversal else None
     return mask, rev
 
 

@@ -93,9 +93,10 @@ def lengths_tensor(who: str, lengths, T: int, B: int) -> Tensor:
     if lengths.numel() != B:
         raise ValueError(f"{who}: lengths: expected {B} entries (the batch size), got {lengths.numel()}")
     lengths = lengths.to("cpu", torch.long)
-    if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
-        raise ValueError(f"{who}: lengths: expected every length in [1, {T}] (T={T}), "
-                         f"got min {int(lengths.min())}, max {int(lengths.max())}")
+    if B:
+        lo, hi = (int(v) for v in torch.aminmax(lengths))
+        if lo < 1 or hi > T:
+            raise ValueError(f"{who}: lengths: expected every length in [1, {T}] (T={T}), got min {lo}, max {hi}")
     return lengths
 
 

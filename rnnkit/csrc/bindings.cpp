@@ -25,6 +25,7 @@
 #include "pool.h"
 #include "rnn.h"
 #include "stream.h"
+#include "varlen.h"
 
 namespace rnnkit {
 namespace {
@@ -153,17 +154,22 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   return {out, h_n};
 }
 
-// Inference over a whole sequence in one call: a stack of L layers, one direction, no lengths, no
-// noise, nothing saved (what a layer's forward does without autograd, less its Python per layer).
+// Inference over a whole sequence in one call: a stack of L layers, one direction, no noise,
+// nothing saved (what a layer's forward does without autograd, less its Python per layer).
 //   x (T, B, I); state0 (L, B, S_k) each, or none for zeros; layers[l] = [w_ih, b_ih | None,
-//   rec params...]; returns out (T, B, S_0), the last layer's states, and h_n (L, B, S_k) (new
-//   tensors).
+//   rec params...]; lengths: none, or (B,) int64 valid steps of the user's rows, each in [1, T];
+//   returns out (T, B, S_0), the last layer's states (zeros on padded steps), and h_n (L, B, S_k)
+//   (each row's state after its last valid step), new tensors in the user's row order.
 // xp (T, B, GH) is the projection workspace of every layer in turn (the weights' sizes checked
-// equal across layers by the Checker); layer l reads layer l-1's states[0].  Below autograd's
-// dispatch keys, as step_states: the results are new tensors (the last layer's states, h_n), and
-// the views made on the way are of tensors the caller never sees.
+// equal across layers by the Checker); layer l reads layer l-1's states[0].  With lengths the
+// rows run longest first (RunOrder); a layer whose sequences' mean valid steps x I x GH reach
+// row_macs (> 0) projects one sequence at a time over its valid steps only (project_rows_into;
+// the first layer then reads x's rows where they are, with no copy into the run's order).
+// Below autograd's dispatch keys, as step_states: the results are new tensors (the last
+// layer's states, h_n), and the views made on the way are of tensors the caller never sees.
 std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
-                                  const std::vector<OptTensors>& layers) {
+                                  const std::vector<OptTensors>& layers, const c10::optional<Tensor>& lengths,
+                                  int64_t row_macs) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
@@ -172,26 +178,46 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   check_stack(c, "rnnkit.infer", layers, state0, true);
   const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
+  const bool varlen = lengths.has_value() && lengths->defined();
+  TORCH_CHECK_VALUE(!varlen || (lengths->dim() == 1 && lengths->size(0) == B), "rnnkit.infer: lengths: expected (",
+                    B, ",) (one per row of x), got shape ", lengths->sizes());
+  const RunOrder run = varlen ? RunOrder(*lengths, Tn) : RunOrder(B, Tn);
+  const Tensor mask = run.full ? Tensor() : run.mask(Tn);
+  const RunOrder in_run(B, Tn);                                       // its order: rows already in run order
+  const double mean_steps = B > 0 ? double(run.valid_steps()) / double(B) : 0.0;
+  const auto by_rows = [&](int64_t I) { return !run.full && row_macs > 0 && mean_steps * I * GH >= row_macs; };
   Tensors s0 = dense(state0);
   if (state0.empty())
     for (const Sym k : c.states()) s0.push_back(at::zeros({L, B, c.size(k)}, x.options()));
+  else if (!run.sorted)
+    for (Tensor& s : s0) s = run.gather(s);
   Tensors h_n;
   for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
   const Tensor xp = empty_seq({Tn, B, GH}, x.options());
-  Tensor inp = x.contiguous();
+  Tensor xt = x.stride(2) == 1 ? x : x.contiguous();                 // rows read in place by project_rows_into
+  Tensor inp = by_rows(x.size(2)) ? xt : (run.sorted ? x.contiguous() : run.gather(xt));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_infer", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < L; ++l) {
       const OptTensors& p = layers[l];
-      project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xp.data_ptr<T>());
+      if (by_rows(p[0]->size(1))) {
+        Tensor out = xp;
+        project_rows_into(inp, l == 0 ? run.order.data() : in_run.order.data(), run.len.data(), p[0]->contiguous(),
+                          p[1].has_value() && p[1]->defined() ? c10::optional<Tensor>(p[1]->contiguous())
+                                                              : c10::nullopt, out);
+      } else {
+        project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xp.data_ptr<T>());
+      }
       Tensors in;
       for (const Tensor& s : s0) in.push_back(s.select(0, l));
-      const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false});
+      const FwdResult r = cell.forward(sp, {xp, mask, in, dense(OptTensors(p.begin() + 2, p.end())), false});
       for (size_t k = 0; k < h_n.size(); ++k) h_n[k].select(0, l).copy_(r.states[k].select(0, Tn - 1));
       inp = r.states[0];
     }
   });
-  return {inp, h_n};
+  if (run.sorted && run.full) return {inp, h_n};
+  for (Tensor& h : h_n) h = run.to_user(h, false);
+  return {run.to_user(inp, true), h_n};
 }
 
 std::tuple<Tensor, Tensors, OptTensors> backward(
@@ -238,7 +264,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("states"), arg("saved"), arg("rec"), arg("noise") = rnnkit::Tensors{}, arg("names") = pybind11::none(),
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, noise=[], "
         "names=None)");
-  m.def("infer", &rnnkit::infer, "out, h_n = infer(spec, x, state0, layers): a stack's forward, no autograd");
+  m.def("infer", &rnnkit::infer, arg("spec"), arg("x"), arg("state0"), arg("layers"), arg("lengths") = pybind11::none(),
+        arg("row_macs") = 0,
+        "out, h_n = infer(spec, x, state0, layers, lengths=None, row_macs=0): a stack's forward, no autograd; "
+        "with lengths (B,) the rows run longest first, padded steps are zero in out and h_n is each row's last "
+        "valid state; row_macs > 0: a layer projects one sequence at a time where mean valid steps x I x GH "
+        "reach it");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   pybind11::class_<rnnkit::Stepper>(m, "Stepper",
                                     "Streaming inference into preallocated buffers (see stream.h)")

@@ -250,6 +250,14 @@ void project_rows_impl(const Tensor& x, const int64_t* order, const int64_t* len
 
 }  // namespace
 
+void project_rows_into(const Tensor& x, const int64_t* order, const int64_t* lengths, const Tensor& w,
+                       const c10::optional<Tensor>& bias, Tensor& xp) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project_rows", [&] {
+    project_rows_impl<scalar_t>(x, order, lengths, w, has_bias ? bias->data_ptr<scalar_t>() : nullptr, xp);
+  });
+}
+
 Tensor project_rows(const Tensor& x, const Tensor& order, const Tensor& lengths, const Tensor& w,
                     const c10::optional<Tensor>& bias) {
   TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.stride(2) == 1 && x.stride(0) >= x.size(2) &&
@@ -271,9 +279,7 @@ Tensor project_rows(const Tensor& x, const Tensor& order, const Tensor& lengths,
     TORCH_CHECK(pl[i] >= 0 && pl[i] <= T_, "project_rows: lengths[", i, "] = ", pl[i], " is outside [0, ", T_, "]");
   }
   Tensor xp = pooled_empty({T_, B, w.size(0)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project_rows", [&] {
-    project_rows_impl<scalar_t>(x, po, pl, w, has_bias ? bias->data_ptr<scalar_t>() : nullptr, xp);
-  });
+  project_rows_into(x, po, pl, w, bias, xp);
   return xp;
 }
 

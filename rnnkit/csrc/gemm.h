@@ -38,6 +38,10 @@ void project_into(const T* x, int64_t B, int64_t I, const T* w, const T* bias, i
 // threads in turn so that each gets long and short ones.
 Tensor project_rows(const Tensor& x, const Tensor& order, const Tensor& lengths, const Tensor& w,
                     const c10::optional<Tensor>& bias);
+// The same into a given xp (T, B, GH), with order and lengths B values each (unchecked: the
+// caller's), x (T, B, I) with its features contiguous and w contiguous, all of one dtype.
+void project_rows_into(const Tensor& x, const int64_t* order, const int64_t* lengths, const Tensor& w,
+                       const c10::optional<Tensor>& bias, Tensor& xp);
 
 // True when the BLAS that ships inside libtorch_cpu is reachable (else ATen's addmm is used).
 bool has_blas();

@@ -1,7 +1,8 @@
 """Inference in one call (Backend.infer; the cpu backend's C++ ``infer``): a layer's forward without
-autograd, one direction, no lengths and no random draws runs its whole stack in one C++ call.  It
-returns what the layer-by-layer path returns (the same kernels), and every other call keeps that
-path: a graph to record, both directions, lengths, a trace, noise in training, another backend."""
+autograd, one direction and no random draws runs its whole stack in one C++ call (with lengths
+too: test_cpu_infer_lengths.py).  It returns what the layer-by-layer path returns (the same
+kernels), and every other call keeps that path: a graph to record, both directions, a trace,
+noise in training, another backend."""
 import pytest
 import torch
 
@@ -90,11 +91,11 @@ def test_the_one_call_outputs_are_new_tensors_and_the_state_is_left_alone():
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", ["grad", "bidirectional", "lengths", "trace", "training_noise",
-                                  "training_dropout", "reference"])
+@pytest.mark.parametrize("case", ["grad", "bidirectional", "lengths_grad", "lengths_bidirectional", "trace",
+                                  "training_noise", "training_dropout", "reference"])
 def test_every_other_call_keeps_the_layer_by_layer_path(case):
     kw = {"num_layers": 2, "backend": "reference" if case == "reference" else "cpu"}
-    if case == "bidirectional":
+    if case.endswith("bidirectional"):
         kw["bidirectional"] = True
     if case == "training_noise":
         kw["zoneout"] = 0.3
@@ -104,11 +105,11 @@ def test_every_other_call_keeps_the_layer_by_layer_path(case):
     model.train(case.startswith("training"))
     x = torch.randn(T, B, I)
     args, kwargs = (x,), {}
-    if case == "lengths":
+    if case.startswith("lengths"):
         kwargs["lengths"] = torch.tensor([T, 2, 4])
     if case == "trace":
         kwargs["return_trace"] = True
-    with torch.set_grad_enabled(case == "grad"):
+    with torch.set_grad_enabled(case.endswith("grad")):
         assert calls(model, *args, **kwargs) == 0
 
 

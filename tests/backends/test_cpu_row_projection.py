@@ -1,8 +1,9 @@
-"""A batch with lengths, forward without a graph: the first layer's input projection reads the
-user's rows where they are (``Backend.row_projection``; the cpu backend's C++ ``project_rows``)
-instead of copying the batch into the run's order, and skips the padded steps.  Outputs and final
-states equal those of the path that copies (to float rounding: the GEMMs are blocked otherwise);
-every other call keeps that path."""
+"""A batch with lengths, forward without a graph on the layer-by-layer path (a trace, noise in
+training mode; the one-call inference does the same in C++: test_cpu_infer_lengths.py): the first
+layer's input projection reads the user's rows where they are (``Backend.row_projection``; the cpu
+backend's C++ ``project_rows``) instead of copying the batch into the run's order, and skips the
+padded steps.  Outputs and final states equal those of the path that copies (to float rounding:
+the GEMMs are blocked otherwise); every other call keeps that path."""
 import pytest
 import torch
 
@@ -25,8 +26,10 @@ FORMS = {
 @pytest.fixture
 def used(monkeypatch):
     """How many row projections the forwards asked for and got (the spy counts the C++ calls);
-    the size rule lowered so that these small cases take it."""
+    the size rule lowered so that these small cases take it, and the one-call inference off (its
+    own projection is C++'s, tested apart)."""
     monkeypatch.setattr(cpu.CPU, "ROW_PROJECTION_MACS", 1)
+    monkeypatch.setattr(cpu.CPU, "infer", lambda self, *a, **kw: None)
     seen = []
     original = cpu.CPU.row_projection
 

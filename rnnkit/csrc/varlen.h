@@ -1,0 +1,37 @@
+// A batch with lengths in the fused backend's one-call inference (bindings.cpp: infer): the order
+// its rows run in, its mask, and the way back to the user's rows, without a tensor op per piece
+// (in Python the same bookkeeping took about 150 us a call, more than a small batch's whole run).
+//
+// The rows run longest first, as the layers and torch.nn's packed sequences run them: a step's
+// finished sequences are then its last rows, which the fused loops skip (Mask::live).
+//   RunOrder(lengths, T)  lengths (B,) int64 CPU, each in [1, T], one per user row (checked);
+//   RunOrder(B, T)        a batch without lengths
+//     order[i]      the user's row of run row i (ties keep the user's order)
+//     len[i]        run row i's valid steps, non-increasing
+//     sorted        order is the identity (the user's rows already run longest first)
+//     full          every row has T steps: no mask
+//   mask(T)         (T, B) bool: true on run row i's first len[i] steps
+//   gather(t)       t (N, B, F) with its rows in run order, a new contiguous tensor
+//   to_user(hs, z)  hs (T, B, S) in run order -> (T, B, S) in the user's, zeros on padded steps
+//                   when z (an output; a state's last step needs no zeros)
+#pragma once
+
+#include "rnn.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace rnnkit {
+
+struct RunOrder {
+  std::vector<int64_t> order, len;
+  bool sorted = true, full = true;
+  RunOrder(const Tensor& lengths, int64_t T);
+  RunOrder(int64_t B, int64_t T);                  // no lengths: B rows of T steps
+  int64_t valid_steps() const;                     // sum of len
+  Tensor mask(int64_t T) const;
+  Tensor gather(const Tensor& t) const;
+  Tensor to_user(const Tensor& hs, bool zeros) const;
+};
+
+}  // namespace rnnkit

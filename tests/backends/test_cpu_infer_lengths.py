@@ -1,0 +1,160 @@
+"""Inference in one call with lengths (the cpu backend's C++ ``infer`` with ``lengths``): the run's
+order, mask and the copies back into the user's rows are made in C++ (RunOrder, csrc/varlen.h)
+instead of a dozen tensor ops.  The results are the layer-by-layer path's (the same kernels) and
+torch.nn's packed results: zeros on padded steps, each row's state after its last valid step."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from helpers import needs_cpu
+from rnnkit.backends import cpu
+from test_cpu_infer import FORMS, calls, layer_by_layer
+
+T, B, I, H = 7, 5, 5, 6
+LENGTHS = {
+    "unsorted": [3, 7, 1, 7, 5],
+    "sorted": [7, 6, 6, 2, 1],
+    "full": [7, 7, 7, 7, 7],
+    "ties": [4, 2, 4, 2, 4],
+}
+
+
+def states(h):
+    return h if isinstance(h, tuple) else (h,)
+
+
+def assert_same(got, want, **tol):
+    (out, h_n), (want_out, want_h) = got, want
+    assert out.shape == want_out.shape
+    torch.testing.assert_close(out, want_out, **tol)
+    for a, b in zip(states(h_n), states(want_h)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, **tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("form", list(FORMS))
+def test_one_call_with_lengths_equals_the_layer_by_layer_path(form, lengths, with_hx, batch_first, dtype):
+    torch.manual_seed(0)
+    model = FORMS[form](num_layers=2, batch_first=batch_first, backend="cpu").to(dtype).eval()
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
+    hx = layer_by_layer(model, x)[1] if with_hx else None
+    n = torch.tensor(LENGTHS[lengths])
+    with torch.no_grad():
+        assert calls(model, x, hx, lengths=n) == 1
+        got = model(x, hx, lengths=n)
+        want = layer_by_layer(model, x, hx, lengths=n)
+    assert_same(got, want)
+    out = got[0] if not batch_first else got[0].transpose(0, 1)
+    for b, steps in enumerate(LENGTHS[lengths]):                  # padded steps are zeros
+        assert torch.count_nonzero(out[steps:, b]) == 0
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_lengths_and_packed_input_give_torch_nn_packed_results(cell, with_hx):
+    torch.manual_seed(1)
+    ref = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, num_layers=2)
+    model = rnnkit.from_torch(ref, backend="cpu").eval()
+    x, n = torch.randn(T, B, I), torch.tensor(LENGTHS["unsorted"])
+    hx = torch.randn(2, B, H) if with_hx else None
+    if hx is not None and cell == "lstm":
+        hx = (hx, torch.randn(2, B, H))
+    packed = pack_padded_sequence(x, n, enforce_sorted=False)
+    with torch.no_grad():
+        want_packed, want_h = ref(packed, hx)
+        want_out, _ = pad_packed_sequence(want_packed, total_length=T)
+        assert calls(model, x, hx, lengths=n) == 1
+        assert_same(model(x, hx, lengths=n), (want_out, want_h))
+        assert calls(model, packed, hx) == 1
+        got_packed, got_h = model(packed, hx)
+    assert torch.equal(got_packed.batch_sizes, want_packed.batch_sizes)
+    assert torch.equal(got_packed.unsorted_indices, want_packed.unsorted_indices)
+    assert_same((got_packed.data, got_h), (want_packed.data, want_h))
+
+
+@needs_cpu
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_rows_projected_per_sequence_in_the_one_call(monkeypatch, layers, batch_first):
+    """With every size counting as large (ROW_PROJECTION_MACS = 1), each layer projects one
+    sequence at a time over its valid steps, the first from x's rows where they are: the results
+    stay the layer-by-layer path's, and x's padded steps are never read (NaN there stays out)."""
+    monkeypatch.setattr(cpu.CPU, "ROW_PROJECTION_MACS", 1)
+    torch.manual_seed(2)
+    model = rnnkit.GRU(I, H, num_layers=layers, batch_first=batch_first, backend="cpu").eval()
+    n = torch.tensor(LENGTHS["unsorted"])
+    x = torch.randn(T, B, I)
+    for b, steps in enumerate(n.tolist()):
+        x[steps:, b] = float("nan")
+    if batch_first:
+        x = x.transpose(0, 1)                                        # a strided view: read in place
+    with torch.no_grad():
+        assert calls(model, x, lengths=n) == 1
+        got = model(x, lengths=n)
+        want = layer_by_layer(model, torch.nan_to_num(x), lengths=n)
+    assert not torch.isnan(got[0]).any()
+    assert_same(got, want)
+
+
+@needs_cpu
+@pytest.mark.parametrize("row_macs, calls_expected", [(1 << 40, 0), (1, 1)])
+def test_a_large_batch_with_lengths_leaves_the_one_call_unless_its_rows_are_projected(monkeypatch, row_macs,
+                                                                                       calls_expected):
+    """Above INFER_MAX_MACS a projection over all T*B rows runs faster on the layer path's oneDNN
+    GEMM, so the one call is declined; a layer projected per sequence does not need it."""
+    monkeypatch.setattr(cpu.CPU, "INFER_MAX_MACS", 1)
+    monkeypatch.setattr(cpu.CPU, "ROW_PROJECTION_MACS", row_macs)
+    model = rnnkit.RNN(I, H, num_layers=2, backend="cpu").eval()
+    x, n = torch.randn(T, B, I), torch.tensor(LENGTHS["unsorted"])
+    with torch.no_grad():
+        assert calls(model, x, lengths=n) == calls_expected
+        assert_same(model(x, lengths=n), layer_by_layer(model, x, lengths=n))
+
+
+@needs_cpu
+def test_the_one_call_with_lengths_returns_new_tensors_and_leaves_its_inputs_alone():
+    model = rnnkit.LSTM(I, H, backend="cpu").eval()
+    x, n = torch.randn(T, B, I), torch.tensor(LENGTHS["unsorted"])
+    hx = (torch.randn(1, B, H), torch.randn(1, B, H))
+    keep = (x.clone(), n.clone(), hx[0].clone(), hx[1].clone())
+    with torch.no_grad():
+        out, (h, c) = model(x, hx, lengths=n)
+        out2, _ = model(x, hx, lengths=n)
+    torch.testing.assert_close(out, out2, rtol=0, atol=0)
+    for a, b in zip((x, n, *hx), keep):
+        assert torch.equal(a, b)
+    for b, steps in enumerate(n.tolist()):                         # h_n: the last valid step's output
+        torch.testing.assert_close(h[0, b], out[steps - 1, b], rtol=0, atol=0)
+    out.add_(1.0)
+
+
+@needs_cpu
+@pytest.mark.parametrize("lengths, match", [
+    (torch.tensor([3, 7, 0, 7, 5]), r"lengths.*\[1, 7\].*0 at row 2"),
+    (torch.tensor([3, 7, 8, 7, 5]), r"lengths.*\[1, 7\].*8 at row 2"),
+    (torch.tensor([3, 7, 7]), r"lengths: expected \(5,\)"),
+    (torch.tensor([3.0, 7, 1, 7, 5]), r"lengths: expected a 1-D int64"),
+])
+def test_the_kernel_names_bad_lengths(lengths, match):
+    """The C++ entry checks what it is handed (the layers check first, with their own words)."""
+    ext = cpu.extension()
+    model = rnnkit.RNN(I, H, backend="cpu")
+    spec = cpu.CPU()._spec(model.cell)
+    layers = model.step_parameters()
+    with pytest.raises(ValueError, match=match):
+        ext.infer(spec, torch.randn(T, B, I), [], layers, lengths, 0)
+
+
+@needs_cpu
+def test_an_empty_batch_with_lengths():
+    model = rnnkit.GRU(I, H, backend="cpu").eval()
+    with torch.no_grad():
+        out, h = model(torch.randn(T, 0, I), lengths=torch.zeros(0, dtype=torch.long))
+    assert out.shape == (T, 0, H) and h.shape == (1, 0, H)
