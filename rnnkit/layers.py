@@ -373,9 +373,14 @@ class _Recurrent(nn.Module):
         order = None                    # row i of the run is the user's row order[i] (None: the same)
         if packed:
             validation.no_conflict(who, lengths)
-            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))   # (T, B, I), longest first
+            validation.input_tensor(who, input.data, self.input_size, dtype)          # (N, I)
             order = input.sorted_indices
-            validation.input_tensor(who, x, self.input_size, dtype)
+            fast = None if return_trace else self._inferred(input.data, hx, int(input.batch_sizes[0]), False,
+                                                            order=order, batch_sizes=input.batch_sizes)
+            if fast is not None:
+                return (PackedSequence(fast[0], input.batch_sizes, input.sorted_indices, input.unsorted_indices),
+                        self.pack_state(fast[1]))
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))   # (T, B, I), longest first
             unbatched = False
         else:
             validation.input_tensor(who, input, self.input_size, dtype)
@@ -389,15 +394,9 @@ class _Recurrent(nn.Module):
                                            f"got shape {tuple(x.shape)}")
         if lengths is not None and not packed:
             lengths = validation.lengths_tensor(who, lengths, T, B)
-        fast = None if return_trace else self._inferred(x, hx, B, unbatched, lengths, order)
+        fast = None if return_trace or packed else self._inferred(x, hx, B, unbatched, lengths)
         if fast is not None:
-            out, h_n = fast
-            if packed:
-                out = PackedSequence(pack_padded_sequence(out, lengths, enforce_sorted=True).data, input.batch_sizes,
-                                     input.sorted_indices, input.unsorted_indices)
-            else:
-                out = self._layout(out, unbatched)
-            return out, self.pack_state(h_n)
+            return self._layout(fast[0], unbatched), self.pack_state(fast[1])
         if lengths is not None and not packed:
             order = sequence.longest_first(lengths)
             if order is not None:
@@ -429,11 +428,12 @@ class _Recurrent(nn.Module):
         return result
 
     def _inferred(self, x: Tensor, hx, B: int, unbatched: bool, lengths: Optional[Tensor] = None,
-                  order: Optional[Tensor] = None):
+                  order: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None):
         """(out (T, B, D*S_0), h_n (D*L, B, S_k) each, unbatched squeezed) from the backend's one-call
         inference (Backend.infer, also with ``lengths``) or, with a graph to record and no lengths,
-        its one-call training (Backend.train); ``order``: x's row i is the user's row order[i] (a
-        padded PackedSequence: hx and h_n are in the user's order).  None where neither applies:
+        its one-call training (Backend.train).  ``batch_sizes``: x is a PackedSequence's data (N, I)
+        and out its output's data (N, D*S_0); ``order``: x's row i is the user's row order[i] (a
+        PackedSequence's sorted_indices: hx and h_n are in the user's order).  None where neither applies:
         random draws (training with noise or
         dropout between layers), or a backend without it for these tensors (the cpu backend's
         inference takes both directions only on oneDNN's LSTM, without lengths; its training is
@@ -447,12 +447,13 @@ class _Recurrent(nn.Module):
         grad = torch.is_grad_enabled()                  # (checked first: no tuples built under no_grad)
         # a training step (decided before gathering anything) goes to the backend's ``train``
         training = grad and ops.needs_graph((x, *self._parameters.values()))
-        if training and lengths is not None:
+        varlen = lengths is not None or batch_sizes is not None
+        if training and varlen:
             return None
         backend = self.backend_for(x)
         if training and not backend.trains(self.cell, x):
             return None
-        if not training and not backend.infers(self.cell, x, self.bidirectional, lengths):
+        if not training and not backend.infers(self.cell, x, self.bidirectional, varlen):
             return None
         state0 = None if hx is None else self.initial_state(hx, B, unbatched, x)   # (D*L, B, S_k)
         if state0 is not None and order is not None:
@@ -464,12 +465,13 @@ class _Recurrent(nn.Module):
             layers = self.step_parameters()
         if grad and not training and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
             training = True                             # only the state (or a parametrized weight) requires grad
-            if lengths is not None or not backend.trains(self.cell, x):
+            if varlen or not backend.trains(self.cell, x):
                 return None
         if training:
             found = backend.train(self.cell, x, state0, layers, self.bidirectional)
         else:
-            found = backend.infer(self.cell, x, state0, layers, self.bidirectional, lengths=lengths)
+            found = backend.infer(self.cell, x, state0, layers, self.bidirectional, lengths=lengths,
+                                  batch_sizes=batch_sizes)
         if found is None:
             return None
         out, h_n = found

@@ -117,16 +117,17 @@ class Backend:
         (the user may edit it in place)."""
         raise NotImplementedError
 
-    def infers(self, cell: Cell, x: Tensor, bidirectional: bool, lengths: Optional[Tensor] = None) -> bool:
-        """Whether ``infer`` may take a stack of ``cell`` on inputs like ``x`` (T, B, I), in both
-        directions when ``bidirectional``, with ``lengths`` when given: the layers ask before
+    def infers(self, cell: Cell, x: Tensor, bidirectional: bool, varlen: bool = False) -> bool:
+        """Whether ``infer`` may take a stack of ``cell`` on inputs like ``x`` (T, B, I), or a
+        PackedSequence's data (N, I), in both directions when ``bidirectional``, with lengths or
+        batch sizes when ``varlen``: the layers ask before
         gathering the weights, which a call it declines would waste (measured 35 us of a 200 us
         call, a small bidirectional GRU).  ``infer`` may still return None for a case this admits."""
         return False
 
     def infer(self, cell: Cell, x: Tensor, state0: Optional[Tuple[Tensor, ...]], layers,
-              bidirectional: bool = False,
-              lengths: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
+              bidirectional: bool = False, lengths: Optional[Tensor] = None,
+              batch_sizes: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
         """A stack's forward without autograd in one call, or None where the backend has none for
         these tensors (the layers then run layer by layer).  x (T, B, I) with T >= 1; D directions
         (2 when ``bidirectional``); state0 (D*L, B, S_k) each, or None for zeros; layers[l*D + d] = [w_ih, b_ih,
@@ -134,7 +135,9 @@ class Backend:
         valid steps of each row (B,), int64 on the CPU, each in [1, T] (the layers' checked
         lengths_tensor).  Returns (out (T, B, D*S_0), h_n (D*L, B, S_k) each), new tensors in x's
         row order; with lengths, out is zero on padded steps and h_n holds each row's state after
-        its last valid step (torch.nn's packed results, padded)."""
+        its last valid step (torch.nn's packed results, padded).  ``batch_sizes`` (T,) int64 CPU (a
+        PackedSequence's, lengths None): x is the sequence's data (N, I), rows longest first, and
+        out is the output's data (N, D*S_0), h_n in those rows' order."""
         return None
 
     def row_projection(self, cell: Cell, x: Tensor, order: Optional[Tensor], lengths: Tensor):

@@ -144,29 +144,34 @@ class CPU(Backend):
         B, step, call, n = case
         return B >= self.ONEDNN_ROWS * n and step >= self.ONEDNN_STEP_MACS * n and call >= self.ONEDNN_CALL_MACS
 
-    def infers(self, cell, x, bidirectional, lengths=None):
+    def infers(self, cell, x, bidirectional, varlen=False):
         # the C++ infer runs one direction; oneDNN's LSTM takes both, without lengths
-        return not bidirectional or (lengths is None and self._onednn_pays(cell, x))
+        return not bidirectional or (not varlen and self._onednn_pays(cell, x))
 
-    def infer(self, cell, x, state0, layers, bidirectional=False, lengths=None):
-        if lengths is None and self._onednn_pays(cell, x):
+    def infer(self, cell, x, state0, layers, bidirectional=False, lengths=None, batch_sizes=None):
+        varlen = lengths is not None or batch_sizes is not None
+        if not varlen and self._onednn_pays(cell, x):
             if state0 is None:
                 state0 = tuple(x.new_zeros(len(layers), x.shape[1], s) for s in cell.state_sizes())
             return _onednn_lstm(x, state0, layers, bidirectional)
         if bidirectional:
             return None
-        T, B = x.shape[0], x.shape[1]
+        if batch_sizes is not None:                           # x: a PackedSequence's data (N, I)
+            T, B, valid = len(batch_sizes), int(batch_sizes[0]), x.shape[0]
+        else:
+            T, B = x.shape[0], x.shape[1]
+            valid = int(lengths.sum()) if lengths is not None else T * B
         # with lengths, a layer whose sequences are long enough projects each over its valid steps
         # (row_projection's rule, in C++); the others' projections, as without lengths, go to the
         # layer-by-layer path's oneDNN GEMM once large
-        steps = int(lengths.sum()) / max(B, 1) if lengths is not None else T
-        row_macs = self.ROW_PROJECTION_MACS if lengths is not None and steps < T else 0
+        steps = valid / max(B, 1)
+        row_macs = self.ROW_PROJECTION_MACS if varlen and steps < T else 0
         for w in layers:
             by_rows = row_macs and steps * w[0].shape[0] * w[0].shape[1] >= row_macs
             if not by_rows and T * B * w[0].shape[0] * w[0].shape[1] >= self.INFER_MAX_MACS:
                 return None
         out, h_n = extension().infer(self._spec(cell), x, [] if state0 is None else list(state0), layers,
-                                     lengths, row_macs)
+                                     lengths, row_macs, batch_sizes)
         return out, tuple(h_n)
 
     # Training (forward + backward) of a plain float32 LSTM stack runs on oneDNN's primitive

@@ -160,6 +160,8 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 //   rec params...]; lengths: none, or (B,) int64 valid steps of the user's rows, each in [1, T];
 //   returns out (T, B, S_0), the last layer's states (zeros on padded steps), and h_n (L, B, S_k)
 //   (each row's state after its last valid step), new tensors in the user's row order.
+//   batch_sizes (T,): x is instead a PackedSequence's data (N, I) with these batch sizes (no
+//   lengths), and out its output's data (N, S_0); h_n in its rows' (sorted) order.
 // xp (T, B, GH) is the projection workspace of every layer in turn (the weights' sizes checked
 // equal across layers by the Checker); layer l reads layer l-1's states[0].  With lengths the
 // rows run longest first (RunOrder); a layer whose sequences' mean valid steps x I x GH reach
@@ -169,34 +171,45 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 // layer's states, h_n), and the views made on the way are of tensors the caller never sees.
 std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
                                   const std::vector<OptTensors>& layers, const c10::optional<Tensor>& lengths,
-                                  int64_t row_macs) {
+                                  int64_t row_macs, const c10::optional<Tensor>& batch_sizes) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Spec sp = decode_spec(spec);
   const Cell& cell = *sp.cell;
   Checker c("rnnkit.infer", sp);
-  c.tensor({"x"}, x, {kT, kB, kI});
+  const bool packed = batch_sizes.has_value() && batch_sizes->defined();
+  c10::optional<RunOrder> from_packed;
+  if (packed) {
+    TORCH_CHECK_VALUE(!lengths.has_value() || !lengths->defined(),
+                      "rnnkit.infer: lengths: expected None with batch_sizes (a PackedSequence carries its own)");
+    from_packed = RunOrder::packed(*batch_sizes);
+    TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == from_packed->valid_steps() && x.device().is_cpu(),
+                      "rnnkit.infer: x: expected a PackedSequence's CPU data (", from_packed->valid_steps(), ", I) for these batch_sizes, got shape ",
+                      x.sizes(), " on ", x.device());
+  }
+  const Tensor xs = packed ? from_packed->unpack(x) : x;              // (T, B, I), the run's rows
+  c.tensor({"x"}, xs, {kT, kB, kI});
   check_stack(c, "rnnkit.infer", layers, state0, true);
   const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
   TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
   const bool varlen = lengths.has_value() && lengths->defined();
   TORCH_CHECK_VALUE(!varlen || (lengths->dim() == 1 && lengths->size(0) == B), "rnnkit.infer: lengths: expected (",
                     B, ",) (one per row of x), got shape ", lengths->sizes());
-  const RunOrder run = varlen ? RunOrder(*lengths, Tn) : RunOrder(B, Tn);
+  const RunOrder run = packed ? *from_packed : varlen ? RunOrder(*lengths, Tn) : RunOrder(B, Tn);
   const Tensor mask = run.full ? Tensor() : run.mask(Tn);
   const RunOrder in_run(B, Tn);                                       // its order: rows already in run order
   const double mean_steps = B > 0 ? double(run.valid_steps()) / double(B) : 0.0;
   const auto by_rows = [&](int64_t I) { return !run.full && row_macs > 0 && mean_steps * I * GH >= row_macs; };
   Tensors s0 = dense(state0);
   if (state0.empty())
-    for (const Sym k : c.states()) s0.push_back(at::zeros({L, B, c.size(k)}, x.options()));
+    for (const Sym k : c.states()) s0.push_back(at::zeros({L, B, c.size(k)}, xs.options()));
   else if (!run.sorted)
     for (Tensor& s : s0) s = run.gather(s);
   Tensors h_n;
   for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
-  const Tensor xp = empty_seq({Tn, B, GH}, x.options());
-  Tensor xt = x.stride(2) == 1 ? x : x.contiguous();                 // rows read in place by project_rows_into
-  Tensor inp = by_rows(x.size(2)) ? xt : (run.sorted ? x.contiguous() : run.gather(xt));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_infer", [&] {
+  const Tensor xp = empty_seq({Tn, B, GH}, xs.options());
+  Tensor xt = xs.stride(2) == 1 ? xs : xs.contiguous();                 // rows read in place by project_rows_into
+  Tensor inp = by_rows(xs.size(2)) ? xt : (run.sorted ? xs.contiguous() : run.gather(xt));
+  AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "rnnkit_infer", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < L; ++l) {
       const OptTensors& p = layers[l];
@@ -215,6 +228,7 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
       inp = r.states[0];
     }
   });
+  if (packed) return {run.pack(inp), h_n};
   if (run.sorted && run.full) return {inp, h_n};
   for (Tensor& h : h_n) h = run.to_user(h, false);
   return {run.to_user(inp, true), h_n};
@@ -265,11 +279,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, noise=[], "
         "names=None)");
   m.def("infer", &rnnkit::infer, arg("spec"), arg("x"), arg("state0"), arg("layers"), arg("lengths") = pybind11::none(),
-        arg("row_macs") = 0,
-        "out, h_n = infer(spec, x, state0, layers, lengths=None, row_macs=0): a stack's forward, no autograd; "
-        "with lengths (B,) the rows run longest first, padded steps are zero in out and h_n is each row's last "
-        "valid state; row_macs > 0: a layer projects one sequence at a time where mean valid steps x I x GH "
-        "reach it");
+        arg("row_macs") = 0, arg("batch_sizes") = pybind11::none(),
+        "out, h_n = infer(spec, x, state0, layers, lengths=None, row_macs=0, batch_sizes=None): a stack's forward, "
+        "no autograd; with lengths (B,) the rows run longest first, padded steps are zero in out and h_n is each "
+        "row's last valid state; row_macs > 0: a layer projects one sequence at a time where mean valid steps x I "
+        "x GH reach it; with batch_sizes x and out are a PackedSequence's data");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   pybind11::class_<rnnkit::Stepper>(m, "Stepper",
                                     "Streaming inference into preallocated buffers (see stream.h)")

@@ -34,6 +34,25 @@ RunOrder::RunOrder(const Tensor& lengths, int64_t T) {
 
 RunOrder::RunOrder(int64_t B, int64_t T) : order(B), len(B, T) { std::iota(order.begin(), order.end(), int64_t(0)); }
 
+RunOrder RunOrder::packed(const Tensor& batch_sizes) {
+  TORCH_CHECK_VALUE(batch_sizes.dim() == 1 && batch_sizes.size(0) >= 1 && batch_sizes.scalar_type() == at::kLong &&
+                        batch_sizes.device().is_cpu(),
+                    "rnnkit.infer: batch_sizes: expected a non-empty 1-D int64 CPU tensor, got ", batch_sizes.dim(),
+                    "-D ", batch_sizes.scalar_type(), " of shape ", batch_sizes.sizes());
+  const Tensor bs = batch_sizes.contiguous();
+  const int64_t T = bs.size(0), *p = bs.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(p[0] >= 1, "rnnkit.infer: batch_sizes: expected at least one row at step 0, got ", p[0]);
+  for (int64_t t = 1; t < T; ++t)
+    TORCH_CHECK_VALUE(p[t] >= 1 && p[t] <= p[t - 1], "rnnkit.infer: batch_sizes: expected non-increasing sizes "
+                      "of at least 1 (a PackedSequence's), got ", p[t], " after ", p[t - 1], " at step ", t);
+  RunOrder run(p[0], T);
+  run.steps.assign(p, p + T);
+  for (int64_t i = 0; i < p[0]; ++i)
+    run.len[i] = std::upper_bound(p, p + T, i, [](int64_t row, int64_t size) { return row >= size; }) - p;
+  run.full = p[T - 1] == p[0];
+  return run;
+}
+
 int64_t RunOrder::valid_steps() const { return std::accumulate(len.begin(), len.end(), int64_t(0)); }
 
 Tensor RunOrder::mask(int64_t T) const {
@@ -82,6 +101,45 @@ Tensor RunOrder::to_user(const Tensor& hs, bool zeros) const {
   for (int64_t i = 0; i < B; ++i) back[order[i]] = i, user_len[order[i]] = len[i];
   Tensor out = pooled_empty(hs.sizes(), hs.options());
   copy_rows(hs, back, out, [&](int64_t t, int64_t b) { return !zeros || t < user_len[b]; });
+  return out;
+}
+
+namespace {
+
+// f(t, packed row offset of step t) for every step of a packed batch, steps split over threads.
+template <typename F>
+void each_step(const std::vector<int64_t>& steps, int64_t row_bytes, const F& f) {
+  std::vector<int64_t> first(steps.size() + 1, 0);
+  for (size_t t = 0; t < steps.size(); ++t) first[t + 1] = first[t] + steps[t];
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, row_bytes * steps[0]));
+  at::parallel_for(0, static_cast<int64_t>(steps.size()), grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) f(t, first[t]);
+  });
+}
+
+}  // namespace
+
+Tensor RunOrder::unpack(const Tensor& data) const {
+  const int64_t T = static_cast<int64_t>(steps.size()), B = static_cast<int64_t>(order.size());
+  const Tensor src = data.contiguous();
+  Tensor out = pooled_empty({T, B, src.size(1)}, src.options());
+  const int64_t row = src.size(1) * src.element_size();
+  const char* in = static_cast<const char*>(src.data_ptr());
+  char* o = static_cast<char*>(out.data_ptr());
+  each_step(steps, row, [&](int64_t t, int64_t at) {
+    std::memcpy(o + t * B * row, in + at * row, steps[t] * row);
+    std::memset(o + (t * B + steps[t]) * row, 0, (B - steps[t]) * row);
+  });
+  return out;
+}
+
+Tensor RunOrder::pack(const Tensor& hs) const {
+  const int64_t B = static_cast<int64_t>(order.size());
+  Tensor out = pooled_empty({valid_steps(), hs.size(2)}, hs.options());
+  const int64_t row = hs.size(2) * hs.element_size();
+  const char* in = static_cast<const char*>(hs.data_ptr());
+  char* o = static_cast<char*>(out.data_ptr());
+  each_step(steps, row, [&](int64_t t, int64_t at) { std::memcpy(o + at * row, in + t * B * row, steps[t] * row); });
   return out;
 }
 

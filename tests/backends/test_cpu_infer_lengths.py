@@ -158,3 +158,42 @@ def test_an_empty_batch_with_lengths():
     with torch.no_grad():
         out, h = model(torch.randn(T, 0, I), lengths=torch.zeros(0, dtype=torch.long))
     assert out.shape == (T, 0, H) and h.shape == (1, 0, H)
+
+
+@needs_cpu
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_packed_sequence_runs_in_one_call_on_its_packed_rows(form, with_hx, enforce_sorted):
+    """A PackedSequence goes to the one call as it is (its data unpacked and the output packed
+    again in C++): the same data, batch sizes and indices as the layer-by-layer path's."""
+    torch.manual_seed(3)
+    model = FORMS[form](num_layers=2, backend="cpu").eval()
+    x = torch.randn(T, B, I)
+    n = torch.tensor(LENGTHS["sorted" if enforce_sorted else "unsorted"])
+    packed = pack_padded_sequence(x, n, enforce_sorted=enforce_sorted)
+    hx = layer_by_layer(model, x)[1] if with_hx else None
+    with torch.no_grad():
+        assert calls(model, packed, hx) == 1
+        got, got_h = model(packed, hx)
+        want, want_h = layer_by_layer(model, packed, hx)
+    for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert_same((got.data, got_h), (want.data, want_h))
+
+
+@needs_cpu
+@pytest.mark.parametrize("batch_sizes, rows, lengths, match", [
+    (torch.tensor([3, 4, 1]), 8, None, r"batch_sizes: expected non-increasing.*4 after 3 at step 1"),
+    (torch.tensor([3, 2, 0]), 5, None, r"batch_sizes: expected non-increasing sizes of at least 1"),
+    (torch.tensor([], dtype=torch.long), 0, None, r"batch_sizes: expected a non-empty 1-D int64"),
+    (torch.tensor([3, 2]), 6, None, r"x: expected a PackedSequence's CPU data \(5, I\)"),
+    (torch.tensor([3, 2]), 5, torch.tensor([2, 2, 1]), r"lengths: expected None with batch_sizes"),
+])
+def test_the_kernel_names_bad_batch_sizes(batch_sizes, rows, lengths, match):
+    ext = cpu.extension()
+    model = rnnkit.GRU(I, H, backend="cpu")
+    with pytest.raises(ValueError, match=match):
+        ext.infer(cpu.CPU()._spec(model.cell), torch.randn(rows, I), [], model.step_parameters(), lengths, 0,
+                  batch_sizes)
