@@ -373,14 +373,16 @@ class _Recurrent(nn.Module):
         order = None                    # row i of the run is the user's row order[i] (None: the same)
         if packed:
             validation.no_conflict(who, lengths)
-            validation.input_tensor(who, input.data, self.input_size, dtype)          # (N, I)
             order = input.sorted_indices
-            fast = None if return_trace else self._inferred(input.data, hx, int(input.batch_sizes[0]), False,
-                                                            order=order, batch_sizes=input.batch_sizes)
-            if fast is not None:
-                return (PackedSequence(fast[0], input.batch_sizes, input.sorted_indices, input.unsorted_indices),
-                        self.pack_state(fast[1]))
+            if not return_trace and input.data.dim() == 2:                         # data (N, I) as it is
+                validation.input_tensor(who, input.data, self.input_size, dtype)
+                fast = self._inferred(input.data, hx, int(input.batch_sizes[0]), False, order=order,
+                                      batch_sizes=input.batch_sizes)
+                if fast is not None:
+                    return (PackedSequence(fast[0], input.batch_sizes, input.sorted_indices, input.unsorted_indices),
+                            self.pack_state(fast[1]))
             x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))   # (T, B, I), longest first
+            validation.input_tensor(who, x, self.input_size, dtype)
             unbatched = False
         else:
             validation.input_tensor(who, input, self.input_size, dtype)
@@ -433,13 +435,13 @@ class _Recurrent(nn.Module):
         inference (Backend.infer, also with ``lengths``) or, with a graph to record and no lengths,
         its one-call training (Backend.train).  ``batch_sizes``: x is a PackedSequence's data (N, I)
         and out its output's data (N, D*S_0); ``order``: x's row i is the user's row order[i] (a
-        PackedSequence's sorted_indices: hx and h_n are in the user's order).  None where neither applies:
-        random draws (training with noise or
-        dropout between layers), or a backend without it for these tensors (the cpu backend's
-        inference takes both directions only on oneDNN's LSTM, without lengths; its training is
-        oneDNN's LSTM only).  The layer-by-layer path costs about 25 us more per call in Python
-        (measured, LSTM (1, 64), T = 1), and with lengths about 150 us more (Elman (8, 128), T = 4:
-        the run's order, mask and copies in tensor ops)."""
+        PackedSequence's sorted_indices: hx and h_n are in the user's order).  None where neither
+        applies: random draws (training with noise or dropout between layers), lengths with a graph
+        to record, or a backend without it for these tensors (the cpu backend's inference takes
+        both directions only on oneDNN's LSTM, without lengths; its training is oneDNN's LSTM
+        only).  The layer-by-layer path costs about 25 us more per call in Python (measured, LSTM
+        (1, 64), T = 1), and with lengths about 150 us more (Elman (8, 128), T = 4: the run's order,
+        mask and copies in tensor ops)."""
         if torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
