@@ -197,3 +197,17 @@ def test_the_kernel_names_bad_batch_sizes(batch_sizes, rows, lengths, match):
     with pytest.raises(ValueError, match=match):
         ext.infer(cpu.CPU()._spec(model.cell), torch.randn(rows, I), [], model.step_parameters(), lengths, 0,
                   batch_sizes)
+
+
+@needs_cpu
+@pytest.mark.parametrize("form", ["lstm", "gru"])
+def test_an_unbatched_sequence_with_a_length_list(form):
+    model = FORMS[form](num_layers=2, backend="cpu").eval()
+    x = torch.randn(T, I)
+    with torch.no_grad():
+        assert calls(model, x, None, [4]) == 1
+        got = model(x, None, [4])
+        want = layer_by_layer(model, x, None, [4])
+    assert got[0].shape == (T, H)
+    assert torch.count_nonzero(got[0][4:]) == 0
+    assert_same(got, want)
