@@ -406,11 +406,15 @@ class _Recurrent(nn.Module):
         # the first layer's projection from the user's rows where they are (a packed batch's are in
         # the run's order already), else None and x is copied into the run's order
         first_project = None if lengths is None else self._row_projection(x, hx, None if packed else order, lengths)
-        if first_project is None and order is not None and not packed:
-            x = sequence.batch_rows(x, order.to(x.device))
-        state0 = self._initial_states(hx, B, unbatched, x, order)
         mask, rev = sequence.length_mask(lengths, T, x.device, reversal=self._D == 2)
-        out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project)
+        zeroed = packed                                 # pad_packed_sequence pads with zeros
+        if first_project is None and not packed:
+            if mask is not None and self._zeros_needed(x):   # with a graph: copied and zeroed in one pass
+                x, zeroed = sequence.rows_to_run(x, order, lengths, mask), True
+            elif order is not None:
+                x = sequence.batch_rows(x, order.to(x.device))
+        state0 = self._initial_states(hx, B, unbatched, x, order)
+        out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project, zeroed)
         # (D*L, B, S_k); finals are fresh tensors (clones or the op's own outputs), so one of them
         # needs no copy
         h_n = tuple(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals)
@@ -530,14 +534,17 @@ class _Recurrent(nn.Module):
             return t.squeeze(1)
         return t.transpose(0, 1) if self.batch_first else t
 
+    def _zeros_needed(self, x: Tensor) -> bool:
+        """Whether x's padded steps must be zeros: where a backward pass will follow, padding must
+        not enter the math (a NaN times a zero gradient is NaN in the weight gradients).  A forward
+        without a graph only computes the padded rows' projections, which every backend leaves
+        unread, so no copy is made there."""
+        # (grad mode first: no walk over the parameters under no_grad)
+        return torch.is_grad_enabled() and ops.needs_graph((x, *self.parameters()))
+
     def _padding_zeroed(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """The input with zeros on padded steps where a backward pass will follow: there, padding
-        must not enter the math (a NaN times a zero gradient is NaN in the weight gradients).  A
-        forward without a graph only computes the padded rows' projections, which every backend
-        leaves unread, so the copy is skipped."""
-        if mask is None or not torch.is_grad_enabled() or not ops.needs_graph((x, *self.parameters())):
-            return x                    # (grad mode first: no walk over the parameters under no_grad)
-        return sequence.zero_padded(mask, x)
+        """The input with zeros on padded steps where ``_zeros_needed``."""
+        return x if mask is None or not self._zeros_needed(x) else sequence.zero_padded(mask, x)
 
     def _row_projection(self, x: Tensor, hx, order: Optional[Tensor], lengths: Tensor):
         """The backend's projection of the first layer from the user's rows (``Backend.row_projection``)
@@ -551,11 +558,12 @@ class _Recurrent(nn.Module):
         backend = self.backend_for(x)
         return None if backend.differentiable else backend.row_projection(self.cell, x, order, lengths)
 
-    def _run(self, x, mask, rev, state0, want_trace, first_project=None):
+    def _run(self, x, mask, rev, state0, want_trace, first_project=None, zeroed=False):
         """The stack over the sequence; ``first_project``: the first layer's projection where x is
-        still in the user's row order (``_row_projection``), else None."""
+        still in the user's row order (``_row_projection``), else None; ``zeroed``: x's padded steps
+        are zeros already."""
         backend = self.backend_for(x)
-        layer_in = self._padding_zeroed(x, mask)
+        layer_in = x if zeroed else self._padding_zeroed(x, mask)
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
         traces = []
         for layer in range(self.num_layers):

@@ -276,6 +276,8 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
             _state["module"] = _compile(native, verbose)
             noise.use_cpu_fill(getattr(_state["module"], "bernoulli_hash", None))   # the masks' fast form
             sequence.use_cpu_empty(getattr(_state["module"], "pooled_empty", None))  # reordered batches
+            sequence.use_cpu_rows(getattr(_state["module"], "rows_to_run", None),
+                                  getattr(_state["module"], "rows_to_user", None))
             if not native:                  # kept, so that a failing native build is not silent
                 _state["native_error"] = errors[-1] if errors else "not tried"
             return _state["module"]

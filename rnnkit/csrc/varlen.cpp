@@ -5,7 +5,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstring>
@@ -53,6 +52,28 @@ RunOrder RunOrder::packed(const Tensor& batch_sizes) {
   return run;
 }
 
+RunOrder RunOrder::given(const Tensor& order, const Tensor& len, int64_t T) {
+  const int64_t B = order.dim() == 1 ? order.size(0) : -1;
+  for (const Tensor* t : {&order, &len})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "rnnkit rows: order and lengths: expected two (B,) int64 CPU tensors, got shapes ",
+                      order.sizes(), " and ", len.sizes());
+  const Tensor o = order.contiguous(), l = len.contiguous();
+  const int64_t *po = o.data_ptr<int64_t>(), *pl = l.data_ptr<int64_t>();
+  RunOrder run(B, T);
+  std::vector<bool> seen(B, false);
+  for (int64_t i = 0; i < B; ++i) {
+    TORCH_CHECK_VALUE(po[i] >= 0 && po[i] < B && !seen[po[i]], "rnnkit rows: order: expected a permutation of 0 .. ",
+                      B - 1, ", got ", po[i], " at ", i);
+    TORCH_CHECK_VALUE(pl[i] >= 1 && pl[i] <= T && (i == 0 || pl[i] <= pl[i - 1]), "rnnkit rows: lengths: expected "
+                      "non-increasing lengths in [1, ", T, "], got ", pl[i], " at ", i);
+    seen[po[i]] = true, run.order[i] = po[i], run.len[i] = pl[i];
+    run.sorted = run.sorted && po[i] == i;
+  }
+  run.full = B == 0 || pl[B - 1] == T;
+  return run;
+}
+
 int64_t RunOrder::valid_steps() const { return std::accumulate(len.begin(), len.end(), int64_t(0)); }
 
 Tensor RunOrder::mask(int64_t T) const {
@@ -88,10 +109,10 @@ void copy_rows(const Tensor& src, const std::vector<int64_t>& idx, Tensor& dst, 
 
 }  // namespace
 
-Tensor RunOrder::gather(const Tensor& t) const {
+Tensor RunOrder::gather(const Tensor& t, bool zeros) const {
   const Tensor src = t.stride(2) == 1 ? t : t.contiguous();
   Tensor out = pooled_empty(t.sizes(), t.options());
-  copy_rows(src, order, out, [](int64_t, int64_t) { return true; });
+  copy_rows(src, order, out, [&](int64_t n, int64_t i) { return !zeros || n < len[i]; });
   return out;
 }
 
@@ -99,8 +120,9 @@ Tensor RunOrder::to_user(const Tensor& hs, bool zeros) const {
   const int64_t B = static_cast<int64_t>(order.size());
   std::vector<int64_t> back(B), user_len(B);
   for (int64_t i = 0; i < B; ++i) back[order[i]] = i, user_len[order[i]] = len[i];
+  const Tensor src = hs.stride(2) == 1 ? hs : hs.contiguous();
   Tensor out = pooled_empty(hs.sizes(), hs.options());
-  copy_rows(hs, back, out, [&](int64_t t, int64_t b) { return !zeros || t < user_len[b]; });
+  copy_rows(src, back, out, [&](int64_t t, int64_t b) { return !zeros || t < user_len[b]; });
   return out;
 }
 

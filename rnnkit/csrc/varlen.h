@@ -13,7 +13,10 @@
 //     sorted        order is the identity (the user's rows already run longest first)
 //     full          every row has T steps: no mask
 //   mask(T)         (T, B) bool: true on run row i's first len[i] steps
-//   gather(t)       t (N, B, F) with its rows in run order, a new contiguous tensor
+//   given(order, len, T)  the run the layers chose: order (B,) a permutation, len (B,) the run's
+//                   rows' valid steps, non-increasing, each in [1, T] (int64 CPU, checked)
+//   gather(t, z)    t (N, B, F) with its rows in run order, a new contiguous tensor; zeros on
+//                   padded steps when z (N = T: an input)
 //   to_user(hs, z)  hs (T, B, S) in run order -> (T, B, S) in the user's, zeros on padded steps
 //                   when z (an output; a state's last step needs no zeros)
 //   unpack(data)    a PackedSequence's data (N, F) -> (T, B, F), zeros on padded steps
@@ -33,9 +36,10 @@ struct RunOrder {
   RunOrder(const Tensor& lengths, int64_t T);
   RunOrder(int64_t B, int64_t T);                  // no lengths: B rows of T steps
   static RunOrder packed(const Tensor& batch_sizes);
+  static RunOrder given(const Tensor& order, const Tensor& len, int64_t T);   // the layers' (checked)
   int64_t valid_steps() const;                     // sum of len
   Tensor mask(int64_t T) const;
-  Tensor gather(const Tensor& t) const;
+  Tensor gather(const Tensor& t, bool zeros = false) const;
   Tensor to_user(const Tensor& hs, bool zeros) const;
   Tensor unpack(const Tensor& data) const;
   Tensor pack(const Tensor& hs) const;

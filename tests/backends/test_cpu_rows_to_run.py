@@ -1,0 +1,128 @@
+"""Training with lengths: the batch goes into the run's row order with zeros on padded steps in one
+pass, and its gradient back into the user's order (the cpu kernels' rows_to_run / rows_to_user,
+sequence.rows_to_run), where torch's index_select and torch.where with its backward took two
+passes each way.  The results are those of the torch ops, bit for bit (a copy and zeros)."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+from helpers import needs_cpu
+from rnnkit import sequence
+from rnnkit.backends import cpu
+
+T, B, I, H = 7, 5, 4, 6
+LENGTHS = {"unsorted": [3, 7, 1, 7, 5], "sorted": [7, 7, 5, 3, 1]}
+
+
+def torch_ops(f, *args):
+    """f(*args) with the one-pass copies switched off (the torch ops instead)."""
+    kept = sequence._cpu_rows
+    sequence._cpu_rows = None
+    try:
+        return f(*args)
+    finally:
+        sequence._cpu_rows = kept
+
+
+def spied(monkeypatch):
+    seen = []
+    original = sequence._RowsToRun.apply
+
+    def spy(*a):
+        seen.append(1)
+        return original(*a)
+    monkeypatch.setattr(sequence._RowsToRun, "apply", spy)
+    return seen
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+def test_rows_to_run_equals_the_torch_ops_both_ways(lengths, strided, dtype):
+    cpu.extension()                                           # registers the kernels' copies
+    n = torch.tensor(LENGTHS[lengths])
+    order = sequence.longest_first(n)
+    run_n = n if order is None else n[order]
+    mask, _ = sequence.length_mask(run_n, T, "cpu", reversal=False)
+    x = torch.randn(B, T, I, dtype=dtype).transpose(0, 1) if strided else torch.randn(T, B, I, dtype=dtype)
+    for b, steps in enumerate(n.tolist()):                    # padding that must not leak
+        x[steps:, b] = float("nan")
+    grad = torch.randn(T, B, I, dtype=dtype)
+    results = []
+    for f in (lambda: sequence.rows_to_run(xg, order, run_n, mask),
+              lambda: torch_ops(sequence.rows_to_run, xg, order, run_n, mask)):
+        xg = x.clone().requires_grad_()
+        out = f()
+        out.backward(grad)
+        results.append((out, xg.grad))
+    (out, dx), (want, want_dx) = results
+    assert torch.equal(out, want) and not torch.isnan(out).any()
+    assert torch.equal(dx, want_dx)
+
+
+@needs_cpu
+def test_rows_to_run_gradcheck():
+    cpu.extension()
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    order, n = torch.tensor([2, 0, 3, 1]), torch.tensor([6, 4, 4, 1])
+    assert torch.autograd.gradcheck(lambda t: sequence._RowsToRun.apply(t, order, n), (x,))
+
+
+@needs_cpu
+@pytest.mark.parametrize("form", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("lengths", list(LENGTHS) + ["packed"])
+def test_training_with_lengths_takes_one_pass_with_the_same_gradients(monkeypatch, form, lengths):
+    torch.manual_seed(0)
+    model = {"rnn": rnnkit.RNN, "gru": rnnkit.GRU, "lstm": rnnkit.LSTM}[form](I, H, num_layers=2, backend="cpu")
+    model = model.double()
+    n = torch.tensor(LENGTHS["unsorted" if lengths == "packed" else lengths])
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for b, steps in enumerate(n.tolist()):
+        x[steps:, b] = float("nan")
+
+    def step():
+        model.zero_grad()
+        xg = x.clone().requires_grad_()
+        if lengths == "packed":
+            out, h = model(pack_padded_sequence(xg, n, enforce_sorted=False))
+            out = out.data
+        else:
+            out, h = model(xg, None, n)
+        loss = out.pow(2).sum() + sum(s.sum() for s in (h if isinstance(h, tuple) else (h,)))
+        loss.backward()
+        return [out.detach(), xg.grad] + [p.grad.clone() for p in model.parameters()]
+
+    seen = spied(monkeypatch)
+    ours = step()
+    assert len(seen) == (0 if lengths == "packed" else 1)     # a packed batch comes zero-padded already
+    want = torch_ops(step)
+    for a, b in zip(ours, want):
+        assert not torch.isnan(a).any()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@needs_cpu
+def test_a_forward_without_a_graph_does_not_copy_for_zeros(monkeypatch):
+    seen = spied(monkeypatch)
+    model = rnnkit.GRU(I, H, backend="cpu")
+    with torch.no_grad():
+        model(torch.randn(T, B, I), None, torch.tensor(LENGTHS["unsorted"]))
+        model(torch.randn(T, B, I), None, torch.tensor(LENGTHS["unsorted"]), return_trace=True)
+    assert seen == []
+
+
+@needs_cpu
+@pytest.mark.parametrize("order, lengths, match", [
+    ([0, 0, 1], [3, 2, 1], r"order: expected a permutation of 0 \.\. 2, got 0 at 1"),
+    ([0, 1, 3], [3, 2, 1], r"order: expected a permutation of 0 \.\. 2, got 3 at 2"),
+    ([0, 1, 2], [2, 3, 1], r"lengths: expected non-increasing lengths in \[1, 4\], got 3 at 1"),
+    ([0, 1, 2], [5, 3, 1], r"lengths: expected non-increasing lengths in \[1, 4\], got 5 at 0"),
+    ([0, 1, 2], [3, 2], r"order and lengths: expected two \(B,\) int64 CPU tensors"),
+])
+def test_the_kernels_name_a_bad_run(order, lengths, match):
+    ext = cpu.extension()
+    for f in (ext.rows_to_run, ext.rows_to_user):
+        with pytest.raises(ValueError, match=match):
+            f(torch.randn(4, 3, 2), torch.tensor(order), torch.tensor(lengths))
