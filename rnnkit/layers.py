@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, ops, sequence, validation
 from .cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, Cell, ElmanCell, GRUCell, JordanCell, LSTMCell
@@ -381,7 +381,7 @@ class _Recurrent(nn.Module):
                 if fast is not None:
                     return (PackedSequence(fast[0], input.batch_sizes, input.sorted_indices, input.unsorted_indices),
                             self.pack_state(fast[1]))
-            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))   # (T, B, I), longest first
+            x, lengths = sequence.unpacked(input.data, input.batch_sizes)   # (T, B, I), longest first
             validation.input_tensor(who, x, self.input_size, dtype)
             unbatched = False
         else:
@@ -407,7 +407,7 @@ class _Recurrent(nn.Module):
         # the run's order already), else None and x is copied into the run's order
         first_project = None if lengths is None else self._row_projection(x, hx, None if packed else order, lengths)
         mask, rev = sequence.length_mask(lengths, T, x.device, reversal=self._D == 2)
-        zeroed = packed                                 # pad_packed_sequence pads with zeros
+        zeroed = packed                                 # sequence.unpacked pads with zeros
         if first_project is None and not packed:
             if mask is not None and self._zeros_needed(x):   # with a graph: copied and zeroed in one pass
                 x, zeroed = sequence.rows_to_run(x, order, lengths, mask), True
@@ -420,7 +420,7 @@ class _Recurrent(nn.Module):
         h_n = tuple(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals)
         back = sequence.user_order(order, x.device)                     # the run's rows back to the user's
         if packed:
-            out = PackedSequence(pack_padded_sequence(out, lengths, enforce_sorted=True).data, input.batch_sizes,
+            out = PackedSequence(sequence.packed_data(out, lengths, input.batch_sizes), input.batch_sizes,
                                  input.sorted_indices, input.unsorted_indices)
         else:
             out = self._layout(sequence.batch_rows(out, back), unbatched)

@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .cells.base import Cell
 
@@ -131,6 +132,71 @@ def rows_to_run(x: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tenso
         return zero_padded(mask, batch_rows(x, order))
     order = torch.arange(x.shape[1]) if order is None else order.to(torch.long)
     return _RowsToRun.apply(x, order, lengths.to(torch.long))
+
+
+# The cpu backend's copies between a PackedSequence's data and the padded (T, B, F) batch, one pass
+# each (unpack_rows, pack_rows of its kernels), registered when they load; None: torch's.
+_cpu_packing: Optional[Tuple[Callable, Callable]] = None
+
+
+def use_cpu_packing(unpack: Optional[Callable], pack: Optional[Callable]) -> None:
+    """Let ``unpacked`` and ``packed_data`` use ``unpack(data, batch_sizes)`` and ``pack(t,
+    batch_sizes)`` on CPU tensors (None: torch's pad_packed_sequence and pack_padded_sequence)."""
+    global _cpu_packing
+    _cpu_packing = None if unpack is None or pack is None else (unpack, pack)
+
+
+class _Unpacked(torch.autograd.Function):
+    """A PackedSequence's data as its padded batch (zeros on padded steps); the gradient packed."""
+
+    @staticmethod
+    def forward(ctx, data: Tensor, batch_sizes: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx.save_for_backward(batch_sizes)
+        x, lengths = _cpu_packing[0](data, batch_sizes)
+        ctx.mark_non_differentiable(lengths)
+        return x, lengths
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _):
+        (batch_sizes,) = ctx.saved_tensors
+        return _cpu_packing[1](grad, batch_sizes), None
+
+
+class _Packed(torch.autograd.Function):
+    """A padded batch's valid rows as a PackedSequence's data; the gradient padded with zeros."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, batch_sizes: Tensor) -> Tensor:
+        ctx.save_for_backward(batch_sizes)
+        return _cpu_packing[1](t, batch_sizes)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (batch_sizes,) = ctx.saved_tensors
+        return _cpu_packing[0](grad, batch_sizes)[0], None
+
+
+def _packing_here(t: Tensor) -> bool:
+    return _cpu_packing is not None and t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def unpacked(data: Tensor, batch_sizes: Tensor) -> Tuple[Tensor, Tensor]:
+    """(x (T, B, F) with zeros on padded steps, lengths (B,) int64) of a PackedSequence's data and
+    batch sizes, rows longest first, differentiable: ``pad_packed_sequence``'s result, in one pass
+    each way on the CPU (measured with torch's at (T, B, H) = (128, 32, 256), two threads: its
+    pad_packed_sequence and pack_padded_sequence with their backwards took about 30 ms, more than
+    an Elman training step)."""
+    if not _packing_here(data) or data.dim() != 2:
+        return pad_packed_sequence(PackedSequence(data, batch_sizes))
+    return _Unpacked.apply(data, batch_sizes)
+
+
+def packed_data(t: Tensor, lengths: Tensor, batch_sizes: Tensor) -> Tensor:
+    """The valid rows of t (T, B, F) (rows longest first, ``lengths`` theirs) as the data of a
+    PackedSequence with ``batch_sizes``, differentiable (``unpacked``'s inverse)."""
+    if not _packing_here(t):
+        return pack_padded_sequence(t, lengths, enforce_sorted=True).data
+    return _Packed.apply(t, batch_sizes)
 
 
 def length_mask(lengths: Optional[Tensor], T: int, device,

@@ -55,6 +55,7 @@ def test_a_failing_native_build_is_reported(monkeypatch):
     monkeypatch.setattr(noise, "_cpu_fill", noise._cpu_fill)       # restored after the planted module
     monkeypatch.setattr(sequence, "_cpu_empty", sequence._cpu_empty)
     monkeypatch.setattr(sequence, "_cpu_rows", sequence._cpu_rows)
+    monkeypatch.setattr(sequence, "_cpu_packing", sequence._cpu_packing)
     assert _build.load() == "portable module"
     assert "RuntimeError: exit status 1" in _build.native_error()
 

@@ -278,6 +278,8 @@ def load(verbose: bool = False) -> Optional[ModuleType]:
             sequence.use_cpu_empty(getattr(_state["module"], "pooled_empty", None))  # reordered batches
             sequence.use_cpu_rows(getattr(_state["module"], "rows_to_run", None),
                                   getattr(_state["module"], "rows_to_user", None))
+            sequence.use_cpu_packing(getattr(_state["module"], "unpack_rows", None),
+                                     getattr(_state["module"], "pack_rows", None))
             if not native:                  # kept, so that a failing native build is not silent
                 _state["native_error"] = errors[-1] if errors else "not tried"
             return _state["module"]

@@ -327,6 +327,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       arg("g"), arg("order"), arg("lengths"),
       "rows_to_user(g, order, lengths): rows_to_run's inverse (the user's row order[i] is g's row i), zeros on "
       "padded steps, a new tensor");
+  m.def(
+      "unpack_rows",
+      [](const rnnkit::Tensor& data, const rnnkit::Tensor& batch_sizes) {
+        TORCH_CHECK_VALUE(data.device().is_cpu(), "unpack_rows: data: expected a CPU tensor");
+        const rnnkit::RunOrder run = rnnkit::RunOrder::packed(batch_sizes);
+        rnnkit::Tensor lengths = at::empty({static_cast<int64_t>(run.len.size())}, at::kLong);
+        std::copy(run.len.begin(), run.len.end(), lengths.data_ptr<int64_t>());
+        return std::make_tuple(run.unpack(data), lengths);
+      },
+      arg("data"), arg("batch_sizes"),
+      "x, lengths = unpack_rows(data, batch_sizes): a PackedSequence's data (N, F) as (T, B, F), zeros on padded "
+      "steps (pad_packed_sequence in one pass), and its rows' lengths");
+  m.def(
+      "pack_rows",
+      [](const rnnkit::Tensor& t, const rnnkit::Tensor& batch_sizes) {
+        TORCH_CHECK_VALUE(t.device().is_cpu(), "pack_rows: t: expected a CPU tensor");
+        return rnnkit::RunOrder::packed(batch_sizes).pack(t);
+      },
+      arg("t"), arg("batch_sizes"),
+      "pack_rows(t, batch_sizes): t (T, B, F) as a PackedSequence's data (N, F), the valid rows step by step");
   m.def("project_rows", &rnnkit::project_rows, arg("x"), arg("order"), arg("lengths"), arg("w"), arg("bias"),
         "xp = project_rows(x, order, lengths, w, bias): the first layer's input projection of a batch "
         "with lengths in the run's row order, padded steps skipped (gemm.h)");

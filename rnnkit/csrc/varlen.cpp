@@ -143,6 +143,8 @@ void each_step(const std::vector<int64_t>& steps, int64_t row_bytes, const F& f)
 
 Tensor RunOrder::unpack(const Tensor& data) const {
   const int64_t T = static_cast<int64_t>(steps.size()), B = static_cast<int64_t>(order.size());
+  TORCH_CHECK_VALUE(data.dim() == 2 && data.size(0) == valid_steps(), "rnnkit unpack: expected (", valid_steps(),
+                    ", F) data for these batch sizes, got ", data.sizes());
   const Tensor src = data.contiguous();
   Tensor out = pooled_empty({T, B, src.size(1)}, src.options());
   const int64_t row = src.size(1) * src.element_size();
@@ -155,8 +157,12 @@ Tensor RunOrder::unpack(const Tensor& data) const {
   return out;
 }
 
-Tensor RunOrder::pack(const Tensor& hs) const {
+Tensor RunOrder::pack(const Tensor& t) const {
   const int64_t B = static_cast<int64_t>(order.size());
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == static_cast<int64_t>(steps.size()) && t.size(1) == B,
+                    "rnnkit pack: expected a (", steps.size(), ", ", B, ", S) tensor for these batch sizes, got ",
+                    t.sizes());
+  const Tensor hs = t.contiguous();
   Tensor out = pooled_empty({valid_steps(), hs.size(2)}, hs.options());
   const int64_t row = hs.size(2) * hs.element_size();
   const char* in = static_cast<const char*>(hs.data_ptr());

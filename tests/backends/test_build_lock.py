@@ -34,6 +34,7 @@ def cache(monkeypatch, tmp_path):
     monkeypatch.setattr(noise, "_cpu_fill", noise._cpu_fill)       # load() registers the fake module's
     monkeypatch.setattr(sequence, "_cpu_empty", sequence._cpu_empty)   # (absent) functions: restored
     monkeypatch.setattr(sequence, "_cpu_rows", sequence._cpu_rows)
+    monkeypatch.setattr(sequence, "_cpu_packing", sequence._cpu_packing)
     monkeypatch.setattr(cpp_extension, "JIT_EXTENSION_VERSIONER", cpp_extension.ExtensionVersioner())
     built = []
 

@@ -1,7 +1,9 @@
 """Training with lengths: the batch goes into the run's row order with zeros on padded steps in one
 pass, and its gradient back into the user's order (the cpu kernels' rows_to_run / rows_to_user,
 sequence.rows_to_run), where torch's index_select and torch.where with its backward took two
-passes each way.  The results are those of the torch ops, bit for bit (a copy and zeros)."""
+passes each way; a PackedSequence is padded and its output packed again the same way (unpack_rows
+/ pack_rows, sequence.unpacked / packed_data) instead of pad_packed_sequence and
+pack_padded_sequence.  The results are those of the torch ops, bit for bit (copies and zeros)."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -17,12 +19,12 @@ LENGTHS = {"unsorted": [3, 7, 1, 7, 5], "sorted": [7, 7, 5, 3, 1]}
 
 def torch_ops(f, *args):
     """f(*args) with the one-pass copies switched off (the torch ops instead)."""
-    kept = sequence._cpu_rows
-    sequence._cpu_rows = None
+    kept = sequence._cpu_rows, sequence._cpu_packing
+    sequence._cpu_rows = sequence._cpu_packing = None
     try:
         return f(*args)
     finally:
-        sequence._cpu_rows = kept
+        sequence._cpu_rows, sequence._cpu_packing = kept
 
 
 def spied(monkeypatch):
@@ -126,3 +128,43 @@ def test_the_kernels_name_a_bad_run(order, lengths, match):
     for f in (ext.rows_to_run, ext.rows_to_user):
         with pytest.raises(ValueError, match=match):
             f(torch.randn(4, 3, 2), torch.tensor(order), torch.tensor(lengths))
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+def test_unpacked_and_packed_data_equal_torchs_both_ways(lengths, dtype):
+    cpu.extension()
+    n = torch.tensor(LENGTHS[lengths])
+    packed = pack_padded_sequence(torch.randn(T, B, I, dtype=dtype), n, enforce_sorted=False)
+    grad_x, grad_p = torch.randn(T, B, I, dtype=dtype), torch.randn(packed.data.shape[0], 3, dtype=dtype)
+    w = torch.randn(I, 3, dtype=dtype)
+    results = []
+    for run in (lambda f, *a: f(*a), torch_ops):
+        data = packed.data.clone().requires_grad_()
+        x, got_n = run(sequence.unpacked, data, packed.batch_sizes)
+        y = x @ w                                             # (T, B, 3): a differentiable step between
+        out = run(sequence.packed_data, y, got_n, packed.batch_sizes)
+        torch.autograd.backward([x, out], [grad_x, grad_p])
+        results.append((x.detach(), got_n, out.detach(), data.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs_cpu
+def test_unpacked_and_packed_data_gradcheck():
+    cpu.extension()
+    batch_sizes = torch.tensor([4, 3, 3, 1])
+    data = torch.randn(11, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d: sequence._Unpacked.apply(d, batch_sizes)[0], (data,))
+    t = torch.randn(4, 4, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u: sequence._Packed.apply(u, batch_sizes), (t,))
+
+
+@needs_cpu
+def test_the_kernels_name_bad_packed_shapes():
+    ext = cpu.extension()
+    with pytest.raises(ValueError, match=r"unpack: expected \(7, F\) data"):
+        ext.unpack_rows(torch.randn(6, 2), torch.tensor([3, 3, 1]))
+    with pytest.raises(ValueError, match=r"pack: expected a \(3, 3, S\) tensor"):
+        ext.pack_rows(torch.randn(3, 2, 2), torch.tensor([3, 3, 1]))
