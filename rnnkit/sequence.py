@@ -106,19 +106,30 @@ def use_cpu_rows(to_run: Optional[Callable], to_user: Optional[Callable]) -> Non
     _cpu_rows = None if to_run is None or to_user is None else (to_run, to_user)
 
 
-class _RowsToRun(torch.autograd.Function):
-    """A batch into the run's row order with zeros on padded steps, and its gradient back into the
-    user's (also zero there): one pass each way."""
+def _kernel_copies(t: Tensor) -> bool:
+    """Whether the cpu kernels' copies (registered, else None) may move t: a CPU tensor outside
+    torch.compile and outside what needs torch's own ops (ops.torch_ops_only: forward-mode AD,
+    torch.func transforms, tracing), where these autograd Functions have no jvp or batching rule."""
+    from .ops import torch_ops_only                  # (ops imports this module)
+    return t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch_ops_only()
+
+
+class _Rows(torch.autograd.Function):
+    """A batch into the run's row order with zeros on padded steps (back=False), or rows in the
+    run's order back into the user's, zeros on padded steps (back=True): one pass.  Each is the
+    other's adjoint, so the gradient is the other direction, itself differentiable again
+    (create_graph)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, order: Tensor, lengths: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, order: Tensor, lengths: Tensor, back: bool) -> Tensor:
         ctx.save_for_backward(order, lengths)
-        return _cpu_rows[0](x, order, lengths)
+        ctx.back = back
+        return _cpu_rows[1 if back else 0](x, order, lengths)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         order, lengths = ctx.saved_tensors
-        return _cpu_rows[1](grad, order, lengths), None, None
+        return _Rows.apply(grad, order, lengths, not ctx.back), None, None, None
 
 
 def rows_to_run(x: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tensor) -> Tensor:
@@ -127,11 +138,10 @@ def rows_to_run(x: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tenso
     what ``zero_padded(mask, batch_rows(x, order))`` gives, in one pass on the CPU (measured at
     (T, B, H) = (128, 32, 256), two threads: index_select and torch.where with its backward took
     about 2 ms of an Elman training step of 25 with lengths)."""
-    if (_cpu_rows is None or x.device.type != "cpu" or x.dim() != 3 or torch.compiler.is_compiling()
-            or x.dtype not in (torch.float32, torch.float64)):
+    if _cpu_rows is None or x.dim() != 3 or x.dtype not in (torch.float32, torch.float64) or not _kernel_copies(x):
         return zero_padded(mask, batch_rows(x, order))
     order = torch.arange(x.shape[1]) if order is None else order.to(torch.long)
-    return _RowsToRun.apply(x, order, lengths.to(torch.long))
+    return _Rows.apply(x, order, lengths.to(torch.long), False)
 
 
 # The cpu backend's copies between a PackedSequence's data and the padded (T, B, F) batch, one pass
@@ -159,7 +169,7 @@ class _Unpacked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor, _):
         (batch_sizes,) = ctx.saved_tensors
-        return _cpu_packing[1](grad, batch_sizes), None
+        return _Packed.apply(grad, batch_sizes), None             # differentiable again (create_graph)
 
 
 class _Packed(torch.autograd.Function):
@@ -173,11 +183,11 @@ class _Packed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (batch_sizes,) = ctx.saved_tensors
-        return _cpu_packing[0](grad, batch_sizes)[0], None
+        return _Unpacked.apply(grad, batch_sizes)[0], None
 
 
 def _packing_here(t: Tensor) -> bool:
-    return _cpu_packing is not None and t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return _cpu_packing is not None and _kernel_copies(t)
 
 
 def unpacked(data: Tensor, batch_sizes: Tensor) -> Tuple[Tensor, Tensor]:

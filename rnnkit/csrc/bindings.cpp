@@ -309,24 +309,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       arg("sizes"), arg("dtype"),
       "pooled_empty(sizes, dtype): an uninitialised CPU tensor, from pool.h's cache when it is large");
   m.def("has_blas", &rnnkit::has_blas, "whether the time loops call BLAS directly");
-  m.def(
-      "rows_to_run",
-      [](const rnnkit::Tensor& x, const rnnkit::Tensor& order, const rnnkit::Tensor& lengths) {
-        TORCH_CHECK_VALUE(x.dim() == 3 && x.device().is_cpu(), "rows_to_run: x: expected a (T, B, F) CPU tensor");
-        return rnnkit::RunOrder::given(order, lengths, x.size(0)).gather(x, true);
-      },
-      arg("x"), arg("order"), arg("lengths"),
-      "rows_to_run(x, order, lengths): x (T, B, F) with row i the user's row order[i] and zeros past lengths[i] "
-      "(the run's non-increasing lengths), a new tensor");
-  m.def(
-      "rows_to_user",
-      [](const rnnkit::Tensor& g, const rnnkit::Tensor& order, const rnnkit::Tensor& lengths) {
-        TORCH_CHECK_VALUE(g.dim() == 3 && g.device().is_cpu(), "rows_to_user: g: expected a (T, B, F) CPU tensor");
-        return rnnkit::RunOrder::given(order, lengths, g.size(0)).to_user(g, true);
-      },
-      arg("g"), arg("order"), arg("lengths"),
-      "rows_to_user(g, order, lengths): rows_to_run's inverse (the user's row order[i] is g's row i), zeros on "
-      "padded steps, a new tensor");
+  for (const bool back : {false, true}) {
+    const char* name = back ? "rows_to_user" : "rows_to_run";
+    m.def(
+        name,
+        [back, name](const rnnkit::Tensor& x, const rnnkit::Tensor& order, const rnnkit::Tensor& lengths) {
+          TORCH_CHECK_VALUE(x.dim() == 3 && x.device().is_cpu(), name, ": expected a (T, B, F) CPU tensor, got ",
+                            x.sizes(), " on ", x.device());
+          const rnnkit::RunOrder run = rnnkit::RunOrder::given(order, lengths, x.size(0));
+          return back ? run.to_user(x, true) : run.gather(x, true);
+        },
+        arg("x"), arg("order"), arg("lengths"),
+        back ? "rows_to_user(x, order, lengths): rows_to_run's inverse (the user's row order[i] is x's row i), "
+               "zeros on padded steps, a new tensor"
+             : "rows_to_run(x, order, lengths): x (T, B, F) with row i the user's row order[i] and zeros past "
+               "lengths[i] (the run's non-increasing lengths), a new tensor");
+  }
   m.def(
       "unpack_rows",
       [](const rnnkit::Tensor& data, const rnnkit::Tensor& batch_sizes) {

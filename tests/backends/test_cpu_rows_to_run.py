@@ -29,12 +29,13 @@ def torch_ops(f, *args):
 
 def spied(monkeypatch):
     seen = []
-    original = sequence._RowsToRun.apply
+    original = sequence._Rows.apply
 
     def spy(*a):
-        seen.append(1)
+        if not a[3]:                                          # into the run (the backward goes back)
+            seen.append(1)
         return original(*a)
-    monkeypatch.setattr(sequence._RowsToRun, "apply", spy)
+    monkeypatch.setattr(sequence._Rows, "apply", spy)
     return seen
 
 
@@ -69,7 +70,8 @@ def test_rows_to_run_gradcheck():
     cpu.extension()
     x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
     order, n = torch.tensor([2, 0, 3, 1]), torch.tensor([6, 4, 4, 1])
-    assert torch.autograd.gradcheck(lambda t: sequence._RowsToRun.apply(t, order, n), (x,))
+    assert torch.autograd.gradcheck(lambda t: sequence._Rows.apply(t, order, n, False), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: sequence._Rows.apply(t, order, n, False), (x,))   # create_graph
 
 
 @needs_cpu
@@ -159,6 +161,8 @@ def test_unpacked_and_packed_data_gradcheck():
     assert torch.autograd.gradcheck(lambda d: sequence._Unpacked.apply(d, batch_sizes)[0], (data,))
     t = torch.randn(4, 4, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda u: sequence._Packed.apply(u, batch_sizes), (t,))
+    assert torch.autograd.gradgradcheck(lambda d: sequence._Unpacked.apply(d, batch_sizes)[0], (data,))
+    assert torch.autograd.gradgradcheck(lambda u: sequence._Packed.apply(u, batch_sizes), (t,))
 
 
 @needs_cpu
