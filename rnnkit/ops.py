@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 from torch.amp.autocast_mode import is_autocast_available
@@ -30,6 +29,7 @@ from . import backends
 from .backends import library
 from .backends.base import Backend
 from .cells.base import Cell
+from .sequence import torch_ops_only  # noqa: F401 - the layers' and backends' name for it
 from .sequence import zero_padded as _zero_padded
 from .sequence import zero_padded_
 
@@ -161,20 +161,6 @@ def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
         for k, g in zip(wanted, found):
             grads[k] = g
     return tuple(grads)
-
-
-def torch_ops_only() -> bool:
-    """Whether only torch's own ops may run the recurrence: under forward-mode AD (an open
-    ``torch.autograd.forward_ad.dual_level``) inputs may carry tangents, and under a torch.func
-    transform (grad, vjp, jacrev, jvp, vmap) they are functorch's wrapper tensors.  A backend's
-    kernels read raw data and our hand-derived backward has no jvp and no batching rule: they
-    would drop tangents silently or fail on the wrappers.  Under torch.jit.trace only torch's
-    ops are recorded: a single step (model.step, the Cell modules) traces as torch's ops."""
-    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active() or torch.jit.is_tracing()
-
-
-def _functorch_active() -> bool:
-    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def autocast_enabled(x: Tensor) -> bool:

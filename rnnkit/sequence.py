@@ -10,6 +10,7 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
     zero_padded(mask, t)              zeros on padded steps (zero_padded_: in place)
     keep(mask_t, new, old)            the state after a step: new inside the sequence, old on padding
     step_stack(cell, x, state0, ...)  one time step through a stack of layers (Python, differentiable)
+    torch_ops_only()                  whether only torch's own ops may run (forward AD, torch.func, tracing)
 
 A reverse direction is the forward machinery run on ``reverse(x, rev)`` with its outputs reversed
 back (as flax's ``flip_sequences``): padding stays at the end, so the same masks serve both.
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -106,11 +108,24 @@ def use_cpu_rows(to_run: Optional[Callable], to_user: Optional[Callable]) -> Non
     _cpu_rows = None if to_run is None or to_user is None else (to_run, to_user)
 
 
+def torch_ops_only() -> bool:
+    """Whether only torch's own ops may run the recurrence: under forward-mode AD (an open
+    ``torch.autograd.forward_ad.dual_level``) inputs may carry tangents, and under a torch.func
+    transform (grad, vjp, jacrev, jvp, vmap) they are functorch's wrapper tensors.  A backend's
+    kernels read raw data and our hand-derived backward has no jvp and no batching rule: they
+    would drop tangents silently or fail on the wrappers.  Under torch.jit.trace only torch's
+    ops are recorded: a single step (model.step, the Cell modules) traces as torch's ops."""
+    return getattr(forward_ad, "_current_level", -1) >= 0 or _functorch_active() or torch.jit.is_tracing()
+
+
+def _functorch_active() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def _kernel_copies(t: Tensor) -> bool:
     """Whether the cpu kernels' copies (registered, else None) may move t: a CPU tensor outside
-    torch.compile and outside what needs torch's own ops (ops.torch_ops_only: forward-mode AD,
+    torch.compile and outside what needs torch's own ops (torch_ops_only: forward-mode AD,
     torch.func transforms, tracing), where these autograd Functions have no jvp or batching rule."""
-    from .ops import torch_ops_only                  # (ops imports this module)
     return t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch_ops_only()
 
 
