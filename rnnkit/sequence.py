@@ -5,6 +5,9 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
     longest_first(lengths)            -> the order that sorts a batch longest first, or None
     user_order(order, device)         -> the inverse order (None for None)
     batch_rows(t, order)              t's batch rows (dim 1) in ``order``
+    rows_to_run(x, order, lengths, m) x in the run's order with zeros on padded steps, differentiable
+    unpacked(data, batch_sizes)       -> a PackedSequence's padded batch and lengths, differentiable
+    packed_data(t, lengths, sizes)    -> t's valid rows as a PackedSequence's data, differentiable
     length_mask(lengths, T, device)   -> mask (T, B, 1) bool, rev (T, B, 1) index, or (None, None)
     reverse(t, rev)                   each sequence reversed within its own length (an involution)
     zero_padded(mask, t)              zeros on padded steps (zero_padded_: in place)
@@ -14,6 +17,9 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
 
 A reverse direction is the forward machinery run on ``reverse(x, rev)`` with its outputs reversed
 back (as flax's ``flip_sequences``): padding stays at the end, so the same masks serve both.
+On the CPU the copies (batch_rows, rows_to_run, unpacked, packed_data) go through the cpu
+backend's kernels where they registered (use_cpu_empty, use_cpu_rows, use_cpu_packing): one pass
+each, into its cache of buffers; elsewhere torch's ops.
 """
 from __future__ import annotations
 
