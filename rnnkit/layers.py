@@ -403,18 +403,22 @@ class _Recurrent(nn.Module):
             order = sequence.longest_first(lengths)
             if order is not None:
                 lengths = lengths[order]
+        mask, rev = sequence.length_mask(lengths, T, x.device, reversal=self._D == 2)
+        # padded steps must be zeros where a backward follows (checked once: a walk over the weights)
+        zeros = mask is not None and not packed and self._zeros_needed(x)
         # the first layer's projection from the user's rows where they are (a packed batch's are in
         # the run's order already), else None and x is copied into the run's order
-        first_project = None if lengths is None else self._row_projection(x, hx, None if packed else order, lengths)
-        mask, rev = sequence.length_mask(lengths, T, x.device, reversal=self._D == 2)
-        zeroed = packed                                 # sequence.unpacked pads with zeros
+        first_project = None if lengths is None or zeros else \
+            self._row_projection(x, hx, None if packed else order, lengths)
+        if order is not None:
+            order = order.to(x.device)
         if first_project is None and not packed:
-            if mask is not None and self._zeros_needed(x):   # with a graph: copied and zeroed in one pass
-                x, zeroed = sequence.rows_to_run(x, order, lengths, mask), True
+            if zeros:                                   # copied and zeroed in one pass
+                x = sequence.rows_to_run(x, order, lengths, mask)
             elif order is not None:
-                x = sequence.batch_rows(x, order.to(x.device))
+                x = sequence.batch_rows(x, order)
         state0 = self._initial_states(hx, B, unbatched, x, order)
-        out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project, zeroed)
+        out, finals, trace = self._run(x, mask, rev, state0, return_trace, first_project)
         # (D*L, B, S_k); finals are fresh tensors (clones or the op's own outputs), so one of them
         # needs no copy
         h_n = tuple(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals)
@@ -423,13 +427,14 @@ class _Recurrent(nn.Module):
             out = PackedSequence(sequence.packed_data(out, lengths, input.batch_sizes), input.batch_sizes,
                                  input.sorted_indices, input.unsorted_indices)
         else:
-            out = self._layout(sequence.batch_rows(out, back), unbatched)
-        h_n = tuple(sequence.batch_rows(h, back) for h in h_n)
+            out = self._layout(sequence.batch_rows(out, back, order), unbatched)
+        if back is not None:                            # (D*L, B, S_k): torch's own op, no Function to enter
+            h_n = tuple(h.index_select(1, back) for h in h_n)
         if unbatched:
             h_n = tuple(h.squeeze(1) for h in h_n)
         result = (out, self.pack_state(h_n))
         if return_trace:
-            result += (Trace([[{k: self._layout(sequence.batch_rows(v, back), unbatched) for k, v in tr.items()}
+            result += (Trace([[{k: self._layout(sequence.batch_rows(v, back, order), unbatched) for k, v in tr.items()}
                                for tr in lay] for lay in trace]),)
         return result
 
@@ -542,28 +547,25 @@ class _Recurrent(nn.Module):
         # (grad mode first: no walk over the parameters under no_grad)
         return torch.is_grad_enabled() and ops.needs_graph((x, *self.parameters()))
 
-    def _padding_zeroed(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """The input with zeros on padded steps where ``_zeros_needed``."""
-        return x if mask is None or not self._zeros_needed(x) else sequence.zero_padded(mask, x)
-
     def _row_projection(self, x: Tensor, hx, order: Optional[Tensor], lengths: Tensor):
         """The backend's projection of the first layer from the user's rows (``Backend.row_projection``)
         where it applies: one direction, no graph to record (nothing differentiates it), no
-        compile or functorch transform; else None (x is then copied into the run's order)."""
+        compile or functorch transform; else None (x is then copied into the run's order).  The
+        caller has found that neither x nor the weights record a graph (``_zeros_needed``)."""
         if self._D != 1 or torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         states = hx if isinstance(hx, tuple) else (hx,)
-        if torch.is_grad_enabled() and ops.needs_graph((x, *states, *self.parameters())):
+        if torch.is_grad_enabled() and ops.needs_graph(states):
             return None
         backend = self.backend_for(x)
         return None if backend.differentiable else backend.row_projection(self.cell, x, order, lengths)
 
-    def _run(self, x, mask, rev, state0, want_trace, first_project=None, zeroed=False):
+    def _run(self, x, mask, rev, state0, want_trace, first_project=None):
         """The stack over the sequence; ``first_project``: the first layer's projection where x is
-        still in the user's row order (``_row_projection``), else None; ``zeroed``: x's padded steps
-        are zeros already."""
+        still in the user's row order (``_row_projection``), else None.  x's padded steps are
+        zeros wherever a backward follows (``_zeros_needed``)."""
         backend = self.backend_for(x)
-        layer_in = x if zeroed else self._padding_zeroed(x, mask)
+        layer_in = x
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
         traces = []
         for layer in range(self.num_layers):

@@ -4,7 +4,7 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
 
     longest_first(lengths)            -> the order that sorts a batch longest first, or None
     user_order(order, device)         -> the inverse order (None for None)
-    batch_rows(t, order)              t's batch rows (dim 1) in ``order``
+    batch_rows(t, order[, inverse])   t's batch rows (dim 1) in ``order``
     rows_to_run(x, order, lengths, m) x in the run's order with zeros on padded steps, differentiable
     unpacked(data, batch_sizes)       -> a PackedSequence's padded batch and lengths, differentiable
     packed_data(t, lengths, sizes)    -> t's valid rows as a PackedSequence's data, differentiable
@@ -85,8 +85,9 @@ class _BatchRows(torch.autograd.Function):
         return _rows_into(grad, back), None, None
 
 
-def batch_rows(t: Tensor, order: Optional[Tensor]) -> Tensor:
-    """t (N, B, ...) with its batch rows in ``order`` (None: t itself; order a permutation).
+def batch_rows(t: Tensor, order: Optional[Tensor], inverse: Optional[Tensor] = None) -> Tensor:
+    """t (N, B, ...) with its batch rows in ``order`` (None: t itself; order a permutation);
+    ``inverse``: order's inverse where the caller has it (the gradient's order), else computed.
 
     On CPU the copy goes into a buffer of the kernels' cache: a new multi-MiB tensor at every call
     faults its pages in again once glibc has handed a freed one back to the OS (measured, Elman
@@ -97,7 +98,7 @@ def batch_rows(t: Tensor, order: Optional[Tensor]) -> Tensor:
     if torch.compiler.is_compiling():
         return t.index_select(1, order)
     if torch.is_grad_enabled() and t.requires_grad:
-        return _BatchRows.apply(t, order, user_order(order, order.device))
+        return _BatchRows.apply(t, order, user_order(order, order.device) if inverse is None else inverse)
     return _rows_into(t, order)
 
 
