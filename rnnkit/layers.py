@@ -426,6 +426,8 @@ class _Recurrent(nn.Module):
         if packed:
             out = PackedSequence(sequence.packed_data(out, lengths, input.batch_sizes), input.batch_sizes,
                                  input.sorted_indices, input.unsorted_indices)
+        elif mask is not None:                          # zeros on padded steps, in the user's rows
+            out = self._layout(sequence.rows_to_user(out, order, lengths, mask, back), unbatched)
         else:
             out = self._layout(sequence.batch_rows(out, back, order), unbatched)
         if back is not None:                            # (D*L, B, S_k): torch's own op, no Function to enter
@@ -563,7 +565,8 @@ class _Recurrent(nn.Module):
     def _run(self, x, mask, rev, state0, want_trace, first_project=None):
         """The stack over the sequence; ``first_project``: the first layer's projection where x is
         still in the user's row order (``_row_projection``), else None.  x's padded steps are
-        zeros wherever a backward follows (``_zeros_needed``)."""
+        zeros wherever a backward follows (``_zeros_needed``); the output's padded steps hold the
+        carried state (ops.run_direction's ``zero_out=False``: the caller zeroes them)."""
         backend = self.backend_for(x)
         layer_in = x
         finals: List[List[Tensor]] = [[] for _ in self.cell.state_names]
@@ -574,9 +577,10 @@ class _Recurrent(nn.Module):
                 w_ih, b_ih, rec = self._direction_params(layer, d, x)
                 xin = layer_in if d == 0 else sequence.reverse(layer_in, rev)
                 noise = self.cell.draw_noise(x.shape[0], x.shape[1], x) if self.training else None
+                # the output's padded steps keep the carried state: zeroed once, on the way out
                 out, fin, tr = ops.run_direction(self.cell, backend, xin, mask, state0[layer * self._D + d],
                                                  w_ih, b_ih, rec, want_trace, noise,
-                                                 project=first_project if layer == 0 else None)
+                                                 project=first_project if layer == 0 else None, zero_out=False)
                 if d == 1:
                     out = sequence.reverse(out, rev)
                     tr = {k: sequence.reverse(v, rev) for k, v in tr.items()}

@@ -13,8 +13,9 @@ autograd.Function and keeps no saved tensors.
 Shapes: x (T, B, I), mask (T, B, 1) bool or None, state0 tuple of (B, S_k),
 w_ih (G*H, I), b_ih (G*H) or None, rec params as the cell lists them, noise None or a tuple of
 (T, B, N_k) per ``cell.noise_names`` (drawn by the layer in training; never differentiated).
-Returns out (T, B, S_0) zero on padded steps, final state tuple of (B, S_k),
-and a dict of per-step trace tensors (T, B, .) (empty unless asked; detached).
+Returns out (T, B, S_0) zero on padded steps (with ``zero_out=False``: the carried state there,
+zeroed by the caller on the way back to the user's rows, one copy fewer each way), final state
+tuple of (B, S_k), and a dict of per-step trace tensors (T, B, .) (empty unless asked; detached).
 """
 from __future__ import annotations
 
@@ -70,11 +71,12 @@ def _trace(cell: Cell, mask, saved, states) -> Dict[str, Tensor]:
 
 
 def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih, b_ih, state0, rec, noise,
-         project=_linear):
+         project=_linear, zero_out: bool = True):
     """The forward pass of one layer and direction: (out, finals, trace, states, saved).
 
     ``project`` computes x W_ih^T + b_ih; the autograd path passes F.linear, which autograd can
-    differentiate (``_linear`` may call oneDNN's op, which it cannot).
+    differentiate (``_linear`` may call oneDNN's op, which it cannot).  ``zero_out``: out has
+    zeros on padded steps (else it is states[0], the carried state there).
     """
     xp = project(x, w_ih, b_ih)                                        # (T, B, G*H)
     save = need_saved or want_trace
@@ -84,8 +86,10 @@ def _run(cell: Cell, backend, want_trace: bool, need_saved: bool, x, mask, w_ih,
         states, saved = library.forward(backend, cell, xp, mask, state0, rec, save, noise)
     finals = tuple(s[-1].clone() for s in states)                      # (B, S_k)
     trace = _trace(cell, mask, saved, states) if want_trace else {}
-    if mask is not None and not save and not backend.differentiable:   # states[0] is ours: zero it in place
-        out = zero_padded_(mask, states[0])                            # (T, B, S_0)
+    if mask is None or not zero_out:
+        out = states[0]                                                # (T, B, S_0)
+    elif not save and not backend.differentiable:                      # states[0] is ours: zero it in place
+        out = zero_padded_(mask, states[0])
     else:
         out = _zero_padded(mask, states[0])
     return out, finals, trace, states, saved
@@ -99,15 +103,20 @@ def needs_graph(tensors) -> bool:
 
 
 class RecurrentFunction(torch.autograd.Function):
-    """Forward over the whole sequence, backward through time, for one layer and direction."""
+    """Forward over the whole sequence, backward through time, for one layer and direction.
+    ``zero_out=False``: out keeps the carried state on padded steps (``_run``), and its gradient
+    there flows into that state as the math says (the callers zero those steps downstream, so it
+    comes back zero)."""
 
     @staticmethod
-    def forward(ctx, cell: Cell, backend, want_trace: bool, x, mask, w_ih, b_ih, n_noise: int, *rest):
+    def forward(ctx, cell: Cell, backend, want_trace: bool, zero_out: bool, x, mask, w_ih, b_ih, n_noise: int,
+                *rest):
         n = len(cell.state_names)
         state0, noise, rec = rest[:n], rest[n:n + n_noise], rest[n + n_noise:]
         out, finals, trace, states, saved = _run(cell, backend, want_trace, True,
-                                                 x, mask, w_ih, b_ih, state0, rec, noise or None)
+                                                 x, mask, w_ih, b_ih, state0, rec, noise or None, zero_out=zero_out)
         ctx.cell, ctx.backend, ctx.n_state, ctx.n_rec, ctx.n_noise = cell, backend, n, len(rec), n_noise
+        ctx.zero_out = zero_out
         ctx.save_for_backward(x, mask, w_ih, b_ih, *state0, *noise, *rec, *states, *saved)
         ctx.mark_non_differentiable(*trace.values())
         return (out, *finals, *trace.values())
@@ -122,18 +131,18 @@ class RecurrentFunction(torch.autograd.Function):
         nones = (None,) * ctx.n_noise
         if torch.is_grad_enabled():                # create_graph=True: higher-order gradients follow
             grads = _graph_backward(ctx, (x, mask, w_ih, b_ih, *state0, *rec), (d_out, *d_final), noise or None)
-            return (None, None, None) + grads[:4] + (None,) + grads[4:4 + n] + nones + grads[4 + n:]
-        if d_out is not None:
+            return (None,) * 4 + grads[:4] + (None,) + grads[4:4 + n] + nones + grads[4 + n:]
+        if d_out is not None and ctx.zero_out:
             d_out = _zero_padded(mask, d_out)      # padded outputs are constant zeros
         d_xp, d_state0, d_rec = library.backward(
             ctx.backend, ctx.cell, d_out, d_final, mask, state0, states, saved, rec, noise or None)
         T, B, I = x.shape
         d_xp2 = d_xp.reshape(T * B, d_xp.shape[-1])                    # (T*B, G*H); B may be 0
         need = ctx.needs_input_grad
-        dx = _linear(d_xp, w_ih.t(), None) if need[3] else None       # (T, B, I)
-        dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[5] else None
-        db_ih = d_xp2.sum(0) if need[6] else None                     # False when b_ih is None
-        return (None, None, None, dx, None, dw_ih, db_ih, None, *d_state0, *nones, *d_rec)
+        dx = _linear(d_xp, w_ih.t(), None) if need[4] else None       # (T, B, I)
+        dw_ih = d_xp2.t().mm(x.reshape(T * B, I)) if need[6] else None
+        db_ih = d_xp2.sum(0) if need[7] else None                     # False when b_ih is None
+        return (None, None, None, None, dx, None, dw_ih, db_ih, None, *d_state0, *nones, *d_rec)
 
 
 def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
@@ -150,8 +159,8 @@ def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
     oracle = backends.get(backends.ORACLE)
     with torch.enable_grad():
         out, finals, _, _, _ = _run(ctx.cell, oracle, False, False, x, mask, w_ih, b_ih,
-                                    tuple(rest[:n]), tuple(rest[n:]), noise, project=F.linear)
-    need = ctx.needs_input_grad[3:7] + ctx.needs_input_grad[8:8 + n] + ctx.needs_input_grad[8 + n + ctx.n_noise:]
+                                    tuple(rest[:n]), tuple(rest[n:]), noise, project=F.linear, zero_out=ctx.zero_out)
+    need = ctx.needs_input_grad[4:8] + ctx.needs_input_grad[9:9 + n] + ctx.needs_input_grad[9 + n + ctx.n_noise:]
     wanted = [k for k, t in enumerate(inputs) if t is not None and need[k] and t.requires_grad]
     pairs = [(o, d) for o, d in zip((out, *finals), d_outputs) if d is not None and o.requires_grad]
     grads = [None] * len(inputs)
@@ -196,25 +205,26 @@ def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False,
-                  noise: Optional[Tuple[Tensor, ...]] = None, project=None):
+                  noise: Optional[Tuple[Tensor, ...]] = None, project=None, zero_out: bool = True):
     """Run one layer and direction over the sequence: (out, finals, trace).  Under forward-mode
     AD the oracle's plain loop runs it (the same math in torch ops, which carry the tangents).
     ``project``: the backend's input projection (``Backend.row_projection``), only given for a
-    forward without a graph."""
+    forward without a graph.  ``zero_out=False``: out's padded steps keep the carried state (the
+    caller zeroes them, see the module's docstring)."""
     if not backend.differentiable and torch_ops_only():
         backend = backends.get(backends.ORACLE)
     if project is not None and (backend.differentiable or needs_graph((x, w_ih, b_ih, *state0, *rec))):
         raise RuntimeError("run_direction: a backend's row projection is for its own forwards without a graph")
     if backend.differentiable:                               # the plain loop, under autograd
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0,
-                                        rec, noise, project=F.linear)
+                                        rec, noise, project=F.linear, zero_out=zero_out)
         return out, finals, trace
     if not needs_graph((x, w_ih, b_ih, *state0, *rec)):     # inference: no autograd node
         out, finals, trace, _, _ = _run(cell, backend, want_trace, False, x, mask, w_ih, b_ih, state0, rec, noise,
-                                        project=project or _linear)
+                                        project=project or _linear, zero_out=zero_out)
         return out, finals, trace
     noise = tuple(noise or ())
-    res = RecurrentFunction.apply(cell, backend, want_trace,
+    res = RecurrentFunction.apply(cell, backend, want_trace, zero_out,
                                   x, mask, w_ih, b_ih, len(noise), *state0, *noise, *rec)
     n = len(cell.state_names)
     trace = dict(zip(cell.trace_names, res[1 + n:])) if want_trace else {}

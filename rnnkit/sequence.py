@@ -6,6 +6,7 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
     user_order(order, device)         -> the inverse order (None for None)
     batch_rows(t, order[, inverse])   t's batch rows (dim 1) in ``order``
     rows_to_run(x, order, lengths, m) x in the run's order with zeros on padded steps, differentiable
+    rows_to_user(t, order, lengths, m) the inverse: back in the user's rows, zeros on padded steps
     unpacked(data, batch_sizes)       -> a PackedSequence's padded batch and lengths, differentiable
     packed_data(t, lengths, sizes)    -> t's valid rows as a PackedSequence's data, differentiable
     length_mask(lengths, T, device)   -> mask (T, B, 1) bool, rev (T, B, 1) index, or (None, None)
@@ -164,6 +165,22 @@ def rows_to_run(x: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tenso
         return zero_padded(mask, batch_rows(x, order))
     order = torch.arange(x.shape[1]) if order is None else order.to(torch.long)
     return _Rows.apply(x, order, lengths.to(torch.long), False)
+
+
+def rows_to_user(t: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tensor,
+                 back: Optional[Tensor] = None) -> Tensor:
+    """t (T, B, F) in the run's row order (``order``; None: the user's already) back in the user's
+    rows with zeros on padded steps (the run's ``lengths`` and their (T, B, 1) ``mask``; ``back``
+    order's inverse where the caller has it), differentiable: what ``batch_rows(zero_padded(mask,
+    t), back)`` gives, in one pass on the CPU (``rows_to_run``'s inverse and adjoint).  A layer's
+    output leaves the kernels with the carried state on padded steps and is zeroed here only, one
+    copy each way fewer (measured with the layers' other changes of 2026-11-29, below)."""
+    if _cpu_rows is None or t.dim() != 3 or t.dtype not in (torch.float32, torch.float64) or not _kernel_copies(t):
+        if order is not None and back is None:
+            back = user_order(order, t.device)
+        return batch_rows(zero_padded(mask, t), back, order)
+    order = torch.arange(t.shape[1]) if order is None else order.to(torch.long)
+    return _Rows.apply(t, order, lengths.to(torch.long), True)
 
 
 # The cpu backend's copies between a PackedSequence's data and the padded (T, B, F) batch, one pass
