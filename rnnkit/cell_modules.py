@@ -109,15 +109,18 @@ class _CellModule(nn.Module):
     def _unchecked(self, x, hx):
         """forward's result from ``ops.unchecked_step`` (the backend's own checks only, a (B, I)
         input under no_grad), or None: forward then runs its checks, whose errors name the argument."""
-        names = [("weight_ih", "bias_ih") + self.cell.rec_params]
-        absent = 0 if self.bias else len(self._bias_names)
+        cell = self.cell
 
         def state0():                                                    # (1, B, S_k) each
             if hx is None:
-                return [x.new_zeros(1, x.shape[0], s) for s in self.cell.state_sizes()]
+                return [x.new_zeros(1, x.shape[0], s) for s in cell.state_sizes()]
             return [h.unsqueeze(0) for h in self.unpack_state(hx)]
-        found = ops.unchecked_step(self.backend, self.cell, x, self._parameters, names, absent, state0)
-        return None if found is None else self.pack_state(tuple(h[0] for h in found[1]))
+        found = ops.unchecked_step(self.backend, cell, x, self._parameters, (("weight_ih", "bias_ih") + cell.rec_params,),
+                                   0 if self.bias else len(self._bias_names), state0)
+        if found is None:
+            return None
+        out, h_n = found            # out: a new (B, S_0), the first state's value (no view of h_n to make)
+        return out if len(h_n) == 1 else self.pack_state((out,) + tuple(h[0] for h in h_n[1:]))
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
