@@ -66,6 +66,46 @@ def test_rows_to_run_equals_the_torch_ops_both_ways(lengths, strided, dtype):
 
 
 @needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+def test_rows_to_user_equals_the_torch_ops_both_ways(lengths, dtype):
+    """A layer's output leaves the kernels in the run's order with the carried state (here NaN:
+    it must not leak) on padded steps; rows_to_user puts it in the user's rows with zeros there."""
+    cpu.extension()
+    n = torch.tensor(LENGTHS[lengths])
+    order = sequence.longest_first(n)
+    run_n = n if order is None else n[order]
+    mask, _ = sequence.length_mask(run_n, T, "cpu", reversal=False)
+    t = torch.randn(T, B, H, dtype=dtype)
+    for i, steps in enumerate(run_n.tolist()):
+        t[steps:, i] = float("nan")
+    grad = torch.randn(T, B, H, dtype=dtype)
+    results = []
+    for f in (lambda: sequence.rows_to_user(tg, order, run_n, mask),
+              lambda: torch_ops(sequence.rows_to_user, tg, order, run_n, mask)):
+        tg = t.clone().requires_grad_()
+        out = f()
+        out.backward(grad)
+        results.append((out, tg.grad))
+    (out, dt), (want, want_dt) = results
+    assert torch.equal(out, want) and not torch.isnan(out).any()
+    assert torch.equal(dt, want_dt)
+    for b, steps in enumerate(n.tolist()):                    # the user's row b, zero past its length
+        assert (out[steps:, b] == 0).all() and not (out[:steps, b] == 0).all()
+    assert (dt[~mask.expand_as(dt)] == 0).all()               # no gradient into the padded steps
+
+
+@needs_cpu
+def test_rows_to_user_gradcheck():
+    cpu.extension()
+    t = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    order, n = torch.tensor([2, 0, 3, 1]), torch.tensor([6, 4, 4, 1])
+    mask, _ = sequence.length_mask(n, 6, "cpu", reversal=False)
+    assert torch.autograd.gradcheck(lambda a: sequence.rows_to_user(a, order, n, mask), (t,))
+    assert torch.autograd.gradgradcheck(lambda a: sequence.rows_to_user(a, order, n, mask), (t,))
+
+
+@needs_cpu
 def test_rows_to_run_gradcheck():
     cpu.extension()
     x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
