@@ -404,11 +404,13 @@ class _Recurrent(nn.Module):
             if order is not None:
                 lengths = lengths[order]
         mask, rev = sequence.length_mask(lengths, T, x.device, reversal=self._D == 2)
-        # padded steps must be zeros where a backward follows (checked once: a walk over the weights)
-        zeros = mask is not None and not packed and self._zeros_needed(x)
+        # whether a backward follows through x or the weights (once: a walk over the weights); x's
+        # padded steps must then be zeros, and no row projection may run
+        graph = lengths is not None and self._zeros_needed(x)
+        zeros = graph and mask is not None and not packed
         # the first layer's projection from the user's rows where they are (a packed batch's are in
         # the run's order already), else None and x is copied into the run's order
-        first_project = None if lengths is None or zeros else \
+        first_project = None if lengths is None or graph else \
             self._row_projection(x, hx, None if packed else order, lengths)
         if order is not None:
             order = order.to(x.device)

@@ -18,7 +18,7 @@ Symbols: T steps, B batch, L layers, S_k the size of carried state k.
 
 A reverse direction is the forward machinery run on ``reverse(x, rev)`` with its outputs reversed
 back (as flax's ``flip_sequences``): padding stays at the end, so the same masks serve both.
-On the CPU the copies (batch_rows, rows_to_run, unpacked, packed_data) go through the cpu
+On the CPU the copies (batch_rows, rows_to_run, rows_to_user, unpacked, packed_data) go through the cpu
 backend's kernels where they registered (use_cpu_empty, use_cpu_rows, use_cpu_packing): one pass
 each, into its cache of buffers; elsewhere torch's ops.
 """
@@ -161,10 +161,9 @@ def rows_to_run(x: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tenso
     what ``zero_padded(mask, batch_rows(x, order))`` gives, in one pass on the CPU (measured at
     (T, B, H) = (128, 32, 256), two threads: index_select and torch.where with its backward took
     about 2 ms of an Elman training step of 25 with lengths)."""
-    if _cpu_rows is None or x.dim() != 3 or x.dtype not in (torch.float32, torch.float64) or not _kernel_copies(x):
+    if not _rows_here(x):
         return zero_padded(mask, batch_rows(x, order))
-    order = torch.arange(x.shape[1]) if order is None else order.to(torch.long)
-    return _Rows.apply(x, order, lengths.to(torch.long), False)
+    return _rows(x, order, lengths, False)
 
 
 def rows_to_user(t: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tensor,
@@ -173,14 +172,24 @@ def rows_to_user(t: Tensor, order: Optional[Tensor], lengths: Tensor, mask: Tens
     rows with zeros on padded steps (the run's ``lengths`` and their (T, B, 1) ``mask``; ``back``
     order's inverse where the caller has it), differentiable: what ``batch_rows(zero_padded(mask,
     t), back)`` gives, in one pass on the CPU (``rows_to_run``'s inverse and adjoint).  A layer's
-    output leaves the kernels with the carried state on padded steps and is zeroed here only, one
-    copy each way fewer (measured with the layers' other changes of 2026-11-29, below)."""
-    if _cpu_rows is None or t.dim() != 3 or t.dtype not in (torch.float32, torch.float64) or not _kernel_copies(t):
+    output leaves the kernels with the carried state on padded steps and is zeroed here only: a
+    clone and a fill fewer each way (training with lengths, Elman (T, B, H) = (128, 8, 128), two
+    threads: 1.29-1.31x the full batch's time before, 1.16-1.18x after)."""
+    if not _rows_here(t):
         if order is not None and back is None:
             back = user_order(order, t.device)
         return batch_rows(zero_padded(mask, t), back, order)
+    return _rows(t, order, lengths, True)
+
+
+def _rows_here(t: Tensor) -> bool:
+    """Whether rows_to_run / rows_to_user take the kernels' one-pass copy for t."""
+    return _cpu_rows is not None and t.dim() == 3 and t.dtype in (torch.float32, torch.float64) and _kernel_copies(t)
+
+
+def _rows(t: Tensor, order: Optional[Tensor], lengths: Tensor, back: bool) -> Tensor:
     order = torch.arange(t.shape[1]) if order is None else order.to(torch.long)
-    return _Rows.apply(t, order, lengths.to(torch.long), True)
+    return _Rows.apply(t, order, lengths.to(torch.long), back)
 
 
 # The cpu backend's copies between a PackedSequence's data and the padded (T, B, F) batch, one pass

@@ -181,7 +181,7 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   if (packed) {
     TORCH_CHECK_VALUE(!lengths.has_value() || !lengths->defined(),
                       "rnnkit.infer: lengths: expected None with batch_sizes (a PackedSequence carries its own)");
-    from_packed = RunOrder::packed(*batch_sizes);
+    from_packed = RunOrder::packed(*batch_sizes, "rnnkit.infer");
     TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == from_packed->valid_steps() && x.device().is_cpu(),
                       "rnnkit.infer: x: expected a PackedSequence's CPU data (", from_packed->valid_steps(), ", I) for these batch_sizes, got shape ",
                       x.sizes(), " on ", x.device());
@@ -329,7 +329,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "unpack_rows",
       [](const rnnkit::Tensor& data, const rnnkit::Tensor& batch_sizes) {
         TORCH_CHECK_VALUE(data.device().is_cpu(), "unpack_rows: data: expected a CPU tensor");
-        const rnnkit::RunOrder run = rnnkit::RunOrder::packed(batch_sizes);
+        const rnnkit::RunOrder run = rnnkit::RunOrder::packed(batch_sizes, "unpack_rows");
         rnnkit::Tensor lengths = at::empty({static_cast<int64_t>(run.len.size())}, at::kLong);
         std::copy(run.len.begin(), run.len.end(), lengths.data_ptr<int64_t>());
         return std::make_tuple(run.unpack(data), lengths);
@@ -341,7 +341,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "pack_rows",
       [](const rnnkit::Tensor& t, const rnnkit::Tensor& batch_sizes) {
         TORCH_CHECK_VALUE(t.device().is_cpu(), "pack_rows: t: expected a CPU tensor");
-        return rnnkit::RunOrder::packed(batch_sizes).pack(t);
+        return rnnkit::RunOrder::packed(batch_sizes, "pack_rows").pack(t);
       },
       arg("t"), arg("batch_sizes"),
       "pack_rows(t, batch_sizes): t (T, B, F) as a PackedSequence's data (N, F), the valid rows step by step");

@@ -33,16 +33,16 @@ RunOrder::RunOrder(const Tensor& lengths, int64_t T) {
 
 RunOrder::RunOrder(int64_t B, int64_t T) : order(B), len(B, T) { std::iota(order.begin(), order.end(), int64_t(0)); }
 
-RunOrder RunOrder::packed(const Tensor& batch_sizes) {
+RunOrder RunOrder::packed(const Tensor& batch_sizes, const char* who) {
   TORCH_CHECK_VALUE(batch_sizes.dim() == 1 && batch_sizes.size(0) >= 1 && batch_sizes.scalar_type() == at::kLong &&
                         batch_sizes.device().is_cpu(),
-                    "rnnkit.infer: batch_sizes: expected a non-empty 1-D int64 CPU tensor, got ", batch_sizes.dim(),
+                    who, ": batch_sizes: expected a non-empty 1-D int64 CPU tensor, got ", batch_sizes.dim(),
                     "-D ", batch_sizes.scalar_type(), " of shape ", batch_sizes.sizes());
   const Tensor bs = batch_sizes.contiguous();
   const int64_t T = bs.size(0), *p = bs.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(p[0] >= 1, "rnnkit.infer: batch_sizes: expected at least one row at step 0, got ", p[0]);
+  TORCH_CHECK_VALUE(p[0] >= 1, who, ": batch_sizes: expected at least one row at step 0, got ", p[0]);
   for (int64_t t = 1; t < T; ++t)
-    TORCH_CHECK_VALUE(p[t] >= 1 && p[t] <= p[t - 1], "rnnkit.infer: batch_sizes: expected non-increasing sizes "
+    TORCH_CHECK_VALUE(p[t] >= 1 && p[t] <= p[t - 1], who, ": batch_sizes: expected non-increasing sizes "
                       "of at least 1 (a PackedSequence's), got ", p[t], " after ", p[t - 1], " at step ", t);
   RunOrder run(p[0], T);
   run.steps.assign(p, p + T);

@@ -6,7 +6,7 @@
 // finished sequences are then its last rows, which the fused loops skip (Mask::live).
 //   RunOrder(lengths, T)  lengths (B,) int64 CPU, each in [1, T], one per user row (checked);
 //   RunOrder(B, T)        a batch without lengths
-//   packed(batch_sizes)   a PackedSequence's rows (already longest first): batch_sizes (T,) int64
+//   packed(batch_sizes, who)  a PackedSequence's rows (already longest first): batch_sizes (T,) int64
 //                         CPU, non-increasing, the first >= 1 (checked); steps[t] its values
 //     order[i]      the user's row of run row i (ties keep the user's order)
 //     len[i]        run row i's valid steps, non-increasing
@@ -35,7 +35,7 @@ struct RunOrder {
   bool sorted = true, full = true;
   RunOrder(const Tensor& lengths, int64_t T);
   RunOrder(int64_t B, int64_t T);                  // no lengths: B rows of T steps
-  static RunOrder packed(const Tensor& batch_sizes);
+  static RunOrder packed(const Tensor& batch_sizes, const char* who);   // who: the entry point, for messages
   static RunOrder given(const Tensor& order, const Tensor& len, int64_t T);   // the layers' (checked)
   int64_t valid_steps() const;                     // sum of len
   Tensor mask(int64_t T) const;

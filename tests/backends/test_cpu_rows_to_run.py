@@ -27,6 +27,22 @@ def torch_ops(f, *args):
         sequence._cpu_rows, sequence._cpu_packing = kept
 
 
+def both_ways(copy, x, *args):
+    """copy(x, *args) and its gradient through the kernels' one-pass copies and through the torch
+    ops, asserted equal bit for bit and free of NaN (x's padding holds NaN): (out, dx)."""
+    grad = torch.randn(x.shape, dtype=x.dtype)
+    results = []
+    for run in (lambda f, *a: f(*a), torch_ops):
+        xg = x.clone().requires_grad_()
+        out = run(copy, xg, *args)
+        out.backward(grad)
+        results.append((out, xg.grad))
+    (out, dx), (want, want_dx) = results
+    assert torch.equal(out, want) and not torch.isnan(out).any()
+    assert torch.equal(dx, want_dx)
+    return out, dx
+
+
 def spied(monkeypatch):
     seen = []
     original = sequence._Rows.apply
@@ -52,17 +68,7 @@ def test_rows_to_run_equals_the_torch_ops_both_ways(lengths, strided, dtype):
     x = torch.randn(B, T, I, dtype=dtype).transpose(0, 1) if strided else torch.randn(T, B, I, dtype=dtype)
     for b, steps in enumerate(n.tolist()):                    # padding that must not leak
         x[steps:, b] = float("nan")
-    grad = torch.randn(T, B, I, dtype=dtype)
-    results = []
-    for f in (lambda: sequence.rows_to_run(xg, order, run_n, mask),
-              lambda: torch_ops(sequence.rows_to_run, xg, order, run_n, mask)):
-        xg = x.clone().requires_grad_()
-        out = f()
-        out.backward(grad)
-        results.append((out, xg.grad))
-    (out, dx), (want, want_dx) = results
-    assert torch.equal(out, want) and not torch.isnan(out).any()
-    assert torch.equal(dx, want_dx)
+    both_ways(sequence.rows_to_run, x, order, run_n, mask)
 
 
 @needs_cpu
@@ -79,17 +85,7 @@ def test_rows_to_user_equals_the_torch_ops_both_ways(lengths, dtype):
     t = torch.randn(T, B, H, dtype=dtype)
     for i, steps in enumerate(run_n.tolist()):
         t[steps:, i] = float("nan")
-    grad = torch.randn(T, B, H, dtype=dtype)
-    results = []
-    for f in (lambda: sequence.rows_to_user(tg, order, run_n, mask),
-              lambda: torch_ops(sequence.rows_to_user, tg, order, run_n, mask)):
-        tg = t.clone().requires_grad_()
-        out = f()
-        out.backward(grad)
-        results.append((out, tg.grad))
-    (out, dt), (want, want_dt) = results
-    assert torch.equal(out, want) and not torch.isnan(out).any()
-    assert torch.equal(dt, want_dt)
+    out, dt = both_ways(sequence.rows_to_user, t, order, run_n, mask)
     for b, steps in enumerate(n.tolist()):                    # the user's row b, zero past its length
         assert (out[steps:, b] == 0).all() and not (out[:steps, b] == 0).all()
     assert (dt[~mask.expand_as(dt)] == 0).all()               # no gradient into the padded steps
