@@ -202,6 +202,24 @@ def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
         return None
 
 
+def cell_step(name, cell: Cell, x, state, layer):
+    """One step of one layer with a graph to record as the backend's single autograd node
+    (``Backend.cell_step``; a Cell module in training): x (B, I) with grad mode on, outside
+    autocast, torch.compile and what needs torch's own ops; state (B, S_k) each, or None for
+    zeros; layer = [w_ih, b_ih, *rec_params].  Returns the new state, or None where this does not apply or the backend
+    rejects an argument (the caller's checks then name it, and its step runs under autograd)."""
+    if not torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or torch_ops_only() or \
+            torch.compiler.is_compiling():
+        return None
+    backend = backends.resolve_cached(name, cell, x.device, x.dtype)
+    if autocast_enabled(x):
+        return None
+    try:
+        return backend.cell_step(cell, x, state, layer)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
 def run_direction(cell: Cell, backend: Backend, x: Tensor, mask: Optional[Tensor],
                   state0: Tuple[Tensor, ...], w_ih: Tensor, b_ih: Optional[Tensor],
                   rec: Tuple[Optional[Tensor], ...], want_trace: bool = False,

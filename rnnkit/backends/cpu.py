@@ -102,6 +102,18 @@ class CPU(Backend):
         out, h_n = extension().step(self._spec(cell), x, list(state0), layers)   # out: a copy of h_n[0][-1]
         return out, tuple(h_n)
 
+    # The plain cells csrc/cell_step.h takes, by cell.key, and its code for each.
+    STEP_KINDS = {("elman", (("nonlinearity", "tanh"),)): 0, ("elman", (("nonlinearity", "relu"),)): 1,
+                  ("lstm", ()): 2, ("gru", (("reset_after", "1"),)): 3}
+
+    def cell_step(self, cell, x, state, layer):
+        kind = self.STEP_KINDS.get(cell.key)
+        if kind is None:
+            return None
+        w_ih, b_ih, w_hh, b_hh = layer
+        h, c = (None, None) if state is None else (state[0], state[1] if kind == 2 else None)
+        return tuple(extension().cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh))
+
     # Up to this many multiply-adds in a layer's input projection the one-call path projects through
     # the same BLAS as F.linear; above, the layer-by-layer path takes oneDNN's GEMM (ops._linear),
     # faster there by more than the layer-by-layer path's Python (about 25 us a call): at 2^26,

@@ -18,6 +18,7 @@
 
 #include <cstring>
 
+#include "cell_step.h"
 #include "check.h"
 #include "gemm.h"
 #include "loop.h"
@@ -284,6 +285,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "no autograd; with lengths (B,) the rows run longest first, padded steps are zero in out and h_n is each "
         "row's last valid state; row_macs > 0: a layer projects one sequence at a time where mean valid steps x I "
         "x GH reach it; with batch_sizes x and out are a PackedSequence's data");
+  m.def("cell_step", &rnnkit::cell_step, arg("kind"), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),
+        arg("b_ih"), arg("b_hh"),
+        "[h'] or [h', c'] = cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh): one differentiated step of a "
+        "plain cell as one autograd node (cell_step.h)");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
   pybind11::class_<rnnkit::Stepper>(m, "Stepper",
                                     "Streaming inference into preallocated buffers (see stream.h)")

@@ -1,0 +1,216 @@
+// One differentiated step of a plain cell as one autograd node (shapes and contract: cell_step.h).
+//
+// The equations are rnnkit/cells' (elman.py, lstm.py, gru.py: forward and hand-derived backward in
+// their docstrings); here each is a handful of ATen calls.  sigmoid_backward(g, y) = g y (1 - y)
+// and tanh_backward(g, y) = g (1 - y^2) are single ATen ops with derivatives of their own, so a
+// backward recorded under create_graph stays differentiable.
+#include "cell_step.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/addcmul.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sigmoid_backward.h>
+#include <ATen/ops/tanh_backward.h>
+#include <ATen/ops/threshold_backward.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace rnnkit {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+int64_t gates_of(int64_t kind) { return kind == kLSTM ? 4 : kind == kGRU ? 3 : 1; }
+
+Tensor affine(const Tensor& a, const Tensor& w, const Tensor& b) {   // a w^T + b: (B, G*H)
+  return b.defined() ? at::addmm(b, a, w.t()) : at::mm(a, w.t());
+}
+
+// forward's tensor arguments in their order (c, b_ih, b_hh may be undefined)
+struct In {
+  Tensor x, h, c, w_ih, w_hh, b_ih, b_hh;
+};
+
+// The step's outputs and the values its backward reads.
+struct Values {
+  Tensors out, keep;
+};
+
+// a x W_ih^T + b_ih + h W_hh^T + b_hh, one new tensor written in place (B, G*H): the in-place
+// ops are as differentiable as the others when create_graph records them (none overwrites a value
+// its own backward reads)
+Tensor pre_activation(const In& a) {
+  Tensor pre = affine(a.x, a.w_ih, a.b_ih).addmm_(a.h, a.w_hh.t());
+  return a.b_hh.defined() ? pre.add_(a.b_hh) : pre;
+}
+
+Values lstm(const In& a) {
+  const int64_t H = a.h.size(1);
+  Tensor pre = pre_activation(a);                                         // (B, 4H)
+  Tensor g = pre.narrow(1, 2 * H, H).tanh();
+  Tensor sig = pre.sigmoid_();                                            // i, f, o read from here
+  Tensor i = sig.narrow(1, 0, H), f = sig.narrow(1, H, H), o = sig.narrow(1, 3 * H, H);
+  Tensor c2 = at::addcmul(f * a.c, i, g);                                 // (B, H)
+  Tensor tc = c2.tanh();
+  return {{o * tc, c2}, {i, f, g, o, tc}};
+}
+
+Values gru(const In& a) {
+  const int64_t H = a.h.size(1);
+  Tensor xp = affine(a.x, a.w_ih, a.b_ih), hp = affine(a.h, a.w_hh, a.b_hh);   // (B, 3H) each
+  Tensor rz = xp.narrow(1, 0, 2 * H).add(hp.narrow(1, 0, 2 * H)).sigmoid_();
+  Tensor r = rz.narrow(1, 0, H), z = rz.narrow(1, H, H), hn = hp.narrow(1, 2 * H, H);
+  Tensor n = at::addcmul(xp.narrow(1, 2 * H, H), r, hn).tanh_();
+  return {{at::addcmul(n, z, a.h - n)}, {r, z, n, hn}};                   // h' = (1 - z) n + z h
+}
+
+Values elman(int64_t kind, const In& a) {
+  Tensor pre = pre_activation(a);                                         // (B, H)
+  Tensor h2 = kind == kElmanTanh ? pre.tanh_() : pre.relu_();
+  return {{h2}, {h2}};
+}
+
+Values run(int64_t kind, const In& a) {
+  if (kind == kLSTM) return lstm(a);
+  if (kind == kGRU) return gru(a);
+  return elman(kind, a);
+}
+
+// Gradients of the pre-activations: d_xp reaches x W_ih^T + b_ih, d_hp h W_hh^T + b_hh (the same
+// tensor but for the GRU's n block), d_h and d_c the state's direct terms (undefined: none).
+struct PreGrads {
+  Tensor d_xp, d_hp, d_h, d_c;
+};
+
+PreGrads lstm_back(const In& a, const Tensors& k, const Tensor& dh2, const Tensor& dc2) {
+  const Tensor &i = k[0], &f = k[1], &g = k[2], &o = k[3], &tc = k[4];
+  Tensor dcs = dh2.defined() ? at::tanh_backward(dh2 * o, tc) : dc2;      // dL/dc' through both paths
+  if (dh2.defined() && dc2.defined()) dcs = dcs + dc2;
+  Tensor d_o = dh2.defined() ? at::sigmoid_backward(dh2 * tc, o) : at::zeros_like(o);
+  Tensor d = at::cat({at::sigmoid_backward(dcs * g, i), at::sigmoid_backward(dcs * a.c, f),
+                      at::tanh_backward(dcs * i, g), d_o}, 1);             // (B, 4H)
+  return {d, d, Tensor(), dcs * f};
+}
+
+PreGrads gru_back(const In& a, const Tensors& k, const Tensor& dh2) {
+  const Tensor &r = k[0], &z = k[1], &n = k[2], &hn = k[3];
+  Tensor dpn = at::tanh_backward(dh2 * (1 - z), n);                       // n's pre-activation
+  Tensor dpr = at::sigmoid_backward(dpn * hn, r), dpz = at::sigmoid_backward(dh2 * (a.h - n), z);
+  return {at::cat({dpr, dpz, dpn}, 1), at::cat({dpr, dpz, dpn * r}, 1), dh2 * z, Tensor()};
+}
+
+PreGrads elman_back(int64_t kind, const Tensors& k, const Tensor& dh2) {
+  Tensor da = kind == kElmanTanh ? at::tanh_backward(dh2, k[0]) : at::threshold_backward(dh2, k[0], 0);
+  return {da, da, Tensor(), Tensor()};
+}
+
+// Function::apply records every tensor argument as an input, and an undefined one fails there;
+// so only the defined ones go in, in In's order, and `present` says which of c, b_ih, b_hh are.
+enum Present : int64_t { kC = 1, kBIh = 2, kBHh = 4 };
+
+In unpack(int64_t present, const Tensors& t) {
+  size_t k = 0;
+  In a;
+  a.x = t[k++];
+  a.h = t[k++];
+  if (present & kC) a.c = t[k++];
+  a.w_ih = t[k++];
+  a.w_hh = t[k++];
+  if (present & kBIh) a.b_ih = t[k++];
+  if (present & kBHh) a.b_hh = t[k++];
+  return a;
+}
+
+struct CellStep : public torch::autograd::Function<CellStep> {
+  static variable_list forward(AutogradContext* ctx, int64_t kind, int64_t present, at::TensorList inputs) {
+    ctx->set_materialize_grads(false);        // an unused output's gradient stays undefined: no zeros made
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["present"] = present;
+    Values v = run(kind, unpack(present, inputs.vec()));
+    Tensors saved(inputs.begin(), inputs.end());
+    saved.insert(saved.end(), v.keep.begin(), v.keep.end());
+    ctx->save_for_backward(saved);
+    return v.out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list d_out) {
+    const int64_t kind = ctx->saved_data["kind"].toInt(), present = ctx->saved_data["present"].toInt();
+    Tensors s = ctx->get_saved_variables();
+    const size_t n = s.size() - (kind == kLSTM ? 5 : kind == kGRU ? 4 : 1);   // the inputs, then the kept values
+    const In a = unpack(present, Tensors(s.begin(), s.begin() + n));
+    Tensors keep(s.begin() + n, s.end());
+    // create_graph: the kept values were made without a graph; made again from the saved inputs
+    // with grad mode on, the gradients below record how they depend on those inputs.
+    if (at::GradMode::is_enabled()) keep = run(kind, a).keep;
+    const Tensor& dh2 = d_out[0];
+    const Tensor dc2 = kind == kLSTM ? d_out[1] : Tensor();
+    variable_list grads(2 + n);               // kind, present, then one per input
+    if (!dh2.defined() && !dc2.defined()) return grads;
+    const PreGrads p = kind == kLSTM  ? lstm_back(a, keep, dh2, dc2)
+                       : kind == kGRU ? gru_back(a, keep, dh2)
+                                      : elman_back(kind, keep, dh2);
+    size_t k = 0;                             // the next given input's index
+    // the gradient slot of the next input, if it was given (present) and needs one
+    auto slot = [&](bool given) -> Tensor* {
+      if (!given) return nullptr;
+      const size_t i = k++;
+      return ctx->needs_input_grad(i) ? &grads[2 + i] : nullptr;
+    };
+    if (Tensor* g = slot(true)) *g = p.d_xp.mm(a.w_ih);                            // x (B, I)
+    if (Tensor* g = slot(true)) *g = p.d_h.defined() ? p.d_hp.mm(a.w_hh) + p.d_h : p.d_hp.mm(a.w_hh);   // h (B, H)
+    if (Tensor* g = slot(present & kC)) *g = p.d_c;
+    if (Tensor* g = slot(true)) *g = p.d_xp.t().mm(a.x);                           // w_ih (G*H, I)
+    if (Tensor* g = slot(true)) *g = p.d_hp.t().mm(a.h);                           // w_hh (G*H, H)
+    Tensor db_ih;
+    if (Tensor* g = slot(present & kBIh)) *g = db_ih = p.d_xp.sum(0);              // b_ih (G*H)
+    if (Tensor* g = slot(present & kBHh)) *g = db_ih.defined() && p.d_hp.is_same(p.d_xp) ? db_ih : p.d_hp.sum(0);
+    return grads;
+  }
+};
+
+void check_param(const char* name, const Tensor& t, std::initializer_list<int64_t> shape, const Tensor& x) {
+  TORCH_CHECK_VALUE(t.sizes() == c10::IntArrayRef(shape), "cell_step: ", name, ": expected shape ",
+                    c10::IntArrayRef(shape), ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type() && t.device() == x.device(), "cell_step: ", name,
+                    ": expected ", x.scalar_type(), " on ", x.device(), " as x, got ", t.scalar_type(), " on ",
+                    t.device());
+}
+
+}  // namespace
+
+Tensors cell_step(int64_t kind, const Tensor& x, const c10::optional<Tensor>& h, const c10::optional<Tensor>& c,
+                  const Tensor& w_ih, const Tensor& w_hh, const c10::optional<Tensor>& b_ih,
+                  const c10::optional<Tensor>& b_hh) {
+  TORCH_CHECK_VALUE(kind >= kElmanTanh && kind <= kGRU, "cell_step: kind: expected 0-3, got ", kind);
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.is_floating_point(), "cell_step: x: expected a 2-D floating tensor (B, I), got ",
+                    x.dim(), "-D ", x.scalar_type());
+  TORCH_CHECK_VALUE(w_hh.dim() == 2, "cell_step: w_hh: expected (G*H, H), got ", w_hh.sizes());
+  const int64_t B = x.size(0), I = x.size(1), H = w_hh.size(1), G = gates_of(kind);
+  check_param("w_ih", w_ih, {G * H, I}, x);
+  check_param("w_hh", w_hh, {G * H, H}, x);
+  const Tensor bi = b_ih.has_value() ? *b_ih : Tensor(), bh = b_hh.has_value() ? *b_hh : Tensor();
+  if (bi.defined()) check_param("b_ih", bi, {G * H}, x);
+  if (bh.defined()) check_param("b_hh", bh, {G * H}, x);
+  auto state = [&](const char* name, const c10::optional<Tensor>& t) {    // given (checked), else zeros
+    if (!t.has_value() || !t->defined()) return at::zeros({B, H}, x.options());
+    check_param(name, *t, {B, H}, x);
+    return *t;
+  };
+  Tensors inputs{x, state("h", h)};
+  const bool lstm = kind == kLSTM;
+  TORCH_CHECK_VALUE(lstm || !c.has_value() || !c->defined(), "cell_step: c: expected None (only the LSTM has a cell state)");
+  if (lstm) inputs.push_back(state("c", c));
+  inputs.push_back(w_ih);
+  inputs.push_back(w_hh);
+  if (bi.defined()) inputs.push_back(bi);
+  if (bh.defined()) inputs.push_back(bh);
+  const int64_t present = (lstm ? kC : 0) | (bi.defined() ? kBIh : 0) | (bh.defined() ? kBHh : 0);
+  return CellStep::apply(kind, present, at::TensorList(inputs));
+}
+
+}  // namespace rnnkit
