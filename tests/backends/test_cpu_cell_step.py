@@ -230,3 +230,14 @@ def test_the_node_checks_its_own_arguments():
         ext().cell_step(0, torch.randn(B, I), None, torch.randn(B, H), w_ih[:H], w_hh[:H], None, None)
     with pytest.raises(ValueError, match="b_hh"):
         ext().cell_step(2, torch.randn(B, I), None, None, w_ih, w_hh, None, torch.randn(4 * H).double())
+
+
+def test_the_choice_follows_the_environment(monkeypatch):
+    """backend=None: RNNKIT_BACKEND as it is at each call (set, changed, unset: auto)."""
+    cell, x = rnnkit.LSTMCell(I, H), torch.randn(B, I)
+    monkeypatch.setenv("RNNKIT_BACKEND", "cpu")
+    assert one_node(cell(x))
+    monkeypatch.setenv("RNNKIT_BACKEND", "reference")
+    assert not one_node(cell(x))
+    monkeypatch.delenv("RNNKIT_BACKEND")
+    assert one_node(cell(x))                                   # auto: the C++ kernels here
