@@ -27,6 +27,8 @@ clipping the global gradient norm).  The masks are drawn from torch's RNG once p
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -630,7 +632,8 @@ class _Recurrent(nn.Module):
         graph = ops.torch_ops_only() or (    # (forward AD, torch.func, jit.trace: torch's ops only)
             torch.is_grad_enabled() and ops.needs_graph((x, *full, *(w for layer in params for w in layer))))
         if graph or dropout or noisy:
-            out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy)   # differentiable
+            out, h_n = sequence.step_stack(self.cell, x, full, params, dropout, noisy,  # differentiable
+                                           functools.partial(ops.cell_step, self.backend, self.cell))
         else:
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
             out, h_n = backend.step(self.cell, x, full, params)

@@ -316,8 +316,10 @@ def keep(mask_t: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
 
 
 def step_stack(cell: Cell, x: Tensor, state0: Sequence[Tensor], layers: Sequence[Sequence[Optional[Tensor]]],
-               dropout: float = 0.0, noisy: bool = False) -> Tuple[Tensor, Tuple[Tensor, ...]]:
-    """One step of a stack of L layers (one direction) by the cell's Python step.
+               dropout: float = 0.0, noisy: bool = False, one_node=None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of a stack of L layers (one direction) by the cell's Python step, or by
+    ``one_node(x, state, layer)`` where given and it answers (a backend's step of one layer as one
+    autograd node, ``ops.cell_step``; it takes no noise, so a noisy step never asks it).
 
     x (B, I); state0 per carried state k a (L, B, S_k) tensor; layers[l] = [w_ih, b_ih, *rec_params];
     ``dropout`` > 0 drops the inputs of layers 1..L-1 (training); ``noisy`` draws the cell's noise
@@ -329,9 +331,12 @@ def step_stack(cell: Cell, x: Tensor, state0: Sequence[Tensor], layers: Sequence
     for layer, (w_ih, b_ih, *rec) in enumerate(layers):
         if layer and dropout:
             x = F.dropout(x, dropout, training=True)
-        noise = cell.draw_noise(1, x.shape[0], x) if noisy else None
-        new, _ = cell.step(F.linear(x, w_ih, b_ih), tuple(s[layer] for s in state0), tuple(rec),
-                           None if noise is None else tuple(n[0] for n in noise), save=False)
+        state = tuple(s[layer] for s in state0)
+        new = one_node(x, state, [w_ih, b_ih, *rec]) if one_node is not None and not noisy else None
+        if new is None:
+            noise = cell.draw_noise(1, x.shape[0], x) if noisy else None
+            new, _ = cell.step(F.linear(x, w_ih, b_ih), state, tuple(rec),
+                               None if noise is None else tuple(n[0] for n in noise), save=False)
         new_states.append(new)
         x = new[0]
     if len(new_states) == 1:                      # a view, not stack's copy: one autograd node less to run

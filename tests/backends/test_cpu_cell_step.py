@@ -241,3 +241,30 @@ def test_the_choice_follows_the_environment(monkeypatch):
     assert not one_node(cell(x))
     monkeypatch.delenv("RNNKIT_BACKEND")
     assert one_node(cell(x))                                   # auto: the C++ kernels here
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["plain", "dropout"])
+@pytest.mark.parametrize("layer_cls, kw", [(rnnkit.LSTM, {}), (rnnkit.GRU, {}), (rnnkit.Elman, {"nonlinearity": "relu"})],
+                         ids=["lstm", "gru", "elman_relu"])
+def test_layer_step_in_training_runs_one_node_per_layer(layer_cls, kw, dropout):
+    """``model.step`` with a graph: each layer's step is the node; numbers and gradients as the
+    reference backend's Python step (the same dropout draws between the layers)."""
+    torch.manual_seed(0)
+    ours = layer_cls(I, H, num_layers=2, dropout=dropout, dtype=torch.float64, backend="cpu", **kw)
+    ref = layer_cls(I, H, num_layers=2, dropout=dropout, dtype=torch.float64, backend="reference", **kw)
+    ref.load_state_dict(ours.state_dict())
+    x, hx = randn(B, I, requires_grad=True), None
+    results = []
+    for model in (ours, ref):
+        torch.manual_seed(1)
+        out, h_n = model.step(x, hx)
+        results.append([out, *listed(h_n)])
+    assert "CellStep" in results[0][0].grad_fn.name() and "CellStep" not in results[1][0].grad_fn.name()
+    assert_all_close(results[0], results[1])
+    assert_all_close(grads(results[0], [x, *ours.parameters()]), grads(results[1], [x, *ref.parameters()]))
+
+
+def test_layer_step_with_recurrent_noise_keeps_the_python_step():
+    model = rnnkit.LSTM(I, H, recurrent_dropout=0.3, backend="cpu")
+    out, _ = model.step(torch.randn(B, I))
+    assert "CellStep" not in out.grad_fn.name()
