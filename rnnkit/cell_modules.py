@@ -6,10 +6,10 @@ bias_hh, so state_dicts move both ways), computed by the cell math of ``rnnkit.c
 ``step``, which the layers' ``step`` runs for each layer through ``sequence.step_stack``) and
 differentiated by autograd.  A step without a graph to record (under no_grad, a (B, I) input)
 runs on the ``backend`` (``auto`` by default: the C++ kernels on the CPU) as the layers' ``step``
-does; a (B, I) step with a graph runs as one autograd node where the backend has one
-(``Backend.cell_step``: the cpu backend's for Elman, LSTM and the GRU's torch form, whose
-backward is the cells' hand-derived one: at B = 1 a step under autograd spends more on its 6-15
-nodes than on its arithmetic).
+does; a (B, I) step of a cell the backend has a one-node step for (``Backend.cell_step``: the
+cpu backend's for Elman, LSTM and the GRU's torch form, whose backward is the cells' hand-derived
+one) runs as that node, with a graph or without: at B = 1 a step under autograd spends more on
+its 6-15 nodes than on its arithmetic, and without a graph that call is the cheapest.
 (``rnnkit.cells.LSTMCell`` & co. are the math classes; these are the modules.)
 
 Symbols: B batch, I input_size, H hidden_size, O output_size (Jordan).
@@ -82,7 +82,9 @@ class _CellModule(nn.Module):
         return new[0]
 
     def forward(self, input: Tensor, hx=None):
-        found = self._unchecked(input, hx) if not torch.is_grad_enabled() else self._one_node(input, hx)
+        found = self._one_node(input, hx)
+        if found is None and not torch.is_grad_enabled():
+            found = self._unchecked(input, hx)
         if found is not None:
             return found
         who = type(self).__name__
@@ -126,9 +128,9 @@ class _CellModule(nn.Module):
         return out if len(h_n) == 1 else self.pack_state((out,) + tuple(h[0] for h in h_n[1:]))
 
     def _one_node(self, x, hx):
-        """forward's result from ``ops.cell_step`` (a (B, I) input with a graph to record: the step as
-        one autograd node, the backend's own checks only), or None: forward then runs its checks and
-        the cell's step under autograd."""
+        """forward's result from ``ops.cell_step`` (a (B, I) input: the step as one autograd node
+        where a graph is recorded, the backend's own checks only), or None: forward then tries
+        ``_unchecked`` under no_grad, else runs its checks and the cell's step under autograd."""
         if hx is None or len(self.cell.state_names) == 1:
             state = hx if hx is None else (hx,)
         elif isinstance(hx, (tuple, list)) and len(hx) == len(self.cell.state_names):

@@ -203,13 +203,13 @@ def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
 
 
 def cell_step(name, cell: Cell, x, state, layer):
-    """One step of one layer with a graph to record as the backend's single autograd node
-    (``Backend.cell_step``; a Cell module in training): x (B, I) with grad mode on, outside
-    autocast, torch.compile and what needs torch's own ops; state (B, S_k) each, or None for
-    zeros; layer = [w_ih, b_ih, *rec_params].  Returns the new state, or None where this does not apply or the backend
-    rejects an argument (the caller's checks then name it, and its step runs under autograd)."""
-    if not torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or torch_ops_only() or \
-            torch.compiler.is_compiling():
+    """One step of one layer as the backend's single autograd node (``Backend.cell_step``; a Cell
+    module's step, also under no_grad, where it is the cheapest call): x (B, I) outside autocast,
+    torch.compile and what needs torch's own ops; state (B, S_k) each, or None for zeros; layer =
+    [w_ih, b_ih, *rec_params].  Returns the new state, or None where this does not apply or the
+    backend rejects an argument (the caller's checks then name it, and its step runs under
+    autograd)."""
+    if type(x) is not Tensor or x.dim() != 2 or torch_ops_only() or torch.compiler.is_compiling():
         return None
     backend = backends.resolve_cached(name, cell, x.device, x.dtype)
     if autocast_enabled(x):

@@ -6,11 +6,16 @@
 // backward recorded under create_graph stays differentiable.
 #include "cell_step.h"
 
+#include "activations.h"
+#include "gemm.h"
+
+#include <ATen/Dispatch.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid_backward.h>
 #include <ATen/ops/tanh_backward.h>
@@ -109,6 +114,142 @@ PreGrads elman_back(int64_t kind, const Tensors& k, const Tensor& dh2) {
   return {da, da, Tensor(), Tensor()};
 }
 
+// -- the first-order path: loops and BLAS on raw pointers --------------------------------------
+// Function::forward always runs without grad mode, and backward does unless create_graph: there a
+// step of contiguous float32/float64 CPU tensors runs as two GEMMs and one pass over the gates,
+// not the 10-25 ATen calls above (each a dispatch and a new tensor: most of a step's forward at
+// B = 1).  Its kept values have their own layout (Raw), read only by raw_back; a create_graph
+// backward recomputes the ATen values instead.
+//   Elman  keep {h'}               LSTM  keep {gates (B, 4H) = i f g o activated, tanh(c')}
+//   GRU    keep {gates (B, 3H) = r z n activated, hp (B, 3H) = h W_hh^T + b_hh}
+
+bool raw_ok(const In& a) {
+  const auto dtype = a.x.scalar_type();
+  if (!a.x.device().is_cpu() || (dtype != at::kFloat && dtype != at::kDouble)) return false;
+  for (const Tensor* t : {&a.x, &a.h, &a.c, &a.w_ih, &a.w_hh, &a.b_ih, &a.b_hh})
+    if (t->defined() && !t->is_contiguous()) return false;
+  return true;
+}
+
+template <typename T>
+const T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+// (B, GH) = x W_ih^T + b_ih (+ h W_hh^T when `add_h`), a new tensor
+template <typename T>
+Tensor project(const In& a, int64_t GH, bool add_h) {
+  const int64_t B = a.x.size(0), I = a.x.size(1), H = a.h.size(1);
+  Tensor out = at::empty({B, GH}, a.x.options());
+  project_into(ptr<T>(a.x), B, I, ptr<T>(a.w_ih), ptr<T>(a.b_ih), GH, out.data_ptr<T>());
+  if (add_h) gemm(Op::N, Op::T, B, GH, H, ptr<T>(a.h), H, ptr<T>(a.w_hh), H, T(1), out.data_ptr<T>(), GH);
+  return out;
+}
+
+template <typename T>
+Values elman_raw(int64_t kind, const In& a) {
+  const int64_t B = a.x.size(0), H = a.h.size(1);
+  Tensor h2 = project<T>(a, H, true);                                     // (B, H)
+  T* y = h2.data_ptr<T>();
+  const T* bh = ptr<T>(a.b_hh);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) y[b * H + j] = hidden_act(kind == kElmanRelu, y[b * H + j] + (bh ? bh[j] : T(0)));
+  return {{h2}, {h2}};
+}
+
+template <typename T>
+Values lstm_raw(const In& a) {
+  const int64_t B = a.x.size(0), H = a.h.size(1);
+  Tensor gates = project<T>(a, 4 * H, true);                              // (B, 4H) pre-activations
+  Tensor h2 = at::empty({B, H}, a.x.options()), c2 = at::empty({B, H}, a.x.options()), tc = at::empty({B, H}, a.x.options());
+  const T *bh = ptr<T>(a.b_hh), *c = ptr<T>(a.c);
+  T *g = gates.data_ptr<T>(), *hp = h2.data_ptr<T>(), *cp = c2.data_ptr<T>(), *tp = tc.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b, g += 4 * H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T i = sigmoid(g[j] + (bh ? bh[j] : T(0))), f = sigmoid(g[H + j] + (bh ? bh[H + j] : T(0)));
+      const T gg = tanh_(g[2 * H + j] + (bh ? bh[2 * H + j] : T(0)));
+      const T o = sigmoid(g[3 * H + j] + (bh ? bh[3 * H + j] : T(0)));
+      const T cn = f * c[b * H + j] + i * gg, t = tanh_(cn);
+      g[j] = i, g[H + j] = f, g[2 * H + j] = gg, g[3 * H + j] = o;
+      cp[b * H + j] = cn, tp[b * H + j] = t, hp[b * H + j] = o * t;
+    }
+  }
+  return {{h2, c2}, {gates, tc}};
+}
+
+template <typename T>
+Values gru_raw(const In& a) {
+  const int64_t B = a.x.size(0), H = a.h.size(1);
+  Tensor gates = project<T>(a, 3 * H, false);                             // (B, 3H) x W_ih^T + b_ih
+  Tensor hp = at::empty({B, 3 * H}, a.x.options()), h2 = at::empty({B, H}, a.x.options());
+  project_into(ptr<T>(a.h), B, H, ptr<T>(a.w_hh), ptr<T>(a.b_hh), 3 * H, hp.data_ptr<T>());
+  const T* h = ptr<T>(a.h);
+  T *g = gates.data_ptr<T>(), *q = hp.data_ptr<T>(), *y = h2.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b, g += 3 * H, q += 3 * H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T r = sigmoid(g[j] + q[j]), z = sigmoid(g[H + j] + q[H + j]);
+      const T n = tanh_(g[2 * H + j] + r * q[2 * H + j]);
+      g[j] = r, g[H + j] = z, g[2 * H + j] = n;
+      y[b * H + j] = n + z * (h[b * H + j] - n);
+    }
+  }
+  return {{h2}, {gates, hp}};
+}
+
+Values run_raw(int64_t kind, const In& a) {
+  return AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "cell_step", [&] {
+    return kind == kLSTM ? lstm_raw<scalar_t>(a) : kind == kGRU ? gru_raw<scalar_t>(a) : elman_raw<scalar_t>(kind, a);
+  });
+}
+
+// The pre-activations' gradients from raw's kept values; dh2, dc2 contiguous or undefined (zero).
+template <typename T>
+PreGrads raw_back(int64_t kind, const In& a, const Tensors& k, const Tensor& dh2, const Tensor& dc2) {
+  const int64_t B = a.x.size(0), H = a.h.size(1), G = gates_of(kind);
+  const T *dh = ptr<T>(dh2), *dc = ptr<T>(dc2);
+  Tensor d = at::empty({B, G * H}, a.x.options());
+  T* dp = d.data_ptr<T>();
+  if (kind == kElmanTanh || kind == kElmanRelu) {
+    const T* y = ptr<T>(k[0]);
+    for (int64_t e = 0; e < B * H; ++e) dp[e] = hidden_grad(kind == kElmanRelu, y[e], dh[e]);
+    return {d, d, Tensor(), Tensor()};
+  }
+  if (kind == kLSTM) {
+    Tensor d_c = at::empty({B, H}, a.x.options());
+    const T *g = ptr<T>(k[0]), *tc = ptr<T>(k[1]), *c = ptr<T>(a.c);
+    T* dcp = d_c.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b, g += 4 * H, dp += 4 * H) {
+      for (int64_t j = 0; j < H; ++j) {
+        const int64_t e = b * H + j;
+        const T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], t = tc[e];
+        const T dhe = dh ? dh[e] : T(0);
+        const T dcs = dhe * o * (T(1) - t * t) + (dc ? dc[e] : T(0));
+        dp[j] = dcs * gg * i * (T(1) - i);
+        dp[H + j] = dcs * c[e] * f * (T(1) - f);
+        dp[2 * H + j] = dcs * i * (T(1) - gg * gg);
+        dp[3 * H + j] = dhe * t * o * (T(1) - o);
+        dcp[e] = dcs * f;
+      }
+    }
+    return {d, d, Tensor(), d_c};
+  }
+  Tensor d_hp = at::empty({B, 3 * H}, a.x.options()), d_h = at::empty({B, H}, a.x.options());
+  const T *g = ptr<T>(k[0]), *q = ptr<T>(k[1]), *h = ptr<T>(a.h);
+  T *dq = d_hp.data_ptr<T>(), *dhp = d_h.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b, g += 3 * H, q += 3 * H, dp += 3 * H, dq += 3 * H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const int64_t e = b * H + j;
+      const T r = g[j], z = g[H + j], n = g[2 * H + j], dhe = dh[e];
+      const T dpn = dhe * (T(1) - z) * (T(1) - n * n);
+      const T dpr = dpn * q[2 * H + j] * r * (T(1) - r), dpz = dhe * (h[e] - n) * z * (T(1) - z);
+      dp[j] = dq[j] = dpr;
+      dp[H + j] = dq[H + j] = dpz;
+      dp[2 * H + j] = dpn;
+      dq[2 * H + j] = dpn * r;
+      dhp[e] = dhe * z;
+    }
+  }
+  return {d, d_hp, d_h, Tensor()};
+}
+
 // Function::apply records every tensor argument as an input, and an undefined one fails there;
 // so only the defined ones go in, in In's order, and `present` says which of c, b_ih, b_hh are.
 enum Present : int64_t { kC = 1, kBIh = 2, kBHh = 4 };
@@ -126,12 +267,36 @@ In unpack(int64_t present, const Tensors& t) {
   return a;
 }
 
+// The inputs' gradients from the pre-activations' (ATen: first order, or recorded under
+// create_graph), in `grads`' slots [kind, present, one per given input].
+variable_list input_grads(AutogradContext* ctx, const In& a, int64_t present, const PreGrads& p, variable_list grads) {
+  size_t k = 0;                             // the next given input's index
+  // the gradient slot of the next input, if it was given (present) and needs one
+  auto slot = [&](bool given) -> Tensor* {
+    if (!given) return nullptr;
+    const size_t i = k++;
+    return ctx->needs_input_grad(i) ? &grads[2 + i] : nullptr;
+  };
+  if (Tensor* g = slot(true)) *g = p.d_xp.mm(a.w_ih);                            // x (B, I)
+  if (Tensor* g = slot(true)) *g = p.d_h.defined() ? p.d_hp.mm(a.w_hh) + p.d_h : p.d_hp.mm(a.w_hh);   // h (B, H)
+  if (Tensor* g = slot(present & kC)) *g = p.d_c;
+  if (Tensor* g = slot(true)) *g = p.d_xp.t().mm(a.x);                           // w_ih (G*H, I)
+  if (Tensor* g = slot(true)) *g = p.d_hp.t().mm(a.h);                           // w_hh (G*H, H)
+  Tensor db_ih;
+  if (Tensor* g = slot(present & kBIh)) *g = db_ih = p.d_xp.sum(0);              // b_ih (G*H)
+  if (Tensor* g = slot(present & kBHh)) *g = db_ih.defined() && p.d_hp.is_same(p.d_xp) ? db_ih : p.d_hp.sum(0);
+  return grads;
+}
+
 struct CellStep : public torch::autograd::Function<CellStep> {
   static variable_list forward(AutogradContext* ctx, int64_t kind, int64_t present, at::TensorList inputs) {
     ctx->set_materialize_grads(false);        // an unused output's gradient stays undefined: no zeros made
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["present"] = present;
-    Values v = run(kind, unpack(present, inputs.vec()));
+    const In a = unpack(present, inputs.vec());
+    const bool raw = raw_ok(a);
+    ctx->saved_data["raw"] = raw;
+    Values v = raw ? run_raw(kind, a) : run(kind, a);
     Tensors saved(inputs.begin(), inputs.end());
     saved.insert(saved.end(), v.keep.begin(), v.keep.end());
     ctx->save_for_backward(saved);
@@ -141,35 +306,28 @@ struct CellStep : public torch::autograd::Function<CellStep> {
   static variable_list backward(AutogradContext* ctx, variable_list d_out) {
     const int64_t kind = ctx->saved_data["kind"].toInt(), present = ctx->saved_data["present"].toInt();
     Tensors s = ctx->get_saved_variables();
-    const size_t n = s.size() - (kind == kLSTM ? 5 : kind == kGRU ? 4 : 1);   // the inputs, then the kept values
+    const bool graph = at::GradMode::is_enabled(), raw = ctx->saved_data["raw"].toBool();
+    const size_t kept = raw ? (kind == kLSTM || kind == kGRU ? 2 : 1) : (kind == kLSTM ? 5 : kind == kGRU ? 4 : 1);
+    const size_t n = s.size() - kept;                                      // the inputs, then the kept values
     const In a = unpack(present, Tensors(s.begin(), s.begin() + n));
     Tensors keep(s.begin() + n, s.end());
     // create_graph: the kept values were made without a graph; made again from the saved inputs
     // with grad mode on, the gradients below record how they depend on those inputs.
-    if (at::GradMode::is_enabled()) keep = run(kind, a).keep;
+    if (graph) keep = run(kind, a).keep;
     const Tensor& dh2 = d_out[0];
     const Tensor dc2 = kind == kLSTM ? d_out[1] : Tensor();
     variable_list grads(2 + n);               // kind, present, then one per input
     if (!dh2.defined() && !dc2.defined()) return grads;
+    if (raw && !graph) {
+      const Tensor dh = dh2.defined() ? dh2.contiguous() : dh2, dc = dc2.defined() ? dc2.contiguous() : dc2;
+      const PreGrads p = AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "cell_step_backward",
+                                                    [&] { return raw_back<scalar_t>(kind, a, keep, dh, dc); });
+      return input_grads(ctx, a, present, p, std::move(grads));
+    }
     const PreGrads p = kind == kLSTM  ? lstm_back(a, keep, dh2, dc2)
                        : kind == kGRU ? gru_back(a, keep, dh2)
                                       : elman_back(kind, keep, dh2);
-    size_t k = 0;                             // the next given input's index
-    // the gradient slot of the next input, if it was given (present) and needs one
-    auto slot = [&](bool given) -> Tensor* {
-      if (!given) return nullptr;
-      const size_t i = k++;
-      return ctx->needs_input_grad(i) ? &grads[2 + i] : nullptr;
-    };
-    if (Tensor* g = slot(true)) *g = p.d_xp.mm(a.w_ih);                            // x (B, I)
-    if (Tensor* g = slot(true)) *g = p.d_h.defined() ? p.d_hp.mm(a.w_hh) + p.d_h : p.d_hp.mm(a.w_hh);   // h (B, H)
-    if (Tensor* g = slot(present & kC)) *g = p.d_c;
-    if (Tensor* g = slot(true)) *g = p.d_xp.t().mm(a.x);                           // w_ih (G*H, I)
-    if (Tensor* g = slot(true)) *g = p.d_hp.t().mm(a.h);                           // w_hh (G*H, H)
-    Tensor db_ih;
-    if (Tensor* g = slot(present & kBIh)) *g = db_ih = p.d_xp.sum(0);              // b_ih (G*H)
-    if (Tensor* g = slot(present & kBHh)) *g = db_ih.defined() && p.d_hp.is_same(p.d_xp) ? db_ih : p.d_hp.sum(0);
-    return grads;
+    return input_grads(ctx, a, present, p, std::move(grads));
   }
 };
 

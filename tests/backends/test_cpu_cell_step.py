@@ -13,7 +13,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 import rnnkit
-from helpers import assert_all_close, grads, needs_cpu, randn
+from helpers import assert_all_close, count_calls, grads, needs_cpu, randn
 
 pytestmark = needs_cpu
 
@@ -268,3 +268,39 @@ def test_layer_step_with_recurrent_noise_keeps_the_python_step():
     model = rnnkit.LSTM(I, H, recurrent_dropout=0.3, backend="cpu")
     out, _ = model.step(torch.randn(B, I))
     assert "CellStep" not in out.grad_fn.name()
+
+
+@pytest.mark.parametrize("form", TWINS)
+def test_no_grad_step_is_the_node_without_a_graph(form, monkeypatch):
+    """Under no_grad the node is the cheapest call (no Python checks, no streaming kernel): no graph,
+    torch.nn's numbers."""
+    from rnnkit.backends import cpu
+    calls = count_calls(monkeypatch, cpu.BACKEND, "step")
+    ref, ours = pair(form)
+    x, hx = randn(B, I), tuple(t.detach() for t in listed(state(form)))
+    hx = hx if form == "lstm" else hx[0]
+    with torch.no_grad():
+        out = ours(x, hx)
+        assert all(o.grad_fn is None for o in listed(out))
+        assert_all_close(listed(out), listed(ref(x, hx)))
+    assert calls == []                                         # not the streaming kernel
+
+
+@pytest.mark.parametrize("form", TWINS)
+def test_strided_inputs_and_larger_sizes_match_torch(form):
+    """Non-contiguous x, state and weight (the ATen path) and a batch and width past the small
+    kernels' (the loops' path), float32: torch.nn's numbers and gradients."""
+    ours_cls, torch_cls, kw, _ = TWINS[form]
+    torch.manual_seed(0)
+    for batch, width, strided in ((3, H, True), (17, 33, False)):
+        ref = torch_cls(width, width, **kw)
+        ours = ours_cls(width, width, backend="cpu", **kw)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(width, batch).t() if strided else torch.randn(batch, width)
+        hs = [torch.randn(width, batch).t() if strided else torch.randn(batch, width) for _ in range(2)]
+        hx = tuple(hs) if form == "lstm" else hs[0]
+        assert x.is_contiguous() is not strided
+        out, out_ref = listed(ours(x, hx)), listed(ref(x, hx))
+        assert "CellStep" in out[0].grad_fn.name()
+        assert_all_close(out, out_ref, torch.float32)
+        assert_all_close(grads(out, list(ours.parameters())), grads(out_ref, list(ref.parameters())), torch.float32)
