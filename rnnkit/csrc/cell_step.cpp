@@ -267,24 +267,55 @@ In unpack(int64_t present, const Tensors& t) {
   return a;
 }
 
-// The inputs' gradients from the pre-activations' (ATen: first order, or recorded under
-// create_graph), in `grads`' slots [kind, present, one per given input].
-variable_list input_grads(AutogradContext* ctx, const In& a, int64_t present, const PreGrads& p, variable_list grads) {
-  size_t k = 0;                             // the next given input's index
+// op(a) b as a new tensor, a (B, N) or (N, B) as `ta` says: BLAS on raw pointers on the
+// first-order path (`raw`: contiguous float32/float64), else ATen's mm (recorded under create_graph)
+Tensor product(bool raw, bool ta, const Tensor& a, const Tensor& b) {
+  if (!raw) return (ta ? a.t() : a).mm(b);
+  const int64_t M = a.size(ta ? 1 : 0), K = a.size(ta ? 0 : 1), N = b.size(1);
+  Tensor out = at::empty({M, N}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "cell_step_product", [&] {
+    gemm(ta ? Op::T : Op::N, Op::N, M, N, K, a.data_ptr<scalar_t>(), a.size(1), b.data_ptr<scalar_t>(), N,
+         scalar_t(0), out.data_ptr<scalar_t>(), N);
+  });
+  return out;
+}
+
+// d's column sums (G*H): a bias's gradient
+Tensor column_sums(bool raw, const Tensor& d) {
+  if (!raw) return d.sum(0);
+  const int64_t B = d.size(0), N = d.size(1);
+  Tensor out = at::zeros({N}, d.options());
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "cell_step_sums", [&] {
+    const scalar_t* p = d.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < N; ++j) o[j] += p[b * N + j];
+  });
+  return out;
+}
+
+// The inputs' gradients from the pre-activations', in `grads`' slots [kind, present, one per
+// given input]; `raw` as product's.
+variable_list input_grads(AutogradContext* ctx, const In& a, int64_t present, const PreGrads& p, bool raw,
+                          variable_list grads) {
+  size_t k = 0;                               // the next given input's index
   // the gradient slot of the next input, if it was given (present) and needs one
   auto slot = [&](bool given) -> Tensor* {
     if (!given) return nullptr;
     const size_t i = k++;
     return ctx->needs_input_grad(i) ? &grads[2 + i] : nullptr;
   };
-  if (Tensor* g = slot(true)) *g = p.d_xp.mm(a.w_ih);                            // x (B, I)
-  if (Tensor* g = slot(true)) *g = p.d_h.defined() ? p.d_hp.mm(a.w_hh) + p.d_h : p.d_hp.mm(a.w_hh);   // h (B, H)
+  if (Tensor* g = slot(true)) *g = product(raw, false, p.d_xp, a.w_ih);                   // x (B, I)
+  if (Tensor* g = slot(true)) {                                                          // h (B, H)
+    *g = product(raw, false, p.d_hp, a.w_hh);
+    if (p.d_h.defined()) *g = raw ? g->add_(p.d_h) : *g + p.d_h;
+  }
   if (Tensor* g = slot(present & kC)) *g = p.d_c;
-  if (Tensor* g = slot(true)) *g = p.d_xp.t().mm(a.x);                           // w_ih (G*H, I)
-  if (Tensor* g = slot(true)) *g = p.d_hp.t().mm(a.h);                           // w_hh (G*H, H)
+  if (Tensor* g = slot(true)) *g = product(raw, true, p.d_xp, a.x);                       // w_ih (G*H, I)
+  if (Tensor* g = slot(true)) *g = product(raw, true, p.d_hp, a.h);                       // w_hh (G*H, H)
   Tensor db_ih;
-  if (Tensor* g = slot(present & kBIh)) *g = db_ih = p.d_xp.sum(0);              // b_ih (G*H)
-  if (Tensor* g = slot(present & kBHh)) *g = db_ih.defined() && p.d_hp.is_same(p.d_xp) ? db_ih : p.d_hp.sum(0);
+  if (Tensor* g = slot(present & kBIh)) *g = db_ih = column_sums(raw, p.d_xp);           // b_ih (G*H)
+  if (Tensor* g = slot(present & kBHh)) *g = db_ih.defined() && p.d_hp.is_same(p.d_xp) ? db_ih : column_sums(raw, p.d_hp);
   return grads;
 }
 
@@ -322,12 +353,12 @@ struct CellStep : public torch::autograd::Function<CellStep> {
       const Tensor dh = dh2.defined() ? dh2.contiguous() : dh2, dc = dc2.defined() ? dc2.contiguous() : dc2;
       const PreGrads p = AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "cell_step_backward",
                                                     [&] { return raw_back<scalar_t>(kind, a, keep, dh, dc); });
-      return input_grads(ctx, a, present, p, std::move(grads));
+      return input_grads(ctx, a, present, p, true, std::move(grads));
     }
     const PreGrads p = kind == kLSTM  ? lstm_back(a, keep, dh2, dc2)
                        : kind == kGRU ? gru_back(a, keep, dh2)
                                       : elman_back(kind, keep, dh2);
-    return input_grads(ctx, a, present, p, std::move(grads));
+    return input_grads(ctx, a, present, p, false, std::move(grads));
   }
 };
 
