@@ -339,7 +339,11 @@ def step_stack(cell: Cell, x: Tensor, state0: Sequence[Tensor], layers: Sequence
                                None if noise is None else tuple(n[0] for n in noise), save=False)
         new_states.append(new)
         x = new[0]
+    return x, stacked_states(new_states)
+
+
+def stacked_states(new_states: Sequence[Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+    """Per layer the new (B, S_k) states -> per state k an (L, B, S_k) tensor."""
     if len(new_states) == 1:                      # a view, not stack's copy: one autograd node less to run
-        return x, tuple(s.unsqueeze(0) for s in new_states[0])
-    h_n = tuple(torch.stack([s[k] for s in new_states]) for k in range(len(state0)))
-    return x, h_n
+        return tuple(s.unsqueeze(0) for s in new_states[0])
+    return tuple(torch.stack([s[k] for s in new_states]) for k in range(len(new_states[0])))

@@ -304,3 +304,31 @@ def test_strided_inputs_and_larger_sizes_match_torch(form):
         assert "CellStep" in out[0].grad_fn.name()
         assert_all_close(out, out_ref, torch.float32)
         assert_all_close(grads(out, list(ours.parameters())), grads(out_ref, list(ref.parameters())), torch.float32)
+
+
+@pytest.mark.parametrize("call, exc, name", [
+    (lambda m: m.step(torch.randn(B, I), torch.randn(1, B, H)), ValueError, "hx"),          # one layer short
+    (lambda m: m.step(torch.randn(B, I), torch.randn(2, B + 1, H)), ValueError, "hx"),
+    (lambda m: m.step(torch.randn(B, I + 1)), ValueError, "input"),
+])
+def test_layer_step_with_a_graph_names_a_bad_argument(call, exc, name):
+    with pytest.raises(exc, match=name):
+        call(rnnkit.GRU(I, H, num_layers=2, backend="cpu"))
+
+
+def test_layer_step_with_a_parametrized_weight_takes_the_checked_path():
+    torch.manual_seed(0)
+    ours = rnnkit.LSTM(I, H, num_layers=2, dtype=torch.float64, backend="cpu")
+    ref = rnnkit.LSTM(I, H, num_layers=2, dtype=torch.float64, backend="reference")
+    ref.load_state_dict(ours.state_dict())
+
+    class Scaled(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+    for model in (ours, ref):
+        parametrize.register_parametrization(model, "weight_hh_l1", Scaled())
+    x = randn(B, I)
+    out, out_ref = ours.step(x)[0], ref.step(x)[0]
+    assert_all_close([out], [out_ref])
+    leaves = [ours.parametrizations.weight_hh_l1.original]
+    assert_all_close(grads([out], leaves), grads([out_ref], [ref.parametrizations.weight_hh_l1.original]))
