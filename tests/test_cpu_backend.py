@@ -208,8 +208,9 @@ def _step_case(form="lstm"):
 @needs_cpu
 def test_unchecked_step_runs_only_plain_inference():
     """Under no_grad in eval, a step on the cpu backend (whose C++ checks every tensor) skips the
-    layer's checks in Python; with a graph to record, random draws, autocast, no state or an
-    unbatched input it does not."""
+    layer's checks in Python; with random draws, autocast, no state or an unbatched input it does
+    not.  With a graph to record, each layer's step is the backend's one-node step (its C++
+    checks its arguments), and on a backend without one the checked path runs."""
     model, x, hx = _step_case()
     with torch.no_grad():
         assert model._unchecked_step(x, hx) is not None
@@ -225,8 +226,10 @@ def test_unchecked_step_runs_only_plain_inference():
         assert noisy._unchecked_step(x1, hx1) is not None
         assert noisy.train()._unchecked_step(x1, hx1) is None
     model.eval()
-    assert model._unchecked_step(x, hx) is None                       # grad mode: step records a graph
+    out, _ = model._unchecked_step(x, hx)                             # grad mode: the node, per layer
+    assert "CellStep" in out.grad_fn.name()
     model.backend = "reference"
+    assert model._unchecked_step(x, hx) is None
     with torch.no_grad():
         assert model._unchecked_step(x, hx) is None
 

@@ -1,15 +1,17 @@
 // One differentiated step of a plain cell as one autograd node (shapes and contract: cell_step.h).
 //
 // The equations are rnnkit/cells' (elman.py, lstm.py, gru.py: forward and hand-derived backward in
-// their docstrings); here each is a handful of ATen calls.  sigmoid_backward(g, y) = g y (1 - y)
-// and tanh_backward(g, y) = g (1 - y^2) are single ATen ops with derivatives of their own, so a
-// backward recorded under create_graph stays differentiable.
+// their docstrings), in two forms: ATen calls (strided inputs, and the backward recorded under
+// create_graph: sigmoid_backward(g, y) = g y (1 - y) and tanh_backward(g, y) = g (1 - y^2) are
+// single ATen ops with derivatives of their own, so it stays differentiable), and below those the
+// first-order path on raw pointers.
 #include "cell_step.h"
 
-#include "activations.h"
+#include "gate_rows.h"
 #include "gemm.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/addcmul.h>
@@ -23,6 +25,8 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
 
 namespace rnnkit {
 namespace {
@@ -114,14 +118,14 @@ PreGrads elman_back(int64_t kind, const Tensors& k, const Tensor& dh2) {
   return {da, da, Tensor(), Tensor()};
 }
 
-// -- the first-order path: loops and BLAS on raw pointers --------------------------------------
+// -- the first-order path: BLAS and the sequence kernels' row passes on raw pointers ------------
 // Function::forward always runs without grad mode, and backward does unless create_graph: there a
-// step of contiguous float32/float64 CPU tensors runs as two GEMMs and one pass over the gates,
-// not the 10-25 ATen calls above (each a dispatch and a new tensor: most of a step's forward at
-// B = 1).  Its kept values have their own layout (Raw), read only by raw_back; a create_graph
-// backward recomputes the ATen values instead.
+// step of contiguous float32/float64 CPU tensors runs as two GEMMs and the kernels' gate pass of
+// each row (gate_rows.h, the passes a sequence kernel's step runs), not the 10-25 ATen calls above
+// (each a dispatch and a new tensor: most of a step's forward at B = 1).  Its kept values have
+// their own layout, read only by raw_back; a create_graph backward recomputes the ATen values.
 //   Elman  keep {h'}               LSTM  keep {gates (B, 4H) = i f g o activated, tanh(c')}
-//   GRU    keep {gates (B, 3H) = r z n activated, hp (B, 3H) = h W_hh^T + b_hh}
+//   GRU    keep {gates (B, 3H) = r z n activated, hn (B, H) = h W_hn^T + b_hn}
 
 bool raw_ok(const In& a) {
   const auto dtype = a.x.scalar_type();
@@ -134,64 +138,69 @@ bool raw_ok(const In& a) {
 template <typename T>
 const T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-// (B, GH) = x W_ih^T + b_ih (+ h W_hh^T when `add_h`), a new tensor
+// Rows [0, B) of a pass over (B, width) elements, split over ATen's threads in chunks of at least
+// 2^14 elements (a small step runs inline: no thread is woken for it).
+template <typename F>
+void rows(int64_t B, int64_t width, const F& f) {
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(width, 1)), f);
+}
+
+// (B, GH) = a W^T + bias (none where undefined): affine's raw form, a new tensor
 template <typename T>
-Tensor project(const In& a, int64_t GH, bool add_h) {
-  const int64_t B = a.x.size(0), I = a.x.size(1), H = a.h.size(1);
-  Tensor out = at::empty({B, GH}, a.x.options());
-  project_into(ptr<T>(a.x), B, I, ptr<T>(a.w_ih), ptr<T>(a.b_ih), GH, out.data_ptr<T>());
-  if (add_h) gemm(Op::N, Op::T, B, GH, H, ptr<T>(a.h), H, ptr<T>(a.w_hh), H, T(1), out.data_ptr<T>(), GH);
+Tensor affine_raw(const Tensor& a, const Tensor& w, const Tensor& bias) {
+  const int64_t B = a.size(0), K = a.size(1), GH = w.size(0);
+  Tensor out = at::empty({B, GH}, a.options());
+  project_into(ptr<T>(a), B, K, ptr<T>(w), ptr<T>(bias), GH, out.data_ptr<T>());
   return out;
 }
 
+// A bias, or zeros of its size where it is absent (the row passes read one).
+Tensor or_zeros(const Tensor& b, int64_t n, const Tensor& like) { return b.defined() ? b : at::zeros({n}, like.options()); }
+
+// h' = act(h W_hh^T + xp + b_hh) by elman_rows::forward_row, xp = x W_ih^T + b_ih; keep {h'}.
 template <typename T>
 Values elman_raw(int64_t kind, const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
-  Tensor h2 = project<T>(a, H, true);                                     // (B, H)
-  T* y = h2.data_ptr<T>();
-  const T* bh = ptr<T>(a.b_hh);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < H; ++j) y[b * H + j] = hidden_act(kind == kElmanRelu, y[b * H + j] + (bh ? bh[j] : T(0)));
+  Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), h2 = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, H)
+  Tensor bias = or_zeros(a.b_hh, H, a.x);
+  rows(B, H, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      elman_rows::forward_row(H, kind == kElmanRelu, h2.data_ptr<T>() + b * H, ptr<T>(xp) + b * H, ptr<T>(bias));
+  });
   return {{h2}, {h2}};
 }
 
+// The gates as the sequence kernel's step makes them: gates = h W_hh^T, then lstm_rows::forward_row
+// over xp = x W_ih^T + b_ih, b_hh and no peepholes; keep {gates activated, tanh(c')}.
 template <typename T>
 Values lstm_raw(const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
-  Tensor gates = project<T>(a, 4 * H, true);                              // (B, 4H) pre-activations
+  Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), gates = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, 4H)
+  Tensor bias = or_zeros(a.b_hh, 4 * H, a.x), peep = at::zeros({3 * H}, a.x.options());
   Tensor h2 = at::empty({B, H}, a.x.options()), c2 = at::empty({B, H}, a.x.options()), tc = at::empty({B, H}, a.x.options());
-  const T *bh = ptr<T>(a.b_hh), *c = ptr<T>(a.c);
-  T *g = gates.data_ptr<T>(), *hp = h2.data_ptr<T>(), *cp = c2.data_ptr<T>(), *tp = tc.data_ptr<T>();
-  for (int64_t b = 0; b < B; ++b, g += 4 * H) {
-    for (int64_t j = 0; j < H; ++j) {
-      const T i = sigmoid(g[j] + (bh ? bh[j] : T(0))), f = sigmoid(g[H + j] + (bh ? bh[H + j] : T(0)));
-      const T gg = tanh_(g[2 * H + j] + (bh ? bh[2 * H + j] : T(0)));
-      const T o = sigmoid(g[3 * H + j] + (bh ? bh[3 * H + j] : T(0)));
-      const T cn = f * c[b * H + j] + i * gg, t = tanh_(cn);
-      g[j] = i, g[H + j] = f, g[2 * H + j] = gg, g[3 * H + j] = o;
-      cp[b * H + j] = cn, tp[b * H + j] = t, hp[b * H + j] = o * t;
-    }
-  }
+  rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      lstm_rows::forward_row(H, gates.data_ptr<T>() + b * 4 * H, ptr<T>(xp) + b * 4 * H, ptr<T>(bias), ptr<T>(peep),
+                             ptr<T>(a.c) + b * H, c2.data_ptr<T>() + b * H, tc.data_ptr<T>() + b * H,
+                             h2.data_ptr<T>() + b * H);
+  });
   return {{h2, c2}, {gates, tc}};
 }
 
+// gru_rows::after_row over xp = x W_ih^T + b_ih, hw = h W_hh^T and b_hh; keep {gates activated,
+// hn = h W_hn^T + b_hn (B, H)}.
 template <typename T>
 Values gru_raw(const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
-  Tensor gates = project<T>(a, 3 * H, false);                             // (B, 3H) x W_ih^T + b_ih
-  Tensor hp = at::empty({B, 3 * H}, a.x.options()), h2 = at::empty({B, H}, a.x.options());
-  project_into(ptr<T>(a.h), B, H, ptr<T>(a.w_hh), ptr<T>(a.b_hh), 3 * H, hp.data_ptr<T>());
-  const T* h = ptr<T>(a.h);
-  T *g = gates.data_ptr<T>(), *q = hp.data_ptr<T>(), *y = h2.data_ptr<T>();
-  for (int64_t b = 0; b < B; ++b, g += 3 * H, q += 3 * H) {
-    for (int64_t j = 0; j < H; ++j) {
-      const T r = sigmoid(g[j] + q[j]), z = sigmoid(g[H + j] + q[H + j]);
-      const T n = tanh_(g[2 * H + j] + r * q[2 * H + j]);
-      g[j] = r, g[H + j] = z, g[2 * H + j] = n;
-      y[b * H + j] = n + z * (h[b * H + j] - n);
-    }
-  }
-  return {{h2}, {gates, hp}};
+  Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), hw = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, 3H)
+  Tensor bias = or_zeros(a.b_hh, 3 * H, a.x);
+  Tensor gates = at::empty({B, 3 * H}, a.x.options()), hn = at::empty({B, H}, a.x.options()), h2 = at::empty({B, H}, a.x.options());
+  rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      gru_rows::after_row(H, ptr<T>(xp) + b * 3 * H, ptr<T>(hw) + b * 3 * H, ptr<T>(bias), ptr<T>(a.h) + b * H,
+                          gates.data_ptr<T>() + b * 3 * H, hn.data_ptr<T>() + b * H, h2.data_ptr<T>() + b * H);
+  });
+  return {{h2}, {gates, hn}};
 }
 
 Values run_raw(int64_t kind, const In& a) {
@@ -200,53 +209,46 @@ Values run_raw(int64_t kind, const In& a) {
   });
 }
 
-// The pre-activations' gradients from raw's kept values; dh2, dc2 contiguous or undefined (zero).
+// The pre-activations' gradients from raw's kept values by the same row passes as the sequence
+// kernels' backward; dh2, dc2 contiguous or undefined (zero).
 template <typename T>
 PreGrads raw_back(int64_t kind, const In& a, const Tensors& k, const Tensor& dh2, const Tensor& dc2) {
   const int64_t B = a.x.size(0), H = a.h.size(1), G = gates_of(kind);
-  const T *dh = ptr<T>(dh2), *dc = ptr<T>(dc2);
   Tensor d = at::empty({B, G * H}, a.x.options());
-  T* dp = d.data_ptr<T>();
   if (kind == kElmanTanh || kind == kElmanRelu) {
-    const T* y = ptr<T>(k[0]);
-    for (int64_t e = 0; e < B * H; ++e) dp[e] = hidden_grad(kind == kElmanRelu, y[e], dh[e]);
+    Tensor unused = at::empty({B, H}, a.x.options());                      // the row pass's dh_prev (zeros)
+    rows(B, H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        elman_rows::backward_row(H, kind == kElmanRelu, ptr<T>(k[0]) + b * H, ptr<T>(dh2) + b * H,
+                                 d.data_ptr<T>() + b * H, unused.data_ptr<T>() + b * H);
+    });
     return {d, d, Tensor(), Tensor()};
   }
+  const Tensor dh = dh2.defined() ? dh2 : at::zeros({B, H}, a.x.options());
   if (kind == kLSTM) {
-    Tensor d_c = at::empty({B, H}, a.x.options());
-    const T *g = ptr<T>(k[0]), *tc = ptr<T>(k[1]), *c = ptr<T>(a.c);
-    T* dcp = d_c.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b, g += 4 * H, dp += 4 * H) {
-      for (int64_t j = 0; j < H; ++j) {
-        const int64_t e = b * H + j;
-        const T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], t = tc[e];
-        const T dhe = dh ? dh[e] : T(0);
-        const T dcs = dhe * o * (T(1) - t * t) + (dc ? dc[e] : T(0));
-        dp[j] = dcs * gg * i * (T(1) - i);
-        dp[H + j] = dcs * c[e] * f * (T(1) - f);
-        dp[2 * H + j] = dcs * i * (T(1) - gg * gg);
-        dp[3 * H + j] = dhe * t * o * (T(1) - o);
-        dcp[e] = dcs * f;
-      }
-    }
+    // the carried dc enters as dc' (or zeros) and leaves as dc: the gradient of c
+    Tensor d_c = dc2.defined() ? dc2.clone() : at::zeros({B, H}, a.x.options());
+    Tensor peep = at::zeros({3 * H}, a.x.options());
+    rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        lstm_rows::backward_row<T>(H, ptr<T>(k[0]) + b * 4 * H, ptr<T>(k[1]) + b * H, ptr<T>(a.c) + b * H, ptr<T>(peep),
+                                   nullptr, T(0), ptr<T>(dh) + b * H, d_c.data_ptr<T>() + b * H,
+                                   d.data_ptr<T>() + b * 4 * H);
+    });
     return {d, d, Tensor(), d_c};
   }
+  // GRU: d_hp = [dx_r, dx_z, drn], the rows of the recurrent gradients
   Tensor d_hp = at::empty({B, 3 * H}, a.x.options()), d_h = at::empty({B, H}, a.x.options());
-  const T *g = ptr<T>(k[0]), *q = ptr<T>(k[1]), *h = ptr<T>(a.h);
-  T *dq = d_hp.data_ptr<T>(), *dhp = d_h.data_ptr<T>();
-  for (int64_t b = 0; b < B; ++b, g += 3 * H, q += 3 * H, dp += 3 * H, dq += 3 * H) {
-    for (int64_t j = 0; j < H; ++j) {
-      const int64_t e = b * H + j;
-      const T r = g[j], z = g[H + j], n = g[2 * H + j], dhe = dh[e];
-      const T dpn = dhe * (T(1) - z) * (T(1) - n * n);
-      const T dpr = dpn * q[2 * H + j] * r * (T(1) - r), dpz = dhe * (h[e] - n) * z * (T(1) - z);
-      dp[j] = dq[j] = dpr;
-      dp[H + j] = dq[H + j] = dpz;
-      dp[2 * H + j] = dpn;
-      dq[2 * H + j] = dpn * r;
-      dhp[e] = dhe * z;
+  rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* dx = d.data_ptr<T>() + b * 3 * H;
+      T* dr = d_hp.data_ptr<T>() + b * 3 * H;
+      gru_rows::zn_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(a.h) + b * H, ptr<T>(dh) + b * H, dx,
+                         d_h.data_ptr<T>() + b * H);
+      gru_rows::after_r_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(k[1]) + b * H, dx, dr + 2 * H);
+      std::copy(dx, dx + 2 * H, dr);
     }
-  }
+  });
   return {d, d_hp, d_h, Tensor()};
 }
 

@@ -29,6 +29,7 @@
 //                            in place, dh_{t-1} is set by phase 1 (zoneout's direct part dh_t z, or
 //                            zero; a padded row: dh_t) before phase 2 adds da_t W_hh (times m_t)
 #include "activations.h"
+#include "gate_rows.h"
 #include "gemm.h"
 #include "loop.h"
 #include "rnn.h"
@@ -39,22 +40,8 @@
 namespace rnnkit {
 namespace {
 
-// The gate passes are plain functions of restrict pointers: inside the row lambdas gcc does
-// not vectorise them.
-template <typename T>
-void forward_row(int64_t H, bool is_relu, T* __restrict h, const T* __restrict xp, const T* __restrict b_hh) {
-  for (int64_t j = 0; j < H; ++j) h[j] = hidden_act(is_relu, h[j] + xp[j] + b_hh[j]);
-}
-
-// da = act'(h) * dh and dh_prev = 0 (the GEMM adds da W_hh to it).
-template <typename T>
-void backward_row(int64_t H, bool is_relu, const T* __restrict h, const T* __restrict dh, T* __restrict da,
-                  T* __restrict dh_prev) {
-  for (int64_t j = 0; j < H; ++j) {
-    da[j] = hidden_grad(is_relu, h[j], dh[j]);
-    dh_prev[j] = T(0);
-  }
-}
+using elman_rows::backward_row;
+using elman_rows::forward_row;
 
 template <typename T>
 void forward_impl(const Spec& sp, const FwdArgs& a, const Tensor& hs_t, const Tensor& upd_t) {

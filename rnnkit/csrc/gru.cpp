@@ -52,6 +52,7 @@
 //   With layer norm it uses hw as raw (B, 3H), h_{t-1} W_hh^T before normalisation, and writes
 //   the same x_hat, x_rstd, h_hat, h_rstd, dxp and drec (drec in place of [dx_r, dx_z, drn] above).
 #include "activations.h"
+#include "gate_rows.h"
 #include "gemm.h"
 #include "loop.h"
 #include "norm.h"
@@ -63,85 +64,13 @@
 namespace rnnkit {
 namespace {
 
-// Gate passes of one row, plain functions of restrict pointers so that gcc vectorises them.
-// Each pointer is the row of the header's tensor of the same name.
-
-// Torch form: hw = h_{t-1} W_hh^T (3H).
-template <typename T>
-void after_row(int64_t H, const T* __restrict xp, const T* __restrict hw, const T* __restrict b_hh,
-               const T* __restrict h_prev, T* __restrict gates, T* __restrict hn, T* __restrict h) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T r = sigmoid(xp[j] + hw[j] + b_hh[j]);
-    const T z = sigmoid(xp[H + j] + hw[H + j] + b_hh[H + j]);
-    const T hn_j = hw[2 * H + j] + b_hh[2 * H + j];
-    const T n = tanh_(xp[2 * H + j] + r * hn_j);
-    gates[j] = r, gates[H + j] = z, gates[2 * H + j] = n, hn[j] = hn_j;
-    h[j] = (T(1) - z) * n + z * h_prev[j];
-  }
-}
-
-// Original form, first pass: r and z from hw = h_{t-1} W_hrz^T (2H), and rh = r * h_{t-1}.
-template <typename T>
-void before_row_rz(int64_t H, const T* __restrict xp, const T* __restrict hw, const T* __restrict b_hh,
-                   const T* __restrict h_prev, T* __restrict gates, T* __restrict rh) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T r = sigmoid(xp[j] + hw[j] + b_hh[j]);
-    gates[j] = r, gates[H + j] = sigmoid(xp[H + j] + hw[H + j] + b_hh[H + j]);
-    rh[j] = r * h_prev[j];
-  }
-}
-
-// Original form, second pass: n from hwn = rh W_hn^T, and h_t.
-template <typename T>
-void before_row_n(int64_t H, const T* __restrict xp, const T* __restrict hwn, const T* __restrict b_hh,
-                  const T* __restrict h_prev, T* __restrict gates, T* __restrict h) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T n = tanh_(xp[2 * H + j] + hwn[j] + b_hh[2 * H + j]);
-    const T z = gates[H + j];
-    gates[2 * H + j] = n;
-    h[j] = (T(1) - z) * n + z * h_prev[j];
-  }
-}
-
-// Shared by both forms: dx of z and n (dan), and the direct path dh_prev = dh z.
-template <typename T>
-void zn_grads(int64_t H, const T* __restrict gates, const T* __restrict h_prev, const T* __restrict dh,
-              T* __restrict dx, T* __restrict dh_prev) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T z = gates[H + j], n = gates[2 * H + j];
-    dx[2 * H + j] = dh[j] * (T(1) - z) * (T(1) - n * n);
-    dx[H + j] = dh[j] * (h_prev[j] - n) * z * (T(1) - z);
-    dh_prev[j] = dh[j] * z;
-  }
-}
-
-// Torch form: dx of r through hn, and drn = dan * r.
-template <typename T>
-void after_r_grads(int64_t H, const T* __restrict gates, const T* __restrict hn, T* __restrict dx,
-                   T* __restrict drn) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T r = gates[j], dan = dx[2 * H + j];
-    dx[j] = dan * hn[j] * r * (T(1) - r);
-    drn[j] = dan * r;
-  }
-}
-
-// Original form: dx of r and dh_prev through du = d(r * h_{t-1}).
-template <typename T>
-void before_r_grads(int64_t H, const T* __restrict gates, const T* __restrict h_prev, const T* __restrict du,
-                    T* __restrict dx, T* __restrict dh_prev) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T r = gates[j];
-    dx[j] = du[j] * h_prev[j] * r * (T(1) - r);
-    dh_prev[j] += du[j] * r;
-  }
-}
-
-// Original form: rhs = r * h_{t-1}.
-template <typename T>
-void r_times_h(int64_t H, const T* __restrict gates, const T* __restrict h_prev, T* __restrict rhs) {
-  for (int64_t j = 0; j < H; ++j) rhs[j] = gates[j] * h_prev[j];
-}
+using gru_rows::after_r_grads;
+using gru_rows::after_row;
+using gru_rows::before_r_grads;
+using gru_rows::before_row_n;
+using gru_rows::before_row_rz;
+using gru_rows::r_times_h;
+using gru_rows::zn_grads;
 
 // The sizes and the (B, H) rows of h_{t-1} of a run over the states hs, from h0.
 template <typename T>

@@ -56,6 +56,7 @@
 // o from a step's gates phase to its cell phase; backward overwrites the carried dh_t in place
 // with what reaches h~_t (clipped, times 1 - z under zoneout) between its carried and cell phases.
 #include "activations.h"
+#include "gate_rows.h"
 #include "gemm.h"
 #include "loop.h"
 #include "norm.h"
@@ -68,46 +69,8 @@
 namespace rnnkit {
 namespace {
 
-// Gate pass of one row (plain function of restrict pointers, so that gcc vectorises it):
-// g holds h_{t-1} W_hh^T on entry and the activated gates on exit; peep: w_ch (3H) or zeros.
-template <typename T>
-void forward_row(int64_t H, T* __restrict g, const T* __restrict x, const T* __restrict bias,
-                 const T* __restrict peep, const T* __restrict c_prev, T* __restrict c, T* __restrict tc,
-                 T* __restrict h) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid(g[j] + x[j] + bias[j] + peep[j] * c_prev[j]);
-    const T f = sigmoid(g[H + j] + x[H + j] + bias[H + j] + peep[H + j] * c_prev[j]);
-    const T n = tanh_(g[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
-    const T cn = f * c_prev[j] + i * n;
-    const T o = sigmoid(g[3 * H + j] + x[3 * H + j] + bias[3 * H + j] + peep[2 * H + j] * cn);
-    const T tcn = tanh_(cn);
-    g[j] = i, g[H + j] = f, g[2 * H + j] = n, g[3 * H + j] = o;
-    c[j] = cn, tc[j] = tcn, h[j] = o * tcn;
-  }
-}
-
-// Gradient of one row: d (4H) from dh = gh and the carried dc (updated in place to dc_{t-1});
-// peep: w_ch (3H) or zeros; zc: zoneout's z of c for the row (zc_p: its constant when zc is
-// nullptr; 0 without zoneout): dc reaches the cell times (1 - z) and c_{t-1} directly times z.
-// Ln: dcn (H) is the gradient reaching c_t through tanh_c (layer norm's LN'(dn g_c)), else it is
-// dh o (1 - tanh_c^2), computed here.
-template <typename T, bool Ln = false>
-void backward_row(int64_t H, const T* __restrict g, const T* __restrict tc, const T* __restrict c_prev,
-                  const T* __restrict peep, const T* __restrict zc, T zc_p, const T* __restrict gh,
-                  T* __restrict gc, T* __restrict d, const T* __restrict dcn = nullptr) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = g[j], f = g[H + j], n = g[2 * H + j], o = g[3 * H + j];
-    const T z = zc != nullptr ? zc[j] : zc_p;
-    const T dpo = gh[j] * tc[j] * o * (T(1) - o);
-    const T dcell = Ln ? dcn[j] : gh[j] * o * (T(1) - tc[j] * tc[j]);
-    const T dct = gc[j] * (T(1) - z) + dcell + dpo * peep[2 * H + j];
-    const T di = dct * n * i * (T(1) - i), df = dct * c_prev[j] * f * (T(1) - f);
-    d[j] = di, d[H + j] = df;
-    d[2 * H + j] = dct * i * (T(1) - n * n);
-    d[3 * H + j] = dpo;
-    gc[j] = dct * f + di * peep[j] + df * peep[H + j] + gc[j] * z;   // the constant error carousel
-  }
-}
+using lstm_rows::backward_row;
+using lstm_rows::forward_row;
 
 // Where the rec params hold the peephole weights: after weight_hh, bias_hh (and weight_hr).
 inline size_t peep_index(const Spec& sp) { return sp.proj > 0 ? 3 : 2; }
