@@ -8,9 +8,10 @@ warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
     fwd+bwd    forward, sum of the output, backward
     step       one streaming step (B=1, one thread) under no_grad: torch.nn.*Cell against ``model.step``
     stream     the same, against ``model.stream()`` (state kept inside, no allocation per step)
-    cell       the same, against rnnkit's Cell module (rnnkit.RNNCell, LSTMCell, GRUCell)
+    cell       the same, against rnnkit's Cell module (rnnkit.RNNCell, LSTMCell, GRUCell); also on
+               a batch (B, H) = (32, 256) and (64, 512) at each thread count (``bench_cell``)
     cell+bwd   a Cell module's step with grad, sum of the new state, backward: torch.nn.*Cell
-               against rnnkit's (a training loop over single steps)
+               against rnnkit's (a training loop over single steps), at the same sizes
     memory     peak resident memory (MiB, in the ms columns) of one training step, each in a
                fresh subprocess; ratio above 1: rnnkit needs less
 
@@ -68,6 +69,8 @@ _TORCH = {k: e.torch_twin for k, e in _ENTRIES.items() if e.torch_twin is not No
 CELLS = tuple(_ENTRIES)
 FULL_SIZES = ((128, 1, 64), (128, 8, 128), (128, 32, 256), (100, 64, 512))   # (T, B, H = I)
 QUICK_SIZES = ((8, 2, 8),)
+CELL_SIZES = ((32, 256), (64, 512))               # (B, H = I) of the batched Cell rows
+QUICK_CELL_SIZES = ((2, 8),)
 VARIANT_SIZES = ((128, 8, 128), (128, 32, 256))      # issue 11's (B, H) at T = 128
 # The variants of issue 11 with a fused kernel: {name: (H -> layer keyword arguments, cells)}.
 # clip_recurrent binds (the gradients reach it), the probabilities are typical ones, P = H / 2.
@@ -388,11 +391,8 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     fns = {name: lambda: tc(x, t_state), "step": lambda: rk.step(x, r_state), "stream": lambda: stream(x),
            "cell": lambda: rc(x, t_state)}
 
-    def trained(module):                 # one step of a training loop: the new state's sum, backward
-        def run():
-            new = module(x, t_state)
-            (new[0] if isinstance(new, tuple) else new).sum().backward()
-        return run
+    def trained(module):
+        return _trained(module, x, t_state)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -407,6 +407,38 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
             for mode in ("step", "stream", "cell")] + \
         [Row(label, cell, "cell+bwd", f"torch.nn.{name}", ms_bwd[name], ms_bwd["cell+bwd"],
              ms_bwd[name] / ms_bwd["cell+bwd"], threads=1)]
+
+
+def _trained(module, x, state):
+    """One step of a training loop over single steps: the new state's sum, backward."""
+    def run():
+        new = module(x, state)
+        (new[0] if isinstance(new, tuple) else new).sum().backward()
+    return run
+
+
+def bench_cell(cell: str, B: int, H: int, repeats: int) -> List[Row]:
+    """A Cell module's step on a batch (a decoder step, teacher forcing) at the current intra-op
+    thread count: torch.nn.{RNN,GRU,LSTM}Cell against rnnkit's of the same weights, under no_grad
+    (``cell``) and with the new state's sum and backward (``cell+bwd``), each in its own timer call.
+    """
+    torch.manual_seed(0)
+    tc = getattr(nn, _TORCH[cell].__name__ + "Cell")(H, H)
+    rc = getattr(rnnkit_cells, type(tc).__name__)(H, H)
+    rc.load_state_dict(tc.state_dict())
+    x, h = torch.randn(B, H), torch.randn(B, H)
+    state = (h,) * len(_ENTRIES[cell].state_names) if len(_ENTRIES[cell].state_names) > 1 else h
+    name = type(tc).__name__
+    inner = max(1, (1 << 21) // (B * H * H))          # about 2M multiply-adds of weights per timing
+    with torch.no_grad():
+        ms = interleaved_medians({name: lambda: tc(x, state), "cell": lambda: rc(x, state)}, repeats, inner=inner)
+    ms_bwd = interleaved_medians({name: _trained(tc, x, state), "cell+bwd": _trained(rc, x, state)}, repeats,
+                                 inner=inner)
+    threads = torch.get_num_threads()
+    label = f"{cell} cell B{B} H{H} {threads} thread{'s' if threads != 1 else ''}"
+    return [Row(label, cell, "cell", f"torch.nn.{name}", ms[name], ms["cell"], ms[name] / ms["cell"], threads=threads),
+            Row(label, cell, "cell+bwd", f"torch.nn.{name}", ms_bwd[name], ms_bwd["cell+bwd"],
+                ms_bwd[name] / ms_bwd["cell+bwd"], threads=threads)]
 
 
 _MEMORY_SCRIPT = """
@@ -512,6 +544,12 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
                 rows += new
                 for r in new:
                     log(format_row(r))
+            for cell in (c for c in _TORCH if c in cells):
+                for B, H in (QUICK_CELL_SIZES if quick else CELL_SIZES):
+                    new = bench_cell(cell, B, H, repeats)
+                    rows += new
+                    for r in new:
+                        log(format_row(r))
     finally:
         torch.set_num_threads(before)
     step_H = 8 if quick else 64
@@ -565,7 +603,7 @@ def markdown(result: dict) -> str:
     counts = sorted({r.get("threads", 0) for r in result["rows"] if r["mode"] in ("fwd", "fwd+bwd")}, reverse=True)
     groups = [(f"{n} thread{'s' if n != 1 else ''}", [r for r in result["rows"] if r["mode"] in ("fwd", "fwd+bwd")
                                                       and r.get("threads", 0) == n]) for n in counts]
-    groups.append(("streaming step (1 thread) and peak memory",
+    groups.append(("single steps (streaming on 1 thread, Cells on a batch) and peak memory",
                    [r for r in result["rows"] if r["mode"] not in ("fwd", "fwd+bwd")]))
     costs = variant_costs(result["rows"])
     if costs:

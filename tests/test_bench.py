@@ -288,9 +288,11 @@ def test_both_sides_compute_the_same_numbers(recorded):
             first, *others = sides.values()
             for side in others:
                 assert_same_numbers(side, first)
-        else:
+        elif "stream" in sides:                                        # a streaming step's rows
             assert_same_numbers(sides["stream"], sides["step"])
             assert_same_numbers(next(iter(sides.values())), sides["cell"])       # torch.nn's Cell, ours
+        else:                                                          # a batched Cell's no_grad row
+            assert_same_numbers(next(iter(sides.values())), sides["cell"])
 
 
 def test_step_rows_torch_cell_has_the_models_weights(recorded):
@@ -334,7 +336,9 @@ def test_threads_give_a_table_each(tmp_path):
     result = json.loads((tmp_path / "b.json").read_text())
     rows = result["rows"]
     assert {r["threads"] for r in rows if r["mode"] in ("fwd", "fwd+bwd")} == {1, 2}
-    assert {r["threads"] for r in rows if r["mode"] in ("step", "stream", "cell", "cell+bwd")} == {1}
+    assert {r["threads"] for r in rows if r["mode"] in ("step", "stream", "cell", "cell+bwd")
+            and " step " in r["case"]} == {1}
+    assert {r["threads"] for r in rows if " cell B" in r["case"]} == {1, 2}        # batched Cells: each table
     text = md.read_text()
     assert "### 2 threads" in text and "### 1 thread\n" in text and "load average" in text
     # the machine's sgemm throughput per thread count, and every sequence row's share of it
