@@ -119,12 +119,12 @@ class Backend:
 
     def cell_step(self, cell: Cell, x: Tensor, state: Tuple[Tensor, ...],
                   layer) -> Optional[Tuple[Tensor, ...]]:
-        """One step of one layer with a graph to record, as a single autograd node (the Cell modules
-        in training): x (B, I), state (B, S_k) each or None for zeros, layer = [w_ih, b_ih,
-        *rec_params] -> the new
-        state (B, S_k) each, differentiable (first and second order) with respect to x, the state
-        and every weight; or None where the backend has no such step for this cell (the caller then
-        runs the cell's step under autograd)."""
+        """One step of one layer as a single autograd node (the Cell modules, with a graph or
+        without; ``model.step`` per layer with one): x (B, I), state (B, S_k) each or None for
+        zeros, layer = [w_ih, b_ih, *rec_params] -> the new state (B, S_k) each, differentiable
+        (first and second order) with respect to x, the state and every weight; or None where the
+        backend has no such step for this cell (the caller then runs the cell's step under
+        autograd)."""
         return None
 
     def infers(self, cell: Cell, x: Tensor, bidirectional: bool, varlen: bool = False) -> bool:

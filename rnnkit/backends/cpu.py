@@ -111,7 +111,7 @@ class CPU(Backend):
         if kind is None:
             return None
         w_ih, b_ih, w_hh, b_hh = layer
-        h, c = (None, None) if state is None else (state[0], state[1] if kind == 2 else None)
+        h, c = (None, None) if state is None else (state[0], state[1] if len(state) > 1 else None)
         return tuple(extension().cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh))
 
     # Up to this many multiply-adds in a layer's input projection the one-call path projects through

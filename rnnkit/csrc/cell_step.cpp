@@ -9,6 +9,7 @@
 
 #include "gate_rows.h"
 #include "gemm.h"
+#include "loop.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -138,13 +139,6 @@ bool raw_ok(const In& a) {
 template <typename T>
 const T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-// Rows [0, B) of a pass over (B, width) elements, split over ATen's threads in chunks of at least
-// 2^14 elements (a small step runs inline: no thread is woken for it).
-template <typename F>
-void rows(int64_t B, int64_t width, const F& f) {
-  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(width, 1)), f);
-}
-
 // (B, GH) = a W^T + bias (none where undefined): affine's raw form, a new tensor
 template <typename T>
 Tensor affine_raw(const Tensor& a, const Tensor& w, const Tensor& bias) {
@@ -154,18 +148,14 @@ Tensor affine_raw(const Tensor& a, const Tensor& w, const Tensor& bias) {
   return out;
 }
 
-// A bias, or zeros of its size where it is absent (the row passes read one).
-Tensor or_zeros(const Tensor& b, int64_t n, const Tensor& like) { return b.defined() ? b : at::zeros({n}, like.options()); }
-
 // h' = act(h W_hh^T + xp + b_hh) by elman_rows::forward_row, xp = x W_ih^T + b_ih; keep {h'}.
 template <typename T>
 Values elman_raw(int64_t kind, const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
   Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), h2 = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, H)
-  Tensor bias = or_zeros(a.b_hh, H, a.x);
-  rows(B, H, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      elman_rows::forward_row(H, kind == kElmanRelu, h2.data_ptr<T>() + b * H, ptr<T>(xp) + b * H, ptr<T>(bias));
+  Tensor bias = or_zeros(a.b_hh, H, a.x.options());
+  for_rows(B, H, [&](int64_t b) {
+    elman_rows::forward_row(H, kind == kElmanRelu, h2.data_ptr<T>() + b * H, ptr<T>(xp) + b * H, ptr<T>(bias));
   });
   return {{h2}, {h2}};
 }
@@ -176,13 +166,12 @@ template <typename T>
 Values lstm_raw(const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
   Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), gates = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, 4H)
-  Tensor bias = or_zeros(a.b_hh, 4 * H, a.x), peep = at::zeros({3 * H}, a.x.options());
+  Tensor bias = or_zeros(a.b_hh, 4 * H, a.x.options()), peep = at::zeros({3 * H}, a.x.options());
   Tensor h2 = at::empty({B, H}, a.x.options()), c2 = at::empty({B, H}, a.x.options()), tc = at::empty({B, H}, a.x.options());
-  rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      lstm_rows::forward_row(H, gates.data_ptr<T>() + b * 4 * H, ptr<T>(xp) + b * 4 * H, ptr<T>(bias), ptr<T>(peep),
-                             ptr<T>(a.c) + b * H, c2.data_ptr<T>() + b * H, tc.data_ptr<T>() + b * H,
-                             h2.data_ptr<T>() + b * H);
+  for_rows(B, 4 * H, [&](int64_t b) {
+    lstm_rows::forward_row(H, gates.data_ptr<T>() + b * 4 * H, ptr<T>(xp) + b * 4 * H, ptr<T>(bias), ptr<T>(peep),
+                           ptr<T>(a.c) + b * H, c2.data_ptr<T>() + b * H, tc.data_ptr<T>() + b * H,
+                           h2.data_ptr<T>() + b * H);
   });
   return {{h2, c2}, {gates, tc}};
 }
@@ -193,12 +182,11 @@ template <typename T>
 Values gru_raw(const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
   Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), hw = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, 3H)
-  Tensor bias = or_zeros(a.b_hh, 3 * H, a.x);
+  Tensor bias = or_zeros(a.b_hh, 3 * H, a.x.options());
   Tensor gates = at::empty({B, 3 * H}, a.x.options()), hn = at::empty({B, H}, a.x.options()), h2 = at::empty({B, H}, a.x.options());
-  rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      gru_rows::after_row(H, ptr<T>(xp) + b * 3 * H, ptr<T>(hw) + b * 3 * H, ptr<T>(bias), ptr<T>(a.h) + b * H,
-                          gates.data_ptr<T>() + b * 3 * H, hn.data_ptr<T>() + b * H, h2.data_ptr<T>() + b * H);
+  for_rows(B, 3 * H, [&](int64_t b) {
+    gru_rows::after_row(H, ptr<T>(xp) + b * 3 * H, ptr<T>(hw) + b * 3 * H, ptr<T>(bias), ptr<T>(a.h) + b * H,
+                        gates.data_ptr<T>() + b * 3 * H, hn.data_ptr<T>() + b * H, h2.data_ptr<T>() + b * H);
   });
   return {{h2}, {gates, hn}};
 }
@@ -217,10 +205,9 @@ PreGrads raw_back(int64_t kind, const In& a, const Tensors& k, const Tensor& dh2
   Tensor d = at::empty({B, G * H}, a.x.options());
   if (kind == kElmanTanh || kind == kElmanRelu) {
     Tensor unused = at::empty({B, H}, a.x.options());                      // the row pass's dh_prev (zeros)
-    rows(B, H, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        elman_rows::backward_row(H, kind == kElmanRelu, ptr<T>(k[0]) + b * H, ptr<T>(dh2) + b * H,
-                                 d.data_ptr<T>() + b * H, unused.data_ptr<T>() + b * H);
+    for_rows(B, H, [&](int64_t b) {
+      elman_rows::backward_row(H, kind == kElmanRelu, ptr<T>(k[0]) + b * H, ptr<T>(dh2) + b * H,
+                               d.data_ptr<T>() + b * H, unused.data_ptr<T>() + b * H);
     });
     return {d, d, Tensor(), Tensor()};
   }
@@ -229,25 +216,22 @@ PreGrads raw_back(int64_t kind, const In& a, const Tensors& k, const Tensor& dh2
     // the carried dc enters as dc' (or zeros) and leaves as dc: the gradient of c
     Tensor d_c = dc2.defined() ? dc2.clone() : at::zeros({B, H}, a.x.options());
     Tensor peep = at::zeros({3 * H}, a.x.options());
-    rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        lstm_rows::backward_row<T>(H, ptr<T>(k[0]) + b * 4 * H, ptr<T>(k[1]) + b * H, ptr<T>(a.c) + b * H, ptr<T>(peep),
-                                   nullptr, T(0), ptr<T>(dh) + b * H, d_c.data_ptr<T>() + b * H,
-                                   d.data_ptr<T>() + b * 4 * H);
+    for_rows(B, 4 * H, [&](int64_t b) {
+      lstm_rows::backward_row<T>(H, ptr<T>(k[0]) + b * 4 * H, ptr<T>(k[1]) + b * H, ptr<T>(a.c) + b * H, ptr<T>(peep),
+                                 nullptr, T(0), ptr<T>(dh) + b * H, d_c.data_ptr<T>() + b * H,
+                                 d.data_ptr<T>() + b * 4 * H);
     });
     return {d, d, Tensor(), d_c};
   }
   // GRU: d_hp = [dx_r, dx_z, drn], the rows of the recurrent gradients
   Tensor d_hp = at::empty({B, 3 * H}, a.x.options()), d_h = at::empty({B, H}, a.x.options());
-  rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      T* dx = d.data_ptr<T>() + b * 3 * H;
-      T* dr = d_hp.data_ptr<T>() + b * 3 * H;
-      gru_rows::zn_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(a.h) + b * H, ptr<T>(dh) + b * H, dx,
-                         d_h.data_ptr<T>() + b * H);
-      gru_rows::after_r_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(k[1]) + b * H, dx, dr + 2 * H);
-      std::copy(dx, dx + 2 * H, dr);
-    }
+  for_rows(B, 3 * H, [&](int64_t b) {
+    T* dx = d.data_ptr<T>() + b * 3 * H;
+    T* dr = d_hp.data_ptr<T>() + b * 3 * H;
+    gru_rows::zn_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(a.h) + b * H, ptr<T>(dh) + b * H, dx,
+                       d_h.data_ptr<T>() + b * H);
+    gru_rows::after_r_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(k[1]) + b * H, dx, dr + 2 * H);
+    std::copy(dx, dx + 2 * H, dr);
   });
   return {d, d_hp, d_h, Tensor()};
 }
@@ -329,6 +313,7 @@ struct CellStep : public torch::autograd::Function<CellStep> {
     const In a = unpack(present, inputs.vec());
     const bool raw = raw_ok(a);
     ctx->saved_data["raw"] = raw;
+    ctx->saved_data["inputs"] = static_cast<int64_t>(inputs.size());   // the saved list's inputs, then the kept values
     Values v = raw ? run_raw(kind, a) : run(kind, a);
     Tensors saved(inputs.begin(), inputs.end());
     saved.insert(saved.end(), v.keep.begin(), v.keep.end());
@@ -340,8 +325,7 @@ struct CellStep : public torch::autograd::Function<CellStep> {
     const int64_t kind = ctx->saved_data["kind"].toInt(), present = ctx->saved_data["present"].toInt();
     Tensors s = ctx->get_saved_variables();
     const bool graph = at::GradMode::is_enabled(), raw = ctx->saved_data["raw"].toBool();
-    const size_t kept = raw ? (kind == kLSTM || kind == kGRU ? 2 : 1) : (kind == kLSTM ? 5 : kind == kGRU ? 4 : 1);
-    const size_t n = s.size() - kept;                                      // the inputs, then the kept values
+    const size_t n = static_cast<size_t>(ctx->saved_data["inputs"].toInt());
     const In a = unpack(present, Tensors(s.begin(), s.begin() + n));
     Tensors keep(s.begin() + n, s.end());
     // create_graph: the kept values were made without a graph; made again from the saved inputs

@@ -1,5 +1,5 @@
-// One differentiated step of a plain cell as one autograd node: the Cell modules' step with a
-// graph to record (rnnkit.RNNCell, LSTMCell, GRUCell in training).  Under autograd the same step
+// One differentiated step of a plain cell as one autograd node: the Cell modules' step
+// (rnnkit.RNNCell, LSTMCell, GRUCell) and model.step's per layer with a graph to record.  Under autograd the same step
 // written in torch ops records 6 (Elman) to 15 (LSTM) nodes, each a dispatch, saved tensors and an
 // engine visit in backward, which at B = 1 cost more than the step's arithmetic.
 //
@@ -10,10 +10,13 @@
 //   w_ih  (G*H, I)     w_hh (G*H, H)  b_ih, b_hh (G*H) or undefined; G = 1, 4, 3
 //   ->    [h'] (B, H); the LSTM's [h', c']
 //
-// Shapes and dtypes are checked (an error names the argument); the backward is the hand-derived
-// one of rnnkit/cells, in ATen ops: under create_graph it recomputes the step's values from the
-// saved inputs with grad mode on, so the same formulas record a graph that autograd differentiates
-// again (gradient penalties, Hessian-vector products).
+// Shapes and dtypes are checked (an error names the argument).  Forward and the first-order
+// backward (the hand-derived one of rnnkit/cells) run on raw pointers for contiguous float32 and
+// float64 tensors: BLAS and the sequence kernels' own gate passes (gate_rows.h); strided inputs
+// take the same equations in ATen ops.  Under create_graph the backward recomputes the step's
+// values from the saved inputs with grad mode on and runs the ATen form, which records a graph
+// that autograd differentiates again (gradient penalties, Hessian-vector products).  Also the
+// cheapest call without a graph (the node is then not recorded).
 #pragma once
 
 #include "rnn.h"
