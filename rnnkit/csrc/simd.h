@@ -128,6 +128,28 @@ inline V tanh(V x) {
   return x;
 }
 
+// r = r^T for a 16 x 16 tile held as 16 row vectors: pairs of rows interleaved (unpack), then
+// groups of 4 (shuffle within 128-bit lanes: r[4i+e] lane l = rows 4i..4i+3 at column 4l+e),
+// then the 128-bit lanes of r[e], r[4+e], r[8+e], r[12+e] transposed as a 4 x 4.
+inline void transpose16(V (&r)[16]) {
+  V t[16];
+  for (int i = 0; i < 8; ++i)
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int e = 0; e < 4; ++e) {
+    const V u0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x44), u1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xEE);
+    const V u2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
+    t[e] = _mm512_shuffle_f32x4(u0, u2, 0x88), t[4 + e] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[8 + e] = _mm512_shuffle_f32x4(u1, u3, 0x88), t[12 + e] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
 // Keeps loaded operands in registers: without it gcc folds each load into every FMA that uses
 // it, and a register tile then loads its weights once per row instead of once.
 inline void keep_in_registers(V& a, V& b, V& c, V& d) { asm("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d)); }

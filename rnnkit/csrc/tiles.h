@@ -116,20 +116,29 @@ inline void keep_in_register(simd::V& a) { asm("" : "+v"(a)); }
 // The recurrent weights w (NG*H, K) packed per block of 16 of the H output units, the NG gates'
 // rows of a block next to each other (K, the length of the sums, is H but for a projected LSTM):
 //   wp  (nb, K, NG, 16)   wp[jb, k, g, u] = w[g*H + 16*jb + u, k] (zero past H).
+// Packed once per call, so its cost is the call's fixed cost at short T: tiles of 16 rows x 16
+// columns transposed in registers and stored whole (rows past H loaded as zeros: no zero pass),
+// on the calling thread (split over threads it woke the pool for a few microseconds of work: a
+// two-thread Elman's fwd+bwd at (8, 128), T = 16, lost 18%).
 inline at::Tensor pack_gate_blocks(const float* w, int64_t H, int64_t NG, int64_t K = -1) {
+  using namespace simd;
   if (K < 0) K = H;
-  const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  at::Tensor packed = at::zeros({nb * K * NG * simd::kLanes}, at::kFloat);
+  const int64_t nb = (H + kLanes - 1) / kLanes;
+  at::Tensor packed = at::empty({nb * K * NG * kLanes}, at::kFloat);
   float* p = packed.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb) {                     // row by row of w: contiguous reads
-    const int64_t n = std::min(simd::kLanes, H - jb * simd::kLanes);
-    for (int64_t g = 0; g < NG; ++g)
-      for (int64_t u = 0; u < n; ++u) {
-        const float* row = w + (g * H + jb * simd::kLanes + u) * K;
-        float* out = p + (jb * K * NG + g) * simd::kLanes + u;
-        for (int64_t k = 0; k < K; ++k) out[k * NG * simd::kLanes] = row[k];
+  for (int64_t jb = 0; jb < nb; ++jb)
+    for (int64_t g = 0; g < NG; ++g) {
+      const int64_t n = std::min(kLanes, H - jb * kLanes);
+      const float* rows = w + (g * H + jb * kLanes) * K;      // row u of the block at rows + u K
+      float* out = p + (jb * K * NG + g) * kLanes;
+      for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+        const __mmask16 m = lanes(K - k0);
+        V r[kLanes];
+        for (int64_t u = 0; u < kLanes; ++u) r[u] = u < n ? load(rows + u * K + k0, m) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int64_t k = 0; k < std::min(kLanes, K - k0); ++k) _mm512_storeu_ps(out + (k0 + k) * NG * kLanes, r[k]);
       }
-  }
+    }
   return packed;
 }
 
@@ -182,14 +191,16 @@ inline void block_sums(const float* wp, int64_t jb, int64_t K, const float* hp, 
 
 // The recurrent weights w (G, H) packed per block of 16 hidden units (columns of w):
 //   wn  (nb, G, 16)   wn[jb, k, u] = w[k, 16*jb + u] (zero past H).
+// Each output vector whole from a masked load (no zero pass).
 inline at::Tensor pack_unit_blocks(const float* w, int64_t G, int64_t H) {
   const int64_t nb = (H + simd::kLanes - 1) / simd::kLanes;
-  at::Tensor packed = at::zeros({nb * G * simd::kLanes}, at::kFloat);
+  at::Tensor packed = at::empty({nb * G * simd::kLanes}, at::kFloat);
   float* p = packed.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb)
+  for (int64_t jb = 0; jb < nb; ++jb) {
+    const __mmask16 m = simd::lanes(H - jb * simd::kLanes);
     for (int64_t k = 0; k < G; ++k)
-      for (int64_t u = 0; u < simd::kLanes && jb * simd::kLanes + u < H; ++u)
-        p[(jb * G + k) * simd::kLanes + u] = w[k * H + jb * simd::kLanes + u];
+      _mm512_storeu_ps(p + (jb * G + k) * simd::kLanes, simd::load(w + k * H + jb * simd::kLanes, m));
+  }
   return packed;
 }
 
