@@ -2,7 +2,10 @@
 
 Every row times a baseline and rnnkit on the same weights and inputs, interleaved repeat by
 repeat (so that load from other processes hits both alike), and reports medians after
-warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).
+warm-up, GFLOP/s and the ratio baseline / rnnkit (above 1: rnnkit is faster).  A sample of a
+sequence row times back-to-back calls of one side for at least ``--sample-ms`` (SAMPLE_MS): the
+steady state of a loop over batches, as timeit and torch.utils.benchmark measure it; ``0`` times
+single calls, each right after another side's (caches and idle thread pools left by that side).
 
     fwd        forward under torch.no_grad()
     fwd+bwd    forward, sum of the output, backward
@@ -35,6 +38,7 @@ every row's rnnkit GFLOP/s as a share of it: the ceiling a recurrent layer's GEM
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -121,25 +125,43 @@ class Row:
 
 # -- timing ------------------------------------------------------------------------------------
 def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
-                        inner: int = 1) -> Dict[str, float]:
+                        inner: int = 1, min_ms: float = 0.0) -> Dict[str, float]:
     """Median milliseconds per call of every function, timed in turn within each repeat.
 
     Repeat r starts its turn at function r mod n: a call right after another side's runs on caches,
     pages and thread pools that side left cold (measured: an LSTM (1, 64) forward 0.27 ms after
-    itself, 0.57 ms right after torch.nn's), so no side may always come after the same one."""
-    for f in fns.values():
-        for _ in range(warmup):
+    itself, 0.57 ms right after torch.nn's), so no side may always come after the same one.
+
+    Each sample times ``inner`` calls back to back, or with ``min_ms`` > 0 as many as last about
+    min_ms (counted per function from its last warm-up call, at least ``inner``): the steady state
+    of a loop that calls one model, where only a turn's first call pays for the other side's
+    leftovers.  min_ms = 0 and inner = 1 time single calls, each right after another side's."""
+    counts = {}
+    for k, f in fns.items():
+        one = 0.0
+        for _ in range(max(warmup, 1 if min_ms > 0 else 0)):
+            t0 = time.perf_counter()
             f()
+            one = (time.perf_counter() - t0) * 1e3
+        counts[k] = max(inner, math.ceil(min_ms / one) if min_ms > 0 and one > 0 else 1)
     times: Dict[str, List[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            f = fns[k]
+            f, n = fns[k], counts[k]
             t0 = time.perf_counter()
-            for _ in range(inner):
+            for _ in range(n):
                 f()
-            times[k].append((time.perf_counter() - t0) * 1e3 / inner)
+            times[k].append((time.perf_counter() - t0) * 1e3 / n)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+# The sequence rows' samples: back-to-back calls for at least this many ms (QUICK_SAMPLE_MS with
+# --quick; ``--sample-ms 0``: one call per sample).  Measured at 2 threads, T = 128, one call per
+# sample against 10 ms samples: LSTM (1, 64) forward rnnkit 0.26-0.31 -> 0.15 ms, ONNX Runtime
+# 0.30-0.33 -> 0.19, torch.nn 0.48 -> 0.37; the rows from about 10 ms a call are unchanged.
+SAMPLE_MS = 10.0
+QUICK_SAMPLE_MS = 1.0
 
 
 SGEMM_N = 2048                        # the side of sgemm_gflops' matrices (QUICK_SGEMM_N with --quick)
@@ -260,8 +282,9 @@ def _args(x, lengths):
     return (PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),), (x, None, lengths)
 
 
-def bench_case(case: Case, repeats: int) -> List[Row]:
-    """fwd and fwd+bwd rows of one torch.nn case (LSTM against oneDNN on and off)."""
+def bench_case(case: Case, repeats: int, sample_ms: float = SAMPLE_MS) -> List[Row]:
+    """fwd and fwd+bwd rows of one torch.nn case (LSTM against oneDNN on and off); each sample
+    ``sample_ms`` of back-to-back calls (interleaved_medians' min_ms)."""
     tm, rk, lengths = _torch_and_rnnkit(case)
     x = torch.randn(case.T, case.B, case.H)
     f = flops(case)
@@ -273,7 +296,7 @@ def bench_case(case: Case, repeats: int) -> List[Row]:
             fns["torch.nn (no oneDNN)"] = _no_onednn(make(tm, t_args))
         if mode == "fwd" and lengths is None and _onnxruntime() is not None:
             fns["onnxruntime"] = make(OrtModel(rk, torch.get_num_threads()), r_args)
-        ms = interleaved_medians(fns, repeats)
+        ms = interleaved_medians(fns, repeats, min_ms=sample_ms)
         for base in (k for k in fns if k != "rnnkit"):
             rows.append(Row(case.label, case.cell, mode, base, ms[base], ms["rnnkit"], ms[base] / ms["rnnkit"],
                             _gflops(fl, ms[base]), _gflops(fl, ms["rnnkit"]), torch.get_num_threads()))
@@ -298,7 +321,7 @@ class JordanLoop(nn.Module):
         return torch.stack(outs), y
 
 
-def bench_jordan(case: Case, repeats: int) -> List[Row]:
+def bench_jordan(case: Case, repeats: int, sample_ms: float = SAMPLE_MS) -> List[Row]:
     torch.manual_seed(0)
     O = case.H
     rk = Jordan(case.H, case.H, O, output_activation="tanh")
@@ -308,7 +331,8 @@ def bench_jordan(case: Case, repeats: int) -> List[Row]:
     rows = []
     for mode, make, fl in (("fwd", _fwd, f), ("fwd+bwd", _fwd_bwd, 3 * f)):
         xin = x.clone().requires_grad_() if mode == "fwd+bwd" else x
-        ms = interleaved_medians({"plain loop": make(loop, (xin,)), "rnnkit": make(rk, (xin,))}, repeats)
+        ms = interleaved_medians({"plain loop": make(loop, (xin,)), "rnnkit": make(rk, (xin,))}, repeats,
+                                 min_ms=sample_ms)
         rows.append(Row(case.label, "jordan", mode, "plain loop", ms["plain loop"], ms["rnnkit"],
                         ms["plain loop"] / ms["rnnkit"], _gflops(fl, ms["plain loop"]), _gflops(fl, ms["rnnkit"]),
                         torch.get_num_threads()))
@@ -335,7 +359,7 @@ def variant_model(case: Case, backend: Optional[str] = None, cell: Optional[str]
     return entry.layer(case.H, case.H, backend=backend, **extra, **kw)
 
 
-def bench_variant(case: Case, repeats: int) -> List[Row]:
+def bench_variant(case: Case, repeats: int, sample_ms: float = SAMPLE_MS) -> List[Row]:
     """fwd and fwd+bwd of a variant: ``auto`` (the fused kernel) against the same layer on the
     autograd backend (the plain PyTorch loop), same weights, input and noise, training mode.  The
     variant's cost, ``x_plain`` and ``x_lstm`` (issue 11: its time over our plain cell's and plain
@@ -354,11 +378,12 @@ def bench_variant(case: Case, repeats: int) -> List[Row]:
     for mode, make, f in (("fwd", _fwd, fl), ("fwd+bwd", _fwd_bwd, 3 * fl)):
         xin = x.clone().requires_grad_(mode == "fwd+bwd")
         ms = interleaved_medians({"plain loop (autograd)": _seeded(make(loop, (xin,))),
-                                  "rnnkit": _seeded(make(rk, (xin,)))}, repeats)
+                                  "rnnkit": _seeded(make(rk, (xin,)))}, repeats, min_ms=sample_ms)
         # the cost against our plain layers in turns of their own: the slow loop leaves caches
         # and pages cold for whichever side follows it
         cost = interleaved_medians({"rnnkit": _seeded(make(rk, (xin,))),
-                                    **{k: _seeded(make(m, (xin,))) for k, m in plains.items()}}, repeats)
+                                    **{k: _seeded(make(m, (xin,))) for k, m in plains.items()}}, repeats,
+                                   min_ms=sample_ms)
         base = ms["plain loop (autograd)"]
         rows.append(Row(case.label, case.cell, mode, "plain loop (autograd)", base, ms["rnnkit"], base / ms["rnnkit"],
                         _gflops(f, base), _gflops(f, ms["rnnkit"]), torch.get_num_threads(),
@@ -521,16 +546,19 @@ def cases(quick: bool, cells) -> List[Case]:
     return out
 
 
-def _bench(case: Case, repeats: int) -> List[Row]:
+def _bench(case: Case, repeats: int, sample_ms: float) -> List[Row]:
     if case.variant:
-        return bench_variant(case, repeats)
-    return bench_case(case, repeats) if case.cell in _TORCH else bench_jordan(case, repeats)
+        return bench_variant(case, repeats, sample_ms)
+    return (bench_case if case.cell in _TORCH else bench_jordan)(case, repeats, sample_ms)
 
 
 def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = True,
-            log: Callable[[str], None] = lambda s: None, threads=None) -> dict:
+            log: Callable[[str], None] = lambda s: None, threads=None, sample_ms: Optional[float] = None) -> dict:
     """Every row of the benchmark; returns {"machine": ..., "rows": [...]}.  threads: the intra-op
-    thread counts to run the sequence rows with (default: torch's current one)."""
+    thread counts to run the sequence rows with (default: torch's current one); sample_ms: their
+    samples' length (default SAMPLE_MS, QUICK_SAMPLE_MS when quick; 0: one call each)."""
+    if sample_ms is None:
+        sample_ms = QUICK_SAMPLE_MS if quick else SAMPLE_MS
     rows: List[Row] = []
     sgemm: Dict[str, float] = {}
     before = torch.get_num_threads()
@@ -540,7 +568,7 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
             sgemm[str(n)] = sgemm_gflops(repeats, QUICK_SGEMM_N if quick else SGEMM_N)
             log(f"sgemm on {n} thread{'s' if n != 1 else ''}: {sgemm[str(n)]:.1f} GFLOP/s")
             for case in cases(quick, cells):
-                new = _bench(case, repeats)
+                new = _bench(case, repeats, sample_ms)
                 rows += new
                 for r in new:
                     log(format_row(r))
@@ -563,7 +591,7 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
             for T, B, H in (QUICK_MEMORY_SIZES if quick else FULL_SIZES[2:]):
                 rows.append(bench_memory(cell, T, B, H))
                 log(format_row(rows[-1]))
-    return {"machine": machine(), "repeats": repeats, "rows": [asdict(r) for r in rows],
+    return {"machine": machine(), "repeats": repeats, "sample_ms": sample_ms, "rows": [asdict(r) for r in rows],
             "sgemm": {"n": QUICK_SGEMM_N if quick else SGEMM_N, "gflops": sgemm}}
 
 
@@ -599,7 +627,7 @@ def markdown(result: dict) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, "
              f"rnnkit backend {m.get('backend', 'cpu')}, onnxruntime {m.get('onnxruntime', 'not recorded')}, "
              f"load average at the end {m.get('load', 'not recorded')}; median of {result['repeats']} "
-             "interleaved repeats."]
+             f"interleaved repeats{_sampling(result.get('sample_ms'))}."]
     counts = sorted({r.get("threads", 0) for r in result["rows"] if r["mode"] in ("fwd", "fwd+bwd")}, reverse=True)
     groups = [(f"{n} thread{'s' if n != 1 else ''}", [r for r in result["rows"] if r["mode"] in ("fwd", "fwd+bwd")
                                                       and r.get("threads", 0) == n]) for n in counts]
@@ -637,6 +665,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sampling(sample_ms: Optional[float]) -> str:
+    """How the sequence rows' samples were taken, for the table's machine line (older results
+    without the field: nothing)."""
+    if sample_ms is None:
+        return ""
+    if sample_ms <= 0:
+        return "; each sample of a sequence row one call, right after another side's"
+    return f"; each sample of a sequence row back-to-back calls for at least {sample_ms:g} ms"
+
+
 def variant_costs(rows: List[dict]) -> List[dict]:
     """Each variant row's cost: its rnnkit time over our plain cell's and plain LSTM's, as measured
     side by side (``x_plain``, ``x_lstm``); rows of an older run without them: over the rnnkit side
@@ -672,6 +710,10 @@ def add_arguments(p) -> None:
                    help="cpu: the CPU table (default); cuda: rnnkit on the GPU against cuDNN (rnnkit/bench_cuda.py)")
     p.add_argument("--dtypes", default="fp32,bf16,fp16",
                    help="with --device cuda: comma-separated subset of fp32,bf16,fp16 (default all)")
+    p.add_argument("--sample-ms", type=float, default=None,
+                   help=f"the CPU table's sequence rows' samples: back-to-back calls for at least this many ms (default "
+                        f"{SAMPLE_MS:g}, {QUICK_SAMPLE_MS:g} with --quick; 0: one call per sample, each right "
+                        "after another side's)")
     p.add_argument("--threads", default=None,
                    help="comma-separated intra-op thread counts for the sequence rows, a table each "
                         "(default: torch's current count, then 1)")
@@ -695,8 +737,11 @@ def run(args) -> int:
     threads = _thread_counts(args.threads) if args.threads else ([now, 1] if now > 1 else [1])
     print(json.dumps(machine()))
     print(HEADER)
+    sample_ms = getattr(args, "sample_ms", None)
+    if sample_ms is not None and not sample_ms >= 0:
+        raise SystemExit(f"rnnkit bench: --sample-ms: expected a number of milliseconds >= 0, got {sample_ms}")
     result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True),
-                     threads=threads)
+                     threads=threads, sample_ms=sample_ms)
     write(args, result, markdown)
     return 0
 

@@ -86,6 +86,47 @@ def test_no_side_always_runs_after_the_same_one():
     assert turns == ["abc", "bca", "cab", "abc", "bca", "cab"]
 
 
+def test_samples_last_at_least_min_ms_of_back_to_back_calls(monkeypatch):
+    clock = [0.0]                                       # seconds; "a" costs 2 ms a call, "b" 0.5 ms
+    cost = {"a": 2e-3, "b": 5e-4}
+    calls = {"a": 0, "b": 0}
+
+    def make(k):
+        def f():
+            calls[k] += 1
+            clock[0] += cost[k]
+        return f
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    ms = bench.interleaved_medians({k: make(k) for k in "ab"}, repeats=3, warmup=1, min_ms=10.0)
+    assert ms == pytest.approx({"a": 2.0, "b": 0.5})
+    assert calls == {"a": 1 + 3 * 5, "b": 1 + 3 * 20}   # warm-up, then 10 ms of calls per sample
+    calls.update(a=0, b=0)
+    bench.interleaved_medians({k: make(k) for k in "ab"}, repeats=3, warmup=1, inner=2)
+    assert calls == {"a": 1 + 3 * 2, "b": 1 + 3 * 2}     # min_ms = 0: ``inner`` calls a sample
+
+
+def test_sample_ms_is_recorded_and_named_in_the_table(monkeypatch):
+    monkeypatch.setattr(bench, "sgemm_gflops", lambda repeats, n=bench.SGEMM_N: 1.0)
+    seen = []
+    monkeypatch.setattr(bench, "_bench", lambda case, repeats, sample_ms: seen.append(sample_ms) or [])
+    monkeypatch.setattr(bench, "bench_cell", lambda *a: [])
+    monkeypatch.setattr(bench, "bench_step", lambda *a, **k: [])
+    for quick, given, used in ((True, None, bench.QUICK_SAMPLE_MS), (False, None, bench.SAMPLE_MS), (True, 0.0, 0.0)):
+        seen.clear()
+        result = bench.run_all(quick=quick, repeats=1, cells=("rnn",), memory=False, sample_ms=given)
+        assert result["sample_ms"] == used and seen and set(seen) == {used}
+    result["machine"] = {"cpu": "c", "cores": 2, "torch": "t", "python": "p"}
+    assert "one call, right after another side's" in bench.markdown(result)
+    result["sample_ms"] = 10.0
+    assert "back-to-back calls for at least 10 ms" in bench.markdown(result)
+
+
+def test_bad_sample_ms_is_an_error():
+    args = cli.build_parser().parse_args(["bench", "--quick", "--sample-ms", "-1"])
+    with pytest.raises(SystemExit, match="--sample-ms"):
+        bench.run(args)
+
+
 def test_bad_cells_argument_is_an_error():
     args = cli.build_parser().parse_args(["bench", "--quick", "--cells", "lstm,transformer"])
     with pytest.raises(SystemExit, match="--cells"):
@@ -150,7 +191,7 @@ class Recorder:
         self.calls: List[Dict[str, Side]] = []
         self._side: Optional[Side] = None
 
-    def medians(self, fns, repeats, warmup=2, inner=1):
+    def medians(self, fns, repeats, warmup=2, inner=1, min_ms=0.0):
         sides = {}
         for name, f in fns.items():
             self._side = sides[name] = Side()
