@@ -416,14 +416,13 @@ def bench_step(cell: str, H: int, repeats: int, steps: int = 1000) -> List[Row]:
     fns = {name: lambda: tc(x, t_state), "step": lambda: rk.step(x, r_state), "stream": lambda: stream(x),
            "cell": lambda: rc(x, t_state)}
 
-    def trained(module):
-        return _trained(module, x, t_state)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
             ms = interleaved_medians(fns, max(repeats, 5), warmup=20, inner=steps)
-        ms_bwd = interleaved_medians({name: trained(tc), "cell+bwd": trained(rc)}, max(repeats, 5), warmup=20,
+        ms_bwd = interleaved_medians({name: _trained(tc, x, t_state), "cell+bwd": _trained(rc, x, t_state)},
+                                     max(repeats, 5), warmup=20,
                                      inner=max(steps // 10, 1))
     finally:
         torch.set_num_threads(threads)
@@ -735,11 +734,11 @@ def run(args) -> int:
     cells = checked_cells(args)
     now = torch.get_num_threads()
     threads = _thread_counts(args.threads) if args.threads else ([now, 1] if now > 1 else [1])
-    print(json.dumps(machine()))
-    print(HEADER)
     sample_ms = getattr(args, "sample_ms", None)
     if sample_ms is not None and not sample_ms >= 0:
         raise SystemExit(f"rnnkit bench: --sample-ms: expected a number of milliseconds >= 0, got {sample_ms}")
+    print(json.dumps(machine()))
+    print(HEADER)
     result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True),
                      threads=threads, sample_ms=sample_ms)
     write(args, result, markdown)

@@ -28,7 +28,6 @@ clipping the global gradient norm).  The masks are drawn from torch's RNG once p
 from __future__ import annotations
 
 import functools
-
 import math
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple

@@ -28,6 +28,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace rnnkit {
 namespace {
@@ -139,6 +140,21 @@ bool raw_ok(const In& a) {
 template <typename T>
 const T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
+// At least n zeros, read only: the row operand of an absent bias, the LSTM's absent peepholes or
+// an undefined gradient, from a buffer of the calling thread kept between calls (a new zero
+// tensor cost a small step about 0.4 us each).  A call may move the buffer, so a function takes
+// it once, at the largest size it needs; the row passes' worker threads only read it.
+template <typename T>
+const T* zeros_of(int64_t n) {
+  thread_local std::vector<T> zeros;
+  if (static_cast<int64_t>(zeros.size()) < n) zeros.assign(n, T(0));
+  return zeros.data();
+}
+
+// t's values, or zeros where it is undefined
+template <typename T>
+const T* or_zeros_ptr(const Tensor& t, const T* zeros) { return t.defined() ? t.data_ptr<T>() : zeros; }
+
 // (B, GH) = a W^T + bias (none where undefined): affine's raw form, a new tensor
 template <typename T>
 Tensor affine_raw(const Tensor& a, const Tensor& w, const Tensor& bias) {
@@ -153,9 +169,9 @@ template <typename T>
 Values elman_raw(int64_t kind, const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
   Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), h2 = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, H)
-  Tensor bias = or_zeros(a.b_hh, H, a.x.options());
+  const T* bias = or_zeros_ptr<T>(a.b_hh, zeros_of<T>(H));
   for_rows(B, H, [&](int64_t b) {
-    elman_rows::forward_row(H, kind == kElmanRelu, h2.data_ptr<T>() + b * H, ptr<T>(xp) + b * H, ptr<T>(bias));
+    elman_rows::forward_row(H, kind == kElmanRelu, h2.data_ptr<T>() + b * H, ptr<T>(xp) + b * H, bias);
   });
   return {{h2}, {h2}};
 }
@@ -166,10 +182,10 @@ template <typename T>
 Values lstm_raw(const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
   Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), gates = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, 4H)
-  Tensor bias = or_zeros(a.b_hh, 4 * H, a.x.options()), peep = at::zeros({3 * H}, a.x.options());
+  const T *peep = zeros_of<T>(4 * H), *bias = or_zeros_ptr<T>(a.b_hh, peep);   // (4H zeros: both)
   Tensor h2 = at::empty({B, H}, a.x.options()), c2 = at::empty({B, H}, a.x.options()), tc = at::empty({B, H}, a.x.options());
   for_rows(B, 4 * H, [&](int64_t b) {
-    lstm_rows::forward_row(H, gates.data_ptr<T>() + b * 4 * H, ptr<T>(xp) + b * 4 * H, ptr<T>(bias), ptr<T>(peep),
+    lstm_rows::forward_row(H, gates.data_ptr<T>() + b * 4 * H, ptr<T>(xp) + b * 4 * H, bias, peep,
                            ptr<T>(a.c) + b * H, c2.data_ptr<T>() + b * H, tc.data_ptr<T>() + b * H,
                            h2.data_ptr<T>() + b * H);
   });
@@ -182,10 +198,10 @@ template <typename T>
 Values gru_raw(const In& a) {
   const int64_t B = a.x.size(0), H = a.h.size(1);
   Tensor xp = affine_raw<T>(a.x, a.w_ih, a.b_ih), hw = affine_raw<T>(a.h, a.w_hh, Tensor());   // (B, 3H)
-  Tensor bias = or_zeros(a.b_hh, 3 * H, a.x.options());
+  const T* bias = or_zeros_ptr<T>(a.b_hh, zeros_of<T>(3 * H));
   Tensor gates = at::empty({B, 3 * H}, a.x.options()), hn = at::empty({B, H}, a.x.options()), h2 = at::empty({B, H}, a.x.options());
   for_rows(B, 3 * H, [&](int64_t b) {
-    gru_rows::after_row(H, ptr<T>(xp) + b * 3 * H, ptr<T>(hw) + b * 3 * H, ptr<T>(bias), ptr<T>(a.h) + b * H,
+    gru_rows::after_row(H, ptr<T>(xp) + b * 3 * H, ptr<T>(hw) + b * 3 * H, bias, ptr<T>(a.h) + b * H,
                         gates.data_ptr<T>() + b * 3 * H, hn.data_ptr<T>() + b * H, h2.data_ptr<T>() + b * H);
   });
   return {{h2}, {gates, hn}};
@@ -211,14 +227,14 @@ PreGrads raw_back(int64_t kind, const In& a, const Tensors& k, const Tensor& dh2
     });
     return {d, d, Tensor(), Tensor()};
   }
-  const Tensor dh = dh2.defined() ? dh2 : at::zeros({B, H}, a.x.options());
+  const T* zeros = zeros_of<T>(std::max<int64_t>(B, 3) * H);   // an undefined dh2's rows, no peepholes
+  const T* dh = or_zeros_ptr<T>(dh2, zeros);
   if (kind == kLSTM) {
     // the carried dc enters as dc' (or zeros) and leaves as dc: the gradient of c
     Tensor d_c = dc2.defined() ? dc2.clone() : at::zeros({B, H}, a.x.options());
-    Tensor peep = at::zeros({3 * H}, a.x.options());
     for_rows(B, 4 * H, [&](int64_t b) {
-      lstm_rows::backward_row<T>(H, ptr<T>(k[0]) + b * 4 * H, ptr<T>(k[1]) + b * H, ptr<T>(a.c) + b * H, ptr<T>(peep),
-                                 nullptr, T(0), ptr<T>(dh) + b * H, d_c.data_ptr<T>() + b * H,
+      lstm_rows::backward_row<T>(H, ptr<T>(k[0]) + b * 4 * H, ptr<T>(k[1]) + b * H, ptr<T>(a.c) + b * H, zeros,
+                                 nullptr, T(0), dh + b * H, d_c.data_ptr<T>() + b * H,
                                  d.data_ptr<T>() + b * 4 * H);
     });
     return {d, d, Tensor(), d_c};
@@ -228,7 +244,7 @@ PreGrads raw_back(int64_t kind, const In& a, const Tensors& k, const Tensor& dh2
   for_rows(B, 3 * H, [&](int64_t b) {
     T* dx = d.data_ptr<T>() + b * 3 * H;
     T* dr = d_hp.data_ptr<T>() + b * 3 * H;
-    gru_rows::zn_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(a.h) + b * H, ptr<T>(dh) + b * H, dx,
+    gru_rows::zn_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(a.h) + b * H, dh + b * H, dx,
                        d_h.data_ptr<T>() + b * H);
     gru_rows::after_r_grads(H, ptr<T>(k[0]) + b * 3 * H, ptr<T>(k[1]) + b * H, dx, dr + 2 * H);
     std::copy(dx, dx + 2 * H, dr);

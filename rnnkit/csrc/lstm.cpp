@@ -226,7 +226,7 @@ Fused backward_options(const Spec& sp, const BwdArgs& a) {
 // Threads for a step of B rows: one below about 2^17 multiply-adds (a wait costs more).  Not
 // lower: at 2^14, (B, H) = (1, 64) ran 7-13% faster on two threads while the host was quiet, but
 // when it was not (a vCPU descheduled now and then) the wait at each of the 128 steps made the
-// forward 1.5x slower than one thread (0.169 -> 0.264 ms, alternating processes), once 70x.
+// forward 1.5x slower than one thread (0.176 -> 0.264 ms, alternating processes), once 70x.
 int64_t step_threads(int64_t B, int64_t H) { return B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
 
 // The fused LSTM loops' time loop: owned_units_or_rows over the blocks of H units, with the
