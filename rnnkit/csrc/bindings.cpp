@@ -290,7 +290,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "[h'] or [h', c'] = cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh): one differentiated step of a "
         "plain cell as one autograd node (cell_step.h)");
   m.def("step", &rnnkit::step, "out, h_n = step(spec, x, state0, layers): one streaming step, no autograd");
-  pybind11::class_<rnnkit::Stepper>(m, "Stepper",
+  // module_local: two builds of the kernels (say, before and after a change) can be loaded in one
+  // process and their calls interleaved, the only comparison the shared machine's slow spells allow
+  pybind11::class_<rnnkit::Stepper>(m, "Stepper", pybind11::module_local(),
                                     "Streaming inference into preallocated buffers (see stream.h)")
       .def(pybind11::init<std::string, const std::vector<int64_t>&, const std::vector<rnnkit::OptTensors>&,
                           int64_t>(),

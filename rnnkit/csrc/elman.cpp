@@ -137,8 +137,7 @@ bool fused_pays(at::ScalarType dtype, int64_t Tn, int64_t B, int64_t H) {
   return dtype == at::kFloat && Tn >= 4 && (B <= 32 || share < (1 << 20));
 }
 
-// Threads for a step of B rows: one below about 2^17 multiply-adds (a barrier costs more).
-int64_t step_threads(int64_t B, int64_t H) { return B * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
+int64_t step_threads(int64_t B, int64_t H) { return step_threads_for(B * H * H); }
 
 // W_hh (H, H) packed per group of kUnits blocks of 16 hidden units (its rows):
 //   wp  (ng, H, kUnits, 16)   wp[jg, k, v, u] = w[kGroup*jg + 16*v + u, k] (zero past H).

@@ -300,9 +300,7 @@ bool use_fused(const Spec& sp, const Tensor& hs) {
 // weights fit the 32 registers, and a block's weights are read once per 8 rows.
 constexpr int kGruRows = 8;
 
-// Threads for a step of B rows: one below about 2^17 multiply-adds (a barrier costs more, and
-// more on a busy host: lstm.cpp's step_threads).
-int64_t step_threads(int64_t B, int64_t H) { return B * 3 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
+int64_t step_threads(int64_t B, int64_t H) { return step_threads_for(B * 3 * H * H); }
 
 // The rows a fused run reads and writes, as raw pointers (data_ptr once per call: once per tile
 // it cost a tenth of the forward loop's time).  gates and hn: nullptr in a forward without save.

@@ -185,10 +185,7 @@ void with_jordan_options(const Spec& sp, bool drop, const F& f) {
   flags(std::integral_constant<int64_t, kIdentity>());
 }
 
-// Threads for a step of B rows of 2 H O multiply-adds: one below about 2^17 (a wait costs more).
-int64_t jordan_threads(int64_t B, int64_t H, int64_t O) {
-  return B * 2 * H * O >= (1 << 17) ? at::get_num_threads() : 1;
-}
+int64_t jordan_threads(int64_t B, int64_t H, int64_t O) { return step_threads_for(B * 2 * H * O); }
 
 void forward_fused(const Spec& sp, const FwdArgs& a, const float* b_hy, const Tensor& hs, const Tensor& ys) {
   const int64_t Tn = a.xp.size(0), B = a.xp.size(1), H = a.xp.size(2), O = ys.size(2);

@@ -38,6 +38,14 @@ inline Tensor or_zeros(const c10::optional<Tensor>& bias, int64_t n, const at::T
   return bias.has_value() && bias->defined() ? *bias : at::zeros({n}, opt);
 }
 
+// Threads for a fused step of ``macs`` recurrent multiply-adds (B rows times a row's): one below
+// 2^17, where a wait at every step costs more than the split saves.  Not lower: at 2^14 an LSTM's
+// (B, H) = (1, 64) ran 7-13% faster on two threads while the host was quiet, but when it was not
+// (a vCPU descheduled now and then) the wait at each of the 128 steps made the forward 1.5x slower
+// than one thread (0.176 -> 0.264 ms, alternating processes), once 70x.
+constexpr int64_t kSplitStepMacs = int64_t(1) << 17;
+inline int64_t step_threads_for(int64_t macs) { return macs >= kSplitStepMacs ? at::get_num_threads() : 1; }
+
 // Runs f(b) for every batch row; rows are split over threads only when a step has enough work
 // to pay for waking them (small sizes stay on the calling thread).
 template <typename F>

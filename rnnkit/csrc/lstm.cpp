@@ -223,11 +223,7 @@ Fused backward_options(const Spec& sp, const BwdArgs& a) {
           float(sp.clip)};
 }
 
-// Threads for a step of B rows: one below about 2^17 multiply-adds (a wait costs more).  Not
-// lower: at 2^14, (B, H) = (1, 64) ran 7-13% faster on two threads while the host was quiet, but
-// when it was not (a vCPU descheduled now and then) the wait at each of the 128 steps made the
-// forward 1.5x slower than one thread (0.176 -> 0.264 ms, alternating processes), once 70x.
-int64_t step_threads(int64_t B, int64_t H) { return B * 4 * H * H >= (1 << 17) ? at::get_num_threads() : 1; }
+int64_t step_threads(int64_t B, int64_t H) { return step_threads_for(B * 4 * H * H); }
 
 // The fused LSTM loops' time loop: owned_units_or_rows over the blocks of H units, with the
 // threads a step of B rows pays for, tiles of kRows rows and W_hh's size.
@@ -463,7 +459,7 @@ void forward_fused_proj(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
                    hs.data_ptr<float>(), cs.data_ptr<float>(), a.save ? gates.data_ptr<float>() : nullptr,
                    a.save ? tanh_c.data_ptr<float>() : nullptr, m_t.data_ptr<float>(), Mask(a.mask, B)};
   const int64_t macs = 4 * H * P + P * H;                     // a row's multiply-adds per step
-  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
+  const int64_t threads = step_threads_for(B * macs);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_units_or_rows(
@@ -848,7 +844,7 @@ Tensor backward_fused_proj(const Spec& sp, const BwdArgs& a, const Tensor& dg_t,
   float* dh_all = dh_all_t.data_ptr<float>();
   const Fused o = backward_options(sp, a);
   const int64_t macs = 4 * H * P + P * H;                     // a row's multiply-adds per step
-  const int64_t threads = B * macs >= (1 << 17) ? at::get_num_threads() : 1;
+  const int64_t threads = step_threads_for(B * macs);
   with_options(o, [&](auto peep, auto drop, auto zone) {
     constexpr bool Peep = decltype(peep)::value, Drop = decltype(drop)::value, Zone = decltype(zone)::value;
     owned_units_or_rows(
