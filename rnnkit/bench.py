@@ -126,7 +126,14 @@ class Row:
 # -- timing ------------------------------------------------------------------------------------
 def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
                         inner: int = 1, min_ms: float = 0.0) -> Dict[str, float]:
-    """Median milliseconds per call of every function, timed in turn within each repeat.
+    """Median milliseconds per call of every function over interleaved_samples' repeats."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeats, warmup, inner, min_ms).items()}
+
+
+def interleaved_samples(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
+                        inner: int = 1, min_ms: float = 0.0) -> Dict[str, List[float]]:
+    """Milliseconds per call of every function in each repeat (a list of ``repeats`` samples per
+    function, sample r of each taken in repeat r), the functions timed in turn within each repeat.
 
     Repeat r starts its turn at function r mod n: a call right after another side's runs on caches,
     pages and thread pools that side left cold (measured: an LSTM (1, 64) forward 0.27 ms after
@@ -153,7 +160,7 @@ def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup
             for _ in range(n):
                 f()
             times[k].append((time.perf_counter() - t0) * 1e3 / n)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 # The sequence rows' samples: back-to-back calls for at least this many ms (QUICK_SAMPLE_MS with

@@ -22,9 +22,8 @@ import importlib.machinery
 import importlib.util
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
@@ -63,8 +62,11 @@ def _call(case: str, T: int) -> Callable[[], None]:
 
 
 def compare(old, new, case: str, rounds: int = 21, T: int = 128, sample_ms: float = 10.0) -> Dict[str, float]:
-    """{"old": ms, "new": ms, "ratio": median of old/new per round, "q1", "q3"} for one case."""
+    """{"old": ms, "new": ms, "ratio": median of old/new per round, "q1", "q3"} for one case, timed
+    by rnnkit.bench.interleaved_samples (each round's samples back-to-back calls for sample_ms, the
+    builds' order alternating by round)."""
     from rnnkit.backends import cpu
+    from rnnkit.bench import interleaved_samples
     run = _call(case, T)
     builds = {"old": old, "new": new}
 
@@ -74,23 +76,9 @@ def compare(old, new, case: str, rounds: int = 21, T: int = 128, sample_ms: floa
             run()
         return f
 
-    fns = {k: with_build(k) for k in builds}
-    ms: Dict[str, List[float]] = {"old": [], "new": []}
     current = cpu.extension
     try:
-        fns["old"]()
-        fns["new"]()
-        n, t0 = 0, time.perf_counter()
-        while n == 0 or time.perf_counter() - t0 < sample_ms / 1e3:
-            fns["old"]()
-            n += 1
-        for r in range(rounds):
-            for k in (("old", "new") if r % 2 else ("new", "old")):
-                fns[k]()
-                t = time.perf_counter()
-                for _ in range(n):
-                    fns[k]()
-                ms[k].append((time.perf_counter() - t) / n * 1e3)
+        ms = interleaved_samples({k: with_build(k) for k in builds}, rounds, warmup=1, min_ms=sample_ms)
     finally:
         cpu.extension = current
     ratios = sorted(o / w for o, w in zip(ms["old"], ms["new"]))
