@@ -145,6 +145,7 @@ class _Recurrent(nn.Module):
         self._step_names = [[n + f"_l{k}" for n in ("weight_ih", "bias_ih") + cell.rec_params]
                             for k in range(self.num_layers)]
         self._step_absent = sum(n not in self._shapes for names in self._step_names for n in names)
+        self._step_shapes = [[self._shapes.get(n) for n in names] for names in self._step_names]   # None: absent
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------
@@ -337,9 +338,45 @@ class _Recurrent(nn.Module):
         lengths  optional 1-D integers (B,): valid steps of each sequence
         returns  (output (T, B, D*S), final state) [+ Trace if return_trace]
         """
+        if lengths is None and not return_trace:
+            found = self._unchecked_infer(input, hx)
+            if found is not None:
+                return found
         if torch.jit.is_tracing():                      # (dynamo knows this one; not torch._C._is_tracing)
             return self._traced(input, hx, lengths, return_trace)
         return self._forward(input, hx, lengths, return_trace)
+
+    def _unchecked_infer(self, x, hx):
+        """``forward``'s result straight from the backend's one-call inference (``Backend.infer``),
+        without the checks in Python: the backend checks its own arguments (``checks_arguments``).
+        Only with no graph to record (grad mode off), x a plain (T, B, I) tensor (or (B, T, I) if
+        batch_first), one direction, no random draws, outside autocast, torch.compile and what needs
+        torch's own ops, and each parameter held as registered (in ``_parameters``, its registered
+        shape: a parametrized or rebound one takes the checked path, which reads and checks it).
+        None otherwise, where the backend has no one-call inference for the call, or where it
+        rejects an argument (the checked path then names it).  Saves about a third of a short
+        call (LSTM (1, 64), T = 1, one thread: BENCHMARKS.md, session 19)."""
+        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 3 or self.bidirectional:
+            return None
+        if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
+            return None
+        if torch.compiler.is_compiling() or ops.torch_ops_only() or ops.autocast_enabled(x):
+            return None
+        held = self._parameters
+        layers = [[held.get(n) for n in names] for names in self._step_names]
+        if [[None if t is None else t.shape for t in layer] for layer in layers] != self._step_shapes:
+            return None
+        try:                                            # (no backend for x's dtype or device: the checked path says why)
+            backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
+            if not backend.checks_arguments:
+                return None
+            state0 = None if hx is None else self.unpack_state(hx)
+            found = backend.infer(self.cell, x.transpose(0, 1) if self.batch_first else x, state0, layers)
+        except (RuntimeError, TypeError, ValueError, AttributeError):
+            return None
+        if found is None:
+            return None
+        return self._layout(found[0], False), self.pack_state(tuple(found[1]))
 
     def _traced(self, input, hx, lengths, return_trace):
         """Under ``torch.jit.trace`` (and the TorchScript ONNX exporter): torch.nn's forward on

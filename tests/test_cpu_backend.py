@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import (CELLS, INPUT_SIZE, TORCH_CELLS, assert_all_close, flat, grads, make, make_torch_pair,
                       needs_cpu, randn, random_state, state_tensors)
+from helpers import detached
 from rnnkit import backends, noise, sequence
 from rnnkit.backends import _build, cpu
 from rnnkit.cells import NONLINEARITIES, OUTPUT_ACTIVATIONS, LSTMCell
@@ -280,6 +281,93 @@ def test_unchecked_step_reads_parametrized_parameters():
             got = flat(model.step(x, hx))
         assert_all_close(got[0], expected[0][0])
         assert_all_close(got[1:], expected[1:])
+
+
+def _infer_case(form="lstm", batch_first=False):
+    model = make(form, num_layers=2, backend="cpu", batch_first=batch_first).eval()
+    hx = detached(random_state(model, B))
+    x = randn(B, T, INPUT_SIZE) if batch_first else randn(T, B, INPUT_SIZE)
+    return model, x, hx
+
+
+@needs_cpu
+def test_unchecked_infer_runs_only_plain_inference():
+    """Under no_grad a forward on the cpu backend (whose C++ checks every tensor) skips the layer's
+    checks in Python; with a graph to record, random draws, autocast, an unbatched input, two
+    directions, a PackedSequence, a parametrized weight or a backend that does not check its own
+    arguments, the checked path runs."""
+    import torch.nn.utils.parametrize as parametrize
+    model, x, hx = _infer_case()
+    with torch.no_grad():
+        assert model._unchecked_infer(x, hx) is not None
+        assert model._unchecked_infer(x, None) is not None
+        assert model._unchecked_infer(x[:, 0], tuple(h[:, 0] for h in hx)) is None
+        assert model._unchecked_infer(pack_padded_sequence(x, LENGTHS, enforce_sorted=False), hx) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model._unchecked_infer(x, hx) is None
+        model.train()                                                 # no random draws: the same call
+        assert model._unchecked_infer(x, hx) is not None
+        model.dropout = 0.5                                           # dropout between its two layers
+        assert model._unchecked_infer(x, hx) is None
+        noisy, x1, hx1 = _infer_case("lstm_dropout_zoneout")
+        assert noisy._unchecked_infer(x1, hx1) is not None
+        assert noisy.train()._unchecked_infer(x1, hx1) is None
+        two_way = make("lstm", bidirectional=True, backend="cpu").eval()
+        assert two_way._unchecked_infer(x, None) is None
+    model.eval()
+    assert model._unchecked_infer(x, hx) is None                      # grad mode
+    with torch.no_grad():
+        model.backend = "reference"
+        assert model._unchecked_infer(x, hx) is None
+        model.backend = "cpu"
+        parametrize.register_parametrization(model, "weight_hh_l1", torch.nn.Identity())
+        assert model._unchecked_infer(x, hx) is None
+
+
+@needs_cpu
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("form", CELLS)
+def test_unchecked_infer_matches_checked_forward(form, batch_first):
+    """The same tensors, bit for bit, as the checked path (``_forward``) gives, with and without
+    a given state, in either layout."""
+    model, x, hx = _infer_case(form, batch_first)
+    with torch.no_grad():
+        for state in (hx, None):
+            got = flat(model(x, state))
+            expected = flat(model._forward(x, state, None, False))
+            assert all(torch.equal(g, e) for g, e in zip(got, expected)) and len(got) == len(expected)
+
+
+@needs_cpu
+def test_unchecked_infer_is_the_no_grad_forward(monkeypatch):
+    """A plain no_grad forward never enters the checked path."""
+    model, x, hx = _infer_case()
+
+    def checked(*args):
+        raise AssertionError("the checked path ran")
+    monkeypatch.setattr(model, "_forward", checked)
+    with torch.no_grad():
+        model(x, hx), model(x)
+
+
+@needs_cpu
+@pytest.mark.parametrize("spoil, match", [
+    (lambda m, x, hx: (x, (hx[0][:, :1], hx[1])), r"hx\[0\]"),
+    (lambda m, x, hx: (x, (hx[0], hx[1].float())), r"hx\[1\]"),
+    (lambda m, x, hx: (x, hx[0]), r"hx"),
+    (lambda m, x, hx: (randn(T, B, INPUT_SIZE + 1), hx), r"LSTM: input"),
+    (lambda m, x, hx: (x.float(), hx), r"LSTM: input"),
+    (lambda m, x, hx: (x[:0], hx), r"LSTM: input"),
+    (lambda m, x, hx: (setattr(m.weight_hh_l1, "data", randn(8, 4)) or x, hx), r"weight_hh_l1: expected shape"),
+    (lambda m, x, hx: (setattr(m.weight_ih_l0, "data", m.weight_ih_l0.float()) or x, hx), r"LSTM: input: expected dtype torch.float32"),
+], ids=["hx-rows", "c-dtype", "no-tuple", "input-size", "input-dtype", "no-steps", "rebound-weight",
+        "weight-dtype"])
+def test_unchecked_infer_errors_name_the_argument(spoil, match):
+    """What the C++ inference rejects is rejected with the layer's own message, naming the argument."""
+    model, x, hx = _infer_case()
+    x, hx = spoil(model, x, hx)
+    with torch.no_grad(), pytest.raises((RuntimeError, TypeError, ValueError), match=match):
+        model(x, hx)
 
 
 # -- selection --------------------------------------------------------------------------------------

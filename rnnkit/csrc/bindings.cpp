@@ -225,7 +225,11 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
       Tensors in;
       for (const Tensor& s : s0) in.push_back(s.select(0, l));
       const FwdResult r = cell.forward(sp, {xp, mask, in, dense(OptTensors(p.begin() + 2, p.end())), false});
-      for (size_t k = 0; k < h_n.size(); ++k) h_n[k].select(0, l).copy_(r.states[k].select(0, Tn - 1));
+      for (size_t k = 0; k < h_n.size(); ++k) {                       // h_n[k][l] = states[k][T-1]
+        const int64_t n = B * h_n[k].size(2);                           // (both dense: made here)
+        TORCH_INTERNAL_ASSERT(r.states[k].is_contiguous() && h_n[k].is_contiguous());
+        std::memcpy(h_n[k].data_ptr<T>() + l * n, r.states[k].data_ptr<T>() + (Tn - 1) * n, n * sizeof(T));
+      }
       inp = r.states[0];
     }
   });

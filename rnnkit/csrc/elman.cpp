@@ -165,9 +165,12 @@ void elman_tile(const FwdArgs& a, const FusedOpts& o, const float* wp, const flo
     for (int v = 0; v < kUnits; ++v) acc[r][v] = _mm512_setzero_ps();
   const float* mr[R] = {};                                     // the rows' recurrent masks
   for (int r = 0; Drop && r < R; ++r) mr[r] = o.nz.mask(t, b0 + r, H);
-  if (sums) gate_sums<R, kUnits, Drop>(wp + jg * H * kGroup, H, hp, mr, acc);
-  const Mask mask(a.mask, B);
   const float* xp = a.xp.data_ptr<float>();
+  if (sums) {
+    prefetch_rows<R, kUnits>(xp + (t * B + b0) * H + jg * kGroup, H, kLanes);   // (past H: no fault)
+    gate_sums<R, kUnits, Drop>(wp + jg * H * kGroup, H, hp, mr, acc);
+  }
+  const Mask mask(a.mask, B);
   for (int v = 0; v < kUnits; ++v) {
     const int64_t j0 = jg * kGroup + v * kLanes;
     if (j0 >= H) break;

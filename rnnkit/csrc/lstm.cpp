@@ -324,6 +324,7 @@ void lstm_tile(const LstmRows& io, const Fused& o, const float* wp, const float*
   V wc[3];
   peep_weights<Peep>(o, H, j0, m, wc);
   if (sums) {                                                  // else every row is padded
+    prefetch_rows<R, 4>(io.xp + (t * B + b0) * G + j0, G, H);
     tile_sums<R, Drop>(o, wp, P, t, jb, b0, hp, acc);
     V pre[R][4];
     for (int r = 0; r < R; ++r) {

@@ -77,6 +77,17 @@ void with_flags(const F& f, bool first, Rest... rest) {
     with_flags([&](auto... c) { f(std::false_type(), c...); }, rest...);
 }
 
+// Asks for the vectors x + r ld + g gap (r < R, g < NG) to be brought into L1 ahead of use: a
+// tile's xp rows (T, B, NG H), written by the projection before the loop, are in L2 or L3 by
+// their step (2 MiB at (8, 128) for the LSTM), and their loads come after the tile's sums in
+// program order, out of the out-of-order window's reach, so each missed there.  Issued before
+// the sums, they arrive while the FMAs run.
+template <int R, int NG>
+inline void prefetch_rows(const float* x, int64_t ld, int64_t gap) {
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < NG; ++g) _mm_prefetch(reinterpret_cast<const char*>(x + r * ld + g * gap), _MM_HINT_T0);
+}
+
 // act(a) and act'(h) dh of 16 lanes of Elman's and Jordan's hidden units (activations.h's
 // hidden_act, hidden_grad): relu keeps NaN (max returns its second operand when one is NaN), and
 // its gradient is zero only where h <= 0.
