@@ -41,7 +41,7 @@ def test_compare_runs_each_build_and_restores_the_extension(built):
     tool = _tool()
     build = tool.load_build(built.__file__)
     before = cpu.extension
-    for case, entry in (("RNN:2:16", "infer"), ("LSTM:1:16:train", "backward")):
+    for case, entry in (("RNN:2:16", "infer"), ("LSTM:1:16:train", "train_backward")):
         old, new = Counting(build), Counting(build)
         r = tool.compare(old, new, case, rounds=3, T=4, sample_ms=0.2)
         assert old.calls.get(entry, 0) >= 3 and new.calls.get(entry, 0) >= 3, (old.calls, new.calls)

@@ -373,14 +373,22 @@ def test_unchecked_infer_errors_name_the_argument(spoil, match):
 # -- selection --------------------------------------------------------------------------------------
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts calls of the fused backend's forward."""
+    """Counts calls of the fused backend's kernels: its forward per layer, or its training of a
+    whole stack in one node (train, where it takes the call)."""
     calls = []
-    original = cpu.BACKEND.forward
+    forward, train = cpu.BACKEND.forward, cpu.BACKEND.train
 
     def counting(*args, **kwargs):
         calls.append(1)
-        return original(*args, **kwargs)
+        return forward(*args, **kwargs)
+
+    def counting_train(*args, **kwargs):
+        found = train(*args, **kwargs)
+        if found is not None:
+            calls.append(1)
+        return found
     monkeypatch.setattr(cpu.BACKEND, "forward", counting)
+    monkeypatch.setattr(cpu.BACKEND, "train", counting_train)
     return calls
 
 

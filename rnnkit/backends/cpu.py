@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Dict, List, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..cells.base import Cell
@@ -240,14 +241,31 @@ class CPU(Backend):
         return lambda x, w, b: ext.project_rows(x, order, lengths, w.contiguous(),
                                                 None if b is None else b.contiguous())
 
+    # The other stacks train as one autograd node over the whole stack (one direction, no noise,
+    # no lengths: _FusedTraining), not layer by layer, which pays Python and an autograd node per
+    # layer: most of a short call (BENCHMARKS.md, session 19).  Its GEMMs are the BLAS ones
+    # infer uses, so the same bound on a layer's projection applies (INFER_MAX_MACS): above it
+    # the layer-by-layer path's oneDNN GEMMs are faster.
+    def _fused_trains(self, cell, x) -> bool:
+        return (x.device.type == "cpu" and x.dtype in DTYPES and x.dim() == 3 and not isinstance(self._lookup(cell), str)
+                and x.shape[0] * x.shape[1] * cell.n_gates * cell.hidden_size * x.shape[2] < self.INFER_MAX_MACS)
+
     def trains(self, cell, x):
-        return self._onednn_trains(cell, x)
+        return self._onednn_trains(cell, x) or self._fused_trains(cell, x)
 
     def train(self, cell, x, state0, layers, bidirectional=False):
-        if not self._onednn_trains(cell, x):
+        onednn = self._onednn_trains(cell, x)
+        if not onednn and (bidirectional or not self._fused_trains(cell, x)):
+            return None
+        T, B = x.shape[0], x.shape[1]
+        if not onednn and any(T * B * w[0].shape[0] * w[0].shape[1] >= self.INFER_MAX_MACS for w in layers[1:]):
             return None
         if state0 is None:
-            state0 = tuple(x.new_zeros(len(layers), x.shape[1], s) for s in cell.state_sizes())
+            state0 = tuple(x.new_zeros(len(layers), B, s) for s in cell.state_sizes())
+        if not onednn:
+            flat = [w for layer in layers for w in layer]
+            out, *h_n = _FusedTraining.apply(cell, self._spec(cell), len(layers), len(state0), x, *state0, *flat)
+            return out, tuple(h_n)
         has_biases, flat = _flat_weights(layers)
         out, h_n, c_n = _OneDNNTraining.apply(has_biases, len(layers) // (2 if bidirectional else 1), bidirectional,
                                               x, state0[0], state0[1], *flat)
@@ -319,6 +337,71 @@ class _OneDNNTraining(torch.autograd.Function):
             for k, g in zip(wanted, found):
                 grads[k] = g
         return (None, None, None) + tuple(grads)
+
+
+def _per_layer(flat, L: int) -> List[list]:
+    """flat (L layers' [w_ih, b_ih | None, *rec] in turn) as L lists."""
+    n = len(flat) // L
+    return [list(flat[k * n:(k + 1) * n]) for k in range(L)]
+
+
+class _FusedTraining(torch.autograd.Function):
+    """A stack of one direction, without noise or lengths, as one autograd node: the extension's
+    train_forward and train_backward (each cell's hand-derived BPTT and the input projections'
+    gradients, in C++, bindings.cpp).  A backward that records a graph (create_graph=True)
+    recomputes the forward layer by layer on the cells' Python steps (the oracle), whose ops
+    autograd differentiates again, from the saved inputs (still connected to the outer graph).
+    Inputs: cell, spec, L, n_state, x (T, B, I), *state0 (L, B, S_k), *flat (per layer [w_ih,
+    b_ih | None, *rec]); outputs: out (T, B, S_0), *h_n (L, B, S_k)."""
+
+    @staticmethod
+    def forward(ctx, cell, spec, L, n_state, x, *rest):
+        ctx.set_materialize_grads(False)            # an unused output's gradient stays None: no zeros made
+        state0, flat = rest[:n_state], rest[n_state:]
+        out, h_n, keep = extension().train_forward(spec, x, list(state0), _per_layer(flat, L))
+        ctx.cell, ctx.spec, ctx.L, ctx.n_state, ctx.n_flat = cell, spec, L, n_state, len(flat)
+        ctx.save_for_backward(x, *state0, *flat, *keep)
+        return (out, *h_n)
+
+    @staticmethod
+    def backward(ctx, d_out, *d_h_n):
+        saved = ctx.saved_tensors
+        n, k = ctx.n_state, 1 + ctx.n_state + ctx.n_flat
+        x, state0, flat, keep = saved[0], saved[1:1 + n], saved[1 + n:k], saved[k:]
+        need = ctx.needs_input_grad[4:]             # x, *state0, *flat
+        if d_out is None and all(d is None for d in d_h_n):
+            return (None,) * (4 + k)
+        if torch.is_grad_enabled():
+            return (None,) * 4 + _stack_graph_backward(ctx.cell, x, state0, flat, ctx.L, (d_out, *d_h_n), need)
+        dx, d_state0, d_layers = extension().train_backward(ctx.spec, d_out, list(d_h_n), x, list(state0),
+                                                            _per_layer(flat, ctx.L), list(keep), bool(need[0]))
+        return (None,) * 4 + (dx, *d_state0, *(g for layer in d_layers for g in layer))
+
+
+def _stack_graph_backward(cell, x, state0, flat, L: int, d_outputs, need) -> tuple:
+    """_FusedTraining's gradients with create_graph=True: the stack run again on the oracle (the
+    cells' Python steps) under autograd, as ops._graph_backward does for one layer, and
+    differentiated with create_graph."""
+    from . import ORACLE, get                   # (the package imports this module: looked up at call time)
+    oracle = get(ORACLE)
+    with torch.enable_grad():
+        inp, finals = x, []
+        for k, (w_ih, b_ih, *rec) in enumerate(_per_layer(flat, L)):
+            states, _ = oracle.forward(cell, F.linear(inp, w_ih, b_ih), None, tuple(s[k] for s in state0), tuple(rec),
+                                       False)
+            inp = states[0]
+            finals.append([s[-1] for s in states])
+        outputs = (inp, *(torch.stack([f[j] for f in finals]) for j in range(len(state0))))
+    inputs = (x, *state0, *flat)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and need[i] and t.requires_grad]
+    pairs = [(o, d) for o, d in zip(outputs, d_outputs) if d is not None and o.requires_grad]
+    grads = [None] * len(inputs)
+    if wanted and pairs:
+        found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [d for _, d in pairs],
+                                    create_graph=True, allow_unused=True)
+        for i, g in zip(wanted, found):
+            grads[i] = g
+    return tuple(grads)
 
 
 BACKEND = CPU()

@@ -239,6 +239,121 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   return {run.to_user(inp, true), h_n};
 }
 
+// Training of a stack of L layers (one direction, no noise, no lengths) in one call each way: what
+// the layers' training path computes layer by layer, without its Python and autograd nodes per
+// layer (most of a short call's time).  The caller (rnnkit.backends.cpu) makes it one autograd node.
+//   train_forward(spec, x, state0, layers) -> (out, h_n, keep)
+//     x (T, B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...];
+//     out (T, B, S_0): the last layer's states[0]; h_n (L, B, S_k) new tensors; keep: per layer
+//     its states (T, B, S_k) and the cell's saved tensors (T, B, .), what train_backward reads.
+//   train_backward(spec, d_out | None, d_h_n, x, state0, layers, keep, need_x)
+//     d_h_n: per state (L, B, S_k) or None (no gradient reached it)
+//     -> (dx (T, B, I) | None (need_x false), d_state0 (L, B, S_k) each,
+//         d_layers[l] = [dw_ih, db_ih | None, d_rec...])
+//     per layer from the last: the cell's BPTT gives d_xp (T, B, GH); then dW_ih = d_xp^T in,
+//     db_ih = d_xp's column sums, and d_in = d_xp W_ih, the d_out of the layer below (dx for
+//     the first).  in: x, or the layer below's states[0].
+// Below autograd's dispatch keys, as infer.
+std::tuple<Tensor, Tensors, Tensors> train_forward(const std::vector<int64_t>& spec, const Tensor& x,
+                                                   const Tensors& state0, const std::vector<OptTensors>& layers) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Spec sp = decode_spec(spec);
+  const Cell& cell = *sp.cell;
+  Checker c("rnnkit.train_forward", sp);
+  c.tensor({"x"}, x, {kT, kB, kI});
+  check_stack(c, "rnnkit.train_forward", layers, state0);
+  const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  TORCH_CHECK_VALUE(Tn > 0, "rnnkit.train_forward: x: expected at least one time step, got shape ", x.sizes());
+  const Tensors s0 = dense(state0);
+  Tensors h_n, keep;
+  for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
+  Tensor inp = x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_train_forward", [&] {
+    using T = scalar_t;
+    for (int64_t l = 0; l < L; ++l) {
+      const OptTensors& p = layers[l];
+      const Tensor xp = empty_temp({Tn, B, GH}, x.options());           // read by the forward only
+      project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xp.data_ptr<T>());
+      Tensors in;
+      for (const Tensor& s : s0) in.push_back(s.select(0, l));
+      const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), true});
+      for (size_t k = 0; k < h_n.size(); ++k) {                          // h_n[k][l] = states[k][T-1]
+        const int64_t n = B * h_n[k].size(2);
+        TORCH_INTERNAL_ASSERT(r.states[k].is_contiguous());
+        std::memcpy(h_n[k].data_ptr<T>() + l * n, r.states[k].data_ptr<T>() + (Tn - 1) * n, n * sizeof(T));
+      }
+      keep.insert(keep.end(), r.states.begin(), r.states.end());
+      keep.insert(keep.end(), r.saved.begin(), r.saved.end());
+      inp = r.states[0];
+    }
+  });
+  return {inp, h_n, keep};
+}
+
+std::tuple<c10::optional<Tensor>, Tensors, std::vector<OptTensors>> train_backward(
+    const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_h_n, const Tensor& x,
+    const Tensors& state0, const std::vector<OptTensors>& layers, const Tensors& keep, bool need_x) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Spec sp = decode_spec(spec);
+  const Cell& cell = *sp.cell;
+  Checker c("rnnkit.train_backward", sp);
+  c.tensor({"x"}, x, {kT, kB, kI});
+  check_stack(c, "rnnkit.train_backward", layers, state0);
+  const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  const size_t ns = c.states().size(), nsaved = cell.saved(sp).size(), per = ns + nsaved;
+  c.count("keep", keep.size(), static_cast<size_t>(L) * per);
+  c.count("d_h_n", d_h_n.size(), ns);
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensors states(keep.begin() + l * per, keep.begin() + l * per + ns);
+    c.tensors("keep", states, {kT, kB}, c.states());
+    c.tensors("keep", Tensors(keep.begin() + l * per + ns, keep.begin() + (l + 1) * per), {kT, kB}, cell.saved(sp));
+  }
+  c.optionals("d_h_n", d_h_n, {kL, kB}, c.states());
+  c.optional({"d_out"}, d_out, {kT, kB, c.states()[0]}, true);
+  const Tensors s0 = dense(state0);
+  Tensors d_state0;
+  for (const Tensor& s : s0) d_state0.push_back(at::empty_like(s));
+  std::vector<OptTensors> d_layers(L);
+  Tensor d_in = d_out.has_value() ? *d_out : Tensor();                   // any strides: read in place
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_train_backward", [&] {
+    using T = scalar_t;
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const OptTensors& p = layers[l];
+      const Tensor w_ih = p[0]->contiguous();
+      const int64_t I = w_ih.size(1), rows = Tn * B;
+      OptTensors d_final;
+      for (size_t k = 0; k < ns; ++k)
+        d_final.push_back(d_h_n[k].has_value() && d_h_n[k]->defined() ? c10::optional<Tensor>(d_h_n[k]->select(0, l).contiguous())
+                                                                      : c10::nullopt);
+      Tensors in;
+      for (const Tensor& s : s0) in.push_back(s.select(0, l));
+      const Tensors states(keep.begin() + l * per, keep.begin() + l * per + ns);
+      const Tensors saved(keep.begin() + l * per + ns, keep.begin() + (l + 1) * per);
+      const BwdResult r = cell.backward(sp, {d_in, d_final, Tensor(), in, dense(states), dense(saved),
+                                             dense(OptTensors(p.begin() + 2, p.end()))});
+      const Tensor d_xp = r.d_xp.contiguous();                         // (T, B, GH)
+      const Tensor below = l > 0 ? keep[(l - 1) * per].contiguous() : x.contiguous();   // the layer's input
+      Tensor dw_ih = at::empty({GH, I}, x.options());
+      gemm(Op::T, Op::N, GH, I, rows, d_xp.data_ptr<T>(), GH, below.data_ptr<T>(), I, T(0), dw_ih.data_ptr<T>(), I);
+      const bool bias = p[1].has_value() && p[1]->defined();
+      OptTensors d{dw_ih, bias ? c10::optional<Tensor>(d_xp.view({rows, GH}).sum(0)) : c10::nullopt};
+      d.insert(d.end(), r.d_rec.begin(), r.d_rec.end());
+      d_layers[l] = std::move(d);
+      for (size_t k = 0; k < ns; ++k) {
+        const int64_t n = B * d_state0[k].size(2);
+        const Tensor g = r.d_state0[k].contiguous();
+        std::memcpy(d_state0[k].data_ptr<T>() + l * n, g.data_ptr<T>(), n * sizeof(T));
+      }
+      d_in = Tensor();
+      if (l > 0 || need_x) {                                           // d_in (T, B, I) = d_xp W_ih
+        d_in = at::empty({Tn, B, I}, x.options());
+        gemm(Op::N, Op::N, rows, I, GH, d_xp.data_ptr<T>(), GH, w_ih.data_ptr<T>(), I, T(0), d_in.data_ptr<T>(), I);
+      }
+    }
+  });
+  return {need_x ? c10::optional<Tensor>(d_in) : c10::nullopt, d_state0, d_layers};
+}
+
 std::tuple<Tensor, Tensors, OptTensors> backward(
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_final,
     const c10::optional<Tensor>& mask, const Tensors& state0, const Tensors& states,
@@ -289,6 +404,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "no autograd; with lengths (B,) the rows run longest first, padded steps are zero in out and h_n is each "
         "row's last valid state; row_macs > 0: a layer projects one sequence at a time where mean valid steps x I "
         "x GH reach it; with batch_sizes x and out are a PackedSequence's data");
+  m.def("train_forward", &rnnkit::train_forward, arg("spec"), arg("x"), arg("state0"), arg("layers"),
+        "out, h_n, keep = train_forward(spec, x, state0, layers): a stack's forward (one direction, no noise), "
+        "keeping per layer what train_backward reads");
+  m.def("train_backward", &rnnkit::train_backward, arg("spec"), arg("d_out"), arg("d_h_n"), arg("x"), arg("state0"),
+        arg("layers"), arg("keep"), arg("need_x"),
+        "dx, d_state0, d_layers = train_backward(spec, d_out, d_h_n, x, state0, layers, keep, need_x): the stack's "
+        "backward through time and its input projections, from train_forward's keep");
   m.def("cell_step", &rnnkit::cell_step, arg("kind"), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),
         arg("b_ih"), arg("b_hh"),
         "[h'] or [h', c'] = cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh): one differentiated step of a "
