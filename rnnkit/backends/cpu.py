@@ -243,12 +243,17 @@ class CPU(Backend):
 
     # The other stacks train as one autograd node over the whole stack (one direction, no noise,
     # no lengths: _FusedTraining), not layer by layer, which pays Python and an autograd node per
-    # layer: most of a short call (BENCHMARKS.md, session 19).  Its GEMMs are the BLAS ones
-    # infer uses, so the same bound on a layer's projection applies (INFER_MAX_MACS): above it
-    # the layer-by-layer path's oneDNN GEMMs are faster.
+    # layer: most of a short call (BENCHMARKS.md, session 19).  Its GEMMs (projection, dW_ih, dx)
+    # are the BLAS ones infer uses; the layer path's are oneDNN's, faster on large products.
+    # Interleaved in one process, T = 128, layer path / one node: two threads, (B, H) = (8, 128)
+    # LSTM 1.02-1.03, (16, 128) LSTM 1.01 and GRU 1.00, Elman (16, 256) 1.03; (32, 256) GRU 0.97,
+    # Elman 0.98 (one thread: 0.97, 0.99).  Hence a layer's projection of at most
+    # FUSED_TRAIN_MAX_MACS multiply-adds (T * B * G*H * I).
+    FUSED_TRAIN_MAX_MACS = 1 << 27
+
     def _fused_trains(self, cell, x) -> bool:
         return (x.device.type == "cpu" and x.dtype in DTYPES and x.dim() == 3 and not isinstance(self._lookup(cell), str)
-                and x.shape[0] * x.shape[1] * cell.n_gates * cell.hidden_size * x.shape[2] < self.INFER_MAX_MACS)
+                and x.shape[0] * x.shape[1] * cell.n_gates * cell.hidden_size * x.shape[2] <= self.FUSED_TRAIN_MAX_MACS)
 
     def trains(self, cell, x):
         return self._onednn_trains(cell, x) or self._fused_trains(cell, x)
@@ -258,7 +263,7 @@ class CPU(Backend):
         if not onednn and (bidirectional or not self._fused_trains(cell, x)):
             return None
         T, B = x.shape[0], x.shape[1]
-        if not onednn and any(T * B * w[0].shape[0] * w[0].shape[1] >= self.INFER_MAX_MACS for w in layers[1:]):
+        if not onednn and any(T * B * w[0].shape[0] * w[0].shape[1] > self.FUSED_TRAIN_MAX_MACS for w in layers[1:]):
             return None
         if state0 is None:
             state0 = tuple(x.new_zeros(len(layers), B, s) for s in cell.state_sizes())

@@ -115,13 +115,13 @@ def test_a_retained_graph_runs_the_node_again():
 @pytest.mark.parametrize("case", ["bidirectional", "lengths", "noise", "trace", "no_graph", "large"])
 def test_route_reach(case, monkeypatch):
     """Only one direction, no lengths, no draws, no trace, a graph to record, and a projection under
-    the BLAS bound (INFER_MAX_MACS) take it; the others run layer by layer."""
+    the BLAS bound (FUSED_TRAIN_MAX_MACS) take it; the others run layer by layer."""
     kw = {"bidirectional": True} if case == "bidirectional" else {}
     model = make("lstm_dropout_zoneout" if case == "noise" else "gru", backend="cpu", **kw)
     if case == "noise":
         model.train()
     if case == "large":
-        monkeypatch.setattr(cpu.CPU, "INFER_MAX_MACS", 1)
+        monkeypatch.setattr(cpu.CPU, "FUSED_TRAIN_MAX_MACS", 1)
     x = torch.randn(T, B, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
     args = {"lengths": torch.tensor([T, 2, 4])} if case == "lengths" else {}
     if case == "trace":
@@ -168,3 +168,11 @@ def test_float32_call_takes_the_node():
     e = torch.autograd.grad(expected.square().sum() + eh.sum(), [x, *ref.parameters()])
     for a, b in zip(g, e):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_training_bound():
+    """Measured (cpu.py): the one node up to FUSED_TRAIN_MAX_MACS in a layer's projection, e.g. an
+    LSTM at (T, B, H) = (128, 8, 128); the layer path's oneDNN GEMMs from (128, 32, 256) on."""
+    assert cpu.BACKEND._fused_trains(rnnkit.LSTM(128, 128).cell, torch.empty(128, 8, 128))
+    assert not cpu.BACKEND._fused_trains(rnnkit.GRU(256, 256).cell, torch.empty(128, 32, 256))
+    assert not cpu.BACKEND._fused_trains(rnnkit.GRU(4, 4).cell, torch.empty(5, 3, 4, dtype=torch.float16))
