@@ -28,7 +28,7 @@ from torch.amp.autocast_mode import is_autocast_available
 
 from . import backends
 from .backends import library
-from .backends.base import Backend
+from .backends.base import Backend, wanted_grads
 from .cells.base import Cell
 from .sequence import torch_ops_only  # noqa: F401 - the layers' and backends' name for it
 from .sequence import zero_padded as _zero_padded
@@ -161,15 +161,7 @@ def _graph_backward(ctx, inputs, d_outputs, noise) -> tuple:
         out, finals, _, _, _ = _run(ctx.cell, oracle, False, False, x, mask, w_ih, b_ih,
                                     tuple(rest[:n]), tuple(rest[n:]), noise, project=F.linear, zero_out=ctx.zero_out)
     need = ctx.needs_input_grad[4:8] + ctx.needs_input_grad[9:9 + n] + ctx.needs_input_grad[9 + n + ctx.n_noise:]
-    wanted = [k for k, t in enumerate(inputs) if t is not None and need[k] and t.requires_grad]
-    pairs = [(o, d) for o, d in zip((out, *finals), d_outputs) if d is not None and o.requires_grad]
-    grads = [None] * len(inputs)
-    if wanted and pairs:
-        found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted], [d for _, d in pairs],
-                                    create_graph=True, allow_unused=True)
-        for k, g in zip(wanted, found):
-            grads[k] = g
-    return tuple(grads)
+    return wanted_grads(inputs, need, (out, *finals), d_outputs)
 
 
 def autocast_enabled(x: Tensor) -> bool:

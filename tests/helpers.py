@@ -193,3 +193,20 @@ def assert_all_close(actual: Sequence[Tensor], expected: Sequence[Tensor], dtype
     assert len(actual) == len(expected)
     for k, (a, e) in enumerate(zip(actual, expected)):
         torch.testing.assert_close(a, e, **{**TOL[dtype], **kw}, msg=lambda m, k=k: f"tensor {k}: {m}")
+
+
+def without_cpu(method: str, model, *args, **kwargs):
+    """The model's forward with one of the cpu backend's whole-stack paths switched off (``infer``,
+    or ``train``: oneDNN's LSTM route and the one-node stack), so that the layers go layer by layer."""
+    from rnnkit.backends import cpu
+    original = getattr(cpu.CPU, method)
+    setattr(cpu.CPU, method, lambda self, *a, **kw: None)
+    try:
+        return model(*args, **kwargs)
+    finally:
+        setattr(cpu.CPU, method, original)
+
+
+def layer_by_layer(model, *args, **kwargs):
+    """The model's training forward with our kernels, one autograd node per layer."""
+    return without_cpu("train", model, *args, **kwargs)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..cells.base import Cell
 from . import _build
-from .base import YES, Backend, Support
+from .base import YES, Backend, Support, wanted_grads
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -331,17 +331,9 @@ class _OneDNNTraining(torch.autograd.Function):
                 outputs = _lstm_stack(inputs[0], inputs[1], inputs[2], list(inputs[3:]), *ctx.args)
         else:
             inputs, outputs = ctx.graph
-        pairs = [(o, g) for o, g in zip(outputs, (d_out, d_h, d_c)) if g is not None]
-        wanted = [k for k, n in enumerate(need) if n and inputs[k].requires_grad]
-        grads = [None] * len(need)
-        if wanted and pairs:
-            # retain_graph: an outer backward with retain_graph=True may come back; the inner graph
-            # goes with ctx, when the outer graph is freed
-            found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted], [g for _, g in pairs],
-                                        retain_graph=True, create_graph=create, allow_unused=True)
-            for k, g in zip(wanted, found):
-                grads[k] = g
-        return (None, None, None) + tuple(grads)
+        # retain_graph: an outer backward with retain_graph=True may come back; the inner graph goes
+        # with ctx, when the outer graph is freed
+        return (None, None, None) + wanted_grads(inputs, need, outputs, (d_out, d_h, d_c), create, retain_graph=True)
 
 
 def _per_layer(flat, L: int) -> List[list]:
@@ -397,16 +389,7 @@ def _stack_graph_backward(cell, x, state0, flat, L: int, d_outputs, need) -> tup
             inp = states[0]
             finals.append([s[-1] for s in states])
         outputs = (inp, *(torch.stack([f[j] for f in finals]) for j in range(len(state0))))
-    inputs = (x, *state0, *flat)
-    wanted = [i for i, t in enumerate(inputs) if t is not None and need[i] and t.requires_grad]
-    pairs = [(o, d) for o, d in zip(outputs, d_outputs) if d is not None and o.requires_grad]
-    grads = [None] * len(inputs)
-    if wanted and pairs:
-        found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [d for _, d in pairs],
-                                    create_graph=True, allow_unused=True)
-        for i, g in zip(wanted, found):
-            grads[i] = g
-    return tuple(grads)
+    return wanted_grads((x, *state0, *flat), need, outputs, d_outputs)
 
 
 BACKEND = CPU()

@@ -254,15 +254,29 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
 //     db_ih = d_xp's column sums, and d_in = d_xp W_ih, the d_out of the layer below (dx for
 //     the first).  in: x, or the layer below's states[0].
 // Below autograd's dispatch keys, as infer.
+// The spec, the cell and the checks of a training entry point: x (T, B, I), the layers and
+// state0 (L, B, S_k) each; the sizes they fix.
+struct StackCall {
+  const Spec sp;
+  const Cell& cell;
+  Checker c;
+  int64_t T, L, B, GH;
+  StackCall(const char* who, const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
+            const std::vector<OptTensors>& layers)
+      : sp(decode_spec(spec)), cell(*sp.cell), c(who, sp) {
+    c.tensor({"x"}, x, {kT, kB, kI});
+    check_stack(c, who, layers, state0);
+    T = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  }
+};
+
 std::tuple<Tensor, Tensors, Tensors> train_forward(const std::vector<int64_t>& spec, const Tensor& x,
                                                    const Tensors& state0, const std::vector<OptTensors>& layers) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Spec sp = decode_spec(spec);
-  const Cell& cell = *sp.cell;
-  Checker c("rnnkit.train_forward", sp);
-  c.tensor({"x"}, x, {kT, kB, kI});
-  check_stack(c, "rnnkit.train_forward", layers, state0);
-  const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  StackCall call("rnnkit.train_forward", spec, x, state0, layers);
+  const Spec& sp = call.sp;
+  const Cell& cell = call.cell;
+  const int64_t Tn = call.T, L = call.L, B = call.B, GH = call.GH;
   TORCH_CHECK_VALUE(Tn > 0, "rnnkit.train_forward: x: expected at least one time step, got shape ", x.sizes());
   const Tensors s0 = dense(state0);
   Tensors h_n, keep;
@@ -294,12 +308,11 @@ std::tuple<c10::optional<Tensor>, Tensors, std::vector<OptTensors>> train_backwa
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_h_n, const Tensor& x,
     const Tensors& state0, const std::vector<OptTensors>& layers, const Tensors& keep, bool need_x) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Spec sp = decode_spec(spec);
-  const Cell& cell = *sp.cell;
-  Checker c("rnnkit.train_backward", sp);
-  c.tensor({"x"}, x, {kT, kB, kI});
-  check_stack(c, "rnnkit.train_backward", layers, state0);
-  const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  StackCall call("rnnkit.train_backward", spec, x, state0, layers);
+  const Spec& sp = call.sp;
+  const Cell& cell = call.cell;
+  Checker& c = call.c;
+  const int64_t Tn = call.T, L = call.L, B = call.B, GH = call.GH;
   const size_t ns = c.states().size(), nsaved = cell.saved(sp).size(), per = ns + nsaved;
   c.count("keep", keep.size(), static_cast<size_t>(L) * per);
   c.count("d_h_n", d_h_n.size(), ns);

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnkit
-from helpers import CELLS, INPUT_SIZE, flat, make, needs_cpu, random_state, state_tensors
+from helpers import CELLS, INPUT_SIZE, flat, layer_by_layer, make, needs_cpu, random_state, state_tensors
 from rnnkit.backends import cpu
 
 pytestmark = needs_cpu
@@ -28,16 +28,6 @@ def fused_node(out) -> bool:
     while fn is not None and type(fn).__name__ == "TransposeBackward0":
         fn = fn.next_functions[0][0]
     return type(fn).__name__ == "_FusedTrainingBackward"
-
-
-def layer_by_layer(model, *args):
-    """The model's forward with the one-node route switched off (one node per layer)."""
-    original = cpu.CPU.train
-    cpu.CPU.train = lambda self, *a, **kw: None
-    try:
-        return model(*args)
-    finally:
-        cpu.CPU.train = original
 
 
 def _grads(model, x, hx, result):

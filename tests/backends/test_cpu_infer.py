@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnkit
-from helpers import needs_cpu
+from helpers import needs_cpu, without_cpu
 from rnnkit.backends import cpu
 
 T, B, I, H = 7, 3, 5, 6
@@ -24,12 +24,7 @@ FORMS = {
 
 def layer_by_layer(model, *args, **kwargs):
     """The model's forward with the one-call path switched off."""
-    original = cpu.CPU.infer
-    cpu.CPU.infer = lambda self, *a, **kw: None
-    try:
-        return model(*args, **kwargs)
-    finally:
-        cpu.CPU.infer = original
+    return without_cpu("infer", model, *args, **kwargs)
 
 
 def calls(model, *args, **kwargs):

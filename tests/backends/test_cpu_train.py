@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnkit
-from helpers import needs_cpu
+from helpers import layer_by_layer, needs_cpu
 from rnnkit.backends import cpu
 
 T, B, I, H = 7, 3, 5, 6
@@ -31,16 +31,6 @@ def routed(model, *args):
     return out, state, type(out.grad_fn).__name__ == "_OneDNNTrainingBackward"
 
 
-def ours(model, *args):
-    """The model's forward with the route switched off (our kernels, layer by layer)."""
-    original = cpu.CPU.train
-    cpu.CPU.train = lambda self, *a, **kw: None
-    try:
-        return model(*args)
-    finally:
-        cpu.CPU.train = original
-
-
 def _loss(out, state):
     return out.square().sum() + state[0].sum() + state[1].square().sum()
 
@@ -61,7 +51,7 @@ def test_plain_lstm_training_runs_on_onednn_with_torchs_gradients(every_size, bi
     got = torch.autograd.grad(_loss(out, state), leaves + list(model.parameters()))
     want_out, want_state = ref(x, hx)
     want = torch.autograd.grad(_loss(want_out, want_state), leaves + list(ref.parameters()))
-    mine_out, mine_state = ours(model, x, hx)
+    mine_out, mine_state = layer_by_layer(model, x, hx)
     mine = torch.autograd.grad(_loss(mine_out, mine_state), leaves + list(model.parameters()))
     torch.testing.assert_close(out, want_out)
     for a, b, c in zip(got, want, mine):
@@ -80,7 +70,7 @@ def test_second_order_gradients_are_recomputed_exactly(every_size):
         g, = torch.autograd.grad(out.square().sum(), x, create_graph=True)
         return torch.autograd.grad(g.square().sum(), list(model.parameters()))
     assert routed(model, x)[2]
-    for a, b in zip(penalty_grads(lambda m, v: m(v)), penalty_grads(ours)):
+    for a, b in zip(penalty_grads(lambda m, v: m(v)), penalty_grads(layer_by_layer)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -94,14 +84,14 @@ def test_only_the_state_or_a_parametrized_weight_requiring_grad(every_size):
     out, state, took = routed(model, x, hx)
     assert took
     got, = torch.autograd.grad(_loss(out, state), hx[0])
-    mine, = torch.autograd.grad(_loss(*ours(model, x, hx)), hx[0])
+    mine, = torch.autograd.grad(_loss(*layer_by_layer(model, x, hx)), hx[0])
     torch.testing.assert_close(got, mine, atol=1e-5, rtol=1e-4)
     model.requires_grad_(True)
     torch.nn.utils.parametrizations.weight_norm(model, "weight_hh_l0")
     out, state, took = routed(model, x)
     assert took
     got = torch.autograd.grad(_loss(out, state), list(model.parameters()))
-    mine = torch.autograd.grad(_loss(*ours(model, x)), list(model.parameters()))
+    mine = torch.autograd.grad(_loss(*layer_by_layer(model, x)), list(model.parameters()))
     for a, b in zip(got, mine):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
