@@ -362,9 +362,11 @@ class _Recurrent(nn.Module):
             return None
         if torch.compiler.is_compiling() or ops.torch_ops_only() or ops.autocast_enabled(x):
             return None
-        held = self._parameters
+        held, shapes = self._parameters, self.__dict__.get("_step_shapes")
+        if shapes is None:                              # a layer pickled before it was kept
+            shapes = self.__dict__["_step_shapes"] = [[self._shapes.get(n) for n in names] for names in self._step_names]
         layers = [[held.get(n) for n in names] for names in self._step_names]
-        if [[None if t is None else t.shape for t in layer] for layer in layers] != self._step_shapes:
+        if [[None if t is None else t.shape for t in layer] for layer in layers] != shapes:
             return None
         try:                                            # (no backend for x's dtype or device: the checked path says why)
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
