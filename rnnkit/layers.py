@@ -506,7 +506,7 @@ class _Recurrent(nn.Module):
         if training and varlen:
             return None
         backend = self.backend_for(x)
-        if training and not backend.trains(self.cell, x):
+        if training and not backend.trains(self.cell, x, self.bidirectional):
             return None
         if not training and not backend.infers(self.cell, x, self.bidirectional, varlen):
             return None
@@ -520,7 +520,7 @@ class _Recurrent(nn.Module):
             layers = self.step_parameters()
         if grad and not training and ops.needs_graph((x, *(state0 or ()), *(w for layer in layers for w in layer))):
             training = True                             # only the state (or a parametrized weight) requires grad
-            if varlen or not backend.trains(self.cell, x):
+            if varlen or not backend.trains(self.cell, x, self.bidirectional):
                 return None
         if training:
             found = backend.train(self.cell, x, state0, layers, self.bidirectional)

@@ -160,10 +160,10 @@ class Backend:
         (the projection is then never differentiated) and one direction."""
         return None
 
-    def trains(self, cell: Cell, x: Tensor) -> bool:
-        """Whether ``train`` takes a stack of ``cell`` on inputs like ``x`` (T, B, I), either
-        direction: the layers ask before gathering the weights, which a training call that
-        ``train`` declines would waste (every small training step)."""
+    def trains(self, cell: Cell, x: Tensor, bidirectional: bool = False) -> bool:
+        """Whether ``train`` takes a stack of ``cell`` on inputs like ``x`` (T, B, I), in one
+        direction or both: the layers ask before gathering the weights, which a training call
+        that ``train`` declines would waste (every small training step)."""
         return False
 
     def train(self, cell: Cell, x: Tensor, state0: Optional[Tuple[Tensor, ...]], layers,

@@ -255,8 +255,8 @@ class CPU(Backend):
         return (x.device.type == "cpu" and x.dtype in DTYPES and x.dim() == 3 and not isinstance(self._lookup(cell), str)
                 and x.shape[0] * x.shape[1] * cell.n_gates * cell.hidden_size * x.shape[2] <= self.FUSED_TRAIN_MAX_MACS)
 
-    def trains(self, cell, x):
-        return self._onednn_trains(cell, x) or self._fused_trains(cell, x)
+    def trains(self, cell, x, bidirectional=False):
+        return self._onednn_trains(cell, x) or (not bidirectional and self._fused_trains(cell, x))
 
     def train(self, cell, x, state0, layers, bidirectional=False):
         onednn = self._onednn_trains(cell, x)

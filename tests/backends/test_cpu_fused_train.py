@@ -166,3 +166,11 @@ def test_fused_training_bound():
     assert cpu.BACKEND._fused_trains(rnnkit.LSTM(128, 128).cell, torch.empty(128, 8, 128))
     assert not cpu.BACKEND._fused_trains(rnnkit.GRU(256, 256).cell, torch.empty(128, 32, 256))
     assert not cpu.BACKEND._fused_trains(rnnkit.GRU(4, 4).cell, torch.empty(5, 3, 4, dtype=torch.float16))
+
+
+def test_trains_declines_what_train_would():
+    """Asked before the layers gather their weights: two directions are not the one node's."""
+    x = torch.randn(T, B, INPUT_SIZE)
+    cell = rnnkit.GRU(INPUT_SIZE, 4).cell
+    assert cpu.BACKEND.trains(cell, x) and not cpu.BACKEND.trains(cell, x, bidirectional=True)
+    assert cpu.BACKEND.train(cell, x, None, [], bidirectional=True) is None
