@@ -144,8 +144,6 @@ class _Recurrent(nn.Module):
         # Per layer, forward direction: [weight_ih, bias_ih, *rec_params], as step's C++ call takes them.
         self._step_names = [[n + f"_l{k}" for n in ("weight_ih", "bias_ih") + cell.rec_params]
                             for k in range(self.num_layers)]
-        self._step_absent = sum(n not in self._shapes for names in self._step_names for n in names)
-        self._step_shapes = [[self._shapes.get(n) for n in names] for names in self._step_names]   # None: absent
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------
@@ -356,17 +354,12 @@ class _Recurrent(nn.Module):
         None otherwise, where the backend has no one-call inference for the call, or where it
         rejects an argument (the checked path then names it).  Saves about a third of a short
         call (LSTM (1, 64), T = 1, one thread: BENCHMARKS.md, session 19)."""
-        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 3 or self.bidirectional:
-            return None
-        if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
+        if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 3 or self.bidirectional or self._draws():
             return None
         if torch.compiler.is_compiling() or ops.torch_ops_only() or ops.autocast_enabled(x):
             return None
-        held, shapes = self._parameters, self.__dict__.get("_step_shapes")
-        if shapes is None:                              # a layer pickled before it was kept
-            shapes = self.__dict__["_step_shapes"] = [[self._shapes.get(n) for n in names] for names in self._step_names]
-        layers = [[held.get(n) for n in names] for names in self._step_names]
-        if [[None if t is None else t.shape for t in layer] for layer in layers] != shapes:
+        layers = self._held_step_layers()
+        if layers is None:
             return None
         try:                                            # (no backend for x's dtype or device: the checked path says why)
             backend = backends.resolve_cached(self.backend, self.cell, x.device, x.dtype)
@@ -379,6 +372,21 @@ class _Recurrent(nn.Module):
         if found is None:
             return None
         return self._layout(found[0], False), self.pack_state(tuple(found[1]))
+
+    def _draws(self) -> bool:
+        """Whether a call draws random masks (training with recurrent dropout, zoneout, or dropout
+        between layers): the one-call paths then do not apply."""
+        return self.training and bool(self.cell.noise_names or (self.dropout and self.num_layers > 1))
+
+    def _held_step_layers(self):
+        """``step_parameters`` without its checks (ops.held_layers), or None where a parameter is
+        not held as registered.  The registered shapes per layer are made on first use (also in a
+        layer pickled before they were kept)."""
+        shapes = self.__dict__.get("_step_shapes")
+        if shapes is None:
+            shapes = self.__dict__["_step_shapes"] = [[self._shapes.get(n) for n in names]
+                                                      for names in self._step_names]
+        return ops.held_layers(self._parameters, self._step_names, shapes)
 
     def _traced(self, input, hx, lengths, return_trace):
         """Under ``torch.jit.trace`` (and the TorchScript ONNX exporter): torch.nn's forward on
@@ -497,7 +505,7 @@ class _Recurrent(nn.Module):
         mask and copies in tensor ops)."""
         if torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
-        if self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1)):
+        if self._draws():
             return None
         grad = torch.is_grad_enabled()                  # (checked first: no tuples built under no_grad)
         # a training step (decided before gathering anything) goes to the backend's ``train``
@@ -683,15 +691,13 @@ class _Recurrent(nn.Module):
         """``step``'s result from ``ops.unchecked_step`` (the backend's own checks only), or with a
         graph to record from ``_one_node_step``; or None: no random draws, one direction, and
         without a graph a given state."""
-        if self.bidirectional or (
-                self.training and (self.cell.noise_names or (self.dropout and self.num_layers > 1))):
+        if self.bidirectional or self._draws():
             return None
         if torch.is_grad_enabled():
             return self._one_node_step(x, hx)
         if hx is None:
             return None
-        found = ops.unchecked_step(self.backend, self.cell, x, self._parameters, self._step_names,
-                                   self._step_absent, lambda: self.unpack_state(hx))
+        found = ops.unchecked_step(self.backend, self.cell, x, self._held_step_layers(), lambda: self.unpack_state(hx))
         return None if found is None else (found[0], self.pack_state(found[1]))
 
     def _one_node_step(self, x, hx):
@@ -700,9 +706,8 @@ class _Recurrent(nn.Module):
         40 us of a 130 us training step of a small Elman); None where a layer's node does not
         apply or rejects an argument (the checked path then names it), or a weight is not held (a
         parametrized one: the checked path reads it)."""
-        held = self._parameters
-        layers = [[held.get(n) for n in names] for names in self._step_names]
-        if sum(p is None for layer in layers for p in layer) != self._step_absent:
+        layers = self._held_step_layers()
+        if layers is None:
             return None
         L = self.num_layers
         states = None if hx is None else self.unpack_state(hx)                 # (L, B, S_k) each

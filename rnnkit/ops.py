@@ -19,7 +19,7 @@ tuple of (B, S_k), and a dict of per-step trace tensors (T, B, .) (empty unless 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -172,21 +172,28 @@ def autocast_enabled(x: Tensor) -> bool:
     return is_autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
-def unchecked_step(name, cell: Cell, x, held, step_names, absent: int, state0):
+def held_layers(held, step_names, shapes) -> Optional[List[list]]:
+    """Per layer the parameters ``held[n]`` for n in ``step_names`` (a module's ``_parameters``),
+    where each is held as registered: with its registered shape ``shapes[l][i]``, or None where
+    that is None (an absent bias).  Else None: a parametrized, replaced or rebound parameter, which
+    the callers' checked paths read and check (the unchecked calls skip those checks)."""
+    layers = [[held.get(n) for n in names] for names in step_names]
+    if [[None if t is None else t.shape for t in layer] for layer in layers] != shapes:
+        return None
+    return layers
+
+
+def unchecked_step(name, cell: Cell, x, layers, state0):
     """One inference step of a stack straight from a backend that checks its own arguments
     (``Backend.checks_arguments``), without the callers' checks in Python (about half of a small
-    step's time): x (B, I) under no_grad, outside autocast and forward-mode AD; the parameters
-    ``held[n]`` for n in each layer's ``step_names``, of which exactly ``absent`` are None (absent
-    biases: a parametrized or replaced parameter is not held and leaves the checked path to read
-    it); ``state0()`` the (L, B, S_k) states.  Returns the backend's (out, h_n), or None where this
-    does not apply or the backend rejects an argument (the caller's checks then name it)."""
-    if torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or torch_ops_only():
+    step's time): x (B, I) under no_grad, outside autocast and forward-mode AD; ``layers`` the
+    stack's parameters as ``held_layers`` gives them (None: not as registered, and this does not
+    apply); ``state0()`` the (L, B, S_k) states.  Returns the backend's (out, h_n), or None where
+    this does not apply or the backend rejects an argument (the caller's checks then name it)."""
+    if layers is None or torch.is_grad_enabled() or type(x) is not Tensor or x.dim() != 2 or torch_ops_only():
         return None
     backend = backends.resolve_cached(name, cell, x.device, x.dtype)
     if not backend.checks_arguments or autocast_enabled(x):
-        return None
-    layers = [[held.get(n) for n in names] for names in step_names]
-    if sum(p is None for layer in layers for p in layer) != absent:
         return None
     try:
         return backend.step(cell, x, state0(), layers)

@@ -90,6 +90,15 @@ void check_stack(Checker& c, const char* who, const std::vector<OptTensors>& lay
   if (!(zeros && state0.empty())) c.tensors("state0", state0, {kL, kB}, c.states());
 }
 
+// stack[l] = part, stack (L, B, S) and part (B, S) with S = stack's, both dense: a layer's
+// final states into a stack's h_n (part: its last step, (T, B, S)'s slice T-1) or its d_state0.
+template <typename T>
+void put_layer(const Tensor& stack, int64_t l, const Tensor& part, int64_t offset = 0) {
+  TORCH_INTERNAL_ASSERT(stack.is_contiguous() && part.is_contiguous());
+  const int64_t n = stack.size(1) * stack.size(2);
+  std::memcpy(stack.data_ptr<T>() + l * n, part.data_ptr<T>() + offset * n, n * sizeof(T));
+}
+
 // xp (rows, GH) = inp (rows, I) W_ih^T + b_ih, with p a layer's [w_ih, b_ih | None, ...].
 template <typename T>
 void project_layer(const OptTensors& p, const T* inp, int64_t rows, int64_t GH, T* xp) {
@@ -225,11 +234,7 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
       Tensors in;
       for (const Tensor& s : s0) in.push_back(s.select(0, l));
       const FwdResult r = cell.forward(sp, {xp, mask, in, dense(OptTensors(p.begin() + 2, p.end())), false});
-      for (size_t k = 0; k < h_n.size(); ++k) {                       // h_n[k][l] = states[k][T-1]
-        const int64_t n = B * h_n[k].size(2);                           // (both dense: made here)
-        TORCH_INTERNAL_ASSERT(r.states[k].is_contiguous() && h_n[k].is_contiguous());
-        std::memcpy(h_n[k].data_ptr<T>() + l * n, r.states[k].data_ptr<T>() + (Tn - 1) * n, n * sizeof(T));
-      }
+      for (size_t k = 0; k < h_n.size(); ++k) put_layer<T>(h_n[k], l, r.states[k], Tn - 1);
       inp = r.states[0];
     }
   });
@@ -291,11 +296,7 @@ std::tuple<Tensor, Tensors, Tensors> train_forward(const std::vector<int64_t>& s
       Tensors in;
       for (const Tensor& s : s0) in.push_back(s.select(0, l));
       const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), true});
-      for (size_t k = 0; k < h_n.size(); ++k) {                          // h_n[k][l] = states[k][T-1]
-        const int64_t n = B * h_n[k].size(2);
-        TORCH_INTERNAL_ASSERT(r.states[k].is_contiguous());
-        std::memcpy(h_n[k].data_ptr<T>() + l * n, r.states[k].data_ptr<T>() + (Tn - 1) * n, n * sizeof(T));
-      }
+      for (size_t k = 0; k < h_n.size(); ++k) put_layer<T>(h_n[k], l, r.states[k], Tn - 1);
       keep.insert(keep.end(), r.states.begin(), r.states.end());
       keep.insert(keep.end(), r.saved.begin(), r.saved.end());
       inp = r.states[0];
@@ -352,11 +353,7 @@ std::tuple<c10::optional<Tensor>, Tensors, std::vector<OptTensors>> train_backwa
       OptTensors d{dw_ih, bias ? c10::optional<Tensor>(d_xp.view({rows, GH}).sum(0)) : c10::nullopt};
       d.insert(d.end(), r.d_rec.begin(), r.d_rec.end());
       d_layers[l] = std::move(d);
-      for (size_t k = 0; k < ns; ++k) {
-        const int64_t n = B * d_state0[k].size(2);
-        const Tensor g = r.d_state0[k].contiguous();
-        std::memcpy(d_state0[k].data_ptr<T>() + l * n, g.data_ptr<T>(), n * sizeof(T));
-      }
+      for (size_t k = 0; k < ns; ++k) put_layer<T>(d_state0[k], l, r.d_state0[k].contiguous());
       d_in = Tensor();
       if (l > 0 || need_x) {                                           // d_in (T, B, I) = d_xp W_ih
         d_in = at::empty({Tn, B, I}, x.options());
