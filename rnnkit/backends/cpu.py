@@ -271,10 +271,11 @@ class CPU(Backend):
             flat = [w for layer in layers for w in layer]
             out, *h_n = _FusedTraining.apply(cell, self._spec(cell), len(layers), len(state0), x, *state0, *flat)
             return out, tuple(h_n)
-        has_biases, flat = _flat_weights(layers)
-        out, h_n, c_n = _OneDNNTraining.apply(has_biases, len(layers) // (2 if bidirectional else 1), bidirectional,
-                                              x, state0[0], state0[1], *flat)
-        return out, (h_n, c_n)
+        # torch records the graph: oneDNN's backward, or with create_graph=True torch's
+        # differentiable one (composite ops, step by step), so second order stays exact.  Wrapping
+        # the call in a Function of our own cost a nested backward: 0.95 -> 1.00 of torch.nn's time
+        # at (8, 128), one thread (BENCHMARKS.md, session 20)
+        return _onednn_lstm(x, state0, layers, bidirectional, train=True)
 
     def stepper(self, cell, layers, batch_size, who):
         return extension().Stepper(who, self._spec(cell), layers, batch_size)
@@ -288,52 +289,17 @@ def _flat_weights(layers) -> Tuple[bool, List[Tensor]]:
                         for w in ((w_ih, w_hh, b_ih, b_hh) if has_biases else (w_ih, w_hh))]
 
 
-def _onednn_lstm(x: Tensor, state0, layers, bidirectional: bool) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-    """A plain LSTM stack's inference on torch's LSTM (oneDNN's primitive on the CPU), D directions:
-    x (T, B, I), state0 (h0, c0) (D*L, B, H) each, layers[l*D + d] = [w_ih, b_ih, w_hh, b_hh]
-    -> (out (T, B, D*H), (h_n, c_n) (D*L, B, H) each)."""
+def _onednn_lstm(x: Tensor, state0, layers, bidirectional: bool,
+                 train: bool = False) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """A plain LSTM stack on torch's LSTM (oneDNN's primitive on the CPU), D directions: x (T, B, I),
+    state0 (h0, c0) (D*L, B, H) each, layers[l*D + d] = [w_ih, b_ih, w_hh, b_hh]
+    -> (out (T, B, D*H), (h_n, c_n) (D*L, B, H) each).  train=False is inference (oneDNN then keeps
+    no workspace for a backward); train=True records torch's graph."""
     has_biases, flat = _flat_weights(layers)
-    out, h_n, c_n = _lstm_stack(x, *(s.contiguous() for s in state0), flat, has_biases,
-                                len(layers) // (2 if bidirectional else 1), bidirectional, train=False)
+    h0, c0 = (s.contiguous() for s in state0)
+    out, h_n, c_n = torch._VF.lstm(x, (h0, c0), flat, has_biases, len(layers) // (2 if bidirectional else 1),
+                                   0.0, train, bidirectional, False)
     return out, (h_n, c_n)
-
-
-def _lstm_stack(x, h0, c0, flat, has_biases: bool, num_layers: int, bidirectional: bool, train: bool = True):
-    """torch's LSTM over a stack (flat: torch's order of flat weights): (out, h_n, c_n); train=False
-    is inference (oneDNN then keeps no workspace for a backward)."""
-    return torch._VF.lstm(x, (h0, c0), flat, has_biases, num_layers, 0.0, train, bidirectional, False)
-
-
-class _OneDNNTraining(torch.autograd.Function):
-    """A plain LSTM stack trained on oneDNN's primitive (torch.nn's CPU training path): forward and
-    the first-order backward are oneDNN's.  Its backward op has no derivative, so a backward that
-    records a graph (create_graph=True) recomputes the forward on torch's composite LSTM, whose
-    ops autograd differentiates again, from the saved inputs (still connected to the outer graph).
-    Inputs: has_biases, num_layers, bidirectional, x (T, B, I), h0, c0 (D*L, B, H), *flat."""
-
-    @staticmethod
-    def forward(ctx, has_biases, num_layers, bidirectional, x, h0, c0, *flat):
-        ctx.args = (has_biases, num_layers, bidirectional)
-        ctx.save_for_backward(x, h0, c0, *flat)
-        leaves = [t.detach().requires_grad_() for t in (x, h0, c0, *flat)]
-        with torch.enable_grad():
-            outputs = _lstm_stack(leaves[0], leaves[1], leaves[2], leaves[3:], *ctx.args)
-        ctx.graph = (leaves, outputs)
-        return tuple(o.detach() for o in outputs)
-
-    @staticmethod
-    def backward(ctx, d_out, d_h, d_c):
-        need = ctx.needs_input_grad[3:]
-        create = torch.is_grad_enabled()
-        if create:
-            inputs = ctx.saved_tensors
-            with torch.backends.mkldnn.flags(enabled=False):
-                outputs = _lstm_stack(inputs[0], inputs[1], inputs[2], list(inputs[3:]), *ctx.args)
-        else:
-            inputs, outputs = ctx.graph
-        # retain_graph: an outer backward with retain_graph=True may come back; the inner graph goes
-        # with ctx, when the outer graph is freed
-        return (None, None, None) + wanted_grads(inputs, need, outputs, (d_out, d_h, d_c), create, retain_graph=True)
 
 
 def _per_layer(flat, L: int) -> List[list]:
