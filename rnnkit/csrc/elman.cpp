@@ -54,7 +54,7 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensor& hs_t, const Te
   const T *xp = a.xp.data_ptr<T>(), *h0 = a.state0[0].data_ptr<T>(), *b_hh = bias.data_ptr<T>();
   T *hs = hs_t.data_ptr<T>(), *upd = upd_t.defined() ? upd_t.data_ptr<T>() : nullptr;
   T* hd = nz.drop ? hd_t.data_ptr<T>() : nullptr;
-  const StepWeight<T> w_t(Op::T, B, H, H, a.rec[0]->data_ptr<T>(), H);   // h W_hh^T
+  const StepWeight<T> w_t(Op::T, B, H, H, a.rec[0]->data_ptr<T>(), H, Tn);   // h W_hh^T
   for (int64_t t = 0; t < Tn; ++t) {
     const T* prev = t ? hs + (t - 1) * B * H : h0;
     T* ht = hs + t * B * H;                                   // (B, H)
@@ -84,7 +84,7 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
   const T* hs = (sp.zoneout > 0 ? a.saved[0] : a.states[0]).data_ptr<T>();   // act(a_t) before zoneout
   T* da = da_t.data_ptr<T>();
   const Tensor dhd_t = opt.noise.drop ? at::empty({B, H}, da_t.options()) : Tensor();
-  const StepWeight<T> w_n(Op::N, B, H, H, a.rec[0]->data_ptr<T>(), H);   // da W_hh
+  const StepWeight<T> w_n(Op::N, B, H, H, a.rec[0]->data_ptr<T>(), H, a.states[0].size(0));   // da W_hh
   const Mask mask(a.mask, B);
   return backward_steps<T>(
       a, opt, H, {{da, H}},

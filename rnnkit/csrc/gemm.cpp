@@ -298,6 +298,18 @@ bool worth_packing(int64_t M, int64_t N, int64_t K) { return M >= 2 && !small_ro
 // is disabled.
 bool worth_dnnl(int64_t M, int64_t N, int64_t K) { return M >= 16 && N * K >= (256 * 1024); }
 
+// The fewest products (a sequence's steps) for which packing W (MKL) or reordering it (oneDNN)
+// pays: each costs a copy of W (the reorder of a transposed W two), an allocation whose pages
+// fault in, and for oneDNN a dispatch.  Measured (tools/ab_kernels.py, never packing or
+// reordering against always, old/new above 1: never is faster), one thread, T = 1 / 2 / 4 / 8 /
+// 16 / 64: LSTM (64, 384) training 1.24 / 1.13 / 1.12 / 1.02 / 0.99 / 0.98, GRU (64, 512) training
+// T = 16 0.99, T = 64 0.96; two threads, T = 1 / 4 / 16: LSTM (64, 384) training 1.35 / 1.18 /
+// 1.01, GRU (64, 512) 1.34 / 1.08 / 0.97; at T = 1 GRU (16, 384) no_grad 1.75 (two threads 1.94)
+// and training 1.77.  MKL's packing (fewer than 16 rows), Elman (12, 512) training, T = 1 / 2 / 3:
+// 1.29 / 1.32 / 1.22 (from 4 steps the fused loops take such rows).
+constexpr int64_t kPackUses = 4;
+constexpr int64_t kDnnlUses = 16;
+
 // torch's oneDNN linear ops, registered by ATen when it is built with oneDNN; null otherwise.
 struct DnnlOps {
   c10::optional<c10::TypedOperatorHandle<Tensor(const Tensor&, c10::optional<int64_t>)>> reorder;
@@ -326,7 +338,7 @@ const DnnlOps& dnnl_ops() {
 }  // namespace
 
 template <typename T>
-StepWeight<T>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw)
+StepWeight<T>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw, int64_t)
     : op_(op), M_(M), N_(N), K_(K), ldw_(ldw), w_(w) {}
 
 template <typename T>
@@ -336,10 +348,10 @@ void StepWeight<T>::mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc, int6
 
 // float: pack W as the first operand of the column-major call (see gemm_blas).
 template <>
-StepWeight<float>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const float* w, int64_t ldw)
+StepWeight<float>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const float* w, int64_t ldw, int64_t uses)
     : op_(op), M_(M), N_(N), K_(K), ldw_(ldw), w_(w) {
   const DnnlOps& dnnl = dnnl_ops();
-  if (dnnl.linear && worth_dnnl(M, N, K) && at::globalContext().userEnabledMkldnn()) {
+  if (dnnl.linear && uses >= kDnnlUses && worth_dnnl(M, N, K) && at::globalContext().userEnabledMkldnn()) {
     const Tensor wt = at::from_blob(const_cast<float*>(w), {op == Op::N ? K : N, op == Op::N ? N : K}, {ldw, 1},
                                     at::kFloat);
     try {
@@ -349,7 +361,7 @@ StepWeight<float>::StepWeight(Op op, int64_t M, int64_t N, int64_t K, const floa
       dnnl_ = Tensor();
     }
   }
-  if (!can_pack() || !worth_packing(M, N, K)) return;
+  if (uses < kPackUses || !can_pack() || !worth_packing(M, N, K)) return;
   const char id = 'A', trans = op == Op::N ? 'N' : 'T';
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   const int ld = static_cast<int>(ldw);

@@ -51,12 +51,14 @@ bool has_blas();
 // packed API (float) W is packed once per sequence instead, which is most of the step cost
 // when M is small and W is large.  On large steps (float) W is instead reordered once for
 // oneDNN's GEMM, which is faster there (see gemm.cpp).  Otherwise it is a plain gemm.
+// ``uses``: the products it will serve (a sequence's steps); packing or reordering W costs
+// several plain products' time, so a short sequence reads W as it is (see gemm.cpp).
 // ``rows`` (at most M; -1: M) multiplies only the first rows of A and C: a step's live rows
 // (Mask::live), the finished sequences of a sorted batch left out.
 template <typename T>
 class StepWeight {
  public:
-  StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw);
+  StepWeight(Op op, int64_t M, int64_t N, int64_t K, const T* w, int64_t ldw, int64_t uses);
   void mul(const T* A, int64_t lda, T beta, T* C, int64_t ldc, int64_t rows = -1) const;
 
  private:

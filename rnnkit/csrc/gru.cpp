@@ -119,7 +119,7 @@ void forward_after(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tensor
   const T* xp = a.xp.data_ptr<T>();
   T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>(), *hn = bufs[2].data_ptr<T>();
   T* hw = bufs[3].data_ptr<T>();
-  const StepWeight<T> w_hh(Op::T, B, G, H, a.rec[0]->data_ptr<T>(), H);   // h W_hh^T
+  const StepWeight<T> w_hh(Op::T, B, G, H, a.rec[0]->data_ptr<T>(), H, s.Tn);   // h W_hh^T
   const bool ln = sp.layer_norm;
   T* LN[4] = {nullptr, nullptr, nullptr, nullptr};           // x_hat, x_rstd, h_hat, h_rstd
   const int64_t ln_n[4] = {G, 3, G, 3};
@@ -166,7 +166,7 @@ void forward_before(const Spec& sp, const FwdArgs& a, const T* b_hh, const Tenso
   const T *xp = a.xp.data_ptr<T>(), *w_hh = a.rec[0]->data_ptr<T>();
   T *hs = bufs[0].data_ptr<T>(), *gates = bufs[1].data_ptr<T>();
   T *hw = bufs[3].data_ptr<T>(), *rh = bufs[4].data_ptr<T>(), *hwn = bufs[5].data_ptr<T>();
-  const StepWeight<T> w_hrz(Op::T, B, 2 * H, H, w_hh, H), w_hn(Op::T, B, H, H, w_hh + 2 * H * H, H);
+  const StepWeight<T> w_hrz(Op::T, B, 2 * H, H, w_hh, H, s.Tn), w_hn(Op::T, B, H, H, w_hh + 2 * H * H, H, s.Tn);
   for (int64_t t = 0; t < s.Tn; ++t) {
     const T* h_prev = s.h_prev(t);
     const T* h_in = o.entering(t, B, H, h_prev);
@@ -214,8 +214,14 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
   T* dx = dx_t.data_ptr<T>();
   T *drn = after ? drn_t.data_ptr<T>() : nullptr, *rhs = after ? nullptr : rhs_t.data_ptr<T>();
   T* du = after ? nullptr : du_t.data_ptr<T>();
-  const StepWeight<T> w_hrz(Op::N, B, H, 2 * H, w_hh, H), w_hn(Op::N, B, H, H, w_hh + 2 * H * H, H);
-  const StepWeight<T> w_all(Op::N, B, H, G, w_hh, H);
+  // only the products the form multiplies by (each costs a reorder or a pack of its part of W_hh)
+  c10::optional<StepWeight<T>> w_hrz, w_hn, w_all;
+  if (sp.layer_norm) {
+    w_all.emplace(Op::N, B, H, G, w_hh, H, s.Tn);
+  } else {
+    w_hrz.emplace(Op::N, B, H, 2 * H, w_hh, H, s.Tn);
+    w_hn.emplace(Op::N, B, H, H, w_hh + 2 * H * H, H, s.Tn);
+  }
   std::vector<StepRows<T>> zeroed{{dx, G}, {after ? drn : rhs, H}};
   T *dxp = nullptr, *drec = nullptr;
   const T *g_ih = nullptr, *g_hh = nullptr, *x_hat = nullptr, *x_rstd = nullptr, *h_hat = nullptr, *h_rstd = nullptr;
@@ -249,17 +255,17 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
         T* acc = drop ? dhd : dh_prev;                        // where the recurrent terms are summed
         if (drop) std::fill_n(dhd, n * H, T(0));
         if (sp.layer_norm) {
-          w_all.mul(drec + t * B * G, G, T(1), acc, H, n);
+          w_all->mul(drec + t * B * G, G, T(1), acc, H, n);
         } else if (after) {
-          w_hrz.mul(dx_s, G, T(1), acc, H, n);                // r, z rows
-          w_hn.mul(drn + t * B * H, H, T(1), acc, H, n);      // n rows
+          w_hrz->mul(dx_s, G, T(1), acc, H, n);               // r, z rows
+          w_hn->mul(drn + t * B * H, H, T(1), acc, H, n);     // n rows
         } else {
-          w_hn.mul(dx_s + 2 * H, G, T(0), du, H, n);          // du = dan W_hn
+          w_hn->mul(dx_s + 2 * H, G, T(0), du, H, n);         // du = dan W_hn
           for_rows(n, G, [&](int64_t b) {
             if (mask.valid(t, b))
               before_r_grads(H, gates + (t * B + b) * G, h_in(t, b), du + b * H, dx_s + b * G, acc + b * H);
           });
-          w_hrz.mul(dx_s, G, T(1), acc, H, n);                // r, z rows
+          w_hrz->mul(dx_s, G, T(1), acc, H, n);               // r, z rows
         }
         for (int64_t b = 0; drop && b < n; ++b) add_masked(H, dh_prev + b * H, dhd + b * H, opt.noise.mask(t, b, H));
       });

@@ -87,7 +87,7 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const T* bias, const Tensor&
   const T *xp = a.xp.data_ptr<T>(), *y0 = a.state0[0].data_ptr<T>();
   const T *w_yh = a.rec[0]->data_ptr<T>(), *w_hy = a.rec[1]->data_ptr<T>();
   T *H_ = hs.data_ptr<T>(), *Y = ys.data_ptr<T>(), *yd = nz.drop ? yd_t.data_ptr<T>() : nullptr;
-  const StepWeight<T> yh(Op::T, B, H, O, w_yh, O), hy(Op::T, B, O, H, w_hy, H);
+  const StepWeight<T> yh(Op::T, B, H, O, w_yh, O, Tn), hy(Op::T, B, O, H, w_hy, H, Tn);
   for (int64_t t = 0; t < Tn; ++t) {
     const T* yp = t ? Y + (t - 1) * B * O : y0;
     T* ht = a.save ? H_ + t * B * H : H_;                     // (B, H)
@@ -333,7 +333,8 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dz_t, const
   T *dz = dz_t.data_ptr<T>(), *da = da_t.data_ptr<T>();
   const StepOptions<T> opt(sp, a);
   const Tensor dyd_t = opt.noise.drop ? at::empty({B, O}, dz_t.options()) : Tensor();
-  const StepWeight<T> hy(Op::N, B, H, O, a.rec[1]->data_ptr<T>(), H), yh(Op::N, B, O, H, a.rec[0]->data_ptr<T>(), O);
+  const int64_t Tn = ys_t.size(0);
+  const StepWeight<T> hy(Op::N, B, H, O, a.rec[1]->data_ptr<T>(), H, Tn), yh(Op::N, B, O, H, a.rec[0]->data_ptr<T>(), O, Tn);
   return backward_steps<T>(
       a, opt, O, {{dz, O}},
       [&](int64_t t, int64_t b, const T* dy, T* dy_prev) {

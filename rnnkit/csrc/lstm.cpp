@@ -130,9 +130,9 @@ void forward_impl(const Spec& sp, const FwdArgs& a, const Tensors& bufs) {
   T* upd[2] = {bufs[4].defined() ? bufs[4].data_ptr<T>() : nullptr, bufs[5].defined() ? bufs[5].data_ptr<T>() : nullptr};
   T* hd = nz.drop ? hd_t.data_ptr<T>() : nullptr;
   T* M = proj ? bufs[6].data_ptr<T>() : nullptr;
-  const StepWeight<T> w_t(Op::T, B, G, P, w, P);              // h W_hh^T
+  const StepWeight<T> w_t(Op::T, B, G, P, w, P, Tn);          // h W_hh^T
   c10::optional<StepWeight<T>> w_r;                           // m W_hr^T
-  if (proj) w_r.emplace(Op::T, B, P, H, a.rec[2]->data_ptr<T>(), H);
+  if (proj) w_r.emplace(Op::T, B, P, H, a.rec[2]->data_ptr<T>(), H, Tn);
   const bool ln = sp.layer_norm;
   c10::optional<LnParams<T>> lnp;
   if (ln) lnp.emplace(sp, a.rec, H, a.xp.options());
@@ -1092,9 +1092,10 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const
   const Tensor dm_t = proj ? at::empty({B, H}, dg_t.options()) : Tensor();
   const T* peep = peep_t.data_ptr<T>();
   T* dm = proj ? dm_t.data_ptr<T>() : nullptr;
-  const StepWeight<T> w_n(Op::N, B, P, G, a.rec[0]->data_ptr<T>(), P);   // dg W_hh
+  const int64_t Tn = a.states[0].size(0);
+  const StepWeight<T> w_n(Op::N, B, P, G, a.rec[0]->data_ptr<T>(), P, Tn);   // dg W_hh
   c10::optional<StepWeight<T>> w_r;                           // dh W_hr
-  if (proj) w_r.emplace(Op::N, B, H, P, a.rec[2]->data_ptr<T>(), H);
+  if (proj) w_r.emplace(Op::N, B, H, P, a.rec[2]->data_ptr<T>(), H, Tn);
   return backward_steps<T>(
       a, opt, G, zeroed,
       [&](int64_t t, int64_t b, const T* dh, T* dh_prev) {
