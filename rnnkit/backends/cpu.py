@@ -129,13 +129,19 @@ class CPU(Backend):
     # Ours stays ahead with few rows, where the primitive's per-step GEMM has too few to fill its
     # tiles ((2, 256) 1.26 on one thread, 1.28 on two; (4, 128) 1.01, 1.29; (4, 256) 0.91-0.97 on
     # one; (8, 128) on two 0.95-1.21 over four runs), on short calls (T = 1 at (8, 128): 1.33;
-    # T = 8: 1.07), where its set-up dominates, and on small steps ((1, 64): 1.27).  Hence: at
+    # T = 8: 1.07), where its set-up dominates, and on small steps ((1, 64): 1.27).  The set-up
+    # reorders every weight on every call, a cost of a few rows' products whatever H is: ours /
+    # the primitive's time (above 1: the primitive is faster) by T, one thread, (B, H) = (8, 512)
+    # T = 1 0.25, 4 0.69, 16 0.89, 32 0.94, 64 1.01; (32, 256) T = 1 0.56, 4 1.15; (64, 512) T = 1
+    # 0.77, 4 1.04; two threads (16, 256) T = 4 0.93, 16 1.04; (64, 512) T = 1 0.88, T = 4 1.14
+    # (torch.nn's own LSTM at (8, 512), T = 1: 4.1 ms against its native loop's 0.8).  Hence: at
     # least ONEDNN_ROWS rows per thread, ONEDNN_STEP_MACS multiply-adds per thread in a step's
-    # recurrent product (B * 4H * H / threads) and ONEDNN_CALL_MACS in the first layer's whole run
-    # (T * B * 4H * (I + H)).
+    # recurrent product (B * 4H * H / threads), ONEDNN_CALL_MACS in the first layer's whole run
+    # (T * B * 4H * (I + H)) and ONEDNN_CALL_ROWS rows in it (T * B).
     ONEDNN_ROWS = 8
     ONEDNN_STEP_MACS = 1 << 18
     ONEDNN_CALL_MACS = 1 << 25
+    ONEDNN_CALL_ROWS = 256
 
     @staticmethod
     def _onednn_case(cell, x, rows: int):
@@ -157,7 +163,8 @@ class CPU(Backend):
         if case is None:
             return False
         B, step, call, n = case
-        return B >= self.ONEDNN_ROWS * n and step >= self.ONEDNN_STEP_MACS * n and call >= self.ONEDNN_CALL_MACS
+        return (B >= self.ONEDNN_ROWS * n and step >= self.ONEDNN_STEP_MACS * n and call >= self.ONEDNN_CALL_MACS
+                and x.shape[0] * B >= self.ONEDNN_CALL_ROWS)
 
     def infers(self, cell, x, bidirectional, varlen=False):
         # the C++ infer runs one direction; oneDNN's LSTM takes both, without lengths
@@ -197,22 +204,31 @@ class CPU(Backend):
     # (64, 256) 0.89, (32, 256) 0.97), small steps ((8, 64) 0.93), short runs (T = 16 at (8, 128)
     # 0.93, T = 4 0.79) and with two threads on small steps ((8, 128) 0.94, (4, 128) 0.82), which
     # our loops split by hidden units; two threads: (16, 128) 1.03, (32, 128) 1.01, (8, 256) 1.06,
-    # (16, 256) 1.09, (32, 256) 0.89.  Hence: ONEDNN_TRAIN_ROWS to ONEDNN_TRAIN_MAX_ROWS rows, a
-    # step's recurrent product (B * 4H * H) of at least ONEDNN_TRAIN_STEP_MACS per thread and at
-    # most ONEDNN_TRAIN_MAX_STEP_MACS, and ONEDNN_TRAIN_CALL_MACS in the first layer's run.
+    # (16, 256) 1.09, (32, 256) 0.89.  Re-measured by T and B (session 20), ours / oneDNN's time
+    # (above 1: oneDNN is faster): its weights' reorders on every call (forward and backward) take
+    # short runs out of its reach (one thread, (8, 128) T = 1 0.59, 16 0.97, 128 1.07; (8, 512)
+    # T = 16 0.92, 32 1.01; (64, 384) T = 1 0.97, 4 1.12), and its time grows faster than T once
+    # its workspace (T * B * H) is large (two threads, (64, 128): T = 32 1.12 (11.4 against 10.5 ms),
+    # T = 128 0.77 (42.9 against 55.6); (64, 256) T = 32 1.10, T = 128 0.80; (64, 384) T = 16 1.15,
+    # T = 32 0.98; (16, 256) T = 128 1.12; (64, 512) T = 16 1.12, one thread 0.94).  Hence: at
+    # least ONEDNN_TRAIN_ROWS rows, a step's recurrent product (B * 4H * H) of ONEDNN_TRAIN_STEP_MACS
+    # to ONEDNN_TRAIN_MAX_STEP_MACS per thread, ONEDNN_TRAIN_CALL_MACS in the first layer's run,
+    # and from ONEDNN_CALL_ROWS to ONEDNN_TRAIN_MAX_CELLS / H rows in it (T * B).
     ONEDNN_TRAIN_ROWS = 8
-    ONEDNN_TRAIN_MAX_ROWS = 32
     ONEDNN_TRAIN_STEP_MACS = 1 << 19
-    ONEDNN_TRAIN_MAX_STEP_MACS = 1 << 22
+    ONEDNN_TRAIN_MAX_STEP_MACS = 1 << 25
     ONEDNN_TRAIN_CALL_MACS = 1 << 26
+    ONEDNN_TRAIN_MAX_CELLS = 1 << 19
 
     def _onednn_trains(self, cell, x) -> bool:
         case = self._onednn_case(cell, x, self.ONEDNN_TRAIN_ROWS)
         if case is None:
             return False
         B, step, call, n = case
-        return (self.ONEDNN_TRAIN_ROWS <= B <= self.ONEDNN_TRAIN_MAX_ROWS and call >= self.ONEDNN_TRAIN_CALL_MACS
-                and self.ONEDNN_TRAIN_STEP_MACS * n <= step <= self.ONEDNN_TRAIN_MAX_STEP_MACS)
+        rows = x.shape[0] * B
+        return (B >= self.ONEDNN_TRAIN_ROWS and call >= self.ONEDNN_TRAIN_CALL_MACS
+                and self.ONEDNN_TRAIN_STEP_MACS * n <= step <= self.ONEDNN_TRAIN_MAX_STEP_MACS * n
+                and self.ONEDNN_CALL_ROWS <= rows and rows * cell.hidden_size <= self.ONEDNN_TRAIN_MAX_CELLS)
 
     # One GEMM per sequence pays where a sequence's product is large enough; below, the batch is
     # copied into the run's order and projected in one GEMM, padded steps included.  Measured

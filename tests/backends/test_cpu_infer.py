@@ -11,6 +11,7 @@ from helpers import needs_cpu, without_cpu
 from rnnkit.backends import cpu
 
 T, B, I, H = 7, 3, 5, 6
+ROUTE_THRESHOLDS = ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS", "ONEDNN_CALL_ROWS")   # CPU._onednn_pays
 FORMS = {
     "rnn_relu": lambda **kw: rnnkit.RNN(I, H, nonlinearity="relu", **kw),
     "jordan": lambda **kw: rnnkit.Jordan(I, H, output_size=4, output_activation="sigmoid", **kw),
@@ -119,7 +120,7 @@ def test_a_bidirectional_stack_the_backend_declines_is_not_offered_to_it(monkeyp
         rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu").eval()(x)
         rnnkit.LSTM(I, H, bidirectional=True, backend="cpu", peephole=True).eval()(x)
     assert asked == []
-    for name in ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS"):
+    for name in ROUTE_THRESHOLDS:
         monkeypatch.setattr(cpu.CPU, name, 1)
     with torch.no_grad():
         rnnkit.LSTM(I, H, bidirectional=True, backend="cpu").eval()(x)
@@ -160,7 +161,7 @@ def onednn_calls(monkeypatch):
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_large_plain_lstm_inference_runs_on_onednn_with_torchs_results(monkeypatch, bias, with_hx, bidirectional):
-    for name in ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS"):   # every size counts as large
+    for name in ROUTE_THRESHOLDS:   # every size counts as large
         monkeypatch.setattr(cpu.CPU, name, 1)
     seen = onednn_calls(monkeypatch)
     torch.manual_seed(0)
@@ -186,7 +187,7 @@ def test_other_lstm_inference_keeps_our_kernels(monkeypatch, case):
     """The route takes only what oneDNN's primitive computes the same and faster: a plain float32
     LSTM with large steps, oneDNN switched on, no graph."""
     if case != "small":
-        for name in ("ONEDNN_ROWS", "ONEDNN_STEP_MACS", "ONEDNN_CALL_MACS"):
+        for name in ROUTE_THRESHOLDS:
             monkeypatch.setattr(cpu.CPU, name, 1)
     seen = onednn_calls(monkeypatch)
     model = rnnkit.LSTM(I, H, num_layers=2, backend="cpu", peephole=case == "variant").eval()
@@ -218,4 +219,7 @@ def test_onednn_route_thresholds_follow_the_threads(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(256, 256).cell, torch.empty(128, 2, 256))
     assert not cpu.BACKEND._onednn_pays(cell, torch.empty(8, 8, 128))      # a short call
+    large = rnnkit.LSTM(512, 512).cell                # its weights' reorder outweighs a few rows
+    assert not cpu.BACKEND._onednn_pays(large, torch.empty(1, 64, 512))
+    assert cpu.BACKEND._onednn_pays(large, torch.empty(4, 64, 512)) == torch.backends.mkldnn.is_available()
     assert not cpu.BACKEND._onednn_pays(rnnkit.LSTM(64, 64).cell, torch.empty(128, 8, 64))

@@ -11,7 +11,7 @@ from helpers import layer_by_layer, needs_cpu
 from rnnkit.backends import cpu
 
 T, B, I, H = 7, 3, 5, 6
-THRESHOLDS = ("ONEDNN_TRAIN_ROWS", "ONEDNN_TRAIN_STEP_MACS", "ONEDNN_TRAIN_CALL_MACS")
+THRESHOLDS = ("ONEDNN_TRAIN_ROWS", "ONEDNN_TRAIN_STEP_MACS", "ONEDNN_TRAIN_CALL_MACS", "ONEDNN_CALL_ROWS")
 
 pytestmark = [needs_cpu, pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                             reason="torch was built without oneDNN")]
@@ -22,7 +22,8 @@ def every_size(monkeypatch):
     """Every size counts as one the route takes."""
     for name in THRESHOLDS:
         monkeypatch.setattr(cpu.CPU, name, 1)
-    monkeypatch.setattr(cpu.CPU, "ONEDNN_TRAIN_MAX_STEP_MACS", 1 << 40)
+    for name in ("ONEDNN_TRAIN_MAX_STEP_MACS", "ONEDNN_TRAIN_MAX_CELLS"):
+        monkeypatch.setattr(cpu.CPU, name, 1 << 40)
 
 
 def ran_onednn(out) -> bool:
@@ -152,7 +153,8 @@ def test_other_training_keeps_our_kernels(every_size, monkeypatch, case):
 
 def test_training_route_thresholds():
     """Measured crossovers (cpu.py): (8, 128) at T = 128 on one thread, not on two (too small a
-    step per thread); (16, 256) on both; never with many rows, small steps or short runs."""
+    step per thread); (16, 256) on both; never with a large workspace (many rows at T = 128),
+    small steps or short runs."""
     def takes(T, B, H, threads):
         original = torch.get_num_threads
         torch.get_num_threads = lambda: threads
@@ -165,3 +167,5 @@ def test_training_route_thresholds():
     assert takes(128, 16, 256, 1) == on and takes(128, 16, 256, 2) == on
     assert not takes(128, 64, 128, 1) and not takes(128, 32, 256, 1)      # many rows, large steps
     assert not takes(128, 8, 64, 1) and not takes(16, 8, 128, 1)          # a small step, a short run
+    assert not takes(8, 16, 256, 1) and takes(16, 16, 256, 1) == on       # the weights' reorders: T * B rows
+    assert takes(32, 64, 128, 2) == on and not takes(128, 64, 128, 2)     # its workspace: T * B * H
