@@ -76,6 +76,12 @@ QUICK_SIZES = ((8, 2, 8),)
 CELL_SIZES = ((32, 256), (64, 512))               # (B, H = I) of the batched Cell rows
 QUICK_CELL_SIZES = ((2, 8),)
 VARIANT_SIZES = ((128, 8, 128), (128, 32, 256))      # issue 11's (B, H) at T = 128
+# ``--sweep``: shapes beyond the table's four, (T, B, H = I), where a route or a threshold chosen on
+# the table's sizes can lose to torch.nn: one step and short runs, many rows, small and large H
+# (session 20's sweep found GRU (1, 16, 384) training at 0.33 of torch.nn's speed, and LSTM (8, 64,
+# 384) at 0.84, none of them in the table).
+SWEEP_SIZES = tuple((T, B, H) for T in (1, 8, 64) for B in (1, 4, 16, 64) for H in (32, 128, 384))
+QUICK_SWEEP_SIZES = ((1, 2, 8), (4, 3, 8))
 # The variants of issue 11 with a fused kernel: {name: (H -> layer keyword arguments, cells)}.
 # clip_recurrent binds (the gradients reach it), the probabilities are typical ones, P = H / 2.
 VARIANTS = {
@@ -289,9 +295,10 @@ def _args(x, lengths):
     return (PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),), (x, None, lengths)
 
 
-def bench_case(case: Case, repeats: int, sample_ms: float = SAMPLE_MS) -> List[Row]:
-    """fwd and fwd+bwd rows of one torch.nn case (LSTM against oneDNN on and off); each sample
-    ``sample_ms`` of back-to-back calls (interleaved_medians' min_ms)."""
+def bench_case(case: Case, repeats: int, sample_ms: float = SAMPLE_MS, torch_only: bool = False) -> List[Row]:
+    """fwd and fwd+bwd rows of one torch.nn case (LSTM against oneDNN on and off, and ONNX Runtime;
+    torch_only: against torch.nn as it runs by default only); each sample ``sample_ms`` of
+    back-to-back calls (interleaved_medians' min_ms)."""
     tm, rk, lengths = _torch_and_rnnkit(case)
     x = torch.randn(case.T, case.B, case.H)
     f = flops(case)
@@ -299,9 +306,9 @@ def bench_case(case: Case, repeats: int, sample_ms: float = SAMPLE_MS) -> List[R
     for mode, make, fl in (("fwd", _fwd, f), ("fwd+bwd", _fwd_bwd, 3 * f)):
         t_args, r_args = _args(x.clone().requires_grad_(mode == "fwd+bwd"), lengths)   # both differentiate x
         fns = {"torch.nn": make(tm, t_args), "rnnkit": make(rk, r_args)}
-        if case.cell == "lstm":
+        if case.cell == "lstm" and not torch_only:
             fns["torch.nn (no oneDNN)"] = _no_onednn(make(tm, t_args))
-        if mode == "fwd" and lengths is None and _onnxruntime() is not None:
+        if mode == "fwd" and lengths is None and not torch_only and _onnxruntime() is not None:
             fns["onnxruntime"] = make(OrtModel(rk, torch.get_num_threads()), r_args)
         ms = interleaved_medians(fns, repeats, min_ms=sample_ms)
         for base in (k for k in fns if k != "rnnkit"):
@@ -601,6 +608,34 @@ def run_all(quick: bool = False, repeats: int = 7, cells=CELLS, memory: bool = T
             "sgemm": {"n": QUICK_SGEMM_N if quick else SGEMM_N, "gflops": sgemm}}
 
 
+def run_sweep(quick: bool = False, repeats: int = 7, cells=CELLS, log: Callable[[str], None] = lambda s: None,
+              threads=None, sample_ms: Optional[float] = None) -> dict:
+    """fwd and fwd+bwd of every torch.nn twin in ``cells`` over SWEEP_SIZES (QUICK_SWEEP_SIZES when
+    quick) against torch.nn, per thread count; returns {"machine", "repeats", "sample_ms", "rows"}
+    as run_all does (no sgemm: the rows are about auto against torch.nn, not throughput)."""
+    if sample_ms is None:
+        sample_ms = QUICK_SAMPLE_MS if quick else SAMPLE_MS
+    rows: List[Row] = []
+    before = torch.get_num_threads()
+    try:
+        for n in threads or (before,):
+            torch.set_num_threads(n)
+            for cell in (c for c in cells if c in _TORCH):
+                for T, B, H in (QUICK_SWEEP_SIZES if quick else SWEEP_SIZES):
+                    new = bench_case(Case(cell, T, B, H), repeats, sample_ms, torch_only=True)
+                    rows += new
+                    for r in new:
+                        log(format_row(r))
+    finally:
+        torch.set_num_threads(before)
+    return {"machine": machine(), "repeats": repeats, "sample_ms": sample_ms, "rows": [asdict(r) for r in rows]}
+
+
+def slower(rows: List[dict], below: float = 1.0) -> List[dict]:
+    """The sequence rows where rnnkit took longer than its baseline (ratio under ``below``), slowest first."""
+    return sorted((r for r in rows if r["mode"] in ("fwd", "fwd+bwd") and r["ratio"] < below), key=lambda r: r["ratio"])
+
+
 def _thread_counts(text: str) -> List[int]:
     try:
         counts = [int(v) for v in text.split(",") if v.strip()]
@@ -723,6 +758,9 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", default=None,
                    help="comma-separated intra-op thread counts for the sequence rows, a table each "
                         "(default: torch's current count, then 1)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the table: every torch.nn twin over a grid of shapes (T 1-64, B 1-64, "
+                        "H 32-384) against torch.nn, fwd and fwd+bwd, then the rows where rnnkit is slower")
 
 
 def checked_cells(args) -> tuple:
@@ -746,8 +784,17 @@ def run(args) -> int:
         raise SystemExit(f"rnnkit bench: --sample-ms: expected a number of milliseconds >= 0, got {sample_ms}")
     print(json.dumps(machine()))
     print(HEADER)
-    result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True),
-                     threads=threads, sample_ms=sample_ms)
+    if getattr(args, "sweep", False):
+        result = run_sweep(args.quick, args.repeats, cells, log=lambda s: print(s, flush=True), threads=threads,
+                           sample_ms=sample_ms)
+        late = slower(result["rows"])
+        print(f"rnnkit slower than torch.nn on {len(late)} of {len(result['rows'])} rows"
+              + (":" if late else ""))
+        for r in late:
+            print(f"  {r['case']} {r['mode']} {r['threads']} thread{'s' if r['threads'] != 1 else ''}: {r['ratio']:.2f}")
+    else:
+        result = run_all(args.quick, args.repeats, cells, not args.no_memory, log=lambda s: print(s, flush=True),
+                         threads=threads, sample_ms=sample_ms)
     write(args, result, markdown)
     return 0
 

@@ -7,4 +7,6 @@ add_arguments = bench.add_arguments
 
 
 def run(args) -> int:
+    if args.device == "cuda" and getattr(args, "sweep", False):
+        raise SystemExit("rnnkit bench: --sweep: expected the CPU table (--device cpu), got --device cuda")
     return bench_cuda.run(args) if args.device == "cuda" else bench.run(args)

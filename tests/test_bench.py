@@ -121,6 +121,40 @@ def test_sample_ms_is_recorded_and_named_in_the_table(monkeypatch):
     assert "back-to-back calls for at least 10 ms" in bench.markdown(result)
 
 
+def test_sweep_times_every_shape_against_torch_nn_and_lists_the_slower_rows(tmp_path, capsys):
+    path, md = tmp_path / "sweep.json", tmp_path / "sweep.md"
+    args = cli.build_parser().parse_args(["bench", "--sweep", "--quick", "--repeats", "1", "--cells", "gru,lstm,jordan",
+                                          "--threads", "1", "--json", str(path), "--markdown", str(md)])
+    assert bench.run(args) == 0
+    rows = json.loads(path.read_text())["rows"]
+    want = {(c, f"{c} T{T} B{B} H{H}", m) for c in ("gru", "lstm") for T, B, H in bench.QUICK_SWEEP_SIZES
+            for m in ("fwd", "fwd+bwd")}
+    assert {(r["cell"], r["case"], r["mode"]) for r in rows} == want and len(rows) == len(want)
+    assert {r["baseline"] for r in rows} == {"torch.nn"} and {r["threads"] for r in rows} == {1}
+    for r in rows:
+        assert math.isfinite(r["ratio"]) and r["ratio"] == pytest.approx(r["baseline_ms"] / r["rnnkit_ms"])
+    out = capsys.readouterr().out
+    late = bench.slower(rows)
+    assert f"rnnkit slower than torch.nn on {len(late)} of {len(rows)} rows" in out
+    assert all(f"{r['case']} {r['mode']} 1 thread: {r['ratio']:.2f}" in out for r in late)
+    assert "### 1 thread" in md.read_text()
+
+
+def test_slower_rows_are_the_sequence_rows_under_one_slowest_first():
+    rows = [{"mode": "fwd", "ratio": 0.9, "case": "a"}, {"mode": "fwd+bwd", "ratio": 1.2, "case": "b"},
+            {"mode": "fwd+bwd", "ratio": 0.5, "case": "c"}, {"mode": "step", "ratio": 0.1, "case": "d"},
+            {"mode": "fwd", "ratio": 1.0, "case": "e"}]
+    assert [r["case"] for r in bench.slower(rows)] == ["c", "a"]
+    assert [r["case"] for r in bench.slower(rows, below=1.1)] == ["c", "a", "e"]
+
+
+def test_sweep_is_a_cpu_table():
+    from rnnkit import bench_command
+    args = cli.build_parser().parse_args(["bench", "--sweep", "--device", "cuda"])
+    with pytest.raises(SystemExit, match="--sweep"):
+        bench_command.run(args)
+
+
 def test_bad_sample_ms_is_an_error():
     args = cli.build_parser().parse_args(["bench", "--quick", "--sample-ms", "-1"])
     with pytest.raises(SystemExit, match="--sample-ms"):
