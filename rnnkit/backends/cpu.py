@@ -353,8 +353,11 @@ class _FusedTraining(torch.autograd.Function):
             return (None,) * (4 + k)
         if torch.is_grad_enabled():
             return (None,) * 4 + _stack_graph_backward(ctx.cell, x, state0, flat, ctx.L, (d_out, *d_h_n), need)
+        need_state0 = any(need[1:1 + n])
         dx, d_state0, d_layers = extension().train_backward(ctx.spec, d_out, list(d_h_n), x, list(state0),
-                                                            _per_layer(flat, ctx.L), list(keep), bool(need[0]))
+                                                            _per_layer(flat, ctx.L), list(keep), bool(need[0]),
+                                                            need_state0)
+        d_state0 = d_state0 if need_state0 else (None,) * n            # incomplete then: not returned
         return (None,) * 4 + (dx, *d_state0, *(g for layer in d_layers for g in layer))
 
 

@@ -251,9 +251,10 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
 //     x (T, B, I); state0 (L, B, S_k) each; layers[l] = [w_ih, b_ih | None, rec params...];
 //     out (T, B, S_0): the last layer's states[0]; h_n (L, B, S_k) new tensors; keep: per layer
 //     its states (T, B, S_k) and the cell's saved tensors (T, B, .), what train_backward reads.
-//   train_backward(spec, d_out | None, d_h_n, x, state0, layers, keep, need_x)
+//   train_backward(spec, d_out | None, d_h_n, x, state0, layers, keep, need_x, need_state0 = true)
 //     d_h_n: per state (L, B, S_k) or None (no gradient reached it)
-//     -> (dx (T, B, I) | None (need_x false), d_state0 (L, B, S_k) each,
+//     -> (dx (T, B, I) | None (need_x false), d_state0 (L, B, S_k) each (incomplete, not to be
+//         read, with need_state0 false: step 0's recurrent products may be left out),
 //         d_layers[l] = [dw_ih, db_ih | None, d_rec...])
 //     per layer from the last: the cell's BPTT gives d_xp (T, B, GH); then dW_ih = d_xp^T in,
 //     db_ih = d_xp's column sums, and d_in = d_xp W_ih, the d_out of the layer below (dx for
@@ -307,7 +308,8 @@ std::tuple<Tensor, Tensors, Tensors> train_forward(const std::vector<int64_t>& s
 
 std::tuple<c10::optional<Tensor>, Tensors, std::vector<OptTensors>> train_backward(
     const std::vector<int64_t>& spec, const c10::optional<Tensor>& d_out, const OptTensors& d_h_n, const Tensor& x,
-    const Tensors& state0, const std::vector<OptTensors>& layers, const Tensors& keep, bool need_x) {
+    const Tensors& state0, const std::vector<OptTensors>& layers, const Tensors& keep, bool need_x,
+    bool need_state0) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   StackCall call("rnnkit.train_backward", spec, x, state0, layers);
   const Spec& sp = call.sp;
@@ -343,8 +345,9 @@ std::tuple<c10::optional<Tensor>, Tensors, std::vector<OptTensors>> train_backwa
       for (const Tensor& s : s0) in.push_back(s.select(0, l));
       const Tensors states(keep.begin() + l * per, keep.begin() + l * per + ns);
       const Tensors saved(keep.begin() + l * per + ns, keep.begin() + (l + 1) * per);
-      const BwdResult r = cell.backward(sp, {d_in, d_final, Tensor(), in, dense(states), dense(saved),
-                                             dense(OptTensors(p.begin() + 2, p.end()))});
+      BwdArgs args{d_in, d_final, Tensor(), in, dense(states), dense(saved), dense(OptTensors(p.begin() + 2, p.end()))};
+      args.need_state0 = need_state0;
+      const BwdResult r = cell.backward(sp, args);
       const Tensor d_xp = r.d_xp.contiguous();                         // (T, B, GH)
       const Tensor below = l > 0 ? keep[(l - 1) * per].contiguous() : x.contiguous();   // the layer's input
       Tensor dw_ih = at::empty({GH, I}, x.options());
@@ -418,9 +421,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "out, h_n, keep = train_forward(spec, x, state0, layers): a stack's forward (one direction, no noise), "
         "keeping per layer what train_backward reads");
   m.def("train_backward", &rnnkit::train_backward, arg("spec"), arg("d_out"), arg("d_h_n"), arg("x"), arg("state0"),
-        arg("layers"), arg("keep"), arg("need_x"),
-        "dx, d_state0, d_layers = train_backward(spec, d_out, d_h_n, x, state0, layers, keep, need_x): the stack's "
-        "backward through time and its input projections, from train_forward's keep");
+        arg("layers"), arg("keep"), arg("need_x"), arg("need_state0") = true,
+        "dx, d_state0, d_layers = train_backward(spec, d_out, d_h_n, x, state0, layers, keep, need_x, need_state0): "
+        "the stack's backward through time and its input projections, from train_forward's keep");
   m.def("cell_step", &rnnkit::cell_step, arg("kind"), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),
         arg("b_ih"), arg("b_hh"),
         "[h'] or [h', c'] = cell_step(kind, x, h, c, w_ih, w_hh, b_ih, b_hh): one differentiated step of a "

@@ -94,6 +94,7 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
       },
       [&](int64_t t, T* dh_prev) {                            // padded rows: da = 0, nothing to add
         const int64_t n = mask.live(t);
+        if (t == 0 && !a.need_state0) return;                 // only d_state0 reads it
         if (!opt.noise.drop) return w_n.mul(da + t * B * H, H, T(1), dh_prev, H, n);   // += da_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
         w_n.mul(da + t * B * H, H, T(0), dhd, H, n);

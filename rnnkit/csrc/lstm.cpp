@@ -1117,6 +1117,7 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const
       },
       [&](int64_t t, T* dh_prev) {                            // padded rows: dg = 0, nothing to add
         const int64_t n = mask.live(t);
+        if (t == 0 && !a.need_state0) return;                 // only d_state0 reads it
         if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P, n);   // += dg_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
         w_n.mul(dg + t * B * G, G, T(0), dhd, P, n);

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnkit
-from helpers import CELLS, INPUT_SIZE, flat, layer_by_layer, make, needs_cpu, random_state, state_tensors
+from helpers import CELLS, INPUT_SIZE, detached, flat, layer_by_layer, make, needs_cpu, random_state, state_tensors
 from rnnkit.backends import cpu
 
 pytestmark = needs_cpu
@@ -54,6 +54,27 @@ def test_one_node_matches_the_layer_by_layer_path(form, num_layers, with_hx, bat
     for g, e in zip(_grads(model, x, hx, got), _grads(model, x, hx, expected)):
         assert g is not None and e is not None
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("steps, dtype", [(1, torch.float64), (3, torch.float64), (1, torch.float32)])
+def test_a_state_that_needs_no_gradient_leaves_every_other_gradient_exact(form, steps, dtype):
+    """An initial state given without grad: the backward leaves out step 0's recurrent products,
+    which reach only its gradient (train_backward's need_state0; at T = 1 the only ones), and
+    every gradient asked for stays the layer-by-layer path's."""
+    model = make(form, num_layers=2, backend="cpu").to(dtype)
+    x = torch.randn(steps, B, INPUT_SIZE, dtype=dtype, requires_grad=True)
+    hx = detached(random_state(model, B))
+    got, expected = model(x, hx), layer_by_layer(model, x, hx)
+    assert fused_node(flat(got)[0])
+    leaves = [x, *model.parameters()]
+
+    def grads(result):
+        out, *finals = flat(result)
+        return torch.autograd.grad(out.square().sum() + sum((k + 2) * f.sum() for k, f in enumerate(finals)), leaves)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads(got), grads(expected)):
+        torch.testing.assert_close(g, e, **tol)
 
 
 @pytest.mark.parametrize("form", ["elman_tanh", "lstm", "gru", "jordan_softmax", "lstm_proj"])
