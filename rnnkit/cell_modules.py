@@ -120,12 +120,9 @@ class _CellModule(nn.Module):
             if hx is None:
                 return [x.new_zeros(1, x.shape[0], s) for s in cell.state_sizes()]
             return [h.unsqueeze(0) for h in self.unpack_state(hx)]
-        names = ("weight_ih", "bias_ih") + cell.rec_params
-        shapes = self.__dict__.get("_step_shapes")               # registered shapes, made on first use
-        if shapes is None:
-            registered = dict(cell.param_shapes(self.input_size, self.bias))
-            shapes = self.__dict__["_step_shapes"] = [[registered.get(n) for n in names]]
-        found = ops.unchecked_step(self.backend, cell, x, ops.held_layers(self._parameters, (names,), shapes), state0)
+        held = ops.held_layers(self, (("weight_ih", "bias_ih") + cell.rec_params,),
+                               lambda: dict(cell.param_shapes(self.input_size, self.bias)))
+        found = ops.unchecked_step(self.backend, cell, x, held, state0)
         if found is None:
             return None
         out, h_n = found            # out: a new (B, S_0), the first state's value (no view of h_n to make)

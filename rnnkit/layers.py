@@ -380,13 +380,8 @@ class _Recurrent(nn.Module):
 
     def _held_step_layers(self):
         """``step_parameters`` without its checks (ops.held_layers), or None where a parameter is
-        not held as registered.  The registered shapes per layer are made on first use (also in a
-        layer pickled before they were kept)."""
-        shapes = self.__dict__.get("_step_shapes")
-        if shapes is None:
-            shapes = self.__dict__["_step_shapes"] = [[self._shapes.get(n) for n in names]
-                                                      for names in self._step_names]
-        return ops.held_layers(self._parameters, self._step_names, shapes)
+        not held as registered."""
+        return ops.held_layers(self, self._step_names, lambda: self._shapes)
 
     def _traced(self, input, hx, lengths, return_trace):
         """Under ``torch.jit.trace`` (and the TorchScript ONNX exporter): torch.nn's forward on

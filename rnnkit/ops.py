@@ -172,12 +172,18 @@ def autocast_enabled(x: Tensor) -> bool:
     return is_autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
-def held_layers(held, step_names, shapes) -> Optional[List[list]]:
-    """Per layer the parameters ``held[n]`` for n in ``step_names`` (a module's ``_parameters``),
-    where each is held as registered: with its registered shape ``shapes[l][i]``, or None where
-    that is None (an absent bias).  Else None: a parametrized, replaced or rebound parameter, which
-    the callers' checked paths read and check (the unchecked calls skip those checks)."""
-    layers = [[held.get(n) for n in names] for names in step_names]
+def held_layers(module, step_names, registered) -> Optional[List[list]]:
+    """Per layer the parameters ``module._parameters[n]`` for n in ``step_names``, where each is
+    held as registered: with its registered shape (``registered()``: {name: shape}, absent names
+    not registered, e.g. a bias turned off).  Else None: a parametrized, replaced or rebound
+    parameter, which the callers' checked paths read and check (the unchecked calls skip those
+    checks).  The per-layer shapes are kept in the module's ``_step_shapes`` on first use (also
+    in a module pickled before they were kept)."""
+    shapes = module.__dict__.get("_step_shapes")
+    if shapes is None:
+        found = registered()
+        shapes = module.__dict__["_step_shapes"] = [[found.get(n) for n in names] for names in step_names]
+    layers = [[module._parameters.get(n) for n in names] for names in step_names]
     if [[None if t is None else t.shape for t in layer] for layer in layers] != shapes:
         return None
     return layers

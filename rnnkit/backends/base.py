@@ -181,17 +181,18 @@ class Backend:
         return f"<rnnkit backend {self.name!r}>"
 
 
-def wanted_grads(inputs, need, outputs, d_outputs, create_graph: bool = True, retain_graph=None) -> tuple:
-    """The recomputing backwards' last step (second-order gradients and oneDNN's training route):
-    the gradients of ``outputs``, with cotangents ``d_outputs`` (None where none came), with respect
-    to each of ``inputs`` that needs one (``need[i]``, not None, requiring grad); a tuple as long
-    as ``inputs``, None where not wanted or not reached."""
+def wanted_grads(inputs, need, outputs, d_outputs) -> tuple:
+    """The recomputing backwards' last step (second-order gradients, create_graph=True): the
+    gradients of ``outputs``, with cotangents ``d_outputs`` (None where none came), with respect
+    to each of ``inputs`` that needs one (``need[i]``, not None, requiring grad), recorded for
+    autograd to differentiate again; a tuple as long as ``inputs``, None where not wanted or not
+    reached."""
     wanted = [i for i, t in enumerate(inputs) if t is not None and need[i] and t.requires_grad]
     pairs = [(o, d) for o, d in zip(outputs, d_outputs) if d is not None and o.requires_grad]
     grads = [None] * len(inputs)
     if wanted and pairs:
         found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [d for _, d in pairs],
-                                    retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+                                    create_graph=True, allow_unused=True)
         for i, g in zip(wanted, found):
             grads[i] = g
     return tuple(grads)

@@ -80,7 +80,8 @@ template <typename T>
 Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
   const int64_t B = a.states[0].size(1), H = a.states[0].size(2);
   const bool is_relu = sp.act == kRelu;
-  const StepOptions<T> opt(sp, a);
+  StepOptions<T> opt(sp, a);
+  opt.carry_only = true;
   const T* hs = (sp.zoneout > 0 ? a.saved[0] : a.states[0]).data_ptr<T>();   // act(a_t) before zoneout
   T* da = da_t.data_ptr<T>();
   const Tensor dhd_t = opt.noise.drop ? at::empty({B, H}, da_t.options()) : Tensor();
@@ -94,7 +95,6 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& da_t) {
       },
       [&](int64_t t, T* dh_prev) {                            // padded rows: da = 0, nothing to add
         const int64_t n = mask.live(t);
-        if (t == 0 && !a.need_state0) return;                 // only d_state0 reads it
         if (!opt.noise.drop) return w_n.mul(da + t * B * H, H, T(1), dh_prev, H, n);   // += da_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
         w_n.mul(da + t * B * H, H, T(0), dhd, H, n);

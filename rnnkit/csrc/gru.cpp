@@ -201,7 +201,8 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
   const int64_t B = s.B, H = s.H, G = s.G;
   const bool after = sp.reset_after;
   const Mask mask(a.mask, B);
-  const StepOptions<T> opt(sp, a);
+  StepOptions<T> opt(sp, a);
+  opt.carry_only = sp.layer_norm || after;                  // the reset-before form's step writes dx rows
   const bool drop = hd_all.defined();
   const T* hd = drop ? hd_all.data_ptr<T>() : nullptr;
   // h_{t-1} where it entered the recurrent products: row b of step t.
@@ -250,8 +251,6 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dx_t, const
         norm_blocks_backward(3, H, static_cast<const T*>(d_h), g_hh, h_hat + row * G, h_rstd + row * 3, d_h);
       },
       [&](int64_t t, T* dh_prev) {                            // padded rows: zero gradients, nothing to add
-        // step 0's products reach only d_state0, but for the reset-before form's, which write dx rows
-        if (t == 0 && !a.need_state0 && (sp.layer_norm || after)) return;
         const int64_t n = mask.live(t);
         T* dx_s = dx + t * B * G;
         T* acc = drop ? dhd : dh_prev;                        // where the recurrent terms are summed

@@ -236,12 +236,15 @@ struct StepRows {
 
 // The options backward_steps applies: clip (0: none) clamps the carried gradients, state 0's
 // and also's (B, also_n: an LSTM's dc, or nullptr); noise gives zoneout's z of state 0.
+// carry_only: the cell's step only adds into g_prev (writes no gradient rows), so step 0's may be
+// left out when the caller drops d_state0 (BwdArgs::need_state0); a cell opts in.
 template <typename T>
 struct StepOptions {
   T clip;
   Noise<T> noise;
   T* also = nullptr;
   int64_t also_n = 0;
+  bool carry_only = false;
   StepOptions(const Spec& sp, const BwdArgs& a, T* also_ = nullptr, int64_t also_n_ = 0)
       : clip(T(sp.clip)), noise(sp, a.noise), also(also_), also_n(also_n_) {}
 };
@@ -260,7 +263,8 @@ struct StepOptions {
 // (the padded rows are done in a first pass over the rows, the valid ones in a second, after
 // pre(t, g): what a step needs of all of g before the rows' math, e.g. an LSTM's projection
 // dm = g W_hr), then step(t, g_prev) adds the recurrent terms (GEMMs with the recurrent weights,
-// and any pass between them) into g_prev.  Rows run on threads when B is large: row must only write row b.
+// and any pass between them) into g_prev; at t = 0 not at all when nothing reads d_state0 and the
+// cell's step is opt.carry_only.  Rows run on threads when B is large: row must only write row b.
 // Returns g after step 0: the gradient of state0[0].
 struct NoPre {
   template <typename T>
@@ -301,7 +305,7 @@ Tensor backward_steps(const BwdArgs& a, const StepOptions<T>& opt, int64_t row_w
       row(t, b, gb, pb);
       if (keep != nullptr) add_to(S, pb, keep + b * S);
     });
-    step(t, g_p);
+    if (t > 0 || a.need_state0 || !opt.carry_only) step(t, g_p);
     std::swap(g, g_prev);
   }
   return g;

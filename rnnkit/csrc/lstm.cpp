@@ -1085,7 +1085,8 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const
   const T *cs = a.states[1].data_ptr<T>(), *c0 = a.state0[1].data_ptr<T>();
   const T *gates = a.saved[0].data_ptr<T>(), *tanh_c = a.saved[1].data_ptr<T>();
   T *dg = dg_t.data_ptr<T>(), *dc = dc_t.data_ptr<T>();
-  const StepOptions<T> opt(sp, a, dc, H);
+  StepOptions<T> opt(sp, a, dc, H);
+  opt.carry_only = true;
   const Mask mask(a.mask, B);
   const Tensor peep_t = peep_or_zeros(sp, a.rec, H, dg_t.options());
   const Tensor dhd_t = opt.noise.drop ? at::empty({B, P}, dg_t.options()) : Tensor();
@@ -1117,7 +1118,6 @@ Tensor backward_impl(const Spec& sp, const BwdArgs& a, const Tensor& dg_t, const
       },
       [&](int64_t t, T* dh_prev) {                            // padded rows: dg = 0, nothing to add
         const int64_t n = mask.live(t);
-        if (t == 0 && !a.need_state0) return;                 // only d_state0 reads it
         if (!opt.noise.drop) return w_n.mul(dg + t * B * G, G, T(1), dh_prev, P, n);   // += dg_t W_hh
         T* dhd = dhd_t.data_ptr<T>();
         w_n.mul(dg + t * B * G, G, T(0), dhd, P, n);

@@ -108,8 +108,8 @@ struct BwdArgs {
   Tensors state0, states, saved;
   OptTensors rec;
   Tensors noise = {};   // the same noise forward ran with
-  // false: the caller drops d_state0, so a GEMM-path backward may skip step 0's recurrent product
-  // (a fourth of a one-step call's products); d_state0 is then left incomplete
+  // false: the caller drops d_state0, so a GEMM-path backward may skip step 0's recurrent products
+  // (a fourth of a one-step call's; backward_steps, loop.h); d_state0 is then left incomplete
   bool need_state0 = true;
 };
 
