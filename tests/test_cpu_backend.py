@@ -104,6 +104,55 @@ def test_onednn_gemms_match_torch(cell, monkeypatch):
 
 
 @needs_cpu
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
+@pytest.mark.parametrize("cell", ["elman_tanh", "lstm", "gru"])
+def test_large_products_on_onednns_matmul_match_torch(cell):
+    """Products of 2^26 multiply-adds and more run on oneDNN's matmul straight into the kernels'
+    buffers (gemm.cpp), with oneDNN off on MKL; training matches torch.nn either way.  Here: the
+    recurrent weight's gradient summed over all (T - 1) * B rows, H x H x 4396 (Elman, the GRU's
+    candidate rows) and 4H x H x 4396 (LSTM; B = 4 keeps it off oneDNN's LSTM primitive)."""
+    Tn, Bn, H = 1100, 4, 128
+    ref, ours = make_torch_pair(cell, backend="cpu", dtype=torch.float32, input_size=H, hidden_size=H)
+    x = randn(Tn, Bn, H, dtype=torch.float32, requires_grad=True)
+    expected = flat(ref(x), Tn)
+    expected = expected + grads(expected, [x, *ref.parameters()])
+    tol = dict(atol=2e-4, rtol=2e-4)
+    for onednn in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # flags() warns about TF32 on Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                outs = flat(ours(x), Tn)
+                assert_all_close(outs + grads(outs, [x, *ours.parameters()]), expected, torch.float32, **tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", ["elman_tanh", "gru"])
+def test_inference_with_a_projection_past_the_mmap_threshold_runs_in_one_call(cell):
+    """A layer's input projection of more than LAYER_MAX_PROJECTION_BYTES (which the layer path
+    would allocate afresh and fault in on every call) goes to the one-call infer, its pooled
+    workspace and oneDNN's matmul (the bias's rows added in as C), and matches the reference
+    backend, with oneDNN on and off; one just under the bound, past INFER_MAX_MACS, stays on the
+    layer path."""
+    model = make(cell, backend="cpu", dtype=torch.float32, input_size=64, hidden_size=64)
+    oracle = make(cell, backend="reference", dtype=torch.float32, input_size=64, hidden_size=64)
+    G = model.cell.n_gates
+    over = cpu.CPU.LAYER_MAX_PROJECTION_BYTES // (16 * G * 64 * 4) + 1       # steps of B = 16 rows
+    layer = [model.weight_ih_l0, model.bias_ih_l0, model.weight_hh_l0, model.bias_hh_l0]
+    with torch.no_grad():
+        for Tn, one_call in ((over - 1, False), (over, True)):      # x: the second
+            x = randn(Tn, 16, 64, dtype=torch.float32)
+            assert Tn * 16 * G * 64 * 64 >= cpu.CPU.INFER_MAX_MACS
+            assert (cpu.BACKEND.infer(model.cell, x, None, [layer]) is not None) == one_call
+        expected = flat(oracle(x), Tn)
+        for onednn in (True, False):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.backends.mkldnn.flags(enabled=onednn):
+                    found = cpu.BACKEND.infer(model.cell, x, None, [layer])
+            assert_all_close([found[0], *found[1]], expected, torch.float32, atol=1e-5, rtol=1e-5)
+
+
+@needs_cpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", TORCH_CELLS)

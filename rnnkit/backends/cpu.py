@@ -120,6 +120,13 @@ class CPU(Backend):
     # faster there by more than the layer-by-layer path's Python (about 25 us a call): at 2^26,
     # (T, B, H) = (128, 8, 128), 1.40 against 1.33 ms on one thread.
     INFER_MAX_MACS = 1 << 26
+    # ... unless that projection, a new tensor on the layer path, is larger than glibc's largest
+    # mmap threshold (32 MiB): then it is mapped afresh on every call and every page faults in,
+    # where the one-call path writes into its pooled workspace (with oneDNN's matmul from 2^26
+    # multiply-adds, gemm.cpp).  GRU (T, B, H) = (100, 64, 512), a 39 MB projection, two threads:
+    # 109 -> 102 ms, against ONNX Runtime's 118-123; one thread 213 -> 200.  Below it the layer
+    # path stays ahead (GRU (128, 32, 256) 0.96, Elman (100, 64, 512) 0.97 of its time).
+    LAYER_MAX_PROJECTION_BYTES = 32 << 20
 
     # A plain float32 LSTM stack whose steps are large runs faster on oneDNN's LSTM primitive (what
     # torch.nn.LSTM calls on the CPU) than on our loops, so its inference goes there: measured on
@@ -190,7 +197,8 @@ class CPU(Backend):
         row_macs = self.ROW_PROJECTION_MACS if varlen and steps < T else 0
         for w in layers:
             by_rows = row_macs and steps * w[0].shape[0] * w[0].shape[1] >= row_macs
-            if not by_rows and T * B * w[0].shape[0] * w[0].shape[1] >= self.INFER_MAX_MACS:
+            if (not by_rows and T * B * w[0].shape[0] * w[0].shape[1] >= self.INFER_MAX_MACS
+                    and T * B * w[0].shape[0] * x.element_size() <= self.LAYER_MAX_PROJECTION_BYTES):
                 return None
         out, h_n = extension().infer(self._spec(cell), x, [] if state0 is None else list(state0), layers,
                                      lengths, row_macs, batch_sizes)

@@ -11,10 +11,13 @@
 #include "simd.h"
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+
+#include <atomic>
 
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
@@ -29,6 +32,13 @@ void sgemm_pack_(const char* id, const char* trans, const int* m, const int* n, 
 void sgemm_compute_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
                     const float* a, const int* lda, const float* b, const int* ldb, const float* beta,
                     float* c, const int* ldc) __attribute__((weak));
+}
+
+// torch's oneDNN matmul into a given result (ATen's mkldnn/Matmul.h, not among the installed
+// headers): weak, so that a torch built without it still loads.
+namespace at::native {
+TORCH_API void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result, float beta,
+                             float alpha) __attribute__((weak));
 }
 
 namespace rnnkit {
@@ -193,6 +203,43 @@ bool small_rows(Op opa, int64_t M) { return opa == Op::N && M <= kSmallRows; }
 bool small_rows(Op, int64_t) { return false; }
 #endif
 
+// ---- large float32 products: oneDNN's matmul ------------------------------------------------
+// Alone, oneDNN's matmul (its brgemm kernels) written straight into C beats MKL's sgemm on Zen 4
+// from about 2^24 multiply-adds (torch.mm(out=) against mkldnn_matmul, side by side): two
+// threads, a projection C (M, N) = A (M, K) W^T, (M, K, N) = (128, 256, 1024) 1.31, (512, 128,
+// 512) 1.08, (2048, 256, 1024) 1.37, a weight gradient G^T X 1.09-1.25, a dx G W 1.12-1.22; one
+// thread 1.06-1.21; below 2^23 it loses (0.74-0.99 at 2^21).  Inside the kernels' calls the gain
+// at 2^24-2^26 vanished (GRU and Elman (8, 128), T = 128, 0.95-0.98 of BLAS's time on two
+// threads; 2^26: 0.99-1.02), hence the higher bar.  oneDNN's linear op, which the layer-by-layer
+// path calls, allocates its result: a (T, B, 3H) projection of 39 MB at (100, 64, 512) then
+// faults in every page of it on every call (58 against 46 ms into a kept buffer, two threads).
+constexpr int64_t kDnnlGemmMacs = int64_t(1) << 26;
+
+// mkldnn_matmul throws on CPUs it has no fp32 kernels for (it asks for AVX-512 BW/VL/DQ or
+// AVX-NE-CONVERT); the first refusal turns this route off for the process.
+std::atomic<bool> dnnl_gemm_refused{false};
+
+// oneDNN reads an operand in place only when it is a dense block or the transpose of one, and
+// writes C in place only when it is dense (mkldnn_matmul copies otherwise): anything else stays
+// on BLAS.  Inside a parallel region (a row's projection, project_rows) oneDNN would run on one
+// thread and build a primitive per shape, so BLAS keeps those too.
+bool dnnl_gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+               int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (at::native::mkldnn_matmul == nullptr || dnnl_gemm_refused.load(std::memory_order_relaxed) ||
+      M * N * K < kDnnlGemmMacs || (beta != 0.0f && beta != 1.0f) || ldc != N ||
+      lda != (opa == Op::N ? K : M) || ldb != (opb == Op::N ? N : K) || at::in_parallel_region() ||
+      !at::globalContext().userEnabledMkldnn())
+    return false;
+  try {
+    at::native::mkldnn_matmul(view(A, opa, M, K, lda), view(B, opb, K, N, ldb), view(C, Op::N, M, N, ldc), beta,
+                              1.0f);
+  } catch (const c10::Error&) {
+    dnnl_gemm_refused.store(true, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
@@ -220,6 +267,7 @@ void gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64
     return;
   }
 #endif
+  if (M > 0 && N > 0 && K > 0 && dnnl_gemm(opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc)) return;
   gemm_with(sgemm_, opa, opb, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
