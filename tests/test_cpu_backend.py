@@ -81,6 +81,26 @@ def check_torch(cell, dtype, *, num_layers=1, bidirectional=False, batch_first=F
                      grads(outs_ref, leaves + list(ref.parameters())), dtype)
 
 
+def onednn_on_and_off():
+    """Yields twice, inside torch.backends.mkldnn.flags(enabled=True), then enabled=False: the
+    kernels' oneDNN paths, then the same calls on MKL."""
+    for onednn in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # flags() warns about TF32 on Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                yield
+
+
+def check_training_both_ways(ref, ours, x, tol):
+    """ours' outputs and every gradient (x and the weights) match ref's, with oneDNN on and off."""
+    Tn = x.shape[0]
+    expected = flat(ref(x), Tn)
+    expected = expected + grads(expected, [x, *ref.parameters()])
+    for _ in onednn_on_and_off():
+        outs = flat(ours(x), Tn)
+        assert_all_close(outs + grads(outs, [x, *ours.parameters()]), expected, torch.float32, **tol)
+
+
 @needs_cpu
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
 @pytest.mark.parametrize("cell", ["elman_tanh", "lstm", "gru"])
@@ -91,16 +111,8 @@ def test_onednn_gemms_match_torch(cell, monkeypatch):
     from rnnkit import ops
     monkeypatch.setattr(ops, "_DNNL_MIN_MACS", 0)
     ref, ours = make_torch_pair(cell, backend="cpu", dtype=torch.float32, input_size=8, hidden_size=512)
-    x = randn(3, 16, 8, dtype=torch.float32, requires_grad=True)
-    expected = flat(ref(x), 3)
-    expected = expected + grads(expected, [x, *ref.parameters()])
-    tol = dict(atol=1e-4, rtol=1e-4)
-    for onednn in (True, False):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")          # flags() warns about TF32 on Intel GPUs
-            with torch.backends.mkldnn.flags(enabled=onednn):
-                outs = flat(ours(x), 3)
-                assert_all_close(outs + grads(outs, [x, *ours.parameters()]), expected, torch.float32, **tol)
+    check_training_both_ways(ref, ours, randn(3, 16, 8, dtype=torch.float32, requires_grad=True),
+                             dict(atol=1e-4, rtol=1e-4))
 
 
 @needs_cpu
@@ -113,16 +125,8 @@ def test_large_products_on_onednns_matmul_match_torch(cell):
     candidate rows) and 4H x H x 4396 (LSTM; B = 4 keeps it off oneDNN's LSTM primitive)."""
     Tn, Bn, H = 1100, 4, 128
     ref, ours = make_torch_pair(cell, backend="cpu", dtype=torch.float32, input_size=H, hidden_size=H)
-    x = randn(Tn, Bn, H, dtype=torch.float32, requires_grad=True)
-    expected = flat(ref(x), Tn)
-    expected = expected + grads(expected, [x, *ref.parameters()])
-    tol = dict(atol=2e-4, rtol=2e-4)
-    for onednn in (True, False):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")          # flags() warns about TF32 on Intel GPUs
-            with torch.backends.mkldnn.flags(enabled=onednn):
-                outs = flat(ours(x), Tn)
-                assert_all_close(outs + grads(outs, [x, *ours.parameters()]), expected, torch.float32, **tol)
+    check_training_both_ways(ref, ours, randn(Tn, Bn, H, dtype=torch.float32, requires_grad=True),
+                             dict(atol=2e-4, rtol=2e-4))
 
 
 @needs_cpu
@@ -144,11 +148,8 @@ def test_inference_with_a_projection_past_the_mmap_threshold_runs_in_one_call(ce
             assert Tn * 16 * G * 64 * 64 >= cpu.CPU.INFER_MAX_MACS
             assert (cpu.BACKEND.infer(model.cell, x, None, [layer]) is not None) == one_call
         expected = flat(oracle(x), Tn)
-        for onednn in (True, False):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with torch.backends.mkldnn.flags(enabled=onednn):
-                    found = cpu.BACKEND.infer(model.cell, x, None, [layer])
+        for _ in onednn_on_and_off():
+            found = cpu.BACKEND.infer(model.cell, x, None, [layer])
             assert_all_close([found[0], *found[1]], expected, torch.float32, atol=1e-5, rtol=1e-5)
 
 
