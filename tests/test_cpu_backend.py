@@ -117,16 +117,41 @@ def test_onednn_gemms_match_torch(cell, monkeypatch):
 
 @needs_cpu
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
-@pytest.mark.parametrize("cell", ["elman_tanh", "lstm", "gru"])
-def test_large_products_on_onednns_matmul_match_torch(cell):
-    """Products of 2^26 multiply-adds and more run on oneDNN's matmul straight into the kernels'
-    buffers (gemm.cpp), with oneDNN off on MKL; training matches torch.nn either way.  Here: the
-    recurrent weight's gradient summed over all (T - 1) * B rows, H x H x 4396 (Elman, the GRU's
-    candidate rows) and 4H x H x 4396 (LSTM; B = 4 keeps it off oneDNN's LSTM primitive)."""
-    Tn, Bn, H = 1100, 4, 128
-    ref, ours = make_torch_pair(cell, backend="cpu", dtype=torch.float32, input_size=H, hidden_size=H)
-    check_training_both_ways(ref, ours, randn(Tn, Bn, H, dtype=torch.float32, requires_grad=True),
-                             dict(atol=2e-4, rtol=2e-4))
+@pytest.mark.parametrize("cell, Tn, Bn", [("elman_tanh", 256, 16), ("lstm", 384, 4), ("gru", 128, 16)])
+def test_large_products_on_onednns_matmul_match_torch(cell, Tn, Bn):
+    """Products of 2^26 multiply-adds and more with A as it is run on oneDNN's matmul straight into
+    the kernels' buffers (gemm.cpp), with oneDNN off on MKL; training matches torch.nn either way.
+    Here the one-node training's input projection and dx, T * B x G*H x I = 2^26-2^26.6 (B = 4
+    keeps the LSTM off oneDNN's LSTM primitive)."""
+    ref, ours = make_torch_pair(cell, backend="cpu", dtype=torch.float32, input_size=128, hidden_size=128)
+    x = randn(Tn, Bn, 128, dtype=torch.float32, requires_grad=True)
+    assert Tn * Bn * ours.cell.n_gates * 128 * 128 >= 1 << 26 and cpu.BACKEND.trains(ours.cell, x)
+    check_training_both_ways(ref, ours, x, dict(atol=2e-4, rtol=2e-4))
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_large_weight_gradients_are_the_same_bits_on_one_and_two_threads(name):
+    """Every product splits rows and columns among the threads, never a sum: a Cell step over
+    65,536 rows gives the same output and gradients on one thread and on two.  Its input weight's
+    gradient sums G*H x I = 32 x 32 (per gate) over those rows, 2^26 multiply-adds and more: oneDNN's
+    matmul would split that sum between the threads (the last bits then differed, by up to 1.2e-3),
+    so such products stay on MKL."""
+    import rnnkit
+    torch.manual_seed(0)
+    cell = getattr(rnnkit, name)(32, 32, backend="cpu")
+    x = randn(1 << 16, 32, dtype=torch.float32, requires_grad=True)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = cell(x)
+            h = out[0] if isinstance(out, tuple) else out
+            results.append([h, *grads([h], [x, *cell.parameters()])])
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
 @needs_cpu

@@ -219,19 +219,23 @@ constexpr int64_t kDnnlGemmMacs = int64_t(1) << 26;
 // AVX-NE-CONVERT); the first refusal turns this route off for the process.
 std::atomic<bool> dnnl_gemm_refused{false};
 
-// oneDNN reads an operand in place only when it is a dense block or the transpose of one, and
-// writes C in place only when it is dense (mkldnn_matmul copies otherwise): anything else stays
-// on BLAS.  Inside a parallel region (a row's projection, project_rows) oneDNN would run on one
-// thread and build a primitive per shape, so BLAS keeps those too.
+// Only A (M, K) as it is (a projection, a dx): with A transposed (a weight's gradient, summed
+// over T * B rows) oneDNN splits that sum among the threads, and the result's last bits then
+// depend on their number ((64, 64) over 32,768 rows: 1.2e-4 apart on one and two threads; MKL's,
+// and oneDNN's with A as it is, the same bits), which a training run must not (the trainer's
+// test_results_do_not_change_with_the_thread_count).  oneDNN reads B in place only when it is a
+// dense block or the transpose of one, and writes C in place only when it is dense
+// (mkldnn_matmul copies otherwise): anything else stays on BLAS.  Inside a parallel region (a
+// row's projection, project_rows) oneDNN would run on one thread and build a primitive per
+// shape, so BLAS keeps those too.
 bool dnnl_gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                int64_t ldb, float beta, float* C, int64_t ldc) {
   if (at::native::mkldnn_matmul == nullptr || dnnl_gemm_refused.load(std::memory_order_relaxed) ||
-      M * N * K < kDnnlGemmMacs || (beta != 0.0f && beta != 1.0f) || ldc != N ||
-      lda != (opa == Op::N ? K : M) || ldb != (opb == Op::N ? N : K) || at::in_parallel_region() ||
-      !at::globalContext().userEnabledMkldnn())
+      M * N * K < kDnnlGemmMacs || (beta != 0.0f && beta != 1.0f) || ldc != N || opa != Op::N || lda != K ||
+      ldb != (opb == Op::N ? N : K) || at::in_parallel_region() || !at::globalContext().userEnabledMkldnn())
     return false;
   try {
-    at::native::mkldnn_matmul(view(A, opa, M, K, lda), view(B, opb, K, N, ldb), view(C, Op::N, M, N, ldc), beta,
+    at::native::mkldnn_matmul(view(A, Op::N, M, K, lda), view(B, opb, K, N, ldb), view(C, Op::N, M, N, ldc), beta,
                               1.0f);
   } catch (const c10::Error&) {
     dnnl_gemm_refused.store(true, std::memory_order_relaxed);
