@@ -11,13 +11,14 @@
 #include "simd.h"
 
 #include <ATen/Context.h>
-#include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
 #include <atomic>
+#include <exception>
 
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
@@ -216,7 +217,8 @@ bool small_rows(Op, int64_t) { return false; }
 constexpr int64_t kDnnlGemmMacs = int64_t(1) << 26;
 
 // mkldnn_matmul throws on CPUs it has no fp32 kernels for (it asks for AVX-512 BW/VL/DQ or
-// AVX-NE-CONVERT); the first refusal turns this route off for the process.
+// AVX-NE-CONVERT); the first refusal turns this route off for the process, and that product
+// and every later one run on BLAS.
 std::atomic<bool> dnnl_gemm_refused{false};
 
 // Only A (M, K) as it is (a projection, a dx): with A transposed (a weight's gradient, summed
@@ -237,7 +239,7 @@ bool dnnl_gemm(Op opa, Op opb, int64_t M, int64_t N, int64_t K, const float* A, 
   try {
     at::native::mkldnn_matmul(view(A, Op::N, M, K, lda), view(B, opb, K, N, ldb), view(C, Op::N, M, N, ldc), beta,
                               1.0f);
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {                            // c10::Error, or oneDNN's own
     dnnl_gemm_refused.store(true, std::memory_order_relaxed);
     return false;
   }
