@@ -16,6 +16,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "cell_step.h"
@@ -83,10 +84,12 @@ std::tuple<Tensors, Tensors> forward(const std::vector<int64_t>& spec, const Ten
 // b_ih | None, rec params...], state0 (L, B, S_k) each.
 // zeros: state0 may be empty, meaning zeros (infer).
 void check_stack(Checker& c, const char* who, const std::vector<OptTensors>& layers, const Tensors& state0,
-                 bool zeros = false) {
+                 bool zeros = false, int64_t directions = 1) {
   TORCH_CHECK(!layers.empty(), who, ": layers: expected at least one layer, got none");
+  TORCH_CHECK(layers.size() % directions == 0, who, ": layers: expected one entry per layer and direction (",
+              directions, " directions), got ", layers.size());
   c.fix(kL, static_cast<int64_t>(layers.size()), {"layers"});
-  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l));
+  for (size_t l = 0; l < layers.size(); ++l) c.layer(layers[l], static_cast<int64_t>(l), directions);
   if (!(zeros && state0.empty())) c.tensors("state0", state0, {kL, kB}, c.states());
 }
 
@@ -164,6 +167,61 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   return {out, h_n};
 }
 
+// A bidirectional stack's inference (no lengths): layers[l*2 + d], state0 and h_n (2L, B, S_k)
+// in torch's order (layer l, direction d at l*2 + d), out (T, B, 2 S_0) = [forward, backward]
+// states of the last layer.  Each direction of a layer projects its input into the shared xp
+// workspace and runs the cell's forward over it; the backward direction's projection is
+// reversed in time first (its step t reads x[T-1-t]), and its states are written back into the
+// output reversed again.  What the layer-by-layer path computes, without its Python and tensor
+// ops per layer and direction.
+static std::tuple<Tensor, Tensors> infer_both_ways(const Spec& sp, Checker& c, const Tensor& x,
+                                                   const Tensors& state0,
+                                                   const std::vector<OptTensors>& layers) {
+  const Cell& cell = *sp.cell;
+  c.tensor({"x"}, x, {kT, kB, kI});
+  check_stack(c, "rnnkit.infer", layers, state0, true, 2);
+  const int64_t Tn = c.size(kT), B = c.size(kB), GH = cell.gates * c.size(kH);
+  const int64_t S0 = c.size(c.states()[0]), L2 = c.size(kL);
+  TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
+  Tensors s0 = dense(state0);
+  if (state0.empty())
+    for (const Sym k : c.states()) s0.push_back(at::zeros({L2, B, c.size(k)}, x.options()));
+  Tensors h_n;
+  for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
+  const Tensor xp = empty_seq({Tn, B, GH}, x.options());
+  Tensor inp = x.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_infer_both_ways", [&] {
+    using T = scalar_t;
+    T* xq = xp.data_ptr<T>();
+    const int64_t step = B * GH;                                       // one step's xp
+    for (int64_t l = 0; l < L2 / 2; ++l) {
+      const Tensor out = empty_seq({Tn, B, 2 * S0}, x.options());
+      for (int64_t d = 0; d < 2; ++d) {
+        const OptTensors& p = layers[l * 2 + d];
+        project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xq);
+        if (d == 1)
+          for (int64_t t = 0; t < Tn / 2; ++t) std::swap_ranges(xq + t * step, xq + (t + 1) * step, xq + (Tn - 1 - t) * step);
+        Tensors in;
+        for (const Tensor& s : s0) in.push_back(s.select(0, l * 2 + d));
+        const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false});
+        for (size_t k = 0; k < h_n.size(); ++k) put_layer<T>(h_n[k], l * 2 + d, r.states[k], Tn - 1);
+        const T* src = r.states[0].data_ptr<T>();                    // (T, B, S_0), in its own time order
+        T* dst = out.data_ptr<T>() + d * S0;
+        at::parallel_for(0, Tn, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(B * S0, 1)),
+                         [&](int64_t t0, int64_t t1) {
+                           for (int64_t t = t0; t < t1; ++t) {
+                             const T* from = src + (d == 0 ? t : Tn - 1 - t) * B * S0;
+                             for (int64_t b = 0; b < B; ++b)
+                               std::memcpy(dst + (t * B + b) * 2 * S0, from + b * S0, S0 * sizeof(T));
+                           }
+                         });
+      }
+      inp = out;
+    }
+  });
+  return {inp, h_n};
+}
+
 // Inference over a whole sequence in one call: a stack of L layers, one direction, no noise,
 // nothing saved (what a layer's forward does without autograd, less its Python per layer).
 //   x (T, B, I); state0 (L, B, S_k) each, or none for zeros; layers[l] = [w_ih, b_ih | None,
@@ -181,12 +239,17 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
 // layer's states, h_n), and the views made on the way are of tensors the caller never sees.
 std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
                                   const std::vector<OptTensors>& layers, const c10::optional<Tensor>& lengths,
-                                  int64_t row_macs, const c10::optional<Tensor>& batch_sizes) {
+                                  int64_t row_macs, const c10::optional<Tensor>& batch_sizes, bool bidirectional) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Spec sp = decode_spec(spec);
-  const Cell& cell = *sp.cell;
   Checker c("rnnkit.infer", sp);
   const bool packed = batch_sizes.has_value() && batch_sizes->defined();
+  if (bidirectional) {
+    TORCH_CHECK_VALUE(!packed && !(lengths.has_value() && lengths->defined()),
+                      "rnnkit.infer: bidirectional: expected full-length sequences (lengths and batch_sizes None)");
+    return infer_both_ways(sp, c, x, state0, layers);
+  }
+  const Cell& cell = *sp.cell;
   c10::optional<RunOrder> from_packed;
   if (packed) {
     TORCH_CHECK_VALUE(!lengths.has_value() || !lengths->defined(),
@@ -412,11 +475,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "d_xp, d_state0, d_rec = backward(spec, d_out, d_final, mask, state0, states, saved, rec, noise=[], "
         "names=None)");
   m.def("infer", &rnnkit::infer, arg("spec"), arg("x"), arg("state0"), arg("layers"), arg("lengths") = pybind11::none(),
-        arg("row_macs") = 0, arg("batch_sizes") = pybind11::none(),
-        "out, h_n = infer(spec, x, state0, layers, lengths=None, row_macs=0, batch_sizes=None): a stack's forward, "
-        "no autograd; with lengths (B,) the rows run longest first, padded steps are zero in out and h_n is each "
-        "row's last valid state; row_macs > 0: a layer projects one sequence at a time where mean valid steps x I "
-        "x GH reach it; with batch_sizes x and out are a PackedSequence's data");
+        arg("row_macs") = 0, arg("batch_sizes") = pybind11::none(), arg("bidirectional") = false,
+        "out, h_n = infer(spec, x, state0, layers, lengths=None, row_macs=0, batch_sizes=None, bidirectional=False): "
+        "a stack's forward, no autograd; with lengths (B,) the rows run longest first, padded steps are zero in out "
+        "and h_n is each row's last valid state; row_macs > 0: a layer projects one sequence at a time where mean "
+        "valid steps x I x GH reach it; with batch_sizes x and out are a PackedSequence's data; bidirectional "
+        "(full-length sequences only): layers[l*2 + d], state0 and h_n (2L, B, S_k), out (T, B, 2 S_0)");
   m.def("train_forward", &rnnkit::train_forward, arg("spec"), arg("x"), arg("state0"), arg("layers"),
         "out, h_n, keep = train_forward(spec, x, state0, layers): a stack's forward (one direction, no noise), "
         "keeping per layer what train_backward reads");

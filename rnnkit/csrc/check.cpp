@@ -50,6 +50,7 @@ std::string Checker::sym_name(Sym s) const {
     case kH3: return "3*H";
     case kP: return "P";
     case kG: return "G";
+    case kDS: return "2*" + sym_name(states_[0]);
     default: return "?";
   }
 }
@@ -174,11 +175,17 @@ void Checker::rec(const OptTensors& rec, int64_t layer, const std::vector<std::s
              decl[i].optional);
 }
 
-void Checker::layer(const OptTensors& p, int64_t layer) {
+void Checker::layer(const OptTensors& p, int64_t layer, int64_t directions) {
   TORCH_CHECK(p.size() == 2 + rec_.size(), who_, ": layers[", layer, "]: expected ", 2 + rec_.size(),
               " tensors [weight_ih, bias_ih, ", rec_.size(), " recurrent parameters] for the '", cell_.name,
               "' cell, got ", p.size());
-  optional(Name{"weight_ih", -1, layer}, p[0], {kGH, layer == 0 ? kI : states_[0]}, false);
+  Sym in = layer < directions ? kI : states_[0];
+  if (layer >= directions && directions == 2) {           // the first layers fixed the emitted state
+    if (val_[kDS] < 0 && val_[states_[0]] >= 0)
+      val_[kDS] = 2 * val_[states_[0]], from_[kDS] = Name{"the two directions' emitted states"};
+    in = kDS;
+  }
+  optional(Name{"weight_ih", -1, layer}, p[0], {kGH, in}, false);
   optional(Name{"bias_ih", -1, layer}, p[1], {kGH}, true);
   rec(OptTensors(p.begin() + 2, p.end()), layer);
 }

@@ -49,9 +49,10 @@ class Checker {
   void noise(const Tensors& noise);
   // The cell's rec params of one layer (layer -1: no suffix), names from names[i] when given.
   void rec(const OptTensors& rec, int64_t layer, const std::vector<std::string>& names = {});
-  // One layer of a stack, [w_ih, b_ih | None, rec params...]; in_size is I for layer 0 and the
-  // emitted state's size for the others.
-  void layer(const OptTensors& p, int64_t layer);
+  // One layer of a stack, [w_ih, b_ih | None, rec params...]; its input size is I for the first
+  // layer and the emitted state's size for the others, with directions = 2 (layers[l*2 + d]) I
+  // for the first two and twice the emitted state's size for the others.
+  void layer(const OptTensors& p, int64_t layer, int64_t directions = 1);
   // A list's length.
   void count(const char* name, size_t got, size_t expected) const;
 

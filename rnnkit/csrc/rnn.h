@@ -136,8 +136,9 @@ using RunFn = void (*)(const Spec&, const FwdArgs&, const Tensors& bufs);
 // argument that has it and must agree in all the others: T steps, B batch, L layers of a stack,
 // I input size, H hidden size, GH = gates * H (fixes H), O a Jordan network's output size,
 // H3 = 3 * H (fixes H; an LSTM's peephole weights), P a projected LSTM's emitted size (fixed by
-// the spec), G the cell's number of gate blocks (a constant: layer_norm's per-block 1/std).
-enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kP, kG, kNumSyms };
+// the spec), G the cell's number of gate blocks (a constant: layer_norm's per-block 1/std), DS
+// the input size of a bidirectional stack's upper layers (2 x the emitted state's size).
+enum Sym : int { kT, kB, kL, kI, kH, kGH, kO, kH3, kP, kG, kDS, kNumSyms };
 
 // A recurrent parameter: its name (the Python cell's rec_params entry, without the layer
 // suffix), its sizes, and whether it may be None (a bias).

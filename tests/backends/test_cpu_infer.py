@@ -1,8 +1,8 @@
 """Inference in one call (Backend.infer; the cpu backend's C++ ``infer``): a layer's forward without
-autograd, one direction and no random draws runs its whole stack in one C++ call (with lengths
-too: test_cpu_infer_lengths.py).  It returns what the layer-by-layer path returns (the same
-kernels), and every other call keeps that path: a graph to record, both directions, a trace,
-noise in training, another backend."""
+autograd and no random draws runs its whole stack in one C++ call, one direction or both (with
+lengths, one direction: test_cpu_infer_lengths.py).  It returns what the layer-by-layer path
+returns (the same kernels), and every other call keeps that path: a graph to record, both
+directions with lengths, a trace, noise in training, another backend."""
 import pytest
 import torch
 
@@ -50,11 +50,12 @@ def calls(model, *args, **kwargs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
 @pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("form", list(FORMS))
-def test_one_call_equals_the_layer_by_layer_path(form, with_hx, layout, dtype):
+def test_one_call_equals_the_layer_by_layer_path(form, bidirectional, with_hx, layout, dtype):
     torch.manual_seed(0)
     model = FORMS[form](num_layers=3, batch_first=layout == "batch_first", dropout=0.4,
-                        backend="cpu").to(dtype).eval()
+                        bidirectional=bidirectional, backend="cpu").to(dtype).eval()
     x = torch.randn((T, I) if layout == "unbatched" else (B, T, I) if layout == "batch_first" else (T, B, I),
                     dtype=dtype)
     hx = None
@@ -87,11 +88,11 @@ def test_the_one_call_outputs_are_new_tensors_and_the_state_is_left_alone():
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", ["grad", "bidirectional", "lengths_grad", "lengths_bidirectional", "trace",
+@pytest.mark.parametrize("case", ["grad", "bidirectional_grad", "lengths_grad", "lengths_bidirectional", "trace",
                                   "training_noise", "training_dropout", "reference"])
 def test_every_other_call_keeps_the_layer_by_layer_path(case):
     kw = {"num_layers": 2, "backend": "reference" if case == "reference" else "cpu"}
-    if case.endswith("bidirectional"):
+    if "bidirectional" in case:
         kw["bidirectional"] = True
     if case == "training_noise":
         kw["zoneout"] = 0.3
@@ -111,20 +112,63 @@ def test_every_other_call_keeps_the_layer_by_layer_path(case):
 
 @needs_cpu
 def test_a_bidirectional_stack_the_backend_declines_is_not_offered_to_it(monkeypatch):
-    """Both directions' weights are gathered only when the backend takes them (oneDNN's LSTM):
-    a declined call would pay for the gathering and then go layer by layer anyway."""
+    """Both directions' weights are gathered only when the backend takes them (full-length
+    sequences): with lengths the call would pay for the gathering and then go layer by layer
+    anyway."""
     asked = []
     monkeypatch.setattr(cpu.CPU, "infer", lambda self, *a, **kw: asked.append(a))
+    x, lengths = torch.randn(T, B, I), torch.tensor([T, 2, 4])
+    with torch.no_grad():
+        for k, model in enumerate((rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu"),
+                                   rnnkit.LSTM(I, H, bidirectional=True, backend="cpu", peephole=True))):
+            model.eval()(x, lengths=lengths)
+            assert len(asked) == k
+            model(x)
+            assert len(asked) == k + 1
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_bidirectional_stack_in_one_call_matches_torch(cell):
+    """Both directions of every layer in one C++ call: torch.nn's output and final states, with
+    and without an initial state (3 layers, the upper ones reading both directions' states)."""
+    torch.manual_seed(0)
+    ref = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H, num_layers=3,
+                                                                                bidirectional=True)
+    model = rnnkit.convert.from_torch(ref, backend="cpu")
     x = torch.randn(T, B, I)
+    h0 = torch.randn(6, B, H)
+    hx = (h0, torch.randn(6, B, H)) if cell == "lstm" else h0
     with torch.no_grad():
-        rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu").eval()(x)
-        rnnkit.LSTM(I, H, bidirectional=True, backend="cpu", peephole=True).eval()(x)
-    assert asked == []
-    for name in ROUTE_THRESHOLDS:
-        monkeypatch.setattr(cpu.CPU, name, 1)
-    with torch.no_grad():
-        rnnkit.LSTM(I, H, bidirectional=True, backend="cpu").eval()(x)
-    assert len(asked) == int(torch.backends.mkldnn.is_available())
+        for state in (None, hx):
+            assert calls(model, x, state) == 1
+            got, want = model(x, state), ref(x, state)
+            torch.testing.assert_close(got[0], want[0])
+            for g, w in zip(*(h if isinstance(h, tuple) else (h,) for h in (got[1], want[1]))):
+                torch.testing.assert_close(g, w)
+
+
+@needs_cpu
+def test_the_kernels_name_what_a_bidirectional_call_gets_wrong():
+    """The C++ entry point checks a two-direction stack itself: lengths, an odd number of layer
+    entries, and an upper layer whose input is not both directions' states."""
+    model = rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu")
+    spec = cpu.BACKEND._spec(model.cell)
+    x = torch.randn(T, B, I)
+    layers = []
+    for k in range(2):
+        for d in range(2):
+            w_ih, b_ih, rec = model._direction_params(k, d, x)
+            layers.append([w.detach() for w in (w_ih, b_ih, *rec)])
+    ext = cpu.extension()
+    with pytest.raises(ValueError, match="bidirectional: expected full-length"):
+        ext.infer(spec, x, [], layers, torch.tensor([T, 2, 4]), 0, None, True)
+    with pytest.raises(RuntimeError, match="one entry per layer and direction"):
+        ext.infer(spec, x, [], layers[:3], None, 0, None, True)
+    bad = [list(layer) for layer in layers]
+    bad[2][0] = torch.randn(3 * H, H)                       # reads one direction's states only
+    with pytest.raises(RuntimeError, match=r"weight_ih_l2: expected shape \(18, 12\)"):
+        ext.infer(spec, x, [], bad, None, 0, None, True)
 
 
 @needs_cpu
