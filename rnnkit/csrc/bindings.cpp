@@ -167,74 +167,59 @@ std::tuple<Tensor, Tensors> step(const std::vector<int64_t>& spec, const Tensor&
   return {out, h_n};
 }
 
-// A bidirectional stack's inference (no lengths): layers[l*2 + d], state0 and h_n (2L, B, S_k)
-// in torch's order (layer l, direction d at l*2 + d), out (T, B, 2 S_0) = [forward, backward]
-// states of the last layer.  Each direction of a layer projects its input into the shared xp
-// workspace and runs the cell's forward over it; the backward direction's projection is
-// reversed in time first (its step t reads x[T-1-t]), and its states are written back into the
-// output reversed again.  What the layer-by-layer path computes, without its Python and tensor
-// ops per layer and direction.
-static std::tuple<Tensor, Tensors> infer_both_ways(const Spec& sp, Checker& c, const Tensor& x,
-                                                   const Tensors& state0,
-                                                   const std::vector<OptTensors>& layers) {
-  const Cell& cell = *sp.cell;
-  c.tensor({"x"}, x, {kT, kB, kI});
-  check_stack(c, "rnnkit.infer", layers, state0, true, 2);
-  const int64_t Tn = c.size(kT), B = c.size(kB), GH = cell.gates * c.size(kH);
-  const int64_t S0 = c.size(c.states()[0]), L2 = c.size(kL);
-  TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
-  Tensors s0 = dense(state0);
-  if (state0.empty())
-    for (const Sym k : c.states()) s0.push_back(at::zeros({L2, B, c.size(k)}, x.options()));
-  Tensors h_n;
-  for (const Tensor& s : s0) h_n.push_back(at::empty_like(s));
-  const Tensor xp = empty_seq({Tn, B, GH}, x.options());
-  Tensor inp = x.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_infer_both_ways", [&] {
-    using T = scalar_t;
-    T* xq = xp.data_ptr<T>();
-    const int64_t step = B * GH;                                       // one step's xp
-    for (int64_t l = 0; l < L2 / 2; ++l) {
-      const Tensor out = empty_seq({Tn, B, 2 * S0}, x.options());
-      for (int64_t d = 0; d < 2; ++d) {
-        const OptTensors& p = layers[l * 2 + d];
-        project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xq);
-        if (d == 1)
-          for (int64_t t = 0; t < Tn / 2; ++t) std::swap_ranges(xq + t * step, xq + (t + 1) * step, xq + (Tn - 1 - t) * step);
-        Tensors in;
-        for (const Tensor& s : s0) in.push_back(s.select(0, l * 2 + d));
-        const FwdResult r = cell.forward(sp, {xp, Tensor(), in, dense(OptTensors(p.begin() + 2, p.end())), false});
-        for (size_t k = 0; k < h_n.size(); ++k) put_layer<T>(h_n[k], l * 2 + d, r.states[k], Tn - 1);
-        const T* src = r.states[0].data_ptr<T>();                    // (T, B, S_0), in its own time order
-        T* dst = out.data_ptr<T>() + d * S0;
-        at::parallel_for(0, Tn, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(B * S0, 1)),
-                         [&](int64_t t0, int64_t t1) {
-                           for (int64_t t = t0; t < t1; ++t) {
-                             const T* from = src + (d == 0 ? t : Tn - 1 - t) * B * S0;
-                             for (int64_t b = 0; b < B; ++b)
-                               std::memcpy(dst + (t * B + b) * 2 * S0, from + b * S0, S0 * sizeof(T));
-                           }
-                         });
-      }
-      inp = out;
-    }
-  });
-  return {inp, h_n};
+// The backward direction of a layer reads its sequence from the end: each run row i's first
+// len[i] steps of xp (T, B, GH) reversed in place (the padded steps after them stay unread).
+template <typename T>
+void reverse_valid_steps(T* xp, const RunOrder& run, int64_t Tn, int64_t B, int64_t GH) {
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(Tn * GH, 1)),
+                   [&](int64_t i0, int64_t i1) {
+                     for (int64_t i = i0; i < i1; ++i) {
+                       const int64_t n = run.len[i];
+                       for (int64_t t = 0; t < n / 2; ++t)
+                         std::swap_ranges(xp + (t * B + i) * GH, xp + (t * B + i + 1) * GH,
+                                          xp + ((n - 1 - t) * B + i) * GH);
+                     }
+                   });
 }
 
-// Inference over a whole sequence in one call: a stack of L layers, one direction, no noise,
-// nothing saved (what a layer's forward does without autograd, less its Python per layer).
-//   x (T, B, I); state0 (L, B, S_k) each, or none for zeros; layers[l] = [w_ih, b_ih | None,
-//   rec params...]; lengths: none, or (B,) int64 valid steps of the user's rows, each in [1, T];
-//   returns out (T, B, S_0), the last layer's states (zeros on padded steps), and h_n (L, B, S_k)
-//   (each row's state after its last valid step), new tensors in the user's row order.
+// A direction's states (T, B, S) into its half d of a bidirectional layer's output (T, B, 2S):
+// the forward one as it is, the backward one (which ran on reversed rows) back in time order
+// within each row's valid steps, zeros on its padded steps.
+template <typename T>
+void put_direction(T* out, const T* states, int64_t d, const RunOrder& run, int64_t Tn, int64_t B, int64_t S) {
+  at::parallel_for(0, Tn, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(B * S, 1)),
+                   [&](int64_t t0, int64_t t1) {
+                     for (int64_t t = t0; t < t1; ++t)
+                       for (int64_t i = 0; i < B; ++i) {
+                         T* to = out + (t * B + i) * 2 * S + d * S;
+                         const int64_t n = run.len[i];
+                         if (d == 1 && t >= n)
+                           std::fill(to, to + S, T(0));
+                         else
+                           std::memcpy(to, states + ((d == 0 ? t : n - 1 - t) * B + i) * S, S * sizeof(T));
+                       }
+                   });
+}
+
+// Inference over a whole sequence in one call: a stack of L layers, one direction or both, no
+// noise, nothing saved (what a layer's forward does without autograd, less its Python per layer
+// and direction).
+//   x (T, B, I); D = 2 with bidirectional, else 1; state0 (D*L, B, S_k) each, or none for zeros;
+//   layers[l*D + d] = [w_ih, b_ih | None, rec params...] of layer l, direction d; lengths: none,
+//   or (B,) int64 valid steps of the user's rows, each in [1, T];
+//   returns out (T, B, D*S_0), the last layer's states (zeros on padded steps; both directions:
+//   [forward, backward]), and h_n (D*L, B, S_k) (each row's state after its last valid step; the
+//   backward direction's after its first step), new tensors in the user's row order.
 //   batch_sizes (T,): x is instead a PackedSequence's data (N, I) with these batch sizes (no
-//   lengths), and out its output's data (N, S_0); h_n in its rows' (sorted) order.
-// xp (T, B, GH) is the projection workspace of every layer in turn (the weights' sizes checked
-// equal across layers by the Checker); layer l reads layer l-1's states[0].  With lengths the
-// rows run longest first (RunOrder); a layer whose sequences' mean valid steps x I x GH reach
-// row_macs (> 0) projects one sequence at a time over its valid steps only (project_rows_into;
-// the first layer then reads x's rows where they are, with no copy into the run's order).
+//   lengths), and out its output's data (N, D*S_0); h_n in its rows' (sorted) order.
+// xp (T, B, GH) is the projection workspace of every layer and direction in turn (the weights'
+// sizes checked equal across layers by the Checker); layer l reads layer l-1's states[0] (both
+// directions': their (T, B, 2 S_0) output).  The backward direction projects the same input and
+// reverses each row's valid steps before its run (reverse_valid_steps); its states go back into
+// time order in the output (put_direction).  With lengths the rows run longest first (RunOrder);
+// a layer whose sequences' mean valid steps x I x GH reach row_macs (> 0) projects one sequence
+// at a time over its valid steps only (project_rows_into; the first layer then reads x's rows
+// where they are, with no copy into the run's order).
 // Below autograd's dispatch keys, as step_states: the results are new tensors (the last
 // layer's states, h_n), and the views made on the way are of tensors the caller never sees.
 std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor& x, const Tensors& state0,
@@ -242,14 +227,9 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
                                   int64_t row_macs, const c10::optional<Tensor>& batch_sizes, bool bidirectional) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Spec sp = decode_spec(spec);
+  const Cell& cell = *sp.cell;
   Checker c("rnnkit.infer", sp);
   const bool packed = batch_sizes.has_value() && batch_sizes->defined();
-  if (bidirectional) {
-    TORCH_CHECK_VALUE(!packed && !(lengths.has_value() && lengths->defined()),
-                      "rnnkit.infer: bidirectional: expected full-length sequences (lengths and batch_sizes None)");
-    return infer_both_ways(sp, c, x, state0, layers);
-  }
-  const Cell& cell = *sp.cell;
   c10::optional<RunOrder> from_packed;
   if (packed) {
     TORCH_CHECK_VALUE(!lengths.has_value() || !lengths->defined(),
@@ -261,8 +241,10 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   }
   const Tensor xs = packed ? from_packed->unpack(x) : x;              // (T, B, I), the run's rows
   c.tensor({"x"}, xs, {kT, kB, kI});
-  check_stack(c, "rnnkit.infer", layers, state0, true);
+  const int64_t D = bidirectional ? 2 : 1;
+  check_stack(c, "rnnkit.infer", layers, state0, true, D);
   const int64_t Tn = c.size(kT), L = c.size(kL), B = c.size(kB), GH = cell.gates * c.size(kH);
+  const int64_t S0 = c.size(c.states()[0]);
   TORCH_CHECK_VALUE(Tn > 0, "rnnkit.infer: x: expected at least one time step, got shape ", x.sizes());
   const bool varlen = lengths.has_value() && lengths->defined();
   TORCH_CHECK_VALUE(!varlen || (lengths->dim() == 1 && lengths->size(0) == B), "rnnkit.infer: lengths: expected (",
@@ -284,21 +266,30 @@ std::tuple<Tensor, Tensors> infer(const std::vector<int64_t>& spec, const Tensor
   Tensor inp = by_rows(xs.size(2)) ? xt : (run.sorted ? xs.contiguous() : run.gather(xt));
   AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "rnnkit_infer", [&] {
     using T = scalar_t;
-    for (int64_t l = 0; l < L; ++l) {
-      const OptTensors& p = layers[l];
-      if (by_rows(p[0]->size(1))) {
-        Tensor out = xp;
-        project_rows_into(inp, l == 0 ? run.order.data() : in_run.order.data(), run.len.data(), p[0]->contiguous(),
-                          p[1].has_value() && p[1]->defined() ? c10::optional<Tensor>(p[1]->contiguous())
-                                                              : c10::nullopt, out);
-      } else {
-        project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xp.data_ptr<T>());
+    for (int64_t l = 0; l < L / D; ++l) {
+      Tensor next = D == 2 ? empty_seq({Tn, B, 2 * S0}, xs.options()) : Tensor();   // the layer's output
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t k = l * D + d;
+        const OptTensors& p = layers[k];
+        if (by_rows(p[0]->size(1))) {
+          Tensor into = xp;
+          project_rows_into(inp, l == 0 ? run.order.data() : in_run.order.data(), run.len.data(), p[0]->contiguous(),
+                            p[1].has_value() && p[1]->defined() ? c10::optional<Tensor>(p[1]->contiguous())
+                                                                : c10::nullopt, into);
+        } else {
+          project_layer<T>(p, inp.data_ptr<T>(), Tn * B, GH, xp.data_ptr<T>());
+        }
+        if (d == 1) reverse_valid_steps<T>(xp.data_ptr<T>(), run, Tn, B, GH);
+        Tensors in;
+        for (const Tensor& s : s0) in.push_back(s.select(0, k));
+        const FwdResult r = cell.forward(sp, {xp, mask, in, dense(OptTensors(p.begin() + 2, p.end())), false});
+        for (size_t j = 0; j < h_n.size(); ++j) put_layer<T>(h_n[j], k, r.states[j], Tn - 1);
+        if (D == 1)
+          next = r.states[0];
+        else
+          put_direction<T>(next.data_ptr<T>(), r.states[0].data_ptr<T>(), d, run, Tn, B, S0);
       }
-      Tensors in;
-      for (const Tensor& s : s0) in.push_back(s.select(0, l));
-      const FwdResult r = cell.forward(sp, {xp, mask, in, dense(OptTensors(p.begin() + 2, p.end())), false});
-      for (size_t k = 0; k < h_n.size(); ++k) put_layer<T>(h_n[k], l, r.states[k], Tn - 1);
-      inp = r.states[0];
+      inp = next;
     }
   });
   if (packed) return {run.pack(inp), h_n};
@@ -479,8 +470,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "out, h_n = infer(spec, x, state0, layers, lengths=None, row_macs=0, batch_sizes=None, bidirectional=False): "
         "a stack's forward, no autograd; with lengths (B,) the rows run longest first, padded steps are zero in out "
         "and h_n is each row's last valid state; row_macs > 0: a layer projects one sequence at a time where mean "
-        "valid steps x I x GH reach it; with batch_sizes x and out are a PackedSequence's data; bidirectional "
-        "(full-length sequences only): layers[l*2 + d], state0 and h_n (2L, B, S_k), out (T, B, 2 S_0)");
+        "valid steps x I x GH reach it; with batch_sizes x and out are a PackedSequence's data; bidirectional: "
+        "layers[l*2 + d], state0 and h_n (2L, B, S_k), out (T, B, 2 S_0)");
   m.def("train_forward", &rnnkit::train_forward, arg("spec"), arg("x"), arg("state0"), arg("layers"),
         "out, h_n, keep = train_forward(spec, x, state0, layers): a stack's forward (one direction, no noise), "
         "keeping per layer what train_backward reads");

@@ -1,8 +1,8 @@
 """Inference in one call (Backend.infer; the cpu backend's C++ ``infer``): a layer's forward without
 autograd and no random draws runs its whole stack in one C++ call, one direction or both (with
-lengths, one direction: test_cpu_infer_lengths.py).  It returns what the layer-by-layer path
-returns (the same kernels), and every other call keeps that path: a graph to record, both
-directions with lengths, a trace, noise in training, another backend."""
+lengths too: test_cpu_infer_lengths.py).  It returns what the layer-by-layer path returns (the
+same kernels), and every other call keeps that path: a graph to record, a trace, noise in
+training, another backend."""
 import pytest
 import torch
 
@@ -88,8 +88,8 @@ def test_the_one_call_outputs_are_new_tensors_and_the_state_is_left_alone():
 
 
 @needs_cpu
-@pytest.mark.parametrize("case", ["grad", "bidirectional_grad", "lengths_grad", "lengths_bidirectional", "trace",
-                                  "training_noise", "training_dropout", "reference"])
+@pytest.mark.parametrize("case", ["grad", "bidirectional_grad", "lengths_grad", "lengths_bidirectional_grad",
+                                  "trace", "training_noise", "training_dropout", "reference"])
 def test_every_other_call_keeps_the_layer_by_layer_path(case):
     kw = {"num_layers": 2, "backend": "reference" if case == "reference" else "cpu"}
     if "bidirectional" in case:
@@ -108,23 +108,6 @@ def test_every_other_call_keeps_the_layer_by_layer_path(case):
         kwargs["return_trace"] = True
     with torch.set_grad_enabled(case.endswith("grad")):
         assert calls(model, *args, **kwargs) == 0
-
-
-@needs_cpu
-def test_a_bidirectional_stack_the_backend_declines_is_not_offered_to_it(monkeypatch):
-    """Both directions' weights are gathered only when the backend takes them (full-length
-    sequences): with lengths the call would pay for the gathering and then go layer by layer
-    anyway."""
-    asked = []
-    monkeypatch.setattr(cpu.CPU, "infer", lambda self, *a, **kw: asked.append(a))
-    x, lengths = torch.randn(T, B, I), torch.tensor([T, 2, 4])
-    with torch.no_grad():
-        for k, model in enumerate((rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu"),
-                                   rnnkit.LSTM(I, H, bidirectional=True, backend="cpu", peephole=True))):
-            model.eval()(x, lengths=lengths)
-            assert len(asked) == k
-            model(x)
-            assert len(asked) == k + 1
 
 
 @needs_cpu
@@ -150,8 +133,8 @@ def test_a_bidirectional_stack_in_one_call_matches_torch(cell):
 
 @needs_cpu
 def test_the_kernels_name_what_a_bidirectional_call_gets_wrong():
-    """The C++ entry point checks a two-direction stack itself: lengths, an odd number of layer
-    entries, and an upper layer whose input is not both directions' states."""
+    """The C++ entry point checks a two-direction stack itself: an odd number of layer entries,
+    and an upper layer whose input is not both directions' states."""
     model = rnnkit.GRU(I, H, num_layers=2, bidirectional=True, backend="cpu")
     spec = cpu.BACKEND._spec(model.cell)
     x = torch.randn(T, B, I)
@@ -161,8 +144,6 @@ def test_the_kernels_name_what_a_bidirectional_call_gets_wrong():
             w_ih, b_ih, rec = model._direction_params(k, d, x)
             layers.append([w.detach() for w in (w_ih, b_ih, *rec)])
     ext = cpu.extension()
-    with pytest.raises(ValueError, match="bidirectional: expected full-length"):
-        ext.infer(spec, x, [], layers, torch.tensor([T, 2, 4]), 0, None, True)
     with pytest.raises(RuntimeError, match="one entry per layer and direction"):
         ext.infer(spec, x, [], layers[:3], None, 0, None, True)
     bad = [list(layer) for layer in layers]

@@ -1,7 +1,9 @@
 """Inference in one call with lengths (the cpu backend's C++ ``infer`` with ``lengths``): the run's
 order, mask and the copies back into the user's rows are made in C++ (RunOrder, csrc/varlen.h)
-instead of a dozen tensor ops.  The results are the layer-by-layer path's (the same kernels) and
-torch.nn's packed results: zeros on padded steps, each row's state after its last valid step."""
+instead of a dozen tensor ops, in one direction or both (the backward one reads each row's valid
+steps from its last).  The results are the layer-by-layer path's (the same kernels) and torch.nn's
+packed results: zeros on padded steps, each row's state after its last valid step (the backward
+direction's after its first)."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -38,10 +40,13 @@ def assert_same(got, want, **tol):
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("form", list(FORMS))
-def test_one_call_with_lengths_equals_the_layer_by_layer_path(form, lengths, with_hx, batch_first, dtype):
+def test_one_call_with_lengths_equals_the_layer_by_layer_path(form, bidirectional, lengths, with_hx, batch_first,
+                                                              dtype):
     torch.manual_seed(0)
-    model = FORMS[form](num_layers=2, batch_first=batch_first, backend="cpu").to(dtype).eval()
+    model = FORMS[form](num_layers=2, batch_first=batch_first, bidirectional=bidirectional,
+                        backend="cpu").to(dtype).eval()
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
     hx = layer_by_layer(model, x)[1] if with_hx else None
     n = torch.tensor(LENGTHS[lengths])
@@ -58,14 +63,17 @@ def test_one_call_with_lengths_equals_the_layer_by_layer_path(form, lengths, wit
 @needs_cpu
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_lengths_and_packed_input_give_torch_nn_packed_results(cell, with_hx):
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_lengths_and_packed_input_give_torch_nn_packed_results(cell, with_hx, bidirectional):
     torch.manual_seed(1)
-    ref = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, num_layers=2)
+    ref = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, num_layers=2,
+                                                                                bidirectional=bidirectional)
     model = rnnkit.from_torch(ref, backend="cpu").eval()
     x, n = torch.randn(T, B, I), torch.tensor(LENGTHS["unsorted"])
-    hx = torch.randn(2, B, H) if with_hx else None
+    D = 2 if bidirectional else 1
+    hx = torch.randn(2 * D, B, H) if with_hx else None
     if hx is not None and cell == "lstm":
-        hx = (hx, torch.randn(2, B, H))
+        hx = (hx, torch.randn(2 * D, B, H))
     packed = pack_padded_sequence(x, n, enforce_sorted=False)
     with torch.no_grad():
         want_packed, want_h = ref(packed, hx)
@@ -82,13 +90,15 @@ def test_lengths_and_packed_input_give_torch_nn_packed_results(cell, with_hx):
 @needs_cpu
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_rows_projected_per_sequence_in_the_one_call(monkeypatch, layers, batch_first):
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_rows_projected_per_sequence_in_the_one_call(monkeypatch, layers, batch_first, bidirectional):
     """With every size counting as large (ROW_PROJECTION_MACS = 1), each layer projects one
     sequence at a time over its valid steps, the first from x's rows where they are: the results
     stay the layer-by-layer path's, and x's padded steps are never read (NaN there stays out)."""
     monkeypatch.setattr(cpu.CPU, "ROW_PROJECTION_MACS", 1)
     torch.manual_seed(2)
-    model = rnnkit.GRU(I, H, num_layers=layers, batch_first=batch_first, backend="cpu").eval()
+    model = rnnkit.GRU(I, H, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional,
+                       backend="cpu").eval()
     n = torch.tensor(LENGTHS["unsorted"])
     x = torch.randn(T, B, I)
     for b, steps in enumerate(n.tolist()):
@@ -163,12 +173,13 @@ def test_an_empty_batch_with_lengths():
 @needs_cpu
 @pytest.mark.parametrize("enforce_sorted", [False, True])
 @pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("form", list(FORMS))
-def test_a_packed_sequence_runs_in_one_call_on_its_packed_rows(form, with_hx, enforce_sorted):
+def test_a_packed_sequence_runs_in_one_call_on_its_packed_rows(form, bidirectional, with_hx, enforce_sorted):
     """A PackedSequence goes to the one call as it is (its data unpacked and the output packed
     again in C++): the same data, batch sizes and indices as the layer-by-layer path's."""
     torch.manual_seed(3)
-    model = FORMS[form](num_layers=2, backend="cpu").eval()
+    model = FORMS[form](num_layers=2, bidirectional=bidirectional, backend="cpu").eval()
     x = torch.randn(T, B, I)
     n = torch.tensor(LENGTHS["sorted" if enforce_sorted else "unsorted"])
     packed = pack_padded_sequence(x, n, enforce_sorted=enforce_sorted)
