@@ -494,9 +494,10 @@ class _Recurrent(nn.Module):
         PackedSequence's sorted_indices: hx and h_n are in the user's order).  None where neither
         applies: random draws (training with noise or dropout between layers), lengths with a graph
         to record, or a backend without it for these tensors (the cpu backend's inference takes
-        every stack; its training of both directions is oneDNN's LSTM only).  The layer-by-layer path costs about 25 us more per call in Python (measured, LSTM
-        (1, 64), T = 1), and with lengths about 150 us more (Elman (8, 128), T = 4: the run's order,
-        mask and copies in tensor ops)."""
+        every stack; its training of both directions is oneDNN's LSTM only).  The layer-by-layer
+        path costs about 25 us more per call in Python (measured, LSTM (1, 64), T = 1), and with
+        lengths about 150 us more (Elman (8, 128), T = 4: the run's order, mask and copies in
+        tensor ops)."""
         if torch.compiler.is_compiling() or ops.torch_ops_only():
             return None
         if self._draws():
